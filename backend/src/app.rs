@@ -1,0 +1,197 @@
+//! The running service: shared state, start-up, and orderly shutdown.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::crypto::Crypto;
+use crate::metrics::Metrics;
+use crate::storage::{Db, migrate};
+
+/// Everything a handler or background job needs, built once and cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub crypto: Arc<Crypto>,
+    pub metrics: Metrics,
+    pub readiness: Arc<Readiness>,
+}
+
+/// Whether the service can do its job, and if not, why.
+#[derive(Debug)]
+pub struct Readiness {
+    state: RwLock<ReadyState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyState {
+    /// Start-up has not reached a migrated database yet; the reason says what is in the way.
+    Starting {
+        reason: String,
+    },
+    Ready,
+}
+
+impl Readiness {
+    pub fn new() -> Readiness {
+        Readiness {
+            state: RwLock::new(ReadyState::Starting {
+                reason: "connecting to the database".into(),
+            }),
+        }
+    }
+
+    pub fn get(&self) -> ReadyState {
+        self.state
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or(ReadyState::Starting {
+                reason: "state unavailable".into(),
+            })
+    }
+
+    fn set(&self, next: ReadyState) {
+        if let Ok(mut state) = self.state.write() {
+            *state = next;
+        }
+    }
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness::new()
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
+        let db = Db::open(&config.database, &config.pool)?;
+        let metrics = Metrics::new(db.backend_name())?;
+        Ok(AppState {
+            config: Arc::new(config),
+            db,
+            crypto: Arc::new(crypto),
+            metrics,
+            readiness: Arc::new(Readiness::new()),
+        })
+    }
+}
+
+/// Brings the database up: connect and migrate, retrying with backoff until it works or
+/// shutdown begins. Until then `/readyz` answers 503 with the last reason.
+async fn bring_up_database(state: AppState) {
+    let max_delay = state.config.startup_retry_max_delay;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(max_delay)
+        .with_jitter()
+        .without_max_times();
+    let target = state.config.database.clone();
+    let result = (|| migrate::run(&target))
+        .retry(backoff)
+        .notify(|err, delay| {
+            let reason = format!("database unreachable or not migrated: {err:#}");
+            tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "database not ready; retrying");
+            state.metrics.startup_db_failures.inc();
+            state.metrics.ready.set(0);
+            state.readiness.set(ReadyState::Starting { reason });
+        })
+        .await;
+    match result {
+        Ok(applied) => {
+            if applied.is_empty() {
+                tracing::info!(
+                    backend = state.db.backend_name(),
+                    "database ready; schema up to date"
+                );
+            } else {
+                tracing::info!(backend = state.db.backend_name(), migrations = ?applied, "database ready; migrations applied");
+            }
+            state.readiness.set(ReadyState::Ready);
+            state.metrics.ready.set(1);
+        }
+        // Unreachable with `without_max_times`, but a give-up must still be visible.
+        Err(err) => tracing::error!(error = %format!("{err:#}"), "giving up on the database"),
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then drains: stop accepting, let
+/// in-flight requests finish (up to the configured timeout), stop background jobs, close the pool.
+pub async fn serve(
+    state: AppState,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    {
+        let state = state.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = bring_up_database(state) => {}
+                () = cancel.cancelled() => tracing::info!("start-up database retries stopped by shutdown"),
+            }
+        });
+    }
+
+    let server = crate::web::http_server(state.clone(), listener)?;
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+    tracing::info!(%address, backend = state.db.backend_name(), database = %state.config.masked_database_url(), "listening");
+
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutdown requested: no longer accepting connections; finishing in-flight requests");
+            handle.stop(true).await;
+        }
+        result = server_task => {
+            // The server ended on its own: that is a failure, not a shutdown.
+            cancel.cancel();
+            tasks.close();
+            tasks.wait().await;
+            state.db.close();
+            return Err(anyhow::anyhow!("HTTP server stopped unexpectedly: {result:?}"));
+        }
+    }
+
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("background jobs stopped");
+    state.db.close();
+    tracing::info!("database pool closed; shutdown complete");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+                }
+            }
+            _ => {
+                tracing::error!("cannot install signal handlers; falling back to Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

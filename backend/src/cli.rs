@@ -1,0 +1,155 @@
+//! The `telltale` command line. Exit status: 0 success, 1 runtime failure, 2 invalid configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, AppState};
+use crate::config::{Config, ConfigError, ProcessEnv};
+use crate::crypto::{Crypto, KeySource};
+use crate::storage::{Db, connections, migrate, webhooks};
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(name = "telltale", version, about = "Webhook-aware device monitoring")]
+pub struct Cli {
+    /// TOML configuration file; environment variables override its values.
+    #[arg(long, global = true, env = "TELLTALE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate {
+        /// Only list pending migrations.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Validate the configuration and print it with secrets masked.
+    CheckConfig,
+    /// Print a new random key for TELLTALE_SECRET_KEY.
+    GenKey,
+    /// Re-encrypt every stored secret with the current key (after moving the old key to
+    /// TELLTALE_SECRET_KEY_PREVIOUS).
+    RotateKey,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::GenKey = command {
+        println!("{}", crate::crypto::generate_key_hex());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref(), &ProcessEnv) {
+        Ok(config) => config,
+        Err(err) => return config_failure(&err),
+    };
+    if let Command::CheckConfig = command {
+        println!(
+            "# effective configuration (secrets masked)\n{}",
+            config.to_masked_toml()
+        );
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Serve => serve(config).await,
+            Command::Migrate { status } => run_migrate(&config, status).await,
+            Command::RotateKey => rotate_key(config).await,
+            Command::CheckConfig | Command::GenKey => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "telltale failed");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_failure(err: &ConfigError) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(2)
+}
+
+fn load_crypto(config: &Config) -> anyhow::Result<Crypto> {
+    let (crypto, source) = Crypto::load_or_create(
+        config.secret_key.as_ref(),
+        &config.previous_secret_keys,
+        &config.data_dir,
+    )?;
+    match source {
+        KeySource::Config => {}
+        KeySource::ExistingFile(path) => tracing::warn!(
+            path = %path.display(),
+            "TELLTALE_SECRET_KEY is not set; using the key file. Set TELLTALE_SECRET_KEY in production"
+        ),
+        KeySource::GeneratedFile(path) => tracing::warn!(
+            path = %path.display(),
+            "TELLTALE_SECRET_KEY is not set; generated a new key file. Back it up: without it stored secrets cannot be read"
+        ),
+    }
+    Ok(crypto)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let crypto = load_crypto(&config)?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let state = AppState::new(config, crypto)?;
+    app::serve(state, listener, app::shutdown_signal()).await
+}
+
+async fn run_migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
+    if status_only {
+        let pending = migrate::pending(&config.database).await?;
+        if pending.is_empty() {
+            println!("schema up to date");
+        } else {
+            println!("{} pending migration(s):", pending.len());
+            for name in pending {
+                println!("  {name}");
+            }
+        }
+        return Ok(());
+    }
+    let applied = migrate::run(&config.database).await?;
+    if applied.is_empty() {
+        println!("schema up to date; nothing to apply");
+    } else {
+        println!("applied {} migration(s): {}", applied.len(), applied.join(", "));
+    }
+    Ok(())
+}
+
+async fn rotate_key(config: Config) -> anyhow::Result<()> {
+    let crypto = load_crypto(&config)?;
+    migrate::run(&config.database).await?;
+    let db = Db::open(&config.database, &config.pool)?;
+    let sources = webhooks::reencrypt_secrets(&db, &crypto).await?;
+    let connection_values = connections::reencrypt_secrets(&db, &crypto).await?;
+    println!(
+        "re-encrypted {sources} webhook secret(s) and {connection_values} connection secret(s) with key {}",
+        crypto.current_key_id()
+    );
+    println!("once this succeeded, remove the old key from TELLTALE_SECRET_KEY_PREVIOUS");
+    db.close();
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! Configuration: built-in defaults, overlaid by an optional TOML file, overlaid by
+//! environment variables, then validated. Every error names the key (and the environment
+//! variable) and says what is expected; secrets are never echoed back.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{DatabaseTarget, PoolSettings};
+
+/// The effective configuration. Its `Debug` output is the masked TOML, so keys never leak.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: DatabaseTarget,
+    /// The URL as given, kept only for `masked_database_url`.
+    database_url: SecretString,
+    pub pool: PoolSettings,
+    pub data_dir: PathBuf,
+    pub secret_key: Option<[u8; 32]>,
+    pub previous_secret_keys: Vec<[u8; 32]>,
+    pub log_format: LogFormat,
+    pub shutdown_timeout: Duration,
+    /// Longest delay between attempts to reach the database at start-up.
+    pub startup_retry_max_delay: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_masked_toml())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration problem, reported with exit status 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    /// The key as written in the file, with the environment variable that sets it, e.g.
+    /// `listen (TELLTALE_LISTEN)`.
+    pub key: String,
+    pub message: String,
+}
+
+/// The file's shape. Every field is optional: absent means "keep the default".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    secret_key: Option<String>,
+    previous_secret_keys: Option<Vec<String>>,
+    log_format: Option<String>,
+    shutdown_timeout_secs: Option<u64>,
+    #[serde(default)]
+    database: FileDatabase,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    max_connections: Option<u64>,
+    acquire_timeout_secs: Option<u64>,
+    sqlite_busy_timeout_ms: Option<u64>,
+    startup_retry_max_delay_secs: Option<u64>,
+}
+
+/// Each setting: its key in the TOML file and its environment variable.
+struct Key {
+    file: &'static str,
+    env: &'static str,
+}
+
+const LISTEN: Key = Key {
+    file: "listen",
+    env: "TELLTALE_LISTEN",
+};
+const DATABASE_URL: Key = Key {
+    file: "database_url",
+    env: "DATABASE_URL",
+};
+const DATA_DIR: Key = Key {
+    file: "data_dir",
+    env: "TELLTALE_DATA_DIR",
+};
+const SECRET_KEY: Key = Key {
+    file: "secret_key",
+    env: "TELLTALE_SECRET_KEY",
+};
+const PREVIOUS_KEYS: Key = Key {
+    file: "previous_secret_keys",
+    env: "TELLTALE_SECRET_KEY_PREVIOUS",
+};
+const LOG_FORMAT: Key = Key {
+    file: "log_format",
+    env: "LOG_FORMAT",
+};
+const SHUTDOWN_TIMEOUT: Key = Key {
+    file: "shutdown_timeout_secs",
+    env: "TELLTALE_SHUTDOWN_TIMEOUT_SECS",
+};
+const MAX_CONNECTIONS: Key = Key {
+    file: "database.max_connections",
+    env: "TELLTALE_DB_MAX_CONNECTIONS",
+};
+const ACQUIRE_TIMEOUT: Key = Key {
+    file: "database.acquire_timeout_secs",
+    env: "TELLTALE_DB_ACQUIRE_TIMEOUT_SECS",
+};
+const BUSY_TIMEOUT: Key = Key {
+    file: "database.sqlite_busy_timeout_ms",
+    env: "TELLTALE_SQLITE_BUSY_TIMEOUT_MS",
+};
+const STARTUP_RETRY: Key = Key {
+    file: "database.startup_retry_max_delay_secs",
+    env: "TELLTALE_DB_STARTUP_RETRY_MAX_DELAY_SECS",
+};
+
+/// Every key, for documentation and for `check-config`.
+const ALL_KEYS: &[&Key] = &[
+    &LISTEN,
+    &DATABASE_URL,
+    &DATA_DIR,
+    &SECRET_KEY,
+    &PREVIOUS_KEYS,
+    &LOG_FORMAT,
+    &SHUTDOWN_TIMEOUT,
+    &MAX_CONNECTIONS,
+    &ACQUIRE_TIMEOUT,
+    &BUSY_TIMEOUT,
+    &STARTUP_RETRY,
+];
+
+impl Key {
+    fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: format!("{} ({})", self.file, self.env),
+            message: message.into(),
+        }
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/telltale.db";
+
+/// Environment lookup, injectable so tests never touch the real process environment.
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+impl Config {
+    /// Loads the configuration: the file (if a path is given) overlaid by the environment.
+    pub fn load(file: Option<&Path>, env: &impl Env) -> Result<Config, ConfigError> {
+        let file_config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    key: "--config (TELLTALE_CONFIG)".into(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| file_error(path, &e))?
+            }
+            None => FileConfig::default(),
+        };
+        Config::resolve(file_config, env)
+    }
+
+    /// Parses configuration from TOML text (for tests and tools).
+    pub fn from_toml(text: &str, env: &impl Env) -> Result<Config, ConfigError> {
+        let file_config =
+            toml::from_str::<FileConfig>(text).map_err(|e| file_error(Path::new("<inline>"), &e))?;
+        Config::resolve(file_config, env)
+    }
+
+    fn resolve(file: FileConfig, env: &impl Env) -> Result<Config, ConfigError> {
+        let pick = |key: &Key, from_file: Option<String>| env.get(key.env).or(from_file);
+        let pick_num = |key: &Key, from_file: Option<u64>| -> Result<Option<u64>, ConfigError> {
+            match env.get(key.env) {
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| key.error(format!("expected a whole number, got {v:?}"))),
+                None => Ok(from_file),
+            }
+        };
+
+        let listen_text = pick(&LISTEN, file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+            LISTEN.error(format!(
+                "expected an address and port such as 127.0.0.1:8080, got {listen_text:?}"
+            ))
+        })?;
+
+        let database_url =
+            pick(&DATABASE_URL, file.database_url).unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        // The URL may carry a password, so the error describes it without repeating it.
+        let database = DatabaseTarget::parse(&database_url).map_err(|m| DATABASE_URL.error(m))?;
+
+        let data_dir = env
+            .get(DATA_DIR.env)
+            .map(PathBuf::from)
+            .or(file.data_dir)
+            .unwrap_or_else(|| "data".into());
+
+        let secret_key = pick(&SECRET_KEY, file.secret_key)
+            .map(|k| crate::crypto::parse_key(&k).map_err(|m| SECRET_KEY.error(m)))
+            .transpose()?;
+        let previous_texts: Vec<String> = match env.get(PREVIOUS_KEYS.env) {
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => file.previous_secret_keys.unwrap_or_default(),
+        };
+        let previous_secret_keys = previous_texts
+            .iter()
+            .map(|k| crate::crypto::parse_key(k).map_err(|m| PREVIOUS_KEYS.error(format!("each key: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let log_format = match pick(&LOG_FORMAT, file.log_format)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(LOG_FORMAT.error(format!("expected \"text\" or \"json\", got {other:?}")));
+            }
+        };
+
+        let positive = |key: &Key, value: Option<u64>, default: u64, max: u64| -> Result<u64, ConfigError> {
+            let v = value.unwrap_or(default);
+            if v == 0 || v > max {
+                return Err(key.error(format!("expected a number from 1 to {max}, got {v}")));
+            }
+            Ok(v)
+        };
+        let shutdown_secs = positive(
+            &SHUTDOWN_TIMEOUT,
+            pick_num(&SHUTDOWN_TIMEOUT, file.shutdown_timeout_secs)?,
+            30,
+            3600,
+        )?;
+        let max_connections = positive(
+            &MAX_CONNECTIONS,
+            pick_num(&MAX_CONNECTIONS, file.database.max_connections)?,
+            16,
+            1000,
+        )?;
+        let acquire_secs = positive(
+            &ACQUIRE_TIMEOUT,
+            pick_num(&ACQUIRE_TIMEOUT, file.database.acquire_timeout_secs)?,
+            5,
+            600,
+        )?;
+        let busy_ms = positive(
+            &BUSY_TIMEOUT,
+            pick_num(&BUSY_TIMEOUT, file.database.sqlite_busy_timeout_ms)?,
+            5000,
+            600_000,
+        )?;
+        let retry_secs = positive(
+            &STARTUP_RETRY,
+            pick_num(&STARTUP_RETRY, file.database.startup_retry_max_delay_secs)?,
+            30,
+            3600,
+        )?;
+
+        Ok(Config {
+            listen,
+            database,
+            database_url: SecretString::from(database_url),
+            pool: PoolSettings {
+                max_connections: max_connections as usize,
+                acquire_timeout: Duration::from_secs(acquire_secs),
+                sqlite_busy_timeout: Duration::from_millis(busy_ms),
+            },
+            data_dir,
+            secret_key,
+            previous_secret_keys,
+            log_format,
+            shutdown_timeout: Duration::from_secs(shutdown_secs),
+            startup_retry_max_delay: Duration::from_secs(retry_secs),
+        })
+    }
+
+    /// The database URL with any password replaced by `****`.
+    pub fn masked_database_url(&self) -> String {
+        mask_url_password(self.database_url.expose_secret())
+    }
+
+    /// The effective configuration as TOML, secrets masked; what `check-config` prints.
+    pub fn to_masked_toml(&self) -> String {
+        let masked = |set: bool| if set { "\"********\"" } else { "\"\" # unset" };
+        let mut out = String::new();
+        out.push_str(&format!("listen = {:?}\n", self.listen.to_string()));
+        out.push_str(&format!(
+            "database_url = {:?}  # backend: {}\n",
+            self.masked_database_url(),
+            self.database.backend_name()
+        ));
+        out.push_str(&format!("data_dir = {:?}\n", self.data_dir.display().to_string()));
+        out.push_str(&format!("secret_key = {}\n", masked(self.secret_key.is_some())));
+        out.push_str(&format!(
+            "previous_secret_keys = [{}]\n",
+            vec!["\"********\""; self.previous_secret_keys.len()].join(", ")
+        ));
+        out.push_str(&format!(
+            "log_format = {:?}\n",
+            match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }
+        ));
+        out.push_str(&format!(
+            "shutdown_timeout_secs = {}\n",
+            self.shutdown_timeout.as_secs()
+        ));
+        out.push_str("\n[database]\n");
+        out.push_str(&format!("max_connections = {}\n", self.pool.max_connections));
+        out.push_str(&format!(
+            "acquire_timeout_secs = {}\n",
+            self.pool.acquire_timeout.as_secs()
+        ));
+        out.push_str(&format!(
+            "sqlite_busy_timeout_ms = {}\n",
+            self.pool.sqlite_busy_timeout.as_millis()
+        ));
+        out.push_str(&format!(
+            "startup_retry_max_delay_secs = {}\n",
+            self.startup_retry_max_delay.as_secs()
+        ));
+        out
+    }
+
+    /// Key names with their environment variables, for the documentation test.
+    pub fn documented_keys() -> Vec<(&'static str, &'static str)> {
+        ALL_KEYS.iter().map(|k| (k.file, k.env)).collect()
+    }
+}
+
+fn file_error(path: &Path, err: &toml::de::Error) -> ConfigError {
+    // toml reports the offending key path in its message ("unknown field `x`", "in `database.max_connections`").
+    ConfigError {
+        key: format!("config file {}", path.display()),
+        message: err.message().to_owned()
+            + &err
+                .span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default(),
+    }
+}
+
+/// Replaces the password in `scheme://user:password@host/...` with `****`.
+pub fn mask_url_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        Ok(_) => raw.to_owned(),
+        // Unparseable: show only the scheme rather than risk echoing a secret.
+        Err(_) => raw
+            .split("://")
+            .next()
+            .map(|s| format!("{s}://…"))
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    #[test]
+    fn defaults_need_no_file_and_no_environment() {
+        let config = Config::load(None, &NO_ENV).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database, DatabaseTarget::Sqlite("data/telltale.db".into()));
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.pool.max_connections, 16);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let toml = "listen = \"127.0.0.1:9000\"\n[database]\nmax_connections = 4\n";
+        let env = [("TELLTALE_LISTEN", "0.0.0.0:7000"), ("LOG_FORMAT", "JSON")];
+        let config = Config::from_toml(toml, &env).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(config.pool.max_connections, 4);
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_expectation() {
+        let err = Config::from_toml("", &[("TELLTALE_LISTEN", "nope")]).unwrap_err();
+        assert_eq!(err.key, "listen (TELLTALE_LISTEN)");
+        assert!(err.message.contains("127.0.0.1:8080"), "{}", err.message);
+
+        let err = Config::from_toml("", &[("DATABASE_URL", "mysql://u:hunter2@h/db")]).unwrap_err();
+        assert_eq!(err.key, "database_url (DATABASE_URL)");
+        assert!(!err.to_string().contains("hunter2"));
+
+        let err = Config::from_toml("[database]\nmax_connections = 0\n", &NO_ENV).unwrap_err();
+        assert_eq!(err.key, "database.max_connections (TELLTALE_DB_MAX_CONNECTIONS)");
+
+        let err = Config::from_toml("listen_typo = 1\n", &NO_ENV).unwrap_err();
+        assert!(err.message.contains("listen_typo"), "{}", err.message);
+
+        let err = Config::from_toml("", &[("TELLTALE_SECRET_KEY", "short")]).unwrap_err();
+        assert_eq!(err.key, "secret_key (TELLTALE_SECRET_KEY)");
+        assert!(!err.to_string().contains("short"));
+    }
+
+    #[test]
+    fn masked_output_hides_every_secret() {
+        let key = "ab".repeat(32);
+        let env = [
+            ("DATABASE_URL", "postgres://app:s3cretpw@db.example:5432/telltale"),
+            ("TELLTALE_SECRET_KEY", key.as_str()),
+        ];
+        let config = Config::from_toml("", &env).unwrap();
+        let shown = config.to_masked_toml();
+        assert!(!shown.contains("s3cretpw"), "{shown}");
+        assert!(!shown.contains(&key), "{shown}");
+        assert!(
+            shown.contains("postgres://app:****@db.example:5432/telltale"),
+            "{shown}"
+        );
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s3cretpw") && !debug.contains("171, 171"),
+            "{debug}"
+        );
+    }
+}

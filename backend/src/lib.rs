@@ -1,0 +1,12 @@
+#![recursion_limit = "256"]
+//! Telltale: receives Milesight webhooks, keeps third-party tokens fresh, and tells on-call
+//! when something stops. See `docs/ARCHITECTURE.md` for how the modules fit together.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod metrics;
+pub mod storage;
+pub mod telemetry;
+pub mod web;

@@ -1,0 +1,227 @@
+//! Accounts and their connections to third-party platforms. Credentials and tokens are
+//! stored sealed (see `crypto`); callers get plaintext only through `ConnectionSecrets`.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Serialize;
+
+use super::fields::UtcTime;
+use super::schema::{accounts, connections};
+use super::{Db, StorageError, StorageResult, now, open_secret, reseal};
+use crate::crypto::Crypto;
+use crate::db_run;
+
+pub const CREDENTIALS_COLUMN: &str = "connections.credentials";
+pub const ACCESS_TOKEN_COLUMN: &str = "connections.access_token";
+pub const REFRESH_TOKEN_COLUMN: &str = "connections.refresh_token";
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = accounts)]
+pub struct Account {
+    pub id: i64,
+    pub name: String,
+    pub email: Option<String>,
+    pub created_at: UtcTime,
+}
+
+pub async fn create_account(db: &Db, name: &str, email: Option<&str>) -> StorageResult<Account> {
+    let at = now();
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(accounts::table)
+            .values((
+                accounts::name.eq(name),
+                accounts::email.eq(email),
+                accounts::created_at.eq(at),
+            ))
+            .returning(Account::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
+/// A stored connection. The secret columns are ciphertext and never serialised; the
+/// fingerprint (last characters of the access token) is what people may see.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = connections)]
+pub struct Connection {
+    pub id: i64,
+    pub account_id: i64,
+    pub provider: String,
+    pub name: String,
+    pub base_url: Option<String>,
+    pub settings: String,
+    #[serde(skip)]
+    pub credentials: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub access_token: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub refresh_token: Option<Vec<u8>>,
+    pub token_fingerprint: Option<String>,
+    pub expires_at: Option<UtcTime>,
+    pub refresh_expires_at: Option<UtcTime>,
+    pub status: String,
+    pub consecutive_failures: i32,
+    pub last_error: Option<String>,
+    pub last_refresh_attempt_at: Option<UtcTime>,
+    pub last_refresh_success_at: Option<UtcTime>,
+    pub last_sync_at: Option<UtcTime>,
+    pub next_refresh_at: Option<UtcTime>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<UtcTime>,
+    pub created_at: UtcTime,
+    pub updated_at: UtcTime,
+}
+
+/// A connection to create, with its secrets in plaintext (sealed before they are written).
+#[derive(Debug, Clone, Default)]
+pub struct NewConnection {
+    pub account_id: i64,
+    pub provider: String,
+    pub name: String,
+    pub base_url: Option<String>,
+    /// Non-secret provider settings as JSON.
+    pub settings: serde_json::Value,
+    pub credentials: Option<String>,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<UtcTime>,
+    pub refresh_expires_at: Option<UtcTime>,
+}
+
+/// The decrypted secrets of one connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionSecrets {
+    pub credentials: Option<String>,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectionSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionSecrets { .. }")
+    }
+}
+
+/// The last four characters of a token: enough for a person to tell tokens apart.
+pub fn fingerprint(token: &str) -> String {
+    let chars: Vec<char> = token.chars().collect();
+    let tail: String = chars[chars.len().saturating_sub(4)..].iter().collect();
+    format!("…{tail}")
+}
+
+fn status_for(token: Option<&str>, expires_at: Option<UtcTime>) -> &'static str {
+    match (token, expires_at) {
+        (None, _) => "missing",
+        (Some(_), Some(at)) if at.0 <= chrono::Utc::now() => "expired",
+        _ => "active",
+    }
+}
+
+pub async fn create_connection(db: &Db, crypto: &Crypto, new: &NewConnection) -> StorageResult<Connection> {
+    let at = now();
+    let seal = |column, value: &Option<String>| value.as_deref().map(|v| crypto.encrypt_str(column, v));
+    let values = (
+        connections::account_id.eq(new.account_id),
+        connections::provider.eq(&new.provider),
+        connections::name.eq(&new.name),
+        connections::base_url.eq(&new.base_url),
+        connections::settings.eq(new.settings.to_string()),
+        connections::credentials.eq(seal(CREDENTIALS_COLUMN, &new.credentials)),
+        connections::access_token.eq(seal(ACCESS_TOKEN_COLUMN, &new.access_token)),
+        connections::refresh_token.eq(seal(REFRESH_TOKEN_COLUMN, &new.refresh_token)),
+        connections::token_fingerprint.eq(new.access_token.as_deref().map(fingerprint)),
+        connections::expires_at.eq(new.expires_at),
+        connections::refresh_expires_at.eq(new.refresh_expires_at),
+        connections::status.eq(status_for(new.access_token.as_deref(), new.expires_at)),
+        connections::created_at.eq(at),
+        connections::updated_at.eq(at),
+    );
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(connections::table)
+            .values(values.clone())
+            .returning(Connection::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
+pub async fn get_connection(db: &Db, id: i64) -> StorageResult<Connection> {
+    db_run!(db, |conn| {
+        Ok(connections::table
+            .find(id)
+            .select(Connection::as_select())
+            .first(conn)
+            .await?)
+    })
+}
+
+pub async fn list_connections(db: &Db) -> StorageResult<Vec<Connection>> {
+    db_run!(db, |conn| {
+        Ok(connections::table
+            .order(connections::id.asc())
+            .select(Connection::as_select())
+            .load(conn)
+            .await?)
+    })
+}
+
+pub fn secrets(crypto: &Crypto, connection: &Connection) -> StorageResult<ConnectionSecrets> {
+    let open = |column, sealed: &Option<Vec<u8>>| {
+        sealed
+            .as_deref()
+            .map(|s| open_secret(crypto, column, s))
+            .transpose()
+    };
+    Ok(ConnectionSecrets {
+        credentials: open(CREDENTIALS_COLUMN, &connection.credentials)?,
+        access_token: open(ACCESS_TOKEN_COLUMN, &connection.access_token)?,
+        refresh_token: open(REFRESH_TOKEN_COLUMN, &connection.refresh_token)?,
+    })
+}
+
+/// Re-seals every connection secret with the current key (after a key rotation).
+pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> StorageResult<usize> {
+    type SealedRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let rows: Vec<SealedRow> = connections::table
+                .select((
+                    connections::id,
+                    connections::credentials,
+                    connections::access_token,
+                    connections::refresh_token,
+                ))
+                .load(tx)
+                .await?;
+            let mut changed = 0;
+            for (id, credentials, access, refresh) in rows {
+                let credentials = reseal(crypto, CREDENTIALS_COLUMN, credentials.as_deref())?;
+                let access = reseal(crypto, ACCESS_TOKEN_COLUMN, access.as_deref())?;
+                let refresh = reseal(crypto, REFRESH_TOKEN_COLUMN, refresh.as_deref())?;
+                let columns = [&credentials, &access, &refresh];
+                changed += columns.iter().filter(|c| c.is_some()).count();
+                let target = connections::table.find(id);
+                if let Some(v) = credentials {
+                    diesel::update(target)
+                        .set(connections::credentials.eq(v))
+                        .execute(tx)
+                        .await?;
+                }
+                if let Some(v) = access {
+                    diesel::update(target)
+                        .set(connections::access_token.eq(v))
+                        .execute(tx)
+                        .await?;
+                }
+                if let Some(v) = refresh {
+                    diesel::update(target)
+                        .set(connections::refresh_token.eq(v))
+                        .execute(tx)
+                        .await?;
+                }
+            }
+            Ok(changed)
+        })
+        .await
+    })
+}

@@ -1,0 +1,126 @@
+//! Devices: one row per Milesight device, keyed by serial number.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+
+use super::fields::UtcTime;
+use super::schema::devices;
+use super::{Db, StorageResult, now};
+use crate::db_run;
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = devices)]
+pub struct Device {
+    pub id: i64,
+    pub source_id: Option<i64>,
+    pub sn: String,
+    pub dev_eui: Option<String>,
+    pub mdp_device_id: Option<String>,
+    pub name: Option<String>,
+    pub model: Option<String>,
+    pub status: String,
+    pub last_seen_at: Option<UtcTime>,
+    pub last_event_type: Option<String>,
+    pub last_payload: Option<String>,
+    pub battery: Option<i32>,
+    pub expected_interval_secs: Option<i64>,
+    pub created_at: UtcTime,
+    pub updated_at: UtcTime,
+}
+
+/// Identity fields from a device profile; `None` leaves a stored value unchanged on update.
+#[derive(Debug, Clone, Default, AsChangeset)]
+#[diesel(table_name = devices)]
+pub struct DeviceProfile {
+    pub source_id: Option<i64>,
+    pub dev_eui: Option<String>,
+    pub mdp_device_id: Option<String>,
+    pub name: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = devices)]
+struct NewDevice<'a> {
+    sn: &'a str,
+    source_id: Option<i64>,
+    dev_eui: Option<&'a str>,
+    mdp_device_id: Option<&'a str>,
+    name: Option<&'a str>,
+    model: Option<&'a str>,
+    status: &'a str,
+    created_at: UtcTime,
+    updated_at: UtcTime,
+}
+
+/// What an uplink tells us about a device; written as one UPDATE.
+#[derive(Debug, Clone, AsChangeset)]
+#[diesel(table_name = devices)]
+pub struct DeviceActivity {
+    pub status: String,
+    pub last_seen_at: UtcTime,
+    pub last_event_type: Option<String>,
+    pub last_payload: Option<String>,
+    pub battery: Option<i32>,
+}
+
+/// Creates the device, or updates its identity fields, and returns the stored row.
+pub async fn upsert_by_sn(db: &Db, sn: &str, profile: &DeviceProfile) -> StorageResult<Device> {
+    let at = now();
+    let new = NewDevice {
+        sn,
+        source_id: profile.source_id,
+        dev_eui: profile.dev_eui.as_deref(),
+        mdp_device_id: profile.mdp_device_id.as_deref(),
+        name: profile.name.as_deref(),
+        model: profile.model.as_deref(),
+        status: "unknown",
+        created_at: at,
+        updated_at: at,
+    };
+    db_run!(db, |conn| {
+        let device = diesel::insert_into(devices::table)
+            .values(&new)
+            .on_conflict(devices::sn)
+            .do_update()
+            .set((profile, devices::updated_at.eq(at)))
+            .returning(Device::as_returning())
+            .get_result(conn)
+            .await?;
+        Ok(device)
+    })
+}
+
+pub async fn record_activity(db: &Db, id: i64, activity: &DeviceActivity) -> StorageResult<Device> {
+    db_run!(db, |conn| {
+        let device = diesel::update(devices::table.find(id))
+            .set((activity, devices::updated_at.eq(now())))
+            .returning(Device::as_returning())
+            .get_result(conn)
+            .await?;
+        Ok(device)
+    })
+}
+
+pub async fn get(db: &Db, id: i64) -> StorageResult<Device> {
+    db_run!(db, |conn| {
+        Ok(devices::table
+            .find(id)
+            .select(Device::as_select())
+            .first(conn)
+            .await?)
+    })
+}
+
+pub async fn list(db: &Db, limit: i64, offset: i64) -> StorageResult<Vec<Device>> {
+    db_run!(db, |conn| {
+        Ok(devices::table
+            .order(devices::sn.asc())
+            .limit(limit)
+            .offset(offset)
+            .select(Device::as_select())
+            .load(conn)
+            .await?)
+    })
+}

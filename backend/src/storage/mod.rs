@@ -1,0 +1,219 @@
+//! Storage: one schema and one set of queries for PostgreSQL and SQLite.
+//!
+//! `Db` holds a pool for whichever backend `DATABASE_URL` names. Query functions are written
+//! once inside `db_run!`, which compiles the same diesel code for each backend's connection type.
+
+pub mod connections;
+pub mod devices;
+mod error;
+pub mod fields;
+pub mod migrate;
+pub mod refresh_log;
+pub mod schema;
+pub mod webhooks;
+
+use std::time::Duration;
+
+use diesel::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+pub use error::{StorageError, StorageResult};
+pub use fields::{UtcTime, now};
+
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+/// Which database a `DATABASE_URL` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// A `postgres://` or `postgresql://` URL, passed to the driver as is.
+    Postgres(String),
+    /// A filesystem path taken from `sqlite://path` (relative paths are relative to the working directory).
+    Sqlite(String),
+}
+
+impl DatabaseTarget {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseTarget::Postgres(url.to_owned()))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("a sqlite:// URL needs a file path, e.g. sqlite://data/telltale.db".into());
+            }
+            Ok(DatabaseTarget::Sqlite(path.to_owned()))
+        } else {
+            Err("expected a URL starting with postgres://, postgresql:// or sqlite://".into())
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseTarget::Postgres(_) => "postgres",
+            DatabaseTarget::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Pool settings; defaults suit one service process.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: usize,
+    /// How long a request waits for a free connection, or for a new one to open, before the
+    /// database counts as unavailable (and the request gets a 503).
+    pub acquire_timeout: Duration,
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A handle to the database, cheap to clone. Building it does not connect: connections open
+/// on first use, so the service can start (and report why it is not ready) while the database is down.
+#[derive(Clone)]
+pub enum Db {
+    Postgres(Pool<AsyncPgConnection>),
+    Sqlite(Pool<SqliteConn>),
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever backend `$db` uses.
+/// The body is compiled once per backend, so it must be valid diesel for both.
+#[macro_export]
+macro_rules! db_run {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db {
+            $crate::storage::Db::Postgres(pool) => {
+                let mut pooled = pool.get().await.map_err($crate::storage::StorageError::from)?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            $crate::storage::Db::Sqlite(pool) => {
+                let mut pooled = pool.get().await.map_err($crate::storage::StorageError::from)?;
+                let $conn = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    pub fn open(target: &DatabaseTarget, settings: &PoolSettings) -> anyhow::Result<Db> {
+        match target {
+            DatabaseTarget::Postgres(url) => {
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.clone());
+                let pool = with_limits(Pool::builder(manager), settings).build()?;
+                Ok(Db::Postgres(pool))
+            }
+            DatabaseTarget::Sqlite(path) => {
+                if let Some(parent) = std::path::Path::new(path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        anyhow::anyhow!("cannot create the directory for SQLite database {path}: {e}")
+                    })?;
+                }
+                let busy_ms = settings.sqlite_busy_timeout.as_millis();
+                let mut config = ManagerConfig::<SqliteConn>::default();
+                config.custom_setup = Box::new(move |path: &str| {
+                    let path = path.to_owned();
+                    Box::pin(async move {
+                        let mut conn = SqliteConn::establish(&path).await?;
+                        // WAL lets readers run beside the writer; busy_timeout makes a writer wait
+                        // for the lock instead of failing at once; foreign keys are off by default.
+                        conn.batch_execute(&format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {busy_ms}; \
+                             PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
+                        ))
+                        .await
+                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    })
+                });
+                let manager =
+                    AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path.clone(), config);
+                let pool = with_limits(Pool::builder(manager), settings).build()?;
+                Ok(Db::Sqlite(pool))
+            }
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> StorageResult<()> {
+        db_run!(self, |conn| {
+            diesel::sql_query("SELECT 1").execute(conn).await?;
+            Ok(())
+        })
+    }
+
+    /// Connections currently open and in use, for the pool gauges.
+    pub fn pool_status(&self) -> deadpool::Status {
+        match self {
+            Db::Postgres(pool) => pool.status(),
+            Db::Sqlite(pool) => pool.status(),
+        }
+    }
+
+    /// Refuses new checkouts and drops idle connections; used on shutdown.
+    pub fn close(&self) {
+        match self {
+            Db::Postgres(pool) => pool.close(),
+            Db::Sqlite(pool) => pool.close(),
+        }
+    }
+}
+
+fn with_limits<M: deadpool::managed::Manager>(
+    builder: deadpool::managed::PoolBuilder<M>,
+    settings: &PoolSettings,
+) -> deadpool::managed::PoolBuilder<M> {
+    builder
+        .max_size(settings.max_connections)
+        .wait_timeout(Some(settings.acquire_timeout))
+        .create_timeout(Some(settings.acquire_timeout))
+        .recycle_timeout(Some(settings.acquire_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+}
+
+/// Opens a secret column value, naming the column (never the value) on failure.
+pub(crate) fn open_secret(
+    crypto: &crate::crypto::Crypto,
+    column: &'static str,
+    sealed: &[u8],
+) -> StorageResult<String> {
+    crypto
+        .decrypt_string(column, sealed)
+        .map_err(|e| StorageError::Decrypt {
+            column,
+            reason: e.to_string(),
+        })
+}
+
+/// For key rotation: the value re-sealed under the current key, or `None` when it already is.
+pub(crate) fn reseal(
+    crypto: &crate::crypto::Crypto,
+    column: &'static str,
+    sealed: Option<&[u8]>,
+) -> StorageResult<Option<Vec<u8>>> {
+    match sealed {
+        Some(sealed) if crypto.needs_reencryption(sealed) => {
+            let plain = open_secret(crypto, column, sealed)?;
+            Ok(Some(crypto.encrypt_str(column, &plain)))
+        }
+        _ => Ok(None),
+    }
+}

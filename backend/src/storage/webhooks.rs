@@ -1,0 +1,259 @@
+//! Webhook sources, the events they delivered (each stored once) and rejected requests.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Serialize;
+
+use super::fields::UtcTime;
+use super::schema::{webhook_events, webhook_rejections, webhook_sources};
+use super::{Db, StorageError, StorageResult, now, open_secret, reseal};
+use crate::crypto::Crypto;
+use crate::db_run;
+
+pub const SECRET_COLUMN: &str = "webhook_sources.secret";
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = webhook_sources)]
+pub struct WebhookSource {
+    pub id: i64,
+    pub name: String,
+    pub webhook_uuid: Option<String>,
+    /// Ciphertext; never serialised.
+    #[serde(skip)]
+    pub secret: Option<Vec<u8>>,
+    pub period_secs: i64,
+    pub grace_secs: i64,
+    pub verified_at: Option<UtcTime>,
+    pub last_event_at: Option<UtcTime>,
+    pub last_system_notice: Option<String>,
+    pub last_system_notice_at: Option<UtcTime>,
+    pub created_at: UtcTime,
+    pub updated_at: UtcTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = webhook_sources)]
+struct NewSource<'a> {
+    name: &'a str,
+    webhook_uuid: Option<&'a str>,
+    secret: Option<Vec<u8>>,
+    created_at: UtcTime,
+    updated_at: UtcTime,
+}
+
+/// Creates a source, or updates its webhook uuid and secret when it exists.
+pub async fn upsert_source(
+    db: &Db,
+    crypto: &Crypto,
+    name: &str,
+    webhook_uuid: Option<&str>,
+    secret: Option<&str>,
+) -> StorageResult<WebhookSource> {
+    let at = now();
+    let new = NewSource {
+        name,
+        webhook_uuid,
+        secret: secret.map(|s| crypto.encrypt_str(SECRET_COLUMN, s)),
+        created_at: at,
+        updated_at: at,
+    };
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(webhook_sources::table)
+            .values(&new)
+            .on_conflict(webhook_sources::name)
+            .do_update()
+            .set((
+                webhook_sources::webhook_uuid.eq(new.webhook_uuid),
+                webhook_sources::secret.eq(&new.secret),
+                webhook_sources::updated_at.eq(at),
+            ))
+            .returning(WebhookSource::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
+pub async fn source_by_name(db: &Db, name: &str) -> StorageResult<WebhookSource> {
+    db_run!(db, |conn| {
+        Ok(webhook_sources::table
+            .filter(webhook_sources::name.eq(name))
+            .select(WebhookSource::as_select())
+            .first(conn)
+            .await?)
+    })
+}
+
+/// The source's webhook secret in plaintext, for signature checks only.
+pub fn source_secret(crypto: &Crypto, source: &WebhookSource) -> StorageResult<Option<String>> {
+    source
+        .secret
+        .as_deref()
+        .map(|sealed| open_secret(crypto, SECRET_COLUMN, sealed))
+        .transpose()
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = webhook_events)]
+pub struct WebhookEvent {
+    pub id: i64,
+    pub source_id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub device_id: Option<i64>,
+    pub event_time: Option<UtcTime>,
+    pub received_at: UtcTime,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = webhook_events)]
+pub struct NewWebhookEvent {
+    pub source_id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub device_id: Option<i64>,
+    pub event_time: Option<UtcTime>,
+    pub received_at: UtcTime,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct InsertOutcome {
+    pub stored: usize,
+    pub duplicates: usize,
+}
+
+/// Stores a batch of events in one transaction: all of them are durable when this returns,
+/// or none are. An event whose id the source already delivered is counted, not stored again.
+pub async fn insert_events(db: &Db, events: &[NewWebhookEvent]) -> StorageResult<InsertOutcome> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let mut outcome = InsertOutcome::default();
+            for event in events {
+                let inserted = diesel::insert_into(webhook_events::table)
+                    .values(event)
+                    .on_conflict((webhook_events::source_id, webhook_events::event_id))
+                    .do_nothing()
+                    .execute(tx)
+                    .await?;
+                if inserted == 1 {
+                    outcome.stored += 1;
+                } else {
+                    outcome.duplicates += 1;
+                }
+            }
+            if let Some(last) = events.iter().map(|e| e.received_at).max()
+                && outcome.stored > 0
+            {
+                let source_ids: Vec<i64> = events.iter().map(|e| e.source_id).collect();
+                diesel::update(webhook_sources::table.filter(webhook_sources::id.eq_any(source_ids)))
+                    .set(webhook_sources::last_event_at.eq(last))
+                    .execute(tx)
+                    .await?;
+            }
+            Ok(outcome)
+        })
+        .await
+    })
+}
+
+pub async fn recent_events(db: &Db, source_id: i64, limit: i64) -> StorageResult<Vec<WebhookEvent>> {
+    db_run!(db, |conn| {
+        Ok(webhook_events::table
+            .filter(webhook_events::source_id.eq(source_id))
+            .order(webhook_events::id.desc())
+            .limit(limit)
+            .select(WebhookEvent::as_select())
+            .load(conn)
+            .await?)
+    })
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = webhook_rejections)]
+pub struct WebhookRejection {
+    pub id: i64,
+    pub source_name: Option<String>,
+    pub reason: String,
+    pub status: i32,
+    pub remote_addr: Option<String>,
+    pub headers: String,
+    pub body_excerpt: String,
+    pub body_size: i64,
+    pub received_at: UtcTime,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = webhook_rejections)]
+pub struct NewWebhookRejection {
+    pub source_name: Option<String>,
+    pub reason: String,
+    pub status: i32,
+    pub remote_addr: Option<String>,
+    pub headers: String,
+    pub body_excerpt: String,
+    pub body_size: i64,
+    pub received_at: UtcTime,
+}
+
+/// Records a rejected request and keeps only the newest `keep` rows, so a flood of bad
+/// requests cannot fill the disk.
+pub async fn record_rejection(db: &Db, rejection: &NewWebhookRejection, keep: i64) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            diesel::insert_into(webhook_rejections::table)
+                .values(rejection)
+                .execute(tx)
+                .await?;
+            let newest_kept: Option<i64> = webhook_rejections::table
+                .select(webhook_rejections::id)
+                .order(webhook_rejections::id.desc())
+                .offset(keep.max(1) - 1)
+                .first(tx)
+                .await
+                .optional()?;
+            if let Some(cutoff) = newest_kept {
+                diesel::delete(webhook_rejections::table.filter(webhook_rejections::id.lt(cutoff)))
+                    .execute(tx)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    })
+}
+
+pub async fn recent_rejections(db: &Db, limit: i64) -> StorageResult<Vec<WebhookRejection>> {
+    db_run!(db, |conn| {
+        Ok(webhook_rejections::table
+            .order(webhook_rejections::id.desc())
+            .limit(limit)
+            .select(WebhookRejection::as_select())
+            .load(conn)
+            .await?)
+    })
+}
+
+/// Re-seals every webhook secret with the current key (after a key rotation).
+pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> StorageResult<usize> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let rows: Vec<(i64, Option<Vec<u8>>)> = webhook_sources::table
+                .select((webhook_sources::id, webhook_sources::secret))
+                .load(tx)
+                .await?;
+            let mut changed = 0;
+            for (id, sealed) in rows {
+                if let Some(resealed) = reseal(crypto, SECRET_COLUMN, sealed.as_deref())? {
+                    diesel::update(webhook_sources::table.find(id))
+                        .set(webhook_sources::secret.eq(resealed))
+                        .execute(tx)
+                        .await?;
+                    changed += 1;
+                }
+            }
+            Ok(changed)
+        })
+        .await
+    })
+}

@@ -1,0 +1,61 @@
+//! HTTP: the route table and the server. Handlers stay thin; logic lives in plain functions.
+
+pub mod error;
+mod health;
+mod ui;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{ErrorHandlers, NormalizePath, TrailingSlash};
+use actix_web::{App, HttpServer, web};
+
+use crate::app::AppState;
+pub use error::ApiError;
+
+/// Routes shared by the server and by in-process tests.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/", web::get().to(ui::index))
+        .route("/static/{path:.*}", web::get().to(ui::asset));
+}
+
+/// JSON-body, path and query errors become the shared error shape instead of actix's text.
+fn extractor_configs(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(1024 * 1024)
+            .error_handler(|err, _| ApiError::bad_request("invalid_json", err.to_string()).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::bad_request("invalid_path", err.to_string()).into()),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|err, _| ApiError::bad_request("invalid_query", err.to_string()).into()),
+    );
+}
+
+pub fn http_server(state: AppState, listener: std::net::TcpListener) -> anyhow::Result<Server> {
+    let shutdown_timeout = state.config.shutdown_timeout.as_secs();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .configure(extractor_configs)
+            .configure(routes)
+            .default_service(web::to(|| async {
+                Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
+            }))
+            .wrap(ErrorHandlers::new().default_handler(error::jsonify_error))
+            .wrap(NormalizePath::new(TrailingSlash::Trim))
+            .wrap(state.metrics.http.clone())
+            .wrap(tracing_actix_web::TracingLogger::default())
+    })
+    // Signals are ours (see `app::shutdown_signal`), so shutdown also stops jobs and the pool.
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,17 @@
+DROP TABLE api_tokens;
+DROP TABLE staff_users;
+DROP TABLE job_state;
+DROP TABLE outbox;
+DROP TABLE silences;
+DROP TABLE alert_events;
+DROP TABLE alerts;
+DROP TABLE platform_data;
+DROP TABLE poll_runs;
+DROP TABLE poll_endpoint_state;
+DROP TABLE refresh_log;
+DROP TABLE connections;
+DROP TABLE accounts;
+DROP TABLE webhook_rejections;
+DROP TABLE webhook_events;
+DROP TABLE devices;
+DROP TABLE webhook_sources;
