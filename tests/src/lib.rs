@@ -1,1 +1,458 @@
+//! Test harness shared by the suites in `tests/tests/`.
+//!
+//! - `TestDb`: a fresh database per test, on SQLite (a temp file) or PostgreSQL (a database
+//!   created on the server at `TELLTALE_TEST_DATABASE_URL` and dropped afterwards), so tests
+//!   share nothing and run in parallel.
+//! - `TestServer`: the real `telltale` binary, started on a free port with its logs captured.
+//! - `TcpProxy`: a loopback proxy that can cut and restore a connection to the database.
+//! - `both_backends!`: turns one async test function into a SQLite test and a PostgreSQL test.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// A fixed key so tests can decrypt what the binary stored.
+pub const TEST_SECRET_KEY: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `mod NAME { sqlite, postgres }` tests from `async fn NAME(backend: Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::Backend::Postgres).await
+                }
+            }
+        )+
+    };
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("TELLTALE_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+/// A database that exists for one test.
+pub struct TestDb {
+    pub backend: Backend,
+    url: String,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+const PG_PREFIX: &str = "telltale_test_";
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("telltale.db").display());
+                TestDb {
+                    backend,
+                    url,
+                    pg_name: None,
+                    _dir: dir,
+                }
+            }
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let mut conn = pg_connect(&admin).await;
+                sweep_stale_databases(&mut conn).await;
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let name = format!("{PG_PREFIX}{stamp}_{:08x}", rand::random::<u32>());
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+                let url = with_database(&admin, &name, None);
+                TestDb {
+                    backend,
+                    url,
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The same database reached through another host:port (a `TcpProxy`). PostgreSQL only.
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let name = self
+            .pg_name
+            .as_deref()
+            .unwrap_or_else(|| panic!("url_via is for PostgreSQL"));
+        with_database(&pg_admin_url(), name, Some(addr))
+    }
+
+    /// The PostgreSQL server's address, for pointing a proxy at it.
+    pub fn pg_server_addr(&self) -> SocketAddr {
+        let parsed = url::Url::parse(&pg_admin_url()).unwrap_or_else(|e| panic!("bad admin URL: {e}"));
+        let host = parsed.host_str().unwrap_or("127.0.0.1");
+        let port = parsed.port().unwrap_or(5432);
+        format!("{host}:{port}")
+            .parse()
+            .unwrap_or_else(|e| panic!("PostgreSQL host must be an IP: {e}"))
+    }
+
+    /// A `telltale::storage::Db` on this database, migrated.
+    pub async fn open_migrated(&self) -> telltale::storage::Db {
+        let target = telltale::storage::DatabaseTarget::parse(&self.url).unwrap_or_else(|e| panic!("{e}"));
+        telltale::storage::migrate::run(&target)
+            .await
+            .unwrap_or_else(|e| panic!("migrations failed: {e:#}"));
+        telltale::storage::Db::open(&target, &Default::default()).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        // Drop runs inside the test's runtime, which cannot be blocked on; use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut conn) = AsyncPgConnection::establish(&pg_admin_url()).await {
+                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn pg_connect(url: &str) -> AsyncPgConnection {
+    match AsyncPgConnection::establish(url).await {
+        Ok(conn) => conn,
+        Err(e) => panic!(
+            "PostgreSQL is not reachable at {url}: {e}\n\
+             The suite needs a real PostgreSQL: run `scripts/test` (it starts one), or start one yourself \
+             (e.g. `pg_ctlcluster 15 main start`) and/or set TELLTALE_TEST_DATABASE_URL."
+        ),
+    }
+}
+
+/// Drops test databases left behind by crashed runs (older than an hour).
+async fn sweep_stale_databases(conn: &mut AsyncPgConnection) {
+    static SWEPT: Once = Once::new();
+    let mut first = false;
+    SWEPT.call_once(|| first = true);
+    if !first {
+        return;
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let names: Vec<Name> = diesel::sql_query(format!(
+        "SELECT datname FROM pg_database WHERE datname LIKE '{PG_PREFIX}%'"
+    ))
+    .load(conn)
+    .await
+    .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for Name { datname } in names {
+        let stamp = datname
+            .strip_prefix(PG_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|s| s.parse::<u64>().ok());
+        if stamp.is_some_and(|s| now.saturating_sub(s) > 3600) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {datname} WITH (FORCE)"))
+                .execute(conn)
+                .await;
+        }
+    }
+}
+
+fn with_database(admin: &str, name: &str, via: Option<SocketAddr>) -> String {
+    let mut parsed = url::Url::parse(admin).unwrap_or_else(|e| panic!("bad admin URL {admin}: {e}"));
+    parsed.set_path(&format!("/{name}"));
+    if let Some(addr) = via {
+        let _ = parsed.set_host(Some(&addr.ip().to_string()));
+        let _ = parsed.set_port(Some(addr.port()));
+    }
+    parsed.to_string()
+}
+
+/// Path of the `telltale` binary that `cargo build`/`cargo test` left in the target directory.
+pub fn telltale_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("TELLTALE_BIN") {
+        return PathBuf::from(path);
+    }
+    // Test executables live in target/<profile>/deps; the binary sits one level up.
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap_or_else(|| panic!("odd test path"));
+    let bin = profile_dir.join("telltale");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p telltale` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `telltale ARGS` to completion with a clean environment plus `env`.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = Command::new(telltale_bin());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.env("TELLTALE_DATA_DIR", dir.path()).current_dir(dir.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run telltale: {e}"))
+}
+
+/// A running `telltale serve`, killed on drop if still running.
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts the binary against `database_url` with `env` added, and waits until it listens
+    /// (not until it is ready: tests of start-up decide that themselves).
+    pub async fn start(database_url: &str, env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = Command::new(telltale_bin());
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TELLTALE_LISTEN", "127.0.0.1:0")
+            .env("DATABASE_URL", database_url)
+            .env("TELLTALE_DATA_DIR", dir.path())
+            .env("TELLTALE_SECRET_KEY", TEST_SECRET_KEY)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("TELLTALE_DB_STARTUP_RETRY_MAX_DELAY_SECS", "1")
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start telltale: {e}"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(mut logs) = logs.lock() {
+                        logs.push(line);
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let found = logs.lock().ok().and_then(|lines| {
+                lines.iter().find_map(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                    (v["message"] == "listening").then(|| v["address"].as_str()?.parse().ok())?
+                })
+            });
+            if let Some(addr) = found {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "telltale exited with {status} before listening; output:\n{}",
+                    join(&logs)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "telltale did not start listening; output:\n{}",
+                join(&logs)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        TestServer {
+            child,
+            addr,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process printed so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        join(&self.logs)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, within: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(resp) = client.get(self.url("/readyz")).send().await
+                && resp.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready within {within:?}; output:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) and waits for the process to exit.
+    pub async fn signal_and_wait(&mut self, signal: &str, within: Duration) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -s {signal} failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {within:?} after SIG{signal}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn join(logs: &Arc<Mutex<Vec<String>>>) -> String {
+    logs.lock().map(|l| l.join("\n")).unwrap_or_default()
+}
+
+/// A loopback TCP proxy to a target. `cut` closes every open connection and refuses new
+/// ones (as a network partition or a stopped database would); `restore` lets them through again.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let open = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accept_task = {
+            let open = open.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !AtomicBool::load(&open, Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    if let Ok(mut list) = connections.lock() {
+                        list.push(task.abort_handle());
+                    }
+                }
+            })
+        };
+        TcpProxy {
+            addr,
+            open,
+            connections,
+            accept_task,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        if let Ok(mut list) = self.connections.lock() {
+            for task in list.drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept_task.abort();
+    }
+}

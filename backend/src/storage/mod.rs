@@ -105,10 +105,21 @@ macro_rules! db_run {
 }
 
 impl Db {
+    /// Builds the pool. Must be called inside the service's main tokio runtime: every connection
+    /// is opened there (see `on_runtime`).
     pub fn open(target: &DatabaseTarget, settings: &PoolSettings) -> anyhow::Result<Db> {
+        let main_runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| anyhow::anyhow!("Db::open must run inside a tokio runtime"))?;
         match target {
             DatabaseTarget::Postgres(url) => {
-                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.clone());
+                let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                let runtime = main_runtime.clone();
+                config.custom_setup = Box::new(move |url: &str| {
+                    let url = url.to_owned();
+                    on_runtime(&runtime, async move { AsyncPgConnection::establish(&url).await })
+                });
+                let manager =
+                    AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url.clone(), config);
                 let pool = with_limits(Pool::builder(manager), settings).build()?;
                 Ok(Db::Postgres(pool))
             }
@@ -122,9 +133,10 @@ impl Db {
                 }
                 let busy_ms = settings.sqlite_busy_timeout.as_millis();
                 let mut config = ManagerConfig::<SqliteConn>::default();
+                let runtime = main_runtime.clone();
                 config.custom_setup = Box::new(move |path: &str| {
                     let path = path.to_owned();
-                    Box::pin(async move {
+                    on_runtime(&runtime, async move {
                         let mut conn = SqliteConn::establish(&path).await?;
                         // WAL lets readers run beside the writer; busy_timeout makes a writer wait
                         // for the lock instead of failing at once; foreign keys are off by default.
@@ -175,6 +187,27 @@ impl Db {
             Db::Sqlite(pool) => pool.close(),
         }
     }
+}
+
+/// Opens a connection on the main runtime, whichever runtime asked for it.
+///
+/// A connection remembers the runtime it was opened on: PostgreSQL's driver task is spawned
+/// there, and SQLite's wrapper runs every query through that runtime's blocking pool. actix
+/// gives each HTTP worker a runtime of its own, and a worker that stops (during a graceful
+/// shutdown, an idle one stops first) would take down every pooled connection it had opened,
+/// failing requests still in flight on the other workers.
+fn on_runtime<C: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    open: impl std::future::Future<Output = diesel::ConnectionResult<C>> + Send + 'static,
+) -> futures_core::future::BoxFuture<'static, diesel::ConnectionResult<C>> {
+    let task = runtime.spawn(open);
+    Box::pin(async move {
+        task.await.unwrap_or_else(|e| {
+            Err(diesel::ConnectionError::BadConnection(format!(
+                "connection task failed: {e}"
+            )))
+        })
+    })
 }
 
 fn with_limits<M: deadpool::managed::Manager>(

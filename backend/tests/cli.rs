@@ -1,0 +1,139 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should stop right there
+
+//! The command line as an operator meets it: bad configuration exits 2 naming the key,
+//! `check-config` masks secrets, `gen-key` prints a usable key.
+
+use std::process::{Command, Output};
+
+fn telltale(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_telltale"));
+    cmd.args(args)
+        .env_clear()
+        .current_dir(dir)
+        .env("TELLTALE_DATA_DIR", dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run telltale")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn invalid_values_exit_2_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("TELLTALE_LISTEN", "not-an-address", "listen (TELLTALE_LISTEN)"),
+        (
+            "DATABASE_URL",
+            "mysql://root:hunter2@localhost/db",
+            "database_url (DATABASE_URL)",
+        ),
+        (
+            "TELLTALE_SECRET_KEY",
+            "too-short",
+            "secret_key (TELLTALE_SECRET_KEY)",
+        ),
+        ("LOG_FORMAT", "xml", "log_format (LOG_FORMAT)"),
+        (
+            "TELLTALE_DB_MAX_CONNECTIONS",
+            "lots",
+            "database.max_connections (TELLTALE_DB_MAX_CONNECTIONS)",
+        ),
+    ];
+    for (var, value, key) in cases {
+        for command in ["serve", "check-config"] {
+            let out = telltale(&[command], &[(var, value)], dir.path());
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} with {var}={value}: {}",
+                stderr(&out)
+            );
+            let err = stderr(&out);
+            assert!(err.contains(key), "{var}: message should name {key}: {err}");
+            assert!(
+                !err.contains("hunter2"),
+                "the error must not echo a password: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn config_file_problems_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = telltale(&["--config", "nope.toml", "check-config"], &[], dir.path());
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("nope.toml"), "{}", stderr(&missing));
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "listen = \"127.0.0.1:1\"\nlisten_port = 9\n",
+    )
+    .unwrap();
+    let unknown = telltale(&["check-config"], &[("TELLTALE_CONFIG", "bad.toml")], dir.path());
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("listen_port"), "{}", stderr(&unknown));
+
+    std::fs::write(
+        dir.path().join("typed.toml"),
+        "[database]\nmax_connections = \"many\"\n",
+    )
+    .unwrap();
+    let typed = telltale(&["--config", "typed.toml", "check-config"], &[], dir.path());
+    assert_eq!(typed.status.code(), Some(2));
+    assert!(stderr(&typed).contains("invalid type"), "{}", stderr(&typed));
+}
+
+#[test]
+fn check_config_shows_effective_values_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("telltale.toml"),
+        "listen = \"127.0.0.1:9100\"\n[database]\nmax_connections = 3\n",
+    )
+    .unwrap();
+    let key = "c0ffee".repeat(10) + "c0ff";
+    let out = telltale(
+        &["--config", "telltale.toml", "check-config"],
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://app:CANARY-pw@db.internal:5432/telltale",
+            ),
+            ("TELLTALE_SECRET_KEY", &key),
+            ("TELLTALE_LISTEN", "0.0.0.0:9200"),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("listen = \"0.0.0.0:9200\""),
+        "environment wins over the file: {shown}"
+    );
+    assert!(shown.contains("max_connections = 3"), "file value kept: {shown}");
+    assert!(
+        shown.contains("postgres://app:****@db.internal:5432/telltale"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("CANARY-pw") && !shown.contains(&key),
+        "secrets must be masked: {shown}"
+    );
+}
+
+#[test]
+fn gen_key_prints_a_key_the_service_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = telltale(&["gen-key"], &[], dir.path());
+    assert!(out.status.success());
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(key.len(), 64);
+    assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
+    let check = telltale(&["check-config"], &[("TELLTALE_SECRET_KEY", &key)], dir.path());
+    assert!(check.status.success(), "{}", stderr(&check));
+}

@@ -1,0 +1,382 @@
+//! Storage round-trips on SQLite and PostgreSQL: every test runs once per backend against a
+//! freshly created, migrated database.
+
+use chrono::{Duration, TimeZone, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use telltale::crypto::Crypto;
+use telltale::db_run;
+use telltale::storage::connections::{self, NewConnection};
+use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
+use telltale::storage::refresh_log::{self, NewRefreshLogEntry};
+use telltale::storage::schema;
+use telltale::storage::webhooks::{self, NewWebhookEvent, NewWebhookRejection};
+use telltale::storage::{DatabaseTarget, StorageError, StorageResult, UtcTime, migrate, now};
+use telltale_e2e::{Backend, TestDb, both_backends};
+
+both_backends!(
+    migrations_run_twice_without_change,
+    devices_upsert_by_serial_and_keep_activity,
+    webhook_events_are_stored_exactly_once,
+    secret_columns_hold_ciphertext_only,
+    key_rotation_reseals_every_secret,
+    refresh_log_round_trips_and_filters,
+    rejection_log_keeps_only_the_newest,
+    uniqueness_and_foreign_keys_are_enforced,
+);
+
+fn key(byte: u8) -> [u8; 32] {
+    [byte; 32]
+}
+
+async fn migrations_run_twice_without_change(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let target = DatabaseTarget::parse(db.url()).unwrap();
+    assert_eq!(
+        migrate::pending(&target).await.unwrap().len(),
+        1,
+        "a new database has the initial migration pending"
+    );
+    let first = migrate::run(&target).await.unwrap();
+    assert_eq!(first, vec!["20261123000001".to_owned()]);
+    let second = migrate::run(&target).await.unwrap();
+    assert!(second.is_empty(), "second run applied {second:?}");
+    assert!(migrate::pending(&target).await.unwrap().is_empty());
+}
+
+async fn devices_upsert_by_serial_and_keep_activity(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let profile = DeviceProfile {
+        dev_eui: Some("24E124136B316153".into()),
+        mdp_device_id: Some("1780029145376743426".into()),
+        name: Some("Cold room".into()),
+        model: Some("EM300-TH".into()),
+        ..Default::default()
+    };
+    let created = devices::upsert_by_sn(&db, "6136D19078290009", &profile)
+        .await
+        .unwrap();
+    assert_eq!(created.status, "unknown");
+    assert_eq!(created.name.as_deref(), Some("Cold room"));
+
+    let renamed = DeviceProfile {
+        name: Some("Cold room 2".into()),
+        ..Default::default()
+    };
+    let updated = devices::upsert_by_sn(&db, "6136D19078290009", &renamed)
+        .await
+        .unwrap();
+    assert_eq!(updated.id, created.id, "same serial, same device");
+    assert_eq!(updated.name.as_deref(), Some("Cold room 2"));
+    assert_eq!(
+        updated.model.as_deref(),
+        Some("EM300-TH"),
+        "fields not given are kept"
+    );
+
+    let seen_at: UtcTime = Utc.with_ymd_and_hms(2026, 11, 23, 9, 30, 15).unwrap().into();
+    let activity = DeviceActivity {
+        status: "online".into(),
+        last_seen_at: seen_at,
+        last_event_type: Some("PROPERTY".into()),
+        last_payload: Some(r#"{"temperature":4.5}"#.into()),
+        battery: Some(87),
+    };
+    devices::record_activity(&db, created.id, &activity)
+        .await
+        .unwrap();
+    let stored = devices::get(&db, created.id).await.unwrap();
+    assert_eq!(stored.status, "online");
+    assert_eq!(
+        stored.last_seen_at,
+        Some(seen_at),
+        "timestamps round-trip exactly"
+    );
+    assert_eq!(stored.battery, Some(87));
+    assert_eq!(stored.last_payload.as_deref(), Some(r#"{"temperature":4.5}"#));
+
+    devices::upsert_by_sn(&db, "0001", &DeviceProfile::default())
+        .await
+        .unwrap();
+    let listed: Vec<String> = devices::list(&db, 10, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.sn)
+        .collect();
+    assert_eq!(listed, vec!["0001", "6136D19078290009"]);
+    assert!(matches!(
+        devices::get(&db, 999_999).await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+fn event(source_id: i64, event_id: &str, at: UtcTime) -> NewWebhookEvent {
+    NewWebhookEvent {
+        source_id,
+        event_id: event_id.into(),
+        event_type: "DEVICE_DATA".into(),
+        device_id: None,
+        event_time: Some(at),
+        received_at: at,
+        payload: format!(r#"{{"eventId":"{event_id}"}}"#),
+    }
+}
+
+async fn webhook_events_are_stored_exactly_once(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let crypto = Crypto::new(&key(1), &[]);
+    let source = webhooks::upsert_source(&db, &crypto, "site-a", Some("uuid-1"), Some("whsec"))
+        .await
+        .unwrap();
+    assert!(source.last_event_at.is_none());
+
+    let t0 = now();
+    let later: UtcTime = (t0.0 + Duration::seconds(5)).into();
+    let batch = [
+        event(source.id, "e1", t0),
+        event(source.id, "e2", t0),
+        event(source.id, "e1", t0),
+    ];
+    let outcome = webhooks::insert_events(&db, &batch).await.unwrap();
+    assert_eq!(
+        (outcome.stored, outcome.duplicates),
+        (2, 1),
+        "a repeat inside one batch is a duplicate"
+    );
+
+    let outcome = webhooks::insert_events(
+        &db,
+        &[event(source.id, "e2", later), event(source.id, "e3", later)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (outcome.stored, outcome.duplicates),
+        (1, 1),
+        "a repeat across batches is a duplicate"
+    );
+
+    let stored = webhooks::recent_events(&db, source.id, 10).await.unwrap();
+    let ids: Vec<&str> = stored.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, vec!["e3", "e2", "e1"], "newest first, each once");
+    assert_eq!(stored[2].event_time, Some(t0));
+
+    let source = webhooks::source_by_name(&db, "site-a").await.unwrap();
+    assert_eq!(source.last_event_at, Some(later));
+
+    // The same event id from another source is a different event.
+    let other = webhooks::upsert_source(&db, &crypto, "site-b", None, None)
+        .await
+        .unwrap();
+    let outcome = webhooks::insert_events(&db, &[event(other.id, "e1", t0)])
+        .await
+        .unwrap();
+    assert_eq!(outcome.stored, 1);
+}
+
+async fn secret_columns_hold_ciphertext_only(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let crypto = Crypto::new(&key(2), &[]);
+    let account = connections::create_account(&db, "acme", Some("ops@acme.test"))
+        .await
+        .unwrap();
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "spotify".into(),
+        name: "main".into(),
+        settings: serde_json::json!({ "scopes": ["user-read-recently-played"] }),
+        credentials: Some(r#"{"client_secret":"CANARY-client-secret"}"#.into()),
+        access_token: Some("CANARY-access-token-WXYZ".into()),
+        refresh_token: Some("CANARY-refresh-token".into()),
+        expires_at: Some((Utc::now() + Duration::hours(1)).into()),
+        ..Default::default()
+    };
+    let created = connections::create_connection(&db, &crypto, &new).await.unwrap();
+    assert_eq!(created.status, "active");
+    assert_eq!(created.token_fingerprint.as_deref(), Some("…WXYZ"));
+    webhooks::upsert_source(&db, &crypto, "site-a", Some("u"), Some("CANARY-webhook-secret"))
+        .await
+        .unwrap();
+
+    let raw = read_raw_secrets(&db).await;
+    for value in raw.unwrap() {
+        let bytes = value.expect("every secret column was set");
+        assert!(
+            !bytes.windows(6).any(|w| w == b"CANARY"),
+            "plaintext found in a secret column"
+        );
+        assert!(bytes.len() > 40, "stored value carries nonce and tag");
+    }
+
+    let fetched = connections::get_connection(&db, created.id).await.unwrap();
+    let secrets = connections::secrets(&crypto, &fetched).unwrap();
+    assert_eq!(secrets.access_token.as_deref(), Some("CANARY-access-token-WXYZ"));
+    assert_eq!(secrets.refresh_token.as_deref(), Some("CANARY-refresh-token"));
+    assert_eq!(
+        secrets.credentials.as_deref(),
+        Some(r#"{"client_secret":"CANARY-client-secret"}"#)
+    );
+    assert!(
+        !format!("{secrets:?}").contains("CANARY"),
+        "Debug output hides secrets"
+    );
+    let json = serde_json::to_string(&fetched).unwrap();
+    assert!(
+        !json.contains("CANARY") && !json.contains("access_token\""),
+        "serialised rows carry no secrets: {json}"
+    );
+
+    let wrong_key = Crypto::new(&key(3), &[]);
+    assert!(matches!(
+        connections::secrets(&wrong_key, &fetched),
+        Err(StorageError::Decrypt { .. })
+    ));
+}
+
+/// The stored bytes of every secret column, as anyone with database access would see them.
+async fn read_raw_secrets(db: &telltale::storage::Db) -> StorageResult<Vec<Option<Vec<u8>>>> {
+    db_run!(db, |conn| {
+        use schema::connections::dsl as c;
+        let row: (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = c::connections
+            .select((c::credentials, c::access_token, c::refresh_token))
+            .first(conn)
+            .await?;
+        let secret: Option<Vec<u8>> = schema::webhook_sources::table
+            .select(schema::webhook_sources::secret)
+            .first(conn)
+            .await?;
+        Ok(vec![row.0, row.1, row.2, secret])
+    })
+}
+
+async fn key_rotation_reseals_every_secret(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let old = Crypto::new(&key(4), &[]);
+    let account = connections::create_account(&db, "acme", None).await.unwrap();
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "github".into(),
+        name: "org".into(),
+        access_token: Some("gho_token".into()),
+        refresh_token: Some("ghr_token".into()),
+        ..Default::default()
+    };
+    let id = connections::create_connection(&db, &old, &new).await.unwrap().id;
+    webhooks::upsert_source(&db, &old, "site-a", None, Some("whsec"))
+        .await
+        .unwrap();
+
+    let rotating = Crypto::new(&key(5), &[key(4)]);
+    assert_eq!(webhooks::reencrypt_secrets(&db, &rotating).await.unwrap(), 1);
+    assert_eq!(connections::reencrypt_secrets(&db, &rotating).await.unwrap(), 2);
+    assert_eq!(
+        connections::reencrypt_secrets(&db, &rotating).await.unwrap(),
+        0,
+        "second pass has nothing to do"
+    );
+
+    let new_only = Crypto::new(&key(5), &[]);
+    let stored = connections::get_connection(&db, id).await.unwrap();
+    assert_eq!(
+        connections::secrets(&new_only, &stored)
+            .unwrap()
+            .access_token
+            .as_deref(),
+        Some("gho_token")
+    );
+    let source = webhooks::source_by_name(&db, "site-a").await.unwrap();
+    assert_eq!(
+        webhooks::source_secret(&new_only, &source).unwrap().as_deref(),
+        Some("whsec")
+    );
+}
+
+async fn refresh_log_round_trips_and_filters(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let at = now();
+    let entry = |provider: &str, success: bool| NewRefreshLogEntry {
+        connection_id: None,
+        provider: provider.into(),
+        trigger: "scheduled".into(),
+        dry_run: false,
+        success,
+        error: (!success).then(|| "HTTP 503 from token endpoint".to_owned()),
+        old_expires_at: Some(at),
+        new_expires_at: success.then(|| (at.0 + Duration::hours(2)).into()),
+        duration_ms: 120,
+        attempted_at: at,
+    };
+    let written = refresh_log::append(&db, &entry("milesight", true)).await.unwrap();
+    refresh_log::append(&db, &entry("spotify", false)).await.unwrap();
+    refresh_log::append(&db, &entry("milesight", false))
+        .await
+        .unwrap();
+
+    let all = refresh_log::recent(&db, None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let milesight = refresh_log::recent(&db, Some("milesight"), 10).await.unwrap();
+    assert_eq!(milesight.len(), 2);
+    assert!(!milesight[0].success && milesight[1].success, "newest first");
+    assert_eq!(milesight[1], written);
+    assert_eq!(
+        milesight[1].new_expires_at,
+        Some((at.0 + Duration::hours(2)).into())
+    );
+}
+
+async fn rejection_log_keeps_only_the_newest(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    for i in 0..5 {
+        let rejection = NewWebhookRejection {
+            source_name: Some("site-a".into()),
+            reason: format!("bad_signature #{i}"),
+            status: 401,
+            remote_addr: Some("127.0.0.1".into()),
+            headers: "{}".into(),
+            body_excerpt: "[]".into(),
+            body_size: 2,
+            received_at: now(),
+        };
+        webhooks::record_rejection(&db, &rejection, 3).await.unwrap();
+    }
+    let kept: Vec<String> = webhooks::recent_rejections(&db, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.reason)
+        .collect();
+    assert_eq!(
+        kept,
+        vec!["bad_signature #4", "bad_signature #3", "bad_signature #2"]
+    );
+}
+
+async fn uniqueness_and_foreign_keys_are_enforced(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let crypto = Crypto::new(&key(6), &[]);
+    connections::create_account(&db, "acme", None).await.unwrap();
+    assert!(matches!(
+        connections::create_account(&db, "acme", None).await,
+        Err(StorageError::Conflict(_))
+    ));
+
+    let orphan = NewConnection {
+        account_id: 424_242,
+        provider: "discord".into(),
+        name: "x".into(),
+        ..Default::default()
+    };
+    let result = connections::create_connection(&db, &crypto, &orphan).await;
+    assert!(
+        result.is_err(),
+        "a connection needs an existing account on every backend (SQLite foreign_keys is on)"
+    );
+}
