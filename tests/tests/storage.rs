@@ -237,11 +237,13 @@ async fn secret_columns_hold_ciphertext_only(backend: Backend) {
     ));
 }
 
+type Sealed = Option<Vec<u8>>;
+
 /// The stored bytes of every secret column, as anyone with database access would see them.
-async fn read_raw_secrets(db: &telltale::storage::Db) -> StorageResult<Vec<Option<Vec<u8>>>> {
+async fn read_raw_secrets(db: &telltale::storage::Db) -> StorageResult<Vec<Sealed>> {
     db_run!(db, |conn| {
         use schema::connections::dsl as c;
-        let row: (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = c::connections
+        let row: (Sealed, Sealed, Sealed) = c::connections
             .select((c::credentials, c::access_token, c::refresh_token))
             .first(conn)
             .await?;
