@@ -16,6 +16,8 @@ pub struct RefreshLogEntry {
     pub connection_id: Option<i64>,
     pub provider: String,
     pub trigger: String,
+    /// Who started it: `scheduler`, a staff user's email, `cli`, `cron_endpoint`.
+    pub actor: Option<String>,
     pub dry_run: bool,
     pub success: bool,
     /// Already sanitised by the caller: never contains token text.
@@ -32,6 +34,8 @@ pub struct NewRefreshLogEntry {
     pub connection_id: Option<i64>,
     pub provider: String,
     pub trigger: String,
+    /// Who started it: `scheduler`, a staff user's email, `cli`, `cron_endpoint`.
+    pub actor: Option<String>,
     pub dry_run: bool,
     pub success: bool,
     pub error: Option<String>,

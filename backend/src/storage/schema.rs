@@ -129,6 +129,7 @@ diesel::table! {
         connection_id -> Nullable<BigInt>,
         provider -> Text,
         trigger -> Text,
+        actor -> Nullable<Text>,
         dry_run -> Bool,
         success -> Bool,
         error -> Nullable<Text>,

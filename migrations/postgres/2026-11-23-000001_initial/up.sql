@@ -102,6 +102,8 @@ CREATE TABLE refresh_log (
     connection_id BIGINT REFERENCES connections (id) ON DELETE SET NULL,
     provider TEXT NOT NULL,
     trigger TEXT NOT NULL,
+    -- who started the attempt: the scheduler, a staff user's email, the CLI, the cron endpoint
+    actor TEXT,
     dry_run BOOLEAN NOT NULL DEFAULT FALSE,
     success BOOLEAN NOT NULL,
     error TEXT,

@@ -1,5 +1,6 @@
 -- Telltale's first schema: the whole domain, so later features extend it rather than redesign it.
 -- Every timestamp is TEXT in fixed-width UTC ("YYYY-MM-DD HH:MM:SS.ffffff+00:00"), so text order is time order.
+-- Secret columns (BLOB) hold AEAD ciphertext, never plaintext.
 
 CREATE TABLE webhook_sources (
     id INTEGER PRIMARY KEY,
@@ -102,6 +103,8 @@ CREATE TABLE refresh_log (
     connection_id BIGINT REFERENCES connections (id) ON DELETE SET NULL,
     provider TEXT NOT NULL,
     trigger TEXT NOT NULL,
+    -- who started the attempt: the scheduler, a staff user's email, the CLI, the cron endpoint
+    actor TEXT,
     dry_run BOOLEAN NOT NULL DEFAULT 0,
     success BOOLEAN NOT NULL,
     error TEXT,
