@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::metrics::Metrics;
+use crate::milesight::intake::{Intake, sync_configured_sources};
 use crate::storage::{Db, migrate};
 
 /// Everything a handler or background job needs, built once and cheap to clone.
@@ -21,6 +22,7 @@ pub struct AppState {
     pub crypto: Arc<Crypto>,
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
+    pub intake: Arc<Intake>,
 }
 
 /// Whether the service can do its job, and if not, why.
@@ -73,7 +75,9 @@ impl AppState {
     pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
         let db = Db::open(&config.database, &config.pool)?;
         let metrics = Metrics::new(db.backend_name())?;
+        let intake = Arc::new(Intake::new(config.milesight.timestamp_tolerance.as_secs() as i64));
         Ok(AppState {
+            intake,
             config: Arc::new(config),
             db,
             crypto: Arc::new(crypto),
@@ -113,6 +117,7 @@ async fn bring_up_database(state: AppState) {
             } else {
                 tracing::info!(backend = state.db.backend_name(), migrations = ?applied, "database ready; migrations applied");
             }
+            sync_configured_sources(&state).await;
             state.readiness.set(ReadyState::Ready);
             state.metrics.ready.set(1);
         }

@@ -26,6 +26,29 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Longest delay between attempts to reach the database at start-up.
     pub startup_retry_max_delay: Duration,
+    pub milesight: MilesightConfig,
+}
+
+/// Milesight webhook intake settings.
+#[derive(Clone)]
+pub struct MilesightConfig {
+    /// Configured webhooks; a webhook without uuid is the default, used for any uuid not listed.
+    pub webhooks: Vec<WebhookConfig>,
+    /// Accepted clock difference between the sender's timestamp and ours, both directions.
+    pub timestamp_tolerance: Duration,
+    pub max_body_bytes: usize,
+    /// How many rejected requests are kept for inspection.
+    pub rejections_kept: i64,
+    /// A source is STALE after `period + grace` without an event.
+    pub source_period: Duration,
+    pub source_grace: Duration,
+}
+
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub uuid: Option<String>,
+    pub secret: SecretString,
+    pub source: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -64,6 +87,29 @@ struct FileConfig {
     shutdown_timeout_secs: Option<u64>,
     #[serde(default)]
     database: FileDatabase,
+    #[serde(default)]
+    milesight: FileMilesight,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMilesight {
+    webhook_secret: Option<String>,
+    timestamp_tolerance_secs: Option<u64>,
+    max_body_bytes: Option<u64>,
+    rejections_kept: Option<u64>,
+    source_period_secs: Option<u64>,
+    source_grace_secs: Option<u64>,
+    #[serde(default)]
+    webhooks: Vec<FileWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    uuid: String,
+    secret: String,
+    source: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +171,34 @@ const STARTUP_RETRY: Key = Key {
     file: "database.startup_retry_max_delay_secs",
     env: "TELLTALE_DB_STARTUP_RETRY_MAX_DELAY_SECS",
 };
+const WEBHOOK_SECRET: Key = Key {
+    file: "milesight.webhook_secret",
+    env: "MILESIGHT_WEBHOOK_SECRET",
+};
+const WEBHOOKS: Key = Key {
+    file: "milesight.webhooks",
+    env: "(file only)",
+};
+const TOLERANCE: Key = Key {
+    file: "milesight.timestamp_tolerance_secs",
+    env: "MILESIGHT_WEBHOOK_TOLERANCE_SECS",
+};
+const MAX_BODY: Key = Key {
+    file: "milesight.max_body_bytes",
+    env: "MILESIGHT_WEBHOOK_MAX_BODY_BYTES",
+};
+const REJECTIONS_KEPT: Key = Key {
+    file: "milesight.rejections_kept",
+    env: "MILESIGHT_WEBHOOK_REJECTIONS_KEPT",
+};
+const SOURCE_PERIOD: Key = Key {
+    file: "milesight.source_period_secs",
+    env: "MILESIGHT_SOURCE_PERIOD_SECS",
+};
+const SOURCE_GRACE: Key = Key {
+    file: "milesight.source_grace_secs",
+    env: "MILESIGHT_SOURCE_GRACE_SECS",
+};
 
 /// Every key, for documentation and for `check-config`.
 const ALL_KEYS: &[&Key] = &[
@@ -139,6 +213,13 @@ const ALL_KEYS: &[&Key] = &[
     &ACQUIRE_TIMEOUT,
     &BUSY_TIMEOUT,
     &STARTUP_RETRY,
+    &WEBHOOK_SECRET,
+    &WEBHOOKS,
+    &TOLERANCE,
+    &MAX_BODY,
+    &REJECTIONS_KEPT,
+    &SOURCE_PERIOD,
+    &SOURCE_GRACE,
 ];
 
 impl Key {
@@ -294,7 +375,74 @@ impl Config {
             3600,
         )?;
 
+        let ms = file.milesight;
+        let mut webhooks = Vec::new();
+        for (i, hook) in ms.webhooks.into_iter().enumerate() {
+            let at = |field: &str| WEBHOOKS.error(format!("entry {}: {field}", i + 1));
+            if hook.uuid.trim().is_empty() {
+                return Err(at("uuid must not be empty"));
+            }
+            if hook.secret.is_empty() {
+                return Err(at("secret must not be empty"));
+            }
+            if !valid_source_name(&hook.source) {
+                return Err(at("source must be 1-64 letters, digits, '-' or '_'"));
+            }
+            if webhooks
+                .iter()
+                .any(|w: &WebhookConfig| w.uuid.as_deref() == Some(hook.uuid.as_str()))
+            {
+                return Err(at("uuid is listed twice"));
+            }
+            webhooks.push(WebhookConfig {
+                uuid: Some(hook.uuid),
+                secret: SecretString::from(hook.secret),
+                source: hook.source,
+            });
+        }
+        if let Some(secret) = pick(&WEBHOOK_SECRET, ms.webhook_secret) {
+            webhooks.push(WebhookConfig {
+                uuid: None,
+                secret: SecretString::from(secret),
+                source: "default".into(),
+            });
+        }
+        let milesight = MilesightConfig {
+            webhooks,
+            timestamp_tolerance: Duration::from_secs(positive(
+                &TOLERANCE,
+                pick_num(&TOLERANCE, ms.timestamp_tolerance_secs)?,
+                300,
+                86_400,
+            )?),
+            max_body_bytes: positive(
+                &MAX_BODY,
+                pick_num(&MAX_BODY, ms.max_body_bytes)?,
+                1024 * 1024,
+                64 * 1024 * 1024,
+            )? as usize,
+            rejections_kept: positive(
+                &REJECTIONS_KEPT,
+                pick_num(&REJECTIONS_KEPT, ms.rejections_kept)?,
+                1000,
+                1_000_000,
+            )? as i64,
+            source_period: Duration::from_secs(positive(
+                &SOURCE_PERIOD,
+                pick_num(&SOURCE_PERIOD, ms.source_period_secs)?,
+                900,
+                30 * 86_400,
+            )?),
+            source_grace: Duration::from_secs(positive(
+                &SOURCE_GRACE,
+                pick_num(&SOURCE_GRACE, ms.source_grace_secs)?,
+                300,
+                30 * 86_400,
+            )?),
+        };
+
         Ok(Config {
+            milesight,
             listen,
             database,
             database_url: SecretString::from(database_url),
@@ -358,6 +506,25 @@ impl Config {
             "startup_retry_max_delay_secs = {}\n",
             self.startup_retry_max_delay.as_secs()
         ));
+        let ms = &self.milesight;
+        out.push_str("\n[milesight]\n");
+        let default_hook = ms.webhooks.iter().any(|w| w.uuid.is_none());
+        out.push_str(&format!("webhook_secret = {}\n", masked(default_hook)));
+        out.push_str(&format!(
+            "timestamp_tolerance_secs = {}\n",
+            ms.timestamp_tolerance.as_secs()
+        ));
+        out.push_str(&format!("max_body_bytes = {}\n", ms.max_body_bytes));
+        out.push_str(&format!("rejections_kept = {}\n", ms.rejections_kept));
+        out.push_str(&format!("source_period_secs = {}\n", ms.source_period.as_secs()));
+        out.push_str(&format!("source_grace_secs = {}\n", ms.source_grace.as_secs()));
+        for hook in ms.webhooks.iter().filter(|w| w.uuid.is_some()) {
+            out.push_str(&format!(
+                "\n[[milesight.webhooks]]\nuuid = {:?}\nsecret = \"********\"\nsource = {:?}\n",
+                hook.uuid.as_deref().unwrap_or_default(),
+                hook.source
+            ));
+        }
         out
     }
 
@@ -377,6 +544,15 @@ fn file_error(path: &Path, err: &toml::de::Error) -> ConfigError {
                 .map(|s| format!(" (at byte {})", s.start))
                 .unwrap_or_default(),
     }
+}
+
+/// Source names appear in URLs and metric labels, so they are kept short and plain.
+pub fn valid_source_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Replaces the password in `scheme://user:password@host/...` with `****`.
@@ -441,6 +617,30 @@ mod tests {
         let err = Config::from_toml("", &[("TELLTALE_SECRET_KEY", "short")]).unwrap_err();
         assert_eq!(err.key, "secret_key (TELLTALE_SECRET_KEY)");
         assert!(!err.to_string().contains("short"));
+    }
+
+    #[test]
+    fn webhooks_from_file_and_default_secret_from_environment() {
+        let toml = "[[milesight.webhooks]]\nuuid = \"u-1\"\nsecret = \"CANARY-1\"\nsource = \"site-a\"\n";
+        let config = Config::from_toml(toml, &[("MILESIGHT_WEBHOOK_SECRET", "CANARY-2")]).unwrap();
+        let hooks = &config.milesight.webhooks;
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(
+            (hooks[0].uuid.as_deref(), hooks[0].source.as_str()),
+            (Some("u-1"), "site-a")
+        );
+        assert_eq!(
+            (hooks[1].uuid.as_deref(), hooks[1].source.as_str()),
+            (None, "default")
+        );
+        let shown = config.to_masked_toml();
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(shown.contains("source = \"site-a\""), "{shown}");
+
+        let bad = "[[milesight.webhooks]]\nuuid = \"u\"\nsecret = \"s\"\nsource = \"no spaces\"\n";
+        let err = Config::from_toml(bad, &NO_ENV).unwrap_err();
+        assert!(err.key.starts_with("milesight.webhooks"), "{err}");
+        assert!(err.message.contains("entry 1"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod metrics;
+pub mod milesight;
 pub mod storage;
 pub mod telemetry;
 pub mod web;

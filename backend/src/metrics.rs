@@ -3,7 +3,10 @@
 //! when `/metrics` is scraped.
 
 use actix_web_prom::{PrometheusMetrics, PrometheusMetricsBuilder};
-use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::storage::Db;
 
@@ -18,6 +21,14 @@ pub struct Metrics {
     /// Failed attempts to reach or migrate the database at start-up.
     pub startup_db_failures: IntCounter,
     db_pool: IntGaugeVec,
+    /// Webhook requests by source and outcome (`accepted`, a rejection code, `unavailable`).
+    pub webhook_requests: IntCounterVec,
+    /// Webhook events by source and outcome (`stored`, `duplicate`).
+    pub webhook_events: IntCounterVec,
+    /// Time from receiving a webhook body to its commit.
+    pub webhook_ingest_seconds: Histogram,
+    /// Milesight SYSTEM_MESSAGES notices (MDP stopped pushing or hit its daily limit).
+    pub milesight_system_notices: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,12 +78,51 @@ impl Metrics {
         )?;
         registry.register(Box::new(db_pool.clone()))?;
 
+        let webhook_requests = IntCounterVec::new(
+            Opts::new(
+                "telltale_webhook_requests_total",
+                "Webhook requests by source and outcome",
+            ),
+            &["source", "outcome"],
+        )?;
+        registry.register(Box::new(webhook_requests.clone()))?;
+        let webhook_events = IntCounterVec::new(
+            Opts::new(
+                "telltale_webhook_events_total",
+                "Webhook events by source and outcome (stored, duplicate)",
+            ),
+            &["source", "outcome"],
+        )?;
+        registry.register(Box::new(webhook_events.clone()))?;
+        let webhook_ingest_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "telltale_webhook_ingest_duration_seconds",
+                "Time to verify, parse and commit a webhook",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        registry.register(Box::new(webhook_ingest_seconds.clone()))?;
+        let milesight_system_notices = IntCounterVec::new(
+            Opts::new(
+                "telltale_milesight_system_notices_total",
+                "Milesight SYSTEM_MESSAGES notices received, by source",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(milesight_system_notices.clone()))?;
+
         Ok(Metrics {
             registry,
             http,
             ready,
             startup_db_failures,
             db_pool,
+            webhook_requests,
+            webhook_events,
+            webhook_ingest_seconds,
+            milesight_system_notices,
         })
     }
 

@@ -207,21 +207,22 @@ fn with_database(admin: &str, name: &str, via: Option<SocketAddr>) -> String {
     parsed.to_string()
 }
 
-/// Path of the `telltale` binary that `cargo build`/`cargo test` left in the target directory.
+/// The binary under test: this package's `telltale-under-test` target (see its source for why),
+/// which cargo builds before running this package's tests. `TELLTALE_BIN` overrides it.
 pub fn telltale_bin() -> PathBuf {
     if let Ok(path) = std::env::var("TELLTALE_BIN") {
         return PathBuf::from(path);
     }
-    // Test executables live in target/<profile>/deps; the binary sits one level up.
+    // Test executables live in target/<profile>/deps; binaries sit one level up.
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .unwrap_or_else(|| panic!("odd test path"));
-    let bin = profile_dir.join("telltale");
+    let bin = profile_dir.join("telltale-under-test");
     assert!(
         bin.exists(),
-        "{} is missing: build it first with `cargo build -p telltale` (scripts/test does)",
+        "{} is missing: run the suites with `cargo test -p telltale-e2e`",
         bin.display()
     );
     bin
@@ -254,7 +255,18 @@ impl TestServer {
     /// Starts the binary against `database_url` with `env` added, and waits until it listens
     /// (not until it is ready: tests of start-up decide that themselves).
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_with_config(database_url, "", env).await
+    }
+
+    /// As `start`, with `config_toml` written to a file and passed as `--config`.
+    pub async fn start_with_config(
+        database_url: &str,
+        config_toml: &str,
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let config_path = dir.path().join("telltale.toml");
+        std::fs::write(&config_path, config_toml).unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = Command::new(telltale_bin());
         cmd.arg("serve")
             .env_clear()
@@ -266,6 +278,7 @@ impl TestServer {
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("TELLTALE_DB_STARTUP_RETRY_MAX_DELAY_SECS", "1")
+            .env("TELLTALE_CONFIG", &config_path)
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -455,4 +468,29 @@ impl Drop for TcpProxy {
         self.cut();
         self.accept_task.abort();
     }
+}
+
+/// Milesight webhook headers for `secret`, computed here with the test's own HMAC (not the
+/// product's), as MDP does: lower-hex HMAC-SHA256 over `timestamp + nonce`.
+pub fn milesight_headers(
+    secret: &str,
+    uuid: Option<&str>,
+    timestamp: i64,
+    nonce: &str,
+) -> Vec<(String, String)> {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    mac.update(format!("{timestamp}{nonce}").as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("x-msc-request-timestamp".to_owned(), timestamp.to_string()),
+        ("x-msc-request-nonce".to_owned(), nonce.to_owned()),
+        ("x-msc-request-signature".to_owned(), signature),
+    ];
+    if let Some(uuid) = uuid {
+        headers.push(("x-msc-webhook-uuid".to_owned(), uuid.to_owned()));
+    }
+    headers
 }

@@ -10,7 +10,7 @@ use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::refresh_log::{self, NewRefreshLogEntry};
 use telltale::storage::schema;
-use telltale::storage::webhooks::{self, NewWebhookEvent, NewWebhookRejection};
+use telltale::storage::webhooks::{self, IncomingDevice, IncomingEvent, NewWebhookRejection, SourceEffect};
 use telltale::storage::{DatabaseTarget, StorageError, StorageResult, UtcTime, migrate, now};
 use telltale_e2e::{Backend, TestDb, both_backends};
 
@@ -113,16 +113,32 @@ async fn devices_upsert_by_serial_and_keep_activity(backend: Backend) {
     ));
 }
 
-fn event(source_id: i64, event_id: &str, at: UtcTime) -> NewWebhookEvent {
-    NewWebhookEvent {
-        source_id,
+fn event(event_id: &str, at: UtcTime, device: Option<IncomingDevice>) -> IncomingEvent {
+    IncomingEvent {
         event_id: event_id.into(),
         event_type: "DEVICE_DATA".into(),
-        device_id: None,
         event_time: Some(at),
-        received_at: at,
         payload: format!(r#"{{"eventId":"{event_id}"}}"#),
+        device,
+        effect: SourceEffect::None,
     }
+}
+
+fn reading(sn: &str, at: UtcTime, status: &str) -> Option<IncomingDevice> {
+    Some(IncomingDevice {
+        sn: sn.into(),
+        profile: DeviceProfile {
+            model: Some("EM300-TH".into()),
+            ..Default::default()
+        },
+        activity: Some(DeviceActivity {
+            status: status.into(),
+            last_seen_at: at,
+            last_event_type: Some("PROPERTY".into()),
+            last_payload: Some(format!(r#"{{"at":"{at}"}}"#)),
+            battery: None,
+        }),
+    })
 }
 
 async fn webhook_events_are_stored_exactly_once(backend: Backend) {
@@ -137,20 +153,22 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     let t0 = now();
     let later: UtcTime = (t0.0 + Duration::seconds(5)).into();
     let batch = [
-        event(source.id, "e1", t0),
-        event(source.id, "e2", t0),
-        event(source.id, "e1", t0),
+        event("e1", t0, reading("SN1", t0, "online")),
+        event("e2", t0, None),
+        event("e1", t0, None),
     ];
-    let outcome = webhooks::insert_events(&db, &batch).await.unwrap();
+    let outcome = webhooks::ingest(&db, source.id, t0, &batch).await.unwrap();
     assert_eq!(
         (outcome.stored, outcome.duplicates),
         (2, 1),
         "a repeat inside one batch is a duplicate"
     );
 
-    let outcome = webhooks::insert_events(
+    let outcome = webhooks::ingest(
         &db,
-        &[event(source.id, "e2", later), event(source.id, "e3", later)],
+        source.id,
+        later,
+        &[event("e2", later, None), event("e3", later, None)],
     )
     .await
     .unwrap();
@@ -164,15 +182,53 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     let ids: Vec<&str> = stored.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(ids, vec!["e3", "e2", "e1"], "newest first, each once");
     assert_eq!(stored[2].event_time, Some(t0));
+    let device = devices::list(&db, 10, 0).await.unwrap().remove(0);
+    assert_eq!(
+        stored[2].device_id,
+        Some(device.id),
+        "the event links to its device"
+    );
+    assert_eq!((device.sn.as_str(), device.status.as_str()), ("SN1", "online"));
+    assert_eq!(device.source_id, None, "the profile here named no source");
 
     let source = webhooks::source_by_name(&db, "site-a").await.unwrap();
     assert_eq!(source.last_event_at, Some(later));
 
+    // An older reading arriving late is stored, but does not roll the device state back.
+    let earlier: UtcTime = (t0.0 - Duration::minutes(10)).into();
+    webhooks::ingest(
+        &db,
+        source.id,
+        later,
+        &[event("old", earlier, reading("SN1", earlier, "offline"))],
+    )
+    .await
+    .unwrap();
+    let device = devices::get(&db, device.id).await.unwrap();
+    assert_eq!(
+        (device.status.as_str(), device.last_seen_at),
+        ("online", Some(t0))
+    );
+
+    // A duplicate does not change device state either.
+    webhooks::ingest(
+        &db,
+        source.id,
+        later,
+        &[event("e1", later, reading("SN1", later, "offline"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(devices::get(&db, device.id).await.unwrap().status, "online");
+
     // The same event id from another source is a different event.
-    let other = webhooks::upsert_source(&db, &crypto, "site-b", None, None)
-        .await
-        .unwrap();
-    let outcome = webhooks::insert_events(&db, &[event(other.id, "e1", t0)])
+    let other_id = webhooks::ensure_source(&db, "site-b").await.unwrap();
+    assert_eq!(
+        webhooks::ensure_source(&db, "site-b").await.unwrap(),
+        other_id,
+        "ensure_source is idempotent"
+    );
+    let outcome = webhooks::ingest(&db, other_id, t0, &[event("e1", t0, None)])
         .await
         .unwrap();
     assert_eq!(outcome.stored, 1);

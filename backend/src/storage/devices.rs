@@ -42,17 +42,53 @@ pub struct DeviceProfile {
 
 #[derive(Insertable)]
 #[diesel(table_name = devices)]
-struct NewDevice<'a> {
-    sn: &'a str,
-    source_id: Option<i64>,
-    dev_eui: Option<&'a str>,
-    mdp_device_id: Option<&'a str>,
-    name: Option<&'a str>,
-    model: Option<&'a str>,
-    status: &'a str,
-    created_at: UtcTime,
-    updated_at: UtcTime,
+pub(crate) struct NewDevice<'a> {
+    pub sn: &'a str,
+    pub source_id: Option<i64>,
+    pub dev_eui: Option<&'a str>,
+    pub mdp_device_id: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub status: &'a str,
+    pub created_at: UtcTime,
+    pub updated_at: UtcTime,
 }
+
+impl<'a> NewDevice<'a> {
+    pub(crate) fn from_profile(sn: &'a str, profile: &'a DeviceProfile, at: UtcTime) -> NewDevice<'a> {
+        NewDevice {
+            sn,
+            source_id: profile.source_id,
+            dev_eui: profile.dev_eui.as_deref(),
+            mdp_device_id: profile.mdp_device_id.as_deref(),
+            name: profile.name.as_deref(),
+            model: profile.model.as_deref(),
+            status: "unknown",
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
+/// Inserts the device or updates the identity fields the profile carries; evaluates to the
+/// stored row. A macro so the webhook path can run it inside its own transaction.
+macro_rules! upsert_device {
+    ($conn:expr, $sn:expr, $profile:expr, $at:expr) => {{
+        let profile: &$crate::storage::devices::DeviceProfile = $profile;
+        let at = $at;
+        diesel::insert_into($crate::storage::schema::devices::table)
+            .values($crate::storage::devices::NewDevice::from_profile(
+                $sn, profile, at,
+            ))
+            .on_conflict($crate::storage::schema::devices::sn)
+            .do_update()
+            .set((profile, $crate::storage::schema::devices::updated_at.eq(at)))
+            .returning($crate::storage::devices::Device::as_returning())
+            .get_result::<$crate::storage::devices::Device>($conn)
+            .await
+    }};
+}
+pub(crate) use upsert_device;
 
 /// What an uplink tells us about a device; written as one UPDATE.
 #[derive(Debug, Clone, AsChangeset)]
@@ -67,29 +103,7 @@ pub struct DeviceActivity {
 
 /// Creates the device, or updates its identity fields, and returns the stored row.
 pub async fn upsert_by_sn(db: &Db, sn: &str, profile: &DeviceProfile) -> StorageResult<Device> {
-    let at = now();
-    let new = NewDevice {
-        sn,
-        source_id: profile.source_id,
-        dev_eui: profile.dev_eui.as_deref(),
-        mdp_device_id: profile.mdp_device_id.as_deref(),
-        name: profile.name.as_deref(),
-        model: profile.model.as_deref(),
-        status: "unknown",
-        created_at: at,
-        updated_at: at,
-    };
-    db_run!(db, |conn| {
-        let device = diesel::insert_into(devices::table)
-            .values(&new)
-            .on_conflict(devices::sn)
-            .do_update()
-            .set((profile, devices::updated_at.eq(at)))
-            .returning(Device::as_returning())
-            .get_result(conn)
-            .await?;
-        Ok(device)
-    })
+    db_run!(db, |conn| Ok(upsert_device!(conn, sn, profile, now())?))
 }
 
 pub async fn record_activity(db: &Db, id: i64, activity: &DeviceActivity) -> StorageResult<Device> {

@@ -4,8 +4,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
+use super::devices::{DeviceActivity, DeviceProfile, upsert_device};
 use super::fields::UtcTime;
-use super::schema::{webhook_events, webhook_rejections, webhook_sources};
+use super::schema::{devices, webhook_events, webhook_rejections, webhook_sources};
 use super::{Db, StorageError, StorageResult, now, open_secret, reseal};
 use crate::crypto::Crypto;
 use crate::db_run;
@@ -107,14 +108,44 @@ pub struct WebhookEvent {
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = webhook_events)]
-pub struct NewWebhookEvent {
-    pub source_id: i64,
+struct NewWebhookEvent<'a> {
+    source_id: i64,
+    event_id: &'a str,
+    event_type: &'a str,
+    device_id: Option<i64>,
+    event_time: Option<UtcTime>,
+    received_at: UtcTime,
+    payload: &'a str,
+}
+
+/// An event to store, with what it says about its device and its source.
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
     pub event_id: String,
     pub event_type: String,
-    pub device_id: Option<i64>,
     pub event_time: Option<UtcTime>,
-    pub received_at: UtcTime,
+    /// The event as received (JSON).
     pub payload: String,
+    pub device: Option<IncomingDevice>,
+    pub effect: SourceEffect,
+}
+
+#[derive(Debug, Clone)]
+pub struct IncomingDevice {
+    pub sn: String,
+    pub profile: DeviceProfile,
+    /// Applied only when the event is new and not older than what the device last reported.
+    pub activity: Option<DeviceActivity>,
+}
+
+/// What an event changes on its source besides `last_event_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEffect {
+    None,
+    /// A WEBHOOK_TEST arrived: the URL and secret work.
+    Verified,
+    /// A SYSTEM_MESSAGES notice (MDP stopped pushing or hit its daily limit), as JSON.
+    SystemNotice(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -123,37 +154,106 @@ pub struct InsertOutcome {
     pub duplicates: usize,
 }
 
-/// Stores a batch of events in one transaction: all of them are durable when this returns,
-/// or none are. An event whose id the source already delivered is counted, not stored again.
-pub async fn insert_events(db: &Db, events: &[NewWebhookEvent]) -> StorageResult<InsertOutcome> {
+/// Stores a webhook batch in one transaction, so it is durable as a whole before the sender
+/// is answered: devices are upserted, each event is inserted once per (source, event id) (a
+/// repeat is counted, not stored), device state and source health follow the new events.
+pub async fn ingest(
+    db: &Db,
+    source_id: i64,
+    received_at: UtcTime,
+    events: &[IncomingEvent],
+) -> StorageResult<InsertOutcome> {
     db_run!(db, |conn| {
         conn.transaction::<_, StorageError, _>(async |tx| {
             let mut outcome = InsertOutcome::default();
             for event in events {
+                let device = match &event.device {
+                    Some(incoming) => Some(upsert_device!(tx, &incoming.sn, &incoming.profile, received_at)?),
+                    None => None,
+                };
                 let inserted = diesel::insert_into(webhook_events::table)
-                    .values(event)
+                    .values(NewWebhookEvent {
+                        source_id,
+                        event_id: &event.event_id,
+                        event_type: &event.event_type,
+                        device_id: device.as_ref().map(|d| d.id),
+                        event_time: event.event_time,
+                        received_at,
+                        payload: &event.payload,
+                    })
                     .on_conflict((webhook_events::source_id, webhook_events::event_id))
                     .do_nothing()
                     .execute(tx)
                     .await?;
-                if inserted == 1 {
-                    outcome.stored += 1;
-                } else {
+                if inserted == 0 {
                     outcome.duplicates += 1;
+                    continue;
+                }
+                outcome.stored += 1;
+                if let (Some(device), Some(activity)) =
+                    (device, event.device.as_ref().and_then(|d| d.activity.as_ref()))
+                    && device
+                        .last_seen_at
+                        .is_none_or(|seen| activity.last_seen_at >= seen)
+                {
+                    diesel::update(devices::table.find(device.id))
+                        .set((activity, devices::updated_at.eq(received_at)))
+                        .execute(tx)
+                        .await?;
+                }
+                let source = webhook_sources::table.find(source_id);
+                match &event.effect {
+                    SourceEffect::None => {}
+                    SourceEffect::Verified => {
+                        diesel::update(source)
+                            .set(webhook_sources::verified_at.eq(received_at))
+                            .execute(tx)
+                            .await?;
+                    }
+                    SourceEffect::SystemNotice(notice) => {
+                        diesel::update(source)
+                            .set((
+                                webhook_sources::last_system_notice.eq(notice),
+                                webhook_sources::last_system_notice_at.eq(received_at),
+                            ))
+                            .execute(tx)
+                            .await?;
+                    }
                 }
             }
-            if let Some(last) = events.iter().map(|e| e.received_at).max()
-                && outcome.stored > 0
-            {
-                let source_ids: Vec<i64> = events.iter().map(|e| e.source_id).collect();
-                diesel::update(webhook_sources::table.filter(webhook_sources::id.eq_any(source_ids)))
-                    .set(webhook_sources::last_event_at.eq(last))
+            if outcome.stored > 0 {
+                diesel::update(webhook_sources::table.find(source_id))
+                    .set(webhook_sources::last_event_at.eq(received_at))
                     .execute(tx)
                     .await?;
             }
             Ok(outcome)
         })
         .await
+    })
+}
+
+/// The id of the named source, creating it (without secret) if it is new.
+pub async fn ensure_source(db: &Db, name: &str) -> StorageResult<i64> {
+    let at = now();
+    db_run!(db, |conn| {
+        diesel::insert_into(webhook_sources::table)
+            .values(NewSource {
+                name,
+                webhook_uuid: None,
+                secret: None,
+                created_at: at,
+                updated_at: at,
+            })
+            .on_conflict(webhook_sources::name)
+            .do_nothing()
+            .execute(conn)
+            .await?;
+        Ok(webhook_sources::table
+            .filter(webhook_sources::name.eq(name))
+            .select(webhook_sources::id)
+            .first(conn)
+            .await?)
     })
 }
 

@@ -3,6 +3,7 @@
 pub mod error;
 mod health;
 mod ui;
+mod webhooks;
 
 use actix_web::dev::Server;
 use actix_web::middleware::{ErrorHandlers, NormalizePath, TrailingSlash};
@@ -17,7 +18,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
         .route("/", web::get().to(ui::index))
-        .route("/static/{path:.*}", web::get().to(ui::asset));
+        .route("/static/{path:.*}", web::get().to(ui::asset))
+        .service(
+            web::resource(["/webhooks/milesight", "/webhooks/milesight/{source}"])
+                .route(web::post().to(webhooks::receive))
+                .route(web::get().to(webhooks::probe))
+                .route(web::head().to(webhooks::probe)),
+        );
 }
 
 /// JSON-body, path and query errors become the shared error shape instead of actix's text.

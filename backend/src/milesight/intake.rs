@@ -1,0 +1,343 @@
+//! Webhook intake: verify, parse and store a Milesight webhook request, and keep every
+//! rejected request (bounded) for inspection. Free of HTTP types so it is testable directly.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use super::webhook::{self, ParsedEvent, Rejection, ReplayGuard};
+use crate::app::AppState;
+use crate::config::{WebhookConfig, valid_source_name};
+use crate::storage::devices::{DeviceActivity, DeviceProfile};
+use crate::storage::webhooks::{
+    self, IncomingDevice, IncomingEvent, InsertOutcome, NewWebhookRejection, SourceEffect,
+};
+use crate::storage::{StorageError, UtcTime, now};
+
+/// How much of a rejected body is kept for inspection.
+const REJECTED_BODY_EXCERPT: usize = 2048;
+/// Headers that may carry credentials of other systems; never stored.
+const UNSTORED_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+
+/// A webhook request, as the HTTP layer hands it over.
+pub struct WebhookRequest<'a> {
+    /// `{source}` from `/webhooks/milesight/{source}`, if the URL has one.
+    pub path_source: Option<&'a str>,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub remote_addr: Option<String>,
+}
+
+impl WebhookRequest<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub source: String,
+    #[serde(flatten)]
+    pub outcome: InsertOutcome,
+}
+
+#[derive(Debug)]
+pub enum IntakeError {
+    Rejected(Rejection),
+    /// The database could not take the batch; nothing was stored, and the sender should retry.
+    Storage(StorageError),
+}
+
+/// Per-process intake state: the nonce memory and the source-name → id cache.
+pub struct Intake {
+    replay: ReplayGuard,
+    source_ids: Mutex<HashMap<String, i64>>,
+}
+
+impl Intake {
+    pub fn new(tolerance_secs: i64) -> Intake {
+        Intake {
+            replay: ReplayGuard::new(tolerance_secs),
+            source_ids: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Verifies and stores one request. A rejection is recorded before it is returned.
+    pub async fn receive(
+        &self,
+        state: &AppState,
+        request: &WebhookRequest<'_>,
+        body: &[u8],
+    ) -> Result<Accepted, IntakeError> {
+        let started = Instant::now();
+        let result = self.verify_and_store(state, request, body).await;
+        let metrics = &state.metrics;
+        match &result {
+            Ok(accepted) => {
+                metrics
+                    .webhook_requests
+                    .with_label_values(&[&accepted.source, "accepted"])
+                    .inc();
+                metrics
+                    .webhook_events
+                    .with_label_values(&[&accepted.source, "stored"])
+                    .inc_by(accepted.outcome.stored as u64);
+                metrics
+                    .webhook_events
+                    .with_label_values(&[&accepted.source, "duplicate"])
+                    .inc_by(accepted.outcome.duplicates as u64);
+                metrics
+                    .webhook_ingest_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(IntakeError::Rejected(rejection)) => {
+                self.record_rejection(state, request, body.len(), body, rejection)
+                    .await;
+            }
+            Err(IntakeError::Storage(err)) => {
+                let source = known_source_label(state, request);
+                metrics
+                    .webhook_requests
+                    .with_label_values(&[&source, "unavailable"])
+                    .inc();
+                tracing::warn!(%source, error = %err, "webhook not stored; the sender will be asked to retry");
+            }
+        }
+        result
+    }
+
+    async fn verify_and_store(
+        &self,
+        state: &AppState,
+        request: &WebhookRequest<'_>,
+        body: &[u8],
+    ) -> Result<Accepted, IntakeError> {
+        let config = &state.config.milesight;
+        let reject = |r: Rejection| Err(IntakeError::Rejected(r));
+        if request.path_source.is_some_and(|s| !valid_source_name(s)) {
+            return reject(Rejection::InvalidSource);
+        }
+        let (Some(timestamp), Some(nonce), Some(signature)) = (
+            request.header(webhook::HEADER_TIMESTAMP),
+            request.header(webhook::HEADER_NONCE),
+            request.header(webhook::HEADER_SIGNATURE),
+        ) else {
+            return reject(Rejection::MissingSignature);
+        };
+        let Some(hook) = select_webhook(&config.webhooks, request.header(webhook::HEADER_UUID)) else {
+            return reject(Rejection::UnknownWebhook);
+        };
+        if !webhook::verify(hook.secret.expose_secret(), timestamp, nonce, signature) {
+            return reject(Rejection::BadSignature);
+        }
+        let source = match (&hook.uuid, request.path_source) {
+            (Some(_), Some(path)) if path != hook.source => return reject(Rejection::WrongSource),
+            (Some(_), _) | (None, None) => hook.source.clone(),
+            (None, Some(path)) => path.to_owned(),
+        };
+        let received = now();
+        let tolerance = config.timestamp_tolerance.as_secs() as i64;
+        if let Err(r) = webhook::check_freshness(timestamp, received.0, tolerance) {
+            return reject(r);
+        }
+        if self.replay.seen(nonce, received.timestamp()) {
+            return reject(Rejection::Replayed);
+        }
+        if let Some(content_type) = request.header("content-type")
+            && !content_type.to_ascii_lowercase().starts_with("application/json")
+        {
+            return reject(Rejection::UnsupportedMediaType(
+                content_type.chars().take(100).collect(),
+            ));
+        }
+        let parsed = webhook::parse_body(body).map_err(IntakeError::Rejected)?;
+
+        let source_id = self
+            .source_id(state, &source)
+            .await
+            .map_err(IntakeError::Storage)?;
+        let incoming: Vec<IncomingEvent> = parsed
+            .iter()
+            .map(|e| to_incoming(e, source_id, received))
+            .collect();
+        let outcome = webhooks::ingest(&state.db, source_id, received, &incoming)
+            .await
+            .map_err(IntakeError::Storage)?;
+        self.replay.remember(nonce, received.timestamp());
+
+        for event in parsed.iter().filter(|e| e.system_message.is_some()) {
+            state
+                .metrics
+                .milesight_system_notices
+                .with_label_values(&[&source])
+                .inc();
+            tracing::error!(
+                %source,
+                event_id = %event.event_id,
+                kind = event.data_type.as_deref().unwrap_or("unknown"),
+                notice = event.system_message.as_deref().unwrap_or_default(),
+                "Milesight system notice: MDP may have stopped pushing webhooks or hit its daily limit"
+            );
+        }
+        Ok(Accepted { source, outcome })
+    }
+
+    async fn source_id(&self, state: &AppState, name: &str) -> Result<i64, StorageError> {
+        if let Some(id) = self.source_ids.lock().ok().and_then(|ids| ids.get(name).copied()) {
+            return Ok(id);
+        }
+        let id = webhooks::ensure_source(&state.db, name).await?;
+        if let Ok(mut ids) = self.source_ids.lock() {
+            ids.insert(name.to_owned(), id);
+        }
+        Ok(id)
+    }
+
+    /// Keeps a rejected request for inspection (headers without credentials, a body excerpt,
+    /// the reason) and counts it. Best effort: a database outage must not turn a 4xx into a 5xx.
+    pub async fn record_rejection(
+        &self,
+        state: &AppState,
+        request: &WebhookRequest<'_>,
+        body_size: usize,
+        body_start: &[u8],
+        rejection: &Rejection,
+    ) {
+        let source = known_source_label(state, request);
+        state
+            .metrics
+            .webhook_requests
+            .with_label_values(&[&source, rejection.code()])
+            .inc();
+        let headers: serde_json::Map<String, serde_json::Value> = request
+            .headers
+            .iter()
+            .filter(|(k, _)| !UNSTORED_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::Value::String(v.chars().take(512).collect()),
+                )
+            })
+            .collect();
+        let excerpt = &body_start[..body_start.len().min(REJECTED_BODY_EXCERPT)];
+        let row = NewWebhookRejection {
+            source_name: Some(source.clone()),
+            reason: format!("{}: {}", rejection.code(), rejection.message()),
+            status: i32::from(rejection.status()),
+            remote_addr: request.remote_addr.clone(),
+            headers: serde_json::Value::Object(headers).to_string(),
+            body_excerpt: String::from_utf8_lossy(excerpt).into_owned(),
+            body_size: body_size as i64,
+            received_at: now(),
+        };
+        tracing::info!(%source, code = rejection.code(), status = rejection.status(), "webhook rejected");
+        if let Err(err) =
+            webhooks::record_rejection(&state.db, &row, state.config.milesight.rejections_kept).await
+        {
+            tracing::warn!(error = %err, "could not record a rejected webhook");
+        }
+    }
+}
+
+/// The webhook whose secret applies: the one configured for this uuid, else the default.
+fn select_webhook<'a>(hooks: &'a [WebhookConfig], uuid: Option<&str>) -> Option<&'a WebhookConfig> {
+    hooks
+        .iter()
+        .find(|h| h.uuid.is_some() && h.uuid.as_deref() == uuid)
+        .or_else(|| hooks.iter().find(|h| h.uuid.is_none()))
+}
+
+/// A metric label for a request not yet trusted: only configured source names, else
+/// `unknown`, so unauthenticated callers cannot grow the label set.
+fn known_source_label(state: &AppState, request: &WebhookRequest<'_>) -> String {
+    let hooks = &state.config.milesight.webhooks;
+    let by_uuid = request
+        .header(webhook::HEADER_UUID)
+        .and_then(|uuid| hooks.iter().find(|h| h.uuid.as_deref() == Some(uuid)));
+    match (by_uuid, request.path_source) {
+        (Some(hook), _) => hook.source.clone(),
+        (None, Some(path)) if hooks.iter().any(|h| h.source == path) => path.to_owned(),
+        (None, None) if hooks.iter().any(|h| h.uuid.is_none()) => "default".into(),
+        _ => "unknown".into(),
+    }
+}
+
+/// What one parsed event means for storage: its row, its device's new state, its source.
+fn to_incoming(event: &ParsedEvent, source_id: i64, received: UtcTime) -> IncomingEvent {
+    let device = event.device.as_ref().map(|identity| {
+        let activity = (event.event_type == "DEVICE_DATA").then(|| {
+            let status = match event.data_type.as_deref() {
+                Some("OFFLINE") => "offline",
+                _ => "online",
+            };
+            let carries_reading = matches!(event.data_type.as_deref(), Some("PROPERTY" | "EVENT"));
+            DeviceActivity {
+                status: status.to_owned(),
+                last_seen_at: event.event_time.map_or(received, |t| t.min(received)),
+                last_event_type: event.data_type.clone(),
+                last_payload: carries_reading
+                    .then(|| event.payload.as_ref().map(|p| p.to_string()))
+                    .flatten(),
+                battery: event.battery(),
+            }
+        });
+        IncomingDevice {
+            sn: identity.sn.clone(),
+            profile: DeviceProfile {
+                source_id: Some(source_id),
+                dev_eui: identity.dev_eui.clone(),
+                mdp_device_id: identity.device_id.clone(),
+                name: identity.name.clone(),
+                model: identity.model.clone(),
+            },
+            activity,
+        }
+    });
+    let effect = match (event.event_type.as_str(), &event.system_message) {
+        ("WEBHOOK_TEST", _) => SourceEffect::Verified,
+        (_, Some(notice)) => SourceEffect::SystemNotice(notice.clone()),
+        _ => SourceEffect::None,
+    };
+    IncomingEvent {
+        event_id: event.event_id.clone(),
+        event_type: event.event_type.clone(),
+        event_time: event.event_time,
+        payload: event.raw.clone(),
+        device,
+        effect,
+    }
+}
+
+/// Writes the configured webhooks (uuid, sealed secret) to their sources, so the sources
+/// appear with their settings before any event arrives.
+pub async fn sync_configured_sources(state: &AppState) {
+    for hook in &state.config.milesight.webhooks {
+        let secret = hook.secret.expose_secret();
+        match webhooks::upsert_source(
+            &state.db,
+            &state.crypto,
+            &hook.source,
+            hook.uuid.as_deref(),
+            Some(secret),
+        )
+        .await
+        {
+            Ok(source) => {
+                if let Ok(mut ids) = state.intake.source_ids.lock() {
+                    ids.insert(source.name, source.id);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(source = %hook.source, error = %err, "could not record a configured webhook source")
+            }
+        }
+    }
+}

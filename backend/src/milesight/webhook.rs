@@ -1,0 +1,448 @@
+//! Milesight (MDP) webhook requests: signature, freshness, replay, and body parsing.
+//! Pure functions and types; storing is `intake`'s job. Shapes follow `apis.md` §1.5.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use chrono::{DateTime, TimeZone, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::storage::UtcTime;
+
+pub const HEADER_UUID: &str = "x-msc-webhook-uuid";
+pub const HEADER_TIMESTAMP: &str = "x-msc-request-timestamp";
+pub const HEADER_NONCE: &str = "x-msc-request-nonce";
+pub const HEADER_SIGNATURE: &str = "x-msc-request-signature";
+
+/// Why a webhook request was refused. Each maps to one status and one stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    MissingSignature,
+    UnknownWebhook,
+    BadSignature,
+    WrongSource,
+    BadTimestamp,
+    Expired { skew_secs: i64 },
+    Replayed,
+    TooLarge { limit: usize },
+    UnsupportedMediaType(String),
+    Malformed(String),
+    InvalidEvent(String),
+    InvalidSource,
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::MissingSignature
+            | Rejection::UnknownWebhook
+            | Rejection::BadSignature
+            | Rejection::WrongSource => 401,
+            Rejection::Replayed => 409,
+            Rejection::TooLarge { .. } => 413,
+            Rejection::UnsupportedMediaType(_) => 415,
+            Rejection::BadTimestamp
+            | Rejection::Expired { .. }
+            | Rejection::Malformed(_)
+            | Rejection::InvalidEvent(_)
+            | Rejection::InvalidSource => 400,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::MissingSignature => "missing_signature",
+            Rejection::UnknownWebhook => "unknown_webhook",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::WrongSource => "wrong_source",
+            Rejection::BadTimestamp => "bad_timestamp",
+            Rejection::Expired { .. } => "request_expired",
+            Rejection::Replayed => "replayed_nonce",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::InvalidEvent(_) => "invalid_event",
+            Rejection::InvalidSource => "invalid_source",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::MissingSignature => format!(
+                "missing one of the {HEADER_TIMESTAMP}, {HEADER_NONCE} and {HEADER_SIGNATURE} headers"
+            ),
+            Rejection::UnknownWebhook => "no webhook secret is configured for this webhook uuid".into(),
+            Rejection::BadSignature => "signature does not match".into(),
+            Rejection::WrongSource => "this webhook uuid belongs to another source".into(),
+            Rejection::BadTimestamp => format!("{HEADER_TIMESTAMP} must be Unix seconds"),
+            Rejection::Expired { skew_secs } => {
+                format!("request timestamp is {skew_secs} s away from the server clock")
+            }
+            Rejection::Replayed => "this request nonce was already used".into(),
+            Rejection::TooLarge { limit } => format!("body exceeds {limit} bytes"),
+            Rejection::UnsupportedMediaType(ct) => format!("expected application/json, got {ct}"),
+            Rejection::Malformed(why) => format!("body is not valid JSON: {why}"),
+            Rejection::InvalidEvent(why) => format!("invalid event: {why}"),
+            Rejection::InvalidSource => "source names are 1-64 letters, digits, '-' or '_'".into(),
+        }
+    }
+}
+
+/// Lower-case hex HMAC-SHA256 over `timestamp + nonce`, keyed by the webhook secret.
+pub fn sign(secret: &str, timestamp: &str, nonce: &str) -> String {
+    hex::encode(mac(secret, timestamp, nonce).finalize().into_bytes())
+}
+
+/// Checks a signature in constant time (HMAC's own `verify_slice`).
+pub fn verify(secret: &str, timestamp: &str, nonce: &str, signature_hex: &str) -> bool {
+    let Ok(signature) = hex::decode(signature_hex.trim()) else {
+        return false;
+    };
+    mac(secret, timestamp, nonce).verify_slice(&signature).is_ok()
+}
+
+fn mac(secret: &str, timestamp: &str, nonce: &str) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length, so this cannot fail; an empty MAC would never verify.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| {
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&[0u8; 32]).unwrap_or_else(|_| unreachable!())
+    });
+    mac.update(timestamp.as_bytes());
+    mac.update(nonce.as_bytes());
+    mac
+}
+
+/// Parses the timestamp header and checks it is within `tolerance_secs` of `now` either way.
+pub fn check_freshness(timestamp: &str, now: DateTime<Utc>, tolerance_secs: i64) -> Result<i64, Rejection> {
+    let sent: i64 = timestamp.trim().parse().map_err(|_| Rejection::BadTimestamp)?;
+    let skew = now.timestamp() - sent;
+    if skew.abs() > tolerance_secs {
+        return Err(Rejection::Expired { skew_secs: skew });
+    }
+    Ok(sent)
+}
+
+/// Remembers nonces for at least one freshness window, so a captured request cannot be
+/// replayed while its timestamp is still accepted. Two generations bound the memory: a nonce
+/// is forgotten between one and two windows after it was seen, by when its timestamp has expired.
+pub struct ReplayGuard {
+    window_secs: i64,
+    state: Mutex<Generations>,
+}
+
+struct Generations {
+    started_at: i64,
+    current: HashSet<String>,
+    previous: HashSet<String>,
+}
+
+impl ReplayGuard {
+    pub fn new(window_secs: i64) -> ReplayGuard {
+        ReplayGuard {
+            window_secs: window_secs.max(1),
+            state: Mutex::new(Generations {
+                started_at: 0,
+                current: HashSet::new(),
+                previous: HashSet::new(),
+            }),
+        }
+    }
+
+    /// True when the nonce was already used by an accepted request within the window.
+    pub fn seen(&self, nonce: &str, now_secs: i64) -> bool {
+        let Ok(mut g) = self.state.lock() else {
+            return false;
+        };
+        self.rotate(&mut g, now_secs);
+        g.previous.contains(nonce) || g.current.contains(nonce)
+    }
+
+    /// Remembers the nonce of an accepted request. Only accepted ones: a sender retrying a
+    /// request that failed (say, with a 503) must not be refused as a replay.
+    pub fn remember(&self, nonce: &str, now_secs: i64) {
+        let Ok(mut g) = self.state.lock() else { return };
+        self.rotate(&mut g, now_secs);
+        g.current.insert(nonce.to_owned());
+    }
+
+    fn rotate(&self, g: &mut Generations, now_secs: i64) {
+        // The freshness window extends both ways, so a generation spans two windows.
+        if now_secs - g.started_at >= 2 * self.window_secs {
+            g.previous = std::mem::take(&mut g.current);
+            g.started_at = now_secs;
+        }
+    }
+}
+
+/// Identity fields from an event's `deviceProfile`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceIdentity {
+    pub sn: String,
+    pub dev_eui: Option<String>,
+    pub device_id: Option<String>,
+    pub name: Option<String>,
+    pub model: Option<String>,
+}
+
+/// One event of a webhook body, normalised across the spellings MDP uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedEvent {
+    pub event_id: String,
+    pub event_type: String,
+    /// When the reading was taken: `data.ts` (ms) when present, else `eventCreatedTime` (s).
+    pub event_time: Option<UtcTime>,
+    /// `data.type` for DEVICE_DATA (PROPERTY, EVENT, SERVICE, ONLINE, OFFLINE) and TASK_DATA.
+    pub data_type: Option<String>,
+    pub device: Option<DeviceIdentity>,
+    pub payload: Option<Value>,
+    /// `data.message` of a SYSTEM_MESSAGES event, as compact JSON.
+    pub system_message: Option<String>,
+    /// The whole event as received (compact JSON), which is what gets stored.
+    pub raw: String,
+}
+
+impl ParsedEvent {
+    /// Battery percentage when the payload reports one.
+    pub fn battery(&self) -> Option<i32> {
+        let value = self.payload.as_ref()?.get("battery")?;
+        value
+            .as_f64()
+            .filter(|v| (0.0..=100.0).contains(v))
+            .map(|v| v.round() as i32)
+    }
+}
+
+/// Parses a body: a JSON array of events, or one event object.
+pub fn parse_body(body: &[u8]) -> Result<Vec<ParsedEvent>, Rejection> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    let events = match value {
+        Value::Array(items) => items,
+        object @ Value::Object(_) => vec![object],
+        _ => {
+            return Err(Rejection::Malformed(
+                "expected an array of events or one event object".into(),
+            ));
+        }
+    };
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| parse_event(e).map_err(|why| Rejection::InvalidEvent(format!("event {i}: {why}"))))
+        .collect()
+}
+
+fn parse_event(event: &Value) -> Result<ParsedEvent, String> {
+    let object = event.as_object().ok_or("not an object")?;
+    let field = |names: &[&str]| names.iter().find_map(|n| object.get(*n)).filter(|v| !v.is_null());
+    let event_id = field(&["eventId", "eventID"])
+        .and_then(scalar_string)
+        .filter(|s| !s.is_empty() && s.len() <= 200)
+        .ok_or("eventId is missing or not a short string")?;
+    let event_type = field(&["eventType"])
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .ok_or("eventType is missing")?
+        .to_owned();
+    let created = field(&["eventCreatedTime"])
+        .and_then(scalar_string)
+        .and_then(|s| s.parse::<i64>().ok());
+    let data = object.get("data");
+    let data_object = data.and_then(Value::as_object);
+    let ts_ms = data_object.and_then(|d| d.get("ts")).and_then(Value::as_i64);
+    let event_time = match (ts_ms, created) {
+        (Some(ms), _) => Utc.timestamp_millis_opt(ms).single(),
+        (None, Some(secs)) => Utc.timestamp_opt(secs, 0).single(),
+        (None, None) => None,
+    }
+    .map(UtcTime::new);
+    let data_type = data_object
+        .and_then(|d| d.get("type"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let device = data_object
+        .and_then(|d| d.get("deviceProfile"))
+        .and_then(Value::as_object)
+        .and_then(|p| {
+            let text = |name: &str| p.get(name).and_then(scalar_string).filter(|s| !s.is_empty());
+            Some(DeviceIdentity {
+                sn: text("sn")?,
+                dev_eui: text("devEUI"),
+                device_id: text("deviceId"),
+                name: text("name"),
+                model: text("model"),
+            })
+        });
+    let payload = data_object
+        .and_then(|d| d.get("payload"))
+        .cloned()
+        .filter(|p| !p.is_null());
+    let system_message = (event_type == "SYSTEM_MESSAGES")
+        .then(|| data_object.and_then(|d| d.get("message")).map(Value::to_string))
+        .flatten();
+    Ok(ParsedEvent {
+        event_id,
+        event_type,
+        event_time,
+        data_type,
+        device,
+        payload,
+        system_message,
+        raw: event.to_string(),
+    })
+}
+
+/// Strings stay strings; numbers (64-bit ids, Unix times) become their decimal text.
+fn scalar_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_an_independent_vector() {
+        // Computed with: printf '%s' 17428724486b1e-nonce | openssl dgst -sha256 -hmac whsec-test
+        let expected = "43231f9381a45a0822eac4e0e3d2970535c11a671274e7beee9a36a50357680c";
+        let ours = sign("whsec-test", "1742872448", "6b1e-nonce");
+        assert_eq!(ours, expected);
+        assert!(verify("whsec-test", "1742872448", "6b1e-nonce", expected));
+        assert!(
+            verify("whsec-test", "1742872448", "6b1e-nonce", &expected.to_uppercase()),
+            "hex case is not significant"
+        );
+        assert!(!verify("other", "1742872448", "6b1e-nonce", &ours));
+        assert!(
+            !verify("whsec-test", "1742872449", "6b1e-nonce", &ours),
+            "timestamp is covered"
+        );
+        assert!(
+            !verify("whsec-test", "1742872448", "6b1e-noncf", &ours),
+            "nonce is covered"
+        );
+        assert!(!verify("whsec-test", "1742872448", "6b1e-nonce", "zz"));
+    }
+
+    #[test]
+    fn freshness_window_applies_both_ways() {
+        let now = Utc.timestamp_opt(1_000_000, 0).unwrap();
+        assert_eq!(check_freshness("1000000", now, 300), Ok(1_000_000));
+        assert!(check_freshness("999700", now, 300).is_ok());
+        assert_eq!(
+            check_freshness("999699", now, 300),
+            Err(Rejection::Expired { skew_secs: 301 })
+        );
+        assert_eq!(
+            check_freshness("1000301", now, 300),
+            Err(Rejection::Expired { skew_secs: -301 })
+        );
+        assert_eq!(check_freshness("soon", now, 300), Err(Rejection::BadTimestamp));
+    }
+
+    #[test]
+    fn replay_guard_remembers_nonces_for_the_window() {
+        let guard = ReplayGuard::new(300);
+        assert!(!guard.seen("n1", 1000));
+        guard.remember("n1", 1000);
+        assert!(guard.seen("n1", 1100));
+        assert!(!guard.seen("n2", 1100));
+        // After one rotation the nonce is still remembered (previous generation)...
+        assert!(guard.seen("n1", 1700));
+        // ...and forgotten only after two, when its timestamp can no longer pass freshness.
+        assert!(!guard.seen("n1", 2400));
+    }
+
+    #[test]
+    fn parses_arrays_single_objects_and_both_spellings() {
+        let array = br#"[{"eventId":"a1","eventCreatedTime":"1742872448","eventType":"DEVICE_DATA",
+            "data":{"deviceProfile":{"deviceId":"1904371063669395457","sn":"6707E0461016XXXX","devEUI":"24D124707E04XXXX",
+            "name":"Demo","model":"AM319"},"type":"PROPERTY","tslId":"","ts":1742872448123,"payload":{"temperature":22.4,"battery":91}}}]"#;
+        let events = parse_body(array).unwrap();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(
+            (e.event_id.as_str(), e.event_type.as_str()),
+            ("a1", "DEVICE_DATA")
+        );
+        assert_eq!(
+            e.event_time.unwrap().timestamp_millis(),
+            1_742_872_448_123,
+            "data.ts wins"
+        );
+        assert_eq!(e.data_type.as_deref(), Some("PROPERTY"));
+        let device = e.device.as_ref().unwrap();
+        assert_eq!(device.sn, "6707E0461016XXXX");
+        assert_eq!(device.device_id.as_deref(), Some("1904371063669395457"));
+        assert_eq!(e.battery(), Some(91));
+
+        let single = br#"{"eventID":"b2","eventCreatedTime":1742872448,"eventType":"DEVICE_DATA",
+            "data":{"deviceProfile":{"deviceId":1904371063669395457,"sn":"S2"},"type":"ONLINE","tslID":""}}"#;
+        let events = parse_body(single).unwrap();
+        assert_eq!(events[0].event_id, "b2");
+        assert_eq!(
+            events[0].event_time.unwrap().timestamp(),
+            1_742_872_448,
+            "eventCreatedTime as a number"
+        );
+        assert_eq!(
+            events[0].device.as_ref().unwrap().device_id.as_deref(),
+            Some("1904371063669395457")
+        );
+    }
+
+    #[test]
+    fn parses_every_event_type() {
+        let body = br#"[
+            {"eventId":"t","eventCreatedTime":"1","eventType":"WEBHOOK_TEST","data":"Test Milesight Webhook Successfully."},
+            {"eventId":"k","eventCreatedTime":"1","eventType":"TASK_DATA","data":{"type":"CONFIG","info":{"taskId":"9","status":"SUCCESS"}}},
+            {"eventId":"s","eventCreatedTime":"1","eventType":"SYSTEM_MESSAGES","data":{"type":"SYSTEM_ALERT","message":{"errCode":"push_stopped","info":"stopped"}}},
+            {"eventId":"u","eventCreatedTime":"1","eventType":"SOMETHING_NEW","data":{"x":1}}
+        ]"#;
+        let events = parse_body(body).unwrap();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            ["WEBHOOK_TEST", "TASK_DATA", "SYSTEM_MESSAGES", "SOMETHING_NEW"]
+        );
+        assert!(events[0].device.is_none() && events[0].payload.is_none());
+        assert_eq!(events[1].data_type.as_deref(), Some("CONFIG"));
+        assert!(
+            events[2]
+                .system_message
+                .as_deref()
+                .unwrap()
+                .contains("push_stopped")
+        );
+        assert_eq!(events[2].data_type.as_deref(), Some("SYSTEM_ALERT"));
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_stored_safely() {
+        assert!(matches!(parse_body(b"{not json"), Err(Rejection::Malformed(_))));
+        assert!(matches!(parse_body(b"42"), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            parse_body(&[0xff, 0xfe, 0x00]),
+            Err(Rejection::Malformed(_))
+        ));
+        let deep = "[".repeat(500) + &"]".repeat(500);
+        assert!(
+            matches!(parse_body(deep.as_bytes()), Err(Rejection::Malformed(_))),
+            "recursion is bounded"
+        );
+        assert!(matches!(
+            parse_body(br#"[{"eventType":"DEVICE_DATA"}]"#),
+            Err(Rejection::InvalidEvent(_))
+        ));
+        assert!(matches!(
+            parse_body(br#"[{"eventId":"x"}]"#),
+            Err(Rejection::InvalidEvent(_))
+        ));
+        assert_eq!(parse_body(b"[]").unwrap(), vec![]);
+    }
+}

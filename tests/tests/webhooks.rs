@@ -1,0 +1,596 @@
+//! Milesight webhook intake end to end: the real binary, signed requests, both backends.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use telltale::storage::{Db, devices, webhooks};
+use telltale_e2e::{Backend, TcpProxy, TestDb, TestServer, both_backends, milesight_headers};
+
+both_backends!(
+    signed_events_are_stored_once_with_device_state,
+    every_event_type_is_stored_and_acted_on,
+    bad_requests_are_refused_and_kept_for_inspection,
+    sources_follow_path_and_webhook_uuid,
+);
+
+const SITE_A_SECRET: &str = "site-a-secret";
+const DEFAULT_SECRET: &str = "default-secret";
+
+const CONFIG: &str = r#"
+[milesight]
+max_body_bytes = 4096
+rejections_kept = 50
+
+[[milesight.webhooks]]
+uuid = "uuid-site-a"
+secret = "site-a-secret"
+source = "site-a"
+"#;
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn nonce() -> String {
+    format!("n-{:016x}", rand::random::<u64>())
+}
+
+async fn start(db: &TestDb) -> TestServer {
+    let server =
+        TestServer::start_with_config(db.url(), CONFIG, &[("MILESIGHT_WEBHOOK_SECRET", DEFAULT_SECRET)])
+            .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    server
+}
+
+/// POSTs `body` with the given headers; returns status and JSON body.
+async fn post(
+    server: &TestServer,
+    path: &str,
+    headers: &[(String, String)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(server.url(path)).body(body);
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    let resp = request.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
+    )
+}
+
+async fn post_signed(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
+    let headers = milesight_headers(DEFAULT_SECRET, None, now_secs(), &nonce());
+    post(server, path, &headers, body.to_string()).await
+}
+
+fn reading(event_id: &str, sn: &str, kind: &str, ts_ms: i64, payload: Value) -> Value {
+    json!({
+        "eventId": event_id,
+        "eventCreatedTime": (ts_ms / 1000).to_string(),
+        "eventVersion": "1.0",
+        "eventType": "DEVICE_DATA",
+        "data": {
+            "deviceProfile": {"deviceId": "1904371063669395457", "sn": sn, "devEUI": "24D124707E04AAAA",
+                              "name": "Cold room", "model": "EM300-TH"},
+            "type": kind, "tslId": "", "ts": ts_ms, "payload": payload
+        }
+    })
+}
+
+async fn open_db(db: &TestDb) -> Db {
+    db.open_migrated().await
+}
+
+async fn signed_events_are_stored_once_with_device_state(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let server = start(&test_db).await;
+    let t = now_secs() * 1000;
+
+    // An array of two readings from one device, signed with the default secret.
+    let batch = json!([
+        reading(
+            "ev-1",
+            "SN-100",
+            "PROPERTY",
+            t - 60_000,
+            json!({"temperature": 3.9, "battery": 88})
+        ),
+        reading(
+            "ev-2",
+            "SN-100",
+            "PROPERTY",
+            t,
+            json!({"temperature": 4.1, "battery": 87})
+        ),
+    ]);
+    let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["stored"].as_u64(), body["duplicates"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    // MDP delivering the same events again (new signature, same event ids) is acknowledged, not stored twice.
+    let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["stored"].as_u64(), body["duplicates"].as_u64()),
+        (Some(0), Some(2))
+    );
+
+    // A single object (the documented shape) with the other field spellings and a numeric deviceId.
+    let single = json!({
+        "eventID": "ev-3", "eventCreatedTime": now_secs(), "eventType": "DEVICE_DATA",
+        "data": {"deviceProfile": {"deviceId": 1904371063669395458_u64, "sn": "SN-200"}, "type": "ONLINE", "tslID": ""}
+    });
+    let (status, body) = post_signed(&server, "/webhooks/milesight", &single).await;
+    assert_eq!((status, body["stored"].as_u64()), (200, Some(1)), "{body}");
+
+    let db = open_db(&test_db).await;
+    let source = webhooks::source_by_name(&db, "default").await.unwrap();
+    let events = webhooks::recent_events(&db, source.id, 10).await.unwrap();
+    assert_eq!(events.len(), 3, "each event stored exactly once");
+    let stored: Value = serde_json::from_str(&events[2].payload).unwrap();
+    assert_eq!(
+        stored["data"]["payload"]["temperature"], 3.9,
+        "the event is stored as received"
+    );
+    assert!(source.last_event_at.is_some());
+
+    let all = devices::list(&db, 10, 0).await.unwrap();
+    let sn100 = all.iter().find(|d| d.sn == "SN-100").unwrap();
+    assert_eq!(sn100.status, "online");
+    assert_eq!(sn100.model.as_deref(), Some("EM300-TH"));
+    assert_eq!(sn100.dev_eui.as_deref(), Some("24D124707E04AAAA"));
+    assert_eq!(sn100.mdp_device_id.as_deref(), Some("1904371063669395457"));
+    assert_eq!(sn100.battery, Some(87), "latest reading wins");
+    assert_eq!(sn100.last_seen_at.map(|t| t.timestamp_millis()), Some(t));
+    let payload: Value = serde_json::from_str(sn100.last_payload.as_deref().unwrap()).unwrap();
+    assert_eq!(payload["temperature"], 4.1);
+    assert_eq!(sn100.source_id, Some(source.id));
+    let sn200 = all.iter().find(|d| d.sn == "SN-200").unwrap();
+    assert_eq!(
+        sn200.mdp_device_id.as_deref(),
+        Some("1904371063669395458"),
+        "64-bit id kept exactly"
+    );
+
+    // An OFFLINE event marks the device offline.
+    let offline = json!([reading("ev-4", "SN-100", "OFFLINE", t + 1000, Value::Null)]);
+    assert_eq!(post_signed(&server, "/webhooks/milesight", &offline).await.0, 200);
+    assert_eq!(devices::get(&db, sn100.id).await.unwrap().status, "offline");
+
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"telltale_webhook_events_total{outcome="stored",source="default"} 4"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"telltale_webhook_events_total{outcome="duplicate",source="default"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"telltale_webhook_requests_total{outcome="accepted",source="default"} 4"#),
+        "{metrics}"
+    );
+}
+
+async fn every_event_type_is_stored_and_acted_on(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let server = start(&test_db).await;
+    let created = now_secs().to_string();
+    let batch = json!([
+        {"eventId": "t-1", "eventCreatedTime": created, "eventType": "WEBHOOK_TEST", "data": "Test Milesight Webhook Successfully."},
+        {"eventId": "k-1", "eventCreatedTime": created, "eventType": "TASK_DATA",
+         "data": {"type": "CONFIG", "info": {"taskId": "42", "deviceId": "1", "status": "SUCCESS", "errCode": null, "subcommand": []}}},
+        {"eventId": "s-1", "eventCreatedTime": created, "eventType": "SYSTEM_MESSAGES",
+         "data": {"type": "SERVICE_NOTICE", "message": {"errCode": "push_limit", "info": "daily webhook push limit reached"}}},
+        {"eventId": "x-1", "eventCreatedTime": created, "eventType": "BRAND_NEW_TYPE", "data": {"anything": [1, 2]}},
+        reading("p-1", "SN-1", "EVENT", now_secs() * 1000, json!({"alarm": "line_crossing"})),
+        reading("p-2", "SN-1", "SERVICE", now_secs() * 1000, json!({"result": "ok"})),
+    ]);
+    let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
+    assert_eq!((status, body["stored"].as_u64()), (200, Some(6)), "{body}");
+
+    let db = open_db(&test_db).await;
+    let source = webhooks::source_by_name(&db, "default").await.unwrap();
+    assert!(
+        source.verified_at.is_some(),
+        "WEBHOOK_TEST marks the source verified"
+    );
+    let notice = source
+        .last_system_notice
+        .expect("SYSTEM_MESSAGES is kept on the source");
+    assert!(notice.contains("daily webhook push limit"), "{notice}");
+    assert!(source.last_system_notice_at.is_some());
+    let types: Vec<String> = webhooks::recent_events(&db, source.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    for t in [
+        "WEBHOOK_TEST",
+        "TASK_DATA",
+        "SYSTEM_MESSAGES",
+        "BRAND_NEW_TYPE",
+        "DEVICE_DATA",
+    ] {
+        assert!(types.iter().any(|s| s == t), "{t} stored: {types:?}");
+    }
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"telltale_milesight_system_notices_total{source="default"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        server.log_text().contains("Milesight system notice"),
+        "raised loudly in the log"
+    );
+}
+
+/// A refused request: name, headers, body, expected status and error code.
+type Case = (
+    &'static str,
+    Vec<(String, String)>,
+    reqwest::Body,
+    u16,
+    &'static str,
+);
+
+async fn bad_requests_are_refused_and_kept_for_inspection(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let server = start(&test_db).await;
+    let body = json!([reading(
+        "bad-1",
+        "SN-9",
+        "PROPERTY",
+        now_secs() * 1000,
+        json!({"t": 1})
+    )])
+    .to_string();
+    let good = |ts: i64| milesight_headers(DEFAULT_SECRET, None, ts, &nonce());
+    let mut wrong_content_type = good(now_secs());
+    wrong_content_type[0].1 = "text/plain".into();
+    let replay = good(now_secs());
+    let mut with_credentials = good(now_secs());
+    with_credentials[3].1 = "0".repeat(64); // [content-type, timestamp, nonce, signature]
+    with_credentials.push(("authorization".into(), "Bearer CANARY-other-system-token".into()));
+
+    assert_eq!(
+        post(&server, "/webhooks/milesight", &replay, body.clone())
+            .await
+            .0,
+        200
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "unsigned",
+            vec![("content-type".into(), "application/json".into())],
+            body.clone().into(),
+            401,
+            "missing_signature",
+        ),
+        (
+            "bad signature",
+            with_credentials,
+            body.clone().into(),
+            401,
+            "bad_signature",
+        ),
+        (
+            "signed with another secret",
+            milesight_headers("nope", None, now_secs(), &nonce()),
+            body.clone().into(),
+            401,
+            "bad_signature",
+        ),
+        (
+            "old timestamp",
+            good(now_secs() - 330),
+            body.clone().into(),
+            400,
+            "request_expired",
+        ),
+        (
+            "future timestamp",
+            good(now_secs() + 330),
+            body.clone().into(),
+            400,
+            "request_expired",
+        ),
+        (
+            "replayed nonce",
+            replay,
+            body.clone().into(),
+            409,
+            "replayed_nonce",
+        ),
+        (
+            "oversize",
+            good(now_secs()),
+            format!("[{}]", " ".repeat(5000)).into(),
+            413,
+            "too_large",
+        ),
+        (
+            "malformed",
+            good(now_secs()),
+            "[{\"eventId\": ".to_owned().into(),
+            400,
+            "malformed",
+        ),
+        (
+            "truncated",
+            good(now_secs()),
+            body[..body.len() / 2].to_owned().into(),
+            400,
+            "malformed",
+        ),
+        (
+            "non-UTF-8",
+            good(now_secs()),
+            vec![0x5b, 0xff, 0xfe, 0x5d].into(),
+            400,
+            "malformed",
+        ),
+        (
+            "deeply nested",
+            good(now_secs()),
+            ("[".repeat(1000) + &"]".repeat(1000)).into(),
+            400,
+            "malformed",
+        ),
+        (
+            "no event id",
+            good(now_secs()),
+            r#"[{"eventType":"DEVICE_DATA"}]"#.to_owned().into(),
+            400,
+            "invalid_event",
+        ),
+        (
+            "wrong content type",
+            wrong_content_type,
+            body.clone().into(),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    let rejected_cases = cases.len();
+    for (name, headers, request_body, status, code) in cases {
+        let (got, response) = post(&server, "/webhooks/milesight", &headers, request_body).await;
+        assert_eq!(got, status, "{name}: {response}");
+        assert_eq!(response["error"]["code"], code, "{name}: {response}");
+        assert!(
+            response["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+    }
+    let (status, response) = post_signed(&server, "/webhooks/milesight/bad%20name", &json!([])).await;
+    assert_eq!(
+        (status, response["error"]["code"].as_str()),
+        (400, Some("invalid_source"))
+    );
+
+    let db = open_db(&test_db).await;
+    let source = webhooks::source_by_name(&db, "default").await.unwrap();
+    assert_eq!(
+        webhooks::recent_events(&db, source.id, 10).await.unwrap().len(),
+        1,
+        "nothing rejected was stored"
+    );
+    let rejections = webhooks::recent_rejections(&db, 100).await.unwrap();
+    assert_eq!(rejections.len(), rejected_cases + 1, "every rejection is kept");
+    let bad_signature = rejections
+        .iter()
+        .find(|r| r.reason.starts_with("bad_signature"))
+        .unwrap();
+    assert_eq!(bad_signature.status, 401);
+    assert!(
+        bad_signature.headers.contains("x-msc-request-nonce"),
+        "{}",
+        bad_signature.headers
+    );
+    assert!(
+        !bad_signature.headers.contains("CANARY"),
+        "credentials of other systems are not kept"
+    );
+    assert!(bad_signature.body_excerpt.contains("bad-1"));
+    let oversize = rejections
+        .iter()
+        .find(|r| r.reason.starts_with("too_large"))
+        .unwrap();
+    assert_eq!(oversize.status, 413);
+    assert!(oversize.body_size > 4096);
+
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"telltale_webhook_requests_total{outcome="bad_signature",source="default"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"telltale_webhook_requests_total{outcome="too_large",source="default"} 1"#),
+        "{metrics}"
+    );
+}
+
+async fn sources_follow_path_and_webhook_uuid(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let server = start(&test_db).await;
+    let batch = |id: &str| {
+        json!([reading(
+            id,
+            "SN-S",
+            "PROPERTY",
+            now_secs() * 1000,
+            json!({"t": 1})
+        )])
+        .to_string()
+    };
+
+    // A configured webhook's uuid selects its secret and its source.
+    let site_a = milesight_headers(SITE_A_SECRET, Some("uuid-site-a"), now_secs(), &nonce());
+    let (status, body) = post(&server, "/webhooks/milesight", &site_a, batch("a")).await;
+    assert_eq!((status, body["source"].as_str()), (200, Some("site-a")), "{body}");
+    let site_a = milesight_headers(SITE_A_SECRET, Some("uuid-site-a"), now_secs(), &nonce());
+    assert_eq!(
+        post(&server, "/webhooks/milesight/site-a", &site_a, batch("a2"))
+            .await
+            .0,
+        200
+    );
+    // ...and refuses another source's path.
+    let site_a = milesight_headers(SITE_A_SECRET, Some("uuid-site-a"), now_secs(), &nonce());
+    let (status, body) = post(&server, "/webhooks/milesight/site-b", &site_a, batch("a3")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("wrong_source")),
+        "{body}"
+    );
+    // The site-a secret under an unknown uuid falls back to the default secret, and fails.
+    let wrong = milesight_headers(SITE_A_SECRET, Some("uuid-unknown"), now_secs(), &nonce());
+    assert_eq!(
+        post(&server, "/webhooks/milesight", &wrong, batch("a4")).await.0,
+        401
+    );
+
+    // The default secret serves any path source, each its own source with its own event ids.
+    let (status, body) = post_signed(
+        &server,
+        "/webhooks/milesight/site-b",
+        &serde_json::from_str(&batch("a")).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["source"].as_str(), body["stored"].as_u64()),
+        (200, Some("site-b"), Some(1)),
+        "{body}"
+    );
+
+    let db = open_db(&test_db).await;
+    let a = webhooks::source_by_name(&db, "site-a").await.unwrap();
+    assert_eq!(
+        a.webhook_uuid.as_deref(),
+        Some("uuid-site-a"),
+        "configured sources are recorded at start-up"
+    );
+    assert!(a.secret.is_some(), "with the secret sealed");
+    assert_eq!(webhooks::recent_events(&db, a.id, 10).await.unwrap().len(), 2);
+    let b = webhooks::source_by_name(&db, "site-b").await.unwrap();
+    assert_eq!(webhooks::recent_events(&db, b.id, 10).await.unwrap().len(), 1);
+
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let resp = reqwest::Client::new()
+            .request(method.clone(), server.url("/webhooks/milesight/site-a"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{method} probe");
+    }
+}
+
+/// PostgreSQL: the database drops out under the intake. Requests get 503 (so MDP retries),
+/// nothing is half-stored, and a retry after recovery stores everything exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_answers_503_and_loses_nothing_postgres() {
+    let test_db = TestDb::new(Backend::Postgres).await;
+    let proxy = TcpProxy::start(test_db.pg_server_addr()).await;
+    let server = TestServer::start_with_config(
+        &test_db.url_via(proxy.addr),
+        CONFIG,
+        &[
+            ("MILESIGHT_WEBHOOK_SECRET", DEFAULT_SECRET),
+            ("TELLTALE_DB_ACQUIRE_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let t = now_secs() * 1000;
+    let batch = json!([
+        reading("o-1", "SN-O", "PROPERTY", t, json!({"t": 1})),
+        reading("o-2", "SN-O", "PROPERTY", t + 1, json!({"t": 2})),
+    ]);
+    assert_eq!(
+        post_signed(
+            &server,
+            "/webhooks/milesight",
+            &json!([reading("o-0", "SN-O", "PROPERTY", t - 1, json!({}))])
+        )
+        .await
+        .0,
+        200
+    );
+
+    proxy.cut();
+    let headers = milesight_headers(DEFAULT_SECRET, None, now_secs(), &nonce());
+    let mut request = reqwest::Client::new()
+        .post(server.url("/webhooks/milesight"))
+        .body(batch.to_string());
+    for (k, v) in &headers {
+        request = request.header(k, v);
+    }
+    let resp = request.send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(
+        resp.headers().contains_key("retry-after"),
+        "tells the sender when to retry"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+
+    proxy.restore();
+    server.wait_ready(Duration::from_secs(30)).await;
+    let direct = test_db.open_migrated().await;
+    let source = webhooks::source_by_name(&direct, "default").await.unwrap();
+    assert_eq!(
+        webhooks::recent_events(&direct, source.id, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "nothing from the failed request"
+    );
+
+    // MDP retries; every event arrives exactly once.
+    let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
+    assert_eq!((status, body["stored"].as_u64()), (200, Some(2)), "{body}");
+    assert_eq!(
+        webhooks::recent_events(&direct, source.id, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"telltale_webhook_requests_total{outcome="unavailable",source="default"} 1"#),
+        "{metrics}"
+    );
+}
