@@ -494,3 +494,59 @@ pub fn milesight_headers(
     }
     headers
 }
+
+/// POSTs `body` with `headers`; returns the status and the JSON body (panics if not JSON).
+pub async fn post_with_headers(
+    url: &str,
+    headers: &[(String, String)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new().post(url).body(body);
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    let resp = request.send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("POST {url}: not JSON ({status}): {text}"));
+    (status, json)
+}
+
+/// GETs `url`; returns the status and the JSON body (panics if not JSON).
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("GET {url}: not JSON ({status}): {text}"));
+    (status, json)
+}
+
+/// A DEVICE_DATA event as MDP sends it (apis.md §1.5).
+pub fn mdp_reading(
+    event_id: &str,
+    sn: &str,
+    kind: &str,
+    ts_ms: i64,
+    payload: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "eventId": event_id,
+        "eventCreatedTime": (ts_ms / 1000).to_string(),
+        "eventVersion": "1.0",
+        "eventType": "DEVICE_DATA",
+        "data": {
+            "deviceProfile": {"deviceId": "1904371063669395457", "sn": sn, "devEUI": "24D124707E04AAAA",
+                              "name": "Cold room", "model": "EM300-TH"},
+            "type": kind, "tslId": "", "ts": ts_ms, "payload": payload
+        }
+    })
+}
+
+/// A fresh random nonce for a signed request.
+pub fn nonce() -> String {
+    format!("n-{:016x}", rand::random::<u64>())
+}

@@ -145,9 +145,16 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     let test_db = TestDb::new(backend).await;
     let db = test_db.open_migrated().await;
     let crypto = Crypto::new(&key(1), &[]);
-    let source = webhooks::upsert_source(&db, &crypto, "site-a", Some("uuid-1"), Some("whsec"))
-        .await
-        .unwrap();
+    let source = webhooks::upsert_source(
+        &db,
+        &crypto,
+        "site-a",
+        Some("uuid-1"),
+        Some("whsec"),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(source.last_event_at.is_none());
 
     let t0 = now();
@@ -222,9 +229,13 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     assert_eq!(devices::get(&db, device.id).await.unwrap().status, "online");
 
     // The same event id from another source is a different event.
-    let other_id = webhooks::ensure_source(&db, "site-b").await.unwrap();
+    let other_id = webhooks::ensure_source(&db, "site-b", Default::default())
+        .await
+        .unwrap();
     assert_eq!(
-        webhooks::ensure_source(&db, "site-b").await.unwrap(),
+        webhooks::ensure_source(&db, "site-b", Default::default())
+            .await
+            .unwrap(),
         other_id,
         "ensure_source is idempotent"
     );
@@ -255,9 +266,16 @@ async fn secret_columns_hold_ciphertext_only(backend: Backend) {
     let created = connections::create_connection(&db, &crypto, &new).await.unwrap();
     assert_eq!(created.status, "active");
     assert_eq!(created.token_fingerprint.as_deref(), Some("…WXYZ"));
-    webhooks::upsert_source(&db, &crypto, "site-a", Some("u"), Some("CANARY-webhook-secret"))
-        .await
-        .unwrap();
+    webhooks::upsert_source(
+        &db,
+        &crypto,
+        "site-a",
+        Some("u"),
+        Some("CANARY-webhook-secret"),
+        Default::default(),
+    )
+    .await
+    .unwrap();
 
     let raw = read_raw_secrets(&db).await;
     for value in raw.unwrap() {
@@ -326,7 +344,7 @@ async fn key_rotation_reseals_every_secret(backend: Backend) {
         ..Default::default()
     };
     let id = connections::create_connection(&db, &old, &new).await.unwrap().id;
-    webhooks::upsert_source(&db, &old, "site-a", None, Some("whsec"))
+    webhooks::upsert_source(&db, &old, "site-a", None, Some("whsec"), Default::default())
         .await
         .unwrap();
 

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use telltale::storage::{Db, devices, webhooks};
-use telltale_e2e::{Backend, TcpProxy, TestDb, TestServer, both_backends, milesight_headers};
+use telltale_e2e::mdp_reading as reading;
+use telltale_e2e::{
+    Backend, TcpProxy, TestDb, TestServer, both_backends, milesight_headers, nonce, post_with_headers,
+};
 
 both_backends!(
     signed_events_are_stored_once_with_device_state,
@@ -31,10 +34,6 @@ fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn nonce() -> String {
-    format!("n-{:016x}", rand::random::<u64>())
-}
-
 async fn start(db: &TestDb) -> TestServer {
     let server =
         TestServer::start_with_config(db.url(), CONFIG, &[("MILESIGHT_WEBHOOK_SECRET", DEFAULT_SECRET)])
@@ -43,43 +42,18 @@ async fn start(db: &TestDb) -> TestServer {
     server
 }
 
-/// POSTs `body` with the given headers; returns status and JSON body.
 async fn post(
     server: &TestServer,
     path: &str,
     headers: &[(String, String)],
     body: impl Into<reqwest::Body>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new().post(server.url(path)).body(body);
-    for (k, v) in headers {
-        request = request.header(k, v);
-    }
-    let resp = request.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
-    )
+    post_with_headers(&server.url(path), headers, body).await
 }
 
 async fn post_signed(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
     let headers = milesight_headers(DEFAULT_SECRET, None, now_secs(), &nonce());
     post(server, path, &headers, body.to_string()).await
-}
-
-fn reading(event_id: &str, sn: &str, kind: &str, ts_ms: i64, payload: Value) -> Value {
-    json!({
-        "eventId": event_id,
-        "eventCreatedTime": (ts_ms / 1000).to_string(),
-        "eventVersion": "1.0",
-        "eventType": "DEVICE_DATA",
-        "data": {
-            "deviceProfile": {"deviceId": "1904371063669395457", "sn": sn, "devEUI": "24D124707E04AAAA",
-                              "name": "Cold room", "model": "EM300-TH"},
-            "type": kind, "tslId": "", "ts": ts_ms, "payload": payload
-        }
-    })
 }
 
 async fn open_db(db: &TestDb) -> Db {

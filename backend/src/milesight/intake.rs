@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::config::{WebhookConfig, valid_source_name};
 use crate::storage::devices::{DeviceActivity, DeviceProfile};
 use crate::storage::webhooks::{
-    self, IncomingDevice, IncomingEvent, InsertOutcome, NewWebhookRejection, SourceEffect,
+    self, IncomingDevice, IncomingEvent, InsertOutcome, NewWebhookRejection, SourceEffect, SourceTiming,
 };
 use crate::storage::{StorageError, UtcTime, now};
 
@@ -193,7 +193,7 @@ impl Intake {
         if let Some(id) = self.source_ids.lock().ok().and_then(|ids| ids.get(name).copied()) {
             return Ok(id);
         }
-        let id = webhooks::ensure_source(&state.db, name).await?;
+        let id = webhooks::ensure_source(&state.db, name, source_timing(state)).await?;
         if let Ok(mut ids) = self.source_ids.lock() {
             ids.insert(name.to_owned(), id);
         }
@@ -327,6 +327,7 @@ pub async fn sync_configured_sources(state: &AppState) {
             &hook.source,
             hook.uuid.as_deref(),
             Some(secret),
+            source_timing(state),
         )
         .await
         {
@@ -339,5 +340,13 @@ pub async fn sync_configured_sources(state: &AppState) {
                 tracing::warn!(source = %hook.source, error = %err, "could not record a configured webhook source")
             }
         }
+    }
+}
+
+fn source_timing(state: &AppState) -> SourceTiming {
+    let config = &state.config.milesight;
+    SourceTiming {
+        period_secs: config.source_period.as_secs() as i64,
+        grace_secs: config.source_grace.as_secs() as i64,
     }
 }

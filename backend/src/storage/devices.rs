@@ -138,3 +138,68 @@ pub async fn list(db: &Db, limit: i64, offset: i64) -> StorageResult<Vec<Device>
             .await?)
     })
 }
+
+diesel::define_sql_function! {
+    /// SQL `lower()`, which both backends have; used for case-insensitive search.
+    fn lower(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
+}
+
+/// Filters for the device list; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub status: Option<String>,
+    pub source_id: Option<i64>,
+    /// Case-insensitive substring of serial number, name, devEUI or model.
+    pub search: Option<String>,
+}
+
+/// One page of devices (ordered by serial number) and the total matching the filter.
+pub async fn search(
+    db: &Db,
+    filter: &DeviceFilter,
+    limit: i64,
+    offset: i64,
+) -> StorageResult<(Vec<Device>, i64)> {
+    let pattern = filter.search.as_deref().map(|s| {
+        // LIKE wildcards in the input are literal characters to the user.
+        let escaped = s
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    macro_rules! filtered {
+        () => {{
+            let mut query = devices::table.into_boxed();
+            if let Some(status) = &filter.status {
+                query = query.filter(devices::status.eq(status.clone()));
+            }
+            if let Some(source_id) = filter.source_id {
+                query = query.filter(devices::source_id.eq(source_id));
+            }
+            if let Some(pattern) = &pattern {
+                query = query.filter(
+                    lower(devices::sn.nullable())
+                        .like(pattern.clone())
+                        .escape('\\')
+                        .or(lower(devices::name).like(pattern.clone()).escape('\\'))
+                        .or(lower(devices::dev_eui).like(pattern.clone()).escape('\\'))
+                        .or(lower(devices::model).like(pattern.clone()).escape('\\')),
+                );
+            }
+            query
+        }};
+    }
+    db_run!(db, |conn| {
+        let total: i64 = filtered!().count().get_result(conn).await?;
+        let page = filtered!()
+            .order(devices::sn.asc())
+            .limit(limit)
+            .offset(offset)
+            .select(Device::as_select())
+            .load(conn)
+            .await?;
+        Ok((page, total))
+    })
+}

@@ -38,8 +38,26 @@ struct NewSource<'a> {
     name: &'a str,
     webhook_uuid: Option<&'a str>,
     secret: Option<Vec<u8>>,
+    period_secs: i64,
+    grace_secs: i64,
     created_at: UtcTime,
     updated_at: UtcTime,
+}
+
+/// How often a source is expected to deliver: STALE after `period + grace` without events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceTiming {
+    pub period_secs: i64,
+    pub grace_secs: i64,
+}
+
+impl Default for SourceTiming {
+    fn default() -> Self {
+        SourceTiming {
+            period_secs: 900,
+            grace_secs: 300,
+        }
+    }
 }
 
 /// Creates a source, or updates its webhook uuid and secret when it exists.
@@ -49,12 +67,15 @@ pub async fn upsert_source(
     name: &str,
     webhook_uuid: Option<&str>,
     secret: Option<&str>,
+    timing: SourceTiming,
 ) -> StorageResult<WebhookSource> {
     let at = now();
     let new = NewSource {
         name,
         webhook_uuid,
         secret: secret.map(|s| crypto.encrypt_str(SECRET_COLUMN, s)),
+        period_secs: timing.period_secs,
+        grace_secs: timing.grace_secs,
         created_at: at,
         updated_at: at,
     };
@@ -66,6 +87,8 @@ pub async fn upsert_source(
             .set((
                 webhook_sources::webhook_uuid.eq(new.webhook_uuid),
                 webhook_sources::secret.eq(&new.secret),
+                webhook_sources::period_secs.eq(new.period_secs),
+                webhook_sources::grace_secs.eq(new.grace_secs),
                 webhook_sources::updated_at.eq(at),
             ))
             .returning(WebhookSource::as_returning())
@@ -234,17 +257,20 @@ pub async fn ingest(
 }
 
 /// The id of the named source, creating it (without secret) if it is new.
-pub async fn ensure_source(db: &Db, name: &str) -> StorageResult<i64> {
+pub async fn ensure_source(db: &Db, name: &str, timing: SourceTiming) -> StorageResult<i64> {
     let at = now();
+    let new = NewSource {
+        name,
+        webhook_uuid: None,
+        secret: None,
+        period_secs: timing.period_secs,
+        grace_secs: timing.grace_secs,
+        created_at: at,
+        updated_at: at,
+    };
     db_run!(db, |conn| {
         diesel::insert_into(webhook_sources::table)
-            .values(NewSource {
-                name,
-                webhook_uuid: None,
-                secret: None,
-                created_at: at,
-                updated_at: at,
-            })
+            .values(&new)
             .on_conflict(webhook_sources::name)
             .do_nothing()
             .execute(conn)
@@ -355,5 +381,52 @@ pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> StorageResult<usize>
             Ok(changed)
         })
         .await
+    })
+}
+
+pub async fn list_sources(db: &Db) -> StorageResult<Vec<WebhookSource>> {
+    db_run!(db, |conn| {
+        Ok(webhook_sources::table
+            .order(webhook_sources::name.asc())
+            .select(WebhookSource::as_select())
+            .load(conn)
+            .await?)
+    })
+}
+
+/// Events received per source since `since`.
+pub async fn event_counts_since(db: &Db, since: UtcTime) -> StorageResult<Vec<(i64, i64)>> {
+    db_run!(db, |conn| {
+        Ok(webhook_events::table
+            .filter(webhook_events::received_at.ge(since))
+            .group_by(webhook_events::source_id)
+            .select((webhook_events::source_id, diesel::dsl::count_star()))
+            .load(conn)
+            .await?)
+    })
+}
+
+/// Newest events first, optionally of one source and/or one device.
+pub async fn list_events(
+    db: &Db,
+    source_id: Option<i64>,
+    device_id: Option<i64>,
+    limit: i64,
+) -> StorageResult<Vec<WebhookEvent>> {
+    db_run!(db, |conn| {
+        let mut query = webhook_events::table
+            .select(WebhookEvent::as_select())
+            .into_boxed();
+        if let Some(source_id) = source_id {
+            query = query.filter(webhook_events::source_id.eq(source_id));
+        }
+        if let Some(device_id) = device_id {
+            query = query.filter(webhook_events::device_id.eq(device_id));
+        }
+        Ok(query
+            .order(webhook_events::id.desc())
+            .limit(limit)
+            .load(conn)
+            .await?)
     })
 }

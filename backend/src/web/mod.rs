@@ -1,5 +1,6 @@
 //! HTTP: the route table and the server. Handlers stay thin; logic lives in plain functions.
 
+mod api;
 pub mod error;
 mod health;
 mod ui;
@@ -19,6 +20,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(health::metrics))
         .route("/", web::get().to(ui::index))
         .route("/static/{path:.*}", web::get().to(ui::asset))
+        .configure(api::routes)
         .service(
             web::resource(["/webhooks/milesight", "/webhooks/milesight/{source}"])
                 .route(web::post().to(webhooks::receive))

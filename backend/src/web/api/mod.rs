@@ -1,0 +1,56 @@
+//! The JSON API under `/api`. Handlers only translate HTTP to storage calls and back.
+
+pub mod devices;
+pub mod webhooks;
+
+use actix_web::web;
+use serde::Deserialize;
+
+use super::ApiError;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/devices", web::get().to(devices::list))
+        .route("/api/devices/{id}", web::get().to(devices::detail))
+        .route("/api/webhooks/sources", web::get().to(webhooks::sources))
+        .route("/api/webhooks/events", web::get().to(webhooks::events))
+        .route("/api/webhooks/rejections", web::get().to(webhooks::rejections));
+}
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 500;
+const MAX_OFFSET: i64 = 1_000_000_000;
+
+/// `limit` checked against the API's bounds (1..=500, default 50).
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {MAX_PAGE}, got {n}"),
+        )),
+    }
+}
+
+pub fn page_offset(offset: Option<i64>) -> Result<i64, ApiError> {
+    match offset {
+        None => Ok(0),
+        Some(n) if (0..=MAX_OFFSET).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("offset must be 0 to {MAX_OFFSET}, got {n}"),
+        )),
+    }
+}
+
+/// A stored JSON text as a JSON value (a row written by us is always valid JSON; anything
+/// else is returned as a string rather than failing the request).
+pub fn json_text(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOnly {
+    pub limit: Option<i64>,
+}

@@ -1,0 +1,122 @@
+//! `GET /api/webhooks/sources|events|rejections`: webhook health and what arrived or was refused.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpResponse, web};
+use chrono::Duration;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{LimitOnly, json_text, page_limit};
+use crate::app::AppState;
+use crate::milesight::source_status;
+use crate::storage::{StorageError, now, webhooks};
+use crate::web::ApiError;
+
+pub async fn sources(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let at = now();
+    let sources = webhooks::list_sources(&state.db).await?;
+    let last_hour: HashMap<i64, i64> =
+        webhooks::event_counts_since(&state.db, (at.0 - Duration::hours(1)).into())
+            .await?
+            .into_iter()
+            .collect();
+    let last_day: HashMap<i64, i64> =
+        webhooks::event_counts_since(&state.db, (at.0 - Duration::days(1)).into())
+            .await?
+            .into_iter()
+            .collect();
+    let config = &state.config.milesight;
+    let items: Vec<_> = sources
+        .into_iter()
+        .map(|s| {
+            let period = std::time::Duration::from_secs(s.period_secs.max(0) as u64);
+            let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
+            json!({
+                "id": s.id,
+                "name": s.name,
+                "webhook_uuid": s.webhook_uuid,
+                "secret_configured": s.secret.is_some() || config.webhooks.iter().any(|w| w.uuid.is_none()),
+                "status": source_status(s.last_event_at, period, grace, at),
+                "last_event_at": s.last_event_at,
+                "events_last_hour": last_hour.get(&s.id).copied().unwrap_or(0),
+                "events_last_day": last_day.get(&s.id).copied().unwrap_or(0),
+                "period_secs": s.period_secs,
+                "grace_secs": s.grace_secs,
+                "verified_at": s.verified_at,
+                "last_system_notice": s.last_system_notice.as_deref().map(json_text),
+                "last_system_notice_at": s.last_system_notice_at,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    source: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn events(
+    state: web::Data<AppState>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let source_id = match &query.source {
+        Some(name) => Some(
+            webhooks::source_by_name(&state.db, name)
+                .await
+                .map_err(|e| match e {
+                    StorageError::NotFound => {
+                        ApiError::not_found(format!("no webhook source named {name:?}"))
+                    }
+                    other => other.into(),
+                })?,
+        ),
+        None => None,
+    };
+    let events = webhooks::list_events(&state.db, source_id.as_ref().map(|s| s.id), None, limit).await?;
+    let items: Vec<_> = events
+        .into_iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "source_id": e.source_id,
+                "event_id": e.event_id,
+                "event_type": e.event_type,
+                "device_id": e.device_id,
+                "event_time": e.event_time,
+                "received_at": e.received_at,
+                "event": json_text(&e.payload),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+pub async fn rejections(
+    state: web::Data<AppState>,
+    query: web::Query<LimitOnly>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let items: Vec<_> = webhooks::recent_rejections(&state.db, limit)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "source": r.source_name,
+                "reason": r.reason,
+                "status": r.status,
+                "remote_addr": r.remote_addr,
+                "headers": json_text(&r.headers),
+                "body_excerpt": r.body_excerpt,
+                "body_size": r.body_size,
+                "received_at": r.received_at,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
