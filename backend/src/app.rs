@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::metrics::Metrics;
 use crate::milesight::intake::{Intake, sync_configured_sources};
+use crate::scheduler::{JobSpec, Scheduler};
 use crate::storage::{Db, migrate};
 
 /// Everything a handler or background job needs, built once and cheap to clone.
@@ -87,9 +88,15 @@ impl AppState {
     }
 }
 
+/// Every scheduled job the service runs.
+pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+    crate::milesight::housekeeping::job_specs(config)
+}
+
 /// Brings the database up: connect and migrate, retrying with backoff until it works or
-/// shutdown begins. Until then `/readyz` answers 503 with the last reason.
-async fn bring_up_database(state: AppState) {
+/// shutdown begins. Until then `/readyz` answers 503 with the last reason. Returns whether
+/// the database is ready.
+async fn bring_up_database(state: &AppState) -> bool {
     let max_delay = state.config.startup_retry_max_delay;
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
@@ -117,12 +124,16 @@ async fn bring_up_database(state: AppState) {
             } else {
                 tracing::info!(backend = state.db.backend_name(), migrations = ?applied, "database ready; migrations applied");
             }
-            sync_configured_sources(&state).await;
+            sync_configured_sources(state).await;
             state.readiness.set(ReadyState::Ready);
             state.metrics.ready.set(1);
+            true
         }
         // Unreachable with `without_max_times`, but a give-up must still be visible.
-        Err(err) => tracing::error!(error = %format!("{err:#}"), "giving up on the database"),
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "giving up on the database");
+            false
+        }
     }
 }
 
@@ -137,13 +148,26 @@ pub async fn serve(
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 
+    // The scheduler starts once the database is ready; shutdown stops it if it did.
+    let scheduler: Arc<tokio::sync::Mutex<Option<Scheduler>>> = Arc::default();
     {
-        let state = state.clone();
-        let cancel = cancel.clone();
+        let (state, cancel, tasks_for_jobs, scheduler) =
+            (state.clone(), cancel.clone(), tasks.clone(), scheduler.clone());
         tasks.spawn(async move {
-            tokio::select! {
-                () = bring_up_database(state) => {}
-                () = cancel.cancelled() => tracing::info!("start-up database retries stopped by shutdown"),
+            let ready = tokio::select! {
+                ready = bring_up_database(&state) => ready,
+                () = cancel.cancelled() => {
+                    tracing::info!("start-up database retries stopped by shutdown");
+                    false
+                }
+            };
+            if !ready || cancel.is_cancelled() {
+                return;
+            }
+            let specs = job_specs(&state.config);
+            match Scheduler::start(state, specs, tasks_for_jobs, cancel).await {
+                Ok(started) => *scheduler.lock().await = Some(started),
+                Err(err) => tracing::error!(error = %format!("{err:#}"), "scheduler did not start; scheduled jobs will not run"),
             }
         });
     }
@@ -161,6 +185,9 @@ pub async fn serve(
         result = server_task => {
             // The server ended on its own: that is a failure, not a shutdown.
             cancel.cancel();
+            if let Some(scheduler) = scheduler.lock().await.take() {
+                scheduler.shutdown().await;
+            }
             tasks.close();
             tasks.wait().await;
             state.db.close();
@@ -169,6 +196,9 @@ pub async fn serve(
     }
 
     cancel.cancel();
+    if let Some(scheduler) = scheduler.lock().await.take() {
+        scheduler.shutdown().await;
+    }
     tasks.close();
     tasks.wait().await;
     tracing::info!("background jobs stopped");

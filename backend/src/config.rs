@@ -27,6 +27,8 @@ pub struct Config {
     /// Longest delay between attempts to reach the database at start-up.
     pub startup_retry_max_delay: Duration,
     pub milesight: MilesightConfig,
+    /// Time zone the job schedules are written in.
+    pub scheduler_timezone: chrono_tz::Tz,
 }
 
 /// Milesight webhook intake settings.
@@ -42,6 +44,14 @@ pub struct MilesightConfig {
     /// A source is STALE after `period + grace` without an event.
     pub source_period: Duration,
     pub source_grace: Duration,
+    /// A device is expected to report this often until its own interval has been learned.
+    pub device_interval: Duration,
+    /// A device is offline after `interval × offline_factor` without data.
+    pub offline_factor: u32,
+    /// Events older than this are deleted.
+    pub retention_days: u32,
+    pub device_check_schedule: String,
+    pub retention_schedule: String,
 }
 
 #[derive(Clone)]
@@ -89,6 +99,14 @@ struct FileConfig {
     database: FileDatabase,
     #[serde(default)]
     milesight: FileMilesight,
+    #[serde(default)]
+    scheduler: FileScheduler,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileScheduler {
+    timezone: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +118,11 @@ struct FileMilesight {
     rejections_kept: Option<u64>,
     source_period_secs: Option<u64>,
     source_grace_secs: Option<u64>,
+    device_interval_secs: Option<u64>,
+    offline_factor: Option<u64>,
+    retention_days: Option<u64>,
+    device_check_schedule: Option<String>,
+    retention_schedule: Option<String>,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
 }
@@ -199,6 +222,30 @@ const SOURCE_GRACE: Key = Key {
     file: "milesight.source_grace_secs",
     env: "MILESIGHT_SOURCE_GRACE_SECS",
 };
+const DEVICE_INTERVAL: Key = Key {
+    file: "milesight.device_interval_secs",
+    env: "MILESIGHT_DEVICE_INTERVAL_SECS",
+};
+const OFFLINE_FACTOR: Key = Key {
+    file: "milesight.offline_factor",
+    env: "MILESIGHT_OFFLINE_FACTOR",
+};
+const RETENTION_DAYS: Key = Key {
+    file: "milesight.retention_days",
+    env: "MILESIGHT_RETENTION_DAYS",
+};
+const DEVICE_CHECK_SCHEDULE: Key = Key {
+    file: "milesight.device_check_schedule",
+    env: "MILESIGHT_DEVICE_CHECK_SCHEDULE",
+};
+const RETENTION_SCHEDULE: Key = Key {
+    file: "milesight.retention_schedule",
+    env: "MILESIGHT_RETENTION_SCHEDULE",
+};
+const SCHEDULER_TZ: Key = Key {
+    file: "scheduler.timezone",
+    env: "TELLTALE_SCHEDULER_TIMEZONE",
+};
 
 /// Every key, for documentation and for `check-config`.
 const ALL_KEYS: &[&Key] = &[
@@ -220,6 +267,12 @@ const ALL_KEYS: &[&Key] = &[
     &REJECTIONS_KEPT,
     &SOURCE_PERIOD,
     &SOURCE_GRACE,
+    &DEVICE_INTERVAL,
+    &OFFLINE_FACTOR,
+    &RETENTION_DAYS,
+    &DEVICE_CHECK_SCHEDULE,
+    &RETENTION_SCHEDULE,
+    &SCHEDULER_TZ,
 ];
 
 impl Key {
@@ -407,7 +460,42 @@ impl Config {
                 source: "default".into(),
             });
         }
+        let schedule = |key: &Key, from_file: Option<String>, default: &str| -> Result<String, ConfigError> {
+            let expression = pick(key, from_file).unwrap_or_else(|| default.to_owned());
+            crate::scheduler::parse_schedule(&expression)
+                .map_err(|m| key.error(format!("{expression:?}: {m}")))?;
+            Ok(expression)
+        };
+        let device_check_schedule =
+            schedule(&DEVICE_CHECK_SCHEDULE, ms.device_check_schedule, "0 * * * * *")?;
+        let retention_schedule = schedule(&RETENTION_SCHEDULE, ms.retention_schedule, "0 30 3 * * *")?;
+        let device_interval = Duration::from_secs(positive(
+            &DEVICE_INTERVAL,
+            pick_num(&DEVICE_INTERVAL, ms.device_interval_secs)?,
+            600,
+            7 * 86_400,
+        )?);
+        let offline_factor = positive(
+            &OFFLINE_FACTOR,
+            pick_num(&OFFLINE_FACTOR, ms.offline_factor)?,
+            2,
+            100,
+        )? as u32;
+        let retention_days = positive(
+            &RETENTION_DAYS,
+            pick_num(&RETENTION_DAYS, ms.retention_days)?,
+            90,
+            3650,
+        )? as u32;
+        let tz_name = pick(&SCHEDULER_TZ, file.scheduler.timezone).unwrap_or_else(|| "UTC".into());
+        let scheduler_timezone =
+            crate::scheduler::parse_timezone(&tz_name).map_err(|m| SCHEDULER_TZ.error(m))?;
         let milesight = MilesightConfig {
+            device_interval,
+            offline_factor,
+            retention_days,
+            device_check_schedule,
+            retention_schedule,
             webhooks,
             timestamp_tolerance: Duration::from_secs(positive(
                 &TOLERANCE,
@@ -443,6 +531,7 @@ impl Config {
 
         Ok(Config {
             milesight,
+            scheduler_timezone,
             listen,
             database,
             database_url: SecretString::from(database_url),
@@ -518,6 +607,17 @@ impl Config {
         out.push_str(&format!("rejections_kept = {}\n", ms.rejections_kept));
         out.push_str(&format!("source_period_secs = {}\n", ms.source_period.as_secs()));
         out.push_str(&format!("source_grace_secs = {}\n", ms.source_grace.as_secs()));
+        out.push_str(&format!(
+            "device_interval_secs = {}\n",
+            ms.device_interval.as_secs()
+        ));
+        out.push_str(&format!("offline_factor = {}\n", ms.offline_factor));
+        out.push_str(&format!("retention_days = {}\n", ms.retention_days));
+        out.push_str(&format!(
+            "device_check_schedule = {:?}\n",
+            ms.device_check_schedule
+        ));
+        out.push_str(&format!("retention_schedule = {:?}\n", ms.retention_schedule));
         for hook in ms.webhooks.iter().filter(|w| w.uuid.is_some()) {
             out.push_str(&format!(
                 "\n[[milesight.webhooks]]\nuuid = {:?}\nsecret = \"********\"\nsource = {:?}\n",
@@ -525,6 +625,10 @@ impl Config {
                 hook.source
             ));
         }
+        out.push_str(&format!(
+            "\n[scheduler]\ntimezone = {:?}\n",
+            self.scheduler_timezone.name()
+        ));
         out
     }
 
@@ -641,6 +745,21 @@ mod tests {
         let err = Config::from_toml(bad, &NO_ENV).unwrap_err();
         assert!(err.key.starts_with("milesight.webhooks"), "{err}");
         assert!(err.message.contains("entry 1"), "{err}");
+    }
+
+    #[test]
+    fn schedules_and_time_zone_are_validated() {
+        let config = Config::from_toml("[scheduler]\ntimezone = \"Europe/Berlin\"\n", &NO_ENV).unwrap();
+        assert_eq!(config.scheduler_timezone.name(), "Europe/Berlin");
+        assert_eq!(config.milesight.device_check_schedule, "0 * * * * *");
+        let err = Config::from_toml("", &[("MILESIGHT_RETENTION_SCHEDULE", "30 3 * * *")]).unwrap_err();
+        assert_eq!(
+            err.key,
+            "milesight.retention_schedule (MILESIGHT_RETENTION_SCHEDULE)"
+        );
+        assert!(err.message.contains("six fields"), "{err}");
+        let err = Config::from_toml("", &[("TELLTALE_SCHEDULER_TIMEZONE", "Mars/Olympus")]).unwrap_err();
+        assert_eq!(err.key, "scheduler.timezone (TELLTALE_SCHEDULER_TIMEZONE)");
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub webhook_ingest_seconds: Histogram,
     /// Milesight SYSTEM_MESSAGES notices (MDP stopped pushing or hit its daily limit).
     pub milesight_system_notices: IntCounterVec,
+    /// Scheduled job runs by job and outcome (success, failure).
+    pub job_runs: IntCounterVec,
+    /// Unix time of each job's last run.
+    pub job_last_run: IntGaugeVec,
 }
 
 impl Metrics {
@@ -113,7 +117,26 @@ impl Metrics {
         )?;
         registry.register(Box::new(milesight_system_notices.clone()))?;
 
+        let job_runs = IntCounterVec::new(
+            Opts::new(
+                "telltale_scheduler_job_runs_total",
+                "Scheduled job runs by job and outcome",
+            ),
+            &["job", "outcome"],
+        )?;
+        registry.register(Box::new(job_runs.clone()))?;
+        let job_last_run = IntGaugeVec::new(
+            Opts::new(
+                "telltale_scheduler_job_last_run_timestamp_seconds",
+                "Unix time of each job's last run",
+            ),
+            &["job"],
+        )?;
+        registry.register(Box::new(job_last_run.clone()))?;
+
         Ok(Metrics {
+            job_runs,
+            job_last_run,
             registry,
             http,
             ready,

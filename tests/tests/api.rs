@@ -11,7 +11,8 @@ use telltale_e2e::{
 both_backends!(
     devices_are_listed_filtered_and_paged,
     webhook_health_events_and_rejections,
-    bad_queries_get_clear_errors
+    bad_queries_get_clear_errors,
+    silent_devices_go_offline_on_schedule,
 );
 
 const CONFIG: &str = r#"
@@ -234,4 +235,80 @@ async fn bad_queries_get_clear_errors(backend: Backend) {
             "{path}: {body}"
         );
     }
+}
+
+/// The device check runs on its cron schedule inside the service (every second here) and
+/// marks a device offline once it has been silent for interval × factor (1 s × 2).
+async fn silent_devices_go_offline_on_schedule(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start_with_config(
+        db.url(),
+        CONFIG,
+        &[
+            ("MILESIGHT_WEBHOOK_SECRET", SECRET),
+            ("MILESIGHT_DEVICE_CHECK_SCHEDULE", "* * * * * *"),
+            ("MILESIGHT_DEVICE_INTERVAL_SECS", "1"),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    deliver(
+        &server,
+        "/webhooks/milesight",
+        json!([mdp_reading("r1", "QUIET-1", "PROPERTY", now_ms(), json!({}))]),
+    )
+    .await;
+    let (_, listed) = get_json(&server.url("/api/devices?search=QUIET")).await;
+    assert_eq!(listed["items"][0]["status"], "online");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, listed) = get_json(&server.url("/api/devices?search=QUIET")).await;
+        if listed["items"][0]["status"] == "offline" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "device never went offline:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        server.log_text().contains("marked offline"),
+        "{}",
+        server.log_text()
+    );
+
+    let direct = db.open_migrated().await;
+    let states = telltale::storage::jobs::list(&direct).await.unwrap();
+    let check = states
+        .iter()
+        .find(|j| j.name == "milesight-device-check")
+        .expect("job state recorded");
+    assert_eq!(check.schedule, "* * * * * *");
+    assert!(
+        check.last_result.as_deref().is_some_and(|r| r.starts_with("ok:")),
+        "{check:?}"
+    );
+    assert!(
+        check.next_run_at.is_some() && check.last_run_at.is_some(),
+        "{check:?}"
+    );
+    let retention = states
+        .iter()
+        .find(|j| j.name == "milesight-retention")
+        .expect("retention job registered");
+    assert_eq!(retention.schedule, "0 30 3 * * *");
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"telltale_scheduler_job_runs_total{job="milesight-device-check",outcome="success"}"#),
+        "{metrics}"
+    );
 }

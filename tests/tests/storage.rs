@@ -24,6 +24,7 @@ both_backends!(
     rejection_log_keeps_only_the_newest,
     uniqueness_and_foreign_keys_are_enforced,
     schema_rs_matches_the_migrated_tables,
+    quiet_devices_go_offline_and_old_events_expire,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -83,6 +84,7 @@ async fn devices_upsert_by_serial_and_keep_activity(backend: Backend) {
         last_event_type: Some("PROPERTY".into()),
         last_payload: Some(r#"{"temperature":4.5}"#.into()),
         battery: Some(87),
+        expected_interval_secs: None,
     };
     devices::record_activity(&db, created.id, &activity)
         .await
@@ -137,6 +139,7 @@ fn reading(sn: &str, at: UtcTime, status: &str) -> Option<IncomingDevice> {
             last_event_type: Some("PROPERTY".into()),
             last_payload: Some(format!(r#"{{"at":"{at}"}}"#)),
             battery: None,
+            expected_interval_secs: None,
         }),
     })
 }
@@ -539,4 +542,91 @@ async fn schema_rs_matches_the_migrated_tables(backend: Backend) {
             "{table}: column count differs between database and schema.rs"
         );
     }
+}
+
+async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let source = webhooks::ensure_source(&db, "site", Default::default())
+        .await
+        .unwrap();
+    let t0 = now();
+    let mins = |m: i64| -> UtcTime { (t0.0 + Duration::minutes(m)).into() };
+    // "steady" reports every 5 minutes (learned); "fresh" and "quiet" have no learned interval yet.
+    for (i, m) in [0, 5, 10].iter().enumerate() {
+        let e = event(&format!("s{i}"), mins(*m), reading("steady", mins(*m), "online"));
+        webhooks::ingest(&db, source, mins(*m), &[e]).await.unwrap();
+    }
+    webhooks::ingest(
+        &db,
+        source,
+        mins(10),
+        &[event("f", mins(10), reading("fresh", mins(10), "online"))],
+    )
+    .await
+    .unwrap();
+    webhooks::ingest(
+        &db,
+        source,
+        mins(0),
+        &[event("q", mins(0), reading("quiet", mins(0), "online"))],
+    )
+    .await
+    .unwrap();
+    let steady = devices::list(&db, 10, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.sn == "steady")
+        .unwrap();
+    assert_eq!(
+        steady.expected_interval_secs,
+        Some(300),
+        "interval learned from the gaps"
+    );
+
+    // At +21 min with default 10 min × 2: "quiet" (21 min silent) is offline; "fresh" (11 min) is not;
+    // "steady" (11 min silent, learned 5 min × 2 = 10) is offline too.
+    let changed = devices::mark_silent_offline(&db, mins(21), 600, 2).await.unwrap();
+    let mut changed_sorted = changed.clone();
+    changed_sorted.sort();
+    assert_eq!(changed_sorted, vec!["quiet", "steady"]);
+    assert!(
+        devices::mark_silent_offline(&db, mins(21), 600, 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "only once"
+    );
+    let status = |sn: &'static str| {
+        let db = db.clone();
+        async move {
+            devices::list(&db, 10, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|d| d.sn == sn)
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(status("fresh").await, "online");
+    assert_eq!(status("quiet").await, "offline");
+
+    // A reading brings a device back online.
+    webhooks::ingest(
+        &db,
+        source,
+        mins(22),
+        &[event("q2", mins(22), reading("quiet", mins(22), "online"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status("quiet").await, "online");
+
+    // Retention removes old events only.
+    let deleted = webhooks::delete_events_before(&db, mins(6)).await.unwrap();
+    assert_eq!(deleted, 3, "s0, s1 (at +5) and q (at +0)");
+    let left = webhooks::recent_events(&db, source, 20).await.unwrap().len();
+    assert_eq!(left, 3, "s2, f and q2 remain");
 }

@@ -287,6 +287,7 @@ fn to_incoming(event: &ParsedEvent, source_id: i64, received: UtcTime) -> Incomi
                     .then(|| event.payload.as_ref().map(|p| p.to_string()))
                     .flatten(),
                 battery: event.battery(),
+                expected_interval_secs: None,
             }
         });
         IncomingDevice {

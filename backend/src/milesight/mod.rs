@@ -1,5 +1,6 @@
 //! Milesight Development Platform: webhook intake and device state.
 
+pub mod housekeeping;
 pub mod intake;
 pub mod webhook;
 

@@ -99,6 +99,8 @@ pub struct DeviceActivity {
     pub last_event_type: Option<String>,
     pub last_payload: Option<String>,
     pub battery: Option<i32>,
+    /// Set by storage from the gap since the previous reading; leave `None`.
+    pub expected_interval_secs: Option<i64>,
 }
 
 /// Creates the device, or updates its identity fields, and returns the stored row.
@@ -202,4 +204,96 @@ pub async fn search(
             .await?;
         Ok((page, total))
     })
+}
+
+/// The interval a device is expected to report at, learned from the gaps between its
+/// readings: a moving average that follows a changed interval within a few readings, bounded
+/// so one long outage or a burst does not distort it.
+pub fn learn_interval(previous: Option<i64>, gap_secs: i64) -> Option<i64> {
+    const MIN: i64 = 30;
+    const MAX: i64 = 86_400;
+    if gap_secs <= 0 {
+        return previous;
+    }
+    let gap = gap_secs.clamp(MIN, MAX);
+    Some(match previous {
+        None => gap,
+        Some(p) => ((p * 3 + gap) / 4).clamp(MIN, MAX),
+    })
+}
+
+/// Marks online devices offline when nothing arrived within their expected interval (learned,
+/// else `default_interval_secs`) times `factor`. Returns the serial numbers it changed.
+/// Compare-and-set on the status, so a reading that lands meanwhile wins.
+pub async fn mark_silent_offline(
+    db: &Db,
+    at: UtcTime,
+    default_interval_secs: i64,
+    factor: i64,
+) -> StorageResult<Vec<String>> {
+    db_run!(db, |conn| {
+        let online: Vec<(i64, String, Option<UtcTime>, Option<i64>)> = devices::table
+            .filter(devices::status.eq("online"))
+            .filter(devices::last_seen_at.is_not_null())
+            .select((
+                devices::id,
+                devices::sn,
+                devices::last_seen_at,
+                devices::expected_interval_secs,
+            ))
+            .load(conn)
+            .await?;
+        let mut changed = Vec::new();
+        for (id, sn, last_seen, interval) in online {
+            let Some(last_seen) = last_seen else { continue };
+            let allowed = interval.unwrap_or(default_interval_secs).saturating_mul(factor);
+            if (at.0 - last_seen.0).num_seconds() <= allowed {
+                continue;
+            }
+            let updated = diesel::update(
+                devices::table
+                    .find(id)
+                    .filter(devices::status.eq("online"))
+                    .filter(devices::last_seen_at.eq(last_seen)),
+            )
+            .set((devices::status.eq("offline"), devices::updated_at.eq(at)))
+            .execute(conn)
+            .await?;
+            if updated == 1 {
+                changed.push(sn);
+            }
+        }
+        Ok(changed)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::learn_interval;
+
+    #[test]
+    fn learned_interval_follows_the_gaps_within_bounds() {
+        assert_eq!(learn_interval(None, 600), Some(600));
+        assert_eq!(learn_interval(Some(600), 600), Some(600));
+        assert_eq!(
+            learn_interval(Some(600), 200),
+            Some(500),
+            "moves a quarter of the way"
+        );
+        assert_eq!(
+            learn_interval(Some(600), 0),
+            Some(600),
+            "a same-instant reading teaches nothing"
+        );
+        assert_eq!(learn_interval(None, 5), Some(30), "bounded below");
+        assert_eq!(learn_interval(None, 10_000_000), Some(86_400), "bounded above");
+        let mut interval = Some(600);
+        for _ in 0..20 {
+            interval = learn_interval(interval, 60);
+        }
+        assert!(
+            interval.is_some_and(|i| i < 70),
+            "converges on a new interval: {interval:?}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ pub mod connections;
 pub mod devices;
 mod error;
 pub mod fields;
+pub mod jobs;
 pub mod migrate;
 pub mod refresh_log;
 pub mod schema;

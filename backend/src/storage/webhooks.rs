@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::devices::{DeviceActivity, DeviceProfile, upsert_device};
+use super::devices::{DeviceActivity, DeviceProfile, learn_interval, upsert_device};
 use super::fields::UtcTime;
 use super::schema::{devices, webhook_events, webhook_rejections, webhook_sources};
 use super::{Db, StorageError, StorageResult, now, open_secret, reseal};
@@ -219,8 +219,13 @@ pub async fn ingest(
                         .last_seen_at
                         .is_none_or(|seen| activity.last_seen_at >= seen)
                 {
+                    let mut activity = activity.clone();
+                    if let Some(previous) = device.last_seen_at {
+                        let gap = (activity.last_seen_at.0 - previous.0).num_seconds();
+                        activity.expected_interval_secs = learn_interval(device.expected_interval_secs, gap);
+                    }
                     diesel::update(devices::table.find(device.id))
-                        .set((activity, devices::updated_at.eq(received_at)))
+                        .set((&activity, devices::updated_at.eq(received_at)))
                         .execute(tx)
                         .await?;
                 }
@@ -428,5 +433,16 @@ pub async fn list_events(
             .limit(limit)
             .load(conn)
             .await?)
+    })
+}
+
+/// Deletes events received before `cutoff` (retention). Returns how many went.
+pub async fn delete_events_before(db: &Db, cutoff: UtcTime) -> StorageResult<usize> {
+    db_run!(db, |conn| {
+        Ok(
+            diesel::delete(webhook_events::table.filter(webhook_events::received_at.lt(cutoff)))
+                .execute(conn)
+                .await?,
+        )
     })
 }

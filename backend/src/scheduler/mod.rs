@@ -1,0 +1,322 @@
+//! Scheduled jobs on tokio-cron-scheduler. The scheduler only decides *when*; each job is a
+//! plain async function over `AppState`, also callable from tests and commands.
+//!
+//! Every run is recorded in `job_state` (last run, result, next run) and in metrics; a job
+//! switched off in `job_state` is skipped; a tick that finds the previous run still going is
+//! skipped rather than stacked. tokio-cron-scheduler fixes a job's UTC offset when the job is
+//! created, so a watcher re-creates jobs whose time zone changed offset (daylight saving).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::storage::{UtcTime, jobs, now};
+
+pub type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send>>;
+/// A job body: does its work and returns a one-line summary for `job_state` and the log.
+pub type JobFn = Arc<dyn Fn(AppState) -> JobFuture + Send + Sync>;
+
+#[derive(Clone)]
+pub struct JobSpec {
+    pub name: &'static str,
+    /// Six fields: second minute hour day-of-month month day-of-week.
+    pub schedule: String,
+    pub timezone: Tz,
+    pub run: JobFn,
+}
+
+/// Parses a six-field cron expression the way tokio-cron-scheduler will (seconds required,
+/// day-of-month AND day-of-week), so configuration errors surface at start-up.
+pub fn parse_schedule(expression: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expression)
+        .map_err(|e| format!("{e}; expected six fields: sec min hour day-of-month month day-of-week"))
+}
+
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name)
+        .map_err(|_| format!("unknown time zone {name:?}; use an IANA name such as UTC or Europe/Berlin"))
+}
+
+/// The next time `spec` fires after `after`.
+pub fn next_run(spec: &JobSpec, after: UtcTime) -> Option<UtcTime> {
+    let cron = parse_schedule(&spec.schedule).ok()?;
+    let local = after.0.with_timezone(&spec.timezone);
+    cron.find_next_occurrence(&local, false)
+        .ok()
+        .map(|t| UtcTime::new(t.with_timezone(&Utc)))
+}
+
+fn offset_secs(tz: &Tz) -> i32 {
+    offset_secs_at(tz, Utc::now())
+}
+
+/// The zone's UTC offset at an instant (what tokio-cron-scheduler freezes into a job).
+fn offset_secs_at(tz: &Tz, at: chrono::DateTime<Utc>) -> i32 {
+    tz.offset_from_utc_datetime(&at.naive_utc())
+        .fix()
+        .local_minus_utc()
+}
+
+struct Registered {
+    spec: JobSpec,
+    id: Uuid,
+    offset_secs: i32,
+    running: Arc<AtomicBool>,
+}
+
+pub struct Scheduler {
+    cron: JobScheduler,
+    jobs: Arc<Mutex<Vec<Registered>>>,
+}
+
+impl Scheduler {
+    /// Registers and starts `specs`. Job runs are tracked by `tasks`, so shutdown waits for
+    /// them; after `cancel` no new run starts.
+    pub async fn start(
+        state: AppState,
+        specs: Vec<JobSpec>,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Scheduler> {
+        let cron = JobScheduler::new().await?;
+        let mut registered = Vec::new();
+        for spec in specs {
+            let running = Arc::new(AtomicBool::new(false));
+            let job = build_job(&state, &spec, &running, &tasks, &cancel)?;
+            let id = cron.add(job).await?;
+            let tz_name = spec.timezone.name();
+            if let Err(err) = jobs::register(
+                &state.db,
+                spec.name,
+                &spec.schedule,
+                tz_name,
+                next_run(&spec, now()),
+            )
+            .await
+            {
+                tracing::warn!(job = spec.name, error = %err, "could not record job state");
+            }
+            tracing::info!(job = spec.name, schedule = %spec.schedule, timezone = tz_name, "job scheduled");
+            registered.push(Registered {
+                offset_secs: offset_secs(&spec.timezone),
+                spec,
+                id,
+                running,
+            });
+        }
+        cron.start().await?;
+        let scheduler = Scheduler {
+            cron,
+            jobs: Arc::new(Mutex::new(registered)),
+        };
+        scheduler.watch_offsets(state, tasks, cancel);
+        Ok(scheduler)
+    }
+
+    /// Every minute, re-creates any job whose time zone's UTC offset changed.
+    fn watch_offsets(&self, state: AppState, tasks: TaskTracker, cancel: CancellationToken) {
+        let cron = self.cron.clone();
+        let jobs = self.jobs.clone();
+        let watcher_tasks = tasks.clone();
+        watcher_tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let changed: Vec<(usize, JobSpec, Uuid, Arc<AtomicBool>)> = match jobs.lock() {
+                    Ok(list) => list
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| offset_secs(&r.spec.timezone) != r.offset_secs)
+                        .map(|(i, r)| (i, r.spec.clone(), r.id, r.running.clone()))
+                        .collect(),
+                    Err(_) => return,
+                };
+                for (index, spec, old_id, running) in changed {
+                    let Ok(job) = build_job(&state, &spec, &running, &tasks, &cancel) else {
+                        continue;
+                    };
+                    let _ = cron.remove(&old_id).await;
+                    match cron.add(job).await {
+                        Ok(new_id) => {
+                            if let Ok(mut list) = jobs.lock() {
+                                list[index].id = new_id;
+                                list[index].offset_secs = offset_secs(&spec.timezone);
+                            }
+                            tracing::info!(
+                                job = spec.name,
+                                timezone = spec.timezone.name(),
+                                "UTC offset changed; job rescheduled"
+                            );
+                        }
+                        Err(err) => {
+                            tracing::error!(job = spec.name, error = %err, "could not reschedule job")
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops ticking; runs already started finish under the task tracker.
+    pub async fn shutdown(mut self) {
+        if let Err(err) = self.cron.shutdown().await {
+            tracing::warn!(error = %err, "scheduler shutdown reported an error");
+        }
+    }
+}
+
+fn build_job(
+    state: &AppState,
+    spec: &JobSpec,
+    running: &Arc<AtomicBool>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Job> {
+    let (state, spec_for_job, running, tasks, cancel) = (
+        state.clone(),
+        spec.clone(),
+        running.clone(),
+        tasks.clone(),
+        cancel.clone(),
+    );
+    let job = Job::new_async_tz(spec.schedule.clone(), spec.timezone, move |_id, _lock| {
+        let (state, spec, running, tasks, cancel) = (
+            state.clone(),
+            spec_for_job.clone(),
+            running.clone(),
+            tasks.clone(),
+            cancel.clone(),
+        );
+        Box::pin(async move {
+            if cancel.is_cancelled() {
+                return;
+            }
+            if running.swap(true, Ordering::SeqCst) {
+                tracing::warn!(job = spec.name, "previous run still going; skipping this tick");
+                return;
+            }
+            tasks.track_future(run_once(&state, &spec)).await;
+            running.store(false, Ordering::SeqCst);
+        })
+    })
+    .map_err(|e| anyhow::anyhow!("job {}: {e}", spec.name))?;
+    Ok(job)
+}
+
+/// Runs a job once (unless it is switched off) and records the outcome.
+pub async fn run_once(state: &AppState, spec: &JobSpec) -> Option<anyhow::Result<String>> {
+    match jobs::is_enabled(&state.db, spec.name).await {
+        Ok(false) => {
+            tracing::debug!(job = spec.name, "job is switched off; skipping");
+            return None;
+        }
+        Ok(true) => {}
+        // Unknown state: run anyway; the job itself will meet the same database problem.
+        Err(err) => tracing::warn!(job = spec.name, error = %err, "cannot read job state"),
+    }
+    let ran_at = now();
+    let started = Instant::now();
+    let result = (spec.run)(state.clone()).await;
+    let outcome = if result.is_ok() { "success" } else { "failure" };
+    state
+        .metrics
+        .job_runs
+        .with_label_values(&[spec.name, outcome])
+        .inc();
+    state
+        .metrics
+        .job_last_run
+        .with_label_values(&[spec.name])
+        .set(ran_at.timestamp());
+    let error_text = result.as_ref().err().map(|e| format!("{e:#}"));
+    let record = match (&result, &error_text) {
+        (Ok(summary), _) => {
+            tracing::info!(job = spec.name, duration_ms = started.elapsed().as_millis() as u64, %summary, "job ran");
+            Ok(summary.as_str())
+        }
+        (Err(_), text) => {
+            let text = text.as_deref().unwrap_or_default();
+            tracing::warn!(job = spec.name, error = %text, "job failed");
+            Err(text)
+        }
+    };
+    if let Err(err) = jobs::record_run(&state.db, spec.name, ran_at, record, next_run(spec, now())).await {
+        tracing::warn!(job = spec.name, error = %err, "could not record job run");
+    }
+    Some(result)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec(schedule: &str, tz: &str) -> JobSpec {
+        JobSpec {
+            name: "test",
+            schedule: schedule.into(),
+            timezone: parse_timezone(tz).unwrap(),
+            run: Arc::new(|_| Box::pin(async { Ok(String::new()) })),
+        }
+    }
+
+    fn at(text: &str) -> UtcTime {
+        UtcTime::new(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc),
+        )
+    }
+
+    #[test]
+    fn local_schedules_follow_daylight_saving() {
+        // 03:00 Berlin time is 02:00 UTC in winter (CET) and 01:00 UTC in summer (CEST).
+        let daily = spec("0 0 3 * * *", "Europe/Berlin");
+        assert_eq!(
+            next_run(&daily, at("2026-03-28T12:00:00Z")),
+            Some(at("2026-03-29T01:00:00Z"))
+        );
+        assert_eq!(
+            next_run(&daily, at("2026-10-24T12:00:00Z")),
+            Some(at("2026-10-25T02:00:00Z"))
+        );
+        let utc = spec("0 */30 * * * *", "UTC");
+        assert_eq!(
+            next_run(&utc, at("2026-03-29T00:59:59Z")),
+            Some(at("2026-03-29T01:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn offset_change_is_detected_at_the_switch() {
+        let berlin = parse_timezone("Europe/Berlin").unwrap();
+        assert_eq!(offset_secs_at(&berlin, at("2026-03-29T00:59:00Z").0), 3600);
+        assert_eq!(offset_secs_at(&berlin, at("2026-03-29T01:01:00Z").0), 7200);
+        let utc = parse_timezone("UTC").unwrap();
+        assert_eq!(offset_secs_at(&utc, at("2026-03-29T01:01:00Z").0), 0);
+    }
+
+    #[test]
+    fn five_field_expressions_are_refused() {
+        assert!(parse_schedule("*/5 * * * *").unwrap_err().contains("six fields"));
+        assert!(parse_schedule("0 */5 * * * *").is_ok());
+    }
+}

@@ -1,0 +1,106 @@
+//! Scheduled jobs' state: whether each is enabled, its schedule, and its last run.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+
+use super::fields::UtcTime;
+use super::schema::job_state;
+use super::{Db, StorageResult, now};
+use crate::db_run;
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = job_state)]
+pub struct JobState {
+    pub name: String,
+    pub enabled: bool,
+    pub schedule: String,
+    pub timezone: String,
+    pub last_run_at: Option<UtcTime>,
+    pub last_result: Option<String>,
+    pub last_error: Option<String>,
+    pub next_run_at: Option<UtcTime>,
+    pub updated_at: UtcTime,
+}
+
+/// Records a job's schedule at start-up, keeping its enabled flag and history.
+pub async fn register(
+    db: &Db,
+    name: &str,
+    schedule: &str,
+    timezone: &str,
+    next_run_at: Option<UtcTime>,
+) -> StorageResult<()> {
+    let at = now();
+    db_run!(db, |conn| {
+        diesel::insert_into(job_state::table)
+            .values((
+                job_state::name.eq(name),
+                job_state::enabled.eq(true),
+                job_state::schedule.eq(schedule),
+                job_state::timezone.eq(timezone),
+                job_state::next_run_at.eq(next_run_at),
+                job_state::updated_at.eq(at),
+            ))
+            .on_conflict(job_state::name)
+            .do_update()
+            .set((
+                job_state::schedule.eq(schedule),
+                job_state::timezone.eq(timezone),
+                job_state::next_run_at.eq(next_run_at),
+                job_state::updated_at.eq(at),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}
+
+/// Records the outcome of one run.
+pub async fn record_run(
+    db: &Db,
+    name: &str,
+    ran_at: UtcTime,
+    result: Result<&str, &str>,
+    next_run_at: Option<UtcTime>,
+) -> StorageResult<()> {
+    let (last_result, last_error) = match result {
+        Ok(summary) => (format!("ok: {summary}"), None),
+        Err(error) => ("error".to_owned(), Some(error)),
+    };
+    db_run!(db, |conn| {
+        diesel::update(job_state::table.find(name))
+            .set((
+                job_state::last_run_at.eq(ran_at),
+                job_state::last_result.eq(&last_result),
+                job_state::last_error.eq(last_error),
+                job_state::next_run_at.eq(next_run_at),
+                job_state::updated_at.eq(now()),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}
+
+pub async fn is_enabled(db: &Db, name: &str) -> StorageResult<bool> {
+    db_run!(db, |conn| {
+        Ok(job_state::table
+            .find(name)
+            .select(job_state::enabled)
+            .first(conn)
+            .await
+            .optional()?
+            .unwrap_or(true))
+    })
+}
+
+pub async fn list(db: &Db) -> StorageResult<Vec<JobState>> {
+    db_run!(db, |conn| {
+        Ok(job_state::table
+            .order(job_state::name.asc())
+            .select(JobState::as_select())
+            .load(conn)
+            .await?)
+    })
+}
