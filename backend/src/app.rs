@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::metrics::Metrics;
 use crate::milesight::intake::{Intake, sync_configured_sources};
+use crate::milesight::token::TokenKeeper;
 use crate::scheduler::{JobSpec, Scheduler};
 use crate::storage::{Db, migrate};
 
@@ -24,6 +25,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     pub intake: Arc<Intake>,
+    /// Outbound HTTP (third-party APIs), with the configured timeout.
+    pub http: reqwest::Client,
+    pub milesight_token: Arc<TokenKeeper>,
 }
 
 /// Whether the service can do its job, and if not, why.
@@ -77,7 +81,14 @@ impl AppState {
         let db = Db::open(&config.database, &config.pool)?;
         let metrics = Metrics::new(db.backend_name())?;
         let intake = Arc::new(Intake::new(config.milesight.timestamp_tolerance.as_secs() as i64));
+        let http = reqwest::Client::builder()
+            .timeout(config.milesight.request_timeout)
+            .connect_timeout(config.milesight.request_timeout)
+            .user_agent(concat!("telltale/", env!("CARGO_PKG_VERSION")))
+            .build()?;
         Ok(AppState {
+            http,
+            milesight_token: Arc::new(TokenKeeper::new()),
             intake,
             config: Arc::new(config),
             db,
@@ -90,7 +101,9 @@ impl AppState {
 
 /// Every scheduled job the service runs.
 pub fn job_specs(config: &Config) -> Vec<JobSpec> {
-    crate::milesight::housekeeping::job_specs(config)
+    let mut specs = crate::milesight::housekeeping::job_specs(config);
+    specs.extend(crate::milesight::token::job_specs(config));
+    specs
 }
 
 /// Brings the database up: connect and migrate, retrying with backoff until it works or
@@ -163,6 +176,11 @@ pub async fn serve(
             };
             if !ready || cancel.is_cancelled() {
                 return;
+            }
+            {
+                // Checked at once, but on its own task: a slow MDP must not hold up the other jobs.
+                let state = state.clone();
+                tasks_for_jobs.spawn(async move { crate::milesight::token::start_up(&state).await });
             }
             let specs = job_specs(&state.config);
             match Scheduler::start(state, specs, tasks_for_jobs, cancel).await {

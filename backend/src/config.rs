@@ -52,6 +52,23 @@ pub struct MilesightConfig {
     pub retention_days: u32,
     pub device_check_schedule: String,
     pub retention_schedule: String,
+    /// OpenAPI credentials; `None` when not configured (the token keeper then reports `missing`).
+    pub api: Option<MilesightApi>,
+    pub token_schedule: String,
+    /// Refresh when the token expires within this much time.
+    pub token_lead: Duration,
+    pub request_timeout: Duration,
+    /// Upstream attempts per refresh (transient failures are retried with backoff).
+    pub token_max_attempts: u32,
+}
+
+/// Milesight Development Platform OpenAPI application credentials.
+#[derive(Clone)]
+pub struct MilesightApi {
+    /// Regional base URL, e.g. `https://eu-openapi.milesight.com`, without a trailing slash.
+    pub base_url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
 }
 
 #[derive(Clone)]
@@ -123,6 +140,13 @@ struct FileMilesight {
     retention_days: Option<u64>,
     device_check_schedule: Option<String>,
     retention_schedule: Option<String>,
+    base_url: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    token_schedule: Option<String>,
+    token_lead_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+    token_max_attempts: Option<u64>,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
 }
@@ -246,6 +270,34 @@ const SCHEDULER_TZ: Key = Key {
     file: "scheduler.timezone",
     env: "TELLTALE_SCHEDULER_TIMEZONE",
 };
+const MS_BASE_URL: Key = Key {
+    file: "milesight.base_url",
+    env: "MILESIGHT_BASE_URL",
+};
+const MS_CLIENT_ID: Key = Key {
+    file: "milesight.client_id",
+    env: "MILESIGHT_CLIENT_ID",
+};
+const MS_CLIENT_SECRET: Key = Key {
+    file: "milesight.client_secret",
+    env: "MILESIGHT_CLIENT_SECRET",
+};
+const MS_TOKEN_SCHEDULE: Key = Key {
+    file: "milesight.token_schedule",
+    env: "MILESIGHT_TOKEN_SCHEDULE",
+};
+const MS_TOKEN_LEAD: Key = Key {
+    file: "milesight.token_lead_secs",
+    env: "MILESIGHT_TOKEN_LEAD_SECS",
+};
+const MS_TIMEOUT: Key = Key {
+    file: "milesight.request_timeout_secs",
+    env: "MILESIGHT_REQUEST_TIMEOUT_SECS",
+};
+const MS_ATTEMPTS: Key = Key {
+    file: "milesight.token_max_attempts",
+    env: "MILESIGHT_TOKEN_MAX_ATTEMPTS",
+};
 
 /// Every key, for documentation and for `check-config`.
 const ALL_KEYS: &[&Key] = &[
@@ -273,6 +325,13 @@ const ALL_KEYS: &[&Key] = &[
     &DEVICE_CHECK_SCHEDULE,
     &RETENTION_SCHEDULE,
     &SCHEDULER_TZ,
+    &MS_BASE_URL,
+    &MS_CLIENT_ID,
+    &MS_CLIENT_SECRET,
+    &MS_TOKEN_SCHEDULE,
+    &MS_TOKEN_LEAD,
+    &MS_TIMEOUT,
+    &MS_ATTEMPTS,
 ];
 
 impl Key {
@@ -490,7 +549,65 @@ impl Config {
         let tz_name = pick(&SCHEDULER_TZ, file.scheduler.timezone).unwrap_or_else(|| "UTC".into());
         let scheduler_timezone =
             crate::scheduler::parse_timezone(&tz_name).map_err(|m| SCHEDULER_TZ.error(m))?;
+        let token_schedule = schedule(&MS_TOKEN_SCHEDULE, ms.token_schedule, "0 */30 * * * *")?;
+        let token_lead = Duration::from_secs(positive(
+            &MS_TOKEN_LEAD,
+            pick_num(&MS_TOKEN_LEAD, ms.token_lead_secs)?,
+            300,
+            86_400,
+        )?);
+        let request_timeout = Duration::from_secs(positive(
+            &MS_TIMEOUT,
+            pick_num(&MS_TIMEOUT, ms.request_timeout_secs)?,
+            10,
+            600,
+        )?);
+        let token_max_attempts = positive(
+            &MS_ATTEMPTS,
+            pick_num(&MS_ATTEMPTS, ms.token_max_attempts)?,
+            3,
+            20,
+        )? as u32;
+        let api = match (
+            pick(&MS_BASE_URL, ms.base_url),
+            pick(&MS_CLIENT_ID, ms.client_id),
+            pick(&MS_CLIENT_SECRET, ms.client_secret),
+        ) {
+            (None, None, None) => None,
+            (Some(base_url), Some(client_id), Some(client_secret)) => {
+                let parsed = url::Url::parse(&base_url).map_err(|_| {
+                    MS_BASE_URL.error(format!(
+                        "expected a URL such as https://eu-openapi.milesight.com, got {base_url:?}"
+                    ))
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(MS_BASE_URL.error("expected an http:// or https:// URL"));
+                }
+                Some(MilesightApi {
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    client_id,
+                    client_secret: SecretString::from(client_secret),
+                })
+            }
+            (base, id, _) => {
+                let missing = if base.is_none() {
+                    &MS_BASE_URL
+                } else if id.is_none() {
+                    &MS_CLIENT_ID
+                } else {
+                    &MS_CLIENT_SECRET
+                };
+                return Err(missing.error(
+                    "the Milesight OpenAPI needs base_url, client_id and client_secret together; this one is missing",
+                ));
+            }
+        };
         let milesight = MilesightConfig {
+            api,
+            token_schedule,
+            token_lead,
+            request_timeout,
+            token_max_attempts,
             device_interval,
             offline_factor,
             retention_days,
@@ -618,6 +735,18 @@ impl Config {
             ms.device_check_schedule
         ));
         out.push_str(&format!("retention_schedule = {:?}\n", ms.retention_schedule));
+        if let Some(api) = &ms.api {
+            out.push_str(&format!("base_url = {:?}\n", api.base_url));
+            out.push_str(&format!("client_id = {:?}\n", api.client_id));
+            out.push_str("client_secret = \"********\"\n");
+        }
+        out.push_str(&format!("token_schedule = {:?}\n", ms.token_schedule));
+        out.push_str(&format!("token_lead_secs = {}\n", ms.token_lead.as_secs()));
+        out.push_str(&format!(
+            "request_timeout_secs = {}\n",
+            ms.request_timeout.as_secs()
+        ));
+        out.push_str(&format!("token_max_attempts = {}\n", ms.token_max_attempts));
         for hook in ms.webhooks.iter().filter(|w| w.uuid.is_some()) {
             out.push_str(&format!(
                 "\n[[milesight.webhooks]]\nuuid = {:?}\nsecret = \"********\"\nsource = {:?}\n",
@@ -760,6 +889,25 @@ mod tests {
         assert!(err.message.contains("six fields"), "{err}");
         let err = Config::from_toml("", &[("TELLTALE_SCHEDULER_TIMEZONE", "Mars/Olympus")]).unwrap_err();
         assert_eq!(err.key, "scheduler.timezone (TELLTALE_SCHEDULER_TIMEZONE)");
+    }
+
+    #[test]
+    fn milesight_api_needs_all_three_settings() {
+        let env = [
+            ("MILESIGHT_BASE_URL", "https://eu-openapi.milesight.com/"),
+            ("MILESIGHT_CLIENT_ID", "cid"),
+            ("MILESIGHT_CLIENT_SECRET", "CANARY-client-secret"),
+        ];
+        let config = Config::from_toml("", &env).unwrap();
+        let api = config.milesight.api.as_ref().unwrap();
+        assert_eq!(api.base_url, "https://eu-openapi.milesight.com");
+        assert!(!config.to_masked_toml().contains("CANARY"));
+        assert!(Config::from_toml("", &NO_ENV).unwrap().milesight.api.is_none());
+        let err =
+            Config::from_toml("", &env[..2].try_into().map(|a: [(&str, &str); 2]| a).unwrap()).unwrap_err();
+        assert_eq!(err.key, "milesight.client_secret (MILESIGHT_CLIENT_SECRET)");
+        let err = Config::from_toml("", &[("MILESIGHT_BASE_URL", "ftp://x"), env[1], env[2]]).unwrap_err();
+        assert_eq!(err.key, "milesight.base_url (MILESIGHT_BASE_URL)");
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub struct Metrics {
     pub job_runs: IntCounterVec,
     /// Unix time of each job's last run.
     pub job_last_run: IntGaugeVec,
+    /// Token refresh attempts by provider, trigger and outcome.
+    pub token_refreshes: IntCounterVec,
+    pub token_refresh_seconds: prometheus::HistogramVec,
+    /// 1 while Milesight refuses the configured client credentials.
+    pub milesight_invalid_credentials: IntGauge,
 }
 
 impl Metrics {
@@ -134,7 +139,33 @@ impl Metrics {
         )?;
         registry.register(Box::new(job_last_run.clone()))?;
 
+        let token_refreshes = IntCounterVec::new(
+            Opts::new(
+                "telltale_token_refresh_attempts_total",
+                "Token refresh attempts by provider, trigger and outcome (success, transient_failure, permanent_failure)",
+            ),
+            &["provider", "trigger", "outcome"],
+        )?;
+        registry.register(Box::new(token_refreshes.clone()))?;
+        let token_refresh_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "telltale_token_refresh_duration_seconds",
+                "Duration of one token refresh attempt",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["provider"],
+        )?;
+        registry.register(Box::new(token_refresh_seconds.clone()))?;
+        let milesight_invalid_credentials = IntGauge::new(
+            "telltale_milesight_invalid_credentials",
+            "1 while Milesight refuses the configured OpenAPI client credentials",
+        )?;
+        registry.register(Box::new(milesight_invalid_credentials.clone()))?;
+
         Ok(Metrics {
+            token_refreshes,
+            token_refresh_seconds,
+            milesight_invalid_credentials,
             job_runs,
             job_last_run,
             registry,

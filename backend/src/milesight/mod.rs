@@ -1,7 +1,9 @@
 //! Milesight Development Platform: webhook intake and device state.
 
+pub mod client;
 pub mod housekeeping;
 pub mod intake;
+pub mod token;
 pub mod webhook;
 
 use std::time::Duration;

@@ -225,3 +225,162 @@ pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> StorageResult<usize>
         .await
     })
 }
+
+/// The named connection of an account, created (account too) when missing. `base_url` and
+/// `settings` are brought up to date; tokens and status are left as stored.
+pub async fn ensure_connection(
+    db: &Db,
+    account: &str,
+    provider: &str,
+    name: &str,
+    base_url: Option<&str>,
+    settings: &serde_json::Value,
+) -> StorageResult<Connection> {
+    let at = now();
+    let settings = settings.to_string();
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            diesel::insert_into(accounts::table)
+                .values((accounts::name.eq(account), accounts::created_at.eq(at)))
+                .on_conflict(accounts::name)
+                .do_nothing()
+                .execute(tx)
+                .await?;
+            let account_id: i64 = accounts::table
+                .filter(accounts::name.eq(account))
+                .select(accounts::id)
+                .first(tx)
+                .await?;
+            Ok(diesel::insert_into(connections::table)
+                .values((
+                    connections::account_id.eq(account_id),
+                    connections::provider.eq(provider),
+                    connections::name.eq(name),
+                    connections::base_url.eq(base_url),
+                    connections::settings.eq(&settings),
+                    connections::created_at.eq(at),
+                    connections::updated_at.eq(at),
+                ))
+                .on_conflict((connections::account_id, connections::provider, connections::name))
+                .do_update()
+                .set((
+                    connections::base_url.eq(base_url),
+                    connections::settings.eq(&settings),
+                    connections::updated_at.eq(at),
+                ))
+                .returning(Connection::as_returning())
+                .get_result(tx)
+                .await?)
+        })
+        .await
+    })
+}
+
+/// A successful refresh: the new tokens (sealed), their expiry, a clean failure record.
+#[derive(Clone)]
+pub struct RefreshedToken {
+    pub access_token: String,
+    /// `None` keeps the stored refresh token.
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<UtcTime>,
+    pub refresh_expires_at: Option<UtcTime>,
+}
+
+pub async fn store_refreshed_token(
+    db: &Db,
+    crypto: &Crypto,
+    id: i64,
+    token: &RefreshedToken,
+    at: UtcTime,
+) -> StorageResult<Connection> {
+    let access = crypto.encrypt_str(ACCESS_TOKEN_COLUMN, &token.access_token);
+    let refresh = token
+        .refresh_token
+        .as_deref()
+        .map(|t| crypto.encrypt_str(REFRESH_TOKEN_COLUMN, t));
+    db_run!(db, |conn| {
+        // One statement, so the new access token and a rotated refresh token land together.
+        let target = connections::table.find(id);
+        let common = (
+            connections::access_token.eq(Some(&access)),
+            connections::token_fingerprint.eq(Some(fingerprint(&token.access_token))),
+            connections::expires_at.eq(token.expires_at),
+            connections::status.eq("active"),
+            connections::consecutive_failures.eq(0),
+            connections::last_error.eq(None::<String>),
+            connections::last_refresh_attempt_at.eq(Some(at)),
+            connections::last_refresh_success_at.eq(Some(at)),
+            connections::updated_at.eq(at),
+        );
+        let updated = match &refresh {
+            Some(sealed) => {
+                diesel::update(target)
+                    .set((
+                        common,
+                        connections::refresh_token.eq(Some(sealed)),
+                        connections::refresh_expires_at.eq(token.refresh_expires_at),
+                    ))
+                    .returning(Connection::as_returning())
+                    .get_result(conn)
+                    .await?
+            }
+            None => {
+                diesel::update(target)
+                    .set(common)
+                    .returning(Connection::as_returning())
+                    .get_result(conn)
+                    .await?
+            }
+        };
+        Ok(updated)
+    })
+}
+
+/// A failed refresh: counted, with its (sanitised) error; `status` set when the failure
+/// says something lasting (e.g. `needs_reauth`).
+pub async fn record_refresh_failure(
+    db: &Db,
+    id: i64,
+    status: Option<&str>,
+    error: &str,
+    at: UtcTime,
+) -> StorageResult<Connection> {
+    db_run!(db, |conn| {
+        let target = connections::table.find(id);
+        let common = (
+            connections::consecutive_failures.eq(connections::consecutive_failures + 1),
+            connections::last_error.eq(Some(error)),
+            connections::last_refresh_attempt_at.eq(Some(at)),
+            connections::updated_at.eq(at),
+        );
+        let updated = match status {
+            Some(status) => {
+                diesel::update(target)
+                    .set((common, connections::status.eq(status)))
+                    .returning(Connection::as_returning())
+                    .get_result(conn)
+                    .await?
+            }
+            None => {
+                diesel::update(target)
+                    .set(common)
+                    .returning(Connection::as_returning())
+                    .get_result(conn)
+                    .await?
+            }
+        };
+        Ok(updated)
+    })
+}
+
+/// Stores the connection's credentials (sealed), e.g. a client id and secret as JSON.
+pub async fn set_credentials(db: &Db, crypto: &Crypto, id: i64, credentials: &str) -> StorageResult<()> {
+    let sealed = crypto.encrypt_str(CREDENTIALS_COLUMN, credentials);
+    db_run!(db, |conn| {
+        diesel::update(connections::table.find(id))
+            .set(connections::credentials.eq(Some(sealed)))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}

@@ -1,6 +1,7 @@
 //! The JSON API under `/api`. Handlers only translate HTTP to storage calls and back.
 
 pub mod devices;
+pub mod milesight;
 pub mod webhooks;
 
 use actix_web::web;
@@ -13,7 +14,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/devices/{id}", web::get().to(devices::detail))
         .route("/api/webhooks/sources", web::get().to(webhooks::sources))
         .route("/api/webhooks/events", web::get().to(webhooks::events))
-        .route("/api/webhooks/rejections", web::get().to(webhooks::rejections));
+        .route("/api/webhooks/rejections", web::get().to(webhooks::rejections))
+        .route("/api/milesight/token", web::get().to(milesight::status))
+        .route("/api/milesight/token/refresh", web::post().to(milesight::refresh));
 }
 
 pub const DEFAULT_PAGE: i64 = 50;

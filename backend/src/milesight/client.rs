@@ -1,0 +1,237 @@
+//! The Milesight Development Platform OpenAPI over HTTP (apis.md §1): the client-credentials
+//! token and the device search. Base URL from config, so tests aim it at a fake on 127.0.0.1.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::redact::redact;
+
+/// How an MDP call failed, in the terms a caller acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MdpError {
+    /// The client id/secret were refused (`authentication_failed`): retrying cannot help.
+    InvalidCredentials(String),
+    /// Worth retrying later: timeouts, connection failures, 5xx, 429, unreadable responses.
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other refusal (4xx): retrying the same request cannot help.
+    Permanent(String),
+}
+
+impl MdpError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, MdpError::Transient { .. })
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            MdpError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            MdpError::InvalidCredentials(m)
+            | MdpError::Permanent(m)
+            | MdpError::Transient { message: m, .. } => m,
+        }
+    }
+}
+
+impl std::fmt::Display for MdpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MdpError::InvalidCredentials(m) => write!(f, "credentials refused: {m}"),
+            MdpError::Transient { message, .. } => write!(f, "temporary failure: {message}"),
+            MdpError::Permanent(m) => write!(f, "request refused: {m}"),
+        }
+    }
+}
+
+/// MDP wraps every response: `{data, status: "Success", requestId}` or
+/// `{status: "Failed", errCode, errMsg, requestId}`.
+#[derive(Debug, Deserialize)]
+struct Envelope<T> {
+    data: Option<T>,
+    status: Option<String>,
+    #[serde(rename = "errCode")]
+    err_code: Option<String>,
+    #[serde(rename = "errMsg")]
+    err_msg: Option<String>,
+}
+
+/// What `/oauth/token` issues.
+#[derive(Clone, Deserialize)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: i64,
+    pub refresh_token_expires_in: Option<i64>,
+}
+
+/// `POST {base}/oauth/token` with the client-credentials grant (form-encoded).
+pub async fn fetch_token(
+    http: &reqwest::Client,
+    base_url: &str,
+    client_id: &str,
+    client_secret: &str,
+) -> Result<IssuedToken, MdpError> {
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", client_secret),
+    ];
+    let response = http
+        .post(format!("{base_url}/oauth/token"))
+        .form(&form)
+        .send()
+        .await;
+    let token: IssuedToken = read_wrapped(response, &[client_secret]).await?;
+    if token.access_token.is_empty() || token.expires_in <= 0 {
+        return Err(MdpError::Transient {
+            message: "token response without a usable token".into(),
+            retry_after: None,
+        });
+    }
+    Ok(token)
+}
+
+/// Turns an MDP response into its `data`, or a classified error whose text never contains
+/// any of `secrets`.
+async fn read_wrapped<T: DeserializeOwned>(
+    response: Result<reqwest::Response, reqwest::Error>,
+    secrets: &[&str],
+) -> Result<T, MdpError> {
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "could not connect"
+            } else {
+                "request failed"
+            };
+            // reqwest's own message names the URL, which holds no secret (credentials travel in the body).
+            return Err(MdpError::Transient {
+                message: redact(&format!("{kind}: {e}"), secrets),
+                retry_after: None,
+            });
+        }
+    };
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let body = response.bytes().await.map_err(|e| MdpError::Transient {
+        message: redact(&format!("reading the response failed: {e}"), secrets),
+        retry_after: None,
+    })?;
+    let envelope: Option<Envelope<T>> = serde_json::from_slice(&body).ok();
+    let upstream = envelope
+        .as_ref()
+        .map(|e| {
+            format!(
+                "HTTP {} {}{}",
+                status.as_u16(),
+                e.err_code.as_deref().unwrap_or("(no errCode)"),
+                e.err_msg.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| format!("HTTP {} with an unreadable body", status.as_u16()));
+    let upstream = redact(&upstream, secrets);
+    let auth_failed = envelope.as_ref().and_then(|e| e.err_code.as_deref()) == Some("authentication_failed");
+
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Err(MdpError::Transient {
+            message: upstream,
+            retry_after,
+        });
+    }
+    if auth_failed || status == StatusCode::UNAUTHORIZED {
+        return Err(MdpError::InvalidCredentials(upstream));
+    }
+    if !status.is_success() {
+        return Err(MdpError::Permanent(upstream));
+    }
+    match envelope {
+        Some(Envelope {
+            data: Some(data),
+            status: Some(s),
+            ..
+        }) if s == "Success" => Ok(data),
+        Some(_) => Err(MdpError::Permanent(upstream)),
+        None => Err(MdpError::Transient {
+            message: upstream,
+            retry_after: None,
+        }),
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
+}
+
+/// A device as `/device/openapi/v1/devices/search` lists it (fields we use).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MdpDevice {
+    #[serde(default, deserialize_with = "id_text")]
+    pub device_id: Option<String>,
+    pub sn: Option<String>,
+    #[serde(rename = "devEUI")]
+    pub dev_eui: Option<String>,
+    pub name: Option<String>,
+    pub model: Option<String>,
+    pub connect_status: Option<String>,
+    pub electricity: Option<f64>,
+    /// Milliseconds since the epoch of the device's last report.
+    pub last_update_time: Option<i64>,
+}
+
+/// 64-bit ids arrive as numbers or strings; keep them as exact text.
+fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(match value {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePage {
+    pub total: Option<i64>,
+    #[serde(default)]
+    pub content: Vec<MdpDevice>,
+}
+
+/// One page of `POST {base}/device/openapi/v1/devices/search` (pages are numbered from 1).
+pub async fn search_devices(
+    http: &reqwest::Client,
+    base_url: &str,
+    access_token: &str,
+    page_number: i64,
+    page_size: i64,
+) -> Result<DevicePage, MdpError> {
+    let response = http
+        .post(format!("{base_url}/device/openapi/v1/devices/search"))
+        .bearer_auth(access_token)
+        .json(&serde_json::json!({ "pageNumber": page_number, "pageSize": page_size }))
+        .send()
+        .await;
+    read_wrapped(response, &[access_token]).await
+}
