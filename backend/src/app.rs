@@ -103,6 +103,7 @@ impl AppState {
 pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     let mut specs = crate::milesight::housekeeping::job_specs(config);
     specs.extend(crate::milesight::token::job_specs(config));
+    specs.extend(crate::milesight::inventory::job_specs(config));
     specs
 }
 

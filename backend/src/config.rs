@@ -60,6 +60,10 @@ pub struct MilesightConfig {
     pub request_timeout: Duration,
     /// Upstream attempts per refresh (transient failures are retried with backoff).
     pub token_max_attempts: u32,
+    pub inventory_schedule: String,
+    pub inventory_page_size: i64,
+    /// OpenAPI requests allowed per UTC day (the plan's quota), shared by all replicas.
+    pub daily_request_budget: i64,
 }
 
 /// Milesight Development Platform OpenAPI application credentials.
@@ -147,6 +151,9 @@ struct FileMilesight {
     token_lead_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
     token_max_attempts: Option<u64>,
+    inventory_schedule: Option<String>,
+    inventory_page_size: Option<u64>,
+    daily_request_budget: Option<u64>,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
 }
@@ -298,6 +305,18 @@ const MS_ATTEMPTS: Key = Key {
     file: "milesight.token_max_attempts",
     env: "MILESIGHT_TOKEN_MAX_ATTEMPTS",
 };
+const MS_INVENTORY_SCHEDULE: Key = Key {
+    file: "milesight.inventory_schedule",
+    env: "MILESIGHT_INVENTORY_SCHEDULE",
+};
+const MS_PAGE_SIZE: Key = Key {
+    file: "milesight.inventory_page_size",
+    env: "MILESIGHT_INVENTORY_PAGE_SIZE",
+};
+const MS_BUDGET: Key = Key {
+    file: "milesight.daily_request_budget",
+    env: "MILESIGHT_DAILY_REQUEST_BUDGET",
+};
 
 /// Every key, for documentation and for `check-config`.
 const ALL_KEYS: &[&Key] = &[
@@ -332,6 +351,9 @@ const ALL_KEYS: &[&Key] = &[
     &MS_TOKEN_LEAD,
     &MS_TIMEOUT,
     &MS_ATTEMPTS,
+    &MS_INVENTORY_SCHEDULE,
+    &MS_PAGE_SIZE,
+    &MS_BUDGET,
 ];
 
 impl Key {
@@ -602,7 +624,23 @@ impl Config {
                 ));
             }
         };
+        let inventory_schedule = schedule(&MS_INVENTORY_SCHEDULE, ms.inventory_schedule, "0 */10 * * * *")?;
+        let inventory_page_size = positive(
+            &MS_PAGE_SIZE,
+            pick_num(&MS_PAGE_SIZE, ms.inventory_page_size)?,
+            50,
+            1000,
+        )? as i64;
+        let daily_request_budget = positive(
+            &MS_BUDGET,
+            pick_num(&MS_BUDGET, ms.daily_request_budget)?,
+            1000,
+            100_000_000,
+        )? as i64;
         let milesight = MilesightConfig {
+            inventory_schedule,
+            inventory_page_size,
+            daily_request_budget,
             api,
             token_schedule,
             token_lead,
@@ -747,6 +785,9 @@ impl Config {
             ms.request_timeout.as_secs()
         ));
         out.push_str(&format!("token_max_attempts = {}\n", ms.token_max_attempts));
+        out.push_str(&format!("inventory_schedule = {:?}\n", ms.inventory_schedule));
+        out.push_str(&format!("inventory_page_size = {}\n", ms.inventory_page_size));
+        out.push_str(&format!("daily_request_budget = {}\n", ms.daily_request_budget));
         for hook in ms.webhooks.iter().filter(|w| w.uuid.is_some()) {
             out.push_str(&format!(
                 "\n[[milesight.webhooks]]\nuuid = {:?}\nsecret = \"********\"\nsource = {:?}\n",

@@ -14,6 +14,7 @@ both_backends!(
     every_event_type_is_stored_and_acted_on,
     bad_requests_are_refused_and_kept_for_inspection,
     sources_follow_path_and_webhook_uuid,
+    acknowledged_events_survive_a_killed_process,
 );
 
 const SITE_A_SECRET: &str = "site-a-secret";
@@ -567,4 +568,36 @@ async fn database_outage_answers_503_and_loses_nothing_postgres() {
         metrics.contains(r#"telltale_webhook_requests_total{outcome="unavailable",source="default"} 1"#),
         "{metrics}"
     );
+}
+
+/// Acknowledged means committed: after a 200, even SIGKILL loses nothing, and a restarted
+/// service knows every device's state.
+async fn acknowledged_events_survive_a_killed_process(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let mut server = start(&test_db).await;
+    let t = now_secs() * 1000;
+    let batch = json!([reading(
+        "k1",
+        "SN-K",
+        "PROPERTY",
+        t,
+        json!({"temperature": 7.5, "battery": 64})
+    )]);
+    assert_eq!(post_signed(&server, "/webhooks/milesight", &batch).await.0, 200);
+    let status = server.signal_and_wait("KILL", Duration::from_secs(10)).await;
+    assert!(!status.success(), "killed, not shut down");
+    drop(server);
+
+    let server = start(&test_db).await;
+    let (_, listed) = telltale_e2e::get_json(&server.url("/api/devices?search=SN-K")).await;
+    let device = &listed["items"][0];
+    assert_eq!(
+        (device["status"].as_str(), device["battery"].as_i64()),
+        (Some("online"), Some(64)),
+        "{listed}"
+    );
+    assert_eq!(device["last_payload"]["temperature"], 7.5);
+    // The event id is remembered too: a redelivery after the restart is a duplicate.
+    let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
+    assert_eq!((status, body["duplicates"].as_u64()), (200, Some(1)), "{body}");
 }

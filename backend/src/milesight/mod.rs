@@ -3,6 +3,7 @@
 pub mod client;
 pub mod housekeeping;
 pub mod intake;
+pub mod inventory;
 pub mod token;
 pub mod webhook;
 

@@ -211,6 +211,10 @@ impl TokenKeeper {
             .with_jitter()
             .with_max_times(config.token_max_attempts.saturating_sub(1) as usize);
         let attempt = || async {
+            // Token requests count towards the plan's quota too, but are never refused for it.
+            if let Err(err) = crate::storage::usage::reserve(&state.db, PROVIDER, now(), i64::MAX).await {
+                tracing::debug!(error = %err, "could not count a Milesight request");
+            }
             let started = Instant::now();
             let result = client::fetch_token(
                 &state.http,

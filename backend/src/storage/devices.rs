@@ -1,7 +1,7 @@
 //! Devices: one row per Milesight device, keyed by serial number.
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::fields::UtcTime;
@@ -296,4 +296,52 @@ mod tests {
             "converges on a new interval: {interval:?}"
         );
     }
+}
+
+/// What MDP's device list says about a device's state.
+#[derive(Debug, Clone)]
+pub struct InventoryState {
+    /// `online` or `offline`, from MDP's `connectStatus`.
+    pub status: Option<String>,
+    pub battery: Option<i32>,
+    /// MDP's `lastUpdateTime`: when the device last reported.
+    pub last_update: Option<UtcTime>,
+}
+
+/// Applies one device from MDP's inventory: identity fields always; status, battery and last
+/// seen unless a webhook reading newer than MDP's last update already says more.
+pub async fn apply_inventory(
+    db: &Db,
+    sn: &str,
+    profile: &DeviceProfile,
+    state: &InventoryState,
+) -> StorageResult<Device> {
+    let at = now();
+    db_run!(db, |conn| {
+        conn.transaction::<_, super::StorageError, _>(async |tx| {
+            let device = upsert_device!(tx, sn, profile, at)?;
+            let ours_is_newer = match (device.last_seen_at, state.last_update) {
+                (Some(seen), Some(update)) => seen > update,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if ours_is_newer {
+                return Ok(device);
+            }
+            let status = state.status.clone().unwrap_or_else(|| device.status.clone());
+            let last_seen = state.last_update.or(device.last_seen_at);
+            let battery = state.battery.or(device.battery);
+            Ok(diesel::update(devices::table.find(device.id))
+                .set((
+                    devices::status.eq(status),
+                    devices::last_seen_at.eq(last_seen),
+                    devices::battery.eq(battery),
+                    devices::updated_at.eq(at),
+                ))
+                .returning(Device::as_returning())
+                .get_result(tx)
+                .await?)
+        })
+        .await
+    })
 }

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod migrate;
 pub mod refresh_log;
 pub mod schema;
+pub mod usage;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -316,6 +316,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    api_usage (provider, day) {
+        provider -> Text,
+        day -> Text,
+        requests -> BigInt,
+    }
+}
+
 diesel::joinable!(devices -> webhook_sources (source_id));
 diesel::joinable!(webhook_events -> webhook_sources (source_id));
 diesel::joinable!(webhook_events -> devices (device_id));
@@ -346,4 +354,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_state,
     staff_users,
     api_tokens,
+    api_usage,
 );
