@@ -22,6 +22,7 @@ both_backends!(
     refused_credentials_stop_scheduled_refreshes,
     transient_failures_are_retried_honouring_retry_after,
     persistent_failures_give_up_and_are_recorded,
+    a_slow_server_times_out_and_is_retried,
     token_api_and_schedule_in_the_service,
     token_api_reports_missing_and_refused_configuration,
 );
@@ -30,9 +31,14 @@ const SECRET: &str = "CANARY-client-secret";
 const KEY: [u8; 32] = [42; 32];
 
 async fn app(db: &TestDb, mdp: &MockServer) -> AppState {
+    app_with(db, mdp, "token_max_attempts = 3").await
+}
+
+/// The state with `extra` lines added to the `[milesight]` section.
+async fn app_with(db: &TestDb, mdp: &MockServer, extra: &str) -> AppState {
     db.open_migrated().await;
     let toml = format!(
-        "database_url = \"{}\"\n[milesight]\nbase_url = \"{}\"\nclient_id = \"cid-1\"\nclient_secret = \"{SECRET}\"\ntoken_max_attempts = 3\n",
+        "database_url = \"{}\"\n[milesight]\nbase_url = \"{}\"\nclient_id = \"cid-1\"\nclient_secret = \"{SECRET}\"\n{extra}\n",
         db.url(),
         mdp.uri()
     );
@@ -458,5 +464,32 @@ async fn token_api_reports_missing_and_refused_configuration(backend: Backend) {
         server.log_text().contains("refused the client credentials"),
         "{}",
         server.log_text()
+    );
+}
+
+async fn a_slow_server_times_out_and_is_retried(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mdp = MockServer::start().await;
+    token_endpoint()
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(token_body("late"))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&mdp)
+        .await;
+    let state = app_with(&db, &mdp, "request_timeout_secs = 1\ntoken_max_attempts = 2").await;
+    let started = Instant::now();
+    let err = state.milesight_token.token(&state).await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "bounded by the timeout, not the server"
+    );
+    assert_eq!(mdp.received_requests().await.unwrap().len(), 2, "retried once");
+    let log = refresh_log::recent(&state.db, None, 10).await.unwrap();
+    assert!(
+        log.iter()
+            .all(|e| !e.success && e.error.as_deref().is_some_and(|m| m.contains("timed out")))
     );
 }

@@ -288,16 +288,9 @@ pub async fn ensure_source(db: &Db, name: &str, timing: SourceTiming) -> Storage
     })
 }
 
+/// A source's newest events first.
 pub async fn recent_events(db: &Db, source_id: i64, limit: i64) -> StorageResult<Vec<WebhookEvent>> {
-    db_run!(db, |conn| {
-        Ok(webhook_events::table
-            .filter(webhook_events::source_id.eq(source_id))
-            .order(webhook_events::id.desc())
-            .limit(limit)
-            .select(WebhookEvent::as_select())
-            .load(conn)
-            .await?)
-    })
+    list_events(db, Some(source_id), None, limit).await
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
