@@ -28,6 +28,7 @@ pub struct AppState {
     /// Outbound HTTP (third-party APIs), with the configured timeout.
     pub http: reqwest::Client,
     pub milesight_token: Arc<TokenKeeper>,
+    pub token_engine: Arc<crate::tokens::RefreshEngine>,
 }
 
 /// Whether the service can do its job, and if not, why.
@@ -89,6 +90,7 @@ impl AppState {
         Ok(AppState {
             http,
             milesight_token: Arc::new(TokenKeeper::new()),
+            token_engine: Arc::new(crate::tokens::RefreshEngine::new()),
             intake,
             config: Arc::new(config),
             db,
@@ -104,6 +106,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     let mut specs = crate::milesight::housekeeping::job_specs(config);
     specs.extend(crate::milesight::token::job_specs(config));
     specs.extend(crate::milesight::inventory::job_specs(config));
+    specs.extend(crate::tokens::job_specs(config));
     specs
 }
 

@@ -29,6 +29,22 @@ pub struct Config {
     pub milesight: MilesightConfig,
     /// Time zone the job schedules are written in.
     pub scheduler_timezone: chrono_tz::Tz,
+    pub tokens: TokensConfig,
+}
+
+/// The refresh engine for connected platforms.
+#[derive(Clone, Debug)]
+pub struct TokensConfig {
+    pub sweep_schedule: String,
+    /// Refreshes in flight at once per sweep.
+    pub concurrency: usize,
+    /// Upstream attempts per refresh (transient failures retried with backoff).
+    pub max_attempts: u32,
+    /// How long a claimed connection stays reserved for the claiming process.
+    pub lease: Duration,
+    /// Refresh a token not refreshed for this long even if it is not near expiry, so idle
+    /// grants are not revoked.
+    pub idle_refresh: Duration,
 }
 
 /// Milesight webhook intake settings.
@@ -122,6 +138,18 @@ struct FileConfig {
     milesight: FileMilesight,
     #[serde(default)]
     scheduler: FileScheduler,
+    #[serde(default)]
+    tokens: FileTokens,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTokens {
+    sweep_schedule: Option<String>,
+    concurrency: Option<u64>,
+    max_attempts: Option<u64>,
+    lease_secs: Option<u64>,
+    idle_refresh_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -317,6 +345,26 @@ const MS_BUDGET: Key = Key {
     file: "milesight.daily_request_budget",
     env: "MILESIGHT_DAILY_REQUEST_BUDGET",
 };
+const TK_SCHEDULE: Key = Key {
+    file: "tokens.sweep_schedule",
+    env: "TELLTALE_TOKEN_SWEEP_SCHEDULE",
+};
+const TK_CONCURRENCY: Key = Key {
+    file: "tokens.concurrency",
+    env: "TELLTALE_TOKEN_CONCURRENCY",
+};
+const TK_ATTEMPTS: Key = Key {
+    file: "tokens.max_attempts",
+    env: "TELLTALE_TOKEN_MAX_ATTEMPTS",
+};
+const TK_LEASE: Key = Key {
+    file: "tokens.lease_secs",
+    env: "TELLTALE_TOKEN_LEASE_SECS",
+};
+const TK_IDLE: Key = Key {
+    file: "tokens.idle_refresh_days",
+    env: "TELLTALE_TOKEN_IDLE_REFRESH_DAYS",
+};
 
 /// Every key, for documentation and for `check-config`.
 const ALL_KEYS: &[&Key] = &[
@@ -354,6 +402,11 @@ const ALL_KEYS: &[&Key] = &[
     &MS_INVENTORY_SCHEDULE,
     &MS_PAGE_SIZE,
     &MS_BUDGET,
+    &TK_SCHEDULE,
+    &TK_CONCURRENCY,
+    &TK_ATTEMPTS,
+    &TK_LEASE,
+    &TK_IDLE,
 ];
 
 impl Key {
@@ -684,7 +737,29 @@ impl Config {
             )?),
         };
 
+        let tk = file.tokens;
+        let tokens = TokensConfig {
+            sweep_schedule: schedule(&TK_SCHEDULE, tk.sweep_schedule, "0 * * * * *")?,
+            concurrency: positive(
+                &TK_CONCURRENCY,
+                pick_num(&TK_CONCURRENCY, tk.concurrency)?,
+                8,
+                1000,
+            )? as usize,
+            max_attempts: positive(&TK_ATTEMPTS, pick_num(&TK_ATTEMPTS, tk.max_attempts)?, 3, 20)? as u32,
+            lease: Duration::from_secs(positive(
+                &TK_LEASE,
+                pick_num(&TK_LEASE, tk.lease_secs)?,
+                120,
+                3600,
+            )?),
+            idle_refresh: Duration::from_secs(
+                positive(&TK_IDLE, pick_num(&TK_IDLE, tk.idle_refresh_days)?, 7, 365)? * 86_400,
+            ),
+        };
+
         Ok(Config {
+            tokens,
             milesight,
             scheduler_timezone,
             listen,
@@ -798,6 +873,15 @@ impl Config {
         out.push_str(&format!(
             "\n[scheduler]\ntimezone = {:?}\n",
             self.scheduler_timezone.name()
+        ));
+        let tk = &self.tokens;
+        out.push_str(&format!(
+            "\n[tokens]\nsweep_schedule = {:?}\nconcurrency = {}\nmax_attempts = {}\nlease_secs = {}\nidle_refresh_days = {}\n",
+            tk.sweep_schedule,
+            tk.concurrency,
+            tk.max_attempts,
+            tk.lease.as_secs(),
+            tk.idle_refresh.as_secs() / 86_400
         ));
         out
     }

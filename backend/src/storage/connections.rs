@@ -384,3 +384,101 @@ pub async fn set_credentials(db: &Db, crypto: &Crypto, id: i64, credentials: &st
         Ok(())
     })
 }
+
+/// Connections a refresh sweep should look at: not disabled, not waiting for re-authorisation,
+/// holding a token or a refresh token, optionally of one provider or one id. Whether each is
+/// due is decided by the caller (leads differ by provider).
+pub async fn refresh_candidates(
+    db: &Db,
+    exclude_provider: &str,
+    provider: Option<&str>,
+    id: Option<i64>,
+) -> StorageResult<Vec<Connection>> {
+    db_run!(db, |conn| {
+        let mut query = connections::table
+            .filter(connections::status.ne_all(["disabled", "needs_reauth"]))
+            .filter(connections::provider.ne(exclude_provider))
+            .filter(
+                connections::refresh_token
+                    .is_not_null()
+                    .or(connections::credentials.is_not_null()),
+            )
+            .select(Connection::as_select())
+            .into_boxed();
+        if let Some(provider) = provider {
+            query = query.filter(connections::provider.eq(provider.to_owned()));
+        }
+        if let Some(id) = id {
+            query = query.filter(connections::id.eq(id));
+        }
+        Ok(query.order(connections::id.asc()).load(conn).await?)
+    })
+}
+
+/// Takes the refresh lease on a connection for `owner` until `until`, unless another owner
+/// holds an unexpired one. A single conditional UPDATE: on PostgreSQL the row lock makes a
+/// concurrent claimer re-check the condition after the first commits, so one of them wins.
+/// Returns the claimed row (re-read, so the caller judges it as it is now).
+pub async fn claim(
+    db: &Db,
+    id: i64,
+    owner: &str,
+    at: UtcTime,
+    until: UtcTime,
+) -> StorageResult<Option<Connection>> {
+    db_run!(db, |conn| {
+        Ok(diesel::update(
+            connections::table.find(id).filter(
+                connections::lease_expires_at
+                    .is_null()
+                    .or(connections::lease_expires_at.lt(at))
+                    .or(connections::lease_owner.eq(owner)),
+            ),
+        )
+        .set((
+            connections::lease_owner.eq(owner),
+            connections::lease_expires_at.eq(until),
+        ))
+        .returning(Connection::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?)
+    })
+}
+
+/// Gives the lease back (only if `owner` still holds it).
+pub async fn release(db: &Db, id: i64, owner: &str) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::update(
+            connections::table
+                .find(id)
+                .filter(connections::lease_owner.eq(owner)),
+        )
+        .set((
+            connections::lease_owner.eq(None::<String>),
+            connections::lease_expires_at.eq(None::<UtcTime>),
+        ))
+        .execute(conn)
+        .await?;
+        Ok(())
+    })
+}
+
+pub async fn delete_connection(db: &Db, id: i64) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        match diesel::delete(connections::table.find(id)).execute(conn).await? {
+            0 => Err(StorageError::NotFound),
+            _ => Ok(()),
+        }
+    })
+}
+
+pub async fn account_by_name(db: &Db, name: &str) -> StorageResult<Account> {
+    db_run!(db, |conn| {
+        Ok(accounts::table
+            .filter(accounts::name.eq(name))
+            .select(Account::as_select())
+            .first(conn)
+            .await?)
+    })
+}

@@ -1,0 +1,80 @@
+//! Third-party platforms. Each provider kind is one file implementing `Provider`; the only
+//! code that knows a platform's token API. Base URLs come from the connection, so tests aim
+//! providers at fake servers.
+
+pub mod oauth2_refresh;
+
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+
+use crate::storage::connections::{Connection, ConnectionSecrets};
+
+/// What a provider's token endpoint issued.
+#[derive(Clone)]
+pub struct Issued {
+    pub access_token: String,
+    /// A rotated refresh token; `None` keeps the stored one.
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<i64>,
+    pub refresh_expires_in: Option<i64>,
+}
+
+/// The result of one refresh attempt, in the terms the engine acts on.
+pub enum Outcome {
+    Refreshed(Issued),
+    /// Worth retrying: timeouts, 5xx, 429 (with the server's `Retry-After`), garbage.
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The grant is gone (revoked, expired refresh token, refused client): a person must
+    /// re-authorise. Never retried.
+    NeedsReauth(String),
+    /// Refused for another reason (bad request, misconfiguration); not retried.
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Refreshed(_) => "success",
+            Outcome::Transient { .. } => "transient_failure",
+            Outcome::NeedsReauth(_) | Outcome::Failed(_) => "permanent_failure",
+        }
+    }
+}
+
+pub trait Provider: Send + Sync {
+    /// The `provider` value of connections this handles.
+    fn kind(&self) -> &'static str;
+    /// Refresh this long before expiry unless the connection's settings say otherwise.
+    fn default_lead(&self) -> Duration;
+    /// One attempt to get a fresh token. Must not put secrets in any message it returns.
+    fn refresh<'a>(
+        &'a self,
+        http: &'a reqwest::Client,
+        connection: &'a Connection,
+        secrets: &'a ConnectionSecrets,
+    ) -> BoxFuture<'a, Outcome>;
+}
+
+static OAUTH2_REFRESH: oauth2_refresh::OAuth2Refresh = oauth2_refresh::OAuth2Refresh;
+
+/// The provider for a connection's `provider` value.
+pub fn provider_for(kind: &str) -> Option<&'static dyn Provider> {
+    let providers: [&'static dyn Provider; 1] = [&OAUTH2_REFRESH];
+    providers.into_iter().find(|p| p.kind() == kind)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
+}

@@ -1,0 +1,429 @@
+//! The refresh engine for connected platforms: finds due connections, claims each in the
+//! database (so processes sharing PostgreSQL never refresh the same one at once), refreshes
+//! with bounded concurrency through the connection's provider, retries transient failures
+//! with backoff, parks revoked grants as `needs_reauth`, and logs every attempt.
+//!
+//! The scheduled sweep, manual refreshes and (later) the CLI and cron endpoint all call
+//! `RefreshEngine` so they behave the same.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::config::Config;
+use crate::providers::{self, Issued, Outcome, Provider};
+use crate::scheduler::JobSpec;
+use crate::storage::connections::{self, Connection, RefreshedToken};
+use crate::storage::refresh_log::{self, NewRefreshLogEntry};
+use crate::storage::{StorageResult, UtcTime, now};
+
+pub const SWEEP_JOB: &str = "token-refresh-sweep";
+/// The Milesight token has its own keeper (`milesight::token`) and is left out of sweeps.
+const KEPT_ELSEWHERE: &str = crate::milesight::token::PROVIDER;
+
+/// One connection's result in a sweep or a manual refresh.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConnectionResult {
+    pub id: i64,
+    pub provider: String,
+    pub name: String,
+    /// `refreshed`, `would_refresh` (dry run), `needs_reauth`, `failed`, or `skipped`.
+    pub outcome: &'static str,
+    pub detail: Option<String>,
+    pub expires_at: Option<UtcTime>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub checked: usize,
+    pub refreshed: usize,
+    pub failed: usize,
+    pub dry_run: bool,
+    pub timestamp: UtcTime,
+    pub results: Vec<ConnectionResult>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepRequest {
+    /// `scheduled`, `startup`, `cron_endpoint`, `cli`, …
+    pub trigger: &'static str,
+    pub actor: String,
+    pub dry_run: bool,
+    pub provider: Option<String>,
+    pub connection_id: Option<i64>,
+}
+
+pub struct RefreshEngine {
+    /// Names this process's leases.
+    instance: String,
+    /// One lock per connection in this process, so a manual and a scheduled refresh of the
+    /// same connection make one upstream call.
+    inflight: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Default for RefreshEngine {
+    fn default() -> Self {
+        RefreshEngine::new()
+    }
+}
+
+/// When a connection should be refreshed: no token yet, within its lead time of expiry, or
+/// not refreshed for the idle window (so unused grants are not revoked).
+pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idle: Duration) -> bool {
+    let lead = serde_json::from_str::<serde_json::Value>(&connection.settings)
+        .ok()
+        .and_then(|s| s.get("lead_secs").and_then(serde_json::Value::as_u64))
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| provider.default_lead());
+    let lead = chrono::Duration::from_std(lead).unwrap_or_default();
+    let idle = chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::MAX);
+    if connection.access_token.is_none() {
+        return true;
+    }
+    let near_expiry = connection.expires_at.is_some_and(|exp| exp.0 - lead <= at.0);
+    let idle_too_long = connection
+        .last_refresh_success_at
+        .unwrap_or(connection.created_at)
+        .0
+        + idle
+        <= at.0;
+    near_expiry || idle_too_long
+}
+
+impl RefreshEngine {
+    pub fn new() -> RefreshEngine {
+        RefreshEngine {
+            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_for(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        match self.inflight.lock() {
+            Ok(mut map) => map.entry(id).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// Refreshes every due connection (or reports what would be refreshed, for a dry run).
+    pub async fn sweep(
+        &self,
+        state: &AppState,
+        request: &SweepRequest,
+        at: UtcTime,
+    ) -> StorageResult<SweepReport> {
+        let idle = state.config.tokens.idle_refresh;
+        let candidates = connections::refresh_candidates(
+            &state.db,
+            KEPT_ELSEWHERE,
+            request.provider.as_deref(),
+            request.connection_id,
+        )
+        .await?;
+        let due: Vec<Connection> = candidates
+            .into_iter()
+            .filter(|c| providers::provider_for(&c.provider).is_some_and(|p| is_due(c, p, at, idle)))
+            .collect();
+        let results: Vec<ConnectionResult> = if request.dry_run {
+            let mut results = Vec::new();
+            for c in &due {
+                self.log(state, c, request, true, Ok(None), Duration::ZERO).await;
+                results.push(ConnectionResult {
+                    id: c.id,
+                    provider: c.provider.clone(),
+                    name: c.name.clone(),
+                    outcome: "would_refresh",
+                    detail: None,
+                    expires_at: c.expires_at,
+                });
+            }
+            results
+        } else {
+            let ids: Vec<i64> = due.iter().map(|c| c.id).collect();
+            futures_util::stream::iter(ids)
+                .map(|id| self.refresh_one(state, id, request, Some(at)))
+                .buffer_unordered(state.config.tokens.concurrency.max(1))
+                .collect()
+                .await
+        };
+        let mut results = results;
+        results.sort_by_key(|r| r.id);
+        Ok(SweepReport {
+            checked: due.len(),
+            refreshed: results.iter().filter(|r| r.outcome == "refreshed").count(),
+            failed: results
+                .iter()
+                .filter(|r| matches!(r.outcome, "failed" | "needs_reauth"))
+                .count(),
+            dry_run: request.dry_run,
+            timestamp: now(),
+            results,
+        })
+    }
+
+    /// Refreshes one connection now, whether due or not (the manual button).
+    pub async fn refresh_now(
+        &self,
+        state: &AppState,
+        id: i64,
+        trigger: &'static str,
+        actor: &str,
+    ) -> StorageResult<ConnectionResult> {
+        connections::get_connection(&state.db, id).await?;
+        let request = SweepRequest {
+            trigger,
+            actor: actor.into(),
+            dry_run: false,
+            provider: None,
+            connection_id: Some(id),
+        };
+        Ok(self.refresh_one(state, id, &request, None).await)
+    }
+
+    /// `due_at`: refresh only if still due at that time (sweeps); `None`: refresh regardless,
+    /// unless another refresh finished while we waited for the lock (manual).
+    async fn refresh_one(
+        &self,
+        state: &AppState,
+        id: i64,
+        request: &SweepRequest,
+        due_at: Option<UtcTime>,
+    ) -> ConnectionResult {
+        let asked_at = now();
+        let lock = self.lock_for(id);
+        let _serial = lock.lock().await;
+        match self.claimed_refresh(state, id, request, due_at, asked_at).await {
+            Ok(result) => result,
+            Err(err) => {
+                tracing::warn!(connection = id, error = %err, "refresh could not complete");
+                ConnectionResult {
+                    id,
+                    provider: String::new(),
+                    name: String::new(),
+                    outcome: "failed",
+                    detail: Some(format!("storage: {err}")),
+                    expires_at: None,
+                }
+            }
+        }
+    }
+
+    async fn claimed_refresh(
+        &self,
+        state: &AppState,
+        id: i64,
+        request: &SweepRequest,
+        due_at: Option<UtcTime>,
+        asked_at: UtcTime,
+    ) -> StorageResult<ConnectionResult> {
+        let until =
+            UtcTime::new(now().0 + chrono::Duration::from_std(state.config.tokens.lease).unwrap_or_default());
+        let Some(connection) = connections::claim(&state.db, id, &self.instance, now(), until).await? else {
+            let c = connections::get_connection(&state.db, id).await?;
+            return Ok(result_of(
+                &c,
+                "skipped",
+                Some("being refreshed by another process".into()),
+            ));
+        };
+        let outcome = self
+            .refresh_claimed(state, &connection, request, due_at, asked_at)
+            .await;
+        // Always give the lease back, also after a failure.
+        connections::release(&state.db, id, &self.instance).await?;
+        outcome
+    }
+
+    async fn refresh_claimed(
+        &self,
+        state: &AppState,
+        connection: &Connection,
+        request: &SweepRequest,
+        due_at: Option<UtcTime>,
+        asked_at: UtcTime,
+    ) -> StorageResult<ConnectionResult> {
+        let Some(provider) = providers::provider_for(&connection.provider) else {
+            return Ok(result_of(
+                connection,
+                "failed",
+                Some(format!("unknown provider {:?}", connection.provider)),
+            ));
+        };
+        // Judge the row as it is now: another process may have refreshed it since the sweep
+        // listed it, or a concurrent refresh in this one finished while we waited.
+        match due_at {
+            Some(at) if !is_due(connection, provider, at, state.config.tokens.idle_refresh) => {
+                return Ok(result_of(connection, "skipped", Some("already fresh".into())));
+            }
+            None if connection.last_refresh_success_at.is_some_and(|t| t >= asked_at) => {
+                return Ok(result_of(
+                    connection,
+                    "refreshed",
+                    Some("refreshed by a concurrent request".into()),
+                ));
+            }
+            _ => {}
+        }
+        if matches!(connection.status.as_str(), "needs_reauth" | "disabled") && due_at.is_some() {
+            return Ok(result_of(connection, "skipped", Some(connection.status.clone())));
+        }
+        let secrets = connections::secrets(&state.crypto, connection)?;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .with_max_times(state.config.tokens.max_attempts.saturating_sub(1) as usize);
+        let attempt = || async {
+            let started = Instant::now();
+            let outcome = provider.refresh(&state.http, connection, &secrets).await;
+            state
+                .metrics
+                .token_refreshes
+                .with_label_values(&[provider.kind(), request.trigger, outcome.label()])
+                .inc();
+            state
+                .metrics
+                .token_refresh_seconds
+                .with_label_values(&[provider.kind()])
+                .observe(started.elapsed().as_secs_f64());
+            let logged = match &outcome {
+                Outcome::Refreshed(issued) => Ok(Some(issued.clone())),
+                Outcome::Transient { message, .. }
+                | Outcome::NeedsReauth(message)
+                | Outcome::Failed(message) => Err(message.clone()),
+            };
+            self.log(state, connection, request, false, logged, started.elapsed())
+                .await;
+            match outcome {
+                Outcome::Refreshed(issued) => Ok(issued),
+                other => Err(other),
+            }
+        };
+        let result = attempt
+            .retry(backoff)
+            .when(|o: &Outcome| matches!(o, Outcome::Transient { .. }))
+            .adjust(|o: &Outcome, delay| match o {
+                Outcome::Transient {
+                    retry_after: Some(wait),
+                    ..
+                } => Some((*wait).min(Duration::from_secs(300))),
+                _ => delay,
+            })
+            .await;
+        let at = now();
+        Ok(match result {
+            Ok(issued) => {
+                let stored = connections::store_refreshed_token(
+                    &state.db,
+                    &state.crypto,
+                    connection.id,
+                    &to_refreshed(&issued, at),
+                    at,
+                )
+                .await?;
+                result_of(&stored, "refreshed", None)
+            }
+            Err(Outcome::NeedsReauth(message)) => {
+                let stored = connections::record_refresh_failure(
+                    &state.db,
+                    connection.id,
+                    Some("needs_reauth"),
+                    &message,
+                    at,
+                )
+                .await?;
+                tracing::warn!(connection = connection.id, provider = %connection.provider, error = %message, "grant no longer accepted; connection needs re-authorisation");
+                result_of(&stored, "needs_reauth", Some(message))
+            }
+            Err(Outcome::Transient { message, .. } | Outcome::Failed(message)) => {
+                let stored =
+                    connections::record_refresh_failure(&state.db, connection.id, None, &message, at).await?;
+                result_of(&stored, "failed", Some(message))
+            }
+            Err(Outcome::Refreshed(_)) => result_of(connection, "failed", Some("unreachable".into())),
+        })
+    }
+
+    async fn log(
+        &self,
+        state: &AppState,
+        connection: &Connection,
+        request: &SweepRequest,
+        dry_run: bool,
+        result: Result<Option<Issued>, String>,
+        took: Duration,
+    ) {
+        let at = now();
+        let entry = NewRefreshLogEntry {
+            connection_id: Some(connection.id),
+            provider: connection.provider.clone(),
+            trigger: request.trigger.into(),
+            actor: Some(request.actor.clone()),
+            dry_run,
+            success: result.is_ok(),
+            new_expires_at: result
+                .as_ref()
+                .ok()
+                .and_then(|i| i.as_ref())
+                .and_then(|i| to_refreshed(i, at).expires_at),
+            error: result.err(),
+            old_expires_at: connection.expires_at,
+            duration_ms: took.as_millis() as i64,
+            attempted_at: at,
+        };
+        if let Err(err) = refresh_log::append(&state.db, &entry).await {
+            tracing::warn!(error = %err, "could not write the refresh log");
+        }
+    }
+}
+
+fn to_refreshed(issued: &Issued, at: UtcTime) -> RefreshedToken {
+    let after = |secs: i64| UtcTime::new(at.0 + chrono::Duration::seconds(secs));
+    RefreshedToken {
+        access_token: issued.access_token.clone(),
+        refresh_token: issued.refresh_token.clone(),
+        expires_at: issued.expires_in.map(after),
+        refresh_expires_at: issued.refresh_expires_in.map(after),
+    }
+}
+
+fn result_of(connection: &Connection, outcome: &'static str, detail: Option<String>) -> ConnectionResult {
+    ConnectionResult {
+        id: connection.id,
+        provider: connection.provider.clone(),
+        name: connection.name.clone(),
+        outcome,
+        detail,
+        expires_at: connection.expires_at,
+    }
+}
+
+/// The scheduled sweep.
+pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+    vec![JobSpec {
+        name: SWEEP_JOB,
+        schedule: config.tokens.sweep_schedule.clone(),
+        timezone: config.scheduler_timezone,
+        run: Arc::new(|state| {
+            Box::pin(async move {
+                let request = SweepRequest {
+                    trigger: "scheduled",
+                    actor: "scheduler".into(),
+                    dry_run: false,
+                    provider: None,
+                    connection_id: None,
+                };
+                let report = state.token_engine.sweep(&state, &request, now()).await?;
+                Ok(format!(
+                    "{} due, {} refreshed, {} failed",
+                    report.checked, report.refreshed, report.failed
+                ))
+            })
+        }),
+    }]
+}

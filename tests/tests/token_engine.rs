@@ -1,0 +1,439 @@
+//! The refresh engine with the `oauth2_refresh` provider against fake token endpoints on
+//! 127.0.0.1 (RFC 6749 §6 shapes, apis.md §4). In process, both backends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Duration as Span;
+use serde_json::json;
+use telltale::app::AppState;
+use telltale::config::Config;
+use telltale::crypto::Crypto;
+use telltale::storage::connections::{self, NewConnection};
+use telltale::storage::{now, refresh_log};
+use telltale::tokens::SweepRequest;
+use telltale_e2e::{Backend, TestDb, both_backends};
+use wiremock::matchers::{basic_auth, body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+both_backends!(
+    due_connections_refresh_and_rotated_tokens_are_kept,
+    a_revoked_grant_needs_reauth_and_is_not_retried,
+    transient_errors_are_retried_honouring_retry_after,
+    presets_authenticate_the_client_their_way,
+    a_dry_run_changes_nothing,
+    concurrent_manual_and_scheduled_refresh_make_one_call,
+    two_engines_on_one_database_refresh_each_connection_once,
+);
+
+const KEY: [u8; 32] = [9; 32];
+
+async fn app(db: &TestDb) -> AppState {
+    app_with_concurrency(db, 8).await
+}
+
+async fn app_with_concurrency(db: &TestDb, concurrency: usize) -> AppState {
+    db.open_migrated().await;
+    let toml = format!(
+        "database_url = \"{}\"\n[tokens]\nmax_attempts = 3\nconcurrency = {concurrency}\n",
+        db.url()
+    );
+    AppState::new(
+        Config::from_toml(&toml, &[("UNUSED", "")]).unwrap(),
+        Crypto::new(&KEY, &[]),
+    )
+    .unwrap()
+}
+
+/// A connection whose token expires in `expires_in_mins`, refreshed at `token_url`.
+async fn connection(
+    state: &AppState,
+    name: &str,
+    token_url: &str,
+    preset: Option<&str>,
+    expires_in_mins: i64,
+) -> i64 {
+    let account = match connections::account_by_name(&state.db, "acme").await {
+        Ok(a) => a,
+        Err(_) => connections::create_account(&state.db, "acme", None)
+            .await
+            .unwrap(),
+    };
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "oauth2_refresh".into(),
+        name: name.into(),
+        base_url: Some(token_url.into()),
+        settings: json!({ "preset": preset }),
+        credentials: Some(json!({"client_id": "client-1", "client_secret": "CANARY-secret"}).to_string()),
+        access_token: Some(format!("at-{name}")),
+        refresh_token: Some(format!("rt-{name}")),
+        expires_at: Some((now().0 + Span::minutes(expires_in_mins)).into()),
+        ..Default::default()
+    };
+    connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .unwrap()
+        .id
+}
+
+fn sweep_request(dry_run: bool) -> SweepRequest {
+    SweepRequest {
+        trigger: "scheduled",
+        actor: "test".into(),
+        dry_run,
+        provider: None,
+        connection_id: None,
+    }
+}
+
+fn issued(access: &str, refresh: Option<&str>) -> ResponseTemplate {
+    let mut body =
+        json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "scope": "user-read"});
+    if let Some(refresh) = refresh {
+        body["refresh_token"] = json!(refresh);
+    }
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+async fn secrets_of(state: &AppState, id: i64) -> connections::ConnectionSecrets {
+    let c = connections::get_connection(&state.db, id).await.unwrap();
+    connections::secrets(&state.crypto, &c).unwrap()
+}
+
+async fn due_connections_refresh_and_rotated_tokens_are_kept(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    let url = format!("{}/token", server.uri());
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .and(body_string_contains("refresh_token=rt-soon&"))
+        .respond_with(issued("at-soon-2", Some("rt-soon-2")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("refresh_token=rt-soon-2"))
+        .respond_with(issued("at-soon-3", None))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let soon = connection(&state, "soon", &url, None, 5).await;
+    let later = connection(&state, "later", &url, None, 120).await;
+
+    let report = state
+        .token_engine
+        .sweep(&state, &sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.checked, report.refreshed, report.failed),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.results[0].id, soon);
+    let secrets = secrets_of(&state, soon).await;
+    assert_eq!(secrets.access_token.as_deref(), Some("at-soon-2"));
+    assert_eq!(
+        secrets.refresh_token.as_deref(),
+        Some("rt-soon-2"),
+        "the rotated refresh token is stored"
+    );
+    let stored = connections::get_connection(&state.db, soon).await.unwrap();
+    let runway = (stored.expires_at.unwrap().0 - now().0).num_seconds();
+    assert!((3590..=3600).contains(&runway), "{runway}");
+    assert_eq!(
+        (stored.status.as_str(), stored.lease_owner),
+        ("active", None),
+        "lease released"
+    );
+    assert_eq!(
+        secrets_of(&state, later).await.access_token.as_deref(),
+        Some("at-later"),
+        "not due, untouched"
+    );
+
+    let again = state
+        .token_engine
+        .sweep(&state, &sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!(again.checked, 0, "nothing due right after");
+
+    // Forced refresh where the server does not rotate: the refresh token is kept, never nulled.
+    let result = state
+        .token_engine
+        .refresh_now(&state, soon, "manual", "ops@example.test")
+        .await
+        .unwrap();
+    assert_eq!(result.outcome, "refreshed");
+    let secrets = secrets_of(&state, soon).await;
+    assert_eq!(
+        (secrets.access_token.as_deref(), secrets.refresh_token.as_deref()),
+        (Some("at-soon-3"), Some("rt-soon-2"))
+    );
+    let log = refresh_log::recent(&state.db, Some("oauth2_refresh"), 10)
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        (log[0].trigger.as_str(), log[0].actor.as_deref()),
+        ("manual", Some("ops@example.test"))
+    );
+    assert!(log.iter().all(|e| e.success && e.new_expires_at.is_some()));
+}
+
+async fn a_revoked_grant_needs_reauth_and_is_not_retried(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": "invalid_grant", "error_description": "Refresh token revoked for rt-revoked"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let id = connection(&state, "revoked", &format!("{}/token", server.uri()), None, 1).await;
+    let report = state
+        .token_engine
+        .sweep(&state, &sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!(report.results[0].outcome, "needs_reauth");
+    let stored = connections::get_connection(&state.db, id).await.unwrap();
+    assert_eq!(
+        (stored.status.as_str(), stored.consecutive_failures),
+        ("needs_reauth", 1)
+    );
+    let error = stored.last_error.unwrap();
+    assert!(
+        error.contains("invalid_grant") && !error.contains("rt-revoked"),
+        "sanitised: {error}"
+    );
+    let again = state
+        .token_engine
+        .sweep(&state, &sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.checked, 0,
+        "a connection that needs re-authorisation is not retried"
+    );
+}
+
+async fn transient_errors_are_retried_honouring_retry_after(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/flaky"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/flaky"))
+        .respond_with(issued("at-ok", None))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/down"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let flaky = connection(&state, "flaky", &format!("{}/flaky", server.uri()), None, 1).await;
+    let down = connection(&state, "down", &format!("{}/down", server.uri()), None, 1).await;
+    let started = Instant::now();
+    let report = state
+        .token_engine
+        .sweep(&state, &sweep_request(false), now())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+    let outcome = |id: i64| report.results.iter().find(|r| r.id == id).unwrap().outcome;
+    assert_eq!((outcome(flaky), outcome(down)), ("refreshed", "failed"));
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.iter().filter(|r| r.url.path() == "/flaky").count(), 2);
+    assert_eq!(
+        requests.iter().filter(|r| r.url.path() == "/down").count(),
+        3,
+        "max_attempts"
+    );
+    let down_row = connections::get_connection(&state.db, down).await.unwrap();
+    assert_eq!(
+        (down_row.status.as_str(), down_row.consecutive_failures),
+        ("active", 1),
+        "transient: status kept"
+    );
+    assert!(down_row.last_error.unwrap().contains("502"));
+}
+
+async fn presets_authenticate_the_client_their_way(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    // Spotify and Discord: HTTP Basic. GitHub: client id and secret in the body, JSON asked
+    // for, and some errors come back as 200.
+    Mock::given(method("POST"))
+        .and(path("/spotify"))
+        .and(basic_auth("client-1", "CANARY-secret"))
+        .respond_with(issued("at-s2", None))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).and(path("/github")).and(header("accept", "application/json"))
+        .and(body_string_contains("client_id=client-1")).and(body_string_contains("client_secret=CANARY-secret"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"error": "bad_refresh_token", "error_description": "The refresh token passed is incorrect or expired."})))
+        .expect(1).mount(&server).await;
+    let state = app(&db).await;
+    let spotify = connection(
+        &state,
+        "spotify",
+        &format!("{}/spotify", server.uri()),
+        Some("spotify"),
+        1,
+    )
+    .await;
+    let github = connection(
+        &state,
+        "github",
+        &format!("{}/github", server.uri()),
+        Some("github"),
+        1,
+    )
+    .await;
+    let report = state
+        .token_engine
+        .sweep(&state, &sweep_request(false), now())
+        .await
+        .unwrap();
+    let outcome = |id: i64| report.results.iter().find(|r| r.id == id).unwrap().outcome;
+    assert_eq!(
+        (outcome(spotify), outcome(github)),
+        ("refreshed", "needs_reauth"),
+        "{report:?}"
+    );
+}
+
+async fn a_dry_run_changes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(issued("never", None))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let id = connection(&state, "due", &format!("{}/token", server.uri()), None, 1).await;
+    let before = connections::get_connection(&state.db, id).await.unwrap();
+    let report = state
+        .token_engine
+        .sweep(&state, &sweep_request(true), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.checked, report.dry_run, report.results[0].outcome),
+        (1, true, "would_refresh")
+    );
+    let after = connections::get_connection(&state.db, id).await.unwrap();
+    assert_eq!(
+        (after.access_token, after.expires_at, after.updated_at),
+        (before.access_token, before.expires_at, before.updated_at)
+    );
+    let log = refresh_log::recent(&state.db, None, 10).await.unwrap();
+    assert!(log.len() == 1 && log[0].dry_run, "a dry run is logged as one");
+}
+
+async fn concurrent_manual_and_scheduled_refresh_make_one_call(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(issued("at-2", None).set_delay(Duration::from_millis(300)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let state = Arc::new(app(&db).await);
+    let id = connection(&state, "busy", &format!("{}/token", server.uri()), None, 1).await;
+    let (s1, s2) = (state.clone(), state.clone());
+    let scheduled = tokio::spawn(async move {
+        s1.token_engine
+            .sweep(&s1, &sweep_request(false), now())
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let manual = tokio::spawn(async move {
+        s2.token_engine
+            .refresh_now(&s2, id, "manual", "ops")
+            .await
+            .unwrap()
+    });
+    let (scheduled, manual) = (scheduled.await.unwrap(), manual.await.unwrap());
+    assert_eq!(scheduled.results[0].outcome, "refreshed");
+    assert_eq!(manual.outcome, "refreshed");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+/// Two engines (as two replicas would be) sweep the same database at once: every due
+/// connection is refreshed exactly once. The second works one connection at a time, so it
+/// lists every connection before the first refreshes them and reaches most of them after:
+/// the case where a replica must re-check what it claimed.
+async fn two_engines_on_one_database_refresh_each_connection_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(issued("fresh", None).set_delay(Duration::from_millis(50)))
+        .mount(&server)
+        .await;
+    let first = Arc::new(app(&db).await);
+    let second = Arc::new(app_with_concurrency(&db, 1).await);
+    let url = format!("{}/token", server.uri());
+    for i in 0..20 {
+        connection(&first, &format!("c{i:02}"), &url, None, 1).await;
+    }
+    let (a, b) = (first.clone(), second.clone());
+    let one = tokio::spawn(async move {
+        a.token_engine
+            .sweep(&a, &sweep_request(false), now())
+            .await
+            .unwrap()
+    });
+    let two = tokio::spawn(async move {
+        b.token_engine
+            .sweep(&b, &sweep_request(false), now())
+            .await
+            .unwrap()
+    });
+    let (one, two) = (one.await.unwrap(), two.await.unwrap());
+    assert_eq!(one.refreshed + two.refreshed, 20, "one: {one:?}\ntwo: {two:?}");
+    let requests = server.received_requests().await.unwrap();
+    let mut refreshed: Vec<String> = requests
+        .iter()
+        .filter_map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("refresh_token=").map(str::to_owned))
+        })
+        .collect();
+    refreshed.sort();
+    refreshed.dedup();
+    assert_eq!(
+        (requests.len(), refreshed.len()),
+        (20, 20),
+        "each connection refreshed exactly once"
+    );
+    let successes = refresh_log::recent(&first.db, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.success)
+        .count();
+    assert_eq!(successes, 20);
+}
