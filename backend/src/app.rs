@@ -186,6 +186,23 @@ pub async fn serve(
                 let state = state.clone();
                 tasks_for_jobs.spawn(async move { crate::milesight::token::start_up(&state).await });
             }
+            {
+                // One sweep at start-up, so tokens that lapsed while the service was down are renewed now.
+                let state = state.clone();
+                tasks_for_jobs.spawn(async move {
+                    let request = crate::tokens::SweepRequest {
+                        trigger: "startup",
+                        actor: "telltale".into(),
+                        dry_run: false,
+                        provider: None,
+                        connection_id: None,
+                    };
+                    match state.token_engine.sweep(&state, &request, crate::storage::now()).await {
+                        Ok(report) => tracing::info!(due = report.checked, refreshed = report.refreshed, failed = report.failed, "start-up token sweep"),
+                        Err(err) => tracing::warn!(error = %err, "start-up token sweep failed"),
+                    }
+                });
+            }
             let specs = job_specs(&state.config);
             match Scheduler::start(state, specs, tasks_for_jobs, cancel).await {
                 Ok(started) => *scheduler.lock().await = Some(started),

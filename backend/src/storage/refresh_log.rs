@@ -71,3 +71,56 @@ pub async fn recent(db: &Db, provider: Option<&str>, limit: i64) -> StorageResul
             .await?)
     })
 }
+
+/// Filters for the refresh log; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub provider: Option<String>,
+    pub success: Option<bool>,
+    pub connection_id: Option<i64>,
+    pub since: Option<UtcTime>,
+}
+
+/// Newest first.
+pub async fn query(db: &Db, filter: &LogFilter, limit: i64) -> StorageResult<Vec<RefreshLogEntry>> {
+    db_run!(db, |conn| {
+        let mut query = refresh_log::table
+            .select(RefreshLogEntry::as_select())
+            .into_boxed();
+        if let Some(provider) = &filter.provider {
+            query = query.filter(refresh_log::provider.eq(provider.clone()));
+        }
+        if let Some(success) = filter.success {
+            query = query.filter(refresh_log::success.eq(success));
+        }
+        if let Some(id) = filter.connection_id {
+            query = query.filter(refresh_log::connection_id.eq(id));
+        }
+        if let Some(since) = filter.since {
+            query = query.filter(refresh_log::attempted_at.ge(since));
+        }
+        Ok(query
+            .order(refresh_log::id.desc())
+            .limit(limit)
+            .load(conn)
+            .await?)
+    })
+}
+
+/// Attempts since `since`, counted by provider, trigger and success (dry runs left out).
+pub async fn counts_since(db: &Db, since: UtcTime) -> StorageResult<Vec<(String, String, bool, i64)>> {
+    db_run!(db, |conn| {
+        Ok(refresh_log::table
+            .filter(refresh_log::attempted_at.ge(since))
+            .filter(refresh_log::dry_run.eq(false))
+            .group_by((refresh_log::provider, refresh_log::trigger, refresh_log::success))
+            .select((
+                refresh_log::provider,
+                refresh_log::trigger,
+                refresh_log::success,
+                diesel::dsl::count_star(),
+            ))
+            .load(conn)
+            .await?)
+    })
+}

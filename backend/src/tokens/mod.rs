@@ -75,11 +75,7 @@ impl Default for RefreshEngine {
 /// When a connection should be refreshed: no token yet, within its lead time of expiry, or
 /// not refreshed for the idle window (so unused grants are not revoked).
 pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idle: Duration) -> bool {
-    let lead = serde_json::from_str::<serde_json::Value>(&connection.settings)
-        .ok()
-        .and_then(|s| s.get("lead_secs").and_then(serde_json::Value::as_u64))
-        .map(Duration::from_secs)
-        .unwrap_or_else(|| provider.default_lead());
+    let lead = own_lead(connection).unwrap_or_else(|| provider.default_lead());
     let lead = chrono::Duration::from_std(lead).unwrap_or_default();
     let idle = chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::MAX);
     if connection.access_token.is_none() {
@@ -426,4 +422,40 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
             })
         }),
     }]
+}
+
+/// A connection's token health as people see it: `disabled`, `needs_reauth`, `missing` (no
+/// token), `expired`, `expiring` (within its lead time) or `active`.
+pub fn token_status(connection: &Connection, lead: Duration, at: UtcTime) -> &'static str {
+    let lead = chrono::Duration::from_std(lead).unwrap_or_default();
+    match (
+        connection.status.as_str(),
+        connection.access_token.is_some(),
+        connection.expires_at,
+    ) {
+        ("disabled", _, _) => "disabled",
+        ("needs_reauth", _, _) => "needs_reauth",
+        (_, false, _) => "missing",
+        (_, true, Some(exp)) if exp.0 <= at.0 => "expired",
+        (_, true, Some(exp)) if exp.0 - lead <= at.0 => "expiring",
+        _ => "active",
+    }
+}
+
+/// The lead time that applies to a connection: its own `lead_secs`, else its provider's.
+pub fn lead_for(connection: &Connection, config: &Config) -> Duration {
+    if connection.provider == KEPT_ELSEWHERE {
+        return config.milesight.token_lead;
+    }
+    own_lead(connection)
+        .or_else(|| providers::provider_for(&connection.provider).map(|p| p.default_lead()))
+        .unwrap_or(Duration::from_secs(600))
+}
+
+/// A connection's own `lead_secs` setting, if it has one.
+fn own_lead(connection: &Connection) -> Option<Duration> {
+    serde_json::from_str::<serde_json::Value>(&connection.settings)
+        .ok()
+        .and_then(|s| s.get("lead_secs").and_then(serde_json::Value::as_u64))
+        .map(Duration::from_secs)
 }

@@ -2,6 +2,7 @@
 
 pub mod devices;
 pub mod milesight;
+pub mod tokens;
 pub mod webhooks;
 
 use actix_web::web;
@@ -16,7 +17,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/webhooks/events", web::get().to(webhooks::events))
         .route("/api/webhooks/rejections", web::get().to(webhooks::rejections))
         .route("/api/milesight/token", web::get().to(milesight::status))
-        .route("/api/milesight/token/refresh", web::post().to(milesight::refresh));
+        .route("/api/milesight/token/refresh", web::post().to(milesight::refresh))
+        .route("/api/connections", web::get().to(tokens::list))
+        .route("/api/connections", web::post().to(tokens::create))
+        .route("/api/connections/{id}", web::get().to(tokens::detail))
+        .route("/api/connections/{id}", web::delete().to(tokens::delete))
+        .route("/api/tokens/status", web::get().to(tokens::status))
+        .route("/api/tokens/{id}/refresh", web::post().to(tokens::refresh))
+        .route("/api/refresh-log", web::get().to(tokens::log))
+        .route("/api/refresh-stats", web::get().to(tokens::stats));
 }
 
 pub const DEFAULT_PAGE: i64 = 50;
