@@ -38,6 +38,18 @@ enum Command {
     /// Re-encrypt every stored secret with the current key (after moving the old key to
     /// TELLTALE_SECRET_KEY_PREVIOUS).
     RotateKey,
+    /// Refresh due connected-platform tokens once and print a table; exits 1 if any failed.
+    RefreshTokens {
+        /// Show what would be refreshed without calling any provider or changing a token.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only connections of this provider kind.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this connection id.
+        #[arg(long)]
+        connection: Option<i64>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -71,6 +83,11 @@ pub fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Migrate { status } => run_migrate(&config, status).await,
             Command::RotateKey => rotate_key(config).await,
+            Command::RefreshTokens {
+                dry_run,
+                provider,
+                connection,
+            } => refresh_tokens(config, dry_run, provider, connection).await,
             Command::CheckConfig | Command::GenKey => Ok(()),
         }
     });
@@ -151,5 +168,58 @@ async fn rotate_key(config: Config) -> anyhow::Result<()> {
     );
     println!("once this succeeded, remove the old key from TELLTALE_SECRET_KEY_PREVIOUS");
     db.close();
+    Ok(())
+}
+
+async fn refresh_tokens(
+    config: Config,
+    dry_run: bool,
+    provider: Option<String>,
+    connection: Option<i64>,
+) -> anyhow::Result<()> {
+    let crypto = load_crypto(&config)?;
+    migrate::run(&config.database).await?;
+    let state = AppState::new(config, crypto)?;
+    let request = crate::tokens::SweepRequest {
+        trigger: "cli",
+        actor: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+        dry_run,
+        provider,
+        connection_id: connection,
+    };
+    let report = state
+        .token_engine
+        .sweep(&state, &request, crate::storage::now())
+        .await?;
+    println!(
+        "{:<6} {:<16} {:<24} {:<14} {:<27} DETAIL",
+        "ID", "PROVIDER", "NAME", "OUTCOME", "EXPIRES AT"
+    );
+    for r in &report.results {
+        println!(
+            "{:<6} {:<16} {:<24} {:<14} {:<27} {}",
+            r.id,
+            r.provider,
+            r.name,
+            r.outcome,
+            r.expires_at.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            r.detail.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "{} due, {} refreshed, {} failed{}",
+        report.checked,
+        report.refreshed,
+        report.failed,
+        if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    );
+    state.db.close();
+    if report.failed > 0 {
+        anyhow::bail!("{} refresh(es) failed", report.failed);
+    }
     Ok(())
 }

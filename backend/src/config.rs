@@ -30,6 +30,8 @@ pub struct Config {
     /// Time zone the job schedules are written in.
     pub scheduler_timezone: chrono_tz::Tz,
     pub tokens: TokensConfig,
+    /// Bearer secret for the `/api/cron/*` endpoints; they are disabled (404) without one.
+    pub cron_secret: Option<SecretString>,
 }
 
 /// The refresh engine for connected platforms.
@@ -132,6 +134,7 @@ struct FileConfig {
     previous_secret_keys: Option<Vec<String>>,
     log_format: Option<String>,
     shutdown_timeout_secs: Option<u64>,
+    cron_secret: Option<String>,
     #[serde(default)]
     database: FileDatabase,
     #[serde(default)]
@@ -365,6 +368,10 @@ const TK_IDLE: Key = Key {
     file: "tokens.idle_refresh_days",
     env: "TELLTALE_TOKEN_IDLE_REFRESH_DAYS",
 };
+const CRON_SECRET: Key = Key {
+    file: "cron_secret",
+    env: "CRON_SECRET",
+};
 
 /// Every key, for documentation and for `check-config`.
 const ALL_KEYS: &[&Key] = &[
@@ -407,6 +414,7 @@ const ALL_KEYS: &[&Key] = &[
     &TK_ATTEMPTS,
     &TK_LEASE,
     &TK_IDLE,
+    &CRON_SECRET,
 ];
 
 impl Key {
@@ -758,7 +766,17 @@ impl Config {
             ),
         };
 
+        let cron_secret = match pick(&CRON_SECRET, file.cron_secret) {
+            Some(secret) if secret.len() < 16 => {
+                return Err(
+                    CRON_SECRET.error("must be at least 16 characters (it guards the cron endpoints)")
+                );
+            }
+            other => other.map(SecretString::from),
+        };
+
         Ok(Config {
+            cron_secret,
             tokens,
             milesight,
             scheduler_timezone,
@@ -811,6 +829,7 @@ impl Config {
             "shutdown_timeout_secs = {}\n",
             self.shutdown_timeout.as_secs()
         ));
+        out.push_str(&format!("cron_secret = {}\n", masked(self.cron_secret.is_some())));
         out.push_str("\n[database]\n");
         out.push_str(&format!("max_connections = {}\n", self.pool.max_connections));
         out.push_str(&format!(

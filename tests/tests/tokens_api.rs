@@ -4,13 +4,15 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use telltale_e2e::{Backend, TestDb, TestServer, both_backends, get_json, post_with_headers};
+use telltale_e2e::{Backend, TestDb, TestServer, both_backends, get_json, post_with_headers, run_cli};
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 both_backends!(
     connections_are_managed_refreshed_and_reported,
-    bad_connection_input_is_refused
+    bad_connection_input_is_refused,
+    the_cron_endpoint_needs_its_secret,
+    the_cli_sweeps_and_reports,
 );
 
 fn json_headers() -> Vec<(String, String)> {
@@ -213,4 +215,112 @@ fn with_name(mut body: Value, case: &str) -> Value {
         body["name"] = json!(case);
     }
     body
+}
+
+const CRON: &str = "CANARY-cron-secret-0123456789";
+
+async fn the_cron_endpoint_needs_its_secret(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let without = TestServer::start(db.url(), &[]).await;
+    without.wait_ready(Duration::from_secs(30)).await;
+    let (code, _) = get_json(&without.url("/api/cron/token-refresh")).await;
+    assert_eq!(code, 404, "disabled without a configured secret");
+    drop(without);
+
+    let server = TestServer::start(db.url(), &[("CRON_SECRET", CRON)]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let client = reqwest::Client::new();
+    for auth in [
+        None,
+        Some("Bearer wrong-secret-wrong-secret"),
+        Some(&format!("Bearer {CRON}x")[..]),
+        Some(CRON),
+    ] {
+        let mut request = client.post(server.url("/api/cron/token-refresh"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        let resp = client
+            .request(method.clone(), server.url("/api/cron/token-refresh"))
+            .bearer_auth(CRON)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{method}");
+        let report: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (
+                report["checked"].as_i64(),
+                report["refreshed"].as_i64(),
+                report["failed"].as_i64()
+            ),
+            (Some(0), Some(0), Some(0))
+        );
+        assert!(
+            report["timestamp"].is_string() && report["results"].is_array(),
+            "{report}"
+        );
+    }
+    assert!(!server.log_text().contains(CRON), "the secret is never logged");
+}
+
+async fn the_cli_sweeps_and_reports(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/revoked"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
+        .mount(&provider)
+        .await;
+    let server = TestServer::start(db.url(), &[("TELLTALE_TOKEN_SWEEP_SCHEDULE", "0 0 0 1 1 *")]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let (code, _) = create(
+        &server,
+        json!({"account": "acme", "provider": "oauth2_refresh", "name": "revoked",
+               "base_url": format!("{}/revoked", provider.uri()),
+               "credentials": {"client_id": "c", "client_secret": "s"},
+               "access_token": "a", "refresh_token": "r",
+               "expires_at": (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(code, 201);
+    drop(server);
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("TELLTALE_SECRET_KEY", telltale_e2e::TEST_SECRET_KEY),
+    ];
+
+    let dry = run_cli(&["refresh-tokens", "--dry-run"], &env);
+    let out = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{dry:?}");
+    assert!(
+        out.contains("would_refresh") && out.contains("1 due, 0 refreshed, 0 failed (dry run"),
+        "{out}"
+    );
+    assert!(
+        provider.received_requests().await.unwrap().is_empty(),
+        "a dry run calls no provider"
+    );
+
+    let real = run_cli(&["refresh-tokens", "--provider", "oauth2_refresh"], &env);
+    let out = String::from_utf8_lossy(&real.stdout);
+    assert_eq!(
+        real.status.code(),
+        Some(1),
+        "a failed refresh fails the command: {real:?}"
+    );
+    assert!(
+        out.contains("needs_reauth") && out.contains("1 due, 0 refreshed, 1 failed"),
+        "{out}"
+    );
+
+    let none = run_cli(&["refresh-tokens", "--connection", "999"], &env);
+    assert!(none.status.success());
+    assert!(String::from_utf8_lossy(&none.stdout).contains("0 due"));
 }

@@ -1,5 +1,6 @@
 //! The JSON API under `/api`. Handlers only translate HTTP to storage calls and back.
 
+pub mod cron;
 pub mod devices;
 pub mod milesight;
 pub mod tokens;
@@ -25,7 +26,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/tokens/status", web::get().to(tokens::status))
         .route("/api/tokens/{id}/refresh", web::post().to(tokens::refresh))
         .route("/api/refresh-log", web::get().to(tokens::log))
-        .route("/api/refresh-stats", web::get().to(tokens::stats));
+        .route("/api/refresh-stats", web::get().to(tokens::stats))
+        .service(
+            web::resource("/api/cron/token-refresh")
+                .route(web::get().to(cron::token_refresh))
+                .route(web::post().to(cron::token_refresh)),
+        );
 }
 
 pub const DEFAULT_PAGE: i64 = 50;
