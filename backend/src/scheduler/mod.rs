@@ -223,7 +223,19 @@ fn build_job(
 
 /// Runs a job once (unless it is switched off) and records the outcome.
 pub async fn run_once(state: &AppState, spec: &JobSpec) -> Option<anyhow::Result<String>> {
+    run(state, spec, false).await
+}
+
+/// Runs a job now on request, even if it is switched off (its schedule stays off).
+pub async fn run_now(state: &AppState, spec: &JobSpec) -> anyhow::Result<String> {
+    run(state, spec, true)
+        .await
+        .unwrap_or_else(|| Ok("skipped".into()))
+}
+
+async fn run(state: &AppState, spec: &JobSpec, even_if_off: bool) -> Option<anyhow::Result<String>> {
     match jobs::is_enabled(&state.db, spec.name).await {
+        Ok(false) if even_if_off => {}
         Ok(false) => {
             tracing::debug!(job = spec.name, "job is switched off; skipping");
             return None;

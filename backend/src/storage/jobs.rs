@@ -104,3 +104,14 @@ pub async fn list(db: &Db) -> StorageResult<Vec<JobState>> {
             .await?)
     })
 }
+
+/// Switches a job on or off; false when no such job is registered.
+pub async fn set_enabled(db: &Db, name: &str, enabled: bool) -> StorageResult<bool> {
+    db_run!(db, |conn| {
+        let updated = diesel::update(job_state::table.find(name))
+            .set((job_state::enabled.eq(enabled), job_state::updated_at.eq(now())))
+            .execute(conn)
+            .await?;
+        Ok(updated == 1)
+    })
+}

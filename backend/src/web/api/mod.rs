@@ -3,6 +3,7 @@
 pub mod cron;
 pub mod devices;
 pub mod milesight;
+pub mod scheduler;
 pub mod tokens;
 pub mod webhooks;
 
@@ -27,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/tokens/{id}/refresh", web::post().to(tokens::refresh))
         .route("/api/refresh-log", web::get().to(tokens::log))
         .route("/api/refresh-stats", web::get().to(tokens::stats))
+        .route("/api/scheduler", web::post().to(scheduler::control))
         .service(
             web::resource("/api/cron/token-refresh")
                 .route(web::get().to(cron::token_refresh))

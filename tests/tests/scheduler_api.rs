@@ -1,0 +1,97 @@
+//! `POST /api/scheduler`: stop, start and run jobs; the switch survives a restart.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use telltale_e2e::{Backend, TestDb, TestServer, both_backends, post_with_headers};
+
+both_backends!(jobs_are_stopped_started_and_run_on_request);
+
+const JOB: &str = "milesight-device-check";
+
+async fn command(server: &TestServer, body: Value) -> (u16, Value) {
+    let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    post_with_headers(&server.url("/api/scheduler"), &headers, body.to_string()).await
+}
+
+fn job<'a>(response: &'a Value, name: &str) -> &'a Value {
+    response["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == name)
+        .unwrap()
+}
+
+async fn start(db: &TestDb) -> TestServer {
+    let server = TestServer::start(db.url(), &[("MILESIGHT_DEVICE_CHECK_SCHEDULE", "* * * * * *")]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    server
+}
+
+async fn jobs_are_stopped_started_and_run_on_request(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = start(&db).await;
+    let (code, status) = command(&server, json!({"action": "status"})).await;
+    assert_eq!(code, 200);
+    for name in [JOB, "milesight-retention", "token-refresh-sweep"] {
+        assert_eq!(job(&status, name)["state"], "running", "{status}");
+    }
+    assert_eq!(job(&status, JOB)["schedule"], "* * * * * *");
+    assert_eq!(job(&status, JOB)["timezone"], "UTC");
+
+    let (code, stopped) = command(&server, json!({"action": "stop", "job": JOB})).await;
+    assert_eq!(
+        (code, job(&stopped, JOB)["state"].as_str()),
+        (200, Some("paused")),
+        "{stopped}"
+    );
+    assert!(job(&stopped, JOB)["next_run_at"].is_null());
+    // A tick may have been under way at the switch; after that, nothing runs.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, before) = command(&server, json!({"action": "status", "job": JOB})).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, after) = command(&server, json!({"action": "status", "job": JOB})).await;
+    assert_eq!(
+        job(&before, JOB)["last_run_at"],
+        job(&after, JOB)["last_run_at"],
+        "a stopped job does not run"
+    );
+
+    // The switch is stored: a restarted service keeps the job stopped.
+    drop(server);
+    let server = start(&db).await;
+    let (_, status) = command(&server, json!({"action": "status", "job": JOB})).await;
+    assert_eq!(job(&status, JOB)["state"], "paused");
+
+    let (code, ran) = command(&server, json!({"action": "run", "job": JOB})).await;
+    assert_eq!(code, 200);
+    assert_eq!(ran["run"]["ok"], true, "{ran}");
+    assert!(
+        ran["run"]["summary"].as_str().unwrap().contains("marked offline"),
+        "{ran}"
+    );
+    assert!(job(&ran, JOB)["last_result"].as_str().unwrap().starts_with("ok:"));
+
+    let (_, started) = command(&server, json!({"action": "start", "job": JOB})).await;
+    assert_eq!(job(&started, JOB)["state"], "running");
+    assert!(job(&started, JOB)["next_run_at"].is_string());
+
+    for (body, code, error) in [
+        (json!({"action": "stop", "job": "nope"}), 404, "not_found"),
+        (json!({"action": "explode", "job": JOB}), 400, "invalid_command"),
+        (json!({"action": "stop"}), 400, "invalid_command"),
+        (
+            json!({"action": "stop", "job": JOB, "extra": 1}),
+            400,
+            "invalid_json",
+        ),
+    ] {
+        let (got, response) = command(&server, body.clone()).await;
+        assert_eq!(
+            (got, response["error"]["code"].as_str()),
+            (code, Some(error)),
+            "{body}: {response}"
+        );
+    }
+}
