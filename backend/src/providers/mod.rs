@@ -3,6 +3,7 @@
 //! providers at fake servers.
 
 pub mod oauth2_refresh;
+pub mod thingsboard;
 
 use std::time::Duration;
 
@@ -60,10 +61,11 @@ pub trait Provider: Send + Sync {
 }
 
 static OAUTH2_REFRESH: oauth2_refresh::OAuth2Refresh = oauth2_refresh::OAuth2Refresh;
+static THINGSBOARD: thingsboard::ThingsBoard = thingsboard::ThingsBoard;
 
 /// The provider for a connection's `provider` value.
 pub fn provider_for(kind: &str) -> Option<&'static dyn Provider> {
-    let providers: [&'static dyn Provider; 1] = [&OAUTH2_REFRESH];
+    let providers: [&'static dyn Provider; 2] = [&OAUTH2_REFRESH, &THINGSBOARD];
     providers.into_iter().find(|p| p.kind() == kind)
 }
 
@@ -77,4 +79,32 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
         .to_std()
         .ok()
+}
+
+/// The `exp` claim (Unix seconds) of a JWT, read without verifying the signature: only the
+/// issuer can verify it, and we only need to know when to refresh.
+pub fn jwt_expiry(token: &str) -> Option<i64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_i64().filter(|exp| *exp > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jwt_expiry;
+
+    #[test]
+    fn jwt_expiry_reads_exp_and_refuses_garbage() {
+        // {"alg":"HS512"} . {"sub":"tenant@thingsboard.org","exp":1742881448,"iat":1742872448} . sig
+        let token = "eyJhbGciOiJIUzUxMiJ9.eyJzdWIiOiJ0ZW5hbnRAdGhpbmdzYm9hcmQub3JnIiwiZXhwIjoxNzQyODgxNDQ4LCJpYXQiOjE3NDI4NzI0NDh9.c2ln";
+        assert_eq!(jwt_expiry(token), Some(1_742_881_448));
+        assert_eq!(jwt_expiry("not-a-jwt"), None);
+        assert_eq!(jwt_expiry("a.!!!.c"), None);
+        assert_eq!(jwt_expiry("a.eyJzdWIiOiJ4In0.c"), None, "no exp claim");
+        assert_eq!(jwt_expiry(""), None);
+    }
 }

@@ -1,0 +1,210 @@
+//! The ThingsBoard provider through the refresh engine, against fake customer servers on
+//! 127.0.0.1 (apis.md §2). In process, both backends.
+
+use base64::Engine;
+use serde_json::json;
+use telltale::app::AppState;
+use telltale::config::Config;
+use telltale::crypto::Crypto;
+use telltale::storage::connections::{self, NewConnection};
+use telltale::storage::now;
+use telltale::tokens::SweepRequest;
+use telltale_e2e::{Backend, TestDb, both_backends};
+use wiremock::matchers::{body_json, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+both_backends!(
+    each_customer_logs_in_at_its_own_server,
+    a_valid_refresh_token_is_used_and_an_expired_one_falls_back_to_login,
+    a_wrong_password_needs_reauth,
+);
+
+/// A JWT with the given `exp` and scopes, as ThingsBoard issues (signature not checked by us).
+fn jwt(exp: i64, scope: &str) -> String {
+    let part = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        part(json!({"alg": "HS512"})),
+        part(
+            json!({"sub": "user@customer.test", "scopes": [scope], "iss": "thingsboard.io", "iat": exp - 9000, "exp": exp})
+        )
+    )
+}
+
+async fn app(db: &TestDb) -> AppState {
+    db.open_migrated().await;
+    let toml = format!("database_url = \"{}\"\n[tokens]\nmax_attempts = 2\n", db.url());
+    AppState::new(
+        Config::from_toml(&toml, &[("UNUSED", "")]).unwrap(),
+        Crypto::new(&[3; 32], &[]),
+    )
+    .unwrap()
+}
+
+async fn customer(state: &AppState, name: &str, url: &str, refresh_token: Option<String>) -> i64 {
+    let account = connections::create_account(&state.db, name, None).await.unwrap();
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "thingsboard".into(),
+        name: "thingsboard".into(),
+        base_url: Some(url.into()),
+        credentials: Some(
+            json!({"username": format!("{name}@customer.test"), "password": "CANARY-pw"}).to_string(),
+        ),
+        access_token: refresh_token.as_ref().map(|_| "old-token".to_owned()),
+        refresh_token,
+        expires_at: Some((now().0 + chrono::Duration::minutes(2)).into()),
+        ..Default::default()
+    };
+    connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .unwrap()
+        .id
+}
+
+async fn sweep(state: &AppState) -> telltale::tokens::SweepReport {
+    let request = SweepRequest {
+        trigger: "scheduled",
+        actor: "test".into(),
+        dry_run: false,
+        provider: None,
+        connection_id: None,
+    };
+    state.token_engine.sweep(state, &request, now()).await.unwrap()
+}
+
+fn pair(token: &str, refresh: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"token": token, "refreshToken": refresh}))
+}
+
+async fn each_customer_logs_in_at_its_own_server(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    let exp = now().0.timestamp() + 9000;
+    for (server, who) in [(&a, "alpha"), (&b, "beta")] {
+        Mock::given(method("POST"))
+            .and(path("/api/auth/login"))
+            .and(body_json(
+                json!({"username": format!("{who}@customer.test"), "password": "CANARY-pw"}),
+            ))
+            .respond_with(pair(
+                &jwt(exp, "CUSTOMER_USER"),
+                &jwt(exp + 600_000, "REFRESH_TOKEN"),
+            ))
+            .expect(1)
+            .mount(server)
+            .await;
+    }
+    let state = app(&db).await;
+    let alpha = customer(&state, "alpha", &a.uri(), None).await;
+    let beta = customer(&state, "beta", &format!("{}/", b.uri()), None).await;
+    let report = sweep(&state).await;
+    assert_eq!((report.refreshed, report.failed), (2, 0), "{report:?}");
+    for id in [alpha, beta] {
+        let c = connections::get_connection(&state.db, id).await.unwrap();
+        assert_eq!(
+            c.expires_at.map(|t| t.timestamp()),
+            Some(exp),
+            "expiry read from the JWT exp"
+        );
+        assert_eq!(c.refresh_expires_at.map(|t| t.timestamp()), Some(exp + 600_000));
+        let secrets = connections::secrets(&state.crypto, &c).unwrap();
+        assert_eq!(
+            secrets.access_token.as_deref(),
+            Some(jwt(exp, "CUSTOMER_USER").as_str())
+        );
+    }
+}
+
+async fn a_valid_refresh_token_is_used_and_an_expired_one_falls_back_to_login(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    let exp = now().0.timestamp() + 9000;
+    let live_refresh = jwt(exp + 600_000, "REFRESH_TOKEN");
+    let stale_refresh = jwt(exp + 500_000, "REFRESH_TOKEN");
+    Mock::given(method("POST"))
+        .and(path("/api/auth/token"))
+        .and(body_json(json!({"refreshToken": live_refresh})))
+        .respond_with(pair(
+            &jwt(exp, "CUSTOMER_USER"),
+            &jwt(exp + 700_000, "REFRESH_TOKEN"),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // ThingsBoard refuses a refresh token it no longer accepts with 401 and errorCode 11.
+    Mock::given(method("POST"))
+        .and(path("/api/auth/token"))
+        .and(body_json(json!({"refreshToken": stale_refresh})))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+            "status": 401, "message": "Token has expired", "errorCode": 11, "timestamp": 1
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/auth/login"))
+        .respond_with(pair(
+            &jwt(exp + 1, "CUSTOMER_USER"),
+            &jwt(exp + 600_001, "REFRESH_TOKEN"),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let refreshed = customer(&state, "alpha", &server.uri(), Some(live_refresh.clone())).await;
+    let relogged = customer(&state, "beta", &server.uri(), Some(stale_refresh)).await;
+    let report = sweep(&state).await;
+    assert_eq!((report.refreshed, report.failed), (2, 0), "{report:?}");
+    let expiry = |id: i64| {
+        let db = state.db.clone();
+        async move {
+            connections::get_connection(&db, id)
+                .await
+                .unwrap()
+                .expires_at
+                .map(|t| t.timestamp())
+        }
+    };
+    assert_eq!(expiry(refreshed).await, Some(exp));
+    assert_eq!(
+        expiry(relogged).await,
+        Some(exp + 1),
+        "a fresh login after the refresh token was refused"
+    );
+    let rotated = connections::secrets(
+        &state.crypto,
+        &connections::get_connection(&state.db, refreshed).await.unwrap(),
+    )
+    .unwrap()
+    .refresh_token;
+    assert_eq!(
+        rotated,
+        Some(jwt(exp + 700_000, "REFRESH_TOKEN")),
+        "the new refresh token is kept"
+    );
+}
+
+async fn a_wrong_password_needs_reauth(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/auth/login"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+            "status": 401, "message": "Invalid username or password", "errorCode": 10, "timestamp": 1
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let id = customer(&state, "alpha", &server.uri(), None).await;
+    let report = sweep(&state).await;
+    assert_eq!(report.results[0].outcome, "needs_reauth", "{report:?}");
+    let c = connections::get_connection(&state.db, id).await.unwrap();
+    assert_eq!(c.status, "needs_reauth");
+    let error = c.last_error.unwrap();
+    assert!(
+        error.contains("errorCode 10") && !error.contains("CANARY"),
+        "{error}"
+    );
+}
