@@ -3,6 +3,7 @@
 //! providers at fake servers.
 
 pub mod oauth2_refresh;
+pub mod password_login;
 pub mod thingsboard;
 
 use std::time::Duration;
@@ -62,10 +63,11 @@ pub trait Provider: Send + Sync {
 
 static OAUTH2_REFRESH: oauth2_refresh::OAuth2Refresh = oauth2_refresh::OAuth2Refresh;
 static THINGSBOARD: thingsboard::ThingsBoard = thingsboard::ThingsBoard;
+static PASSWORD_LOGIN: password_login::PasswordLogin = password_login::PasswordLogin;
 
 /// The provider for a connection's `provider` value.
 pub fn provider_for(kind: &str) -> Option<&'static dyn Provider> {
-    let providers: [&'static dyn Provider; 2] = [&OAUTH2_REFRESH, &THINGSBOARD];
+    let providers: [&'static dyn Provider; 3] = [&OAUTH2_REFRESH, &THINGSBOARD, &PASSWORD_LOGIN];
     providers.into_iter().find(|p| p.kind() == kind)
 }
 

@@ -1,0 +1,164 @@
+//! The generic password-login provider against fake login services. In process, both backends.
+
+use base64::Engine;
+use serde_json::json;
+use telltale::app::AppState;
+use telltale::config::Config;
+use telltale::crypto::Crypto;
+use telltale::storage::connections::{self, NewConnection};
+use telltale::storage::now;
+use telltale::tokens::SweepRequest;
+use telltale_e2e::{Backend, TestDb, both_backends};
+use wiremock::matchers::{body_json, body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+both_backends!(
+    logins_of_every_shape_yield_tokens,
+    refused_logins_and_pasted_tokens
+);
+
+async fn app(db: &TestDb) -> AppState {
+    db.open_migrated().await;
+    let toml = format!("database_url = \"{}\"\n[tokens]\nmax_attempts = 2\n", db.url());
+    AppState::new(
+        Config::from_toml(&toml, &[("UNUSED", "")]).unwrap(),
+        Crypto::new(&[5; 32], &[]),
+    )
+    .unwrap()
+}
+
+async fn login(
+    state: &AppState,
+    name: &str,
+    url: Option<String>,
+    settings: serde_json::Value,
+    with_credentials: bool,
+) -> i64 {
+    let account = match connections::account_by_name(&state.db, "acme").await {
+        Ok(a) => a,
+        Err(_) => connections::create_account(&state.db, "acme", None)
+            .await
+            .unwrap(),
+    };
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "password_login".into(),
+        name: name.into(),
+        base_url: url,
+        settings,
+        credentials: with_credentials
+            .then(|| json!({"username": "ops@acme.test", "password": "CANARY-pw"}).to_string()),
+        access_token: (!with_credentials).then(|| "pasted-token".to_owned()),
+        expires_at: (!with_credentials).then(|| (now().0 + chrono::Duration::minutes(1)).into()),
+        ..Default::default()
+    };
+    connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .unwrap()
+        .id
+}
+
+async fn sweep(state: &AppState) -> telltale::tokens::SweepReport {
+    let request = SweepRequest {
+        trigger: "scheduled",
+        actor: "test".into(),
+        dry_run: false,
+        provider: None,
+        connection_id: None,
+    };
+    state.token_engine.sweep(state, &request, now()).await.unwrap()
+}
+
+async fn token_of(state: &AppState, id: i64) -> (Option<String>, Option<i64>) {
+    let c = connections::get_connection(&state.db, id).await.unwrap();
+    (
+        connections::secrets(&state.crypto, &c).unwrap().access_token,
+        c.expires_at.map(|t| t.timestamp()),
+    )
+}
+
+async fn logins_of_every_shape_yield_tokens(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    // JSON body with an email field; the token under data, with expires_in.
+    Mock::given(method("POST"))
+        .and(path("/json-login"))
+        .and(body_json(
+            json!({"email": "ops@acme.test", "password": "CANARY-pw"}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"data": {"token": "from-json", "expires_in": 1800}})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    // Form body; the token in a header, its expiry in the JWT.
+    let exp = now().0.timestamp() + 7200;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"exp": exp}).to_string());
+    let header_jwt = format!("eyJhbGciOiJIUzI1NiJ9.{payload}.c2ln");
+    Mock::given(method("POST"))
+        .and(path("/form-login"))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+        .and(body_string_contains("username=ops%40acme.test"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-auth-token", format!("Bearer {header_jwt}").as_str())
+                .set_body_json(json!({"ok": true})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let json_login = login(
+        &state,
+        "json",
+        Some(format!("{}/json-login", server.uri())),
+        json!({"username_field": "email"}),
+        true,
+    )
+    .await;
+    let form_login = login(
+        &state,
+        "form",
+        Some(format!("{}/form-login", server.uri())),
+        json!({"body": "form", "token_header": "x-auth-token"}),
+        true,
+    )
+    .await;
+    let report = sweep(&state).await;
+    assert_eq!((report.refreshed, report.failed), (2, 0), "{report:?}");
+    let (token, expires) = token_of(&state, json_login).await;
+    assert_eq!(token.as_deref(), Some("from-json"));
+    let runway = expires.unwrap() - now().0.timestamp();
+    assert!((1790..=1800).contains(&runway), "{runway}");
+    assert_eq!(token_of(&state, form_login).await, (Some(header_jwt), Some(exp)));
+}
+
+async fn refused_logins_and_pasted_tokens(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "bad credentials"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let refused = login(
+        &state,
+        "refused",
+        Some(format!("{}/login", server.uri())),
+        json!({}),
+        true,
+    )
+    .await;
+    let pasted = login(&state, "pasted", None, json!({}), false).await;
+    let report = sweep(&state).await;
+    assert_eq!(
+        report.checked, 1,
+        "a pasted token has nothing to refresh with and is left alone: {report:?}"
+    );
+    assert_eq!(report.results[0].id, refused);
+    assert_eq!(report.results[0].outcome, "needs_reauth");
+    assert_eq!(token_of(&state, pasted).await.0.as_deref(), Some("pasted-token"));
+}
