@@ -1,0 +1,177 @@
+//! Benchmarks (not tests): `telltale-bench refresh [--backend sqlite|postgres] [--connections N]
+//! [--latency-ms MS] [--concurrency C]`. Refreshes N due connections through the real engine
+//! against a fake token endpoint on 127.0.0.1 answering after MS milliseconds, and reports
+//! refreshes per second against the ceiling the concurrency bound allows (C ÷ latency).
+//! Run with `cargo run --release -p telltale-e2e --bin telltale-bench -- refresh`.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use telltale::app::AppState;
+use telltale::config::Config;
+use telltale::crypto::Crypto;
+use telltale::storage::connections::{self, NewConnection};
+use telltale::storage::{now, refresh_log};
+use telltale::tokens::SweepRequest;
+use telltale_e2e::{Backend, TestDb};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+struct Args {
+    backend: Backend,
+    connections: usize,
+    latency: Duration,
+    concurrency: usize,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut parsed = Args {
+        backend: Backend::Sqlite,
+        connections: 10_000,
+        latency: Duration::from_millis(50),
+        concurrency: 8,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--backend" => {
+                parsed.backend = match value()?.as_str() {
+                    "sqlite" => Backend::Sqlite,
+                    "postgres" => Backend::Postgres,
+                    other => return Err(format!("unknown backend {other}")),
+                }
+            }
+            "--connections" => {
+                parsed.connections = value()?.parse().map_err(|e| format!("--connections: {e}"))?
+            }
+            "--latency-ms" => {
+                parsed.latency =
+                    Duration::from_millis(value()?.parse().map_err(|e| format!("--latency-ms: {e}"))?)
+            }
+            "--concurrency" => {
+                parsed.concurrency = value()?.parse().map_err(|e| format!("--concurrency: {e}"))?
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(parsed)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    let result = match argv.next().as_deref() {
+        Some("refresh") => match parse(argv) {
+            Ok(args) => refresh(args).await,
+            Err(e) => Err(e),
+        },
+        _ => Err("usage: telltale-bench refresh [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn refresh(args: Args) -> Result<(), String> {
+    let db = TestDb::new(args.backend).await;
+    db.open_migrated().await;
+    let provider = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(
+                    json!({"access_token": "bench-access", "token_type": "Bearer", "expires_in": 3600}),
+                )
+                .set_delay(args.latency),
+        )
+        .mount(&provider)
+        .await;
+    let toml = format!(
+        "database_url = \"{}\"\n[database]\nmax_connections = {}\n[tokens]\nconcurrency = {}\nmax_attempts = 1\n",
+        db.url(),
+        (args.concurrency + 4).min(64),
+        args.concurrency
+    );
+    let config = Config::from_toml(&toml, &[("UNUSED", "")]).map_err(|e| e.to_string())?;
+    let state = AppState::new(config, Crypto::new(&[1; 32], &[])).map_err(|e| format!("{e:#}"))?;
+
+    let setup = Instant::now();
+    let account = connections::create_account(&state.db, "bench", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/token", provider.uri());
+    for i in 0..args.connections {
+        let new = NewConnection {
+            account_id: account.id,
+            provider: "oauth2_refresh".into(),
+            name: format!("c{i:06}"),
+            base_url: Some(url.clone()),
+            credentials: Some(json!({"client_id": "bench", "client_secret": "bench"}).to_string()),
+            access_token: Some("old".into()),
+            refresh_token: Some(format!("rt-{i}")),
+            expires_at: Some((now().0 + chrono::Duration::minutes(1)).into()),
+            ..Default::default()
+        };
+        connections::create_connection(&state.db, &state.crypto, &new)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "set up {} connections in {:.1?}",
+        args.connections,
+        setup.elapsed()
+    );
+
+    let request = SweepRequest {
+        trigger: "scheduled",
+        actor: "bench".into(),
+        dry_run: false,
+        provider: None,
+        connection_id: None,
+    };
+    let started = Instant::now();
+    let report = state
+        .token_engine
+        .sweep(&state, &request, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+
+    let requests = provider.received_requests().await.map(|r| r.len()).unwrap_or(0);
+    let logged = refresh_log::recent(&state.db, None, (args.connections + 10) as i64)
+        .await
+        .map_err(|e| e.to_string())?;
+    if report.refreshed != args.connections
+        || requests != args.connections
+        || logged.iter().filter(|e| e.success).count() != args.connections
+    {
+        return Err(format!(
+            "incomplete: {} refreshed, {} requests, {} logged successes, for {} connections",
+            report.refreshed,
+            requests,
+            logged.len(),
+            args.connections
+        ));
+    }
+    let rate = args.connections as f64 / took.as_secs_f64();
+    let ceiling = args.concurrency as f64 / args.latency.as_secs_f64();
+    println!(
+        "refresh | {} | {} connections | latency {} ms | concurrency {} | {:.1} s | {:.1} refreshes/s | ceiling {:.1}/s | {:.0} % of ceiling",
+        match args.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        },
+        args.connections,
+        args.latency.as_millis(),
+        args.concurrency,
+        took.as_secs_f64(),
+        rate,
+        ceiling,
+        100.0 * rate / ceiling
+    );
+    Ok(())
+}
