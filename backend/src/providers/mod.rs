@@ -2,6 +2,7 @@
 //! code that knows a platform's token API. Base URLs come from the connection, so tests aim
 //! providers at fake servers.
 
+pub mod meta_long_lived;
 pub mod oauth2_refresh;
 pub mod password_login;
 pub mod thingsboard;
@@ -20,6 +21,20 @@ pub struct Issued {
     pub refresh_token: Option<String>,
     pub expires_in: Option<i64>,
     pub refresh_expires_in: Option<i64>,
+    /// Tokens derived from this one and stored as connections of their own (Meta page tokens).
+    pub derived: Vec<DerivedToken>,
+}
+
+/// A token issued alongside the refreshed one, e.g. a Facebook page's token.
+#[derive(Clone)]
+pub struct DerivedToken {
+    /// Its connection's provider kind, e.g. `meta_page`.
+    pub provider: &'static str,
+    /// Its connection's name, e.g. the page id.
+    pub name: String,
+    pub access_token: String,
+    /// Non-secret details, e.g. the page name.
+    pub settings: serde_json::Value,
 }
 
 /// The result of one refresh attempt, in the terms the engine acts on.
@@ -64,10 +79,12 @@ pub trait Provider: Send + Sync {
 static OAUTH2_REFRESH: oauth2_refresh::OAuth2Refresh = oauth2_refresh::OAuth2Refresh;
 static THINGSBOARD: thingsboard::ThingsBoard = thingsboard::ThingsBoard;
 static PASSWORD_LOGIN: password_login::PasswordLogin = password_login::PasswordLogin;
+static META_LONG_LIVED: meta_long_lived::MetaLongLived = meta_long_lived::MetaLongLived;
 
 /// The provider for a connection's `provider` value.
 pub fn provider_for(kind: &str) -> Option<&'static dyn Provider> {
-    let providers: [&'static dyn Provider; 3] = [&OAUTH2_REFRESH, &THINGSBOARD, &PASSWORD_LOGIN];
+    let providers: [&'static dyn Provider; 4] =
+        [&OAUTH2_REFRESH, &THINGSBOARD, &PASSWORD_LOGIN, &META_LONG_LIVED];
     providers.into_iter().find(|p| p.kind() == kind)
 }
 

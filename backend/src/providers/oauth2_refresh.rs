@@ -204,6 +204,7 @@ impl Provider for OAuth2Refresh {
                     refresh_token: parsed.refresh_token.filter(|t| !t.is_empty()),
                     expires_in: parsed.expires_in,
                     refresh_expires_in: parsed.refresh_token_expires_in,
+                    derived: Vec::new(),
                 }),
                 (true, _) => Outcome::Transient {
                     message: "success without an access_token".into(),

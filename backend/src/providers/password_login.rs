@@ -161,6 +161,7 @@ impl Provider for PasswordLogin {
                 access_token: token,
                 refresh_token: None,
                 refresh_expires_in: None,
+                derived: Vec::new(),
             })
         })
     }

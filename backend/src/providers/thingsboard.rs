@@ -110,6 +110,7 @@ fn issued(token: String, refresh: Option<String>) -> Outcome {
     Outcome::Refreshed(Issued {
         expires_in: jwt_expiry(&token).map(|exp| exp - now),
         refresh_expires_in: refresh.as_deref().and_then(jwt_expiry).map(|exp| exp - now),
+        derived: Vec::new(),
         access_token: token,
         refresh_token: refresh,
     })

@@ -482,3 +482,49 @@ pub async fn account_by_name(db: &Db, name: &str) -> StorageResult<Account> {
             .await?)
     })
 }
+
+/// Stores a token derived from another connection's (e.g. a Facebook page token) as a
+/// connection of the same account, created or updated by (provider, name).
+pub async fn upsert_derived_token(
+    db: &Db,
+    crypto: &Crypto,
+    parent: &Connection,
+    provider: &str,
+    name: &str,
+    settings: &serde_json::Value,
+    token: &str,
+) -> StorageResult<Connection> {
+    let (account_id, base_url) = (parent.account_id, parent.base_url.as_deref());
+    let at = now();
+    let sealed = crypto.encrypt_str(ACCESS_TOKEN_COLUMN, token);
+    let settings = settings.to_string();
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(connections::table)
+            .values((
+                connections::account_id.eq(account_id),
+                connections::provider.eq(provider),
+                connections::name.eq(name),
+                connections::base_url.eq(base_url),
+                connections::settings.eq(&settings),
+                connections::access_token.eq(Some(&sealed)),
+                connections::token_fingerprint.eq(Some(fingerprint(token))),
+                connections::status.eq("active"),
+                connections::last_refresh_success_at.eq(Some(at)),
+                connections::created_at.eq(at),
+                connections::updated_at.eq(at),
+            ))
+            .on_conflict((connections::account_id, connections::provider, connections::name))
+            .do_update()
+            .set((
+                connections::settings.eq(&settings),
+                connections::access_token.eq(Some(&sealed)),
+                connections::token_fingerprint.eq(Some(fingerprint(token))),
+                connections::status.eq("active"),
+                connections::last_refresh_success_at.eq(Some(at)),
+                connections::updated_at.eq(at),
+            ))
+            .returning(Connection::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}

@@ -322,6 +322,18 @@ impl RefreshEngine {
                     at,
                 )
                 .await?;
+                for derived in &issued.derived {
+                    connections::upsert_derived_token(
+                        &state.db,
+                        &state.crypto,
+                        connection,
+                        derived.provider,
+                        &derived.name,
+                        &derived.settings,
+                        &derived.access_token,
+                    )
+                    .await?;
+                }
                 result_of(&stored, "refreshed", None)
             }
             Err(Outcome::NeedsReauth(message)) => {

@@ -70,7 +70,7 @@ pub async fn create(
     let body = body.into_inner();
     if providers::provider_for(&body.provider).is_none() {
         return Err(invalid(format!(
-            "unknown provider {:?}; known: oauth2_refresh, thingsboard, password_login",
+            "unknown provider {:?}; known: oauth2_refresh, thingsboard, password_login, meta_long_lived",
             body.provider
         )));
     }

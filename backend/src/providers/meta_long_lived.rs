@@ -1,0 +1,207 @@
+//! Meta (Facebook) long-lived user tokens and the page tokens derived from them (apis.md §3).
+//!
+//! A long-lived user token (~60 days) is extended by exchanging it again
+//! (`GET /{version}/oauth/access_token?grant_type=fb_exchange_token`) when within the lead time
+//! (default 7 days); then the page tokens are fetched again from `/{version}/me/accounts` and
+//! stored per page as `meta_page` connections (they do not expire while the user token lives).
+//!
+//! Connection fields used: `base_url` (default `https://graph.facebook.com`); settings
+//! `{"graph_version": "v19.0"}`; credentials (sealed) `{"app_id": "…", "app_secret": "…"}`;
+//! the sealed access token (the user token to exchange).
+
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{DerivedToken, Issued, Outcome, Provider, retry_after};
+use crate::redact::redact;
+use crate::storage::connections::{Connection, ConnectionSecrets};
+
+pub struct MetaLongLived;
+
+const DEFAULT_BASE: &str = "https://graph.facebook.com";
+const DEFAULT_VERSION: &str = "v19.0";
+/// Pages of `/me/accounts` followed at most.
+const MAX_ACCOUNT_PAGES: usize = 20;
+
+#[derive(Deserialize)]
+struct App {
+    app_id: String,
+    app_secret: String,
+}
+
+#[derive(Deserialize)]
+struct GraphError {
+    message: Option<String>,
+    code: Option<i64>,
+    error_subcode: Option<i64>,
+}
+
+/// A Graph API failure in the engine's terms: 190 (any subcode) ends the token; throttling
+/// (4, 17, 32, 613) and transient codes (1, 2) are retried.
+fn classify(status: u16, body: &Value, wait: Option<Duration>, hide: &[&str]) -> Outcome {
+    let error: Option<GraphError> = body
+        .get("error")
+        .and_then(|e| serde_json::from_value(e.clone()).ok());
+    let code = error.as_ref().and_then(|e| e.code);
+    let message = redact(
+        &format!(
+            "HTTP {status} code {} subcode {}: {}",
+            code.map_or("-".into(), |c| c.to_string()),
+            error
+                .as_ref()
+                .and_then(|e| e.error_subcode)
+                .map_or("-".into(), |c| c.to_string()),
+            error.as_ref().and_then(|e| e.message.clone()).unwrap_or_default()
+        ),
+        hide,
+    );
+    match code {
+        Some(190) => Outcome::NeedsReauth(message),
+        Some(1 | 2 | 4 | 17 | 32 | 613) => Outcome::Transient {
+            message,
+            retry_after: wait,
+        },
+        _ if status == 429 || status >= 500 => Outcome::Transient {
+            message,
+            retry_after: wait,
+        },
+        _ => Outcome::Failed(message),
+    }
+}
+
+async fn get(http: &reqwest::Client, url: &str, hide: &[&str]) -> Result<Value, Outcome> {
+    let response = http.get(url).send().await.map_err(|e| {
+        let kind = if e.is_timeout() {
+            "timed out"
+        } else {
+            "request failed"
+        };
+        // reqwest's message may contain the URL, whose query holds secrets.
+        Outcome::Transient {
+            message: redact(&format!("{kind}: {}", e.without_url()), hide),
+            retry_after: None,
+        }
+    })?;
+    let status = response.status().as_u16();
+    let wait = retry_after(response.headers());
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if (200..300).contains(&status) && body.get("error").is_none() {
+        return Ok(body);
+    }
+    Err(classify(status, &body, wait, hide))
+}
+
+impl Provider for MetaLongLived {
+    fn kind(&self) -> &'static str {
+        "meta_long_lived"
+    }
+
+    fn default_lead(&self) -> Duration {
+        Duration::from_secs(7 * 86_400)
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        http: &'a reqwest::Client,
+        connection: &'a Connection,
+        secrets: &'a ConnectionSecrets,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let Some(user_token) = secrets.access_token.as_deref() else {
+                return Outcome::NeedsReauth("no user token to exchange: connect the account again".into());
+            };
+            let Some(app) = secrets
+                .credentials
+                .as_deref()
+                .and_then(|c| serde_json::from_str::<App>(c).ok())
+            else {
+                return Outcome::Failed("credentials must be JSON with app_id and app_secret".into());
+            };
+            let settings: Value = serde_json::from_str(&connection.settings).unwrap_or(Value::Null);
+            let version = settings
+                .get("graph_version")
+                .and_then(Value::as_str)
+                .unwrap_or(DEFAULT_VERSION);
+            let base = connection
+                .base_url
+                .as_deref()
+                .unwrap_or(DEFAULT_BASE)
+                .trim_end_matches('/');
+            let hide = [user_token, app.app_secret.as_str()];
+
+            let mut exchange = match url::Url::parse(&format!("{base}/{version}/oauth/access_token")) {
+                Ok(u) => u,
+                Err(e) => return Outcome::Failed(format!("bad base_url: {e}")),
+            };
+            exchange
+                .query_pairs_mut()
+                .append_pair("grant_type", "fb_exchange_token")
+                .append_pair("client_id", &app.app_id)
+                .append_pair("client_secret", &app.app_secret)
+                .append_pair("fb_exchange_token", user_token);
+            let body = match get(http, exchange.as_str(), &hide).await {
+                Ok(body) => body,
+                Err(outcome) => return outcome,
+            };
+            let Some(long_lived) = body
+                .get("access_token")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            else {
+                return Outcome::Transient {
+                    message: "exchange answered without an access_token".into(),
+                    retry_after: None,
+                };
+            };
+            let hide = [user_token, app.app_secret.as_str(), long_lived];
+
+            // The pages this user manages, with their tokens, following the paging links.
+            let mut derived = Vec::new();
+            let mut next = url::Url::parse(&format!("{base}/{version}/me/accounts"))
+                .ok()
+                .map(|mut u| {
+                    u.query_pairs_mut().append_pair("access_token", long_lived);
+                    u.to_string()
+                });
+            for _ in 0..MAX_ACCOUNT_PAGES {
+                let Some(url) = next.take() else { break };
+                let page = match get(http, &url, &hide).await {
+                    Ok(page) => page,
+                    Err(outcome) => return outcome,
+                };
+                for account in page.get("data").and_then(Value::as_array).into_iter().flatten() {
+                    let (Some(id), Some(token)) = (
+                        account.get("id").and_then(Value::as_str),
+                        account.get("access_token").and_then(Value::as_str),
+                    ) else {
+                        continue;
+                    };
+                    derived.push(DerivedToken {
+                        provider: "meta_page",
+                        name: id.to_owned(),
+                        access_token: token.to_owned(),
+                        settings: serde_json::json!({
+                            "page_name": account.get("name"),
+                            "category": account.get("category"),
+                            "user_connection_id": connection.id,
+                        }),
+                    });
+                }
+                next = page
+                    .pointer("/paging/next")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+            Outcome::Refreshed(Issued {
+                access_token: long_lived.to_owned(),
+                refresh_token: None,
+                expires_in: body.get("expires_in").and_then(Value::as_i64),
+                refresh_expires_in: None,
+                derived,
+            })
+        })
+    }
+}
