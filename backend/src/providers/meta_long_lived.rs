@@ -15,7 +15,7 @@ use futures_core::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{DerivedToken, Issued, Outcome, Provider, retry_after};
+use super::{DerivedToken, Issued, Outcome, Provider, retry_after, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -73,18 +73,7 @@ fn classify(status: u16, body: &Value, wait: Option<Duration>, hide: &[&str]) ->
 }
 
 async fn get(http: &reqwest::Client, url: &str, hide: &[&str]) -> Result<Value, Outcome> {
-    let response = http.get(url).send().await.map_err(|e| {
-        let kind = if e.is_timeout() {
-            "timed out"
-        } else {
-            "request failed"
-        };
-        // reqwest's message may contain the URL, whose query holds secrets.
-        Outcome::Transient {
-            message: redact(&format!("{kind}: {}", e.without_url()), hide),
-            retry_after: None,
-        }
-    })?;
+    let response = http.get(url).send().await.map_err(|e| unanswered(e, hide))?;
     let status = response.status().as_u16();
     let wait = retry_after(response.headers());
     let body: Value = response.json().await.unwrap_or(Value::Null);

@@ -88,6 +88,20 @@ pub fn provider_for(kind: &str) -> Option<&'static dyn Provider> {
     providers.into_iter().find(|p| p.kind() == kind)
 }
 
+/// A request that got no answer (timeout, refused connection, …): worth retrying. The URL is
+/// left out of the message, since some APIs take secrets in the query string.
+pub fn unanswered(err: reqwest::Error, hide: &[&str]) -> Outcome {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else {
+        "request failed"
+    };
+    Outcome::Transient {
+        message: crate::redact::redact(&format!("{kind}: {}", err.without_url()), hide),
+        retry_after: None,
+    }
+}
+
 /// `Retry-After` as seconds or an HTTP date.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();

@@ -11,7 +11,7 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Issued, Outcome, Provider, retry_after};
+use super::{Issued, Outcome, Provider, retry_after, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -151,17 +151,7 @@ impl Provider for OAuth2Refresh {
                 .collect();
             let response = match request.form(&form).send().await {
                 Ok(r) => r,
-                Err(e) => {
-                    let kind = if e.is_timeout() {
-                        "timed out"
-                    } else {
-                        "request failed"
-                    };
-                    return Outcome::Transient {
-                        message: redact(&format!("{kind}: {e}"), &hide),
-                        retry_after: None,
-                    };
-                }
+                Err(e) => return unanswered(e, &hide),
             };
             let status = response.status();
             let wait = retry_after(response.headers());

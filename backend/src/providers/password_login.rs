@@ -20,8 +20,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Issued, Outcome, Provider, jwt_expiry, retry_after};
-use crate::redact::redact;
+use super::{Issued, Outcome, Provider, jwt_expiry, retry_after, unanswered};
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
 pub struct PasswordLogin;
@@ -112,17 +111,7 @@ impl Provider for PasswordLogin {
             let hide = [credentials.password.as_str()];
             let response = match request.send().await {
                 Ok(r) => r,
-                Err(e) => {
-                    let kind = if e.is_timeout() {
-                        "timed out"
-                    } else {
-                        "request failed"
-                    };
-                    return Outcome::Transient {
-                        message: redact(&format!("{kind}: {e}"), &hide),
-                        retry_after: None,
-                    };
-                }
+                Err(e) => return unanswered(e, &hide),
             };
             let status = response.status();
             let wait = retry_after(response.headers());

@@ -11,7 +11,7 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Issued, Outcome, Provider, jwt_expiry, retry_after};
+use super::{Issued, Outcome, Provider, jwt_expiry, retry_after, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -119,17 +119,7 @@ fn issued(token: String, refresh: Option<String>) -> Outcome {
 async fn call(http: &reqwest::Client, url: &str, body: &serde_json::Value, hide: &[&str]) -> Call {
     let response = match http.post(url).json(body).send().await {
         Ok(r) => r,
-        Err(e) => {
-            let kind = if e.is_timeout() {
-                "timed out"
-            } else {
-                "request failed"
-            };
-            return Call::Other(Outcome::Transient {
-                message: redact(&format!("{kind}: {e}"), hide),
-                retry_after: None,
-            });
-        }
+        Err(e) => return Call::Other(unanswered(e, hide)),
     };
     let status = response.status();
     let wait = retry_after(response.headers());
