@@ -120,6 +120,17 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("PostgreSQL host must be an IP: {e}"))
     }
 
+    /// The service's state on this database (migrated), in process, configured by
+    /// `settings_toml` (TOML sections after `database_url`), with a fixed secret key.
+    pub async fn app_state(&self, settings_toml: &str) -> telltale::app::AppState {
+        self.open_migrated().await;
+        let toml = format!("database_url = \"{}\"\n{settings_toml}\n", self.url);
+        let config = telltale::config::Config::from_toml(&toml, &[("UNUSED", "")])
+            .unwrap_or_else(|e| panic!("test configuration: {e}"));
+        telltale::app::AppState::new(config, telltale::crypto::Crypto::new(&[0x42; 32], &[]))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// A `telltale::storage::Db` on this database, migrated.
     pub async fn open_migrated(&self) -> telltale::storage::Db {
         let target = telltale::storage::DatabaseTarget::parse(&self.url).unwrap_or_else(|e| panic!("{e}"));

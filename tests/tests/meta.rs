@@ -3,8 +3,6 @@
 
 use serde_json::json;
 use telltale::app::AppState;
-use telltale::config::Config;
-use telltale::crypto::Crypto;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::now;
 use telltale::tokens::SweepRequest;
@@ -18,13 +16,7 @@ both_backends!(
 );
 
 async fn app(db: &TestDb) -> AppState {
-    db.open_migrated().await;
-    let toml = format!("database_url = \"{}\"\n[tokens]\nmax_attempts = 2\n", db.url());
-    AppState::new(
-        Config::from_toml(&toml, &[("UNUSED", "")]).unwrap(),
-        Crypto::new(&[8; 32], &[]),
-    )
-    .unwrap()
+    db.app_state("[tokens]\nmax_attempts = 2").await
 }
 
 /// A Meta connection whose user token expires in `days`.

@@ -2,8 +2,6 @@
 
 use serde_json::json;
 use telltale::app::AppState;
-use telltale::config::Config;
-use telltale::crypto::Crypto;
 use telltale::milesight::inventory;
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::webhooks::{self, IncomingDevice, IncomingEvent, SourceEffect};
@@ -19,14 +17,11 @@ both_backends!(
 );
 
 async fn app(db: &TestDb, mdp: &MockServer, budget: u32) -> AppState {
-    db.open_migrated().await;
-    let toml = format!(
-        "database_url = \"{}\"\n[milesight]\nbase_url = \"{}\"\nclient_id = \"cid\"\nclient_secret = \"sec\"\ninventory_page_size = 2\ndaily_request_budget = {budget}\n",
-        db.url(),
+    db.app_state(&format!(
+        "[milesight]\nbase_url = \"{}\"\nclient_id = \"cid\"\nclient_secret = \"sec\"\ninventory_page_size = 2\ndaily_request_budget = {budget}",
         mdp.uri()
-    );
-    let config = Config::from_toml(&toml, &[("UNUSED", "")]).unwrap();
-    AppState::new(config, Crypto::new(&[7; 32], &[])).unwrap()
+    ))
+    .await
 }
 
 async fn mount_token(mdp: &MockServer, token: &str) {

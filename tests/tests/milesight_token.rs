@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use chrono::Duration as Span;
 use serde_json::json;
 use telltale::app::AppState;
-use telltale::config::Config;
-use telltale::crypto::Crypto;
 use telltale::milesight::token::{TokenError, Trigger};
 use telltale::storage::{connections, now, refresh_log};
 use telltale_e2e::{Backend, TestDb, TestServer, both_backends, get_json, post_with_headers};
@@ -28,7 +26,6 @@ both_backends!(
 );
 
 const SECRET: &str = "CANARY-client-secret";
-const KEY: [u8; 32] = [42; 32];
 
 async fn app(db: &TestDb, mdp: &MockServer) -> AppState {
     app_with(db, mdp, "token_max_attempts = 3").await
@@ -36,14 +33,11 @@ async fn app(db: &TestDb, mdp: &MockServer) -> AppState {
 
 /// The state with `extra` lines added to the `[milesight]` section.
 async fn app_with(db: &TestDb, mdp: &MockServer, extra: &str) -> AppState {
-    db.open_migrated().await;
-    let toml = format!(
-        "database_url = \"{}\"\n[milesight]\nbase_url = \"{}\"\nclient_id = \"cid-1\"\nclient_secret = \"{SECRET}\"\n{extra}\n",
-        db.url(),
+    db.app_state(&format!(
+        "[milesight]\nbase_url = \"{}\"\nclient_id = \"cid-1\"\nclient_secret = \"{SECRET}\"\n{extra}",
         mdp.uri()
-    );
-    let config = Config::from_toml(&toml, &[("UNUSED", "")]).unwrap();
-    AppState::new(config, Crypto::new(&KEY, &[])).unwrap()
+    ))
+    .await
 }
 
 fn token_body(token: &str) -> serde_json::Value {

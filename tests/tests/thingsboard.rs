@@ -4,8 +4,6 @@
 use base64::Engine;
 use serde_json::json;
 use telltale::app::AppState;
-use telltale::config::Config;
-use telltale::crypto::Crypto;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::now;
 use telltale::tokens::SweepRequest;
@@ -32,13 +30,7 @@ fn jwt(exp: i64, scope: &str) -> String {
 }
 
 async fn app(db: &TestDb) -> AppState {
-    db.open_migrated().await;
-    let toml = format!("database_url = \"{}\"\n[tokens]\nmax_attempts = 2\n", db.url());
-    AppState::new(
-        Config::from_toml(&toml, &[("UNUSED", "")]).unwrap(),
-        Crypto::new(&[3; 32], &[]),
-    )
-    .unwrap()
+    db.app_state("[tokens]\nmax_attempts = 2").await
 }
 
 async fn customer(state: &AppState, name: &str, url: &str, refresh_token: Option<String>) -> i64 {

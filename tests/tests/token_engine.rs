@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use chrono::Duration as Span;
 use serde_json::json;
 use telltale::app::AppState;
-use telltale::config::Config;
-use telltale::crypto::Crypto;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::{now, refresh_log};
 use telltale::tokens::SweepRequest;
@@ -26,23 +24,15 @@ both_backends!(
     two_engines_on_one_database_refresh_each_connection_once,
 );
 
-const KEY: [u8; 32] = [9; 32];
-
 async fn app(db: &TestDb) -> AppState {
     app_with_concurrency(db, 8).await
 }
 
 async fn app_with_concurrency(db: &TestDb, concurrency: usize) -> AppState {
-    db.open_migrated().await;
-    let toml = format!(
-        "database_url = \"{}\"\n[tokens]\nmax_attempts = 3\nconcurrency = {concurrency}\n",
-        db.url()
-    );
-    AppState::new(
-        Config::from_toml(&toml, &[("UNUSED", "")]).unwrap(),
-        Crypto::new(&KEY, &[]),
-    )
-    .unwrap()
+    db.app_state(&format!(
+        "[tokens]\nmax_attempts = 3\nconcurrency = {concurrency}"
+    ))
+    .await
 }
 
 /// A connection whose token expires in `expires_in_mins`, refreshed at `token_url`.

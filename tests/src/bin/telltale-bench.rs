@@ -8,9 +8,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use telltale::app::AppState;
-use telltale::config::Config;
-use telltale::crypto::Crypto;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::{now, refresh_log};
 use telltale::tokens::SweepRequest;
@@ -78,7 +75,6 @@ async fn main() -> ExitCode {
 
 async fn refresh(args: Args) -> Result<(), String> {
     let db = TestDb::new(args.backend).await;
-    db.open_migrated().await;
     let provider = MockServer::start().await;
     Mock::given(wiremock::matchers::method("POST"))
         .respond_with(
@@ -90,14 +86,13 @@ async fn refresh(args: Args) -> Result<(), String> {
         )
         .mount(&provider)
         .await;
-    let toml = format!(
-        "database_url = \"{}\"\n[database]\nmax_connections = {}\n[tokens]\nconcurrency = {}\nmax_attempts = 1\n",
-        db.url(),
-        (args.concurrency + 4).min(64),
-        args.concurrency
-    );
-    let config = Config::from_toml(&toml, &[("UNUSED", "")]).map_err(|e| e.to_string())?;
-    let state = AppState::new(config, Crypto::new(&[1; 32], &[])).map_err(|e| format!("{e:#}"))?;
+    let state = db
+        .app_state(&format!(
+            "[database]\nmax_connections = {}\n[tokens]\nconcurrency = {}\nmax_attempts = 1",
+            (args.concurrency + 4).min(64),
+            args.concurrency
+        ))
+        .await;
 
     let setup = Instant::now();
     let account = connections::create_account(&state.db, "bench", None)
