@@ -13,6 +13,7 @@ both_backends!(
     bad_connection_input_is_refused,
     the_cron_endpoint_needs_its_secret,
     the_cli_sweeps_and_reports,
+    connections_are_reauthorised_disabled_and_enabled,
 );
 
 fn json_headers() -> Vec<(String, String)> {
@@ -323,4 +324,104 @@ async fn the_cli_sweeps_and_reports(backend: Backend) {
     let none = run_cli(&["refresh-tokens", "--connection", "999"], &env);
     assert!(none.status.success());
     assert!(String::from_utf8_lossy(&none.stdout).contains("0 due"));
+}
+
+async fn patch(server: &TestServer, id: i64, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .patch(server.url(&format!("/api/connections/{id}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap())
+}
+
+/// A revoked grant is re-authorised by new tokens through PATCH and is refreshed again; a
+/// disabled connection is left alone by sweeps until enabled.
+async fn connections_are_reauthorised_disabled_and_enabled(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("refresh_token=rt-revoked"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("refresh_token=CANARY-rt-new"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "fresh-9876", "expires_in": 3600})),
+        )
+        .mount(&provider)
+        .await;
+    let server = TestServer::start(db.url(), &[("TELLTALE_TOKEN_SWEEP_SCHEDULE", "0 0 0 1 1 *")]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
+    let (_, created) = create(
+        &server,
+        json!({"account": "acme", "provider": "oauth2_refresh", "name": "g", "base_url": format!("{}/token", provider.uri()),
+               "credentials": {"client_id": "c", "client_secret": "s"}, "access_token": "old", "refresh_token": "rt-revoked",
+               "expires_at": soon}),
+    )
+    .await;
+    let id = created["id"].as_i64().unwrap();
+    let refresh_url = server.url(&format!("/api/tokens/{id}/refresh"));
+    let refresh = || post_with_headers(&refresh_url, &[], "");
+    let (code, _) = refresh().await;
+    assert_eq!(code, 502);
+    let (_, c) = get_json(&server.url(&format!("/api/connections/{id}"))).await;
+    assert_eq!(
+        (c["status"].as_str(), c["consecutive_failures"].as_i64()),
+        (Some("needs_reauth"), Some(1))
+    );
+
+    // A person re-authorises: new refresh token in, failures cleared, refreshable again.
+    let (code, c) = patch(
+        &server,
+        id,
+        json!({"refresh_token": "CANARY-rt-new", "settings": {"lead_secs": 120}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{c}");
+    // Eligible again; its current access token still expires within the (new) lead time.
+    assert_eq!(
+        (
+            c["status"].as_str(),
+            c["consecutive_failures"].as_i64(),
+            c["last_error"].is_null()
+        ),
+        (Some("expiring"), Some(0), true)
+    );
+    assert_eq!(c["settings"]["lead_secs"], 120);
+    assert!(!c.to_string().contains("CANARY"), "{c}");
+    let (code, refreshed) = refresh().await;
+    assert_eq!(code, 200, "{refreshed}");
+    assert_eq!(refreshed["connection"]["token_fingerprint"], "…9876");
+
+    let (_, c) = patch(&server, id, json!({"disabled": true})).await;
+    assert_eq!(c["status"], "disabled");
+    let (_, status) = get_json(&server.url("/api/tokens/status")).await;
+    assert_eq!(status["summary"]["disabled"], 1);
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("TELLTALE_SECRET_KEY", telltale_e2e::TEST_SECRET_KEY),
+    ];
+    let forced = run_cli(&["refresh-tokens", "--connection", &id.to_string()], &env);
+    assert!(
+        String::from_utf8_lossy(&forced.stdout).contains("0 due"),
+        "sweeps skip a disabled connection: {forced:?}"
+    );
+    let (_, c) = patch(&server, id, json!({"disabled": false})).await;
+    assert_eq!(c["status"], "active");
+
+    for (body, code) in [
+        (json!({"colour": "red"}), 400),
+        (json!({"settings": [1]}), 400),
+        (json!({"base_url": "ftp://x"}), 400),
+        (json!({"disabled": "yes"}), 400),
+    ] {
+        assert_eq!(patch(&server, id, body.clone()).await.0, code, "{body}");
+    }
+    assert_eq!(patch(&server, 999_999, json!({"disabled": true})).await.0, 404);
 }

@@ -528,3 +528,86 @@ pub async fn upsert_derived_token(
             .await?)
     })
 }
+
+/// Changes to a connection; `None` leaves a field as it is. Secrets are given in plaintext
+/// and sealed here.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionUpdate {
+    pub base_url: Option<Option<String>>,
+    pub settings: Option<serde_json::Value>,
+    pub credentials: Option<String>,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<Option<UtcTime>>,
+    /// `Some(true)` disables the connection (sweeps skip it); `Some(false)` enables it again.
+    pub disabled: Option<bool>,
+}
+
+#[derive(AsChangeset, Default)]
+#[diesel(table_name = connections)]
+struct ConnectionChangeset {
+    base_url: Option<Option<String>>,
+    settings: Option<String>,
+    credentials: Option<Option<Vec<u8>>>,
+    access_token: Option<Option<Vec<u8>>>,
+    token_fingerprint: Option<Option<String>>,
+    refresh_token: Option<Option<Vec<u8>>>,
+    expires_at: Option<Option<UtcTime>>,
+    status: Option<String>,
+    consecutive_failures: Option<i32>,
+    last_error: Option<Option<String>>,
+    updated_at: Option<UtcTime>,
+}
+
+/// Applies an update. New credentials or tokens count as a re-authorisation: failures are
+/// cleared and a `needs_reauth` connection becomes eligible for refresh again.
+pub async fn update_connection(
+    db: &Db,
+    crypto: &Crypto,
+    id: i64,
+    update: &ConnectionUpdate,
+) -> StorageResult<Connection> {
+    let current = get_connection(db, id).await?;
+    let reauthorised =
+        update.credentials.is_some() || update.access_token.is_some() || update.refresh_token.is_some();
+    let has_token = update.access_token.is_some() || current.access_token.is_some();
+    let status = match update.disabled {
+        Some(true) => Some("disabled".to_owned()),
+        Some(false) if current.status == "disabled" || reauthorised => {
+            Some(if has_token { "active" } else { "missing" }.to_owned())
+        }
+        _ if reauthorised && current.status != "disabled" => {
+            Some(if has_token { "active" } else { "missing" }.to_owned())
+        }
+        _ => None,
+    };
+    let changeset = ConnectionChangeset {
+        base_url: update.base_url.clone(),
+        settings: update.settings.as_ref().map(|s| s.to_string()),
+        credentials: update
+            .credentials
+            .as_deref()
+            .map(|c| Some(crypto.encrypt_str(CREDENTIALS_COLUMN, c))),
+        access_token: update
+            .access_token
+            .as_deref()
+            .map(|t| Some(crypto.encrypt_str(ACCESS_TOKEN_COLUMN, t))),
+        token_fingerprint: update.access_token.as_deref().map(|t| Some(fingerprint(t))),
+        refresh_token: update
+            .refresh_token
+            .as_deref()
+            .map(|t| Some(crypto.encrypt_str(REFRESH_TOKEN_COLUMN, t))),
+        expires_at: update.expires_at,
+        status,
+        consecutive_failures: reauthorised.then_some(0),
+        last_error: reauthorised.then_some(None),
+        updated_at: Some(now()),
+    };
+    db_run!(db, |conn| {
+        Ok(diesel::update(connections::table.find(id))
+            .set(&changeset)
+            .returning(Connection::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}

@@ -24,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/connections", web::post().to(tokens::create))
         .route("/api/connections/{id}", web::get().to(tokens::detail))
         .route("/api/connections/{id}", web::delete().to(tokens::delete))
+        .route("/api/connections/{id}", web::patch().to(tokens::update))
         .route("/api/tokens/status", web::get().to(tokens::status))
         .route("/api/tokens/{id}/refresh", web::post().to(tokens::refresh))
         .route("/api/refresh-log", web::get().to(tokens::log))

@@ -264,3 +264,52 @@ pub async fn stats(
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "window_hours": hours, "since": since, "items": items })))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConnection {
+    /// An empty string clears it.
+    base_url: Option<String>,
+    settings: Option<Value>,
+    credentials: Option<Value>,
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    disabled: Option<bool>,
+}
+
+/// `PATCH /api/connections/{id}`: change settings, rotate credentials or paste new tokens
+/// (which re-authorises a `needs_reauth` connection), or disable / enable it.
+pub async fn update(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    body: web::Json<UpdateConnection>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    if let Some(url) = body.base_url.as_deref().filter(|u| !u.is_empty())
+        && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+    {
+        return Err(invalid("base_url must be an http(s) URL"));
+    }
+    if body.settings.as_ref().is_some_and(|s| !s.is_object()) {
+        return Err(invalid("settings must be a JSON object"));
+    }
+    let credentials = match body.credentials {
+        Some(c @ Value::Object(_)) => Some(c.to_string()),
+        Some(_) => return Err(invalid("credentials must be a JSON object")),
+        None => None,
+    };
+    let update = connections::ConnectionUpdate {
+        base_url: body.base_url.map(|u| Some(u).filter(|u| !u.is_empty())),
+        settings: body.settings,
+        credentials,
+        access_token: body.access_token.filter(|t| !t.is_empty()),
+        refresh_token: body.refresh_token.filter(|t| !t.is_empty()),
+        expires_at: body.expires_at.map(|t| Some(UtcTime::new(t))),
+        disabled: body.disabled,
+    };
+    let updated = connections::update_connection(&state.db, &state.crypto, *id, &update)
+        .await
+        .map_err(not_found(*id))?;
+    Ok(HttpResponse::Ok().json(view(&state, &updated, now())))
+}
