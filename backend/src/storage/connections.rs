@@ -293,46 +293,31 @@ pub async fn store_refreshed_token(
     token: &RefreshedToken,
     at: UtcTime,
 ) -> StorageResult<Connection> {
-    let access = crypto.encrypt_str(ACCESS_TOKEN_COLUMN, &token.access_token);
-    let refresh = token
-        .refresh_token
-        .as_deref()
-        .map(|t| crypto.encrypt_str(REFRESH_TOKEN_COLUMN, t));
+    // One statement, so the new access token and a rotated refresh token land together; a
+    // refresh that rotated nothing leaves the stored refresh token (and its expiry) alone.
+    let changeset = ConnectionChangeset {
+        access_token: Some(Some(crypto.encrypt_str(ACCESS_TOKEN_COLUMN, &token.access_token))),
+        token_fingerprint: Some(Some(fingerprint(&token.access_token))),
+        refresh_token: token
+            .refresh_token
+            .as_deref()
+            .map(|t| Some(crypto.encrypt_str(REFRESH_TOKEN_COLUMN, t))),
+        refresh_expires_at: token.refresh_token.as_ref().map(|_| token.refresh_expires_at),
+        expires_at: Some(token.expires_at),
+        status: Some("active".into()),
+        consecutive_failures: Some(0),
+        last_error: Some(None),
+        last_refresh_attempt_at: Some(Some(at)),
+        last_refresh_success_at: Some(Some(at)),
+        updated_at: Some(at),
+        ..Default::default()
+    };
     db_run!(db, |conn| {
-        // One statement, so the new access token and a rotated refresh token land together.
-        let target = connections::table.find(id);
-        let common = (
-            connections::access_token.eq(Some(&access)),
-            connections::token_fingerprint.eq(Some(fingerprint(&token.access_token))),
-            connections::expires_at.eq(token.expires_at),
-            connections::status.eq("active"),
-            connections::consecutive_failures.eq(0),
-            connections::last_error.eq(None::<String>),
-            connections::last_refresh_attempt_at.eq(Some(at)),
-            connections::last_refresh_success_at.eq(Some(at)),
-            connections::updated_at.eq(at),
-        );
-        let updated = match &refresh {
-            Some(sealed) => {
-                diesel::update(target)
-                    .set((
-                        common,
-                        connections::refresh_token.eq(Some(sealed)),
-                        connections::refresh_expires_at.eq(token.refresh_expires_at),
-                    ))
-                    .returning(Connection::as_returning())
-                    .get_result(conn)
-                    .await?
-            }
-            None => {
-                diesel::update(target)
-                    .set(common)
-                    .returning(Connection::as_returning())
-                    .get_result(conn)
-                    .await?
-            }
-        };
-        Ok(updated)
+        Ok(diesel::update(connections::table.find(id))
+            .set(&changeset)
+            .returning(Connection::as_returning())
+            .get_result(conn)
+            .await?)
     })
 }
 
@@ -345,31 +330,22 @@ pub async fn record_refresh_failure(
     error: &str,
     at: UtcTime,
 ) -> StorageResult<Connection> {
+    let changeset = ConnectionChangeset {
+        status: status.map(str::to_owned),
+        last_error: Some(Some(error.to_owned())),
+        last_refresh_attempt_at: Some(Some(at)),
+        updated_at: Some(at),
+        ..Default::default()
+    };
     db_run!(db, |conn| {
-        let target = connections::table.find(id);
-        let common = (
-            connections::consecutive_failures.eq(connections::consecutive_failures + 1),
-            connections::last_error.eq(Some(error)),
-            connections::last_refresh_attempt_at.eq(Some(at)),
-            connections::updated_at.eq(at),
-        );
-        let updated = match status {
-            Some(status) => {
-                diesel::update(target)
-                    .set((common, connections::status.eq(status)))
-                    .returning(Connection::as_returning())
-                    .get_result(conn)
-                    .await?
-            }
-            None => {
-                diesel::update(target)
-                    .set(common)
-                    .returning(Connection::as_returning())
-                    .get_result(conn)
-                    .await?
-            }
-        };
-        Ok(updated)
+        Ok(diesel::update(connections::table.find(id))
+            .set((
+                &changeset,
+                connections::consecutive_failures.eq(connections::consecutive_failures + 1),
+            ))
+            .returning(Connection::as_returning())
+            .get_result(conn)
+            .await?)
     })
 }
 
@@ -553,9 +529,12 @@ struct ConnectionChangeset {
     token_fingerprint: Option<Option<String>>,
     refresh_token: Option<Option<Vec<u8>>>,
     expires_at: Option<Option<UtcTime>>,
+    refresh_expires_at: Option<Option<UtcTime>>,
     status: Option<String>,
     consecutive_failures: Option<i32>,
     last_error: Option<Option<String>>,
+    last_refresh_attempt_at: Option<Option<UtcTime>>,
+    last_refresh_success_at: Option<Option<UtcTime>>,
     updated_at: Option<UtcTime>,
 }
 
@@ -602,6 +581,7 @@ pub async fn update_connection(
         consecutive_failures: reauthorised.then_some(0),
         last_error: reauthorised.then_some(None),
         updated_at: Some(now()),
+        ..Default::default()
     };
     db_run!(db, |conn| {
         Ok(diesel::update(connections::table.find(id))
