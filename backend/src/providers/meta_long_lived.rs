@@ -189,6 +189,8 @@ impl Provider for MetaLongLived {
                 refresh_token: None,
                 expires_in: body.get("expires_in").and_then(Value::as_i64),
                 refresh_expires_in: None,
+                expires_at: None,
+                refresh_expires_at: None,
                 derived,
             })
         })

@@ -21,6 +21,10 @@ pub struct Issued {
     pub refresh_token: Option<String>,
     pub expires_in: Option<i64>,
     pub refresh_expires_in: Option<i64>,
+    /// Absolute expiries (Unix seconds) when the token says so itself (a JWT `exp`); they
+    /// win over the relative ones, which would drift by the time between receipt and storage.
+    pub expires_at: Option<i64>,
+    pub refresh_expires_at: Option<i64>,
     /// Tokens derived from this one and stored as connections of their own (Meta page tokens).
     pub derived: Vec<DerivedToken>,
 }

@@ -194,6 +194,8 @@ impl Provider for OAuth2Refresh {
                     refresh_token: parsed.refresh_token.filter(|t| !t.is_empty()),
                     expires_in: parsed.expires_in,
                     refresh_expires_in: parsed.refresh_token_expires_in,
+                    expires_at: None,
+                    refresh_expires_at: None,
                     derived: Vec::new(),
                 }),
                 (true, _) => Outcome::Transient {

@@ -144,9 +144,16 @@ impl Provider for PasswordLogin {
                     "the login response held no token (set token_field or token_header)".into(),
                 );
             };
-            let now = chrono::Utc::now().timestamp();
+            let expires_in = expires_in(&body);
             Outcome::Refreshed(Issued {
-                expires_in: expires_in(&body).or_else(|| jwt_expiry(&token).map(|exp| exp - now)),
+                // The JWT's own expiry only when the service did not say expires_in.
+                expires_at: if expires_in.is_none() {
+                    jwt_expiry(&token)
+                } else {
+                    None
+                },
+                refresh_expires_at: None,
+                expires_in,
                 access_token: token,
                 refresh_token: None,
                 refresh_expires_in: None,

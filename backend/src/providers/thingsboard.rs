@@ -106,13 +106,14 @@ impl Provider for ThingsBoard {
 }
 
 fn issued(token: String, refresh: Option<String>) -> Outcome {
-    let now = chrono::Utc::now().timestamp();
     Outcome::Refreshed(Issued {
-        expires_in: jwt_expiry(&token).map(|exp| exp - now),
-        refresh_expires_in: refresh.as_deref().and_then(jwt_expiry).map(|exp| exp - now),
-        derived: Vec::new(),
+        expires_at: jwt_expiry(&token),
+        refresh_expires_at: refresh.as_deref().and_then(jwt_expiry),
+        expires_in: None,
+        refresh_expires_in: None,
         access_token: token,
         refresh_token: refresh,
+        derived: Vec::new(),
     })
 }
 

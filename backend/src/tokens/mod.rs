@@ -390,13 +390,19 @@ impl RefreshEngine {
     }
 }
 
+fn absolute(unix_secs: Option<i64>) -> Option<UtcTime> {
+    unix_secs
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .map(UtcTime::new)
+}
+
 fn to_refreshed(issued: &Issued, at: UtcTime) -> RefreshedToken {
     let after = |secs: i64| UtcTime::new(at.0 + chrono::Duration::seconds(secs));
     RefreshedToken {
         access_token: issued.access_token.clone(),
         refresh_token: issued.refresh_token.clone(),
-        expires_at: issued.expires_in.map(after),
-        refresh_expires_at: issued.refresh_expires_in.map(after),
+        expires_at: absolute(issued.expires_at).or(issued.expires_in.map(after)),
+        refresh_expires_at: absolute(issued.refresh_expires_at).or(issued.refresh_expires_in.map(after)),
     }
 }
 
