@@ -364,6 +364,16 @@ impl TestServer {
         join(&self.logs)
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let resp = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        resp.text()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics body: {e}"))
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self, within: Duration) {
         let client = reqwest::Client::new();
@@ -560,4 +570,20 @@ pub fn mdp_reading(
 /// A fresh random nonce for a signed request.
 pub fn nonce() -> String {
     format!("n-{:016x}", rand::random::<u64>())
+}
+
+/// One scheduled-style refresh sweep over every due connection, in process.
+pub async fn sweep_all(state: &telltale::app::AppState) -> telltale::tokens::SweepReport {
+    let request = telltale::tokens::SweepRequest {
+        trigger: "scheduled",
+        actor: "test".into(),
+        dry_run: false,
+        provider: None,
+        connection_id: None,
+    };
+    state
+        .token_engine
+        .sweep(state, &request, telltale::storage::now())
+        .await
+        .unwrap_or_else(|e| panic!("sweep: {e}"))
 }

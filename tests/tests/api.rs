@@ -300,12 +300,7 @@ async fn silent_devices_go_offline_on_schedule(backend: Backend) {
         .find(|j| j.name == "milesight-retention")
         .expect("retention job registered");
     assert_eq!(retention.schedule, "0 30 3 * * *");
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics
             .contains(r#"telltale_scheduler_job_runs_total{job="milesight-device-check",outcome="success"}"#),

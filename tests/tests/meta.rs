@@ -5,8 +5,7 @@ use serde_json::json;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::now;
-use telltale::tokens::SweepRequest;
-use telltale_e2e::{Backend, TestDb, both_backends};
+use telltale_e2e::{Backend, TestDb, both_backends, sweep_all};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -39,17 +38,6 @@ async fn meta(state: &AppState, graph: &MockServer, days: i64) -> i64 {
         .await
         .unwrap()
         .id
-}
-
-async fn sweep(state: &AppState) -> telltale::tokens::SweepReport {
-    let request = SweepRequest {
-        trigger: "scheduled",
-        actor: "test".into(),
-        dry_run: false,
-        provider: None,
-        connection_id: None,
-    };
-    state.token_engine.sweep(state, &request, now()).await.unwrap()
 }
 
 async fn the_user_token_is_extended_and_page_tokens_stored(backend: Backend) {
@@ -96,7 +84,7 @@ async fn the_user_token_is_extended_and_page_tokens_stored(backend: Backend) {
         .await;
     let state = app(&db).await;
     let id = meta(&state, &graph, 3).await;
-    let report = sweep(&state).await;
+    let report = sweep_all(&state).await;
     assert_eq!(
         (report.checked, report.refreshed),
         (1, 1),
@@ -150,7 +138,7 @@ async fn the_user_token_is_extended_and_page_tokens_stored(backend: Backend) {
             .all(|p| p.account_id == user.account_id && p.expires_at.is_none() && p.status == "active")
     );
     assert_eq!(
-        sweep(&state).await.checked,
+        sweep_all(&state).await.checked,
         0,
         "nothing due: the user token is fresh and page tokens have nothing to refresh with"
     );
@@ -178,7 +166,7 @@ async fn graph_errors_are_classified(backend: Backend) {
         .await;
     let state = app(&db).await;
     let id = meta(&state, &graph, 1).await;
-    let report = sweep(&state).await;
+    let report = sweep_all(&state).await;
     assert_eq!(report.results[0].outcome, "needs_reauth", "{report:?}");
     assert_eq!(
         graph.received_requests().await.unwrap().len(),

@@ -402,12 +402,7 @@ async fn token_api_and_schedule_in_the_service(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"provider="milesight",trigger="manual""#),
         "{metrics}"

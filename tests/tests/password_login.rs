@@ -5,8 +5,7 @@ use serde_json::json;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::now;
-use telltale::tokens::SweepRequest;
-use telltale_e2e::{Backend, TestDb, both_backends};
+use telltale_e2e::{Backend, TestDb, both_backends, sweep_all};
 use wiremock::matchers::{body_json, body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -48,17 +47,6 @@ async fn login(
         .await
         .unwrap()
         .id
-}
-
-async fn sweep(state: &AppState) -> telltale::tokens::SweepReport {
-    let request = SweepRequest {
-        trigger: "scheduled",
-        actor: "test".into(),
-        dry_run: false,
-        provider: None,
-        connection_id: None,
-    };
-    state.token_engine.sweep(state, &request, now()).await.unwrap()
 }
 
 async fn token_of(state: &AppState, id: i64) -> (Option<String>, Option<i64>) {
@@ -118,7 +106,7 @@ async fn logins_of_every_shape_yield_tokens(backend: Backend) {
         true,
     )
     .await;
-    let report = sweep(&state).await;
+    let report = sweep_all(&state).await;
     assert_eq!((report.refreshed, report.failed), (2, 0), "{report:?}");
     let (token, expires) = token_of(&state, json_login).await;
     assert_eq!(token.as_deref(), Some("from-json"));
@@ -145,7 +133,7 @@ async fn refused_logins_and_pasted_tokens(backend: Backend) {
     )
     .await;
     let pasted = login(&state, "pasted", None, json!({}), false).await;
-    let report = sweep(&state).await;
+    let report = sweep_all(&state).await;
     assert_eq!(
         report.checked, 1,
         "a pasted token has nothing to refresh with and is left alone: {report:?}"

@@ -212,12 +212,7 @@ async fn secrets_never_reach_logs_or_metrics(backend: Backend) {
     for path in ["/healthz", "/readyz", "/nope", "/"] {
         let _ = reqwest::get(server.url(path)).await.unwrap();
     }
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let logs = server.log_text();
     assert!(logs.lines().count() > 5, "debug logging produced output:\n{logs}");
     for secret in [key.as_str(), previous.as_str(), password] {
@@ -323,12 +318,7 @@ async fn readiness_follows_the_database_postgres() {
     );
     let (status, _) = get_json(&server.url("/healthz")).await;
     assert_eq!(status, 200, "liveness does not depend on the database");
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.contains("telltale_ready 0"), "{metrics}");
 
     proxy.restore();
@@ -371,12 +361,7 @@ async fn starts_while_the_database_is_down_postgres() {
         "{}",
         server.log_text()
     );
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let failures = metrics
         .lines()
         .find_map(|l| l.strip_prefix("telltale_startup_database_failures_total "))

@@ -6,8 +6,7 @@ use serde_json::json;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::now;
-use telltale::tokens::SweepRequest;
-use telltale_e2e::{Backend, TestDb, both_backends};
+use telltale_e2e::{Backend, TestDb, both_backends, sweep_all};
 use wiremock::matchers::{body_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -54,17 +53,6 @@ async fn customer(state: &AppState, name: &str, url: &str, refresh_token: Option
         .id
 }
 
-async fn sweep(state: &AppState) -> telltale::tokens::SweepReport {
-    let request = SweepRequest {
-        trigger: "scheduled",
-        actor: "test".into(),
-        dry_run: false,
-        provider: None,
-        connection_id: None,
-    };
-    state.token_engine.sweep(state, &request, now()).await.unwrap()
-}
-
 fn pair(token: &str, refresh: &str) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({"token": token, "refreshToken": refresh}))
 }
@@ -90,7 +78,7 @@ async fn each_customer_logs_in_at_its_own_server(backend: Backend) {
     let state = app(&db).await;
     let alpha = customer(&state, "alpha", &a.uri(), None).await;
     let beta = customer(&state, "beta", &format!("{}/", b.uri()), None).await;
-    let report = sweep(&state).await;
+    let report = sweep_all(&state).await;
     assert_eq!((report.refreshed, report.failed), (2, 0), "{report:?}");
     for id in [alpha, beta] {
         let c = connections::get_connection(&state.db, id).await.unwrap();
@@ -146,7 +134,7 @@ async fn a_valid_refresh_token_is_used_and_an_expired_one_falls_back_to_login(ba
     let state = app(&db).await;
     let refreshed = customer(&state, "alpha", &server.uri(), Some(live_refresh.clone())).await;
     let relogged = customer(&state, "beta", &server.uri(), Some(stale_refresh)).await;
-    let report = sweep(&state).await;
+    let report = sweep_all(&state).await;
     assert_eq!((report.refreshed, report.failed), (2, 0), "{report:?}");
     let expiry = |id: i64| {
         let db = state.db.clone();
@@ -190,7 +178,7 @@ async fn a_wrong_password_needs_reauth(backend: Backend) {
         .await;
     let state = app(&db).await;
     let id = customer(&state, "alpha", &server.uri(), None).await;
-    let report = sweep(&state).await;
+    let report = sweep_all(&state).await;
     assert_eq!(report.results[0].outcome, "needs_reauth", "{report:?}");
     let c = connections::get_connection(&state.db, id).await.unwrap();
     assert_eq!(c.status, "needs_reauth");

@@ -132,12 +132,7 @@ async fn connections_are_managed_refreshed_and_reported(backend: Backend) {
     ] {
         assert!(!shown.contains("CANARY"), "secret in a response: {shown}");
     }
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(!metrics.contains("CANARY") && !server.log_text().contains("CANARY"));
     assert!(metrics.contains(r#"telltale_token_refresh_attempts_total{outcome="success",provider="oauth2_refresh",trigger="manual"} 1"#), "{metrics}");
 

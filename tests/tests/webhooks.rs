@@ -140,12 +140,7 @@ async fn signed_events_are_stored_once_with_device_state(backend: Backend) {
     assert_eq!(post_signed(&server, "/webhooks/milesight", &offline).await.0, 200);
     assert_eq!(devices::get(&db, sn100.id).await.unwrap().status, "offline");
 
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"telltale_webhook_events_total{outcome="stored",source="default"} 4"#),
         "{metrics}"
@@ -203,12 +198,7 @@ async fn every_event_type_is_stored_and_acted_on(backend: Backend) {
     ] {
         assert!(types.iter().any(|s| s == t), "{t} stored: {types:?}");
     }
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"telltale_milesight_system_notices_total{source="default"} 1"#),
         "{metrics}"
@@ -395,12 +385,7 @@ async fn bad_requests_are_refused_and_kept_for_inspection(backend: Backend) {
     assert_eq!(oversize.status, 413);
     assert!(oversize.body_size > 4096);
 
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"telltale_webhook_requests_total{outcome="bad_signature",source="default"} 2"#),
         "{metrics}"
@@ -558,12 +543,7 @@ async fn database_outage_answers_503_and_loses_nothing_postgres() {
             .len(),
         3
     );
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"telltale_webhook_requests_total{outcome="unavailable",source="default"} 1"#),
         "{metrics}"
