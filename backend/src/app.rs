@@ -104,7 +104,6 @@ impl AppState {
 /// Every scheduled job the service runs.
 pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     let mut specs = crate::milesight::housekeeping::job_specs(config);
-    specs.extend(crate::milesight::token::job_specs(config));
     specs.extend(crate::milesight::inventory::job_specs(config));
     specs.extend(crate::tokens::job_specs(config));
     specs
@@ -182,14 +181,11 @@ pub async fn serve(
                 return;
             }
             {
-                // Checked at once, but on its own task: a slow MDP must not hold up the other jobs.
-                let state = state.clone();
-                tasks_for_jobs.spawn(async move { crate::milesight::token::start_up(&state).await });
-            }
-            {
-                // One sweep at start-up, so tokens that lapsed while the service was down are renewed now.
+                // One sweep at start-up, so tokens that lapsed while the service was down are
+                // renewed now; on its own task, since a slow provider must not hold up the jobs.
                 let state = state.clone();
                 tasks_for_jobs.spawn(async move {
+                    crate::milesight::token::start_up(&state).await;
                     let request = crate::tokens::SweepRequest {
                         trigger: "startup",
                         actor: "telltale".into(),

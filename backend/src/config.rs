@@ -72,7 +72,6 @@ pub struct MilesightConfig {
     pub retention_schedule: String,
     /// OpenAPI credentials; `None` when not configured (the token keeper then reports `missing`).
     pub api: Option<MilesightApi>,
-    pub token_schedule: String,
     /// Refresh when the token expires within this much time.
     pub token_lead: Duration,
     pub request_timeout: Duration,
@@ -178,7 +177,6 @@ struct FileMilesight {
     base_url: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
-    token_schedule: Option<String>,
     token_lead_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
     token_max_attempts: Option<u64>,
@@ -320,10 +318,6 @@ const MS_CLIENT_SECRET: Key = Key {
     file: "milesight.client_secret",
     env: "MILESIGHT_CLIENT_SECRET",
 };
-const MS_TOKEN_SCHEDULE: Key = Key {
-    file: "milesight.token_schedule",
-    env: "MILESIGHT_TOKEN_SCHEDULE",
-};
 const MS_TOKEN_LEAD: Key = Key {
     file: "milesight.token_lead_secs",
     env: "MILESIGHT_TOKEN_LEAD_SECS",
@@ -402,7 +396,6 @@ const ALL_KEYS: &[&Key] = &[
     &MS_BASE_URL,
     &MS_CLIENT_ID,
     &MS_CLIENT_SECRET,
-    &MS_TOKEN_SCHEDULE,
     &MS_TOKEN_LEAD,
     &MS_TIMEOUT,
     &MS_ATTEMPTS,
@@ -632,7 +625,6 @@ impl Config {
         let tz_name = pick(&SCHEDULER_TZ, file.scheduler.timezone).unwrap_or_else(|| "UTC".into());
         let scheduler_timezone =
             crate::scheduler::parse_timezone(&tz_name).map_err(|m| SCHEDULER_TZ.error(m))?;
-        let token_schedule = schedule(&MS_TOKEN_SCHEDULE, ms.token_schedule, "0 */30 * * * *")?;
         let token_lead = Duration::from_secs(positive(
             &MS_TOKEN_LEAD,
             pick_num(&MS_TOKEN_LEAD, ms.token_lead_secs)?,
@@ -703,7 +695,6 @@ impl Config {
             inventory_page_size,
             daily_request_budget,
             api,
-            token_schedule,
             token_lead,
             request_timeout,
             token_max_attempts,
@@ -872,7 +863,6 @@ impl Config {
             out.push_str(&format!("client_id = {:?}\n", api.client_id));
             out.push_str("client_secret = \"********\"\n");
         }
-        out.push_str(&format!("token_schedule = {:?}\n", ms.token_schedule));
         out.push_str(&format!("token_lead_secs = {}\n", ms.token_lead.as_secs()));
         out.push_str(&format!(
             "request_timeout_secs = {}\n",

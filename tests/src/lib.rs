@@ -574,6 +574,14 @@ pub fn nonce() -> String {
 
 /// One scheduled-style refresh sweep over every due connection, in process.
 pub async fn sweep_all(state: &telltale::app::AppState) -> telltale::tokens::SweepReport {
+    sweep_at(state, telltale::storage::now()).await
+}
+
+/// A scheduled sweep judged at `at` (so tests can look ahead without waiting).
+pub async fn sweep_at(
+    state: &telltale::app::AppState,
+    at: telltale::storage::UtcTime,
+) -> telltale::tokens::SweepReport {
     let request = telltale::tokens::SweepRequest {
         trigger: "scheduled",
         actor: "test".into(),
@@ -583,7 +591,7 @@ pub async fn sweep_all(state: &telltale::app::AppState) -> telltale::tokens::Swe
     };
     state
         .token_engine
-        .sweep(state, &request, telltale::storage::now())
+        .sweep(state, &request, at)
         .await
         .unwrap_or_else(|e| panic!("sweep: {e}"))
 }

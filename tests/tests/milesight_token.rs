@@ -89,7 +89,7 @@ async fn token_is_fetched_once_cached_and_kept_across_restarts(backend: Backend)
         "status never shows a token or secret: {shown}"
     );
 
-    let log = refresh_log::recent(&state.db, Some("milesight"), 10)
+    let log = refresh_log::recent(&state.db, Some("oauth2_client_credentials"), 10)
         .await
         .unwrap();
     assert_eq!(log.len(), 1);
@@ -108,7 +108,7 @@ async fn token_is_fetched_once_cached_and_kept_across_restarts(backend: Backend)
         "client secret sealed"
     );
     let restarted = app(&db, &mdp).await;
-    restarted.milesight_token.load(&restarted).await.unwrap();
+    telltale::milesight::token::start_up(&restarted).await;
     assert!(
         !restarted
             .milesight_token
@@ -240,13 +240,26 @@ async fn refused_credentials_stop_scheduled_refreshes(backend: Backend) {
     assert!(keeper.token(&state).await.is_err());
     assert_eq!(mdp.received_requests().await.unwrap().len(), 1);
     // ...but a person can try again.
-    assert!(
-        keeper
-            .refresh(&state, Trigger::Manual, now(), true)
-            .await
-            .is_err()
-    );
+    assert!(keeper.refresh_now(&state, Trigger::Manual).await.is_err());
     assert_eq!(mdp.received_requests().await.unwrap().len(), 2);
+
+    // Fixing the configured secret lifts the refusal: the next start uses the new one.
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .and(body_string_contains("client_secret=fixed-secret"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(token_body("after-fix")))
+        .mount(&mdp)
+        .await;
+    let fixed = db
+        .app_state(&format!(
+            "[milesight]\nbase_url = \"{}\"\nclient_id = \"cid-1\"\nclient_secret = \"fixed-secret\"",
+            mdp.uri()
+        ))
+        .await;
+    telltale::milesight::token::start_up(&fixed).await;
+    assert_eq!(fixed.milesight_token.token(&fixed).await.unwrap(), "after-fix");
+    let status = fixed.milesight_token.status(&fixed, now()).await.unwrap();
+    assert_eq!((status.status, status.consecutive_failures), ("valid", 0));
 }
 
 async fn transient_failures_are_retried_honouring_retry_after(backend: Backend) {
@@ -294,7 +307,7 @@ async fn transient_failures_are_retried_honouring_retry_after(backend: Backend) 
     );
     let metrics = state.metrics.render(&state.db);
     assert!(
-        metrics.contains(r#"telltale_token_refresh_attempts_total{outcome="transient_failure",provider="milesight",trigger="on_demand"} 2"#),
+        metrics.contains(r#"telltale_token_refresh_attempts_total{outcome="transient_failure",provider="oauth2_client_credentials",trigger="on_demand"} 2"#),
         "{metrics}"
     );
 }
@@ -335,7 +348,7 @@ fn service_env<'a>(mdp: &'a str, schedule: &'a str) -> Vec<(&'a str, &'a str)> {
         ("MILESIGHT_BASE_URL", mdp),
         ("MILESIGHT_CLIENT_ID", "cid-1"),
         ("MILESIGHT_CLIENT_SECRET", SECRET),
-        ("MILESIGHT_TOKEN_SCHEDULE", schedule),
+        ("TELLTALE_TOKEN_SWEEP_SCHEDULE", schedule),
     ]
 }
 
@@ -377,11 +390,29 @@ async fn token_api_and_schedule_in_the_service(backend: Backend) {
     assert_eq!(code, 200, "{refreshed}");
     assert!(refreshed["last_refreshed_at"].is_string());
 
+    // One engine, one status API: the token is an ordinary connection there too.
+    let (code, tokens) = get_json(&server.url("/api/tokens/status")).await;
+    assert_eq!(code, 200);
+    let rows = tokens["connections"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{tokens}");
+    assert_eq!(rows[0]["provider"], "oauth2_client_credentials");
+    assert_eq!(rows[0]["id"], status["connection_id"]);
+    let id = rows[0]["id"].as_i64().unwrap();
+    let (code, body) = post_with_headers(&server.url(&format!("/api/tokens/{id}/refresh")), &[], "").await;
+    assert_eq!(
+        (code, body["result"]["outcome"].as_str()),
+        (200, Some("refreshed")),
+        "{body}"
+    );
+    assert!(!tokens.to_string().contains("CANARY") && !body.to_string().contains("CANARY"));
+
     // The every-second schedule keeps refreshing the short-lived token.
     let direct = db.open_migrated().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let log = refresh_log::recent(&direct, Some("milesight"), 50).await.unwrap();
+        let log = refresh_log::recent(&direct, Some("oauth2_client_credentials"), 50)
+            .await
+            .unwrap();
         if log
             .iter()
             .filter(|e| e.trigger == "scheduled" && e.success)
@@ -404,7 +435,7 @@ async fn token_api_and_schedule_in_the_service(backend: Backend) {
     }
     let metrics = server.metrics().await;
     assert!(
-        metrics.contains(r#"provider="milesight",trigger="manual""#),
+        metrics.contains(r#"provider="oauth2_client_credentials",trigger="manual""#),
         "{metrics}"
     );
     assert!(

@@ -36,13 +36,17 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        2,
+        3,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
     assert_eq!(
         first,
-        vec!["20261123000001".to_owned(), "20261123000002".to_owned()]
+        vec![
+            "20261123000001".to_owned(),
+            "20261123000002".to_owned(),
+            "20261123000003".to_owned()
+        ]
     );
     let second = migrate::run(&target).await.unwrap();
     assert!(second.is_empty(), "second run applied {second:?}");

@@ -1,5 +1,5 @@
-//! The Milesight Development Platform OpenAPI over HTTP (apis.md §1): the client-credentials
-//! token and the device search. Base URL from config, so tests aim it at a fake on 127.0.0.1.
+//! The Milesight Development Platform OpenAPI over HTTP (apis.md §1): the device search. (The
+//! token comes from the refresh engine's `oauth2_client_credentials` provider.) Base URL from config, so tests aim it at a fake on 127.0.0.1.
 
 use std::time::Duration;
 
@@ -66,42 +66,6 @@ struct Envelope<T> {
     err_msg: Option<String>,
 }
 
-/// What `/oauth/token` issues.
-#[derive(Clone, Deserialize)]
-pub struct IssuedToken {
-    pub access_token: String,
-    pub refresh_token: Option<String>,
-    pub expires_in: i64,
-    pub refresh_token_expires_in: Option<i64>,
-}
-
-/// `POST {base}/oauth/token` with the client-credentials grant (form-encoded).
-pub async fn fetch_token(
-    http: &reqwest::Client,
-    base_url: &str,
-    client_id: &str,
-    client_secret: &str,
-) -> Result<IssuedToken, MdpError> {
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", client_id),
-        ("client_secret", client_secret),
-    ];
-    let response = http
-        .post(format!("{base_url}/oauth/token"))
-        .form(&form)
-        .send()
-        .await;
-    let token: IssuedToken = read_wrapped(response, &[client_secret]).await?;
-    if token.access_token.is_empty() || token.expires_in <= 0 {
-        return Err(MdpError::Transient {
-            message: "token response without a usable token".into(),
-            retry_after: None,
-        });
-    }
-    Ok(token)
-}
-
 /// Turns an MDP response into its `data`, or a classified error whose text never contains
 /// any of `secrets`.
 async fn read_wrapped<T: DeserializeOwned>(
@@ -126,7 +90,7 @@ async fn read_wrapped<T: DeserializeOwned>(
         }
     };
     let status = response.status();
-    let retry_after = retry_after(response.headers());
+    let retry_after = crate::providers::retry_after(response.headers());
     let body = response.bytes().await.map_err(|e| MdpError::Transient {
         message: redact(&format!("reading the response failed: {e}"), secrets),
         retry_after: None,
@@ -170,18 +134,6 @@ async fn read_wrapped<T: DeserializeOwned>(
             retry_after: None,
         }),
     }
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .to_std()
-        .ok()
 }
 
 /// A device as `/device/openapi/v1/devices/search` lists it (fields we use).

@@ -93,7 +93,7 @@ pub async fn sync(state: &AppState) -> anyhow::Result<String> {
             // token, one retry.
             let fresh = state
                 .milesight_token
-                .refresh(state, Trigger::OnDemand, now(), true)
+                .refresh_now(state, Trigger::OnDemand)
                 .await?;
             result = client::search_devices(
                 &state.http,

@@ -3,6 +3,7 @@
 //! providers at fake servers.
 
 pub mod meta_long_lived;
+pub mod oauth2_client_credentials;
 pub mod oauth2_refresh;
 pub mod password_login;
 pub mod thingsboard;
@@ -81,14 +82,21 @@ pub trait Provider: Send + Sync {
 }
 
 static OAUTH2_REFRESH: oauth2_refresh::OAuth2Refresh = oauth2_refresh::OAuth2Refresh;
+static OAUTH2_CLIENT_CREDENTIALS: oauth2_client_credentials::OAuth2ClientCredentials =
+    oauth2_client_credentials::OAuth2ClientCredentials;
 static THINGSBOARD: thingsboard::ThingsBoard = thingsboard::ThingsBoard;
 static PASSWORD_LOGIN: password_login::PasswordLogin = password_login::PasswordLogin;
 static META_LONG_LIVED: meta_long_lived::MetaLongLived = meta_long_lived::MetaLongLived;
 
 /// The provider for a connection's `provider` value.
 pub fn provider_for(kind: &str) -> Option<&'static dyn Provider> {
-    let providers: [&'static dyn Provider; 4] =
-        [&OAUTH2_REFRESH, &THINGSBOARD, &PASSWORD_LOGIN, &META_LONG_LIVED];
+    let providers: [&'static dyn Provider; 5] = [
+        &OAUTH2_REFRESH,
+        &OAUTH2_CLIENT_CREDENTIALS,
+        &THINGSBOARD,
+        &PASSWORD_LOGIN,
+        &META_LONG_LIVED,
+    ];
     providers.into_iter().find(|p| p.kind() == kind)
 }
 

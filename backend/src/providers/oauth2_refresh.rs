@@ -62,10 +62,11 @@ struct Settings {
     scope: Option<String>,
 }
 
+/// The sealed credentials of an OAuth2 client.
 #[derive(Deserialize)]
-struct ClientCredentials {
-    client_id: String,
-    client_secret: Option<String>,
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: Option<String>,
 }
 
 /// A token response, success and error fields together: GitHub answers some errors with 200.

@@ -366,14 +366,12 @@ pub async fn set_credentials(db: &Db, crypto: &Crypto, id: i64, credentials: &st
 /// due is decided by the caller (leads differ by provider).
 pub async fn refresh_candidates(
     db: &Db,
-    exclude_provider: &str,
     provider: Option<&str>,
     id: Option<i64>,
 ) -> StorageResult<Vec<Connection>> {
     db_run!(db, |conn| {
         let mut query = connections::table
             .filter(connections::status.ne_all(["disabled", "needs_reauth"]))
-            .filter(connections::provider.ne(exclude_provider))
             .filter(
                 connections::refresh_token
                     .is_not_null()

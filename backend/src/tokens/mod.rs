@@ -23,8 +23,6 @@ use crate::storage::refresh_log::{self, NewRefreshLogEntry};
 use crate::storage::{StorageResult, UtcTime, now};
 
 pub const SWEEP_JOB: &str = "token-refresh-sweep";
-/// The Milesight token has its own keeper (`milesight::token`) and is left out of sweeps.
-const KEPT_ELSEWHERE: &str = crate::milesight::token::PROVIDER;
 
 /// One connection's result in a sweep or a manual refresh.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -114,13 +112,9 @@ impl RefreshEngine {
         at: UtcTime,
     ) -> StorageResult<SweepReport> {
         let idle = state.config.tokens.idle_refresh;
-        let candidates = connections::refresh_candidates(
-            &state.db,
-            KEPT_ELSEWHERE,
-            request.provider.as_deref(),
-            request.connection_id,
-        )
-        .await?;
+        let candidates =
+            connections::refresh_candidates(&state.db, request.provider.as_deref(), request.connection_id)
+                .await?;
         let due: Vec<Connection> = candidates
             .into_iter()
             .filter(|c| providers::provider_for(&c.provider).is_some_and(|p| is_due(c, p, at, idle)))
@@ -179,6 +173,25 @@ impl RefreshEngine {
             connection_id: Some(id),
         };
         Ok(self.refresh_one(state, id, &request, None).await)
+    }
+
+    /// Refreshes one connection if it is due at `at` (callers that need its token now).
+    pub async fn refresh_due(
+        &self,
+        state: &AppState,
+        id: i64,
+        trigger: &'static str,
+        actor: &str,
+        at: UtcTime,
+    ) -> StorageResult<ConnectionResult> {
+        let request = SweepRequest {
+            trigger,
+            actor: actor.into(),
+            dry_run: false,
+            provider: None,
+            connection_id: Some(id),
+        };
+        Ok(self.refresh_one(state, id, &request, Some(at)).await)
     }
 
     /// `due_at`: refresh only if still due at that time (sweeps); `None`: refresh regardless,
@@ -273,8 +286,20 @@ impl RefreshEngine {
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(30))
             .with_jitter()
-            .with_max_times(state.config.tokens.max_attempts.saturating_sub(1) as usize);
+            .with_max_times(
+                own_max_attempts(connection)
+                    .unwrap_or(state.config.tokens.max_attempts)
+                    .saturating_sub(1) as usize,
+            );
+        let quota_key = own_setting(connection, "quota_key").and_then(|v| v.as_str().map(str::to_owned));
         let attempt = || async {
+            if let Some(key) = quota_key.as_deref() {
+                // Counted towards the platform's daily quota, but never refused for it: a lapsed
+                // token would stop everything else.
+                if let Err(err) = crate::storage::usage::reserve(&state.db, key, now(), i64::MAX).await {
+                    tracing::debug!(error = %err, "could not count a token request");
+                }
+            }
             let started = Instant::now();
             let outcome = provider.refresh(&state.http, connection, &secrets).await;
             state
@@ -312,7 +337,7 @@ impl RefreshEngine {
             })
             .await;
         let at = now();
-        Ok(match result {
+        let result = match result {
             Ok(issued) => {
                 let stored = connections::store_refreshed_token(
                     &state.db,
@@ -354,7 +379,9 @@ impl RefreshEngine {
                 result_of(&stored, "failed", Some(message))
             }
             Err(Outcome::Refreshed(_)) => result_of(connection, "failed", Some("unreachable".into())),
-        })
+        };
+        crate::milesight::token::note_outcome(state, connection, result.outcome);
+        Ok(result)
     }
 
     async fn log(
@@ -461,19 +488,30 @@ pub fn token_status(connection: &Connection, lead: Duration, at: UtcTime) -> &'s
 }
 
 /// The lead time that applies to a connection: its own `lead_secs`, else its provider's.
-pub fn lead_for(connection: &Connection, config: &Config) -> Duration {
-    if connection.provider == KEPT_ELSEWHERE {
-        return config.milesight.token_lead;
-    }
+pub fn lead_for(connection: &Connection) -> Duration {
     own_lead(connection)
         .or_else(|| providers::provider_for(&connection.provider).map(|p| p.default_lead()))
         .unwrap_or(Duration::from_secs(600))
 }
 
-/// A connection's own `lead_secs` setting, if it has one.
-fn own_lead(connection: &Connection) -> Option<Duration> {
+/// One of a connection's settings, if it has it.
+fn own_setting(connection: &Connection, key: &str) -> Option<serde_json::Value> {
     serde_json::from_str::<serde_json::Value>(&connection.settings)
         .ok()
-        .and_then(|s| s.get("lead_secs").and_then(serde_json::Value::as_u64))
+        .and_then(|mut s| s.get_mut(key).map(serde_json::Value::take))
+}
+
+/// A connection's own `lead_secs` setting, if it has one.
+fn own_lead(connection: &Connection) -> Option<Duration> {
+    own_setting(connection, "lead_secs")
+        .and_then(|v| v.as_u64())
         .map(Duration::from_secs)
+}
+
+/// A connection's own `max_attempts` (upstream attempts per refresh), if it has one.
+fn own_max_attempts(connection: &Connection) -> Option<u32> {
+    own_setting(connection, "max_attempts")
+        .and_then(|v| v.as_u64())
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n > 0)
 }

@@ -21,7 +21,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 pub async fn refresh(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
         .milesight_token
-        .refresh(&state, Trigger::Manual, now(), true)
+        .refresh_now(&state, Trigger::Manual)
         .await
         .map_err(token_error)?;
     let status = state

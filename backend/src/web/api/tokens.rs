@@ -19,8 +19,8 @@ use crate::tokens::{lead_for, token_status};
 use crate::web::ApiError;
 
 /// A connection as the API shows it.
-pub fn view(state: &AppState, c: &Connection, at: UtcTime) -> Value {
-    let lead = lead_for(c, &state.config);
+pub fn view(c: &Connection, at: UtcTime) -> Value {
+    let lead = lead_for(c);
     json!({
         "id": c.id,
         "account_id": c.account_id,
@@ -119,7 +119,7 @@ pub async fn create(
             ),
             other => other.into(),
         })?;
-    Ok(HttpResponse::Created().json(view(&state, &created, now())))
+    Ok(HttpResponse::Created().json(view(&created, now())))
 }
 
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -127,7 +127,7 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     let items: Vec<Value> = connections::list_connections(&state.db)
         .await?
         .iter()
-        .map(|c| view(&state, c, at))
+        .map(|c| view(c, at))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
@@ -143,7 +143,7 @@ pub async fn detail(state: web::Data<AppState>, id: web::Path<i64>) -> Result<Ht
     let c = connections::get_connection(&state.db, *id)
         .await
         .map_err(not_found(*id))?;
-    Ok(HttpResponse::Ok().json(view(&state, &c, now())))
+    Ok(HttpResponse::Ok().json(view(&c, now())))
 }
 
 pub async fn delete(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
@@ -157,7 +157,7 @@ pub async fn delete(state: web::Data<AppState>, id: web::Path<i64>) -> Result<Ht
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let at = now();
     let all = connections::list_connections(&state.db).await?;
-    let mut rows: Vec<Value> = all.iter().map(|c| view(&state, c, at)).collect();
+    let mut rows: Vec<Value> = all.iter().map(|c| view(c, at)).collect();
     rows.sort_by_key(|r| r["runway_secs"].as_i64().unwrap_or(i64::MIN));
     let count = |status: &str| rows.iter().filter(|r| r["status"] == status).count();
     Ok(HttpResponse::Ok().json(json!({
@@ -175,14 +175,6 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 pub async fn refresh(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
-    if let Ok(c) = connections::get_connection(&state.db, *id).await
-        && c.provider == crate::milesight::token::PROVIDER
-    {
-        return Err(ApiError::bad_request(
-            "use_milesight_endpoint",
-            "refresh the Milesight token with POST /api/milesight/token/refresh",
-        ));
-    }
     let result = state
         .token_engine
         .refresh_now(&state, *id, "manual", "api")
@@ -196,8 +188,7 @@ pub async fn refresh(state: web::Data<AppState>, id: web::Path<i64>) -> Result<H
     let connection = connections::get_connection(&state.db, *id)
         .await
         .map_err(not_found(*id))?;
-    Ok(HttpResponse::build(code)
-        .json(json!({ "result": result, "connection": view(&state, &connection, now()) })))
+    Ok(HttpResponse::build(code).json(json!({ "result": result, "connection": view(&connection, now()) })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,5 +302,5 @@ pub async fn update(
     let updated = connections::update_connection(&state.db, &state.crypto, *id, &update)
         .await
         .map_err(not_found(*id))?;
-    Ok(HttpResponse::Ok().json(view(&state, &updated, now())))
+    Ok(HttpResponse::Ok().json(view(&updated, now())))
 }
