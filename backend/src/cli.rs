@@ -50,6 +50,70 @@ enum Command {
         #[arg(long)]
         connection: Option<i64>,
     },
+    /// Manage connected-platform connections (output never contains a secret).
+    Connections {
+        #[command(subcommand)]
+        action: ConnectionsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectionsCommand {
+    /// List every connection with its token status, shortest runway first.
+    List,
+    /// Show one connection as JSON.
+    Show { id: i64 },
+    /// Add a connection.
+    Add {
+        /// The customer or user it belongs to (created when new).
+        #[arg(long)]
+        account: String,
+        /// Provider kind, e.g. oauth2_refresh, thingsboard, password_login.
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Non-secret settings as a JSON object, e.g. '{"preset":"spotify"}'.
+        #[arg(long)]
+        settings: Option<String>,
+        /// File (or - for stdin) holding a JSON object with any of credentials, access_token,
+        /// refresh_token: secrets stay off the command line and out of shell history.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        /// When the pasted access token expires (RFC 3339).
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Change a connection; new secrets re-authorise one that needs it.
+    Update {
+        id: i64,
+        /// An empty value clears it.
+        #[arg(long)]
+        base_url: Option<String>,
+        #[arg(long)]
+        settings: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Stop refreshing a connection (kept, shown as disabled).
+    Disable { id: i64 },
+    /// Refresh a disabled connection again.
+    Enable { id: i64 },
+    /// Delete a connection and its tokens.
+    Delete { id: i64 },
+}
+
+/// What `--secrets` files hold.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsInput {
+    credentials: Option<serde_json::Value>,
+    access_token: Option<String>,
+    refresh_token: Option<String>,
 }
 
 pub fn main() -> ExitCode {
@@ -88,6 +152,7 @@ pub fn main() -> ExitCode {
                 provider,
                 connection,
             } => refresh_tokens(config, dry_run, provider, connection).await,
+            Command::Connections { action } => manage_connections(config, action).await,
             Command::CheckConfig | Command::GenKey => Ok(()),
         }
     });
@@ -222,4 +287,131 @@ async fn refresh_tokens(
         anyhow::bail!("{} refresh(es) failed", report.failed);
     }
     Ok(())
+}
+
+fn read_secrets(path: Option<&std::path::Path>) -> anyhow::Result<SecretsInput> {
+    use std::io::Read;
+    let Some(path) = path else {
+        return Ok(SecretsInput::default());
+    };
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    }
+    // serde's message names the field and position, never the value.
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "--secrets must be a JSON object with credentials, access_token or refresh_token: {e}"
+        )
+    })
+}
+
+fn parse_settings(text: Option<&str>) -> anyhow::Result<Option<serde_json::Value>> {
+    text.map(|t| serde_json::from_str(t).map_err(|e| anyhow::anyhow!("--settings is not JSON: {e}")))
+        .transpose()
+}
+
+async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyhow::Result<()> {
+    use crate::tokens::manage::{self, ConnectionChange, ConnectionSpec, view};
+    let crypto = load_crypto(&config)?;
+    migrate::run(&config.database).await?;
+    let state = AppState::new(config, crypto)?;
+    let at = crate::storage::now();
+    let print = |c: &connections::Connection| {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view(c, at)).unwrap_or_default()
+        );
+    };
+    let change = |id: i64, change: ConnectionChange| {
+        let state = &state;
+        async move { manage::update(state, id, change).await }
+    };
+    let result = match action {
+        ConnectionsCommand::List => {
+            let mut all = connections::list_connections(&state.db).await?;
+            all.sort_by_key(|c| (c.expires_at.is_none(), c.expires_at.map(|t| t.0)));
+            println!(
+                "{:<6} {:<26} {:<24} {:<13} {:<27} TOKEN",
+                "ID", "PROVIDER", "NAME", "STATUS", "EXPIRES AT"
+            );
+            for c in &all {
+                println!(
+                    "{:<6} {:<26} {:<24} {:<13} {:<27} {}",
+                    c.id,
+                    c.provider,
+                    c.name,
+                    crate::tokens::token_status(c, crate::tokens::lead_for(c), at),
+                    c.expires_at.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    c.token_fingerprint.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        ConnectionsCommand::Show { id } => {
+            let c = connections::get_connection(&state.db, id)
+                .await
+                .map_err(|_| anyhow::anyhow!("no connection with id {id}"))?;
+            print(&c);
+            Ok(())
+        }
+        ConnectionsCommand::Add {
+            account,
+            provider,
+            name,
+            base_url,
+            settings,
+            secrets,
+            expires_at,
+        } => {
+            let secrets = read_secrets(secrets.as_deref())?;
+            let spec = ConnectionSpec {
+                account,
+                provider,
+                name,
+                base_url,
+                settings: parse_settings(settings.as_deref())?,
+                credentials: secrets.credentials,
+                access_token: secrets.access_token,
+                refresh_token: secrets.refresh_token,
+                expires_at,
+            };
+            manage::create(&state, spec).await.map(|c| print(&c))
+        }
+        ConnectionsCommand::Update {
+            id,
+            base_url,
+            settings,
+            secrets,
+            expires_at,
+        } => {
+            let secrets = read_secrets(secrets.as_deref())?;
+            let update = ConnectionChange {
+                base_url,
+                settings: parse_settings(settings.as_deref())?,
+                credentials: secrets.credentials,
+                access_token: secrets.access_token,
+                refresh_token: secrets.refresh_token,
+                expires_at,
+                disabled: None,
+            };
+            change(id, update).await.map(|c| print(&c))
+        }
+        ConnectionsCommand::Disable { id } | ConnectionsCommand::Enable { id } => {
+            let disabled = matches!(action, ConnectionsCommand::Disable { .. });
+            let update = ConnectionChange {
+                disabled: Some(disabled),
+                ..Default::default()
+            };
+            change(id, update).await.map(|c| print(&c))
+        }
+        ConnectionsCommand::Delete { id } => manage::delete(&state, id)
+            .await
+            .map(|()| println!("deleted connection {id}")),
+    };
+    state.db.close();
+    Ok(result?)
 }

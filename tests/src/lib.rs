@@ -241,6 +241,12 @@ pub fn telltale_bin() -> PathBuf {
 
 /// Runs `telltale ARGS` to completion with a clean environment plus `env`.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    run_cli_with_stdin(args, env, "")
+}
+
+/// `run_cli` with `stdin` piped to the command.
+pub fn run_cli_with_stdin(args: &[&str], env: &[(&str, &str)], stdin: &str) -> std::process::Output {
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = Command::new(telltale_bin());
     cmd.args(args)
@@ -250,7 +256,17 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output()
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run telltale: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot write to telltale's stdin: {e}"));
+    }
+    child
+        .wait_with_output()
         .unwrap_or_else(|e| panic!("cannot run telltale: {e}"))
 }
 

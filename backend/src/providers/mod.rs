@@ -88,16 +88,22 @@ static THINGSBOARD: thingsboard::ThingsBoard = thingsboard::ThingsBoard;
 static PASSWORD_LOGIN: password_login::PasswordLogin = password_login::PasswordLogin;
 static META_LONG_LIVED: meta_long_lived::MetaLongLived = meta_long_lived::MetaLongLived;
 
+const PROVIDERS: [&dyn Provider; 5] = [
+    &OAUTH2_REFRESH,
+    &OAUTH2_CLIENT_CREDENTIALS,
+    &THINGSBOARD,
+    &PASSWORD_LOGIN,
+    &META_LONG_LIVED,
+];
+
 /// The provider for a connection's `provider` value.
 pub fn provider_for(kind: &str) -> Option<&'static dyn Provider> {
-    let providers: [&'static dyn Provider; 5] = [
-        &OAUTH2_REFRESH,
-        &OAUTH2_CLIENT_CREDENTIALS,
-        &THINGSBOARD,
-        &PASSWORD_LOGIN,
-        &META_LONG_LIVED,
-    ];
-    providers.into_iter().find(|p| p.kind() == kind)
+    PROVIDERS.into_iter().find(|p| p.kind() == kind)
+}
+
+/// Every provider kind a connection can be created with.
+pub fn kinds() -> Vec<&'static str> {
+    PROVIDERS.iter().map(|p| p.kind()).collect()
 }
 
 /// A request that got no answer (timeout, refused connection, …): worth retrying. The URL is

@@ -6,6 +6,8 @@
 //! The scheduled sweep, manual refreshes and (later) the CLI and cron endpoint all call
 //! `RefreshEngine` so they behave the same.
 
+pub mod manage;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -9,116 +9,31 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{json_text, page_limit};
+use super::page_limit;
 use crate::app::AppState;
-use crate::providers;
-use crate::storage::connections::{self, Connection, NewConnection};
+use crate::storage::connections;
 use crate::storage::refresh_log::{self, LogFilter};
 use crate::storage::{StorageError, UtcTime, now};
-use crate::tokens::{lead_for, token_status};
+use crate::tokens::manage::{self, ConnectionChange, ConnectionSpec, ManageError, view};
 use crate::web::ApiError;
 
-/// A connection as the API shows it.
-pub fn view(c: &Connection, at: UtcTime) -> Value {
-    let lead = lead_for(c);
-    json!({
-        "id": c.id,
-        "account_id": c.account_id,
-        "provider": c.provider,
-        "name": c.name,
-        "base_url": c.base_url,
-        "settings": json_text(&c.settings),
-        "status": token_status(c, lead, at),
-        "expires_at": c.expires_at,
-        "runway_secs": c.expires_at.map(|e| (e.0 - at.0).num_seconds()),
-        "refresh_expires_at": c.refresh_expires_at,
-        "token_fingerprint": c.token_fingerprint,
-        "has_refresh_token": c.refresh_token.is_some(),
-        "has_credentials": c.credentials.is_some(),
-        "consecutive_failures": c.consecutive_failures,
-        "last_error": c.last_error,
-        "last_refresh_attempt_at": c.last_refresh_attempt_at,
-        "last_refresh_success_at": c.last_refresh_success_at,
-        "last_sync_at": c.last_sync_at,
-    })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateConnection {
-    account: String,
-    provider: String,
-    name: String,
-    base_url: Option<String>,
-    #[serde(default)]
-    settings: Option<Value>,
-    /// Secret: e.g. `{"client_id": "…", "client_secret": "…"}`; stored sealed.
-    credentials: Option<Value>,
-    access_token: Option<String>,
-    refresh_token: Option<String>,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_connection", message)
+/// How a connection-management failure reads over HTTP.
+fn manage_error(err: ManageError) -> ApiError {
+    match err {
+        ManageError::Invalid(message) => ApiError::bad_request("invalid_connection", message),
+        ManageError::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", err.to_string()),
+        ManageError::NotFound(_) => ApiError::not_found(err.to_string()),
+        ManageError::Storage(e) => e.into(),
+    }
 }
 
 pub async fn create(
     state: web::Data<AppState>,
-    body: web::Json<CreateConnection>,
+    body: web::Json<ConnectionSpec>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    if providers::provider_for(&body.provider).is_none() {
-        return Err(invalid(format!(
-            "unknown provider {:?}; known: oauth2_refresh, thingsboard, password_login, meta_long_lived",
-            body.provider
-        )));
-    }
-    let name_ok = |s: &str| !s.trim().is_empty() && s.len() <= 100;
-    if !name_ok(&body.account) || !name_ok(&body.name) {
-        return Err(invalid("account and name must be 1-100 characters"));
-    }
-    if let Some(url) = &body.base_url
-        && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-    {
-        return Err(invalid("base_url must be an http(s) URL"));
-    }
-    let settings = body.settings.unwrap_or_else(|| json!({}));
-    if !settings.is_object() {
-        return Err(invalid("settings must be a JSON object"));
-    }
-    let credentials = match body.credentials {
-        Some(c @ Value::Object(_)) => Some(c.to_string()),
-        Some(_) => return Err(invalid("credentials must be a JSON object")),
-        None => None,
-    };
-    let account = match connections::account_by_name(&state.db, &body.account).await {
-        Ok(account) => account,
-        Err(StorageError::NotFound) => connections::create_account(&state.db, &body.account, None).await?,
-        Err(e) => return Err(e.into()),
-    };
-    let new = NewConnection {
-        account_id: account.id,
-        provider: body.provider,
-        name: body.name,
-        base_url: body.base_url,
-        settings,
-        credentials,
-        access_token: body.access_token.filter(|t| !t.is_empty()),
-        refresh_token: body.refresh_token.filter(|t| !t.is_empty()),
-        expires_at: body.expires_at.map(UtcTime::new),
-        refresh_expires_at: None,
-    };
-    let created = connections::create_connection(&state.db, &state.crypto, &new)
+    let created = manage::create(&state, body.into_inner())
         .await
-        .map_err(|e| match e {
-            StorageError::Conflict(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "this account already has a connection with that provider and name",
-            ),
-            other => other.into(),
-        })?;
+        .map_err(manage_error)?;
     Ok(HttpResponse::Created().json(view(&created, now())))
 }
 
@@ -147,9 +62,7 @@ pub async fn detail(state: web::Data<AppState>, id: web::Path<i64>) -> Result<Ht
 }
 
 pub async fn delete(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
-    connections::delete_connection(&state.db, *id)
-        .await
-        .map_err(not_found(*id))?;
+    manage::delete(&state, *id).await.map_err(manage_error)?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -256,51 +169,15 @@ pub async fn stats(
     Ok(HttpResponse::Ok().json(json!({ "window_hours": hours, "since": since, "items": items })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateConnection {
-    /// An empty string clears it.
-    base_url: Option<String>,
-    settings: Option<Value>,
-    credentials: Option<Value>,
-    access_token: Option<String>,
-    refresh_token: Option<String>,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    disabled: Option<bool>,
-}
-
 /// `PATCH /api/connections/{id}`: change settings, rotate credentials or paste new tokens
 /// (which re-authorises a `needs_reauth` connection), or disable / enable it.
 pub async fn update(
     state: web::Data<AppState>,
     id: web::Path<i64>,
-    body: web::Json<UpdateConnection>,
+    body: web::Json<ConnectionChange>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    if let Some(url) = body.base_url.as_deref().filter(|u| !u.is_empty())
-        && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-    {
-        return Err(invalid("base_url must be an http(s) URL"));
-    }
-    if body.settings.as_ref().is_some_and(|s| !s.is_object()) {
-        return Err(invalid("settings must be a JSON object"));
-    }
-    let credentials = match body.credentials {
-        Some(c @ Value::Object(_)) => Some(c.to_string()),
-        Some(_) => return Err(invalid("credentials must be a JSON object")),
-        None => None,
-    };
-    let update = connections::ConnectionUpdate {
-        base_url: body.base_url.map(|u| Some(u).filter(|u| !u.is_empty())),
-        settings: body.settings,
-        credentials,
-        access_token: body.access_token.filter(|t| !t.is_empty()),
-        refresh_token: body.refresh_token.filter(|t| !t.is_empty()),
-        expires_at: body.expires_at.map(|t| Some(UtcTime::new(t))),
-        disabled: body.disabled,
-    };
-    let updated = connections::update_connection(&state.db, &state.crypto, *id, &update)
+    let updated = manage::update(&state, *id, body.into_inner())
         .await
-        .map_err(not_found(*id))?;
+        .map_err(manage_error)?;
     Ok(HttpResponse::Ok().json(view(&updated, now())))
 }

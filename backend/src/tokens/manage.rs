@@ -1,0 +1,184 @@
+//! Creating, changing and deleting connections: the rules the JSON API and the CLI share.
+//! Inputs are validated here; secrets go straight to sealed storage and the view of a
+//! connection never contains one (tokens appear as a fingerprint).
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{lead_for, token_status};
+use crate::app::AppState;
+use crate::providers;
+use crate::storage::connections::{self, Connection, ConnectionUpdate, NewConnection};
+use crate::storage::{StorageError, UtcTime};
+
+/// A new connection, as `POST /api/connections` and `telltale connections add` take it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSpec {
+    pub account: String,
+    pub provider: String,
+    pub name: String,
+    pub base_url: Option<String>,
+    pub settings: Option<Value>,
+    /// Secret: e.g. `{"client_id": "…", "client_secret": "…"}`; stored sealed.
+    pub credentials: Option<Value>,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Changes to a connection; absent fields stay as they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionChange {
+    /// An empty string clears it.
+    pub base_url: Option<String>,
+    pub settings: Option<Value>,
+    pub credentials: Option<Value>,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `true` disables the connection (sweeps skip it), `false` enables it again.
+    pub disabled: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("this account already has a connection with that provider and name")]
+    Conflict,
+    #[error("no connection with id {0}")]
+    NotFound(i64),
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+fn invalid(message: impl Into<String>) -> ManageError {
+    ManageError::Invalid(message.into())
+}
+
+fn storage(id: i64) -> impl Fn(StorageError) -> ManageError {
+    move |e| match e {
+        StorageError::NotFound => ManageError::NotFound(id),
+        StorageError::Conflict(_) => ManageError::Conflict,
+        other => ManageError::Storage(other),
+    }
+}
+
+fn check_base_url(url: &str) -> Result<(), ManageError> {
+    if url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+        Ok(())
+    } else {
+        Err(invalid("base_url must be an http(s) URL"))
+    }
+}
+
+fn credentials_text(credentials: Option<Value>) -> Result<Option<String>, ManageError> {
+    match credentials {
+        Some(c @ Value::Object(_)) => Ok(Some(c.to_string())),
+        Some(_) => Err(invalid("credentials must be a JSON object")),
+        None => Ok(None),
+    }
+}
+
+fn non_empty(text: Option<String>) -> Option<String> {
+    text.filter(|t| !t.is_empty())
+}
+
+pub async fn create(state: &AppState, spec: ConnectionSpec) -> Result<Connection, ManageError> {
+    if providers::provider_for(&spec.provider).is_none() {
+        return Err(invalid(format!(
+            "unknown provider {:?}; known: {}",
+            spec.provider,
+            providers::kinds().join(", ")
+        )));
+    }
+    let name_ok = |s: &str| !s.trim().is_empty() && s.len() <= 100;
+    if !name_ok(&spec.account) || !name_ok(&spec.name) {
+        return Err(invalid("account and name must be 1-100 characters"));
+    }
+    if let Some(url) = &spec.base_url {
+        check_base_url(url)?;
+    }
+    let settings = spec.settings.unwrap_or_else(|| json!({}));
+    if !settings.is_object() {
+        return Err(invalid("settings must be a JSON object"));
+    }
+    let credentials = credentials_text(spec.credentials)?;
+    let account = match connections::account_by_name(&state.db, &spec.account).await {
+        Ok(account) => account,
+        Err(StorageError::NotFound) => connections::create_account(&state.db, &spec.account, None)
+            .await
+            .map_err(storage(0))?,
+        Err(e) => return Err(ManageError::Storage(e)),
+    };
+    let new = NewConnection {
+        account_id: account.id,
+        provider: spec.provider,
+        name: spec.name,
+        base_url: spec.base_url,
+        settings,
+        credentials,
+        access_token: non_empty(spec.access_token),
+        refresh_token: non_empty(spec.refresh_token),
+        expires_at: spec.expires_at.map(UtcTime::new),
+        refresh_expires_at: None,
+    };
+    connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .map_err(storage(0))
+}
+
+/// Changes settings, rotates credentials or pastes new tokens (which re-authorises a
+/// `needs_reauth` connection), or disables / enables it.
+pub async fn update(state: &AppState, id: i64, change: ConnectionChange) -> Result<Connection, ManageError> {
+    if let Some(url) = change.base_url.as_deref().filter(|u| !u.is_empty()) {
+        check_base_url(url)?;
+    }
+    if change.settings.as_ref().is_some_and(|s| !s.is_object()) {
+        return Err(invalid("settings must be a JSON object"));
+    }
+    let update = ConnectionUpdate {
+        base_url: change.base_url.map(|u| Some(u).filter(|u| !u.is_empty())),
+        settings: change.settings,
+        credentials: credentials_text(change.credentials)?,
+        access_token: non_empty(change.access_token),
+        refresh_token: non_empty(change.refresh_token),
+        expires_at: change.expires_at.map(|t| Some(UtcTime::new(t))),
+        disabled: change.disabled,
+    };
+    connections::update_connection(&state.db, &state.crypto, id, &update)
+        .await
+        .map_err(storage(id))
+}
+
+pub async fn delete(state: &AppState, id: i64) -> Result<(), ManageError> {
+    connections::delete_connection(&state.db, id)
+        .await
+        .map_err(storage(id))
+}
+
+/// A connection as people see it (API and CLI): never a secret.
+pub fn view(c: &Connection, at: UtcTime) -> Value {
+    json!({
+        "id": c.id,
+        "account_id": c.account_id,
+        "provider": c.provider,
+        "name": c.name,
+        "base_url": c.base_url,
+        "settings": serde_json::from_str::<Value>(&c.settings).unwrap_or_else(|_| Value::String(c.settings.clone())),
+        "status": token_status(c, lead_for(c), at),
+        "expires_at": c.expires_at,
+        "runway_secs": c.expires_at.map(|e| (e.0 - at.0).num_seconds()),
+        "refresh_expires_at": c.refresh_expires_at,
+        "token_fingerprint": c.token_fingerprint,
+        "has_refresh_token": c.refresh_token.is_some(),
+        "has_credentials": c.credentials.is_some(),
+        "consecutive_failures": c.consecutive_failures,
+        "last_error": c.last_error,
+        "last_refresh_attempt_at": c.last_refresh_attempt_at,
+        "last_refresh_success_at": c.last_refresh_success_at,
+        "last_sync_at": c.last_sync_at,
+    })
+}
