@@ -29,6 +29,7 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub milesight_token: Arc<TokenKeeper>,
     pub token_engine: Arc<crate::tokens::RefreshEngine>,
+    pub poll_engine: Arc<crate::polling::PollEngine>,
 }
 
 /// Whether the service can do its job, and if not, why.
@@ -91,6 +92,7 @@ impl AppState {
             http,
             milesight_token: Arc::new(TokenKeeper::new()),
             token_engine: Arc::new(crate::tokens::RefreshEngine::new()),
+            poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling)),
             intake,
             config: Arc::new(config),
             db,
@@ -106,6 +108,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     let mut specs = crate::milesight::housekeeping::job_specs(config);
     specs.extend(crate::milesight::inventory::job_specs(config));
     specs.extend(crate::tokens::job_specs(config));
+    specs.extend(crate::polling::job_specs(config));
     specs
 }
 

@@ -50,6 +50,18 @@ enum Command {
         #[arg(long)]
         connection: Option<i64>,
     },
+    /// Poll due connected-platform endpoints once and print a table; exits 1 if any failed.
+    Poll {
+        /// Show what would be polled without calling any platform or storing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this platform (spotify, google, github, discord, thingsboard) or provider kind.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this connection id.
+        #[arg(long)]
+        connection: Option<i64>,
+    },
     /// Manage connected-platform connections (output never contains a secret).
     Connections {
         #[command(subcommand)]
@@ -153,6 +165,11 @@ pub fn main() -> ExitCode {
                 connection,
             } => refresh_tokens(config, dry_run, provider, connection).await,
             Command::Connections { action } => manage_connections(config, action).await,
+            Command::Poll {
+                dry_run,
+                provider,
+                connection,
+            } => poll(config, dry_run, provider, connection).await,
             Command::CheckConfig | Command::GenKey => Ok(()),
         }
     });
@@ -414,4 +431,58 @@ async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyho
     };
     state.db.close();
     Ok(result?)
+}
+
+async fn poll(
+    config: Config,
+    dry_run: bool,
+    platform: Option<String>,
+    connection: Option<i64>,
+) -> anyhow::Result<()> {
+    let crypto = load_crypto(&config)?;
+    migrate::run(&config.database).await?;
+    let state = AppState::new(config, crypto)?;
+    let request = crate::polling::PollRequest {
+        trigger: "cli",
+        dry_run,
+        platform,
+        connection_id: connection,
+    };
+    let report = state
+        .poll_engine
+        .sweep(&state, &request, crate::storage::now())
+        .await?;
+    println!(
+        "{:<6} {:<12} {:<18} {:<24} {:<11} {:>6} {:>5} {:<7} DETAIL",
+        "ID", "PLATFORM", "ENDPOINT", "CONNECTION", "OUTCOME", "ITEMS", "PAGES", "STORED"
+    );
+    for r in &report.results {
+        println!(
+            "{:<6} {:<12} {:<18} {:<24} {:<11} {:>6} {:>5} {:<7} {}",
+            r.connection_id,
+            r.platform,
+            r.endpoint,
+            r.connection,
+            r.outcome,
+            r.items,
+            r.pages,
+            if r.stored { "new" } else { "-" },
+            r.detail.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "{} poll(s) for {} connection(s) of {} user(s): {} ok, {} failed, {} skipped{}",
+        report.polls,
+        report.connections,
+        report.users,
+        report.succeeded,
+        report.failed,
+        report.skipped,
+        if dry_run { " (dry run: nothing polled)" } else { "" }
+    );
+    state.db.close();
+    if report.failed > 0 {
+        anyhow::bail!("{} poll(s) failed", report.failed);
+    }
+    Ok(())
 }

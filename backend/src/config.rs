@@ -30,8 +30,33 @@ pub struct Config {
     /// Time zone the job schedules are written in.
     pub scheduler_timezone: chrono_tz::Tz,
     pub tokens: TokensConfig,
+    pub polling: PollingConfig,
     /// Bearer secret for the `/api/cron/*` endpoints; they are disabled (404) without one.
     pub cron_secret: Option<SecretString>,
+}
+
+/// Polling connected platforms' data.
+#[derive(Clone, Debug)]
+pub struct PollingConfig {
+    pub sweep_schedule: String,
+    /// Polls in flight at once per sweep, and per platform.
+    pub concurrency: usize,
+    pub per_platform_concurrency: usize,
+    /// Requests per second to one platform, across its connections (spaced, not bursted).
+    pub requests_per_second: u32,
+    /// Pages followed per poll.
+    pub max_pages: u32,
+    /// Attempts per page for transient failures (5xx, timeouts, garbage).
+    pub max_attempts: u32,
+    pub lease: Duration,
+    /// Longest `Retry-After` a poll waits for; longer ones fail the poll and pause the platform.
+    pub max_retry_wait: Duration,
+    pub retention_days: u32,
+    /// Keep at most this many payloads per (connection, endpoint); `None`: no count limit.
+    pub keep_payloads: Option<u32>,
+    pub retention_schedule: String,
+    /// Schedule overrides by `platform` or `platform/endpoint`.
+    pub schedules: std::collections::BTreeMap<String, String>,
 }
 
 /// The refresh engine for connected platforms.
@@ -142,6 +167,26 @@ struct FileConfig {
     scheduler: FileScheduler,
     #[serde(default)]
     tokens: FileTokens,
+    #[serde(default)]
+    polling: FilePolling,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolling {
+    sweep_schedule: Option<String>,
+    concurrency: Option<u64>,
+    per_platform_concurrency: Option<u64>,
+    requests_per_second: Option<u64>,
+    max_pages: Option<u64>,
+    max_attempts: Option<u64>,
+    lease_secs: Option<u64>,
+    max_retry_wait_secs: Option<u64>,
+    retention_days: Option<u64>,
+    keep_payloads: Option<u64>,
+    retention_schedule: Option<String>,
+    #[serde(default)]
+    schedules: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,6 +407,54 @@ const TK_IDLE: Key = Key {
     file: "tokens.idle_refresh_days",
     env: "TELLTALE_TOKEN_IDLE_REFRESH_DAYS",
 };
+const PL_SCHEDULE: Key = Key {
+    file: "polling.sweep_schedule",
+    env: "TELLTALE_POLL_SWEEP_SCHEDULE",
+};
+const PL_CONCURRENCY: Key = Key {
+    file: "polling.concurrency",
+    env: "TELLTALE_POLL_CONCURRENCY",
+};
+const PL_PER_PLATFORM: Key = Key {
+    file: "polling.per_platform_concurrency",
+    env: "TELLTALE_POLL_PER_PLATFORM_CONCURRENCY",
+};
+const PL_RATE: Key = Key {
+    file: "polling.requests_per_second",
+    env: "TELLTALE_POLL_REQUESTS_PER_SECOND",
+};
+const PL_PAGES: Key = Key {
+    file: "polling.max_pages",
+    env: "TELLTALE_POLL_MAX_PAGES",
+};
+const PL_ATTEMPTS: Key = Key {
+    file: "polling.max_attempts",
+    env: "TELLTALE_POLL_MAX_ATTEMPTS",
+};
+const PL_LEASE: Key = Key {
+    file: "polling.lease_secs",
+    env: "TELLTALE_POLL_LEASE_SECS",
+};
+const PL_RETRY_WAIT: Key = Key {
+    file: "polling.max_retry_wait_secs",
+    env: "TELLTALE_POLL_MAX_RETRY_WAIT_SECS",
+};
+const PL_RETENTION: Key = Key {
+    file: "polling.retention_days",
+    env: "TELLTALE_POLL_RETENTION_DAYS",
+};
+const PL_KEEP: Key = Key {
+    file: "polling.keep_payloads",
+    env: "TELLTALE_POLL_KEEP_PAYLOADS",
+};
+const PL_RETENTION_SCHEDULE: Key = Key {
+    file: "polling.retention_schedule",
+    env: "TELLTALE_POLL_RETENTION_SCHEDULE",
+};
+const PL_SCHEDULES: Key = Key {
+    file: "polling.schedules",
+    env: "(file only)",
+};
 const CRON_SECRET: Key = Key {
     file: "cron_secret",
     env: "CRON_SECRET",
@@ -407,6 +500,18 @@ const ALL_KEYS: &[&Key] = &[
     &TK_ATTEMPTS,
     &TK_LEASE,
     &TK_IDLE,
+    &PL_SCHEDULE,
+    &PL_CONCURRENCY,
+    &PL_PER_PLATFORM,
+    &PL_RATE,
+    &PL_PAGES,
+    &PL_ATTEMPTS,
+    &PL_LEASE,
+    &PL_RETRY_WAIT,
+    &PL_RETENTION,
+    &PL_KEEP,
+    &PL_RETENTION_SCHEDULE,
+    &PL_SCHEDULES,
     &CRON_SECRET,
 ];
 
@@ -757,6 +862,64 @@ impl Config {
             ),
         };
 
+        let pl = file.polling;
+        let mut schedules = std::collections::BTreeMap::new();
+        for (target, expression) in pl.schedules {
+            if !crate::polling::catalogue::is_target(&target) {
+                return Err(PL_SCHEDULES.error(format!(
+                    "unknown platform or endpoint {target:?}; expected e.g. \"spotify\" or \"spotify/recently_played\""
+                )));
+            }
+            crate::scheduler::parse_schedule(&expression)
+                .map_err(|m| PL_SCHEDULES.error(format!("{target}: {expression:?}: {m}")))?;
+            schedules.insert(target, expression);
+        }
+        let keep_payloads = match pick_num(&PL_KEEP, pl.keep_payloads)? {
+            None | Some(0) => None,
+            Some(n) if n <= 1_000_000 => Some(n as u32),
+            Some(n) => return Err(PL_KEEP.error(format!("expected 0 (no limit) to 1000000, got {n}"))),
+        };
+        let polling = PollingConfig {
+            sweep_schedule: schedule(&PL_SCHEDULE, pl.sweep_schedule, "0 * * * * *")?,
+            concurrency: positive(
+                &PL_CONCURRENCY,
+                pick_num(&PL_CONCURRENCY, pl.concurrency)?,
+                8,
+                1000,
+            )? as usize,
+            per_platform_concurrency: positive(
+                &PL_PER_PLATFORM,
+                pick_num(&PL_PER_PLATFORM, pl.per_platform_concurrency)?,
+                4,
+                1000,
+            )? as usize,
+            requests_per_second: positive(&PL_RATE, pick_num(&PL_RATE, pl.requests_per_second)?, 10, 10_000)?
+                as u32,
+            max_pages: positive(&PL_PAGES, pick_num(&PL_PAGES, pl.max_pages)?, 10, 1000)? as u32,
+            max_attempts: positive(&PL_ATTEMPTS, pick_num(&PL_ATTEMPTS, pl.max_attempts)?, 3, 20)? as u32,
+            lease: Duration::from_secs(positive(
+                &PL_LEASE,
+                pick_num(&PL_LEASE, pl.lease_secs)?,
+                300,
+                3600,
+            )?),
+            max_retry_wait: Duration::from_secs(positive(
+                &PL_RETRY_WAIT,
+                pick_num(&PL_RETRY_WAIT, pl.max_retry_wait_secs)?,
+                60,
+                3600,
+            )?),
+            retention_days: positive(
+                &PL_RETENTION,
+                pick_num(&PL_RETENTION, pl.retention_days)?,
+                30,
+                3650,
+            )? as u32,
+            keep_payloads,
+            retention_schedule: schedule(&PL_RETENTION_SCHEDULE, pl.retention_schedule, "0 45 3 * * *")?,
+            schedules,
+        };
+
         let cron_secret = match pick(&CRON_SECRET, file.cron_secret) {
             Some(secret) if secret.len() < 16 => {
                 return Err(
@@ -769,6 +932,7 @@ impl Config {
         Ok(Config {
             cron_secret,
             tokens,
+            polling,
             milesight,
             scheduler_timezone,
             listen,
@@ -892,6 +1056,27 @@ impl Config {
             tk.lease.as_secs(),
             tk.idle_refresh.as_secs() / 86_400
         ));
+        let pl = &self.polling;
+        out.push_str(&format!(
+            "\n[polling]\nsweep_schedule = {:?}\nconcurrency = {}\nper_platform_concurrency = {}\nrequests_per_second = {}\nmax_pages = {}\nmax_attempts = {}\nlease_secs = {}\nmax_retry_wait_secs = {}\nretention_days = {}\nkeep_payloads = {}\nretention_schedule = {:?}\n",
+            pl.sweep_schedule,
+            pl.concurrency,
+            pl.per_platform_concurrency,
+            pl.requests_per_second,
+            pl.max_pages,
+            pl.max_attempts,
+            pl.lease.as_secs(),
+            pl.max_retry_wait.as_secs(),
+            pl.retention_days,
+            pl.keep_payloads.unwrap_or(0),
+            pl.retention_schedule
+        ));
+        if !pl.schedules.is_empty() {
+            out.push_str("\n[polling.schedules]\n");
+            for (target, expression) in &pl.schedules {
+                out.push_str(&format!("{target:?} = {expression:?}\n"));
+            }
+        }
         out
     }
 

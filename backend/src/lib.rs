@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod metrics;
 pub mod milesight;
+pub mod polling;
 pub mod providers;
 pub mod redact;
 pub mod scheduler;

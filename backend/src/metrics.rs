@@ -35,6 +35,9 @@ pub struct Metrics {
     pub job_last_run: IntGaugeVec,
     /// Token refresh attempts by provider, trigger and outcome.
     pub token_refreshes: IntCounterVec,
+    pub poll_runs: IntCounterVec,
+    pub poll_items: IntCounterVec,
+    pub poll_seconds: prometheus::HistogramVec,
     pub token_refresh_seconds: prometheus::HistogramVec,
     /// 1 while Milesight refuses the configured client credentials.
     pub milesight_invalid_credentials: IntGauge,
@@ -162,7 +165,33 @@ impl Metrics {
         )?;
         registry.register(Box::new(milesight_invalid_credentials.clone()))?;
 
+        let poll_runs = IntCounterVec::new(
+            Opts::new(
+                "telltale_poll_runs_total",
+                "Platform polls by platform, endpoint and outcome (ok, failed, skipped)",
+            ),
+            &["platform", "endpoint", "outcome"],
+        )?;
+        registry.register(Box::new(poll_runs.clone()))?;
+        let poll_items = IntCounterVec::new(
+            Opts::new("telltale_poll_items_total", "Items fetched by successful polls"),
+            &["platform", "endpoint"],
+        )?;
+        registry.register(Box::new(poll_items.clone()))?;
+        let poll_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "telltale_poll_duration_seconds",
+                "Duration of one poll, all pages",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0]),
+            &["platform"],
+        )?;
+        registry.register(Box::new(poll_seconds.clone()))?;
+
         Ok(Metrics {
+            poll_runs,
+            poll_items,
+            poll_seconds,
             token_refreshes,
             token_refresh_seconds,
             milesight_invalid_credentials,

@@ -36,7 +36,7 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        3,
+        4,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
@@ -45,7 +45,8 @@ async fn migrations_run_twice_without_change(backend: Backend) {
         vec![
             "20261123000001".to_owned(),
             "20261123000002".to_owned(),
-            "20261123000003".to_owned()
+            "20261123000003".to_owned(),
+            "20261123000004".to_owned()
         ]
     );
     let second = migrate::run(&target).await.unwrap();

@@ -135,13 +135,17 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 /// The `exp` claim (Unix seconds) of a JWT, read without verifying the signature: only the
 /// issuer can verify it, and we only need to know when to refresh.
 pub fn jwt_expiry(token: &str) -> Option<i64> {
+    jwt_claims(token)?.get("exp")?.as_i64().filter(|exp| *exp > 0)
+}
+
+/// A JWT's claims, read without verifying the signature (see `jwt_expiry`).
+pub fn jwt_claims(token: &str) -> Option<serde_json::Value> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("exp")?.as_i64().filter(|exp| *exp > 0)
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

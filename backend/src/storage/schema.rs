@@ -157,6 +157,11 @@ diesel::table! {
         consecutive_failures -> Integer,
         lease_owner -> Nullable<Text>,
         lease_expires_at -> Nullable<UtcTimestamp>,
+        last_error -> Nullable<Text>,
+        last_items -> Nullable<BigInt>,
+        last_pages -> Nullable<Integer>,
+        last_http_status -> Nullable<Integer>,
+        last_content_hash -> Nullable<Text>,
     }
 }
 

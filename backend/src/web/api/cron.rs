@@ -1,5 +1,5 @@
-//! `GET|POST /api/cron/token-refresh`: one refresh sweep for external schedulers (serverless
-//! deployments), guarded by `Authorization: Bearer <CRON_SECRET>`.
+//! `GET|POST /api/cron/token-refresh` and `/api/cron/platform-polling`: one refresh or poll sweep
+//! for external schedulers (serverless deployments), guarded by `Authorization: Bearer <CRON_SECRET>`.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -44,5 +44,18 @@ pub async fn token_refresh(state: web::Data<AppState>, req: HttpRequest) -> Resu
         connection_id: None,
     };
     let report = state.token_engine.sweep(&state, &request, now()).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+pub async fn platform_polling(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    authorise(&state, &req)?;
+    let request = crate::polling::PollRequest {
+        trigger: "cron_endpoint",
+        ..Default::default()
+    };
+    let report = state.poll_engine.sweep(&state, &request, now()).await?;
     Ok(HttpResponse::Ok().json(report))
 }

@@ -3,6 +3,7 @@
 pub mod cron;
 pub mod devices;
 pub mod milesight;
+pub mod polling;
 pub mod scheduler;
 pub mod tokens;
 pub mod webhooks;
@@ -30,6 +31,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/refresh-log", web::get().to(tokens::log))
         .route("/api/refresh-stats", web::get().to(tokens::stats))
         .route("/api/scheduler", web::post().to(scheduler::control))
+        .route("/api/polling", web::get().to(polling::list))
+        .route(
+            "/api/polling/{connection}/{endpoint}",
+            web::patch().to(polling::update),
+        )
+        .route(
+            "/api/polling/{connection}/{endpoint}/run",
+            web::post().to(polling::run),
+        )
+        .route("/api/platform-data", web::get().to(polling::data))
+        .service(
+            web::resource("/api/cron/platform-polling")
+                .route(web::get().to(cron::platform_polling))
+                .route(web::post().to(cron::platform_polling)),
+        )
         .service(
             web::resource("/api/cron/token-refresh")
                 .route(web::get().to(cron::token_refresh))

@@ -1,0 +1,486 @@
+//! Polling connected platforms: a sweep finds due (connection, endpoint) pairs, claims each in
+//! the database (so replicas never poll a pair twice in a period), polls them with bounded
+//! concurrency overall and per platform, spaces requests with a per-platform rate limit, and
+//! stores each new payload. Scheduled sweeps, "poll now", the cron endpoint and
+//! `telltale poll` all go through `PollEngine`.
+
+pub mod catalogue;
+mod fetch;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::Digest;
+
+use self::catalogue::Endpoint;
+use self::fetch::Failure;
+use crate::app::AppState;
+use crate::config::{Config, PollingConfig};
+use crate::scheduler::JobSpec;
+use crate::storage::connections::{self, Connection};
+use crate::storage::polling::{self as store, Finished, PollState};
+use crate::storage::{StorageResult, UtcTime, now};
+
+pub const SWEEP_JOB: &str = "platform-polling";
+pub const RETENTION_JOB: &str = "platform-data-retention";
+
+/// One poll's result, as sweeps, the API and the CLI report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PollResult {
+    pub connection_id: i64,
+    pub account_id: i64,
+    pub connection: String,
+    pub platform: String,
+    pub endpoint: String,
+    /// `ok`, `failed`, `skipped` (needs re-authorisation, disabled, or taken by another
+    /// process), or `would_poll` (dry run).
+    pub outcome: &'static str,
+    pub items: i64,
+    pub pages: i32,
+    /// Whether the payload was new and stored (identical consecutive payloads are not).
+    pub stored: bool,
+    pub http_status: Option<i32>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PollReport {
+    /// Accounts and connections with a due poll.
+    pub users: usize,
+    pub connections: usize,
+    pub polls: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub dry_run: bool,
+    pub timestamp: UtcTime,
+    pub results: Vec<PollResult>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PollRequest {
+    /// `scheduled`, `manual`, `cron_endpoint`, `cli`.
+    pub trigger: &'static str,
+    pub dry_run: bool,
+    /// A platform (`spotify`) or provider kind (`thingsboard`).
+    pub platform: Option<String>,
+    pub connection_id: Option<i64>,
+}
+
+type Limiter = governor::DefaultKeyedRateLimiter<&'static str>;
+/// A due pair: its connection, endpoint and state row. (A named type rather than a tuple,
+/// so the sweep's stream closure is not generic over the endpoint's lifetime.)
+struct Due {
+    connection: Connection,
+    endpoint: &'static Endpoint,
+    state_id: i64,
+}
+
+pub struct PollEngine {
+    instance: String,
+    limiter: Limiter,
+    per_platform: usize,
+    slots: Mutex<HashMap<&'static str, Arc<tokio::sync::Semaphore>>>,
+    /// Platforms that answered 429, paused until then (in this process).
+    paused: Mutex<HashMap<&'static str, Instant>>,
+}
+
+impl PollEngine {
+    pub fn new(config: &PollingConfig) -> PollEngine {
+        let rate = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
+        PollEngine {
+            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            limiter: governor::RateLimiter::keyed(governor::Quota::per_second(rate)),
+            per_platform: config.per_platform_concurrency.max(1),
+            slots: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slots_for(&self, platform: &'static str) -> Arc<tokio::sync::Semaphore> {
+        match self.slots.lock() {
+            Ok(mut map) => map
+                .entry(platform)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_platform)))
+                .clone(),
+            Err(_) => Arc::new(tokio::sync::Semaphore::new(self.per_platform)),
+        }
+    }
+
+    fn pause(&self, platform: &'static str, wait: Duration) {
+        if let Ok(mut paused) = self.paused.lock() {
+            let until = Instant::now() + wait;
+            let entry = paused.entry(platform).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+    }
+
+    /// Waits out a 429 pause of the platform (or, when it is longer than `max_wait`, returns how
+    /// long it has left), then for the rate limiter's next slot.
+    async fn wait_turn(&self, platform: &'static str, max_wait: Duration) -> Result<(), Duration> {
+        let until = self.paused.lock().ok().and_then(|p| p.get(platform).copied());
+        if let Some(until) = until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left > max_wait {
+                return Err(left);
+            }
+            tokio::time::sleep(left).await;
+        }
+        self.limiter.until_key_ready(&platform).await;
+        Ok(())
+    }
+
+    /// Polls every due pair (or, for a dry run, reports what would be polled).
+    pub async fn sweep(
+        &self,
+        state: &AppState,
+        request: &PollRequest,
+        at: UtcTime,
+    ) -> StorageResult<PollReport> {
+        let mut all = connections::list_connections(&state.db).await?;
+        all.retain(|c| request.connection_id.is_none_or(|id| c.id == id));
+        let mut pairs: Vec<(Connection, &'static Endpoint)> = Vec::new();
+        for connection in all {
+            let Some(platform) = catalogue::platform_of(&connection) else {
+                continue;
+            };
+            if request
+                .platform
+                .as_deref()
+                .is_some_and(|p| p != platform && p != connection.provider)
+            {
+                continue;
+            }
+            for endpoint in catalogue::endpoints_of(platform) {
+                pairs.push((connection.clone(), endpoint));
+            }
+        }
+        let mut states: HashMap<(i64, String), PollState> = HashMap::new();
+        for _ in 0..2 {
+            states = store::list_states(&state.db, request.connection_id)
+                .await?
+                .into_iter()
+                .map(|s| ((s.connection_id, s.endpoint.clone()), s))
+                .collect();
+            let missing: Vec<(i64, &str)> = pairs
+                .iter()
+                .filter(|(c, e)| !states.contains_key(&(c.id, e.name.to_owned())))
+                .map(|(c, e)| (c.id, e.name))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            // New pairs get a state row (due at once), then the list is read again.
+            store::ensure_pairs(&state.db, &missing).await?;
+        }
+        let due: Vec<Due> = pairs
+            .into_iter()
+            .filter_map(|(connection, endpoint)| {
+                let s = states.get(&(connection.id, endpoint.name.to_owned()))?;
+                (s.enabled && s.next_due_at.is_none_or(|d| d.0 <= at.0)).then_some(Due {
+                    connection,
+                    endpoint,
+                    state_id: s.id,
+                })
+            })
+            .collect();
+        let due = spread_by_account(due);
+        let users = due
+            .iter()
+            .map(|d| d.connection.account_id)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let connections_due = due
+            .iter()
+            .map(|d| d.connection.id)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let mut results: Vec<PollResult> = if request.dry_run {
+            due.iter()
+                .map(
+                    |Due {
+                         connection: c,
+                         endpoint: e,
+                         ..
+                     }| {
+                        let usable = !matches!(c.status.as_str(), "needs_reauth" | "disabled");
+                        let mut r = result_of(c, e, if usable { "would_poll" } else { "skipped" });
+                        r.detail = (!usable).then(|| c.status.clone());
+                        r
+                    },
+                )
+                .collect()
+        } else {
+            futures_util::stream::iter(due)
+                .map(|d: Due| {
+                    self.poll_pair(
+                        state,
+                        d.connection,
+                        d.endpoint,
+                        d.state_id,
+                        request.trigger,
+                        Some(at),
+                    )
+                })
+                .buffer_unordered(state.config.polling.concurrency.max(1))
+                .collect()
+                .await
+        };
+        results.sort_by(|a, b| (a.connection_id, &a.endpoint).cmp(&(b.connection_id, &b.endpoint)));
+        Ok(PollReport {
+            users,
+            connections: connections_due,
+            polls: results.len(),
+            succeeded: results.iter().filter(|r| r.outcome == "ok").count(),
+            failed: results.iter().filter(|r| r.outcome == "failed").count(),
+            skipped: results.iter().filter(|r| r.outcome == "skipped").count(),
+            dry_run: request.dry_run,
+            timestamp: now(),
+            results,
+        })
+    }
+
+    /// Polls one pair now, due or not ("Poll now").
+    pub async fn poll_now(
+        &self,
+        state: &AppState,
+        connection_id: i64,
+        endpoint: &str,
+        trigger: &'static str,
+    ) -> StorageResult<Option<PollResult>> {
+        let connection = connections::get_connection(&state.db, connection_id).await?;
+        let Some(endpoint) = catalogue::platform_of(&connection).and_then(|p| catalogue::find(p, endpoint))
+        else {
+            return Ok(None);
+        };
+        store::ensure_pairs(&state.db, &[(connection_id, endpoint.name)]).await?;
+        let pair = store::get_state(&state.db, connection_id, endpoint.name).await?;
+        Ok(Some(
+            self.poll_pair(state, connection, endpoint, pair.id, trigger, None)
+                .await,
+        ))
+    }
+
+    async fn poll_pair(
+        &self,
+        state: &AppState,
+        connection: Connection,
+        endpoint: &'static Endpoint,
+        state_id: i64,
+        trigger: &'static str,
+        due_at: Option<UtcTime>,
+    ) -> PollResult {
+        let connection = &connection;
+        let slots = self.slots_for(endpoint.platform);
+        let _slot = slots.acquire().await;
+        let lease = chrono::Duration::from_std(state.config.polling.lease).unwrap_or_default();
+        let claimed = match store::claim(
+            &state.db,
+            state_id,
+            &self.instance,
+            now(),
+            UtcTime::new(now().0 + lease),
+            due_at,
+        )
+        .await
+        {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => {
+                let mut r = result_of(connection, endpoint, "skipped");
+                r.detail = Some("polled by another process, or no longer due".into());
+                return r;
+            }
+            Err(err) => {
+                let mut r = result_of(connection, endpoint, "failed");
+                r.detail = Some(format!("storage: {err}"));
+                return r;
+            }
+        };
+        let started_at = now();
+        let clock = Instant::now();
+        let fetched = fetch::poll(self, state, connection.id, endpoint).await;
+        let took = clock.elapsed();
+        let finished_at = now();
+        let schedule = schedule_for(&state.config, endpoint, claimed.schedule.as_deref());
+        let next_due_at = next_due(&schedule, state.config.scheduler_timezone, finished_at);
+        let mut finished = Finished {
+            state_id,
+            connection_id: connection.id,
+            endpoint: endpoint.name.to_owned(),
+            trigger: trigger.to_owned(),
+            status: "ok",
+            items: 0,
+            pages: 0,
+            http_status: None,
+            error: None,
+            duration_ms: took.as_millis() as i64,
+            started_at,
+            finished_at,
+            next_due_at,
+            payload: None,
+            record_run: true,
+        };
+        let mut result = result_of(connection, endpoint, "ok");
+        match fetched {
+            Ok(fetched) => {
+                finished.items = i64::try_from(fetched.items.len()).unwrap_or(i64::MAX);
+                let payload = serde_json::Value::Array(fetched.items).to_string();
+                let hash = hex::encode(sha2::Sha256::digest(payload.as_bytes()));
+                finished.pages = fetched.pages;
+                finished.http_status = fetched.http_status;
+                finished.payload = Some((hash, payload));
+            }
+            Err(Failure::Skipped(why)) => {
+                finished.status = if why == "disabled" {
+                    "disabled"
+                } else {
+                    "needs_reauth"
+                };
+                finished.error = Some(format!("skipped: the connection is {why}"));
+                finished.record_run = false;
+                result.outcome = "skipped";
+            }
+            Err(Failure::Failed { message, http_status }) => {
+                tracing::warn!(connection = connection.id, platform = endpoint.platform, endpoint = endpoint.name, error = %message, "poll failed");
+                finished.status = "failed";
+                finished.error = Some(message);
+                finished.http_status = http_status;
+                result.outcome = "failed";
+            }
+        }
+        result.items = finished.items;
+        result.pages = finished.pages;
+        result.http_status = finished.http_status;
+        result.detail = finished.error.clone();
+        match store::finish(&state.db, &finished).await {
+            Ok(stored) => result.stored = stored,
+            Err(err) => {
+                // The lease expires on its own; the next sweep polls the pair again.
+                tracing::warn!(connection = connection.id, endpoint = endpoint.name, error = %err, "could not record a poll");
+                result.outcome = "failed";
+                result.detail = Some(format!("storage: {err}"));
+            }
+        }
+        let labels = [endpoint.platform, endpoint.name, result.outcome];
+        state.metrics.poll_runs.with_label_values(&labels).inc();
+        if result.outcome == "ok" {
+            state
+                .metrics
+                .poll_items
+                .with_label_values(&[endpoint.platform, endpoint.name])
+                .inc_by(result.items.max(0) as u64);
+        }
+        state
+            .metrics
+            .poll_seconds
+            .with_label_values(&[endpoint.platform])
+            .observe(took.as_secs_f64());
+        result
+    }
+}
+
+fn result_of(connection: &Connection, endpoint: &Endpoint, outcome: &'static str) -> PollResult {
+    PollResult {
+        connection_id: connection.id,
+        account_id: connection.account_id,
+        connection: connection.name.clone(),
+        platform: endpoint.platform.to_owned(),
+        endpoint: endpoint.name.to_owned(),
+        outcome,
+        items: 0,
+        pages: 0,
+        stored: false,
+        http_status: None,
+        detail: None,
+    }
+}
+
+/// Orders due polls round-robin across accounts, so one account with many connections does
+/// not take every slot while the others wait.
+fn spread_by_account(due: Vec<Due>) -> Vec<Due> {
+    let mut by_account: BTreeMap<i64, VecDeque<Due>> = BTreeMap::new();
+    for item in due {
+        by_account
+            .entry(item.connection.account_id)
+            .or_default()
+            .push_back(item);
+    }
+    let mut spread = Vec::new();
+    while !by_account.is_empty() {
+        by_account.retain(|_, queue| {
+            if let Some(item) = queue.pop_front() {
+                spread.push(item);
+            }
+            !queue.is_empty()
+        });
+    }
+    spread
+}
+
+/// The schedule that applies to a pair: its own, else `polling.schedules` for
+/// `platform/endpoint`, else for `platform`, else the catalogue's default.
+pub fn schedule_for(config: &Config, endpoint: &Endpoint, own: Option<&str>) -> String {
+    let schedules = &config.polling.schedules;
+    own.map(str::to_owned)
+        .or_else(|| {
+            schedules
+                .get(&format!("{}/{}", endpoint.platform, endpoint.name))
+                .cloned()
+        })
+        .or_else(|| schedules.get(endpoint.platform).cloned())
+        .unwrap_or_else(|| endpoint.default_schedule.to_owned())
+}
+
+/// The schedule's next time after `after`.
+pub fn next_due(schedule: &str, timezone: chrono_tz::Tz, after: UtcTime) -> Option<UtcTime> {
+    let cron = crate::scheduler::parse_schedule(schedule).ok()?;
+    cron.find_next_occurrence(&after.0.with_timezone(&timezone), false)
+        .ok()
+        .map(|t| UtcTime::new(t.with_timezone(&chrono::Utc)))
+}
+
+/// The scheduled sweep and the retention job.
+pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+    vec![
+        JobSpec {
+            name: SWEEP_JOB,
+            schedule: config.polling.sweep_schedule.clone(),
+            timezone: config.scheduler_timezone,
+            run: Arc::new(|state| {
+                Box::pin(async move {
+                    let request = PollRequest {
+                        trigger: "scheduled",
+                        ..Default::default()
+                    };
+                    let report = state.poll_engine.sweep(&state, &request, now()).await?;
+                    Ok(format!(
+                        "{} poll(s): {} ok, {} failed, {} skipped",
+                        report.polls, report.succeeded, report.failed, report.skipped
+                    ))
+                })
+            }),
+        },
+        JobSpec {
+            name: RETENTION_JOB,
+            schedule: config.polling.retention_schedule.clone(),
+            timezone: config.scheduler_timezone,
+            run: Arc::new(|state| {
+                Box::pin(async move {
+                    let (payloads, runs) = prune(&state, now()).await?;
+                    Ok(format!("deleted {payloads} payload(s) and {runs} poll run(s)"))
+                })
+            }),
+        },
+    ]
+}
+
+/// Deletes platform data past `polling.retention_days` (and beyond `keep_payloads` per pair),
+/// always keeping each pair's newest payload.
+pub async fn prune(state: &AppState, at: UtcTime) -> StorageResult<(usize, usize)> {
+    let cutoff = UtcTime::new(at.0 - chrono::Duration::days(i64::from(state.config.polling.retention_days)));
+    store::prune(&state.db, cutoff, state.config.polling.keep_payloads).await
+}
