@@ -137,3 +137,22 @@ fn gen_key_prints_a_key_the_service_accepts() {
     let check = telltale(&["check-config"], &[("TELLTALE_SECRET_KEY", &key)], dir.path());
     assert!(check.status.success(), "{}", stderr(&check));
 }
+
+/// Operators configure Telltale from the README's table: every key the service reads must be
+/// there, with its environment variable.
+#[test]
+fn the_readme_documents_every_configuration_key() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let missing: Vec<String> = telltale::config::Config::documented_keys()
+        .into_iter()
+        .filter(|(file, env)| {
+            let row = readme.lines().find(|l| l.starts_with('|') && l.contains(file));
+            !row.is_some_and(|row| row.contains(env) || env.starts_with('('))
+        })
+        .map(|(file, env)| format!("{file} ({env})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README configuration table lacks: {missing:?}"
+    );
+}
