@@ -65,23 +65,23 @@ struct Session<'a> {
     refreshed: bool,
 }
 
+/// `connection` as read by the sweep moments ago (a token refreshed since is picked up by the
+/// 401 path).
 pub async fn poll(
     engine: &PollEngine,
     state: &AppState,
-    connection_id: i64,
+    connection: &Connection,
     endpoint: &'static Endpoint,
 ) -> Result<Fetched, Failure> {
     let failed = |message: String| Failure::Failed {
         message,
         http_status: None,
     };
-    let connection = connections::get_connection(&state.db, connection_id)
-        .await
-        .map_err(|e| failed(format!("storage: {e}")))?;
+    let connection_id = connection.id;
     if matches!(connection.status.as_str(), "needs_reauth" | "disabled") {
         return Err(Failure::Skipped(connection.status.clone()));
     }
-    let token = usable_token(state, &connection).await?;
+    let token = usable_token(state, connection).await?;
     let settings: Value = serde_json::from_str(&connection.settings).unwrap_or(Value::Null);
     let base = match endpoint.default_base {
         _ if settings.get("api_base_url").and_then(Value::as_str).is_some() => settings

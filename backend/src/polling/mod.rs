@@ -302,13 +302,14 @@ impl PollEngine {
         };
         let started_at = now();
         let clock = Instant::now();
-        let fetched = fetch::poll(self, state, connection.id, endpoint).await;
+        let fetched = fetch::poll(self, state, connection, endpoint).await;
         let took = clock.elapsed();
         let finished_at = now();
         let schedule = schedule_for(&state.config, endpoint, claimed.schedule.as_deref());
         let next_due_at = next_due(&schedule, state.config.scheduler_timezone, finished_at);
         let mut finished = Finished {
             state_id,
+            last_content_hash: claimed.last_content_hash.clone(),
             connection_id: connection.id,
             endpoint: endpoint.name.to_owned(),
             trigger: trigger.to_owned(),

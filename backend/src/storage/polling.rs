@@ -176,6 +176,8 @@ pub async fn release(db: &Db, id: i64, owner: &str) -> StorageResult<()> {
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub state_id: i64,
+    /// The pair's hash when it was claimed (the lease keeps anyone else from changing it).
+    pub last_content_hash: Option<String>,
     pub connection_id: i64,
     pub endpoint: String,
     pub trigger: String,
@@ -219,52 +221,45 @@ pub async fn finish(db: &Db, f: &Finished) -> StorageResult<bool> {
                     .execute(tx)
                     .await?;
             }
-            let mut stored = false;
-            if let Some((hash, payload)) = &f.payload {
-                let last: Option<Option<String>> = poll_endpoint_state::table
-                    .find(f.state_id)
-                    .select(poll_endpoint_state::last_content_hash)
-                    .first(tx)
-                    .await
-                    .optional()?;
-                if last.flatten().as_deref() != Some(hash.as_str()) {
-                    diesel::insert_into(platform_data::table)
-                        .values((
-                            platform_data::connection_id.eq(f.connection_id),
-                            platform_data::endpoint.eq(&f.endpoint),
-                            platform_data::item_count.eq(f.items),
-                            platform_data::content_hash.eq(hash),
-                            platform_data::payload.eq(payload),
-                            platform_data::fetched_at.eq(f.finished_at),
-                        ))
-                        .execute(tx)
-                        .await?;
-                    stored = true;
-                }
+            // A new payload is stored only when it differs from the last one stored.
+            let new_payload = f
+                .payload
+                .as_ref()
+                .filter(|(hash, _)| f.last_content_hash.as_deref() != Some(hash.as_str()));
+            if let Some((hash, payload)) = new_payload {
+                diesel::insert_into(platform_data::table)
+                    .values((
+                        platform_data::connection_id.eq(f.connection_id),
+                        platform_data::endpoint.eq(&f.endpoint),
+                        platform_data::item_count.eq(f.items),
+                        platform_data::content_hash.eq(hash),
+                        platform_data::payload.eq(payload),
+                        platform_data::fetched_at.eq(f.finished_at),
+                    ))
+                    .execute(tx)
+                    .await?;
             }
             let ok = f.status == "ok";
-            let failed = f.status == "failed";
-            diesel::update(poll_endpoint_state::table.find(f.state_id))
-                .set((
-                    poll_endpoint_state::next_due_at.eq(f.next_due_at),
-                    poll_endpoint_state::last_run_at.eq(f.started_at),
-                    poll_endpoint_state::last_status.eq(f.status),
-                    poll_endpoint_state::last_error.eq(&f.error),
-                    poll_endpoint_state::last_http_status.eq(f.http_status),
-                    poll_endpoint_state::lease_owner.eq(None::<String>),
-                    poll_endpoint_state::lease_expires_at.eq(None::<UtcTime>),
-                ))
-                .execute(tx)
-                .await?;
+            let outcome = StateChangeset {
+                next_due_at: f.next_due_at,
+                last_run_at: f.started_at,
+                last_status: f.status,
+                last_error: f.error.as_deref(),
+                last_http_status: f.http_status,
+                lease_owner: None,
+                lease_expires_at: None,
+            };
+            let target = poll_endpoint_state::table.find(f.state_id);
             if ok {
-                diesel::update(poll_endpoint_state::table.find(f.state_id))
+                diesel::update(target)
                     .set((
+                        &outcome,
                         poll_endpoint_state::last_success_at.eq(f.finished_at),
                         poll_endpoint_state::consecutive_failures.eq(0),
                         poll_endpoint_state::last_items.eq(f.items),
                         poll_endpoint_state::last_pages.eq(f.pages),
                         poll_endpoint_state::last_content_hash
-                            .eq(f.payload.as_ref().map(|(hash, _)| hash.clone())),
+                            .eq(f.payload.as_ref().map(|(hash, _)| hash.as_str())),
                     ))
                     .execute(tx)
                     .await?;
@@ -272,19 +267,36 @@ pub async fn finish(db: &Db, f: &Finished) -> StorageResult<bool> {
                     .set(connections::last_sync_at.eq(f.finished_at))
                     .execute(tx)
                     .await?;
-            } else if failed {
-                diesel::update(poll_endpoint_state::table.find(f.state_id))
-                    .set(
+            } else {
+                // Only a real failure counts towards the failures in a row; a skip does not.
+                let failures = i32::from(f.status == "failed");
+                diesel::update(target)
+                    .set((
+                        &outcome,
                         poll_endpoint_state::consecutive_failures
-                            .eq(poll_endpoint_state::consecutive_failures + 1),
-                    )
+                            .eq(poll_endpoint_state::consecutive_failures + failures),
+                    ))
                     .execute(tx)
                     .await?;
             }
+            let stored = new_payload.is_some();
             Ok(stored)
         })
         .await
     })
+}
+
+/// The part of a pair's state every finished poll sets.
+#[derive(AsChangeset)]
+#[diesel(table_name = poll_endpoint_state, treat_none_as_null = true)]
+struct StateChangeset<'a> {
+    next_due_at: Option<UtcTime>,
+    last_run_at: UtcTime,
+    last_status: &'a str,
+    last_error: Option<&'a str>,
+    last_http_status: Option<i32>,
+    lease_owner: Option<&'a str>,
+    lease_expires_at: Option<UtcTime>,
 }
 
 /// Turns a pair on or off, or gives it its own schedule (`Some(None)` clears it).

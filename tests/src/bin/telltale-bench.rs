@@ -1,7 +1,11 @@
-//! Benchmarks (not tests): `telltale-bench refresh [--backend sqlite|postgres] [--connections N]
-//! [--latency-ms MS] [--concurrency C]`. Refreshes N due connections through the real engine
-//! against a fake token endpoint on 127.0.0.1 answering after MS milliseconds, and reports
-//! refreshes per second against the ceiling the concurrency bound allows (C ÷ latency).
+//! Benchmarks (not tests), each against a fake server on 127.0.0.1 answering after MS
+//! milliseconds, reported against the ceiling the concurrency bound allows (C ÷ latency):
+//!
+//! - `telltale-bench refresh [--backend sqlite|postgres] [--connections N] [--latency-ms MS]
+//!   [--concurrency C]`: refreshes N due connections through the real refresh engine;
+//! - `telltale-bench poll [same options]`: polls N (connection, endpoint) pairs (N/2 Spotify
+//!   connections, two endpoints each) through the real poll engine, payload storage on.
+//!
 //! Run with `cargo run --release -p telltale-e2e --bin telltale-bench -- refresh`.
 
 use std::process::ExitCode;
@@ -62,7 +66,11 @@ async fn main() -> ExitCode {
             Ok(args) => refresh(args).await,
             Err(e) => Err(e),
         },
-        _ => Err("usage: telltale-bench refresh [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]".into()),
+        Some("poll") => match parse(argv) {
+            Ok(args) => poll(args).await,
+            Err(e) => Err(e),
+        },
+        _ => Err("usage: telltale-bench refresh|poll [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,10 +160,15 @@ async fn refresh(args: Args) -> Result<(), String> {
             args.connections
         ));
     }
+    report_rate("refresh", "connections", "refreshes", &args, took);
+    Ok(())
+}
+
+fn report_rate(bench: &str, units: &str, done: &str, args: &Args, took: Duration) {
     let rate = args.connections as f64 / took.as_secs_f64();
     let ceiling = args.concurrency as f64 / args.latency.as_secs_f64();
     println!(
-        "refresh | {} | {} connections | latency {} ms | concurrency {} | {:.1} s | {:.1} refreshes/s | ceiling {:.1}/s | {:.0} % of ceiling",
+        "{bench} | {} | {} {units} | latency {} ms | concurrency {} | {:.1} s | {:.1} {done}/s | ceiling {:.1}/s | {:.0} % of ceiling",
         match args.backend {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
@@ -168,5 +181,80 @@ async fn refresh(args: Args) -> Result<(), String> {
         ceiling,
         100.0 * rate / ceiling
     );
+}
+
+/// `--connections` counts (connection, endpoint) pairs here.
+async fn poll(args: Args) -> Result<(), String> {
+    let db = TestDb::new(args.backend).await;
+    let api = MockServer::start().await;
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(move |_: &wiremock::Request| {
+            // A distinct small payload per request, so every poll stores one.
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"items": [{"played_at": n, "track": {"name": "bench"}}], "next": null}))
+                .set_delay(args.latency)
+        })
+        .mount(&api)
+        .await;
+    let state = db
+        .app_state(&format!(
+            "[database]\nmax_connections = {}\n[polling]\nconcurrency = {}\nper_platform_concurrency = {}\nrequests_per_second = 10000\nmax_attempts = 1",
+            (args.concurrency + 4).min(64),
+            args.concurrency,
+            args.concurrency
+        ))
+        .await;
+    let setup = Instant::now();
+    let account = connections::create_account(&state.db, "bench", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let connection_count = args.connections.div_ceil(2);
+    for i in 0..connection_count {
+        let new = NewConnection {
+            account_id: account.id,
+            provider: "oauth2_refresh".into(),
+            name: format!("c{i:06}"),
+            settings: json!({"preset": "spotify", "api_base_url": api.uri()}),
+            access_token: Some("bench-access".into()),
+            expires_at: Some((now().0 + chrono::Duration::hours(2)).into()),
+            ..Default::default()
+        };
+        connections::create_connection(&state.db, &state.crypto, &new)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // The first sweep creates the pairs' state rows; time that too, as a real first sweep would.
+    eprintln!("set up {connection_count} connections in {:.1?}", setup.elapsed());
+    let request = telltale::polling::PollRequest {
+        trigger: "scheduled",
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let report = state
+        .poll_engine
+        .sweep(&state, &request, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let pairs = connection_count * 2;
+    let stored = telltale::storage::polling::payloads(&state.db, None, None, (pairs + 10) as i64)
+        .await
+        .map_err(|e| e.to_string())?
+        .len();
+    let requests = served.load(std::sync::atomic::Ordering::Relaxed);
+    if report.succeeded != pairs || stored != pairs || requests != pairs {
+        return Err(format!(
+            "incomplete: {} polls ok, {stored} payloads stored, {requests} requests, for {pairs} pairs",
+            report.succeeded
+        ));
+    }
+    let args = Args {
+        connections: pairs,
+        ..args
+    };
+    report_rate("poll", "pairs", "polls", &args, took);
     Ok(())
 }
