@@ -21,6 +21,7 @@ both_backends!(
     a_401_refreshes_the_token_once_and_retries,
     a_429_pauses_the_platform_for_retry_after,
     a_failing_poll_keeps_the_last_good_data,
+    a_slow_platform_times_out_and_is_retried,
     revoked_connections_are_skipped_and_reported,
     two_processes_poll_each_due_pair_once,
     retention_keeps_the_newest_payload,
@@ -624,4 +625,41 @@ async fn retention_keeps_the_newest_payload(backend: Backend) {
     assert_eq!(left.len(), 1);
     let newest: serde_json::Value = serde_json::from_str(&left[0].payload).unwrap();
     assert_eq!(newest[0]["n"], 3, "the newest payload survives any age");
+}
+
+async fn a_slow_platform_times_out_and_is_retried(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // The outbound HTTP timeout is `milesight.request_timeout_secs`, shared by every call out.
+    let state = db
+        .app_state(
+            "[milesight]\nrequest_timeout_secs = 1\n[polling]\nmax_attempts = 2\nrequests_per_second = 1000",
+        )
+        .await;
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"items": [], "next": null}))
+                .set_delay(Duration::from_secs(5)),
+        )
+        .mount(&api)
+        .await;
+    let id = spotify(&state, &api, "acme", "sp").await;
+    let started = Instant::now();
+    let result = state
+        .poll_engine
+        .poll_now(&state, id, "top_tracks", "manual")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, "failed");
+    assert!(
+        result.detail.as_deref().unwrap().contains("timed out"),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the timeout, not the server"
+    );
+    assert_eq!(api.received_requests().await.unwrap().len(), 2, "retried once");
 }
