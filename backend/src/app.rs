@@ -30,6 +30,7 @@ pub struct AppState {
     pub milesight_token: Arc<TokenKeeper>,
     pub token_engine: Arc<crate::tokens::RefreshEngine>,
     pub poll_engine: Arc<crate::polling::PollEngine>,
+    pub mailer: Arc<crate::alerts::email::Mailer>,
 }
 
 /// Whether the service can do its job, and if not, why.
@@ -93,6 +94,7 @@ impl AppState {
             milesight_token: Arc::new(TokenKeeper::new()),
             token_engine: Arc::new(crate::tokens::RefreshEngine::new()),
             poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling)),
+            mailer: Arc::new(crate::alerts::email::Mailer::new(&config.email)?),
             intake,
             config: Arc::new(config),
             db,
@@ -109,6 +111,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     specs.extend(crate::milesight::inventory::job_specs(config));
     specs.extend(crate::tokens::job_specs(config));
     specs.extend(crate::polling::job_specs(config));
+    specs.extend(crate::alerts::email::job_specs(config));
     specs
 }
 

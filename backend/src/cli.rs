@@ -62,6 +62,9 @@ enum Command {
         #[arg(long)]
         connection: Option<i64>,
     },
+    /// Send a test email through the outbox (to the on-call list when no address is given);
+    /// exits 1 when the SMTP server did not take it (it stays queued for the service to retry).
+    SendTestEmail { to: Vec<String> },
     /// Manage connected-platform connections (output never contains a secret).
     Connections {
         #[command(subcommand)]
@@ -165,6 +168,7 @@ pub fn main() -> ExitCode {
                 connection,
             } => refresh_tokens(config, dry_run, provider, connection).await,
             Command::Connections { action } => manage_connections(config, action).await,
+            Command::SendTestEmail { to } => send_test_email(config, to).await,
             Command::Poll {
                 dry_run,
                 provider,
@@ -485,4 +489,31 @@ async fn poll(
         anyhow::bail!("{} poll(s) failed", report.failed);
     }
     Ok(())
+}
+
+async fn send_test_email(config: Config, to: Vec<String>) -> anyhow::Result<()> {
+    if to.is_empty() && config.email.on_call.is_empty() {
+        anyhow::bail!(
+            "give an address, or configure the on-call list (email.on_call / TELLTALE_ONCALL_EMAILS)"
+        );
+    }
+    if let Some(bad) = to.iter().find(|a| a.parse::<lettre::message::Mailbox>().is_err()) {
+        anyhow::bail!("{bad:?} is not an email address");
+    }
+    let crypto = load_crypto(&config)?;
+    migrate::run(&config.database).await?;
+    let state = AppState::new(config, crypto)?;
+    let (email, result) = crate::alerts::email::send_test(&state, &to).await?;
+    state.db.close();
+    match result {
+        Ok(()) => {
+            println!("sent test email {} to {}", email.id, email.recipients);
+            Ok(())
+        }
+        Err(error) => anyhow::bail!(
+            "test email {} to {} not sent: {error}; it stays in the outbox and the service retries it",
+            email.id,
+            email.recipients
+        ),
+    }
 }

@@ -31,8 +31,24 @@ pub struct Config {
     pub scheduler_timezone: chrono_tz::Tz,
     pub tokens: TokensConfig,
     pub polling: PollingConfig,
+    pub email: EmailConfig,
     /// Bearer secret for the `/api/cron/*` endpoints; they are disabled (404) without one.
     pub cron_secret: Option<SecretString>,
+}
+
+/// Outgoing email (alerts, test emails), delivered through the outbox.
+#[derive(Clone, Debug)]
+pub struct EmailConfig {
+    /// lettre connection URL (`smtps://user:pass@host:465`, `smtp://host:587?tls=required`, …);
+    /// `None`: emails stay queued until one is configured.
+    pub smtp_url: Option<SecretString>,
+    pub from: String,
+    /// The default on-call recipients.
+    pub on_call: Vec<String>,
+    pub timeout: Duration,
+    pub outbox_schedule: String,
+    /// First delay before a failed email is tried again; it doubles up to an hour.
+    pub retry_base: Duration,
 }
 
 /// Polling connected platforms' data.
@@ -169,6 +185,19 @@ struct FileConfig {
     tokens: FileTokens,
     #[serde(default)]
     polling: FilePolling,
+    #[serde(default)]
+    email: FileEmail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEmail {
+    smtp_url: Option<String>,
+    from: Option<String>,
+    on_call: Option<String>,
+    timeout_secs: Option<u64>,
+    outbox_schedule: Option<String>,
+    retry_base_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -455,6 +484,30 @@ const PL_SCHEDULES: Key = Key {
     file: "polling.schedules",
     env: "(file only)",
 };
+const EM_SMTP_URL: Key = Key {
+    file: "email.smtp_url",
+    env: "SMTP_URL",
+};
+const EM_FROM: Key = Key {
+    file: "email.from",
+    env: "TELLTALE_EMAIL_FROM",
+};
+const EM_ON_CALL: Key = Key {
+    file: "email.on_call",
+    env: "TELLTALE_ONCALL_EMAILS",
+};
+const EM_TIMEOUT: Key = Key {
+    file: "email.timeout_secs",
+    env: "TELLTALE_SMTP_TIMEOUT_SECS",
+};
+const EM_OUTBOX: Key = Key {
+    file: "email.outbox_schedule",
+    env: "TELLTALE_OUTBOX_SCHEDULE",
+};
+const EM_RETRY: Key = Key {
+    file: "email.retry_base_secs",
+    env: "TELLTALE_EMAIL_RETRY_BASE_SECS",
+};
 const CRON_SECRET: Key = Key {
     file: "cron_secret",
     env: "CRON_SECRET",
@@ -512,6 +565,12 @@ const ALL_KEYS: &[&Key] = &[
     &PL_KEEP,
     &PL_RETENTION_SCHEDULE,
     &PL_SCHEDULES,
+    &EM_SMTP_URL,
+    &EM_FROM,
+    &EM_ON_CALL,
+    &EM_TIMEOUT,
+    &EM_OUTBOX,
+    &EM_RETRY,
     &CRON_SECRET,
 ];
 
@@ -920,6 +979,54 @@ impl Config {
             schedules,
         };
 
+        let em = file.email;
+        let smtp_url = pick(&EM_SMTP_URL, em.smtp_url).filter(|u| !u.is_empty());
+        if let Some(url) = &smtp_url {
+            // Checked now so a typo fails at start-up, not at 3 a.m.; the message never repeats the URL.
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).map_err(|e| {
+                EM_SMTP_URL.error(format!(
+                    "not a usable SMTP URL ({}); expected e.g. smtps://user:pass@host:465 or smtp://host:587?tls=required",
+                    crate::redact::redact(&e.to_string(), &[url.as_str()])
+                ))
+            })?;
+        }
+        let from = pick(&EM_FROM, em.from).unwrap_or_else(|| "Telltale <telltale@localhost>".into());
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(EM_FROM.error(format!(
+                "{from:?} is not an email address such as \"Telltale <telltale@example.com>\""
+            )));
+        }
+        let on_call: Vec<String> = pick(&EM_ON_CALL, em.on_call)
+            .unwrap_or_default()
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if let Some(bad) = on_call
+            .iter()
+            .find(|a| a.parse::<lettre::message::Mailbox>().is_err())
+        {
+            return Err(EM_ON_CALL.error(format!("{bad:?} is not an email address")));
+        }
+        let email = EmailConfig {
+            smtp_url: smtp_url.map(SecretString::from),
+            from,
+            on_call,
+            timeout: Duration::from_secs(positive(
+                &EM_TIMEOUT,
+                pick_num(&EM_TIMEOUT, em.timeout_secs)?,
+                30,
+                600,
+            )?),
+            outbox_schedule: schedule(&EM_OUTBOX, em.outbox_schedule, "*/10 * * * * *")?,
+            retry_base: Duration::from_secs(positive(
+                &EM_RETRY,
+                pick_num(&EM_RETRY, em.retry_base_secs)?,
+                30,
+                3600,
+            )?),
+        };
+
         let cron_secret = match pick(&CRON_SECRET, file.cron_secret) {
             Some(secret) if secret.len() < 16 => {
                 return Err(
@@ -933,6 +1040,7 @@ impl Config {
             cron_secret,
             tokens,
             polling,
+            email,
             milesight,
             scheduler_timezone,
             listen,
@@ -985,6 +1093,16 @@ impl Config {
             self.shutdown_timeout.as_secs()
         ));
         out.push_str(&format!("cron_secret = {}\n", masked(self.cron_secret.is_some())));
+        let em = &self.email;
+        out.push_str(&format!(
+            "\n[email]\nsmtp_url = {}\nfrom = {:?}\non_call = {:?}\ntimeout_secs = {}\noutbox_schedule = {:?}\nretry_base_secs = {}\n",
+            masked(em.smtp_url.is_some()),
+            em.from,
+            em.on_call.join(", "),
+            em.timeout.as_secs(),
+            em.outbox_schedule,
+            em.retry_base.as_secs()
+        ));
         out.push_str("\n[database]\n");
         out.push_str(&format!("max_connections = {}\n", self.pool.max_connections));
         out.push_str(&format!(

@@ -2,6 +2,7 @@
 //! Telltale: receives Milesight webhooks, keeps third-party tokens fresh, and tells on-call
 //! when something stops. See `docs/ARCHITECTURE.md` for how the modules fit together.
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;

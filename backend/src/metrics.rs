@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Token refresh attempts by provider, trigger and outcome.
     pub token_refreshes: IntCounterVec,
     pub poll_runs: IntCounterVec,
+    pub emails_sent: IntCounterVec,
+    pub email_failures: prometheus::IntCounter,
+    pub outbox_pending: IntGauge,
     pub poll_items: IntCounterVec,
     pub poll_seconds: prometheus::HistogramVec,
     pub token_refresh_seconds: prometheus::HistogramVec,
@@ -188,7 +191,29 @@ impl Metrics {
         )?;
         registry.register(Box::new(poll_seconds.clone()))?;
 
+        let emails_sent = IntCounterVec::new(
+            Opts::new(
+                "telltale_emails_sent_total",
+                "Emails delivered to the SMTP server, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(emails_sent.clone()))?;
+        let email_failures = prometheus::IntCounter::new(
+            "telltale_email_failures_total",
+            "Failed email delivery attempts (each is retried later)",
+        )?;
+        registry.register(Box::new(email_failures.clone()))?;
+        let outbox_pending = IntGauge::new(
+            "telltale_outbox_pending",
+            "Emails in the outbox not yet delivered, as of the last outbox run",
+        )?;
+        registry.register(Box::new(outbox_pending.clone()))?;
+
         Ok(Metrics {
+            emails_sent,
+            email_failures,
+            outbox_pending,
             poll_runs,
             poll_items,
             poll_seconds,

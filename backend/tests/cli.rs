@@ -42,6 +42,16 @@ fn invalid_values_exit_2_and_name_the_key() {
             "lots",
             "database.max_connections (TELLTALE_DB_MAX_CONNECTIONS)",
         ),
+        (
+            "SMTP_URL",
+            "imap://ops:hunter2@mail.example.com",
+            "email.smtp_url (SMTP_URL)",
+        ),
+        (
+            "TELLTALE_ONCALL_EMAILS",
+            "ops@example.com, not-an-address",
+            "email.on_call (TELLTALE_ONCALL_EMAILS)",
+        ),
     ];
     for (var, value, key) in cases {
         for command in ["serve", "check-config"] {
@@ -106,6 +116,7 @@ fn check_config_shows_effective_values_with_secrets_masked() {
             ),
             ("TELLTALE_SECRET_KEY", &key),
             ("TELLTALE_LISTEN", "0.0.0.0:9200"),
+            ("SMTP_URL", "smtps://alerts:CANARY-smtp@mail.example.com:465"),
         ],
         dir.path(),
     );
@@ -121,7 +132,7 @@ fn check_config_shows_effective_values_with_secrets_masked() {
         "{shown}"
     );
     assert!(
-        !shown.contains("CANARY-pw") && !shown.contains(&key),
+        !shown.contains("CANARY") && !shown.contains(&key),
         "secrets must be masked: {shown}"
     );
 }

@@ -9,6 +9,7 @@ mod error;
 pub mod fields;
 pub mod jobs;
 pub mod migrate;
+pub mod outbox;
 pub mod polling;
 pub mod refresh_log;
 pub mod schema;

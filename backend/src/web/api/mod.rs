@@ -1,5 +1,6 @@
 //! The JSON API under `/api`. Handlers only translate HTTP to storage calls and back.
 
+pub mod alerts;
 pub mod cron;
 pub mod devices;
 pub mod milesight;
@@ -31,6 +32,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/refresh-log", web::get().to(tokens::log))
         .route("/api/refresh-stats", web::get().to(tokens::stats))
         .route("/api/scheduler", web::post().to(scheduler::control))
+        .route("/api/alerts/test-email", web::post().to(alerts::test_email))
+        .route("/api/outbox", web::get().to(alerts::list))
         .route("/api/polling", web::get().to(polling::list))
         .route(
             "/api/polling/{connection}/{endpoint}",

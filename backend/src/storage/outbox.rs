@@ -1,0 +1,175 @@
+//! The email outbox: every email is a row first, delivered by a worker that claims due rows
+//! with a lease, so an SMTP outage delays mail but never loses it, and replicas send each once.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+
+use super::fields::UtcTime;
+use super::schema::outbox;
+use super::{Db, StorageError, StorageResult};
+use crate::db_run;
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = outbox)]
+pub struct OutboxEmail {
+    pub id: i64,
+    pub alert_id: Option<i64>,
+    /// `test`, `alert_firing`, `alert_reminder`, `alert_resolved`, …
+    pub kind: String,
+    /// Comma-separated addresses.
+    pub recipients: String,
+    pub subject: String,
+    #[serde(skip)]
+    pub body_text: String,
+    #[serde(skip)]
+    pub body_html: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: UtcTime,
+    pub sent_at: Option<UtcTime>,
+    #[serde(skip)]
+    pub lease_owner: Option<String>,
+    #[serde(skip)]
+    pub lease_expires_at: Option<UtcTime>,
+    pub created_at: UtcTime,
+}
+
+pub struct NewEmail<'a> {
+    pub alert_id: Option<i64>,
+    pub kind: &'a str,
+    pub recipients: &'a [String],
+    pub subject: &'a str,
+    pub body_text: &'a str,
+    pub body_html: &'a str,
+}
+
+pub async fn enqueue(db: &Db, email: &NewEmail<'_>, at: UtcTime) -> StorageResult<OutboxEmail> {
+    let recipients = email.recipients.join(", ");
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(outbox::table)
+            .values((
+                outbox::alert_id.eq(email.alert_id),
+                outbox::kind.eq(email.kind),
+                outbox::recipients.eq(&recipients),
+                outbox::subject.eq(email.subject),
+                outbox::body_text.eq(email.body_text),
+                outbox::body_html.eq(email.body_html),
+                outbox::next_attempt_at.eq(at),
+                outbox::created_at.eq(at),
+            ))
+            .returning(OutboxEmail::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
+/// Unsent emails due for an attempt, oldest first (candidates; each is then claimed).
+pub async fn due(db: &Db, at: UtcTime, limit: i64) -> StorageResult<Vec<i64>> {
+    db_run!(db, |conn| {
+        Ok(outbox::table
+            .filter(outbox::sent_at.is_null())
+            .filter(outbox::next_attempt_at.le(at))
+            .filter(
+                outbox::lease_expires_at
+                    .is_null()
+                    .or(outbox::lease_expires_at.lt(at)),
+            )
+            .select(outbox::id)
+            .order(outbox::id)
+            .limit(limit)
+            .load(conn)
+            .await?)
+    })
+}
+
+/// Reserves an unsent email for `owner`; `None` when it was sent or another process holds it.
+pub async fn claim(
+    db: &Db,
+    id: i64,
+    owner: &str,
+    at: UtcTime,
+    until: UtcTime,
+) -> StorageResult<Option<OutboxEmail>> {
+    db_run!(db, |conn| {
+        Ok(diesel::update(outbox::table)
+            .filter(outbox::id.eq(id))
+            .filter(outbox::sent_at.is_null())
+            .filter(
+                outbox::lease_expires_at
+                    .is_null()
+                    .or(outbox::lease_expires_at.lt(at))
+                    .or(outbox::lease_owner.eq(owner)),
+            )
+            .set((outbox::lease_owner.eq(owner), outbox::lease_expires_at.eq(until)))
+            .returning(OutboxEmail::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?)
+    })
+}
+
+pub async fn mark_sent(db: &Db, id: i64, at: UtcTime) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::update(outbox::table.find(id))
+            .set((
+                outbox::sent_at.eq(at),
+                outbox::attempts.eq(outbox::attempts + 1),
+                outbox::last_error.eq(None::<String>),
+                outbox::lease_owner.eq(None::<String>),
+                outbox::lease_expires_at.eq(None::<UtcTime>),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}
+
+pub async fn mark_failed(db: &Db, id: i64, error: &str, retry_at: UtcTime) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::update(outbox::table.find(id))
+            .set((
+                outbox::attempts.eq(outbox::attempts + 1),
+                outbox::last_error.eq(error),
+                outbox::next_attempt_at.eq(retry_at),
+                outbox::lease_owner.eq(None::<String>),
+                outbox::lease_expires_at.eq(None::<UtcTime>),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}
+
+pub async fn get(db: &Db, id: i64) -> StorageResult<OutboxEmail> {
+    db_run!(db, |conn| {
+        outbox::table
+            .find(id)
+            .select(OutboxEmail::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(StorageError::NotFound)
+    })
+}
+
+/// Newest first; `pending` only unsent ones.
+pub async fn list(db: &Db, pending: bool, limit: i64) -> StorageResult<Vec<OutboxEmail>> {
+    db_run!(db, |conn| {
+        let mut query = outbox::table.select(OutboxEmail::as_select()).into_boxed();
+        if pending {
+            query = query.filter(outbox::sent_at.is_null());
+        }
+        Ok(query.order(outbox::id.desc()).limit(limit).load(conn).await?)
+    })
+}
+
+pub async fn pending_count(db: &Db) -> StorageResult<i64> {
+    db_run!(db, |conn| {
+        Ok(outbox::table
+            .filter(outbox::sent_at.is_null())
+            .count()
+            .get_result(conn)
+            .await?)
+    })
+}

@@ -1,0 +1,67 @@
+//! Email: the outbox and the test email that checks the path to on-call.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::page_limit;
+use crate::app::AppState;
+use crate::storage::outbox;
+use crate::web::ApiError;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestEmail {
+    /// Recipients; the on-call list when absent.
+    #[serde(default)]
+    to: Vec<String>,
+}
+
+/// `POST /api/alerts/test-email`: queue a test email and try it at once. 200 when the SMTP
+/// server took it; 502 when not (it stays queued and is retried).
+pub async fn test_email(
+    state: web::Data<AppState>,
+    body: Option<web::Json<TestEmail>>,
+) -> Result<HttpResponse, ApiError> {
+    let to = body.map(|b| b.into_inner().to).unwrap_or_default();
+    if to.is_empty() && state.config.email.on_call.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_recipients",
+            "give \"to\" or configure the on-call list (email.on_call / TELLTALE_ONCALL_EMAILS)",
+        ));
+    }
+    if let Some(bad) = to.iter().find(|a| a.parse::<lettre::message::Mailbox>().is_err()) {
+        return Err(ApiError::bad_request(
+            "invalid_recipient",
+            format!("{bad:?} is not an email address"),
+        ));
+    }
+    let (email, result) = crate::alerts::email::send_test(&state, &to).await?;
+    Ok(match result {
+        Ok(()) => HttpResponse::Ok().json(json!({ "sent": true, "email": email })),
+        Err(error) => HttpResponse::build(StatusCode::BAD_GATEWAY).json(json!({
+            "sent": false,
+            "error": { "code": "smtp_failed", "message": error },
+            "email": email,
+        })),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxQuery {
+    pending: Option<bool>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/outbox`: emails newest first (without bodies), and how many are waiting.
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<OutboxQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let items = outbox::list(&state.db, query.pending.unwrap_or(false), limit).await?;
+    let pending = outbox::pending_count(&state.db).await?;
+    Ok(HttpResponse::Ok().json(json!({ "pending": pending, "items": items })))
+}
