@@ -112,6 +112,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     specs.extend(crate::tokens::job_specs(config));
     specs.extend(crate::polling::job_specs(config));
     specs.extend(crate::alerts::email::job_specs(config));
+    specs.extend(crate::alerts::evaluate::job_specs(config));
     specs
 }
 

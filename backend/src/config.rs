@@ -32,8 +32,25 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub polling: PollingConfig,
     pub email: EmailConfig,
+    pub alerts: AlertsConfig,
     /// Bearer secret for the `/api/cron/*` endpoints; they are disabled (404) without one.
     pub cron_secret: Option<SecretString>,
+}
+
+/// Alert rules and notifications.
+#[derive(Clone, Debug)]
+pub struct AlertsConfig {
+    pub evaluation_schedule: String,
+    /// Token refresh failures in a row that open an alert.
+    pub refresh_failures: i32,
+    /// Failed polls in a row (per connection and endpoint) that open an alert.
+    pub poll_failures: i32,
+    /// A token with less runway than this (and not being renewed) opens an alert.
+    pub runway: Duration,
+    /// Email when an alert resolves.
+    pub notify_resolved: bool,
+    /// Where the links in emails point (the web UI / API base URL).
+    pub public_url: String,
 }
 
 /// Outgoing email (alerts, test emails), delivered through the outbox.
@@ -187,6 +204,19 @@ struct FileConfig {
     polling: FilePolling,
     #[serde(default)]
     email: FileEmail,
+    #[serde(default)]
+    alerts: FileAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAlerts {
+    evaluation_schedule: Option<String>,
+    refresh_failures: Option<u64>,
+    poll_failures: Option<u64>,
+    runway_secs: Option<u64>,
+    notify_resolved: Option<bool>,
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -508,6 +538,30 @@ const EM_RETRY: Key = Key {
     file: "email.retry_base_secs",
     env: "TELLTALE_EMAIL_RETRY_BASE_SECS",
 };
+const AL_SCHEDULE: Key = Key {
+    file: "alerts.evaluation_schedule",
+    env: "TELLTALE_ALERT_EVALUATION_SCHEDULE",
+};
+const AL_REFRESH: Key = Key {
+    file: "alerts.refresh_failures",
+    env: "TELLTALE_ALERT_REFRESH_FAILURES",
+};
+const AL_POLL: Key = Key {
+    file: "alerts.poll_failures",
+    env: "TELLTALE_ALERT_POLL_FAILURES",
+};
+const AL_RUNWAY: Key = Key {
+    file: "alerts.runway_secs",
+    env: "TELLTALE_ALERT_RUNWAY_SECS",
+};
+const AL_RESOLVED: Key = Key {
+    file: "alerts.notify_resolved",
+    env: "TELLTALE_ALERT_NOTIFY_RESOLVED",
+};
+const AL_PUBLIC_URL: Key = Key {
+    file: "alerts.public_url",
+    env: "TELLTALE_PUBLIC_URL",
+};
 const CRON_SECRET: Key = Key {
     file: "cron_secret",
     env: "CRON_SECRET",
@@ -571,6 +625,12 @@ const ALL_KEYS: &[&Key] = &[
     &EM_TIMEOUT,
     &EM_OUTBOX,
     &EM_RETRY,
+    &AL_SCHEDULE,
+    &AL_REFRESH,
+    &AL_POLL,
+    &AL_RUNWAY,
+    &AL_RESOLVED,
+    &AL_PUBLIC_URL,
     &CRON_SECRET,
 ];
 
@@ -1027,6 +1087,32 @@ impl Config {
             )?),
         };
 
+        let al = file.alerts;
+        let notify_resolved = match pick(&AL_RESOLVED, None) {
+            None => al.notify_resolved.unwrap_or(true),
+            Some(v) if v == "true" => true,
+            Some(v) if v == "false" => false,
+            Some(v) => return Err(AL_RESOLVED.error(format!("expected true or false, got {v:?}"))),
+        };
+        let public_url = pick(&AL_PUBLIC_URL, al.public_url).unwrap_or_else(|| format!("http://{listen}"));
+        if !url::Url::parse(&public_url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+            return Err(AL_PUBLIC_URL.error(format!("{public_url:?} is not an http(s) URL")));
+        }
+        let alerts = AlertsConfig {
+            evaluation_schedule: schedule(&AL_SCHEDULE, al.evaluation_schedule, "*/30 * * * * *")?,
+            refresh_failures: positive(&AL_REFRESH, pick_num(&AL_REFRESH, al.refresh_failures)?, 3, 1000)?
+                as i32,
+            poll_failures: positive(&AL_POLL, pick_num(&AL_POLL, al.poll_failures)?, 3, 1000)? as i32,
+            runway: Duration::from_secs(positive(
+                &AL_RUNWAY,
+                pick_num(&AL_RUNWAY, al.runway_secs)?,
+                120,
+                30 * 86_400,
+            )?),
+            notify_resolved,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        };
+
         let cron_secret = match pick(&CRON_SECRET, file.cron_secret) {
             Some(secret) if secret.len() < 16 => {
                 return Err(
@@ -1041,6 +1127,7 @@ impl Config {
             tokens,
             polling,
             email,
+            alerts,
             milesight,
             scheduler_timezone,
             listen,
@@ -1102,6 +1189,16 @@ impl Config {
             em.timeout.as_secs(),
             em.outbox_schedule,
             em.retry_base.as_secs()
+        ));
+        let al = &self.alerts;
+        out.push_str(&format!(
+            "\n[alerts]\nevaluation_schedule = {:?}\nrefresh_failures = {}\npoll_failures = {}\nrunway_secs = {}\nnotify_resolved = {}\npublic_url = {:?}\n",
+            al.evaluation_schedule,
+            al.refresh_failures,
+            al.poll_failures,
+            al.runway.as_secs(),
+            al.notify_resolved,
+            al.public_url
         ));
         out.push_str("\n[database]\n");
         out.push_str(&format!("max_connections = {}\n", self.pool.max_connections));

@@ -666,7 +666,8 @@ impl SmtpSink {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
-    /// Every message received so far, as raw RFC 5322 text.
+    /// Every message received so far, as RFC 5322 text with folded header lines unfolded
+    /// (long subjects arrive split over lines).
     pub fn messages(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.dir.join("new")) else {
             return Vec::new();
@@ -679,7 +680,10 @@ impl SmtpSink {
             })
             .collect();
         messages.sort_by_key(|(t, _)| *t);
-        messages.into_iter().map(|(_, m)| m).collect()
+        messages
+            .into_iter()
+            .map(|(_, m)| m.replace("\r\n", "\n").replace("\n ", " ").replace("\n\t", " "))
+            .collect()
     }
 
     /// Waits until `n` messages have arrived, and returns them.

@@ -1,4 +1,5 @@
-//! Alerting: notifications go out as emails through the outbox (`email.rs`). The alert rules
-//! and their lifecycle build on this.
+//! Alerting: rules over the signals the other loops write (`evaluate.rs`), alerts with a
+//! compare-and-set lifecycle in the database, and emails through the outbox (`email.rs`).
 
 pub mod email;
+pub mod evaluate;

@@ -3,6 +3,7 @@
 //! `Db` holds a pool for whichever backend `DATABASE_URL` names. Query functions are written
 //! once inside `db_run!`, which compiles the same diesel code for each backend's connection type.
 
+pub mod alerts;
 pub mod connections;
 pub mod devices;
 mod error;

@@ -65,3 +65,64 @@ pub async fn list(
     let pending = outbox::pending_count(&state.db).await?;
     Ok(HttpResponse::Ok().json(json!({ "pending": pending, "items": items })))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertQuery {
+    /// `firing`, `acknowledged`, `resolved`, or `open` (firing or acknowledged).
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/alerts`: alerts newest first.
+pub async fn alerts(
+    state: web::Data<AppState>,
+    query: web::Query<AlertQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let states: &[&str] = match query.state.as_deref() {
+        None => &[],
+        Some("open") => &["firing", "acknowledged"],
+        Some("firing") => &["firing"],
+        Some("acknowledged") => &["acknowledged"],
+        Some("resolved") => &["resolved"],
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("state must be firing, acknowledged, resolved or open, got {other:?}"),
+            ));
+        }
+    };
+    let items = crate::storage::alerts::list(&state.db, states, limit).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+fn no_alert(id: i64) -> impl Fn(crate::storage::StorageError) -> ApiError {
+    move |e| match e {
+        crate::storage::StorageError::NotFound => ApiError::not_found(format!("no alert with id {id}")),
+        other => other.into(),
+    }
+}
+
+/// `GET /api/alerts/{id}`: one alert with its history (fired, notified, acknowledged, resolved).
+pub async fn alert(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let (alert, history) = crate::storage::alerts::get(&state.db, *id)
+        .await
+        .map_err(no_alert(*id))?;
+    Ok(HttpResponse::Ok().json(json!({ "alert": alert, "history": history })))
+}
+
+/// `POST /api/alerts/{id}/ack`: someone is on it (reminders stop; recovery is still emailed).
+pub async fn acknowledge(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    crate::storage::alerts::get(&state.db, *id)
+        .await
+        .map_err(no_alert(*id))?;
+    match crate::storage::alerts::acknowledge(&state.db, *id, "api", crate::storage::now()).await? {
+        Some(alert) => Ok(HttpResponse::Ok().json(json!({ "alert": alert }))),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_firing",
+            format!("alert {} is not firing", *id),
+        )),
+    }
+}

@@ -32,7 +32,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/refresh-log", web::get().to(tokens::log))
         .route("/api/refresh-stats", web::get().to(tokens::stats))
         .route("/api/scheduler", web::post().to(scheduler::control))
+        .route("/api/alerts", web::get().to(alerts::alerts))
         .route("/api/alerts/test-email", web::post().to(alerts::test_email))
+        .route("/api/alerts/{id}", web::get().to(alerts::alert))
+        .route("/api/alerts/{id}/ack", web::post().to(alerts::acknowledge))
         .route("/api/outbox", web::get().to(alerts::list))
         .route("/api/polling", web::get().to(polling::list))
         .route(

@@ -1,0 +1,328 @@
+//! The alert rules: plain functions from the signals the other loops wrote (connections,
+//! poll state, webhook sources, devices) to the conditions that hold now, and the evaluation
+//! that opens, refreshes and resolves alerts from them, queuing one email per change.
+//!
+//! Cause mutes effect: while a connection's token is failing, its poll failures are held back
+//! and named in the token alert; while a webhook source is down, its quiet devices are folded
+//! into the source alert.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::email::escape;
+use crate::app::AppState;
+use crate::config::{AlertsConfig, Config};
+use crate::scheduler::JobSpec;
+use crate::storage::alerts::{self as store, Alert, Email, Firing};
+use crate::storage::connections::{self, Connection};
+use crate::storage::devices::{self, Device};
+use crate::storage::polling::{self as poll_store, PollState};
+use crate::storage::webhooks::{self, WebhookSource};
+use crate::storage::{StorageResult, UtcTime, now};
+
+pub const EVALUATION_JOB: &str = "alert-evaluation";
+
+/// What the rules look at.
+pub struct Signals {
+    pub connections: Vec<Connection>,
+    pub polls: Vec<PollState>,
+    pub sources: Vec<WebhookSource>,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Evaluation {
+    pub firing: usize,
+    pub opened: usize,
+    pub resolved: usize,
+}
+
+fn when(t: Option<UtcTime>) -> String {
+    t.map(|t| t.to_string()).unwrap_or_else(|| "never".into())
+}
+
+fn is_milesight(c: &Connection) -> bool {
+    crate::milesight::token::is_milesight(c)
+}
+
+/// The conditions that hold at `at`.
+pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<Firing> {
+    let mut firing = Vec::new();
+    let link = |path: String| format!("{}{path}", config.public_url);
+
+    // Polls first, so a failing token can name the poll failures it holds back.
+    let token_failing: HashSet<i64> = signals
+        .connections
+        .iter()
+        .filter(|c| {
+            c.status == "needs_reauth"
+                || (c.status != "disabled" && c.consecutive_failures >= config.refresh_failures)
+        })
+        .map(|c| c.id)
+        .collect();
+    let mut held_back: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for poll in signals
+        .polls
+        .iter()
+        .filter(|p| p.enabled && p.consecutive_failures >= config.poll_failures)
+    {
+        if token_failing.contains(&poll.connection_id) {
+            held_back
+                .entry(poll.connection_id)
+                .or_default()
+                .push(poll.endpoint.clone());
+            continue;
+        }
+        let name = signals
+            .connections
+            .iter()
+            .find(|c| c.id == poll.connection_id)
+            .map_or_else(
+                || format!("connection {}", poll.connection_id),
+                |c| c.name.clone(),
+            );
+        firing.push(Firing {
+            key: format!("poll_failing:connection:{}:{}", poll.connection_id, poll.endpoint),
+            rule: "poll_failing".into(),
+            subject: format!("connection:{}:{}", poll.connection_id, poll.endpoint),
+            severity: "warning".into(),
+            summary: format!("polling {} of {name} has failed {} times in a row", poll.endpoint, poll.consecutive_failures),
+            details: format!(
+                "Last error: {}\nLast success: {}\nTelltale retried each poll with backoff and keeps the last good data.\nLook here: {}",
+                poll.last_error.as_deref().unwrap_or("-"),
+                when(poll.last_success_at),
+                link("/api/polling".into())
+            ),
+        });
+    }
+
+    for c in signals.connections.iter().filter(|c| c.status != "disabled") {
+        let held = held_back
+            .get(&c.id)
+            .map(|e| format!("\nHeld back (caused by this): failing polls of {}.", e.join(", ")))
+            .unwrap_or_default();
+        let look = link(format!("/api/connections/{}", c.id));
+        let severity = if is_milesight(c) { "high" } else { "warning" };
+        if c.status == "needs_reauth" {
+            firing.push(Firing {
+                key: format!("token_needs_reauth:connection:{}", c.id),
+                rule: "token_needs_reauth".into(),
+                subject: format!("connection:{}", c.id),
+                severity: severity.into(),
+                summary: if is_milesight(c) {
+                    "Milesight refuses the configured OpenAPI client credentials".into()
+                } else {
+                    format!("{} connection {} needs re-authorisation", c.provider, c.name)
+                },
+                details: format!(
+                    "The provider refused the grant: {}\nSince: {}\nTelltale stopped refreshing it; a person must supply new credentials or tokens.{held}\nLook here: {look}",
+                    c.last_error.as_deref().unwrap_or("-"),
+                    when(c.last_refresh_attempt_at)
+                ),
+            });
+        } else if c.consecutive_failures >= config.refresh_failures {
+            firing.push(Firing {
+                key: format!("token_refresh_failing:connection:{}", c.id),
+                rule: "token_refresh_failing".into(),
+                subject: format!("connection:{}", c.id),
+                severity: severity.into(),
+                summary: format!(
+                    "token refresh of {} connection {} failed {} times in a row",
+                    c.provider, c.name, c.consecutive_failures
+                ),
+                details: format!(
+                    "Last error: {}\nLast success: {}\nToken expires: {}\nTelltale retries on every sweep with backoff.{held}\nLook here: {look}",
+                    c.last_error.as_deref().unwrap_or("-"),
+                    when(c.last_refresh_success_at),
+                    when(c.expires_at)
+                ),
+            });
+        } else if c.access_token.is_some()
+            && let Some(expires) = c.expires_at
+            && expires.0 - chrono::Duration::from_std(config.runway).unwrap_or_default() <= at.0
+        {
+            let left = (expires.0 - at.0).num_seconds();
+            firing.push(Firing {
+                key: format!("token_runway:connection:{}", c.id),
+                rule: "token_runway".into(),
+                subject: format!("connection:{}", c.id),
+                severity: severity.into(),
+                summary: if left > 0 {
+                    format!("token of {} connection {} expires in {left} s", c.provider, c.name)
+                } else {
+                    format!("token of {} connection {} has expired", c.provider, c.name)
+                },
+                details: format!(
+                    "Expires: {expires}\nLast refresh attempt: {}\nThe refresh is overdue: it should have happened within the lead time.\nLook here: {look}",
+                    when(c.last_refresh_attempt_at)
+                ),
+            });
+        }
+    }
+
+    let mut stale_sources: HashSet<i64> = HashSet::new();
+    for s in &signals.sources {
+        let period = std::time::Duration::from_secs(s.period_secs.max(0) as u64);
+        let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
+        // A source that never delivered is judged from when it was set up.
+        let baseline = s.last_event_at.or(Some(s.created_at));
+        if crate::milesight::source_status(baseline, period, grace, at) == "STALE" {
+            stale_sources.insert(s.id);
+            let quiet = signals
+                .devices
+                .iter()
+                .filter(|d| d.source_id == Some(s.id) && d.status == "offline")
+                .count();
+            firing.push(Firing {
+                key: format!("webhook_source_stale:source:{}", s.name),
+                rule: "webhook_source_stale".into(),
+                subject: format!("source:{}", s.name),
+                severity: "high".into(),
+                summary: format!("no Milesight webhook from source {} since {}", s.name, when(s.last_event_at)),
+                details: format!(
+                    "Expected at least every {} s (+{} s grace).\n{quiet} offline device(s) of this source are folded into this alert.\nCheck the webhook in the Milesight Development Platform and Telltale's rejected requests.\nLook here: {}",
+                    s.period_secs,
+                    s.grace_secs,
+                    link("/api/webhooks/sources".into())
+                ),
+            });
+        }
+        if let Some(notice_at) = s.last_system_notice_at
+            && at.0 - notice_at.0 < chrono::Duration::hours(24)
+        {
+            firing.push(Firing {
+                key: format!("milesight_system_notice:source:{}", s.name),
+                rule: "milesight_system_notice".into(),
+                subject: format!("source:{}", s.name),
+                severity: "high".into(),
+                summary: format!("Milesight sent a system notice for source {}", s.name),
+                details: format!(
+                    "Notice at {notice_at}: {}\nMDP may have stopped pushing or hit its daily limit.\nLook here: {}",
+                    s.last_system_notice.as_deref().unwrap_or("-"),
+                    link("/api/webhooks/sources".into())
+                ),
+            });
+        }
+    }
+
+    for d in signals.devices.iter().filter(|d| d.status == "offline") {
+        if d.source_id.is_some_and(|id| stale_sources.contains(&id)) {
+            continue;
+        }
+        firing.push(Firing {
+            key: format!("device_offline:device:{}", d.sn),
+            rule: "device_offline".into(),
+            subject: format!("device:{}", d.sn),
+            severity: "warning".into(),
+            summary: format!(
+                "device {} ({}) is offline",
+                d.name.as_deref().unwrap_or(&d.sn),
+                d.sn
+            ),
+            details: format!(
+                "Last seen: {}\nExpected interval: {} s\nLook here: {}",
+                when(d.last_seen_at),
+                d.expected_interval_secs
+                    .map_or_else(|| "-".into(), |s| s.to_string()),
+                link(format!("/api/devices/{}", d.id))
+            ),
+        });
+    }
+    firing
+}
+
+/// The email for an alert that opened (`resolved` false) or resolved.
+pub fn email_for(config: &Config, alert: &Alert, resolved: bool) -> Option<Email> {
+    if config.email.on_call.is_empty() || (resolved && !config.alerts.notify_resolved) {
+        return None;
+    }
+    let look = format!("{}/api/alerts/{}", config.alerts.public_url, alert.id);
+    let (kind, subject, headline) = if resolved {
+        (
+            "alert_resolved",
+            format!("[Telltale] RESOLVED: {}", alert.summary),
+            format!("Recovered at {}", when(alert.resolved_at)),
+        )
+    } else {
+        (
+            "alert_firing",
+            format!("[Telltale] FIRING ({}): {}", alert.severity, alert.summary),
+            format!("Since {}", alert.first_seen_at),
+        )
+    };
+    let text = format!(
+        "{}\n{headline}\n\n{}\n\nAlert: {look}\n",
+        alert.summary, alert.details
+    );
+    let html = format!(
+        "<h2>{}</h2><p>{}</p><pre>{}</pre><p><a href=\"{look}\">{look}</a></p>",
+        escape(&alert.summary),
+        escape(&headline),
+        escape(&alert.details)
+    );
+    Some(Email {
+        kind,
+        recipients: config.email.on_call.join(", "),
+        subject,
+        text,
+        html,
+    })
+}
+
+/// One evaluation: every condition that holds opens or refreshes its alert; every open alert
+/// whose condition is gone resolves. Emails are queued in the same transactions.
+pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation> {
+    let signals = Signals {
+        connections: connections::list_connections(&state.db).await?,
+        polls: poll_store::list_states(&state.db, None).await?,
+        sources: webhooks::list_sources(&state.db).await?,
+        devices: devices::list(&state.db, 100_000, 0).await?,
+    };
+    let holding = conditions(&signals, &state.config.alerts, at);
+    let config = &state.config;
+    let mut evaluation = Evaluation {
+        firing: holding.len(),
+        ..Default::default()
+    };
+    let mut active = HashSet::new();
+    for firing in &holding {
+        let (_, opened) = store::fire(&state.db, firing, at, |alert| email_for(config, alert, false)).await?;
+        if opened {
+            evaluation.opened += 1;
+            tracing::warn!(alert = %firing.key, summary = %firing.summary, "alert firing");
+        }
+        active.insert(firing.key.clone());
+    }
+    for open in store::open_alerts(&state.db).await? {
+        if active.contains(&open.alert_key) {
+            continue;
+        }
+        if store::resolve(&state.db, open.id, at, |alert| email_for(config, alert, true))
+            .await?
+            .is_some()
+        {
+            evaluation.resolved += 1;
+            tracing::info!(alert = %open.alert_key, "alert resolved");
+        }
+    }
+    Ok(evaluation)
+}
+
+pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+    vec![JobSpec {
+        name: EVALUATION_JOB,
+        schedule: config.alerts.evaluation_schedule.clone(),
+        timezone: config.scheduler_timezone,
+        run: Arc::new(|state| {
+            Box::pin(async move {
+                let e = evaluate(&state, now()).await?;
+                Ok(format!(
+                    "{} firing, {} opened, {} resolved",
+                    e.firing, e.opened, e.resolved
+                ))
+            })
+        }),
+    }]
+}

@@ -1,0 +1,289 @@
+//! Alerts: one row per stable key (rule + subject) with its state, and its history. Every
+//! state change is a compare-and-set `UPDATE` in the same transaction as the email it causes,
+//! so processes sharing PostgreSQL open, resolve and notify each incident once.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Serialize;
+
+use super::fields::UtcTime;
+use super::schema::{alert_events, alerts, outbox};
+use super::{Db, StorageError, StorageResult};
+use crate::db_run;
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = alerts)]
+pub struct Alert {
+    pub id: i64,
+    pub alert_key: String,
+    pub rule: String,
+    pub subject: String,
+    pub severity: String,
+    /// `firing`, `acknowledged` or `resolved`.
+    pub state: String,
+    pub summary: String,
+    pub details: String,
+    pub occurrences: i64,
+    pub first_seen_at: UtcTime,
+    pub last_seen_at: UtcTime,
+    pub resolved_at: Option<UtcTime>,
+    pub acknowledged_at: Option<UtcTime>,
+    pub acknowledged_by: Option<String>,
+    pub last_notified_at: Option<UtcTime>,
+    pub notify_count: i32,
+    pub updated_at: UtcTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = alert_events)]
+pub struct AlertEvent {
+    pub id: i64,
+    pub alert_id: i64,
+    /// `fired`, `resolved`, `acknowledged`, `notified`, `held_back`.
+    pub kind: String,
+    pub detail: Option<String>,
+    pub at: UtcTime,
+}
+
+/// A condition that holds now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Firing {
+    pub key: String,
+    pub rule: String,
+    pub subject: String,
+    pub severity: String,
+    pub summary: String,
+    pub details: String,
+}
+
+/// An email to queue with a state change.
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub kind: &'static str,
+    pub recipients: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+const OPEN: [&str; 2] = ["firing", "acknowledged"];
+
+/// Inside a transaction: appends to an alert's history. (A macro, as each backend's
+/// connection type needs its own expansion.)
+macro_rules! record_event {
+    ($tx:expr, $alert_id:expr, $kind:expr, $detail:expr, $at:expr) => {
+        diesel::insert_into(alert_events::table)
+            .values((
+                alert_events::alert_id.eq($alert_id),
+                alert_events::kind.eq($kind),
+                alert_events::detail.eq($detail),
+                alert_events::at.eq($at),
+            ))
+            .execute($tx)
+            .await?
+    };
+}
+
+/// Inside a transaction: queues an alert's email in the outbox and counts the notification.
+macro_rules! queue_email {
+    ($tx:expr, $alert:expr, $email:expr, $at:expr) => {{
+        let alert: Alert = $alert;
+        match $email {
+            Some(email) => {
+                diesel::insert_into(outbox::table)
+                    .values((
+                        outbox::alert_id.eq(alert.id),
+                        outbox::kind.eq(email.kind),
+                        outbox::recipients.eq(&email.recipients),
+                        outbox::subject.eq(&email.subject),
+                        outbox::body_text.eq(&email.text),
+                        outbox::body_html.eq(&email.html),
+                        // Due at once, whatever time the evaluation judged by.
+                        outbox::next_attempt_at.eq(super::now()),
+                        outbox::created_at.eq(super::now()),
+                    ))
+                    .execute($tx)
+                    .await?;
+                record_event!($tx, alert.id, "notified", Some(email.kind), $at);
+                diesel::update(alerts::table.find(alert.id))
+                    .set((
+                        alerts::last_notified_at.eq($at),
+                        alerts::notify_count.eq(alerts::notify_count + 1),
+                    ))
+                    .returning(Alert::as_returning())
+                    .get_result($tx)
+                    .await?
+            }
+            None => alert,
+        }
+    }};
+}
+
+/// Records that `firing` holds at `at`. Opens the alert when it is new or was resolved, and
+/// then (only then) queues `email(&alert)`. Returns the alert and whether this call opened it.
+pub async fn fire(
+    db: &Db,
+    firing: &Firing,
+    at: UtcTime,
+    email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
+) -> StorageResult<(Alert, bool)> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let inserted: Option<Alert> = diesel::insert_into(alerts::table)
+                .values((
+                    alerts::alert_key.eq(&firing.key),
+                    alerts::rule.eq(&firing.rule),
+                    alerts::subject.eq(&firing.subject),
+                    alerts::severity.eq(&firing.severity),
+                    alerts::state.eq("firing"),
+                    alerts::summary.eq(&firing.summary),
+                    alerts::details.eq(&firing.details),
+                    alerts::first_seen_at.eq(at),
+                    alerts::last_seen_at.eq(at),
+                    alerts::updated_at.eq(at),
+                ))
+                .on_conflict(alerts::alert_key)
+                .do_nothing()
+                .returning(Alert::as_returning())
+                .get_result(tx)
+                .await
+                .optional()?;
+            let opened = match inserted {
+                Some(alert) => Some(alert),
+                None => diesel::update(alerts::table)
+                    .filter(alerts::alert_key.eq(&firing.key))
+                    .filter(alerts::state.eq("resolved"))
+                    .set((
+                        alerts::state.eq("firing"),
+                        alerts::summary.eq(&firing.summary),
+                        alerts::details.eq(&firing.details),
+                        alerts::severity.eq(&firing.severity),
+                        alerts::occurrences.eq(alerts::occurrences + 1),
+                        alerts::first_seen_at.eq(at),
+                        alerts::last_seen_at.eq(at),
+                        alerts::resolved_at.eq(None::<UtcTime>),
+                        alerts::acknowledged_at.eq(None::<UtcTime>),
+                        alerts::acknowledged_by.eq(None::<String>),
+                        alerts::updated_at.eq(at),
+                    ))
+                    .returning(Alert::as_returning())
+                    .get_result(tx)
+                    .await
+                    .optional()?,
+            };
+            let Some(opened) = opened else {
+                let alert = diesel::update(alerts::table)
+                    .filter(alerts::alert_key.eq(&firing.key))
+                    .set((
+                        alerts::last_seen_at.eq(at),
+                        alerts::summary.eq(&firing.summary),
+                        alerts::details.eq(&firing.details),
+                        alerts::updated_at.eq(at),
+                    ))
+                    .returning(Alert::as_returning())
+                    .get_result(tx)
+                    .await?;
+                return Ok((alert, false));
+            };
+            record_event!(tx, opened.id, "fired", Some(opened.summary.as_str()), at);
+            let draft = email(&opened);
+            let opened = queue_email!(tx, opened, draft, at);
+            Ok((opened, true))
+        })
+        .await
+    })
+}
+
+/// Resolves an open alert whose condition no longer holds (compare-and-set: once), queuing
+/// `email(&alert)`. Returns the resolved alert, or `None` when someone else resolved it.
+pub async fn resolve(
+    db: &Db,
+    id: i64,
+    at: UtcTime,
+    email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
+) -> StorageResult<Option<Alert>> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let resolved: Option<Alert> = diesel::update(alerts::table)
+                .filter(alerts::id.eq(id))
+                .filter(alerts::state.eq_any(OPEN))
+                .set((
+                    alerts::state.eq("resolved"),
+                    alerts::resolved_at.eq(at),
+                    alerts::updated_at.eq(at),
+                ))
+                .returning(Alert::as_returning())
+                .get_result(tx)
+                .await
+                .optional()?;
+            let Some(resolved) = resolved else {
+                return Ok(None);
+            };
+            record_event!(tx, id, "resolved", None::<&str>, at);
+            let draft = email(&resolved);
+            Ok(Some(queue_email!(tx, resolved, draft, at)))
+        })
+        .await
+    })
+}
+
+/// Acknowledges an open alert (someone is on it); `None` when it is not open.
+pub async fn acknowledge(db: &Db, id: i64, by: &str, at: UtcTime) -> StorageResult<Option<Alert>> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let acked: Option<Alert> = diesel::update(alerts::table)
+                .filter(alerts::id.eq(id))
+                .filter(alerts::state.eq("firing"))
+                .set((
+                    alerts::state.eq("acknowledged"),
+                    alerts::acknowledged_at.eq(at),
+                    alerts::acknowledged_by.eq(by),
+                    alerts::updated_at.eq(at),
+                ))
+                .returning(Alert::as_returning())
+                .get_result(tx)
+                .await
+                .optional()?;
+            if acked.is_some() {
+                record_event!(tx, id, "acknowledged", Some(by), at);
+            }
+            Ok(acked)
+        })
+        .await
+    })
+}
+
+/// Alerts in any of `states` (all when empty), newest first.
+pub async fn list(db: &Db, states: &[&str], limit: i64) -> StorageResult<Vec<Alert>> {
+    let states: Vec<String> = states.iter().map(|s| (*s).to_owned()).collect();
+    db_run!(db, |conn| {
+        let mut query = alerts::table.select(Alert::as_select()).into_boxed();
+        if !states.is_empty() {
+            query = query.filter(alerts::state.eq_any(states));
+        }
+        Ok(query.order(alerts::id.desc()).limit(limit).load(conn).await?)
+    })
+}
+
+pub async fn open_alerts(db: &Db) -> StorageResult<Vec<Alert>> {
+    list(db, &OPEN, i64::MAX).await
+}
+
+pub async fn get(db: &Db, id: i64) -> StorageResult<(Alert, Vec<AlertEvent>)> {
+    db_run!(db, |conn| {
+        let alert = alerts::table
+            .find(id)
+            .select(Alert::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(StorageError::NotFound)?;
+        let events = alert_events::table
+            .filter(alert_events::alert_id.eq(id))
+            .select(AlertEvent::as_select())
+            .order(alert_events::id)
+            .load(conn)
+            .await?;
+        Ok((alert, events))
+    })
+}

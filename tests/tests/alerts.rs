@@ -1,0 +1,369 @@
+//! Alert rules and their lifecycle, with the emails received by a real SMTP server (aiosmtpd).
+//! In process, so evaluation times are the test's; both backends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Duration as Span;
+use serde_json::json;
+use telltale::alerts::email::deliver_due;
+use telltale::alerts::evaluate::evaluate;
+use telltale::app::AppState;
+use telltale::storage::connections::{self, NewConnection, RefreshedToken};
+use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
+use telltale::storage::polling::{self as poll_store, Finished};
+use telltale::storage::webhooks::{self, SourceTiming};
+use telltale::storage::{UtcTime, alerts, now};
+use telltale_e2e::{Backend, SmtpSink, TestDb, TestServer, both_backends, get_json, post_with_headers};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+both_backends!(
+    a_failing_token_is_emailed_once_and_again_when_it_recovers,
+    causes_mute_their_effects,
+    two_evaluators_open_and_email_each_incident_once,
+    the_service_alerts_on_call_end_to_end,
+);
+
+async fn app(db: &TestDb, smtp: &SmtpSink) -> AppState {
+    db.app_state(&format!(
+        "[email]\nsmtp_url = \"{}\"\non_call = \"oncall@example.com\"\n[alerts]\npublic_url = \"https://telltale.example.com\"",
+        smtp.url()
+    ))
+    .await
+}
+
+async fn connection(state: &AppState, name: &str) -> i64 {
+    let account = match connections::account_by_name(&state.db, "acme").await {
+        Ok(a) => a,
+        Err(_) => connections::create_account(&state.db, "acme", None)
+            .await
+            .unwrap(),
+    };
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "oauth2_refresh".into(),
+        name: name.into(),
+        settings: json!({"preset": "spotify"}),
+        access_token: Some("CANARY-token".into()),
+        refresh_token: Some("CANARY-refresh".into()),
+        expires_at: Some((now().0 + Span::hours(1)).into()),
+        ..Default::default()
+    };
+    connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .unwrap()
+        .id
+}
+
+async fn fail_refresh(state: &AppState, id: i64, times: usize) {
+    for _ in 0..times {
+        connections::record_refresh_failure(&state.db, id, None, "HTTP 503", now())
+            .await
+            .unwrap();
+    }
+}
+
+async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start().await;
+    let state = app(&db, &smtp).await;
+    let id = connection(&state, "spotify-main").await;
+
+    fail_refresh(&state, id, 2).await;
+    assert_eq!(
+        evaluate(&state, now()).await.unwrap().firing,
+        0,
+        "below the threshold of 3"
+    );
+    fail_refresh(&state, id, 1).await;
+    let first = evaluate(&state, now()).await.unwrap();
+    assert_eq!((first.firing, first.opened), (1, 1));
+    let again = evaluate(&state, now()).await.unwrap();
+    assert_eq!(
+        (again.firing, again.opened),
+        (1, 0),
+        "still firing, not opened again"
+    );
+
+    let sent = deliver_due(&state).await.unwrap();
+    assert_eq!((sent.sent, sent.pending), (1, 0));
+    let messages = smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 1, "one email per incident");
+    let firing = &messages[0];
+    assert!(
+        firing.contains("Subject: [Telltale] FIRING (warning): token refresh of oauth2_refresh connection spotify-main failed 3 times in a row"),
+        "{firing}"
+    );
+    assert!(firing.contains("To: oncall@example.com"));
+    assert!(firing.contains("Last error: HTTP 503"), "what broke: {firing}");
+    assert!(firing.contains("Since "), "since when: {firing}");
+    assert!(
+        firing.contains("Telltale retries on every sweep"),
+        "what was tried: {firing}"
+    );
+    let open = alerts::open_alerts(&state.db).await.unwrap();
+    assert!(
+        firing.contains(&format!("https://telltale.example.com/api/alerts/{}", open[0].id)),
+        "the one link: {firing}"
+    );
+    assert!(firing.contains("text/plain") && firing.contains("text/html"));
+    assert!(!firing.contains("CANARY"), "no secret in an email");
+
+    // Recovery: one more email, and the alert's history tells the story.
+    connections::store_refreshed_token(
+        &state.db,
+        &state.crypto,
+        id,
+        &RefreshedToken {
+            access_token: "fresh".into(),
+            refresh_token: None,
+            expires_at: Some((now().0 + Span::hours(1)).into()),
+            refresh_expires_at: None,
+        },
+        now(),
+    )
+    .await
+    .unwrap();
+    let recovered = evaluate(&state, now()).await.unwrap();
+    assert_eq!((recovered.firing, recovered.resolved), (0, 1));
+    assert_eq!(
+        evaluate(&state, now()).await.unwrap().resolved,
+        0,
+        "resolved once"
+    );
+    deliver_due(&state).await.unwrap();
+    let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 2);
+    assert!(
+        messages[1].contains(
+            "Subject: [Telltale] RESOLVED: token refresh of oauth2_refresh connection spotify-main"
+        ),
+        "{}",
+        messages[1]
+    );
+    assert!(messages[1].contains("Recovered at"));
+    let (alert, history) = alerts::get(&state.db, open[0].id).await.unwrap();
+    assert_eq!((alert.state.as_str(), alert.notify_count), ("resolved", 2));
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["fired", "notified", "resolved", "notified"]);
+
+    // It breaks again: the same alert re-opens, counted as a second occurrence.
+    fail_refresh(&state, id, 3).await;
+    assert_eq!(evaluate(&state, now()).await.unwrap().opened, 1);
+    let (alert, _) = alerts::get(&state.db, open[0].id).await.unwrap();
+    assert_eq!((alert.state.as_str(), alert.occurrences), ("firing", 2));
+}
+
+async fn causes_mute_their_effects(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start().await;
+    let state = app(&db, &smtp).await;
+
+    // A revoked token, and polls of that connection failing because of it.
+    let id = connection(&state, "spotify-main").await;
+    connections::record_refresh_failure(&state.db, id, Some("needs_reauth"), "invalid_grant", now())
+        .await
+        .unwrap();
+    poll_store::ensure_pairs(&state.db, &[(id, "recently_played")])
+        .await
+        .unwrap();
+    let pair = poll_store::get_state(&state.db, id, "recently_played")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let failed = Finished {
+            state_id: pair.id,
+            last_content_hash: None,
+            connection_id: id,
+            endpoint: "recently_played".into(),
+            trigger: "scheduled".into(),
+            status: "failed",
+            items: 0,
+            pages: 0,
+            http_status: Some(401),
+            error: Some("HTTP 401".into()),
+            duration_ms: 5,
+            started_at: now(),
+            finished_at: now(),
+            next_due_at: None,
+            payload: None,
+            record_run: true,
+        };
+        poll_store::finish(&state.db, &failed).await.unwrap();
+    }
+
+    // A webhook source gone quiet, with its two devices offline.
+    let source = webhooks::ensure_source(&state.db, "site-a", SourceTiming::default())
+        .await
+        .unwrap();
+    for sn in ["6136D000001", "6136D000002"] {
+        let device = devices::upsert_by_sn(
+            &state.db,
+            sn,
+            &DeviceProfile {
+                source_id: Some(source),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let activity = DeviceActivity {
+            status: "offline".into(),
+            last_seen_at: now(),
+            last_event_type: None,
+            last_payload: None,
+            battery: None,
+            expected_interval_secs: None,
+        };
+        devices::record_activity(&state.db, device.id, &activity)
+            .await
+            .unwrap();
+    }
+
+    // Half an hour on, past the source's 15 + 5 minutes.
+    let later: UtcTime = (now().0 + Span::minutes(30)).into();
+    evaluate(&state, later).await.unwrap();
+    let open = alerts::open_alerts(&state.db).await.unwrap();
+    let mut rules: Vec<&str> = open.iter().map(|a| a.rule.as_str()).collect();
+    rules.sort_unstable();
+    assert_eq!(
+        rules,
+        ["token_needs_reauth", "webhook_source_stale"],
+        "no poll alert behind the token, no device alerts behind the source: {open:#?}"
+    );
+    let token = open.iter().find(|a| a.rule == "token_needs_reauth").unwrap();
+    assert!(
+        token
+            .details
+            .contains("Held back (caused by this): failing polls of recently_played"),
+        "{}",
+        token.details
+    );
+    let source_alert = open.iter().find(|a| a.rule == "webhook_source_stale").unwrap();
+    assert_eq!(source_alert.severity, "high");
+    assert!(
+        source_alert
+            .details
+            .contains("2 offline device(s) of this source are folded"),
+        "{}",
+        source_alert.details
+    );
+
+    deliver_due(&state).await.unwrap();
+    let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 2);
+    assert!(messages.iter().any(|m| m.contains("Held back")));
+}
+
+/// Two evaluators (as two replicas would run) on one database, at the same moment.
+async fn two_evaluators_open_and_email_each_incident_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start().await;
+    let first = Arc::new(app(&db, &smtp).await);
+    let second = Arc::new(app(&db, &smtp).await);
+    for i in 0..5 {
+        let id = connection(&first, &format!("c{i}")).await;
+        fail_refresh(&first, id, 3).await;
+    }
+    let at = now();
+    let (a, b) = tokio::join!(
+        {
+            let s = first.clone();
+            async move { evaluate(&s, at).await.unwrap() }
+        },
+        {
+            let s = second.clone();
+            async move { evaluate(&s, at).await.unwrap() }
+        },
+    );
+    assert_eq!(a.opened + b.opened, 5, "{a:?} {b:?}");
+    let (x, y) = tokio::join!(deliver_due(&first), deliver_due(&second));
+    assert_eq!(x.unwrap().sent + y.unwrap().sent, 5);
+    let messages = smtp.wait_for(5, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        smtp.messages().len(),
+        5,
+        "each incident emailed once: {}",
+        messages.len()
+    );
+}
+
+/// The whole chain in the built service: a provider keeps failing, the sweep counts failures,
+/// the evaluation opens an alert, the outbox emails on-call; the API shows and acknowledges it.
+async fn the_service_alerts_on_call_end_to_end(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start().await;
+    let provider = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&provider)
+        .await;
+    let url = smtp.url();
+    let server = TestServer::start(
+        db.url(),
+        &[
+            ("SMTP_URL", url.as_str()),
+            ("TELLTALE_ONCALL_EMAILS", "oncall@example.com"),
+            ("TELLTALE_TOKEN_SWEEP_SCHEDULE", "* * * * * *"),
+            ("TELLTALE_TOKEN_MAX_ATTEMPTS", "1"),
+            ("TELLTALE_ALERT_EVALUATION_SCHEDULE", "* * * * * *"),
+            ("TELLTALE_OUTBOX_SCHEDULE", "* * * * * *"),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let body = json!({
+        "account": "acme", "provider": "oauth2_refresh", "name": "spotify-main",
+        "base_url": format!("{}/api/token", provider.uri()),
+        "credentials": {"client_id": "c", "client_secret": "CANARY-secret"},
+        "refresh_token": "CANARY-refresh",
+    });
+    let (code, _) = post_with_headers(
+        &server.url("/api/connections"),
+        &[("content-type".into(), "application/json".into())],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+
+    let messages = smtp.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(messages.len(), 1, "on-call emailed:\n{}", server.log_text());
+    assert!(
+        messages[0].contains("FIRING (warning): token refresh of oauth2_refresh connection spotify-main")
+    );
+    assert!(messages[0].contains("HTTP 503"));
+    assert!(!messages[0].contains("CANARY"));
+
+    let (code, open) = get_json(&server.url("/api/alerts?state=open")).await;
+    assert_eq!(code, 200);
+    let items = open["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{open}");
+    let id = items[0]["id"].as_i64().unwrap();
+    assert_eq!(items[0]["rule"], "token_refresh_failing");
+    let (code, detail) = get_json(&server.url(&format!("/api/alerts/{id}"))).await;
+    assert_eq!(code, 200);
+    let kinds: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(&kinds[..2], ["fired", "notified"]);
+
+    let (code, acked) = post_with_headers(&server.url(&format!("/api/alerts/{id}/ack")), &[], "").await;
+    assert_eq!(
+        (code, acked["alert"]["state"].as_str()),
+        (200, Some("acknowledged"))
+    );
+    let (code, again) = post_with_headers(&server.url(&format!("/api/alerts/{id}/ack")), &[], "").await;
+    assert_eq!((code, again["error"]["code"].as_str()), (409, Some("not_firing")));
+    let (code, _) = post_with_headers(&server.url("/api/alerts/424242/ack"), &[], "").await;
+    assert_eq!(code, 404);
+    let (code, _) = get_json(&server.url("/api/alerts?state=bogus")).await;
+    assert_eq!(code, 400);
+
+    // Still failing, still one email: no repeats while it stays open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(smtp.messages().len(), 1);
+}
