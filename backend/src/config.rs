@@ -49,6 +49,9 @@ pub struct AlertsConfig {
     pub runway: Duration,
     /// Email when an alert resolves.
     pub notify_resolved: bool,
+    /// Reminders while an alert stays firing: after the first email, then after each
+    /// reminder; the last delay repeats.
+    pub reminders: Vec<Duration>,
     /// Where the links in emails point (the web UI / API base URL).
     pub public_url: String,
 }
@@ -217,6 +220,7 @@ struct FileAlerts {
     runway_secs: Option<u64>,
     notify_resolved: Option<bool>,
     public_url: Option<String>,
+    reminders: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -562,6 +566,10 @@ const AL_PUBLIC_URL: Key = Key {
     file: "alerts.public_url",
     env: "TELLTALE_PUBLIC_URL",
 };
+const AL_REMINDERS: Key = Key {
+    file: "alerts.reminders",
+    env: "TELLTALE_ALERT_REMINDERS",
+};
 const CRON_SECRET: Key = Key {
     file: "cron_secret",
     env: "CRON_SECRET",
@@ -631,6 +639,7 @@ const ALL_KEYS: &[&Key] = &[
     &AL_RUNWAY,
     &AL_RESOLVED,
     &AL_PUBLIC_URL,
+    &AL_REMINDERS,
     &CRON_SECRET,
 ];
 
@@ -1098,7 +1107,30 @@ impl Config {
         if !url::Url::parse(&public_url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
             return Err(AL_PUBLIC_URL.error(format!("{public_url:?} is not an http(s) URL")));
         }
+        let reminder_text = pick(&AL_REMINDERS, al.reminders).unwrap_or_else(|| "1h, 4h, 24h".into());
+        let mut reminders = Vec::new();
+        for part in reminder_text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (number, unit) =
+                part.split_at(part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len()));
+            let secs = match (number.parse::<u64>(), unit) {
+                (Ok(n), "s") => n,
+                (Ok(n), "m") => n * 60,
+                (Ok(n), "h") => n * 3600,
+                (Ok(n), "d") => n * 86_400,
+                _ => 0,
+            };
+            if secs == 0 {
+                return Err(AL_REMINDERS.error(format!(
+                    "{part:?} is not a delay; expected a list such as \"1h, 4h, 24h\" (units s, m, h, d)"
+                )));
+            }
+            reminders.push(Duration::from_secs(secs));
+        }
+        if reminders.is_empty() {
+            return Err(AL_REMINDERS.error("give at least one delay, e.g. \"1h, 4h, 24h\""));
+        }
         let alerts = AlertsConfig {
+            reminders,
             evaluation_schedule: schedule(&AL_SCHEDULE, al.evaluation_schedule, "*/30 * * * * *")?,
             refresh_failures: positive(&AL_REFRESH, pick_num(&AL_REFRESH, al.refresh_failures)?, 3, 1000)?
                 as i32,
@@ -1192,13 +1224,18 @@ impl Config {
         ));
         let al = &self.alerts;
         out.push_str(&format!(
-            "\n[alerts]\nevaluation_schedule = {:?}\nrefresh_failures = {}\npoll_failures = {}\nrunway_secs = {}\nnotify_resolved = {}\npublic_url = {:?}\n",
+            "\n[alerts]\nevaluation_schedule = {:?}\nrefresh_failures = {}\npoll_failures = {}\nrunway_secs = {}\nnotify_resolved = {}\npublic_url = {:?}\nreminders = {:?}\n",
             al.evaluation_schedule,
             al.refresh_failures,
             al.poll_failures,
             al.runway.as_secs(),
             al.notify_resolved,
-            al.public_url
+            al.public_url,
+            al.reminders
+                .iter()
+                .map(|d| format!("{}s", d.as_secs()))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         out.push_str("\n[database]\n");
         out.push_str(&format!("max_connections = {}\n", self.pool.max_connections));

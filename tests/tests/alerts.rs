@@ -22,6 +22,8 @@ both_backends!(
     causes_mute_their_effects,
     two_evaluators_open_and_email_each_incident_once,
     the_service_alerts_on_call_end_to_end,
+    reminders_slow_down_while_an_alert_stays_open,
+    silences_hold_back_notifications,
 );
 
 async fn app(db: &TestDb, smtp: &SmtpSink) -> AppState {
@@ -366,4 +368,126 @@ async fn the_service_alerts_on_call_end_to_end(backend: Backend) {
     // Still failing, still one email: no repeats while it stays open.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(smtp.messages().len(), 1);
+
+    // Silences through the API: a maintenance window for a source, listed, then ended.
+    let json_headers = [("content-type".to_owned(), "application/json".to_owned())];
+    let ends = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (code, created) = post_with_headers(
+        &server.url("/api/silences"),
+        &json_headers,
+        json!({"matcher": "source:site-a", "reason": "gateway replacement", "ends_at": ends}).to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    let (code, listed) = get_json(&server.url("/api/silences")).await;
+    assert_eq!(
+        (code, listed["items"][0]["reason"].as_str()),
+        (200, Some("gateway replacement"))
+    );
+    let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (code, refused) = post_with_headers(
+        &server.url("/api/silences"),
+        &json_headers,
+        json!({"matcher": "source:site-a", "reason": "x", "ends_at": past}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (code, refused["error"]["code"].as_str()),
+        (400, Some("invalid_silence"))
+    );
+    let resp = reqwest::Client::new()
+        .delete(server.url(&format!("/api/silences/{}", created["id"])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let (_, listed) = get_json(&server.url("/api/silences")).await;
+    assert!(listed["items"].as_array().unwrap().is_empty());
+}
+
+async fn reminders_slow_down_while_an_alert_stays_open(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start().await;
+    let state = app(&db, &smtp).await;
+    let id = connection(&state, "spotify-main").await;
+    fail_refresh(&state, id, 3).await;
+    let t0 = now();
+    let at = |minutes: i64| -> UtcTime { (t0.0 + Span::minutes(minutes)).into() };
+    // The default cadence: 1 h, 4 h, then daily.
+    let reminded = |minutes: i64| {
+        let state = &state;
+        async move { evaluate(state, at(minutes)).await.unwrap().reminded }
+    };
+    assert_eq!(evaluate(&state, at(0)).await.unwrap().opened, 1);
+    assert_eq!(reminded(30).await, 0);
+    assert_eq!(reminded(61).await, 1, "first reminder after an hour");
+    assert_eq!(reminded(62).await, 0);
+    assert_eq!(reminded(61 + 3 * 60).await, 0);
+    assert_eq!(reminded(61 + 4 * 60 + 1).await, 1, "then after four hours");
+    assert_eq!(reminded(302 + 23 * 60).await, 0);
+    assert_eq!(reminded(302 + 24 * 60 + 1).await, 1, "then daily");
+    assert_eq!(reminded(302 + 48 * 60 + 2).await, 1);
+
+    // Acknowledged: no more reminders.
+    let open = alerts::open_alerts(&state.db).await.unwrap();
+    alerts::acknowledge(&state.db, open[0].id, "ops", now())
+        .await
+        .unwrap();
+    assert_eq!(reminded(302 + 96 * 60).await, 0);
+
+    deliver_due(&state).await.unwrap();
+    let messages = smtp.wait_for(5, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 5, "one firing email and four reminders");
+    assert!(messages[0].contains("Subject: [Telltale] FIRING"));
+    for reminder in &messages[1..] {
+        assert!(
+            reminder.contains("Subject: [Telltale] STILL FIRING (warning)"),
+            "{reminder}"
+        );
+    }
+}
+
+async fn silences_hold_back_notifications(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start().await;
+    let state = app(&db, &smtp).await;
+    let quiet = connection(&state, "under-maintenance").await;
+    let loud = connection(&state, "production").await;
+    let until: UtcTime = (now().0 + Span::hours(2)).into();
+    alerts::add_silence(
+        &state.db,
+        &format!("connection:{quiet}"),
+        "provider maintenance",
+        Some("ops"),
+        now(),
+        until,
+        now(),
+    )
+    .await
+    .unwrap();
+    fail_refresh(&state, quiet, 3).await;
+    fail_refresh(&state, loud, 3).await;
+    let evaluation = evaluate(&state, now()).await.unwrap();
+    assert_eq!(
+        (evaluation.firing, evaluation.opened),
+        (2, 2),
+        "silenced alerts still open and show"
+    );
+    deliver_due(&state).await.unwrap();
+    let messages = smtp.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.messages().len(), 1, "only the unsilenced alert is emailed");
+    assert!(messages[0].contains("production"));
+    let silenced = alerts::open_alerts(&state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.subject == format!("connection:{quiet}"))
+        .unwrap();
+    let (_, history) = alerts::get(&state.db, silenced.id).await.unwrap();
+    let held = history.iter().find(|e| e.kind == "held_back").unwrap();
+    assert!(
+        held.detail.as_deref().unwrap().contains("provider maintenance"),
+        "{history:?}"
+    );
 }

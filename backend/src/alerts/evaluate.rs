@@ -36,7 +36,16 @@ pub struct Signals {
 pub struct Evaluation {
     pub firing: usize,
     pub opened: usize,
+    pub reminded: usize,
     pub resolved: usize,
+}
+
+/// Which email an alert change sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Firing,
+    Reminder,
+    Resolved,
 }
 
 fn when(t: Option<UtcTime>) -> String {
@@ -233,24 +242,35 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
     firing
 }
 
-/// The email for an alert that opened (`resolved` false) or resolved.
-pub fn email_for(config: &Config, alert: &Alert, resolved: bool) -> Option<Email> {
-    if config.email.on_call.is_empty() || (resolved && !config.alerts.notify_resolved) {
+/// The email for an alert change; `None` when nobody is to be told.
+pub fn email_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Email> {
+    if config.email.on_call.is_empty() || (notice == Notice::Resolved && !config.alerts.notify_resolved) {
         return None;
     }
     let look = format!("{}/api/alerts/{}", config.alerts.public_url, alert.id);
-    let (kind, subject, headline) = if resolved {
-        (
+    let (kind, subject, headline) = match notice {
+        Notice::Resolved => (
             "alert_resolved",
             format!("[Telltale] RESOLVED: {}", alert.summary),
-            format!("Recovered at {}", when(alert.resolved_at)),
-        )
-    } else {
-        (
+            format!(
+                "Recovered at {} (firing since {})",
+                when(alert.resolved_at),
+                alert.first_seen_at
+            ),
+        ),
+        Notice::Reminder => (
+            "alert_reminder",
+            format!("[Telltale] STILL FIRING ({}): {}", alert.severity, alert.summary),
+            format!(
+                "Still firing since {} (reminder {})",
+                alert.first_seen_at, alert.notify_count
+            ),
+        ),
+        Notice::Firing => (
             "alert_firing",
             format!("[Telltale] FIRING ({}): {}", alert.severity, alert.summary),
             format!("Since {}", alert.first_seen_at),
-        )
+        ),
     };
     let text = format!(
         "{}\n{headline}\n\n{}\n\nAlert: {look}\n",
@@ -271,6 +291,12 @@ pub fn email_for(config: &Config, alert: &Alert, resolved: bool) -> Option<Email
     })
 }
 
+/// How long after its `notified`-th notification a still-firing alert is reminded about.
+pub fn reminder_after(config: &AlertsConfig, notified: i32) -> Option<std::time::Duration> {
+    let index = usize::try_from(notified.max(1) - 1).unwrap_or(0);
+    config.reminders.get(index).or(config.reminders.last()).copied()
+}
+
 /// One evaluation: every condition that holds opens or refreshes its alert; every open alert
 /// whose condition is gone resolves. Emails are queued in the same transactions.
 pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation> {
@@ -282,16 +308,50 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
     };
     let holding = conditions(&signals, &state.config.alerts, at);
     let config = &state.config;
+    let silences: Vec<_> = store::silences(&state.db, at)
+        .await?
+        .into_iter()
+        .filter(|s| s.starts_at.0 <= at.0)
+        .collect();
+    let hold_for = |key: &str, rule: &str, subject: &str| {
+        silences
+            .iter()
+            .find(|s| s.matches(key, rule, subject))
+            .map(|s| format!("silenced until {}: {}", s.ends_at, s.reason))
+    };
     let mut evaluation = Evaluation {
         firing: holding.len(),
         ..Default::default()
     };
     let mut active = HashSet::new();
     for firing in &holding {
-        let (_, opened) = store::fire(&state.db, firing, at, |alert| email_for(config, alert, false)).await?;
+        let hold = hold_for(&firing.key, &firing.rule, &firing.subject);
+        let (alert, opened) = store::fire(&state.db, firing, at, hold.as_deref(), |alert| {
+            email_for(config, alert, Notice::Firing)
+        })
+        .await?;
         if opened {
             evaluation.opened += 1;
             tracing::warn!(alert = %firing.key, summary = %firing.summary, "alert firing");
+        } else if alert.state == "firing"
+            && alert.notify_count > 0
+            && let (Some(last), Some(after)) = (
+                alert.last_notified_at,
+                reminder_after(&config.alerts, alert.notify_count),
+            )
+            && last.0 + chrono::Duration::from_std(after).unwrap_or_default() <= at.0
+            && store::remind(
+                &state.db,
+                alert.id,
+                alert.notify_count,
+                at,
+                hold.as_deref(),
+                |a| email_for(config, a, Notice::Reminder),
+            )
+            .await?
+            .is_some()
+        {
+            evaluation.reminded += 1;
         }
         active.insert(firing.key.clone());
     }
@@ -299,9 +359,12 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
         if active.contains(&open.alert_key) {
             continue;
         }
-        if store::resolve(&state.db, open.id, at, |alert| email_for(config, alert, true))
-            .await?
-            .is_some()
+        let hold = hold_for(&open.alert_key, &open.rule, &open.subject);
+        if store::resolve(&state.db, open.id, at, hold.as_deref(), |alert| {
+            email_for(config, alert, Notice::Resolved)
+        })
+        .await?
+        .is_some()
         {
             evaluation.resolved += 1;
             tracing::info!(alert = %open.alert_key, "alert resolved");
@@ -319,8 +382,8 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
             Box::pin(async move {
                 let e = evaluate(&state, now()).await?;
                 Ok(format!(
-                    "{} firing, {} opened, {} resolved",
-                    e.firing, e.opened, e.resolved
+                    "{} firing, {} opened, {} reminded, {} resolved",
+                    e.firing, e.opened, e.reminded, e.resolved
                 ))
             })
         }),

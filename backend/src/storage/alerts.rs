@@ -7,7 +7,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::fields::UtcTime;
-use super::schema::{alert_events, alerts, outbox};
+use super::schema::{alert_events, alerts, outbox, silences};
 use super::{Db, StorageError, StorageResult};
 use crate::db_run;
 
@@ -84,11 +84,18 @@ macro_rules! record_event {
     };
 }
 
-/// Inside a transaction: queues an alert's email in the outbox and counts the notification.
+/// Inside a transaction: queues an alert's email in the outbox and counts the notification,
+/// or, when `$hold` names a reason (a silence), records that it was held back.
 macro_rules! queue_email {
-    ($tx:expr, $alert:expr, $email:expr, $at:expr) => {{
+    ($tx:expr, $alert:expr, $email:expr, $hold:expr, $at:expr) => {{
         let alert: Alert = $alert;
+        let hold: Option<&str> = $hold;
         match $email {
+            Some(email) if hold.is_some() => {
+                let detail = format!("{} email held back: {}", email.kind, hold.unwrap_or_default());
+                record_event!($tx, alert.id, "held_back", Some(detail.as_str()), $at);
+                alert
+            }
             Some(email) => {
                 diesel::insert_into(outbox::table)
                     .values((
@@ -125,6 +132,7 @@ pub async fn fire(
     db: &Db,
     firing: &Firing,
     at: UtcTime,
+    hold: Option<&str>,
     email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
 ) -> StorageResult<(Alert, bool)> {
     db_run!(db, |conn| {
@@ -187,7 +195,7 @@ pub async fn fire(
             };
             record_event!(tx, opened.id, "fired", Some(opened.summary.as_str()), at);
             let draft = email(&opened);
-            let opened = queue_email!(tx, opened, draft, at);
+            let opened = queue_email!(tx, opened, draft, hold, at);
             Ok((opened, true))
         })
         .await
@@ -200,6 +208,7 @@ pub async fn resolve(
     db: &Db,
     id: i64,
     at: UtcTime,
+    hold: Option<&str>,
     email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
 ) -> StorageResult<Option<Alert>> {
     db_run!(db, |conn| {
@@ -221,7 +230,45 @@ pub async fn resolve(
             };
             record_event!(tx, id, "resolved", None::<&str>, at);
             let draft = email(&resolved);
-            Ok(Some(queue_email!(tx, resolved, draft, at)))
+            Ok(Some(queue_email!(tx, resolved, draft, hold, at)))
+        })
+        .await
+    })
+}
+
+/// Sends a reminder for a still-firing alert that has had `notified` notifications
+/// (compare-and-set on that count, so replicas remind once). `None` when someone else did.
+pub async fn remind(
+    db: &Db,
+    id: i64,
+    notified: i32,
+    at: UtcTime,
+    hold: Option<&str>,
+    email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
+) -> StorageResult<Option<Alert>> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let current: Option<Alert> = diesel::update(alerts::table)
+                .filter(alerts::id.eq(id))
+                .filter(alerts::state.eq("firing"))
+                .filter(alerts::notify_count.eq(notified))
+                .set((alerts::last_notified_at.eq(at), alerts::updated_at.eq(at)))
+                .returning(Alert::as_returning())
+                .get_result(tx)
+                .await
+                .optional()?;
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let draft = email(&current);
+            if hold.is_some() {
+                // Held back: count it anyway, so the cadence moves on rather than repeating at once.
+                diesel::update(alerts::table.find(id))
+                    .set(alerts::notify_count.eq(alerts::notify_count + 1))
+                    .execute(tx)
+                    .await?;
+            }
+            Ok(Some(queue_email!(tx, current, draft, hold, at)))
         })
         .await
     })
@@ -285,5 +332,70 @@ pub async fn get(db: &Db, id: i64) -> StorageResult<(Alert, Vec<AlertEvent>)> {
             .load(conn)
             .await?;
         Ok((alert, events))
+    })
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = silences)]
+pub struct Silence {
+    pub id: i64,
+    /// A rule (`device_offline`), a subject (`connection:5`, `source:site-a`) or an alert key.
+    pub matcher: String,
+    pub reason: String,
+    pub created_by: Option<String>,
+    pub starts_at: UtcTime,
+    pub ends_at: UtcTime,
+    pub created_at: UtcTime,
+}
+
+impl Silence {
+    pub fn matches(&self, key: &str, rule: &str, subject: &str) -> bool {
+        self.matcher == key || self.matcher == rule || self.matcher == subject
+    }
+}
+
+pub async fn add_silence(
+    db: &Db,
+    matcher: &str,
+    reason: &str,
+    by: Option<&str>,
+    starts_at: UtcTime,
+    ends_at: UtcTime,
+    at: UtcTime,
+) -> StorageResult<Silence> {
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(silences::table)
+            .values((
+                silences::matcher.eq(matcher),
+                silences::reason.eq(reason),
+                silences::created_by.eq(by),
+                silences::starts_at.eq(starts_at),
+                silences::ends_at.eq(ends_at),
+                silences::created_at.eq(at),
+            ))
+            .returning(Silence::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
+/// Silences not yet over at `at` (current and scheduled), soonest end first.
+pub async fn silences(db: &Db, at: UtcTime) -> StorageResult<Vec<Silence>> {
+    db_run!(db, |conn| {
+        Ok(silences::table
+            .filter(silences::ends_at.gt(at))
+            .select(Silence::as_select())
+            .order(silences::ends_at)
+            .load(conn)
+            .await?)
+    })
+}
+
+pub async fn delete_silence(db: &Db, id: i64) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        match diesel::delete(silences::table.find(id)).execute(conn).await? {
+            0 => Err(StorageError::NotFound),
+            _ => Ok(()),
+        }
     })
 }

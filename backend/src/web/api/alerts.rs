@@ -126,3 +126,69 @@ pub async fn acknowledge(state: web::Data<AppState>, id: web::Path<i64>) -> Resu
         )),
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    /// A rule (`device_offline`), a subject (`connection:5`, `source:site-a`) or an alert key.
+    matcher: String,
+    reason: String,
+    /// Defaults to now: a maintenance window can be scheduled ahead.
+    starts_at: Option<chrono::DateTime<chrono::Utc>>,
+    ends_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `POST /api/silences`: hold back the notifications of matching alerts until `ends_at`
+/// (they still open, resolve and show; their emails are recorded as held back).
+pub async fn add_silence(
+    state: web::Data<AppState>,
+    body: web::Json<NewSilence>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let at = crate::storage::now();
+    let starts_at = body.starts_at.map(crate::storage::UtcTime::new).unwrap_or(at);
+    let ends_at = crate::storage::UtcTime::new(body.ends_at);
+    let invalid = |m: &str| ApiError::bad_request("invalid_silence", m.to_owned());
+    if body.matcher.trim().is_empty() || body.matcher.len() > 300 {
+        return Err(invalid("matcher must be 1-300 characters"));
+    }
+    if body.reason.trim().is_empty() {
+        return Err(invalid("give a reason, so others know why alerts are quiet"));
+    }
+    if ends_at.0 <= starts_at.0 || ends_at.0 <= at.0 {
+        return Err(invalid("ends_at must be in the future and after starts_at"));
+    }
+    let silence = crate::storage::alerts::add_silence(
+        &state.db,
+        body.matcher.trim(),
+        body.reason.trim(),
+        Some("api"),
+        starts_at,
+        ends_at,
+        at,
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(silence))
+}
+
+/// `GET /api/silences`: current and scheduled silences.
+pub async fn silences(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let items = crate::storage::alerts::silences(&state.db, crate::storage::now()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// `DELETE /api/silences/{id}`: end a silence now.
+pub async fn delete_silence(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    crate::storage::alerts::delete_silence(&state.db, *id)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StorageError::NotFound => {
+                ApiError::not_found(format!("no silence with id {}", *id))
+            }
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -37,6 +37,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/alerts/{id}", web::get().to(alerts::alert))
         .route("/api/alerts/{id}/ack", web::post().to(alerts::acknowledge))
         .route("/api/outbox", web::get().to(alerts::list))
+        .route("/api/silences", web::get().to(alerts::silences))
+        .route("/api/silences", web::post().to(alerts::add_silence))
+        .route("/api/silences/{id}", web::delete().to(alerts::delete_silence))
         .route("/api/polling", web::get().to(polling::list))
         .route(
             "/api/polling/{connection}/{endpoint}",
