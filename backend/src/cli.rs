@@ -212,6 +212,14 @@ fn load_crypto(config: &Config) -> anyhow::Result<Crypto> {
     Ok(crypto)
 }
 
+/// The state a one-shot command (refresh, poll, connections, test email) works with: the
+/// secret key loaded and the schema migrated, as the service would have them.
+async fn one_shot_state(config: Config) -> anyhow::Result<AppState> {
+    let crypto = load_crypto(&config)?;
+    migrate::run(&config.database).await?;
+    AppState::new(config, crypto)
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let crypto = load_crypto(&config)?;
     let listener = std::net::TcpListener::bind(config.listen)
@@ -263,9 +271,7 @@ async fn refresh_tokens(
     provider: Option<String>,
     connection: Option<i64>,
 ) -> anyhow::Result<()> {
-    let crypto = load_crypto(&config)?;
-    migrate::run(&config.database).await?;
-    let state = AppState::new(config, crypto)?;
+    let state = one_shot_state(config).await?;
     let request = crate::tokens::SweepRequest {
         trigger: "cli",
         actor: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
@@ -337,9 +343,7 @@ fn parse_settings(text: Option<&str>) -> anyhow::Result<Option<serde_json::Value
 
 async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyhow::Result<()> {
     use crate::tokens::manage::{self, ConnectionChange, ConnectionSpec, view};
-    let crypto = load_crypto(&config)?;
-    migrate::run(&config.database).await?;
-    let state = AppState::new(config, crypto)?;
+    let state = one_shot_state(config).await?;
     let at = crate::storage::now();
     let print = |c: &connections::Connection| {
         println!(
@@ -443,9 +447,7 @@ async fn poll(
     platform: Option<String>,
     connection: Option<i64>,
 ) -> anyhow::Result<()> {
-    let crypto = load_crypto(&config)?;
-    migrate::run(&config.database).await?;
-    let state = AppState::new(config, crypto)?;
+    let state = one_shot_state(config).await?;
     let request = crate::polling::PollRequest {
         trigger: "cli",
         dry_run,
@@ -500,9 +502,7 @@ async fn send_test_email(config: Config, to: Vec<String>) -> anyhow::Result<()> 
     if let Some(bad) = to.iter().find(|a| a.parse::<lettre::message::Mailbox>().is_err()) {
         anyhow::bail!("{bad:?} is not an email address");
     }
-    let crypto = load_crypto(&config)?;
-    migrate::run(&config.database).await?;
-    let state = AppState::new(config, crypto)?;
+    let state = one_shot_state(config).await?;
     let (email, result) = crate::alerts::email::send_test(&state, &to).await?;
     state.db.close();
     match result {
