@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::email::escape;
 use crate::app::AppState;
 use crate::config::{AlertsConfig, Config};
+use crate::milesight::token::is_milesight;
 use crate::scheduler::JobSpec;
 use crate::storage::alerts::{self as store, Alert, Email, Firing};
 use crate::storage::connections::{self, Connection};
@@ -50,10 +51,6 @@ pub enum Notice {
 
 fn when(t: Option<UtcTime>) -> String {
     t.map(|t| t.to_string()).unwrap_or_else(|| "never".into())
-}
-
-fn is_milesight(c: &Connection) -> bool {
-    crate::milesight::token::is_milesight(c)
 }
 
 /// The conditions that hold at `at`.

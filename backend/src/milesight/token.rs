@@ -144,10 +144,17 @@ impl TokenKeeper {
         if let Some(token) = self.cached_fresh(now(), state.config.milesight.token_lead) {
             return Ok(token);
         }
-        self.refresh_if_due(state, Trigger::OnDemand, now()).await?;
-        let connection = self.connection(state).await?;
-        self.remember(state, &connection)?
+        let (_, id) = self.refresh_due(state, Trigger::OnDemand, now()).await?;
+        // Refreshed by us or by whoever held the lock first: either way, read what is stored.
+        self.reload(state, id)
+            .await?
             .ok_or_else(|| TokenError::Upstream("no token available".into()))
+    }
+
+    /// Reads the stored token of connection `id` into the cache and returns it if usable.
+    async fn reload(&self, state: &AppState, id: i64) -> Result<Option<String>, TokenError> {
+        let connection = connections::get_connection(&state.db, id).await?;
+        self.remember(state, &connection)
     }
 
     /// Refreshes when the token is missing or expires within the lead time at `at` (so tests
@@ -158,6 +165,20 @@ impl TokenKeeper {
         trigger: Trigger,
         at: UtcTime,
     ) -> Result<bool, TokenError> {
+        let (refreshed, id) = self.refresh_due(state, trigger, at).await?;
+        if refreshed {
+            self.reload(state, id).await?;
+        }
+        Ok(refreshed)
+    }
+
+    /// `refresh_if_due` without touching the cache; also returns the connection id.
+    async fn refresh_due(
+        &self,
+        state: &AppState,
+        trigger: Trigger,
+        at: UtcTime,
+    ) -> Result<(bool, i64), TokenError> {
         let connection = self.connection(state).await?;
         // Refused credentials stay refused until someone changes them: only a person (manual
         // refresh) or a config change tries again.
@@ -168,8 +189,7 @@ impl TokenKeeper {
             .token_engine
             .refresh_due(state, connection.id, trigger.as_str(), "telltale", at)
             .await?;
-        let refreshed = self.judge(state, result).await?;
-        Ok(refreshed)
+        Ok((judge(result)?, connection.id))
     }
 
     /// Fetches a new token now, whatever the stored one's expiry (a person asked, or MDP
@@ -185,27 +205,10 @@ impl TokenKeeper {
             .token_engine
             .refresh_now(state, connection.id, trigger.as_str(), actor)
             .await?;
-        self.judge(state, result).await?;
-        let connection = self.connection(state).await?;
-        self.remember(state, &connection)?
+        judge(result)?;
+        self.reload(state, connection.id)
+            .await?
             .ok_or_else(|| TokenError::Upstream("no token available".into()))
-    }
-
-    /// Turns the engine's result into this module's terms, refreshing the cache on success.
-    async fn judge(&self, state: &AppState, result: ConnectionResult) -> Result<bool, TokenError> {
-        match result.outcome {
-            "refreshed" => {
-                let connection = self.connection(state).await?;
-                self.remember(state, &connection)?;
-                Ok(true)
-            }
-            "needs_reauth" => Err(TokenError::InvalidCredentials),
-            "skipped" if result.detail.as_deref() == Some("needs_reauth") => {
-                Err(TokenError::InvalidCredentials)
-            }
-            "skipped" => Ok(false),
-            _ => Err(TokenError::Upstream(result.detail.unwrap_or_default())),
-        }
     }
 
     pub async fn status(&self, state: &AppState, at: UtcTime) -> Result<TokenStatus, TokenError> {
@@ -243,6 +246,17 @@ impl TokenKeeper {
             consecutive_failures: c.consecutive_failures,
             token_fingerprint: c.token_fingerprint,
         })
+    }
+}
+
+/// Turns the engine's result into this module's terms: whether a new token was fetched.
+fn judge(result: ConnectionResult) -> Result<bool, TokenError> {
+    match result.outcome {
+        "refreshed" => Ok(true),
+        "needs_reauth" => Err(TokenError::InvalidCredentials),
+        "skipped" if result.detail.as_deref() == Some("needs_reauth") => Err(TokenError::InvalidCredentials),
+        "skipped" => Ok(false),
+        _ => Err(TokenError::Upstream(result.detail.unwrap_or_default())),
     }
 }
 

@@ -83,17 +83,16 @@ pub async fn poll(
     }
     let token = usable_token(state, connection).await?;
     let settings: Value = serde_json::from_str(&connection.settings).unwrap_or(Value::Null);
-    let base = match endpoint.default_base {
-        _ if settings.get("api_base_url").and_then(Value::as_str).is_some() => settings
-            .get("api_base_url")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        "" => connection
+    let base = match (
+        settings.get("api_base_url").and_then(Value::as_str),
+        endpoint.default_base,
+    ) {
+        (Some(own), _) => own.to_owned(),
+        (None, "") => connection
             .base_url
             .clone()
             .ok_or_else(|| failed("the connection has no base_url".into()))?,
-        default => default.to_owned(),
+        (None, default) => default.to_owned(),
     };
     let path = fill_path(endpoint.path, &settings, &token).map_err(failed)?;
     let mut url = build_url(&base, &path, endpoint.query).map_err(failed)?;
