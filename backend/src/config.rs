@@ -54,6 +54,10 @@ pub struct AlertsConfig {
     pub reminders: Vec<Duration>,
     /// Where the links in emails point (the web UI / API base URL).
     pub public_url: String,
+    /// How long an alert email waits so that others changing meanwhile join it in one email.
+    pub group_wait: Duration,
+    /// Recipients by rule, instead of the on-call list.
+    pub recipients: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Outgoing email (alerts, test emails), delivered through the outbox.
@@ -221,6 +225,9 @@ struct FileAlerts {
     notify_resolved: Option<bool>,
     public_url: Option<String>,
     reminders: Option<String>,
+    group_wait_secs: Option<u64>,
+    #[serde(default)]
+    recipients: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -570,6 +577,14 @@ const AL_REMINDERS: Key = Key {
     file: "alerts.reminders",
     env: "TELLTALE_ALERT_REMINDERS",
 };
+const AL_GROUP_WAIT: Key = Key {
+    file: "alerts.group_wait_secs",
+    env: "TELLTALE_ALERT_GROUP_WAIT_SECS",
+};
+const AL_RECIPIENTS: Key = Key {
+    file: "alerts.recipients",
+    env: "(file only)",
+};
 const CRON_SECRET: Key = Key {
     file: "cron_secret",
     env: "CRON_SECRET",
@@ -640,6 +655,8 @@ const ALL_KEYS: &[&Key] = &[
     &AL_RESOLVED,
     &AL_PUBLIC_URL,
     &AL_REMINDERS,
+    &AL_GROUP_WAIT,
+    &AL_RECIPIENTS,
     &CRON_SECRET,
 ];
 
@@ -1065,12 +1082,7 @@ impl Config {
                 "{from:?} is not an email address such as \"Telltale <telltale@example.com>\""
             )));
         }
-        let on_call: Vec<String> = pick(&EM_ON_CALL, em.on_call)
-            .unwrap_or_default()
-            .split(',')
-            .map(|a| a.trim().to_owned())
-            .filter(|a| !a.is_empty())
-            .collect();
+        let on_call = email_list(&pick(&EM_ON_CALL, em.on_call).unwrap_or_default());
         if let Some(bad) = on_call
             .iter()
             .find(|a| a.parse::<lettre::message::Mailbox>().is_err())
@@ -1129,7 +1141,34 @@ impl Config {
         if reminders.is_empty() {
             return Err(AL_REMINDERS.error("give at least one delay, e.g. \"1h, 4h, 24h\""));
         }
+        let group_wait = match pick_num(&AL_GROUP_WAIT, al.group_wait_secs)? {
+            None => 30,
+            Some(n) if n <= 3600 => n,
+            Some(n) => return Err(AL_GROUP_WAIT.error(format!("expected 0 to 3600 seconds, got {n}"))),
+        };
+        let mut recipients = std::collections::BTreeMap::new();
+        for (rule, list) in al.recipients {
+            if !crate::alerts::evaluate::RULES.contains(&rule.as_str()) {
+                return Err(AL_RECIPIENTS.error(format!(
+                    "unknown rule {rule:?}; the rules are {}",
+                    crate::alerts::evaluate::RULES.join(", ")
+                )));
+            }
+            let addresses = email_list(&list);
+            if let Some(bad) = addresses
+                .iter()
+                .find(|a| a.parse::<lettre::message::Mailbox>().is_err())
+            {
+                return Err(AL_RECIPIENTS.error(format!("{rule}: {bad:?} is not an email address")));
+            }
+            if addresses.is_empty() {
+                return Err(AL_RECIPIENTS.error(format!("{rule}: give at least one address")));
+            }
+            recipients.insert(rule, addresses);
+        }
         let alerts = AlertsConfig {
+            group_wait: Duration::from_secs(group_wait),
+            recipients,
             reminders,
             evaluation_schedule: schedule(&AL_SCHEDULE, al.evaluation_schedule, "*/30 * * * * *")?,
             refresh_failures: positive(&AL_REFRESH, pick_num(&AL_REFRESH, al.refresh_failures)?, 3, 1000)?
@@ -1237,6 +1276,13 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        out.push_str(&format!("group_wait_secs = {}\n", al.group_wait.as_secs()));
+        if !al.recipients.is_empty() {
+            out.push_str("\n[alerts.recipients]\n");
+            for (rule, addresses) in &al.recipients {
+                out.push_str(&format!("{rule} = {:?}\n", addresses.join(", ")));
+            }
+        }
         out.push_str("\n[database]\n");
         out.push_str(&format!("max_connections = {}\n", self.pool.max_connections));
         out.push_str(&format!(
@@ -1374,6 +1420,14 @@ pub fn mask_url_password(raw: &str) -> String {
             .map(|s| format!("{s}://…"))
             .unwrap_or_default(),
     }
+}
+
+/// A comma-separated list of addresses, blanks dropped.
+fn email_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect()
 }
 
 #[cfg(test)]

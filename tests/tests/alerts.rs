@@ -24,11 +24,17 @@ both_backends!(
     the_service_alerts_on_call_end_to_end,
     reminders_slow_down_while_an_alert_stays_open,
     silences_hold_back_notifications,
+    alerts_within_the_group_window_share_one_email,
 );
 
+/// Emails are due at once (no group window) unless a test says otherwise.
 async fn app(db: &TestDb, smtp: &SmtpSink) -> AppState {
+    app_with(db, smtp, "group_wait_secs = 0").await
+}
+
+async fn app_with(db: &TestDb, smtp: &SmtpSink, alerts: &str) -> AppState {
     db.app_state(&format!(
-        "[email]\nsmtp_url = \"{}\"\non_call = \"oncall@example.com\"\n[alerts]\npublic_url = \"https://telltale.example.com\"",
+        "[email]\nsmtp_url = \"{}\"\non_call = \"oncall@example.com\"\n[alerts]\npublic_url = \"https://telltale.example.com\"\n{alerts}",
         smtp.url()
     ))
     .await
@@ -251,10 +257,18 @@ async fn causes_mute_their_effects(backend: Backend) {
         source_alert.details
     );
 
-    deliver_due(&state).await.unwrap();
-    let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
-    assert_eq!(messages.len(), 2);
-    assert!(messages.iter().any(|m| m.contains("Held back")));
+    // Both changed in one evaluation: one email carries both.
+    let delivery = deliver_due(&state).await.unwrap();
+    assert_eq!((delivery.sent, delivery.messages), (2, 1));
+    let messages = smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 1);
+    assert!(
+        messages[0].contains("Subject: [Telltale] 2 alerts: 2 firing"),
+        "{}",
+        messages[0]
+    );
+    assert!(messages[0].contains("Held back"));
+    assert!(messages[0].contains("no Milesight webhook from source site-a"));
 }
 
 /// Two evaluators (as two replicas would run) on one database, at the same moment.
@@ -280,15 +294,21 @@ async fn two_evaluators_open_and_email_each_incident_once(backend: Backend) {
     );
     assert_eq!(a.opened + b.opened, 5, "{a:?} {b:?}");
     let (x, y) = tokio::join!(deliver_due(&first), deliver_due(&second));
-    assert_eq!(x.unwrap().sent + y.unwrap().sent, 5);
-    let messages = smtp.wait_for(5, Duration::from_secs(10)).await;
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.sent + y.sent, 5);
+    smtp.wait_for(x.messages + y.messages, Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        smtp.messages().len(),
-        5,
-        "each incident emailed once: {}",
-        messages.len()
-    );
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), x.messages + y.messages);
+    for i in 0..5 {
+        let needle = format!("connection c{i} failed");
+        assert_eq!(
+            messages.iter().filter(|m| m.contains(&needle)).count(),
+            1,
+            "incident c{i} is in exactly one email"
+        );
+    }
 }
 
 /// The whole chain in the built service: a provider keeps failing, the sweep counts failures,
@@ -311,6 +331,7 @@ async fn the_service_alerts_on_call_end_to_end(backend: Backend) {
             ("TELLTALE_TOKEN_MAX_ATTEMPTS", "1"),
             ("TELLTALE_ALERT_EVALUATION_SCHEDULE", "* * * * * *"),
             ("TELLTALE_OUTBOX_SCHEDULE", "* * * * * *"),
+            ("TELLTALE_ALERT_GROUP_WAIT_SECS", "2"),
         ],
     )
     .await;
@@ -414,9 +435,14 @@ async fn reminders_slow_down_while_an_alert_stays_open(backend: Backend) {
     let t0 = now();
     let at = |minutes: i64| -> UtcTime { (t0.0 + Span::minutes(minutes)).into() };
     // The default cadence: 1 h, 4 h, then daily.
+    // Delivered as they happen, as the outbox job would hours apart.
     let reminded = |minutes: i64| {
         let state = &state;
-        async move { evaluate(state, at(minutes)).await.unwrap().reminded }
+        async move {
+            let reminded = evaluate(state, at(minutes)).await.unwrap().reminded;
+            deliver_due(state).await.unwrap();
+            reminded
+        }
     };
     assert_eq!(evaluate(&state, at(0)).await.unwrap().opened, 1);
     assert_eq!(reminded(30).await, 0);
@@ -473,6 +499,9 @@ async fn silences_hold_back_notifications(backend: Backend) {
         (2, 2),
         "silenced alerts still open and show"
     );
+    let silenced_now = alerts::list(&state.db, &["silenced"], 10).await.unwrap();
+    assert_eq!(silenced_now.len(), 1, "shown as silenced");
+    assert_eq!(silenced_now[0].subject, format!("connection:{quiet}"));
     deliver_due(&state).await.unwrap();
     let messages = smtp.wait_for(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -490,4 +519,90 @@ async fn silences_hold_back_notifications(backend: Backend) {
         held.detail.as_deref().unwrap().contains("provider maintenance"),
         "{history:?}"
     );
+
+    // The maintenance ends early and the token still fails: now on-call hears of it, once.
+    let silence = alerts::silences(&state.db, now()).await.unwrap();
+    alerts::delete_silence(&state.db, silence[0].id).await.unwrap();
+    evaluate(&state, now()).await.unwrap();
+    evaluate(&state, now()).await.unwrap();
+    let (alert, _) = alerts::get(&state.db, silenced.id).await.unwrap();
+    assert_eq!(alert.state, "firing");
+    deliver_due(&state).await.unwrap();
+    let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.messages().len(), 2);
+    assert!(
+        messages[1]
+            .contains("FIRING (warning): token refresh of oauth2_refresh connection under-maintenance"),
+        "{}",
+        messages[1]
+    );
+}
+
+/// Alerts changing within the group window share one email, and each rule can have its
+/// own recipients (who never get someone else's digest).
+async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start().await;
+    let state = app_with(
+        &db,
+        &smtp,
+        "group_wait_secs = 2\n[alerts.recipients]\ndevice_offline = \"field-team@example.com, lead@example.com\"",
+    )
+    .await;
+    let first = connection(&state, "spotify-main").await;
+    let second = connection(&state, "spotify-backup").await;
+    fail_refresh(&state, first, 3).await;
+    assert_eq!(evaluate(&state, now()).await.unwrap().opened, 1);
+    let device = devices::upsert_by_sn(&state.db, "6136D000009", &DeviceProfile::default())
+        .await
+        .unwrap();
+    let offline = DeviceActivity {
+        status: "offline".into(),
+        last_seen_at: now(),
+        last_event_type: None,
+        last_payload: None,
+        battery: None,
+        expected_interval_secs: None,
+    };
+    devices::record_activity(&state.db, device.id, &offline)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fail_refresh(&state, second, 3).await;
+    assert_eq!(evaluate(&state, now()).await.unwrap().opened, 2);
+
+    let early = deliver_due(&state).await.unwrap();
+    assert_eq!(
+        (early.sent, early.pending),
+        (0, 3),
+        "waiting out the group window"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let delivery = deliver_due(&state).await.unwrap();
+    assert_eq!((delivery.sent, delivery.messages), (3, 2), "{delivery:?}");
+    let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
+    let digest = messages
+        .iter()
+        .find(|m| m.contains("To: oncall@example.com"))
+        .expect("on-call email");
+    assert!(
+        digest.contains("Subject: [Telltale] 2 alerts: 2 firing"),
+        "{digest}"
+    );
+    assert!(digest.contains("spotify-main") && digest.contains("spotify-backup"));
+    assert!(
+        !digest.contains("6136D000009"),
+        "the device alert goes to its own recipients"
+    );
+    let field = messages
+        .iter()
+        .find(|m| m.contains("field-team@example.com"))
+        .expect("field team email");
+    assert!(field.contains("lead@example.com"), "{field}");
+    assert!(
+        field.contains("Subject: [Telltale] FIRING (warning): device 6136D000009 (6136D000009) is offline"),
+        "{field}"
+    );
+    assert!(!field.contains("spotify"));
 }

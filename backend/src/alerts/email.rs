@@ -1,6 +1,10 @@
 //! Email delivery: every email is written to the outbox first, then the `email-outbox` job (or
 //! an immediate attempt) claims it and sends it with lettre. A failed attempt is retried later
 //! with a growing delay, so an SMTP outage delays mail but loses none.
+//!
+//! Grouping: when an alert email falls due, every other unsent alert email for the same
+//! recipients joins it, and they go out as one digest. Alert emails are queued
+//! `alerts.group_wait` ahead, so alerts changing within that window share one email.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +14,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
+use super::templates::{self, Part};
 use crate::app::AppState;
 use crate::config::{Config, EmailConfig};
 use crate::scheduler::JobSpec;
@@ -32,8 +37,11 @@ pub struct Mailer {
 /// What one outbox run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Delivery {
+    /// Outbox emails delivered and failed.
     pub sent: usize,
     pub failed: usize,
+    /// Messages handed to the SMTP server (a digest carries several emails).
+    pub messages: usize,
     pub pending: i64,
 }
 
@@ -68,27 +76,21 @@ impl Mailer {
         })
     }
 
-    async fn send(&self, email: &OutboxEmail) -> Result<(), String> {
+    /// Sends one message made of stored (text, html) fragments.
+    async fn send(&self, recipients: &str, subject: &str, text: &str, html: &str) -> Result<(), String> {
         let Some(transport) = &self.transport else {
             return Err("no SMTP server configured (email.smtp_url / SMTP_URL)".into());
         };
-        let mut builder = Message::builder().from(self.from.clone()).subject(&email.subject);
-        for address in email
-            .recipients
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-        {
+        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
+        for address in recipients.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             let mailbox: Mailbox = address
                 .parse()
                 .map_err(|e| format!("recipient {address:?}: {e}"))?;
             builder = builder.to(mailbox);
         }
+        let (text, html) = templates::layout(text, html);
         let message = builder
-            .multipart(MultiPart::alternative_plain_html(
-                email.body_text.clone(),
-                email.body_html.clone(),
-            ))
+            .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|e| format!("cannot build the message: {e}"))?;
         let hide: Vec<&str> = self.hide.iter().map(String::as_str).collect();
         transport
@@ -105,42 +107,119 @@ fn retry_delay(base: Duration, attempts: i32) -> Duration {
     base.saturating_mul(1 << exponent).min(Duration::from_secs(3600))
 }
 
+/// Sends claimed outbox emails with the same recipients as one message (a digest when there
+/// are several) and records the outcome on every one of them.
+async fn send_together(state: &AppState, emails: &[OutboxEmail]) -> StorageResult<Result<(), String>> {
+    let Some(first) = emails.first() else {
+        return Ok(Ok(()));
+    };
+    let (kind, result) = if let [email] = emails {
+        let result = state
+            .mailer
+            .send(
+                &email.recipients,
+                &email.subject,
+                &email.body_text,
+                &email.body_html,
+            )
+            .await;
+        (email.kind.as_str(), result)
+    } else {
+        let subject = digest_subject(emails);
+        let parts: Vec<Part> = emails
+            .iter()
+            .map(|e| Part {
+                subject: &e.subject,
+                text: &e.body_text,
+                html: &e.body_html,
+            })
+            .collect();
+        let (text, html) = templates::digest(&subject, &parts);
+        let result = state.mailer.send(&first.recipients, &subject, &text, &html).await;
+        ("alert_digest", result)
+    };
+    let ids: Vec<i64> = emails.iter().map(|e| e.id).collect();
+    match &result {
+        Ok(()) => {
+            outbox::mark_sent(&state.db, &ids, now()).await?;
+            state.metrics.emails_sent.with_label_values(&[kind]).inc();
+            tracing::info!(emails = ?ids, kind, "email sent");
+        }
+        Err(error) => {
+            let attempts = emails.iter().map(|e| e.attempts).max().unwrap_or(0);
+            let delay = chrono::Duration::from_std(retry_delay(state.config.email.retry_base, attempts))
+                .unwrap_or_default();
+            outbox::mark_failed(&state.db, &ids, error, UtcTime::new(now().0 + delay)).await?;
+            state.metrics.email_failures.inc();
+            tracing::warn!(emails = ?ids, kind, attempt = attempts + 1, error = %error, "email not sent; will retry");
+        }
+    }
+    Ok(result)
+}
+
+/// "[Telltale] 3 alerts: 2 firing, 1 resolved".
+fn digest_subject(emails: &[OutboxEmail]) -> String {
+    let count = |kind: &str| emails.iter().filter(|e| e.kind == kind).count();
+    let counts: Vec<String> = [
+        ("alert_firing", "firing"),
+        ("alert_reminder", "still firing"),
+        ("alert_resolved", "resolved"),
+    ]
+    .into_iter()
+    .filter(|(kind, _)| count(kind) > 0)
+    .map(|(kind, label)| format!("{} {label}", count(kind)))
+    .collect();
+    format!("[Telltale] {} alerts: {}", emails.len(), counts.join(", "))
+}
+
+fn lease_until() -> UtcTime {
+    UtcTime::new(now().0 + chrono::Duration::seconds(120))
+}
+
 /// Tries to send one outbox email now (if no other process holds it). Returns the error of a
 /// failed attempt; the email then waits for its retry.
 pub async fn deliver(state: &AppState, id: i64) -> StorageResult<Option<Result<(), String>>> {
     let mailer = &state.mailer;
-    let until = UtcTime::new(now().0 + chrono::Duration::seconds(120));
-    let Some(email) = outbox::claim(&state.db, id, &mailer.instance, now(), until).await? else {
+    let Some(email) = outbox::claim(&state.db, id, &mailer.instance, now(), lease_until()).await? else {
         return Ok(None);
     };
-    let result = mailer.send(&email).await;
-    match &result {
-        Ok(()) => {
-            outbox::mark_sent(&state.db, id, now()).await?;
-            state.metrics.emails_sent.with_label_values(&[&email.kind]).inc();
-            tracing::info!(email = id, kind = %email.kind, "email sent");
-        }
-        Err(error) => {
-            let delay =
-                chrono::Duration::from_std(retry_delay(state.config.email.retry_base, email.attempts))
-                    .unwrap_or_default();
-            outbox::mark_failed(&state.db, id, error, UtcTime::new(now().0 + delay)).await?;
-            state.metrics.email_failures.inc();
-            tracing::warn!(email = id, kind = %email.kind, attempt = email.attempts + 1, error = %error, "email not sent; will retry");
-        }
-    }
-    Ok(Some(result))
+    Ok(Some(send_together(state, &[email]).await?))
 }
 
-/// Sends every due email (one outbox run).
+/// Sends every due email (one outbox run); alert emails for the same recipients go together.
 pub async fn deliver_due(state: &AppState) -> StorageResult<Delivery> {
+    let instance = &state.mailer.instance;
     let mut delivery = Delivery::default();
+    let mut alone = Vec::new();
+    let mut grouped: std::collections::BTreeMap<String, Vec<OutboxEmail>> = Default::default();
     for id in outbox::due(&state.db, now(), BATCH).await? {
-        match deliver(state, id).await? {
-            Some(Ok(())) => delivery.sent += 1,
-            Some(Err(_)) => delivery.failed += 1,
-            None => {}
+        let Some(email) = outbox::claim(&state.db, id, instance, now(), lease_until()).await? else {
+            continue;
+        };
+        if email.alert_id.is_some() {
+            grouped.entry(email.recipients.clone()).or_default().push(email);
+        } else {
+            alone.push(vec![email]);
         }
+    }
+    for (recipients, group) in &mut grouped {
+        // Alert emails still waiting out their group window join the one that fell due.
+        for id in outbox::waiting_alert_emails(&state.db, recipients, BATCH).await? {
+            if group.iter().any(|e| e.id == id) {
+                continue;
+            }
+            if let Some(email) = outbox::claim(&state.db, id, instance, now(), lease_until()).await? {
+                group.push(email);
+            }
+        }
+        group.sort_by_key(|e| e.id);
+    }
+    for emails in alone.into_iter().chain(grouped.into_values()) {
+        match send_together(state, &emails).await? {
+            Ok(()) => delivery.sent += emails.len(),
+            Err(_) => delivery.failed += emails.len(),
+        }
+        delivery.messages += 1;
     }
     delivery.pending = outbox::pending_count(&state.db).await?;
     state.metrics.outbox_pending.set(delivery.pending);
@@ -155,13 +234,7 @@ pub async fn send_test(state: &AppState, to: &[String]) -> StorageResult<(Outbox
         to.to_vec()
     };
     let host = hostname();
-    let text = format!(
-        "This is a test email from Telltale on {host}.\n\nIf you can read it, alert emails reach this address.\n"
-    );
-    let html = format!(
-        "<p>This is a test email from Telltale on <b>{}</b>.</p><p>If you can read it, alert emails reach this address.</p>",
-        escape(&host)
-    );
+    let (text, html) = templates::test(&host);
     let queued = outbox::enqueue(
         &state.db,
         &NewEmail {
@@ -184,14 +257,6 @@ pub async fn send_test(state: &AppState, to: &[String]) -> StorageResult<(Outbox
 
 fn hostname() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "this host".into())
-}
-
-/// Minimal HTML escaping for text placed in email bodies.
-pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// The outbox worker.

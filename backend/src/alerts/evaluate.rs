@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::email::escape;
+use super::templates::{self, AlertView};
 use crate::app::AppState;
 use crate::config::{AlertsConfig, Config};
 use crate::milesight::token::is_milesight;
@@ -24,6 +24,17 @@ use crate::storage::webhooks::{self, WebhookSource};
 use crate::storage::{StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
+
+/// Every rule `conditions` knows (for per-rule recipients and silences).
+pub const RULES: &[&str] = &[
+    "token_refresh_failing",
+    "token_needs_reauth",
+    "token_runway",
+    "poll_failing",
+    "webhook_source_stale",
+    "milesight_system_notice",
+    "device_offline",
+];
 
 /// What the rules look at.
 pub struct Signals {
@@ -241,13 +252,19 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
 
 /// The email for an alert change; `None` when nobody is to be told.
 pub fn email_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Email> {
-    if config.email.on_call.is_empty() || (notice == Notice::Resolved && !config.alerts.notify_resolved) {
+    let recipients = config
+        .alerts
+        .recipients
+        .get(&alert.rule)
+        .unwrap_or(&config.email.on_call);
+    if recipients.is_empty() || (notice == Notice::Resolved && !config.alerts.notify_resolved) {
         return None;
     }
     let look = format!("{}/api/alerts/{}", config.alerts.public_url, alert.id);
-    let (kind, subject, headline) = match notice {
+    let (kind, name, subject, headline) = match notice {
         Notice::Resolved => (
             "alert_resolved",
+            "resolved",
             format!("[Telltale] RESOLVED: {}", alert.summary),
             format!(
                 "Recovered at {} (firing since {})",
@@ -257,6 +274,7 @@ pub fn email_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Email
         ),
         Notice::Reminder => (
             "alert_reminder",
+            "reminder",
             format!("[Telltale] STILL FIRING ({}): {}", alert.severity, alert.summary),
             format!(
                 "Still firing since {} (reminder {})",
@@ -265,26 +283,31 @@ pub fn email_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Email
         ),
         Notice::Firing => (
             "alert_firing",
+            "firing",
             format!("[Telltale] FIRING ({}): {}", alert.severity, alert.summary),
             format!("Since {}", alert.first_seen_at),
         ),
     };
-    let text = format!(
-        "{}\n{headline}\n\n{}\n\nAlert: {look}\n",
-        alert.summary, alert.details
-    );
-    let html = format!(
-        "<h2>{}</h2><p>{}</p><pre>{}</pre><p><a href=\"{look}\">{look}</a></p>",
-        escape(&alert.summary),
-        escape(&headline),
-        escape(&alert.details)
-    );
+    let (text, html) = templates::alert(&AlertView {
+        notice: name,
+        summary: &alert.summary,
+        headline: &headline,
+        details: &alert.details,
+        severity: &alert.severity,
+        rule: &alert.rule,
+        subject: &alert.subject,
+        link: &look,
+    });
     Some(Email {
         kind,
-        recipients: config.email.on_call.join(", "),
+        recipients: recipients.join(", "),
         subject,
         text,
         html,
+        // Others changing within the wait join this one in a single email.
+        due_at: UtcTime::new(
+            now().0 + chrono::Duration::from_std(config.alerts.group_wait).unwrap_or_default(),
+        ),
     })
 }
 
@@ -330,7 +353,16 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
         if opened {
             evaluation.opened += 1;
             tracing::warn!(alert = %firing.key, summary = %firing.summary, "alert firing");
-        } else if alert.state == "firing"
+        }
+        if hold.is_some() && matches!(alert.state.as_str(), "firing" | "acknowledged") {
+            store::set_silenced(&state.db, alert.id, hold.as_deref(), at, |_| None).await?;
+        } else if hold.is_none() && alert.state == "silenced" {
+            store::set_silenced(&state.db, alert.id, None, at, |a| {
+                email_for(config, a, Notice::Firing)
+            })
+            .await?;
+        } else if !opened
+            && alert.state == "firing"
             && alert.notify_count > 0
             && let (Some(last), Some(after)) = (
                 alert.last_notified_at,

@@ -1,5 +1,7 @@
 //! Alerting: rules over the signals the other loops write (`evaluate.rs`), alerts with a
-//! compare-and-set lifecycle in the database, and emails through the outbox (`email.rs`).
+//! compare-and-set lifecycle in the database, and emails through the outbox (`email.rs`),
+//! rendered from the templates in `backend/templates/email/` (`templates.rs`).
 
 pub mod email;
 pub mod evaluate;
+pub mod templates;

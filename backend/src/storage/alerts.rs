@@ -19,7 +19,8 @@ pub struct Alert {
     pub rule: String,
     pub subject: String,
     pub severity: String,
-    /// `firing`, `acknowledged` or `resolved`.
+    /// `firing`, `acknowledged`, `silenced` (a silence or maintenance window covers it) or
+    /// `resolved`.
     pub state: String,
     pub summary: String,
     pub details: String,
@@ -39,7 +40,7 @@ pub struct Alert {
 pub struct AlertEvent {
     pub id: i64,
     pub alert_id: i64,
-    /// `fired`, `resolved`, `acknowledged`, `notified`, `held_back`.
+    /// `fired`, `resolved`, `acknowledged`, `notified`, `held_back`, `silenced`, `unsilenced`.
     pub kind: String,
     pub detail: Option<String>,
     pub at: UtcTime,
@@ -64,9 +65,11 @@ pub struct Email {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// When the outbox may send it (a later time lets others join it in one email).
+    pub due_at: UtcTime,
 }
 
-const OPEN: [&str; 2] = ["firing", "acknowledged"];
+const OPEN: [&str; 3] = ["firing", "acknowledged", "silenced"];
 
 /// Inside a transaction: appends to an alert's history. (A macro, as each backend's
 /// connection type needs its own expansion.)
@@ -105,8 +108,7 @@ macro_rules! queue_email {
                         outbox::subject.eq(&email.subject),
                         outbox::body_text.eq(&email.text),
                         outbox::body_html.eq(&email.html),
-                        // Due at once, whatever time the evaluation judged by.
-                        outbox::next_attempt_at.eq(super::now()),
+                        outbox::next_attempt_at.eq(email.due_at),
                         outbox::created_at.eq(super::now()),
                     ))
                     .execute($tx)
@@ -269,6 +271,70 @@ pub async fn remind(
                     .await?;
             }
             Ok(Some(queue_email!(tx, current, draft, hold, at)))
+        })
+        .await
+    })
+}
+
+/// Puts an open alert under a silence (`reason`), or, with `reason` `None`, takes it out
+/// again: back to `acknowledged` if someone had, else `firing`, queuing `email(&alert)` when the
+/// incident was never announced. Compare-and-set; `None` when there was nothing to change.
+pub async fn set_silenced(
+    db: &Db,
+    id: i64,
+    reason: Option<&str>,
+    at: UtcTime,
+    email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
+) -> StorageResult<Option<Alert>> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let Some(reason) = reason else {
+                let before: Option<Alert> = alerts::table
+                    .find(id)
+                    .filter(alerts::state.eq("silenced"))
+                    .select(Alert::as_select())
+                    .first(tx)
+                    .await
+                    .optional()?;
+                let Some(before) = before else {
+                    return Ok(None);
+                };
+                let back = if before.acknowledged_at.is_some() {
+                    "acknowledged"
+                } else {
+                    "firing"
+                };
+                let Some(alert) = diesel::update(alerts::table)
+                    .filter(alerts::id.eq(id))
+                    .filter(alerts::state.eq("silenced"))
+                    .set((alerts::state.eq(back), alerts::updated_at.eq(at)))
+                    .returning(Alert::as_returning())
+                    .get_result(tx)
+                    .await
+                    .optional()?
+                else {
+                    return Ok(None);
+                };
+                record_event!(tx, id, "unsilenced", None::<&str>, at);
+                let draft = if alert.notify_count == 0 {
+                    email(&alert)
+                } else {
+                    None
+                };
+                return Ok(Some(queue_email!(tx, alert, draft, None, at)));
+            };
+            let silenced: Option<Alert> = diesel::update(alerts::table)
+                .filter(alerts::id.eq(id))
+                .filter(alerts::state.eq_any(["firing", "acknowledged"]))
+                .set((alerts::state.eq("silenced"), alerts::updated_at.eq(at)))
+                .returning(Alert::as_returning())
+                .get_result(tx)
+                .await
+                .optional()?;
+            if silenced.is_some() {
+                record_event!(tx, id, "silenced", Some(reason), at);
+            }
+            Ok(silenced)
         })
         .await
     })

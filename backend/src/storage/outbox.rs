@@ -109,9 +109,25 @@ pub async fn claim(
     })
 }
 
-pub async fn mark_sent(db: &Db, id: i64, at: UtcTime) -> StorageResult<()> {
+/// Unsent alert emails for `recipients` that nobody holds, due or not (they may join a digest).
+pub async fn waiting_alert_emails(db: &Db, recipients: &str, limit: i64) -> StorageResult<Vec<i64>> {
     db_run!(db, |conn| {
-        diesel::update(outbox::table.find(id))
+        Ok(outbox::table
+            .filter(outbox::sent_at.is_null())
+            .filter(outbox::alert_id.is_not_null())
+            .filter(outbox::recipients.eq(recipients))
+            .filter(outbox::lease_expires_at.is_null())
+            .select(outbox::id)
+            .order(outbox::id)
+            .limit(limit)
+            .load(conn)
+            .await?)
+    })
+}
+
+pub async fn mark_sent(db: &Db, ids: &[i64], at: UtcTime) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
             .set((
                 outbox::sent_at.eq(at),
                 outbox::attempts.eq(outbox::attempts + 1),
@@ -125,9 +141,9 @@ pub async fn mark_sent(db: &Db, id: i64, at: UtcTime) -> StorageResult<()> {
     })
 }
 
-pub async fn mark_failed(db: &Db, id: i64, error: &str, retry_at: UtcTime) -> StorageResult<()> {
+pub async fn mark_failed(db: &Db, ids: &[i64], error: &str, retry_at: UtcTime) -> StorageResult<()> {
     db_run!(db, |conn| {
-        diesel::update(outbox::table.find(id))
+        diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
             .set((
                 outbox::attempts.eq(outbox::attempts + 1),
                 outbox::last_error.eq(error),

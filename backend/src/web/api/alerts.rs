@@ -82,14 +82,15 @@ pub async fn alerts(
     let limit = page_limit(query.limit)?;
     let states: &[&str] = match query.state.as_deref() {
         None => &[],
-        Some("open") => &["firing", "acknowledged"],
+        Some("open") => &["firing", "acknowledged", "silenced"],
         Some("firing") => &["firing"],
         Some("acknowledged") => &["acknowledged"],
+        Some("silenced") => &["silenced"],
         Some("resolved") => &["resolved"],
         Some(other) => {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                format!("state must be firing, acknowledged, resolved or open, got {other:?}"),
+                format!("state must be firing, acknowledged, silenced, resolved or open, got {other:?}"),
             ));
         }
     };
