@@ -10,6 +10,8 @@ use prometheus::{
 
 use crate::storage::Db;
 
+pub mod scrape;
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -38,12 +40,13 @@ pub struct Metrics {
     pub poll_runs: IntCounterVec,
     pub emails_sent: IntCounterVec,
     pub email_failures: prometheus::IntCounter,
-    pub outbox_pending: IntGauge,
     pub poll_items: IntCounterVec,
     pub poll_seconds: prometheus::HistogramVec,
     pub token_refresh_seconds: prometheus::HistogramVec,
-    /// 1 while Milesight refuses the configured client credentials.
-    pub milesight_invalid_credentials: IntGauge,
+    /// Gauges read from the database at scrape time.
+    db_gauges: scrape::DbGauges,
+    /// One scrape at a time: each rebuilds the database gauges from scratch.
+    scrape_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Metrics {
@@ -162,11 +165,6 @@ impl Metrics {
             &["provider"],
         )?;
         registry.register(Box::new(token_refresh_seconds.clone()))?;
-        let milesight_invalid_credentials = IntGauge::new(
-            "telltale_milesight_invalid_credentials",
-            "1 while Milesight refuses the configured OpenAPI client credentials",
-        )?;
-        registry.register(Box::new(milesight_invalid_credentials.clone()))?;
 
         let poll_runs = IntCounterVec::new(
             Opts::new(
@@ -204,22 +202,18 @@ impl Metrics {
             "Failed email delivery attempts (each is retried later)",
         )?;
         registry.register(Box::new(email_failures.clone()))?;
-        let outbox_pending = IntGauge::new(
-            "telltale_outbox_pending",
-            "Emails in the outbox not yet delivered, as of the last outbox run",
-        )?;
-        registry.register(Box::new(outbox_pending.clone()))?;
+        let db_gauges = scrape::DbGauges::new(&registry)?;
 
         Ok(Metrics {
             emails_sent,
             email_failures,
-            outbox_pending,
+            db_gauges,
+            scrape_lock: Default::default(),
             poll_runs,
             poll_items,
             poll_seconds,
             token_refreshes,
             token_refresh_seconds,
-            milesight_invalid_credentials,
             job_runs,
             job_last_run,
             registry,
@@ -235,7 +229,9 @@ impl Metrics {
     }
 
     /// The text exposition, with scrape-time gauges brought up to date first.
-    pub fn render(&self, db: &Db) -> String {
+    pub async fn render(&self, db: &Db) -> String {
+        let _one_at_a_time = self.scrape_lock.lock().await;
+        self.db_gauges.update(db, crate::storage::now()).await;
         let status = db.pool_status();
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.db_pool

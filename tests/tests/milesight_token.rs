@@ -229,6 +229,7 @@ async fn refused_credentials_stop_scheduled_refreshes(backend: Backend) {
         state
             .metrics
             .render(&state.db)
+            .await
             .contains("telltale_milesight_invalid_credentials 1")
     );
 
@@ -305,7 +306,7 @@ async fn transient_failures_are_retried_honouring_retry_after(backend: Backend) 
         "{:?}",
         log[2].error
     );
-    let metrics = state.metrics.render(&state.db);
+    let metrics = state.metrics.render(&state.db).await;
     assert!(
         metrics.contains(r#"telltale_token_refresh_attempts_total{outcome="transient_failure",provider="oauth2_client_credentials",trigger="on_demand"} 2"#),
         "{metrics}"

@@ -222,7 +222,6 @@ pub async fn deliver_due(state: &AppState) -> StorageResult<Delivery> {
         delivery.messages += 1;
     }
     delivery.pending = outbox::pending_count(&state.db).await?;
-    state.metrics.outbox_pending.set(delivery.pending);
     Ok(delivery)
 }
 

@@ -296,21 +296,11 @@ async fn ensure_connection(state: &AppState, api: &MilesightApi) -> Result<Conne
     Ok(connections::update_connection(&state.db, &state.crypto, connection.id, &update).await?)
 }
 
-/// Called by the engine after each refresh of the Milesight connection: the invalid-credentials
-/// gauge is what the high-severity alert watches.
-pub fn note_outcome(state: &AppState, connection: &Connection, outcome: &str) {
-    if !is_milesight(connection) {
-        return;
-    }
-    match outcome {
-        "refreshed" => state.metrics.milesight_invalid_credentials.set(0),
-        "needs_reauth" => {
-            state.metrics.milesight_invalid_credentials.set(1);
-            tracing::error!(
-                "Milesight refused the client credentials; token refresh stops until they are fixed"
-            );
-        }
-        _ => {}
+/// Called by the engine after each refresh: a refused Milesight client is worth an error line
+/// of its own (the gauge and the alert read the connection's status from the database).
+pub fn note_outcome(connection: &Connection, outcome: &str) {
+    if is_milesight(connection) && outcome == "needs_reauth" {
+        tracing::error!("Milesight refused the client credentials; token refresh stops until they are fixed");
     }
 }
 
@@ -323,9 +313,6 @@ pub async fn start_up(state: &AppState) {
     let keeper = &state.milesight_token;
     match keeper.connection(state).await {
         Ok(connection) => {
-            if connection.status == "needs_reauth" {
-                state.metrics.milesight_invalid_credentials.set(1);
-            }
             if let Err(err) = keeper.remember(state, &connection) {
                 tracing::warn!(error = %err, "could not load the stored Milesight token");
             }

@@ -129,6 +129,32 @@ pub async fn get(db: &Db, id: i64) -> StorageResult<Device> {
     })
 }
 
+/// What the metrics need of a device, without its payload.
+#[derive(Debug, Clone, Queryable)]
+pub struct DeviceHealth {
+    pub sn: String,
+    pub source_id: Option<i64>,
+    pub model: Option<String>,
+    pub status: String,
+    pub last_seen_at: Option<UtcTime>,
+}
+
+/// Every device's health columns (a lean read for `/metrics`).
+pub async fn health(db: &Db) -> StorageResult<Vec<DeviceHealth>> {
+    db_run!(db, |conn| {
+        Ok(devices::table
+            .select((
+                devices::sn,
+                devices::source_id,
+                devices::model,
+                devices::status,
+                devices::last_seen_at,
+            ))
+            .load(conn)
+            .await?)
+    })
+}
+
 pub async fn list(db: &Db, limit: i64, offset: i64) -> StorageResult<Vec<Device>> {
     db_run!(db, |conn| {
         Ok(devices::table

@@ -189,3 +189,16 @@ pub async fn pending_count(db: &Db) -> StorageResult<i64> {
             .await?)
     })
 }
+
+/// When the oldest unsent email was queued; `None` when the outbox is empty.
+pub async fn oldest_pending(db: &Db) -> StorageResult<Option<UtcTime>> {
+    db_run!(db, |conn| {
+        Ok(outbox::table
+            .filter(outbox::sent_at.is_null())
+            .select(outbox::created_at)
+            .order(outbox::created_at)
+            .first(conn)
+            .await
+            .optional()?)
+    })
+}

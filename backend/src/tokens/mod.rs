@@ -382,7 +382,7 @@ impl RefreshEngine {
             }
             Err(Outcome::Refreshed(_)) => result_of(connection, "failed", Some("unreachable".into())),
         };
-        crate::milesight::token::note_outcome(state, connection, result.outcome);
+        crate::milesight::token::note_outcome(connection, result.outcome);
         Ok(result)
     }
 

@@ -1,0 +1,280 @@
+//! Gauges computed from the database when `/metrics` is scraped, so every replica sharing a
+//! database reports the same truth (token runway, webhook freshness, devices, polls, alerts,
+//! outbox). Each scrape rebuilds them from scratch: a deleted connection or device disappears.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::milesight::token::is_milesight;
+use crate::polling::catalogue::platform_of;
+use crate::storage::{Db, StorageResult, UtcTime, alerts, connections, devices, outbox, polling, webhooks};
+
+const CONNECTION: &[&str] = &["provider", "connection_id", "connection"];
+const POLL: &[&str] = &["platform", "endpoint", "connection_id"];
+
+#[derive(Clone)]
+pub struct DbGauges {
+    token_expiry: GaugeVec,
+    token_failures: IntGaugeVec,
+    token_needs_reauth: IntGaugeVec,
+    milesight_invalid_credentials: IntGauge,
+    webhook_age: GaugeVec,
+    webhook_stale_after: GaugeVec,
+    webhook_stale: IntGaugeVec,
+    devices: IntGaugeVec,
+    device_age: GaugeVec,
+    poll_success_age: GaugeVec,
+    poll_failures: IntGaugeVec,
+    alerts_open: IntGaugeVec,
+    outbox_pending: IntGauge,
+    outbox_oldest_age: prometheus::Gauge,
+    /// 1 when the last scrape could read the database (these gauges are current), else 0.
+    scrape_ok: IntGauge,
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
+    let gauge = GaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(gauge.clone()))?;
+    Ok(gauge)
+}
+
+fn int_gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(gauge.clone()))?;
+    Ok(gauge)
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let gauge = IntGauge::new(name, help)?;
+    registry.register(Box::new(gauge.clone()))?;
+    Ok(gauge)
+}
+
+fn seconds_between(later: UtcTime, earlier: UtcTime) -> f64 {
+    (later.0 - earlier.0).num_milliseconds() as f64 / 1000.0
+}
+
+impl DbGauges {
+    pub fn new(registry: &Registry) -> prometheus::Result<DbGauges> {
+        let outbox_oldest_age = prometheus::Gauge::new(
+            "telltale_outbox_oldest_pending_age_seconds",
+            "Age of the oldest email not yet delivered (0 when the outbox is empty)",
+        )?;
+        registry.register(Box::new(outbox_oldest_age.clone()))?;
+        Ok(DbGauges {
+            token_expiry: gauge_vec(
+                registry,
+                "telltale_token_expiry_seconds",
+                "Seconds until a connection's access token expires (its runway; negative once expired)",
+                CONNECTION,
+            )?,
+            token_failures: int_gauge_vec(
+                registry,
+                "telltale_token_consecutive_failures",
+                "Token refresh failures in a row for a connection (0 after a success)",
+                CONNECTION,
+            )?,
+            token_needs_reauth: int_gauge_vec(
+                registry,
+                "telltale_token_needs_reauth",
+                "1 while a connection's grant was refused and needs a person to re-authorise it",
+                CONNECTION,
+            )?,
+            milesight_invalid_credentials: int_gauge(
+                registry,
+                "telltale_milesight_invalid_credentials",
+                "1 while Milesight refuses the configured OpenAPI client credentials",
+            )?,
+            webhook_age: gauge_vec(
+                registry,
+                "telltale_webhook_last_event_age_seconds",
+                "Seconds since a webhook source's last event (since it was set up, if it never delivered)",
+                &["source"],
+            )?,
+            webhook_stale_after: gauge_vec(
+                registry,
+                "telltale_webhook_stale_after_seconds",
+                "A webhook source's expected period plus grace: older than this is stale",
+                &["source"],
+            )?,
+            webhook_stale: int_gauge_vec(
+                registry,
+                "telltale_webhook_source_stale",
+                "1 while a webhook source is stale (no event within period + grace)",
+                &["source"],
+            )?,
+            devices: int_gauge_vec(
+                registry,
+                "telltale_devices",
+                "Devices by webhook source, model and status (online, offline, unknown)",
+                &["source", "model", "status"],
+            )?,
+            device_age: gauge_vec(
+                registry,
+                "telltale_device_last_seen_age_seconds",
+                "Seconds since each device was last heard from",
+                &["device", "source"],
+            )?,
+            poll_success_age: gauge_vec(
+                registry,
+                "telltale_poll_last_success_age_seconds",
+                "Seconds since a (connection, endpoint) poll last succeeded",
+                POLL,
+            )?,
+            poll_failures: int_gauge_vec(
+                registry,
+                "telltale_poll_consecutive_failures",
+                "Failed polls in a row for a (connection, endpoint)",
+                POLL,
+            )?,
+            alerts_open: int_gauge_vec(
+                registry,
+                "telltale_alerts_open",
+                "Open alerts by rule, severity and state (firing, acknowledged, silenced)",
+                &["rule", "severity", "state"],
+            )?,
+            outbox_pending: int_gauge(
+                registry,
+                "telltale_outbox_pending",
+                "Emails in the outbox not yet delivered",
+            )?,
+            outbox_oldest_age,
+            scrape_ok: int_gauge(
+                registry,
+                "telltale_metrics_database_scrape_ok",
+                "1 when the last scrape read the database gauges, 0 when it could not (they are then absent)",
+            )?,
+        })
+    }
+
+    fn reset(&self) {
+        self.token_expiry.reset();
+        self.token_failures.reset();
+        self.token_needs_reauth.reset();
+        self.webhook_age.reset();
+        self.webhook_stale_after.reset();
+        self.webhook_stale.reset();
+        self.devices.reset();
+        self.device_age.reset();
+        self.poll_success_age.reset();
+        self.poll_failures.reset();
+        self.alerts_open.reset();
+    }
+
+    /// Recomputes every gauge as of `at`. On a database error the per-subject gauges are left
+    /// empty rather than stale, and `telltale_metrics_database_scrape_ok` says so.
+    pub async fn update(&self, db: &Db, at: UtcTime) {
+        self.reset();
+        match self.read(db, at).await {
+            Ok(()) => self.scrape_ok.set(1),
+            Err(e) => {
+                self.reset();
+                self.scrape_ok.set(0);
+                tracing::warn!(error = %e, "metrics: cannot read the database gauges");
+            }
+        }
+    }
+
+    async fn read(&self, db: &Db, at: UtcTime) -> StorageResult<()> {
+        let all = connections::list_connections(db).await?;
+        let mut milesight_refused = false;
+        let mut names = HashMap::new();
+        for c in &all {
+            names.insert(c.id, c);
+            if c.status == "disabled" {
+                continue;
+            }
+            let id = c.id.to_string();
+            let labels = [c.provider.as_str(), id.as_str(), c.name.as_str()];
+            if let Some(expires) = c.expires_at {
+                self.token_expiry
+                    .with_label_values(&labels)
+                    .set(seconds_between(expires, at));
+            }
+            self.token_failures
+                .with_label_values(&labels)
+                .set(i64::from(c.consecutive_failures));
+            let refused = c.status == "needs_reauth";
+            self.token_needs_reauth
+                .with_label_values(&labels)
+                .set(i64::from(refused));
+            milesight_refused |= refused && is_milesight(c);
+        }
+        self.milesight_invalid_credentials
+            .set(i64::from(milesight_refused));
+
+        let sources = webhooks::list_sources(db).await?;
+        let mut source_names = HashMap::new();
+        for s in &sources {
+            source_names.insert(s.id, s.name.as_str());
+            let period = std::time::Duration::from_secs(s.period_secs.max(0) as u64);
+            let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
+            let baseline = s.last_event_at.unwrap_or(s.created_at);
+            self.webhook_age
+                .with_label_values(&[&s.name])
+                .set(seconds_between(at, baseline));
+            self.webhook_stale_after
+                .with_label_values(&[&s.name])
+                .set((period + grace).as_secs_f64());
+            let stale = crate::milesight::source_status(Some(baseline), period, grace, at) == "STALE";
+            self.webhook_stale
+                .with_label_values(&[&s.name])
+                .set(i64::from(stale));
+        }
+
+        let mut counts: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+        for d in devices::health(db).await? {
+            let source = d
+                .source_id
+                .and_then(|id| source_names.get(&id).copied())
+                .unwrap_or("none")
+                .to_owned();
+            if let Some(seen) = d.last_seen_at {
+                self.device_age
+                    .with_label_values(&[&d.sn, &source])
+                    .set(seconds_between(at, seen));
+            }
+            let model = d.model.unwrap_or_else(|| "unknown".into());
+            *counts.entry((source, model, d.status)).or_default() += 1;
+        }
+        for ((source, model, status), count) in counts {
+            self.devices
+                .with_label_values(&[&source, &model, &status])
+                .set(count);
+        }
+
+        for p in polling::list_states(db, None).await? {
+            let Some(platform) = names.get(&p.connection_id).and_then(|c| platform_of(c)) else {
+                continue;
+            };
+            let id = p.connection_id.to_string();
+            let labels = [platform, p.endpoint.as_str(), id.as_str()];
+            if let Some(success) = p.last_success_at {
+                self.poll_success_age
+                    .with_label_values(&labels)
+                    .set(seconds_between(at, success));
+            }
+            self.poll_failures
+                .with_label_values(&labels)
+                .set(i64::from(p.consecutive_failures));
+        }
+
+        for a in alerts::open_alerts(db).await? {
+            self.alerts_open
+                .with_label_values(&[&a.rule, &a.severity, &a.state])
+                .inc();
+        }
+
+        self.outbox_pending.set(outbox::pending_count(db).await?);
+        let oldest = outbox::oldest_pending(db).await?;
+        self.outbox_oldest_age
+            .set(oldest.map_or(0.0, |t| seconds_between(at, t).max(0.0)));
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! The gauges `/metrics` reads from the database at scrape time: what they say about tokens,
+//! webhook sources, devices, polls, alerts and the outbox, that two replicas on one database
+//! report the same, and that deleted subjects disappear. In process; both backends.
+
+use chrono::Duration as Span;
+use serde_json::json;
+use telltale::alerts::evaluate::evaluate;
+use telltale::app::AppState;
+use telltale::storage::connections::{self, NewConnection};
+use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
+use telltale::storage::now;
+use telltale::storage::polling::{self as poll_store, Finished};
+use telltale::storage::webhooks::{self, SourceTiming};
+use telltale_e2e::{Backend, TestDb, both_backends};
+
+both_backends!(
+    scrape_time_gauges_tell_the_database_truth,
+    two_replicas_report_the_same_gauges,
+);
+
+/// The value of the one sample of `name` carrying all `labels`; `None` when there is none.
+fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            (series == &name || series.starts_with(&format!("{name}{{")))
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, value)| value.parse().ok())
+        .collect();
+    assert!(matching.len() <= 1, "{name} {labels:?} is ambiguous");
+    matching.first().copied()
+}
+
+async fn connection(state: &AppState, name: &str, expires_in: Span) -> i64 {
+    let account = match connections::account_by_name(&state.db, "acme").await {
+        Ok(a) => a,
+        Err(_) => connections::create_account(&state.db, "acme", None)
+            .await
+            .unwrap(),
+    };
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "oauth2_refresh".into(),
+        name: name.into(),
+        settings: json!({"preset": "spotify"}),
+        access_token: Some("CANARY-token".into()),
+        refresh_token: Some("CANARY-refresh".into()),
+        expires_at: Some((now().0 + expires_in).into()),
+        ..Default::default()
+    };
+    connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .unwrap()
+        .id
+}
+
+/// A small world: two connections (one failing, one revoked), a source with two devices, a
+/// poll that succeeded, open alerts and queued emails.
+async fn populate(state: &AppState) -> (i64, i64) {
+    let healthy = connection(state, "spotify-main", Span::hours(1)).await;
+    let revoked = connection(state, "spotify-old", Span::minutes(-5)).await;
+    for _ in 0..2 {
+        connections::record_refresh_failure(&state.db, healthy, None, "HTTP 503", now())
+            .await
+            .unwrap();
+    }
+    connections::record_refresh_failure(&state.db, revoked, Some("needs_reauth"), "invalid_grant", now())
+        .await
+        .unwrap();
+
+    let source = webhooks::ensure_source(&state.db, "site-a", SourceTiming::default())
+        .await
+        .unwrap();
+    for (sn, status) in [("6136D000001", "online"), ("6136D000002", "offline")] {
+        let profile = DeviceProfile {
+            source_id: Some(source),
+            model: Some("EM300-TH".into()),
+            ..Default::default()
+        };
+        let device = devices::upsert_by_sn(&state.db, sn, &profile).await.unwrap();
+        let activity = DeviceActivity {
+            status: status.into(),
+            last_seen_at: (now().0 - Span::minutes(10)).into(),
+            last_event_type: None,
+            last_payload: None,
+            battery: None,
+            expected_interval_secs: None,
+        };
+        devices::record_activity(&state.db, device.id, &activity)
+            .await
+            .unwrap();
+    }
+
+    poll_store::ensure_pairs(&state.db, &[(healthy, "recently_played")])
+        .await
+        .unwrap();
+    let pair = poll_store::get_state(&state.db, healthy, "recently_played")
+        .await
+        .unwrap();
+    let finished = Finished {
+        state_id: pair.id,
+        last_content_hash: None,
+        connection_id: healthy,
+        endpoint: "recently_played".into(),
+        trigger: "scheduled".into(),
+        status: "ok",
+        items: 3,
+        pages: 1,
+        http_status: Some(200),
+        error: None,
+        duration_ms: 5,
+        started_at: (now().0 - Span::minutes(2)).into(),
+        finished_at: (now().0 - Span::minutes(2)).into(),
+        next_due_at: None,
+        payload: None,
+        record_run: true,
+    };
+    poll_store::finish(&state.db, &finished).await.unwrap();
+
+    // The revoked token and the offline device open alerts, whose emails wait in the outbox
+    // (no SMTP here).
+    evaluate(state, now()).await.unwrap();
+    (healthy, revoked)
+}
+
+async fn scrape_time_gauges_tell_the_database_truth(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let state = db
+        .app_state("[email]\non_call = \"oncall@example.com\"\n[alerts]\ngroup_wait_secs = 0")
+        .await;
+    let (healthy, revoked) = populate(&state).await;
+    let text = state.metrics.render(&state.db).await;
+    let (healthy_id, revoked_id) = (healthy.to_string(), revoked.to_string());
+    let main = [
+        ("connection", "spotify-main"),
+        ("connection_id", healthy_id.as_str()),
+        ("provider", "oauth2_refresh"),
+    ];
+    let old = [
+        ("connection", "spotify-old"),
+        ("connection_id", revoked_id.as_str()),
+    ];
+
+    let runway = sample(&text, "telltale_token_expiry_seconds", &main).expect("runway");
+    assert!(
+        (3500.0..=3600.0).contains(&runway),
+        "about an hour left: {runway}"
+    );
+    let expired = sample(&text, "telltale_token_expiry_seconds", &old).unwrap();
+    assert!(expired < -250.0, "expired five minutes ago: {expired}");
+    assert_eq!(
+        sample(&text, "telltale_token_consecutive_failures", &main),
+        Some(2.0)
+    );
+    assert_eq!(sample(&text, "telltale_token_needs_reauth", &main), Some(0.0));
+    assert_eq!(sample(&text, "telltale_token_needs_reauth", &old), Some(1.0));
+    assert!(!text.contains("CANARY"), "no secret in the metrics");
+
+    let age = sample(
+        &text,
+        "telltale_webhook_last_event_age_seconds",
+        &[("source", "site-a")],
+    )
+    .unwrap();
+    assert!(
+        (0.0..60.0).contains(&age),
+        "set up just now, never delivered: {age}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "telltale_webhook_stale_after_seconds",
+            &[("source", "site-a")]
+        ),
+        Some(1200.0),
+        "15 min + 5 min grace"
+    );
+    assert_eq!(
+        sample(&text, "telltale_webhook_source_stale", &[("source", "site-a")]),
+        Some(0.0)
+    );
+
+    let devices = |status| {
+        sample(
+            &text,
+            "telltale_devices",
+            &[("source", "site-a"), ("model", "EM300-TH"), ("status", status)],
+        )
+    };
+    assert_eq!((devices("online"), devices("offline")), (Some(1.0), Some(1.0)));
+    let seen = sample(
+        &text,
+        "telltale_device_last_seen_age_seconds",
+        &[("device", "6136D000002")],
+    )
+    .unwrap();
+    assert!((590.0..700.0).contains(&seen), "ten minutes: {seen}");
+
+    let poll = [
+        ("platform", "spotify"),
+        ("endpoint", "recently_played"),
+        ("connection_id", healthy_id.as_str()),
+    ];
+    let since = sample(&text, "telltale_poll_last_success_age_seconds", &poll).unwrap();
+    assert!((110.0..200.0).contains(&since), "two minutes: {since}");
+    assert_eq!(
+        sample(&text, "telltale_poll_consecutive_failures", &poll),
+        Some(0.0)
+    );
+
+    assert_eq!(
+        sample(
+            &text,
+            "telltale_alerts_open",
+            &[
+                ("rule", "token_needs_reauth"),
+                ("state", "firing"),
+                ("severity", "warning")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "telltale_alerts_open", &[("rule", "device_offline")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "telltale_outbox_pending", &[]),
+        Some(2.0),
+        "one email per alert"
+    );
+    assert!(sample(&text, "telltale_outbox_oldest_pending_age_seconds", &[]).unwrap() >= 0.0);
+    assert_eq!(
+        sample(&text, "telltale_metrics_database_scrape_ok", &[]),
+        Some(1.0)
+    );
+
+    // A deleted connection leaves the gauges at the next scrape.
+    connections::delete_connection(&state.db, revoked).await.unwrap();
+    let text = state.metrics.render(&state.db).await;
+    assert_eq!(sample(&text, "telltale_token_needs_reauth", &old), None);
+    assert_eq!(sample(&text, "telltale_token_needs_reauth", &main), Some(0.0));
+}
+
+async fn two_replicas_report_the_same_gauges(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let first = db.app_state("").await;
+    let second = db.app_state("").await;
+    populate(&first).await;
+    let gauges = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                [
+                    "telltale_token_needs_reauth",
+                    "telltale_token_consecutive_failures",
+                    "telltale_devices{",
+                    "telltale_alerts_open",
+                    "telltale_outbox_pending",
+                    "telltale_webhook_source_stale",
+                ]
+                .iter()
+                .any(|n| l.starts_with(n))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let a = gauges(&first.metrics.render(&first.db).await);
+    let b = gauges(&second.metrics.render(&second.db).await);
+    assert!(a.len() >= 8, "{a:#?}");
+    assert_eq!(a, b, "a replica that did none of the work reports the same");
+}
