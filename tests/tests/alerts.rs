@@ -606,3 +606,75 @@ async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
     );
     assert!(!field.contains("spotify"));
 }
+
+/// Two Telltale processes share one PostgreSQL, both sweeping tokens, evaluating alerts and
+/// draining the outbox every second: each incident still reaches on-call exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_postgres_email_each_incident_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let smtp = SmtpSink::start().await;
+    let provider = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&provider)
+        .await;
+    let url = smtp.url();
+    let env = [
+        ("SMTP_URL", url.as_str()),
+        ("TELLTALE_ONCALL_EMAILS", "oncall@example.com"),
+        ("TELLTALE_TOKEN_SWEEP_SCHEDULE", "* * * * * *"),
+        ("TELLTALE_TOKEN_MAX_ATTEMPTS", "1"),
+        ("TELLTALE_ALERT_EVALUATION_SCHEDULE", "* * * * * *"),
+        ("TELLTALE_OUTBOX_SCHEDULE", "* * * * * *"),
+        ("TELLTALE_ALERT_GROUP_WAIT_SECS", "0"),
+    ];
+    let first = TestServer::start(db.url(), &env).await;
+    let second = TestServer::start(db.url(), &env).await;
+    first.wait_ready(Duration::from_secs(30)).await;
+    second.wait_ready(Duration::from_secs(30)).await;
+    for i in 0..3 {
+        let body = json!({
+            "account": "acme", "provider": "oauth2_refresh", "name": format!("shared-{i}"),
+            "base_url": format!("{}/api/token", provider.uri()),
+            "credentials": {"client_id": "c", "client_secret": "CANARY-secret"},
+            "refresh_token": "CANARY-refresh",
+        });
+        let (code, _) = post_with_headers(
+            &first.url("/api/connections"),
+            &[("content-type".into(), "application/json".into())],
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    // Every incident is emailed; then both processes keep running for a while to show that
+    // nobody sends one twice.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mentions = |messages: &[String], i: usize| {
+        let needle = format!("connection shared-{i} failed");
+        messages.iter().filter(|m| m.contains(&needle)).count()
+    };
+    loop {
+        let messages = smtp.messages();
+        if (0..3).all(|i| mentions(&messages, i) > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every incident emailed: {messages:#?}\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let messages = smtp.messages();
+    for i in 0..3 {
+        assert_eq!(
+            mentions(&messages, i),
+            1,
+            "shared-{i} emailed once: {messages:#?}"
+        );
+    }
+    let (_, open) = get_json(&second.url("/api/alerts?state=open")).await;
+    assert_eq!(open["items"].as_array().unwrap().len(), 3, "{open}");
+}
