@@ -90,7 +90,7 @@ impl Metrics {
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "telltale_db_pool_connections",
-                "Database pool connections by state (max, open, idle, waiting)",
+                "Database pool connections by state (max, open, idle, in_use, waiting)",
             ),
             &["state"],
         )?;
@@ -203,6 +203,9 @@ impl Metrics {
         )?;
         registry.register(Box::new(email_failures.clone()))?;
         let db_gauges = scrape::DbGauges::new(&registry)?;
+        if let Some(pool_wait) = crate::storage::POOL_WAIT.as_ref() {
+            registry.register(Box::new(pool_wait.clone()))?;
+        }
 
         Ok(Metrics {
             emails_sent,
@@ -241,6 +244,9 @@ impl Metrics {
         self.db_pool
             .with_label_values(&["idle"])
             .set(as_i64(status.available));
+        self.db_pool
+            .with_label_values(&["in_use"])
+            .set(as_i64(status.size.saturating_sub(status.available)));
         self.db_pool
             .with_label_values(&["waiting"])
             .set(as_i64(status.waiting));

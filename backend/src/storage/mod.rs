@@ -30,6 +30,19 @@ pub use fields::{UtcTime, now};
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 
+/// Time spent waiting for a pooled connection. Process-wide because every query goes through
+/// `db_run!`, which has no handle on `Metrics`; `Metrics::new` registers it.
+pub static POOL_WAIT: std::sync::LazyLock<Option<prometheus::Histogram>> = std::sync::LazyLock::new(|| {
+    prometheus::Histogram::with_opts(
+        prometheus::HistogramOpts::new(
+            "telltale_db_pool_wait_seconds",
+            "Time spent waiting for a database connection from the pool",
+        )
+        .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+    )
+    .ok()
+});
+
 /// Which database a `DATABASE_URL` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseTarget {
@@ -96,12 +109,16 @@ macro_rules! db_run {
     ($db:expr, |$conn:ident| $body:expr) => {
         match $db {
             $crate::storage::Db::Postgres(pool) => {
+                let waited = $crate::storage::POOL_WAIT.as_ref().map(|h| h.start_timer());
                 let mut pooled = pool.get().await.map_err($crate::storage::StorageError::from)?;
+                drop(waited);
                 let $conn = &mut *pooled;
                 $body
             }
             $crate::storage::Db::Sqlite(pool) => {
+                let waited = $crate::storage::POOL_WAIT.as_ref().map(|h| h.start_timer());
                 let mut pooled = pool.get().await.map_err($crate::storage::StorageError::from)?;
+                drop(waited);
                 let $conn = &mut *pooled;
                 $body
             }
