@@ -320,9 +320,18 @@ async fn readiness_follows_the_database_postgres() {
     assert_eq!(status, 200, "liveness does not depend on the database");
     let metrics = server.metrics().await;
     assert!(metrics.contains("telltale_ready 0"), "{metrics}");
+    assert!(
+        metrics.contains("telltale_metrics_database_scrape_ok 0"),
+        "/metrics still answers, saying its database gauges are missing: {metrics}"
+    );
 
     proxy.restore();
     server.wait_ready(Duration::from_secs(30)).await;
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("telltale_metrics_database_scrape_ok 1"),
+        "{metrics}"
+    );
 }
 
 /// PostgreSQL only: the service starts while the database is down, says why it is not
