@@ -31,6 +31,7 @@ pub struct AppState {
     pub token_engine: Arc<crate::tokens::RefreshEngine>,
     pub poll_engine: Arc<crate::polling::PollEngine>,
     pub mailer: Arc<crate::alerts::email::Mailer>,
+    pub login_throttle: Arc<crate::auth::LoginThrottle>,
 }
 
 /// Whether the service can do its job, and if not, why.
@@ -96,6 +97,9 @@ impl AppState {
             poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling)),
             mailer: Arc::new(crate::alerts::email::Mailer::new(&config.email)?),
             intake,
+            login_throttle: Arc::new(crate::auth::LoginThrottle::new(
+                config.auth.login_attempts_per_minute,
+            )),
             config: Arc::new(config),
             db,
             crypto: Arc::new(crypto),
@@ -148,6 +152,10 @@ async fn bring_up_database(state: &AppState) -> bool {
                 tracing::info!(backend = state.db.backend_name(), migrations = ?applied, "database ready; migrations applied");
             }
             sync_configured_sources(state).await;
+            // Before readiness, so the configured admin and token work as soon as it says ready.
+            if let Err(err) = crate::auth::bootstrap(state).await {
+                tracing::error!(error = %format!("{err:#}"), "staff bootstrap failed");
+            }
             state.readiness.set(ReadyState::Ready);
             state.metrics.ready.set(1);
             true

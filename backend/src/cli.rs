@@ -70,6 +70,32 @@ enum Command {
         #[command(subcommand)]
         action: ConnectionsCommand,
     },
+    /// Manage staff users of the web UI and API.
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+    /// Create an API token for a staff user; the token is printed once.
+    ApiToken {
+        /// The user the token acts as (with that user's role).
+        #[arg(long)]
+        user: String,
+        /// What the token is for (shown in the token list).
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from standard input (one line).
+    Add {
+        /// Make the user an admin (default: viewer, read only).
+        #[arg(long)]
+        admin: bool,
+        email: String,
+    },
+    /// List users and their roles.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +195,8 @@ pub fn main() -> ExitCode {
             } => refresh_tokens(config, dry_run, provider, connection).await,
             Command::Connections { action } => manage_connections(config, action).await,
             Command::SendTestEmail { to } => send_test_email(config, to).await,
+            Command::User { action } => manage_users(config, action).await,
+            Command::ApiToken { user, name } => create_api_token(config, &user, &name).await,
             Command::Poll {
                 dry_run,
                 provider,
@@ -490,6 +518,67 @@ async fn poll(
     if report.failed > 0 {
         anyhow::bail!("{} poll(s) failed", report.failed);
     }
+    Ok(())
+}
+
+/// The password from standard input: typed at a prompt or piped, never an argument.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn manage_users(config: Config, action: UserCommand) -> anyhow::Result<()> {
+    match action {
+        UserCommand::Add { admin, email } => {
+            crate::auth::check_email(&email).map_err(anyhow::Error::msg)?;
+            let password = read_password()?;
+            let state = one_shot_state(config).await?;
+            let role = if admin { "admin" } else { "viewer" };
+            let user = crate::auth::add_user(&state, &email, &password, role).await?;
+            state.db.close();
+            println!("added {} ({})", user.email, user.role);
+        }
+        UserCommand::List => {
+            let state = one_shot_state(config).await?;
+            let users = crate::storage::staff::list_users(&state.db).await?;
+            state.db.close();
+            println!(
+                "{:<6} {:<40} {:<7} {:<9} LAST SIGN-IN",
+                "ID", "EMAIL", "ROLE", "DISABLED"
+            );
+            for u in users {
+                println!(
+                    "{:<6} {:<40} {:<7} {:<9} {}",
+                    u.id,
+                    u.email,
+                    u.role,
+                    u.disabled,
+                    u.last_login_at.map_or_else(|| "never".into(), |t| t.to_string())
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create_api_token(config: Config, email: &str, name: &str) -> anyhow::Result<()> {
+    let state = one_shot_state(config).await?;
+    let user = crate::storage::staff::user_by_email(&state.db, &email.trim().to_ascii_lowercase())
+        .await
+        .map_err(|_| anyhow::anyhow!("no user {email}"))?;
+    let (token, row) = crate::auth::add_api_token(&state, user.id, name).await?;
+    state.db.close();
+    eprintln!(
+        "API token {} ({name}) for {}; it is shown only now:",
+        row.id, user.email
+    );
+    println!("{token}");
     Ok(())
 }
 

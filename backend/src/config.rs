@@ -33,8 +33,26 @@ pub struct Config {
     pub polling: PollingConfig,
     pub email: EmailConfig,
     pub alerts: AlertsConfig,
+    pub auth: AuthConfig,
     /// Bearer secret for the `/api/cron/*` endpoints; they are disabled (404) without one.
     pub cron_secret: Option<SecretString>,
+}
+
+/// Staff sign-in, sessions and API tokens.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// The first admin, created at start-up when there are no users yet.
+    pub admin_email: Option<String>,
+    pub admin_password: Option<SecretString>,
+    /// An API token (for automation) granted to that admin at start-up.
+    pub api_token: Option<SecretString>,
+    pub session_lifetime: Duration,
+    /// Mark the session cookie `Secure` (on by default when `alerts.public_url` is https).
+    pub secure_cookies: bool,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<SecretString>,
+    /// Failed sign-ins allowed per minute for one email address and for one client address.
+    pub login_attempts_per_minute: u32,
 }
 
 /// Alert rules and notifications.
@@ -213,6 +231,20 @@ struct FileConfig {
     email: FileEmail,
     #[serde(default)]
     alerts: FileAlerts,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    admin_email: Option<String>,
+    admin_password: Option<String>,
+    api_token: Option<String>,
+    session_hours: Option<u64>,
+    secure_cookies: Option<bool>,
+    metrics_token: Option<String>,
+    login_attempts_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -585,6 +617,34 @@ const AL_RECIPIENTS: Key = Key {
     file: "alerts.recipients",
     env: "(file only)",
 };
+const AU_ADMIN_EMAIL: Key = Key {
+    file: "auth.admin_email",
+    env: "TELLTALE_ADMIN_EMAIL",
+};
+const AU_ADMIN_PASSWORD: Key = Key {
+    file: "auth.admin_password",
+    env: "TELLTALE_ADMIN_PASSWORD",
+};
+const AU_API_TOKEN: Key = Key {
+    file: "auth.api_token",
+    env: "TELLTALE_API_TOKEN",
+};
+const AU_SESSION_HOURS: Key = Key {
+    file: "auth.session_hours",
+    env: "TELLTALE_SESSION_HOURS",
+};
+const AU_SECURE: Key = Key {
+    file: "auth.secure_cookies",
+    env: "TELLTALE_SECURE_COOKIES",
+};
+const AU_METRICS_TOKEN: Key = Key {
+    file: "auth.metrics_token",
+    env: "TELLTALE_METRICS_TOKEN",
+};
+const AU_ATTEMPTS: Key = Key {
+    file: "auth.login_attempts_per_minute",
+    env: "TELLTALE_LOGIN_ATTEMPTS_PER_MINUTE",
+};
 const CRON_SECRET: Key = Key {
     file: "cron_secret",
     env: "CRON_SECRET",
@@ -657,6 +717,13 @@ const ALL_KEYS: &[&Key] = &[
     &AL_REMINDERS,
     &AL_GROUP_WAIT,
     &AL_RECIPIENTS,
+    &AU_ADMIN_EMAIL,
+    &AU_ADMIN_PASSWORD,
+    &AU_API_TOKEN,
+    &AU_SESSION_HOURS,
+    &AU_SECURE,
+    &AU_METRICS_TOKEN,
+    &AU_ATTEMPTS,
     &CRON_SECRET,
 ];
 
@@ -1184,6 +1251,68 @@ impl Config {
             public_url: public_url.trim_end_matches('/').to_owned(),
         };
 
+        let au = file.auth;
+        let admin_email = pick(&AU_ADMIN_EMAIL, au.admin_email).filter(|e| !e.is_empty());
+        if let Some(email) = &admin_email
+            && email.parse::<lettre::Address>().is_err()
+        {
+            return Err(AU_ADMIN_EMAIL.error(format!("{email:?} is not an email address")));
+        }
+        let admin_password = pick(&AU_ADMIN_PASSWORD, au.admin_password).filter(|p| !p.is_empty());
+        if admin_password
+            .as_ref()
+            .is_some_and(|p| p.chars().count() < crate::auth::MIN_PASSWORD)
+        {
+            return Err(AU_ADMIN_PASSWORD.error(format!(
+                "must be at least {} characters",
+                crate::auth::MIN_PASSWORD
+            )));
+        }
+        if admin_email.is_some() != admin_password.is_some() {
+            return Err(AU_ADMIN_EMAIL.error("give both the first admin's email and password, or neither"));
+        }
+        let api_token = pick(&AU_API_TOKEN, au.api_token).filter(|t| !t.is_empty());
+        if api_token.as_ref().is_some_and(|t| t.len() < 24) {
+            return Err(AU_API_TOKEN.error("must be at least 24 characters"));
+        }
+        if api_token.is_some() && admin_email.is_none() {
+            return Err(AU_API_TOKEN
+                .error("needs auth.admin_email (TELLTALE_ADMIN_EMAIL): the token acts as that admin"));
+        }
+        let secure_cookies = match pick(&AU_SECURE, None) {
+            None => au
+                .secure_cookies
+                .unwrap_or_else(|| alerts.public_url.starts_with("https://")),
+            Some(v) if v == "true" => true,
+            Some(v) if v == "false" => false,
+            Some(v) => return Err(AU_SECURE.error(format!("expected true or false, got {v:?}"))),
+        };
+        let metrics_token = pick(&AU_METRICS_TOKEN, au.metrics_token).filter(|t| !t.is_empty());
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(AU_METRICS_TOKEN.error("must be at least 16 characters"));
+        }
+        let auth = AuthConfig {
+            admin_email,
+            admin_password: admin_password.map(SecretString::from),
+            api_token: api_token.map(SecretString::from),
+            session_lifetime: Duration::from_secs(
+                3600 * positive(
+                    &AU_SESSION_HOURS,
+                    pick_num(&AU_SESSION_HOURS, au.session_hours)?,
+                    12,
+                    24 * 90,
+                )?,
+            ),
+            secure_cookies,
+            metrics_token: metrics_token.map(SecretString::from),
+            login_attempts_per_minute: positive(
+                &AU_ATTEMPTS,
+                pick_num(&AU_ATTEMPTS, au.login_attempts_per_minute)?,
+                5,
+                1000,
+            )? as u32,
+        };
+
         let cron_secret = match pick(&CRON_SECRET, file.cron_secret) {
             Some(secret) if secret.len() < 16 => {
                 return Err(
@@ -1194,6 +1323,7 @@ impl Config {
         };
 
         Ok(Config {
+            auth,
             cron_secret,
             tokens,
             polling,
@@ -1283,6 +1413,17 @@ impl Config {
                 out.push_str(&format!("{rule} = {:?}\n", addresses.join(", ")));
             }
         }
+        let au = &self.auth;
+        out.push_str(&format!(
+            "\n[auth]\nadmin_email = {:?}\nadmin_password = {}\napi_token = {}\nsession_hours = {}\nsecure_cookies = {}\nmetrics_token = {}\nlogin_attempts_per_minute = {}\n",
+            au.admin_email.as_deref().unwrap_or(""),
+            masked(au.admin_password.is_some()),
+            masked(au.api_token.is_some()),
+            au.session_lifetime.as_secs() / 3600,
+            au.secure_cookies,
+            masked(au.metrics_token.is_some()),
+            au.login_attempts_per_minute
+        ));
         out.push_str("\n[database]\n");
         out.push_str(&format!("max_connections = {}\n", self.pool.max_connections));
         out.push_str(&format!(

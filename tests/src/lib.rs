@@ -20,6 +20,24 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// A fixed key so tests can decrypt what the binary stored.
 pub const TEST_SECRET_KEY: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+/// Every test server starts with this admin (configured as the first admin)…
+pub const TEST_ADMIN_EMAIL: &str = "admin@example.com";
+pub const TEST_ADMIN_PASSWORD: &str = "CANARY-admin-password";
+/// …and this API token for it, which `get_json`, `post_with_headers` and `api_client` send.
+pub const TEST_API_TOKEN: &str = "CANARY-api-token-0123456789abcdef";
+
+/// An HTTP client that calls the API as the test admin (through `TEST_API_TOKEN`).
+pub fn api_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static("Bearer CANARY-api-token-0123456789abcdef"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -306,6 +324,9 @@ impl TestServer {
             .env("RUST_LOG", "info")
             .env("TELLTALE_DB_STARTUP_RETRY_MAX_DELAY_SECS", "1")
             .env("TELLTALE_CONFIG", &config_path)
+            .env("TELLTALE_ADMIN_EMAIL", TEST_ADMIN_EMAIL)
+            .env("TELLTALE_ADMIN_PASSWORD", TEST_ADMIN_PASSWORD)
+            .env("TELLTALE_API_TOKEN", TEST_API_TOKEN)
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -532,13 +553,14 @@ pub fn milesight_headers(
     headers
 }
 
-/// POSTs `body` with `headers`; returns the status and the JSON body (panics if not JSON).
+/// POSTs `body` with `headers` (as the test admin unless they carry their own
+/// `Authorization`); returns the status and the JSON body (panics if not JSON).
 pub async fn post_with_headers(
     url: &str,
     headers: &[(String, String)],
     body: impl Into<reqwest::Body>,
 ) -> (u16, serde_json::Value) {
-    let mut request = reqwest::Client::new().post(url).body(body);
+    let mut request = api_client().post(url).body(body);
     for (k, v) in headers {
         request = request.header(k, v);
     }
@@ -550,9 +572,11 @@ pub async fn post_with_headers(
     (status, json)
 }
 
-/// GETs `url`; returns the status and the JSON body (panics if not JSON).
+/// GETs `url` as the test admin; returns the status and the JSON body (panics if not JSON).
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
-    let resp = reqwest::get(url)
+    let resp = api_client()
+        .get(url)
+        .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();

@@ -416,7 +416,7 @@ async fn the_service_alerts_on_call_end_to_end(backend: Backend) {
         (code, refused["error"]["code"].as_str()),
         (400, Some("invalid_silence"))
     );
-    let resp = reqwest::Client::new()
+    let resp = telltale_e2e::api_client()
         .delete(server.url(&format!("/api/silences/{}", created["id"])))
         .send()
         .await

@@ -131,7 +131,7 @@ async fn the_service_polls_on_schedule_and_on_request(backend: Backend) {
     assert_eq!((code, body["error"]["code"].as_str()), (404, Some("not_found")));
 
     // Switch a pair off and give the other its own schedule.
-    let client = reqwest::Client::new();
+    let client = telltale_e2e::api_client();
     let patch = |endpoint: &str, body: Value| {
         client
             .patch(server.url(&format!("/api/polling/{id}/{endpoint}")))
@@ -212,7 +212,7 @@ async fn the_cron_endpoint_and_cli_poll(backend: Backend) {
     );
     assert!(!stdout.contains("CANARY"));
 
-    let client = reqwest::Client::new();
+    let client = telltale_e2e::api_client();
     let resp = client
         .post(server.url("/api/cron/platform-polling"))
         .bearer_auth("wrong-secret-wrong-secret")

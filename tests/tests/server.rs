@@ -16,7 +16,9 @@ both_backends!(
 );
 
 async fn get_json(url: &str) -> (u16, Value) {
-    let resp = reqwest::get(url)
+    let resp = telltale_e2e::api_client()
+        .get(url)
+        .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();
@@ -75,7 +77,11 @@ async fn serves_health_readiness_and_metrics(backend: Backend) {
         "{text}"
     );
 
-    let page = reqwest::get(server.url("/")).await.unwrap();
+    let page = telltale_e2e::api_client()
+        .get(server.url("/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("<title>Telltale</title>"));
     let css = reqwest::get(server.url("/static/telltale.css")).await.unwrap();
@@ -85,7 +91,8 @@ async fn serves_health_readiness_and_metrics(backend: Backend) {
 async fn errors_share_one_json_shape(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = TestServer::start(db.url(), &[]).await;
-    let client = reqwest::Client::new();
+    server.wait_ready(Duration::from_secs(30)).await;
+    let client = telltale_e2e::api_client();
     for (method, path, status, code) in [
         ("GET", "/no/such/route", 404, "not_found"),
         ("POST", "/healthz", 404, "not_found"),
@@ -232,13 +239,13 @@ async fn migrate_command_is_idempotent(backend: Backend) {
     let env = [("DATABASE_URL", db.url())];
     let status = run_cli(&["migrate", "--status"], &env);
     assert!(
-        String::from_utf8_lossy(&status.stdout).contains("4 pending migration"),
+        String::from_utf8_lossy(&status.stdout).contains("5 pending migration"),
         "{status:?}"
     );
     let first = run_cli(&["migrate"], &env);
     assert!(first.status.success(), "{first:?}");
     assert!(
-        String::from_utf8_lossy(&first.stdout).contains("applied 4 migration"),
+        String::from_utf8_lossy(&first.stdout).contains("applied 5 migration"),
         "{first:?}"
     );
     let second = run_cli(&["migrate"], &env);

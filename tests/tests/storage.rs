@@ -36,7 +36,7 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        4,
+        5,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
@@ -46,7 +46,8 @@ async fn migrations_run_twice_without_change(backend: Backend) {
             "20261123000001".to_owned(),
             "20261123000002".to_owned(),
             "20261123000003".to_owned(),
-            "20261123000004".to_owned()
+            "20261123000004".to_owned(),
+            "20261123000005".to_owned()
         ]
     );
     let second = migrate::run(&target).await.unwrap();

@@ -136,7 +136,7 @@ async fn connections_are_managed_refreshed_and_reported(backend: Backend) {
     assert!(!metrics.contains("CANARY") && !server.log_text().contains("CANARY"));
     assert!(metrics.contains(r#"telltale_token_refresh_attempts_total{outcome="success",provider="oauth2_refresh",trigger="manual"} 1"#), "{metrics}");
 
-    let resp = reqwest::Client::new()
+    let resp = telltale_e2e::api_client()
         .delete(server.url(&format!("/api/connections/{id}")))
         .send()
         .await
@@ -225,7 +225,7 @@ async fn the_cron_endpoint_needs_its_secret(backend: Backend) {
 
     let server = TestServer::start(db.url(), &[("CRON_SECRET", CRON)]).await;
     server.wait_ready(Duration::from_secs(30)).await;
-    let client = reqwest::Client::new();
+    let client = telltale_e2e::api_client();
     for auth in [
         None,
         Some("Bearer wrong-secret-wrong-secret"),
@@ -322,7 +322,7 @@ async fn the_cli_sweeps_and_reports(backend: Backend) {
 }
 
 async fn patch(server: &TestServer, id: i64, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = telltale_e2e::api_client()
         .patch(server.url(&format!("/api/connections/{id}")))
         .json(&body)
         .send()

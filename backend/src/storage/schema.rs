@@ -322,6 +322,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use crate::storage::fields::UtcTimestamp;
+
+    staff_sessions (id) {
+        id -> BigInt,
+        token_hash -> Text,
+        user_id -> BigInt,
+        csrf_token -> Text,
+        created_at -> UtcTimestamp,
+        expires_at -> UtcTimestamp,
+        last_seen_at -> UtcTimestamp,
+    }
+}
+
+diesel::table! {
     api_usage (provider, day) {
         provider -> Text,
         day -> Text,
@@ -340,6 +355,7 @@ diesel::joinable!(platform_data -> connections (connection_id));
 diesel::joinable!(alert_events -> alerts (alert_id));
 diesel::joinable!(outbox -> alerts (alert_id));
 diesel::joinable!(api_tokens -> staff_users (user_id));
+diesel::joinable!(staff_sessions -> staff_users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     webhook_sources,
@@ -359,5 +375,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_state,
     staff_users,
     api_tokens,
+    staff_sessions,
     api_usage,
 );

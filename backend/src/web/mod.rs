@@ -1,6 +1,7 @@
 //! HTTP: the route table and the server. Handlers stay thin; logic lives in plain functions.
 
 mod api;
+mod auth;
 pub mod error;
 mod health;
 mod ui;
@@ -19,6 +20,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
         .route("/", web::get().to(ui::index))
+        .route("/login", web::get().to(auth::login_page))
+        .route("/login", web::post().to(auth::login))
+        .route("/logout", web::post().to(auth::logout))
+        .route("/api/me", web::get().to(auth::me))
+        .route("/api/users", web::get().to(auth::users))
+        .route("/api/users", web::post().to(auth::add_user))
+        .route("/api/users/{id}", web::patch().to(auth::update_user))
+        .route("/api/users/{id}", web::delete().to(auth::delete_user))
+        .route("/api/api-tokens", web::get().to(auth::api_tokens))
+        .route("/api/api-tokens", web::post().to(auth::add_api_token))
+        .route("/api/api-tokens/{id}", web::delete().to(auth::delete_api_token))
         .route("/static/{path:.*}", web::get().to(ui::asset))
         .configure(api::routes)
         .service(
@@ -56,6 +68,7 @@ pub fn http_server(state: AppState, listener: std::net::TcpListener) -> anyhow::
             .default_service(web::to(|| async {
                 Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
             }))
+            .wrap(actix_web::middleware::from_fn(crate::auth::guard::guard))
             .wrap(ErrorHandlers::new().default_handler(error::jsonify_error))
             .wrap(NormalizePath::new(TrailingSlash::Trim))
             .wrap(state.metrics.http.clone())

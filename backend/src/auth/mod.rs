@@ -1,0 +1,340 @@
+//! Who is calling: staff users signed in with a session cookie, or automation with an API token.
+//!
+//! Every page and `/api` route needs one of them (`guard`), except health, `/metrics` (unless a
+//! metrics token is configured), webhooks (own signatures), the cron endpoints (CRON_SECRET),
+//! the sign-in page and static assets. State-changing requests need the `admin` role; from a
+//! browser session they also need the session's CSRF token in `X-CSRF-Token`.
+
+pub mod guard;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
+use crate::storage::staff::{self, StaffUser};
+use crate::storage::{StorageError, StorageResult, UtcTime, now};
+
+pub const SESSION_COOKIE: &str = "telltale_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+pub const MIN_PASSWORD: usize = 10;
+pub const ROLES: [&str; 2] = ["admin", "viewer"];
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Staff {
+    pub user: StaffUser,
+    pub via: Via,
+}
+
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// A browser session; `csrf` must accompany its state-changing requests.
+    Session {
+        token_hash: String,
+        csrf: String,
+    },
+    ApiToken {
+        name: String,
+    },
+}
+
+impl Staff {
+    pub fn is_admin(&self) -> bool {
+        self.user.role == "admin"
+    }
+
+    pub fn csrf(&self) -> Option<&str> {
+        match &self.via {
+            Via::Session { csrf, .. } => Some(csrf),
+            Via::ApiToken { .. } => None,
+        }
+    }
+
+    /// Who did something, for logs and audit fields.
+    pub fn actor(&self) -> String {
+        match &self.via {
+            Via::Session { .. } => self.user.email.clone(),
+            Via::ApiToken { name } => format!("{} (token {name})", self.user.email),
+        }
+    }
+}
+
+/// Argon2id with the crate's defaults (19 MiB, 2 passes). CPU-heavy: call from `spawn_blocking`.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
+}
+
+/// Constant-time inside argon2. CPU-heavy: call from `spawn_blocking`.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
+/// Hashes a password off the async workers.
+pub async fn hash_password_async(password: String) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || hash_password(&password)).await?
+}
+
+/// A new random bearer secret (session or API token), 256 bits as hex.
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Session and API tokens are stored only as this hash.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn check_password_rules(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(format!("passwords need at least {MIN_PASSWORD} characters"));
+    }
+    Ok(())
+}
+
+pub fn check_email(email: &str) -> Result<(), String> {
+    email
+        .parse::<lettre::Address>()
+        .map(|_| ())
+        .map_err(|_| format!("{email:?} is not an email address"))
+}
+
+pub fn check_role(role: &str) -> Result<(), String> {
+    if ROLES.contains(&role) {
+        Ok(())
+    } else {
+        Err(format!("role must be admin or viewer, got {role:?}"))
+    }
+}
+
+/// Creates a staff user (the CLI's and the API's shared path).
+pub async fn add_user(
+    state: &AppState,
+    email: &str,
+    password: &str,
+    role: &str,
+) -> Result<StaffUser, AddUserError> {
+    check_email(email).map_err(AddUserError::Invalid)?;
+    check_password_rules(password).map_err(AddUserError::Invalid)?;
+    check_role(role).map_err(AddUserError::Invalid)?;
+    let hash = hash_password_async(password.to_owned())
+        .await
+        .map_err(|e| AddUserError::Invalid(e.to_string()))?;
+    let email = email.trim().to_ascii_lowercase();
+    match staff::create_user(&state.db, &email, &hash, role, now()).await {
+        Ok(user) => Ok(user),
+        Err(StorageError::Conflict(_)) => Err(AddUserError::Exists(email)),
+        Err(e) => Err(AddUserError::Storage(e)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddUserError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("a user {0} already exists")]
+    Exists(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Creates an API token for `user_id`; returns the token (shown once) and its row.
+pub async fn add_api_token(
+    state: &AppState,
+    user_id: i64,
+    name: &str,
+) -> StorageResult<(String, staff::ApiToken)> {
+    let token = new_token();
+    let row = staff::create_api_token(&state.db, user_id, name, &token_hash(&token), now()).await?;
+    Ok((token, row))
+}
+
+/// At start-up: the first admin from the config when there are no users yet, and the
+/// configured automation token for that admin.
+pub async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
+    let auth = &state.config.auth;
+    let (Some(email), Some(password)) = (&auth.admin_email, &auth.admin_password) else {
+        return Ok(());
+    };
+    if staff::count_users(&state.db).await? == 0 {
+        match add_user(state, email, password.expose_secret(), "admin").await {
+            Ok(user) => tracing::info!(email = %user.email, "created the first admin from the configuration"),
+            Err(AddUserError::Exists(_)) => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot create the first admin: {e}")),
+        }
+    }
+    if let Some(token) = &auth.api_token {
+        let hash = token_hash(token.expose_secret());
+        if !staff::api_token_exists(&state.db, &hash).await? {
+            let admin = staff::user_by_email(&state.db, &email.trim().to_ascii_lowercase())
+                .await
+                .map_err(|_| anyhow::anyhow!("auth.api_token: no user {email} to grant it to"))?;
+            match staff::create_api_token(&state.db, admin.id, "configured", &hash, now()).await {
+                Ok(_) | Err(StorageError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves the caller of a request from its session cookie or bearer token.
+pub async fn authenticate(
+    state: &AppState,
+    cookie: Option<&str>,
+    bearer: Option<&str>,
+) -> StorageResult<Option<Staff>> {
+    let at = now();
+    if let Some(token) = bearer {
+        if let Some((api_token, user)) = staff::api_token(&state.db, &token_hash(token), at).await? {
+            return Ok(Some(Staff {
+                user,
+                via: Via::ApiToken { name: api_token.name },
+            }));
+        }
+        return Ok(None);
+    }
+    if let Some(token) = cookie {
+        let hash = token_hash(token);
+        if let Some((session, user)) = staff::session(&state.db, &hash, at).await? {
+            return Ok(Some(Staff {
+                user,
+                via: Via::Session {
+                    token_hash: hash,
+                    csrf: session.csrf_token,
+                },
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Why a sign-in failed. The message never says whether the email exists.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("wrong email or password")]
+    Refused,
+    #[error("too many sign-in attempts; try again in a minute")]
+    Throttled,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Sign-in attempts per email address and per client address, per minute.
+pub struct LoginThrottle {
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl LoginThrottle {
+    pub fn new(per_minute: u32) -> LoginThrottle {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        LoginThrottle {
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+        }
+    }
+
+    fn allow(&self, key: String) -> bool {
+        self.limiter.check_key(&key).is_ok()
+    }
+}
+
+/// A new session: the cookie's token and the session's CSRF token.
+pub struct NewSession {
+    pub token: String,
+    pub csrf: String,
+    pub user: StaffUser,
+    pub expires_at: UtcTime,
+}
+
+/// Checks the password (throttled per email and per client) and opens a session.
+pub async fn login(
+    state: &AppState,
+    email: &str,
+    password: &str,
+    client: &str,
+) -> Result<NewSession, LoginError> {
+    let email = email.trim().to_ascii_lowercase();
+    let throttle = &state.login_throttle;
+    if !throttle.allow(format!("email:{email}")) || !throttle.allow(format!("client:{client}")) {
+        tracing::warn!(%email, %client, "sign-in throttled");
+        return Err(LoginError::Throttled);
+    }
+    let user = match staff::user_by_email(&state.db, &email).await {
+        Ok(user) if !user.disabled => Some(user),
+        Ok(_) | Err(StorageError::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    };
+    // Unknown users cost a hash verification too, so timing does not reveal who exists.
+    let hash = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| DUMMY_HASH.clone());
+    let password = password.to_owned();
+    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user.filter(|_| matches) else {
+        tracing::warn!(%email, %client, "sign-in refused");
+        return Err(LoginError::Refused);
+    };
+    let token = new_token();
+    let csrf = new_token();
+    let at = now();
+    let lifetime = chrono::Duration::from_std(state.config.auth.session_lifetime).unwrap_or_default();
+    let expires_at = UtcTime::new(at.0 + lifetime);
+    staff::create_session(&state.db, user.id, &token_hash(&token), &csrf, at, expires_at).await?;
+    staff::record_login(&state.db, user.id, at).await?;
+    tracing::info!(email = %user.email, "signed in");
+    Ok(NewSession {
+        token,
+        csrf,
+        user,
+        expires_at,
+    })
+}
+
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password("telltale-no-such-user").unwrap_or_default());
+
+pub type SharedThrottle = Arc<LoginThrottle>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_against_their_own_hash() {
+        let hash = hash_password("correct horse battery").unwrap_or_else(|e| panic!("{e}"));
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(verify_password("correct horse battery", &hash));
+        assert!(!verify_password("correct horse batterY", &hash));
+        assert!(!verify_password("anything", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_ne!(token_hash(&a), a);
+        assert_eq!(token_hash(&a), token_hash(&a));
+    }
+
+    #[test]
+    fn the_throttle_counts_per_key() {
+        let throttle = LoginThrottle::new(2);
+        assert!(throttle.allow("email:a".into()));
+        assert!(throttle.allow("email:a".into()));
+        assert!(!throttle.allow("email:a".into()));
+        assert!(throttle.allow("email:b".into()));
+    }
+}

@@ -1,0 +1,317 @@
+//! Staff users, their login sessions and their API tokens. Passwords are stored as Argon2id
+//! hashes; session and API tokens only as SHA-256 hashes (they are long random values, so a
+//! fast hash is enough and lookups stay indexed).
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+
+use super::fields::UtcTime;
+use super::schema::{api_tokens, staff_sessions, staff_users};
+use super::{Db, StorageError, StorageResult};
+use crate::db_run;
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = staff_users)]
+pub struct StaffUser {
+    pub id: i64,
+    pub email: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    /// `admin` or `viewer`.
+    pub role: String,
+    pub disabled: bool,
+    pub last_login_at: Option<UtcTime>,
+    pub created_at: UtcTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, PartialEq)]
+#[diesel(table_name = staff_sessions)]
+pub struct StaffSession {
+    pub id: i64,
+    pub token_hash: String,
+    pub user_id: i64,
+    pub csrf_token: String,
+    pub created_at: UtcTime,
+    pub expires_at: UtcTime,
+    pub last_seen_at: UtcTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
+#[diesel(table_name = api_tokens)]
+pub struct ApiToken {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    #[serde(skip)]
+    pub token_hash: String,
+    pub last_used_at: Option<UtcTime>,
+    pub expires_at: Option<UtcTime>,
+    pub created_at: UtcTime,
+}
+
+pub async fn create_user(
+    db: &Db,
+    email: &str,
+    password_hash: &str,
+    role: &str,
+    at: UtcTime,
+) -> StorageResult<StaffUser> {
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(staff_users::table)
+            .values((
+                staff_users::email.eq(email),
+                staff_users::password_hash.eq(password_hash),
+                staff_users::role.eq(role),
+                staff_users::created_at.eq(at),
+            ))
+            .returning(StaffUser::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
+pub async fn user_by_email(db: &Db, email: &str) -> StorageResult<StaffUser> {
+    db_run!(db, |conn| {
+        staff_users::table
+            .filter(staff_users::email.eq(email))
+            .select(StaffUser::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(StorageError::NotFound)
+    })
+}
+
+pub async fn user(db: &Db, id: i64) -> StorageResult<StaffUser> {
+    db_run!(db, |conn| {
+        staff_users::table
+            .find(id)
+            .select(StaffUser::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(StorageError::NotFound)
+    })
+}
+
+pub async fn list_users(db: &Db) -> StorageResult<Vec<StaffUser>> {
+    db_run!(db, |conn| {
+        Ok(staff_users::table
+            .select(StaffUser::as_select())
+            .order(staff_users::email)
+            .load(conn)
+            .await?)
+    })
+}
+
+pub async fn count_users(db: &Db) -> StorageResult<i64> {
+    db_run!(db, |conn| {
+        Ok(staff_users::table.count().get_result(conn).await?)
+    })
+}
+
+/// Changes a user's password hash, role or disabled flag (each when given). Disabling or a new
+/// password ends the user's sessions.
+pub async fn update_user(
+    db: &Db,
+    id: i64,
+    password_hash: Option<&str>,
+    role: Option<&str>,
+    disabled: Option<bool>,
+) -> StorageResult<StaffUser> {
+    db_run!(db, |conn| {
+        let mut user = staff_users::table
+            .find(id)
+            .select(StaffUser::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(StorageError::NotFound)?;
+        if let Some(hash) = password_hash {
+            user = diesel::update(staff_users::table.find(id))
+                .set(staff_users::password_hash.eq(hash))
+                .returning(StaffUser::as_returning())
+                .get_result(conn)
+                .await?;
+        }
+        if let Some(role) = role {
+            user = diesel::update(staff_users::table.find(id))
+                .set(staff_users::role.eq(role))
+                .returning(StaffUser::as_returning())
+                .get_result(conn)
+                .await?;
+        }
+        if let Some(disabled) = disabled {
+            user = diesel::update(staff_users::table.find(id))
+                .set(staff_users::disabled.eq(disabled))
+                .returning(StaffUser::as_returning())
+                .get_result(conn)
+                .await?;
+        }
+        if password_hash.is_some() || disabled == Some(true) {
+            diesel::delete(staff_sessions::table.filter(staff_sessions::user_id.eq(id)))
+                .execute(conn)
+                .await?;
+        }
+        Ok(user)
+    })
+}
+
+pub async fn delete_user(db: &Db, id: i64) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        match diesel::delete(staff_users::table.find(id)).execute(conn).await? {
+            0 => Err(StorageError::NotFound),
+            _ => Ok(()),
+        }
+    })
+}
+
+pub async fn record_login(db: &Db, user_id: i64, at: UtcTime) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::update(staff_users::table.find(user_id))
+            .set(staff_users::last_login_at.eq(at))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}
+
+pub async fn create_session(
+    db: &Db,
+    user_id: i64,
+    token_hash: &str,
+    csrf_token: &str,
+    at: UtcTime,
+    expires_at: UtcTime,
+) -> StorageResult<StaffSession> {
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(staff_sessions::table)
+            .values((
+                staff_sessions::token_hash.eq(token_hash),
+                staff_sessions::user_id.eq(user_id),
+                staff_sessions::csrf_token.eq(csrf_token),
+                staff_sessions::created_at.eq(at),
+                staff_sessions::expires_at.eq(expires_at),
+                staff_sessions::last_seen_at.eq(at),
+            ))
+            .returning(StaffSession::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
+/// The live session with this token hash and its (enabled) user.
+pub async fn session(
+    db: &Db,
+    token_hash: &str,
+    at: UtcTime,
+) -> StorageResult<Option<(StaffSession, StaffUser)>> {
+    db_run!(db, |conn| {
+        Ok(staff_sessions::table
+            .inner_join(staff_users::table)
+            .filter(staff_sessions::token_hash.eq(token_hash))
+            .filter(staff_sessions::expires_at.gt(at))
+            .filter(staff_users::disabled.eq(false))
+            .select((StaffSession::as_select(), StaffUser::as_select()))
+            .first(conn)
+            .await
+            .optional()?)
+    })
+}
+
+pub async fn delete_session(db: &Db, token_hash: &str) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::delete(staff_sessions::table.filter(staff_sessions::token_hash.eq(token_hash)))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}
+
+pub async fn delete_expired_sessions(db: &Db, at: UtcTime) -> StorageResult<usize> {
+    db_run!(db, |conn| {
+        Ok(
+            diesel::delete(staff_sessions::table.filter(staff_sessions::expires_at.le(at)))
+                .execute(conn)
+                .await?,
+        )
+    })
+}
+
+pub async fn create_api_token(
+    db: &Db,
+    user_id: i64,
+    name: &str,
+    token_hash: &str,
+    at: UtcTime,
+) -> StorageResult<ApiToken> {
+    db_run!(db, |conn| {
+        Ok(diesel::insert_into(api_tokens::table)
+            .values((
+                api_tokens::user_id.eq(user_id),
+                api_tokens::name.eq(name),
+                api_tokens::token_hash.eq(token_hash),
+                api_tokens::created_at.eq(at),
+            ))
+            .returning(ApiToken::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
+/// The unexpired API token with this hash and its (enabled) owner; notes its use.
+pub async fn api_token(
+    db: &Db,
+    token_hash: &str,
+    at: UtcTime,
+) -> StorageResult<Option<(ApiToken, StaffUser)>> {
+    db_run!(db, |conn| {
+        let found: Option<(ApiToken, StaffUser)> = api_tokens::table
+            .inner_join(staff_users::table)
+            .filter(api_tokens::token_hash.eq(token_hash))
+            .filter(api_tokens::expires_at.is_null().or(api_tokens::expires_at.gt(at)))
+            .filter(staff_users::disabled.eq(false))
+            .select((ApiToken::as_select(), StaffUser::as_select()))
+            .first(conn)
+            .await
+            .optional()?;
+        if let Some((token, _)) = &found {
+            diesel::update(api_tokens::table.find(token.id))
+                .set(api_tokens::last_used_at.eq(at))
+                .execute(conn)
+                .await?;
+        }
+        Ok(found)
+    })
+}
+
+pub async fn api_token_exists(db: &Db, token_hash: &str) -> StorageResult<bool> {
+    db_run!(db, |conn| {
+        let count: i64 = api_tokens::table
+            .filter(api_tokens::token_hash.eq(token_hash))
+            .count()
+            .get_result(conn)
+            .await?;
+        Ok(count > 0)
+    })
+}
+
+pub async fn list_api_tokens(db: &Db) -> StorageResult<Vec<ApiToken>> {
+    db_run!(db, |conn| {
+        Ok(api_tokens::table
+            .select(ApiToken::as_select())
+            .order(api_tokens::id)
+            .load(conn)
+            .await?)
+    })
+}
+
+pub async fn delete_api_token(db: &Db, id: i64) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        match diesel::delete(api_tokens::table.find(id)).execute(conn).await? {
+            0 => Err(StorageError::NotFound),
+            _ => Ok(()),
+        }
+    })
+}
