@@ -83,7 +83,12 @@ async fn serves_health_readiness_and_metrics(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("<title>Telltale</title>"));
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("<title>Overview · Telltale</title>")
+    );
     let css = reqwest::get(server.url("/static/telltale.css")).await.unwrap();
     assert_eq!(css.headers()["content-type"], "text/css");
 }

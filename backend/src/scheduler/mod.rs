@@ -332,3 +332,41 @@ mod tests {
         assert!(parse_schedule("0 */5 * * * *").is_ok());
     }
 }
+
+/// One job as the API and the scheduler page show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobView {
+    pub job: &'static str,
+    /// `running` or `paused` (switched off; survives restarts).
+    pub state: &'static str,
+    pub schedule: String,
+    pub timezone: &'static str,
+    pub last_run_at: Option<UtcTime>,
+    pub last_result: Option<String>,
+    pub last_error: Option<String>,
+    pub next_run_at: Option<UtcTime>,
+}
+
+/// Every job's state (or only `only`), as of now.
+pub async fn overview(state: &AppState, only: Option<&str>) -> crate::storage::StorageResult<Vec<JobView>> {
+    let stored = jobs::list(&state.db).await?;
+    let at = now();
+    Ok(crate::app::job_specs(&state.config)
+        .iter()
+        .filter(|s| only.is_none_or(|name| name == s.name))
+        .map(|s| {
+            let row = stored.iter().find(|j| j.name == s.name);
+            let enabled = row.is_none_or(|j| j.enabled);
+            JobView {
+                job: s.name,
+                state: if enabled { "running" } else { "paused" },
+                schedule: s.schedule.clone(),
+                timezone: s.timezone.name(),
+                last_run_at: row.and_then(|j| j.last_run_at),
+                last_result: row.and_then(|j| j.last_result.clone()),
+                last_error: row.and_then(|j| j.last_error.clone()),
+                next_run_at: if enabled { next_run(s, at) } else { None },
+            }
+        })
+        .collect())
+}

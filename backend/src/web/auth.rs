@@ -3,7 +3,6 @@
 use actix_web::cookie::{Cookie, SameSite, time};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
-use askama::Template;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -11,14 +10,6 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::auth::{self, AddUserError, LoginError, SESSION_COOKIE, Staff, Via};
 use crate::storage::{StorageError, staff};
-
-#[derive(Template)]
-#[template(path = "login.html")]
-struct LoginPage<'a> {
-    next: &'a str,
-    email: &'a str,
-    error: Option<&'a str>,
-}
 
 #[derive(Deserialize)]
 pub struct NextQuery {
@@ -34,9 +25,7 @@ fn safe_next(next: Option<&str>) -> &str {
 }
 
 fn page(status: StatusCode, next: &str, email: &str, error: Option<&str>) -> HttpResponse {
-    let body = LoginPage { next, email, error }
-        .render()
-        .unwrap_or_else(|e| format!("cannot render the sign-in page: {e}"));
+    let body = super::pages::login_page(next, email, error);
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .body(body)

@@ -4,6 +4,7 @@ mod api;
 mod auth;
 pub mod error;
 mod health;
+mod pages;
 mod ui;
 mod webhooks;
 
@@ -19,7 +20,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
-        .route("/", web::get().to(ui::index))
+        .route("/", web::get().to(pages::overview))
+        .route("/devices", web::get().to(pages::devices))
+        .route("/devices/{id}", web::get().to(pages::device))
+        .route("/webhooks", web::get().to(pages::webhooks_page))
+        .route("/tokens", web::get().to(pages::tokens))
+        .route("/polling", web::get().to(pages::polling))
+        .route("/alerts", web::get().to(pages::alerts_page))
+        .route("/alerts/{id}", web::get().to(pages::alert))
+        .route("/scheduler", web::get().to(pages::scheduler))
+        .route("/settings", web::get().to(pages::settings))
         .route("/login", web::get().to(auth::login_page))
         .route("/login", web::post().to(auth::login))
         .route("/logout", web::post().to(auth::logout))

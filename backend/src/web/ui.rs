@@ -10,10 +10,6 @@ use super::ApiError;
 #[folder = "../frontend/static/"]
 struct Assets;
 
-pub async fn index() -> Result<HttpResponse, ApiError> {
-    serve("index.html")
-}
-
 pub async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     serve(&path)
 }

@@ -15,6 +15,11 @@ use crate::web::ApiError;
 
 /// `GET /api/polling`: every (connection, endpoint) pair with its last result and next run.
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(list_data(&state).await?))
+}
+
+/// The pairs as the API and the polling page show them.
+pub async fn list_data(state: &AppState) -> Result<serde_json::Value, ApiError> {
     let by_id: std::collections::HashMap<i64, connections::Connection> =
         connections::list_connections(&state.db)
             .await?
@@ -58,7 +63,7 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
             "consecutive_failures": pair.consecutive_failures,
         }));
     }
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    Ok(json!({ "items": items }))
 }
 
 fn unknown_pair(connection: i64, endpoint: &str) -> ApiError {

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::{AppState, job_specs};
-use crate::scheduler::{next_run, run_now};
-use crate::storage::{jobs, now};
+use crate::scheduler::run_now;
+use crate::storage::jobs;
 use crate::web::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -57,25 +57,6 @@ pub async fn control(
             ));
         }
     };
-    let states = jobs::list(&state.db).await?;
-    let at = now();
-    let items: Vec<_> = specs
-        .iter()
-        .filter(|s| spec.is_none_or(|only| only.name == s.name))
-        .map(|s| {
-            let stored = states.iter().find(|j| j.name == s.name);
-            let enabled = stored.is_none_or(|j| j.enabled);
-            json!({
-                "job": s.name,
-                "state": if enabled { "running" } else { "paused" },
-                "schedule": s.schedule,
-                "timezone": s.timezone.name(),
-                "last_run_at": stored.and_then(|j| j.last_run_at),
-                "last_result": stored.and_then(|j| j.last_result.clone()),
-                "last_error": stored.and_then(|j| j.last_error.clone()),
-                "next_run_at": if enabled { next_run(s, at) } else { None },
-            })
-        })
-        .collect();
+    let items = crate::scheduler::overview(&state, spec.map(|s| s.name)).await?;
     Ok(HttpResponse::Ok().json(json!({ "action": command.action, "run": result, "jobs": items })))
 }

@@ -66,14 +66,18 @@ pub async fn delete(state: web::Data<AppState>, id: web::Path<i64>) -> Result<Ht
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Summary counts plus every connection, shortest runway first.
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(status_data(&state).await?))
+}
+
+/// Summary counts plus every connection, shortest runway first (the API and the tokens page).
+pub async fn status_data(state: &AppState) -> Result<Value, ApiError> {
     let at = now();
     let all = connections::list_connections(&state.db).await?;
     let mut rows: Vec<Value> = all.iter().map(|c| view(c, at)).collect();
     rows.sort_by_key(|r| r["runway_secs"].as_i64().unwrap_or(i64::MIN));
     let count = |status: &str| rows.iter().filter(|r| r["status"] == status).count();
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(json!({
         "summary": {
             "total": rows.len(),
             "valid": count("active"),
@@ -84,7 +88,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             "disabled": count("disabled"),
         },
         "connections": rows,
-    })))
+    }))
 }
 
 pub async fn refresh(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
@@ -133,12 +137,15 @@ pub struct StatsQuery {
     window_hours: Option<i64>,
 }
 
-/// Success rate per provider and trigger over a window.
 pub async fn stats(
     state: web::Data<AppState>,
     query: web::Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let hours = query.window_hours.unwrap_or(24);
+    Ok(HttpResponse::Ok().json(stats_data(&state, query.window_hours.unwrap_or(24)).await?))
+}
+
+/// Success rate per provider and trigger over the last `hours`.
+pub async fn stats_data(state: &AppState, hours: i64) -> Result<Value, ApiError> {
     if !(1..=720).contains(&hours) {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -166,7 +173,7 @@ pub async fn stats(
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "window_hours": hours, "since": since, "items": items })))
+    Ok(json!({ "window_hours": hours, "since": since, "items": items }))
 }
 
 /// `PATCH /api/connections/{id}`: change settings, rotate credentials or paste new tokens

@@ -14,6 +14,11 @@ use crate::storage::{StorageError, now, webhooks};
 use crate::web::ApiError;
 
 pub async fn sources(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(sources_data(&state).await?))
+}
+
+/// Every source with its status and event counts (the API and the webhooks page).
+pub async fn sources_data(state: &AppState) -> Result<serde_json::Value, ApiError> {
     let at = now();
     let sources = webhooks::list_sources(&state.db).await?;
     let last_hour: HashMap<i64, i64> =
@@ -49,7 +54,7 @@ pub async fn sources(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    Ok(json!({ "items": items }))
 }
 
 #[derive(Debug, Deserialize)]

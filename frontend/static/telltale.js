@@ -1,0 +1,116 @@
+// Telltale's pages: live refresh, relative times, and the buttons' API calls (with the
+// session's CSRF token). No inline scripts, no third-party code.
+(function () {
+  "use strict";
+  const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+
+  function ago(iso) {
+    const seconds = Math.round((Date.now() - Date.parse(iso)) / 1000);
+    if (isNaN(seconds)) return iso;
+    const abs = Math.abs(seconds);
+    const [n, unit] = abs < 60 ? [abs, "s"] : abs < 3600 ? [Math.floor(abs / 60), "min"]
+      : abs < 86400 ? [Math.floor(abs / 3600), "h"] : [Math.floor(abs / 86400), "d"];
+    return seconds >= 0 ? `${n} ${unit} ago` : `in ${n} ${unit}`;
+  }
+
+  function decorate(root) {
+    root.querySelectorAll("time[data-ago]").forEach((t) => {
+      const iso = t.getAttribute("datetime");
+      t.title = new Date(iso).toString();
+      t.textContent = ago(iso);
+    });
+    root.querySelectorAll("time[data-clock]").forEach((t) => {
+      t.textContent = new Date(t.getAttribute("datetime")).toLocaleTimeString();
+    });
+  }
+
+  function flash(text, bad) {
+    const box = document.querySelector(".flash");
+    if (!box) return;
+    box.textContent = text;
+    box.className = "flash " + (bad ? "bad" : "good");
+    box.hidden = false;
+  }
+
+  async function call(method, url, body) {
+    const response = await fetch(url, {
+      method,
+      headers: { "content-type": "application/json", "x-csrf-token": csrf(), accept: "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "same-origin",
+    });
+    let data = null;
+    try { data = await response.json(); } catch (_) { /* 204 */ }
+    return { ok: response.ok, status: response.status, data };
+  }
+
+  function describe(result) {
+    if (result.ok) return "Done.";
+    const error = result.data && result.data.error;
+    return error ? `${error.message} (${result.status})` : `Failed (${result.status})`;
+  }
+
+  async function refresh() {
+    const main = document.querySelector("main[data-live]");
+    if (!main) return;
+    const active = document.activeElement;
+    if (active && main.contains(active) && active.closest("form")) return; // someone is typing
+    try {
+      const response = await fetch(location.href, { credentials: "same-origin" });
+      if (response.redirected || !response.ok) return;
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      const fresh = page.querySelector("main");
+      if (!fresh) return;
+      const note = main.querySelector(".flash");
+      main.innerHTML = fresh.innerHTML;
+      if (note && !note.hidden) main.querySelector(".flash").replaceWith(note);
+      decorate(main);
+    } catch (_) { /* offline: keep what is shown */ }
+  }
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-post], button[data-delete]");
+    if (!button || button.disabled) return;
+    event.preventDefault();
+    button.disabled = true;
+    const body = button.dataset.body ? JSON.parse(button.dataset.body) : undefined;
+    const result = button.dataset.post
+      ? await call("POST", button.dataset.post, body)
+      : await call("DELETE", button.dataset.delete);
+    flash(`${button.textContent.trim()}: ${describe(result)}`, !result.ok);
+    await refresh();
+  });
+
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (form.matches("form[data-form-post]")) {
+      event.preventDefault();
+      await call("POST", form.getAttribute("action"));
+      location.href = "/login";
+      return;
+    }
+    if (!form.matches("form[data-api]")) return;
+    event.preventDefault();
+    const body = {};
+    new FormData(form).forEach((value, key) => {
+      const input = form.elements[key];
+      if (input && input.dataset && input.dataset.utc !== undefined && value) {
+        body[key] = new Date(value).toISOString();
+      } else if (form.dataset.list === key) {
+        body[key] = value ? [value] : [];
+      } else if (value !== "") {
+        body[key] = value;
+      }
+    });
+    const result = await call(form.dataset.method || "POST", form.dataset.api, body);
+    const shown = form.dataset.show && result.ok && result.data ? ` ${form.dataset.show}: ${result.data[form.dataset.show]} (copy it now; it is not shown again)` : "";
+    flash(`${describe(result)}${shown}`, !result.ok);
+    if (result.ok) form.reset();
+    if (document.activeElement) document.activeElement.blur();
+    await refresh();
+  });
+
+  decorate(document);
+  const main = document.querySelector("main[data-live]");
+  if (main) setInterval(refresh, (Number(main.dataset.live) || 10) * 1000);
+})();
