@@ -1,0 +1,364 @@
+//! The staff web UI in a real browser: Debian's headless Chromium driven through chromedriver
+//! (WebDriver, via fantoccini) against the built service on 127.0.0.1. Signs in, watches a
+//! device appear after a signed webhook without reloading, refreshes the Milesight token,
+//! stops and starts a job, acknowledges an alert, and checks that a viewer cannot press admin
+//! buttons. Saves a screenshot of every page under `target/ui-screenshots/`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use telltale_e2e::{
+    Backend, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb, TestServer, free_port, mdp_reading,
+    milesight_headers, nonce, post_with_headers,
+};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// chromedriver on a free loopback port, and a headless Chromium session through it.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; scripts/test installs it)");
+        let profile = tempfile::tempdir().unwrap();
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--no-first-run", "--disable-quic", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.path().display())],
+            }),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            match ClientBuilder::rustls()
+                .unwrap()
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no WebDriver session: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn text(&self, css: &str) -> String {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits until the element's text satisfies `ok` (the page refreshes itself).
+    async fn wait_text(&self, css: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.text(css).await;
+            if ok(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never matched; last text {text:?}\n{}",
+                self.client.source().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+    }
+
+    async fn sign_in(&self, server: &TestServer, email: &str, password: &str) {
+        self.client.goto(&server.url("/")).await.unwrap();
+        let url = self.client.current_url().await.unwrap();
+        assert_eq!(url.path(), "/login", "signed-out browsers are sent to sign in");
+        self.client
+            .find(Locator::Css("#email"))
+            .await
+            .unwrap()
+            .send_keys(email)
+            .await
+            .unwrap();
+        self.client
+            .find(Locator::Css("#password"))
+            .await
+            .unwrap()
+            .send_keys(password)
+            .await
+            .unwrap();
+        self.click("form.card button[type=submit]").await;
+        self.wait_text("h1", Duration::from_secs(10), |t| t == "Overview")
+            .await;
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ui-screenshots"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+const CONFIG: &str = r#"
+[[milesight.webhooks]]
+uuid = "uuid-site-a"
+secret = "site-a-secret"
+source = "site-a"
+"#;
+
+/// MDP's token endpoint, answering each request with a new token (apis.md §1.2).
+async fn fake_mdp() -> MockServer {
+    let mdp = MockServer::start().await;
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(move |_: &wiremock::Request| {
+            let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Each token lives a little longer, so a refresh visibly moves the expiry.
+            ResponseTemplate::new(200).set_body_json(json!({
+                "data": {"access_token": format!("CANARY-mdp-{n}"), "expires_in": 3600 + 600 * n},
+                "status": "Success", "requestId": "r"
+            }))
+        })
+        .mount(&mdp)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/bad/token"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&mdp)
+        .await;
+    mdp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_use_the_ui_in_a_real_browser() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mdp = fake_mdp().await;
+    let base = mdp.uri();
+    let server = TestServer::start_with_config(
+        db.url(),
+        CONFIG,
+        &[
+            ("MILESIGHT_BASE_URL", base.as_str()),
+            ("MILESIGHT_CLIENT_ID", "cid-1"),
+            ("MILESIGHT_CLIENT_SECRET", "CANARY-client-secret"),
+            ("TELLTALE_TOKEN_SWEEP_SCHEDULE", "* * * * * *"),
+            ("TELLTALE_TOKEN_MAX_ATTEMPTS", "1"),
+            ("TELLTALE_ALERT_EVALUATION_SCHEDULE", "* * * * * *"),
+            ("TELLTALE_ALERT_REFRESH_FAILURES", "1"),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let browser = Browser::start().await;
+
+    // Sign in; the overview shows its tiles.
+    browser
+        .sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        .await;
+    assert!(browser.text("#tile-devices").await.contains("Devices"));
+    browser.screenshot("overview").await;
+
+    // A device appears after a signed webhook, without reloading the page.
+    browser.client.goto(&server.url("/devices")).await.unwrap();
+    assert!(browser.text("#devices tbody").await.contains("No devices yet"));
+    let ts = chrono::Utc::now().timestamp();
+    let events = json!([mdp_reading(
+        "ui-1",
+        "6136D000042",
+        "PROPERTY",
+        ts * 1000,
+        json!({"temperature": 3.5})
+    )]);
+    let (code, _) = post_with_headers(
+        &server.url("/webhooks/milesight"),
+        &milesight_headers("site-a-secret", Some("uuid-site-a"), ts, &nonce()),
+        events.to_string(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let row = browser
+        .wait_text("#devices tbody", Duration::from_secs(25), |t| {
+            t.contains("6136D000042")
+        })
+        .await;
+    assert!(row.contains("online") && row.contains("EM300-TH"), "{row}");
+    browser.screenshot("devices").await;
+    browser.click("#devices tbody a").await;
+    browser
+        .wait_text("h1", Duration::from_secs(10), |t| t == "Cold room")
+        .await;
+    assert!(
+        browser.text("main table").await.contains("ui-1"),
+        "the event is listed"
+    );
+    browser.screenshot("device").await;
+
+    // "Refresh token" fetches a new Milesight token and shows its later expiry.
+    browser.client.goto(&server.url("/tokens")).await.unwrap();
+    let before = browser
+        .wait_text("#milesight-expires", Duration::from_secs(10), |t| t.contains('T'))
+        .await;
+    browser.click("#milesight button[data-post]").await;
+    let after = browser
+        .wait_text("#milesight-expires", Duration::from_secs(10), |t| {
+            t.contains('T') && t != before
+        })
+        .await;
+    assert!(after > before, "the new token expires later: {before} → {after}");
+    assert!(
+        !browser.client.source().await.unwrap().contains("CANARY"),
+        "no secret on the page"
+    );
+    browser.screenshot("tokens").await;
+
+    // Stop a job, then start it again.
+    browser.client.goto(&server.url("/scheduler")).await.unwrap();
+    let job = "#job-milesight-inventory";
+    browser
+        .wait_text(&format!("{job} [data-state]"), Duration::from_secs(10), |t| {
+            t == "running"
+        })
+        .await;
+    browser.click(&format!("{job} button[data-body*='stop']")).await;
+    browser
+        .wait_text(&format!("{job} [data-state]"), Duration::from_secs(10), |t| {
+            t == "paused"
+        })
+        .await;
+    browser.screenshot("scheduler").await;
+    browser.click(&format!("{job} button[data-body*='start']")).await;
+    browser
+        .wait_text(&format!("{job} [data-state]"), Duration::from_secs(10), |t| {
+            t == "running"
+        })
+        .await;
+
+    // A connection that cannot refresh opens an alert; acknowledge it from the alerts page.
+    let (code, _) = post_with_headers(
+        &server.url("/api/connections"),
+        &[("content-type".into(), "application/json".into())],
+        json!({
+            "account": "acme", "provider": "oauth2_refresh", "name": "spotify-broken",
+            "base_url": format!("{base}/bad/token"),
+            "credentials": {"client_id": "c", "client_secret": "CANARY-secret"},
+            "refresh_token": "CANARY-refresh",
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    browser.client.goto(&server.url("/alerts")).await.unwrap();
+    browser
+        .wait_text("#alerts tbody", Duration::from_secs(30), |t| {
+            t.contains("spotify-broken")
+        })
+        .await;
+    browser.screenshot("alerts").await;
+    browser.click("#alerts button[data-post$='/ack']").await;
+    browser
+        .wait_text("#alerts tbody [data-state]", Duration::from_secs(10), |t| {
+            t == "acknowledged"
+        })
+        .await;
+    browser.click("#alerts tbody a").await;
+    browser
+        .wait_text("ol.history", Duration::from_secs(10), |t| {
+            t.contains("acknowledged")
+        })
+        .await;
+    browser.screenshot("alert").await;
+
+    for (page, name) in [
+        ("/webhooks", "webhooks"),
+        ("/polling", "polling"),
+        ("/settings", "settings"),
+    ] {
+        browser.client.goto(&server.url(page)).await.unwrap();
+        browser
+            .wait_text("h1", Duration::from_secs(10), |t| !t.is_empty())
+            .await;
+        if name == "webhooks" {
+            assert!(browser.text("#sources").await.contains("site-a"));
+        }
+        browser.screenshot(name).await;
+    }
+
+    // A viewer sees the same pages with every admin button disabled.
+    let (code, _) = post_with_headers(
+        &server.url("/api/users"),
+        &[("content-type".into(), "application/json".into())],
+        json!({"email": "viewer@example.com", "password": "viewer-password-1", "role": "viewer"}).to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    browser.click("form.signout button").await;
+    browser
+        .wait_text("h2", Duration::from_secs(10), |t| t == "Sign in")
+        .await;
+    browser
+        .sign_in(&server, "viewer@example.com", "viewer-password-1")
+        .await;
+    browser.client.goto(&server.url("/scheduler")).await.unwrap();
+    let buttons = browser
+        .client
+        .find_all(Locator::Css("#jobs button"))
+        .await
+        .unwrap();
+    assert!(!buttons.is_empty());
+    for button in &buttons {
+        assert!(
+            !button.is_enabled().await.unwrap(),
+            "a viewer's buttons are disabled"
+        );
+    }
+    assert!(
+        browser.text("header nav").await.find("Settings").is_none(),
+        "no settings for viewers"
+    );
+    browser.screenshot("scheduler-viewer").await;
+    browser.client.clone().close().await.unwrap();
+}
