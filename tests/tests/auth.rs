@@ -84,6 +84,15 @@ async fn pages_and_api_need_a_signed_in_user(backend: Backend) {
         .send()
         .await
         .unwrap();
+    let csp = login.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(login.headers()["x-content-type-options"], "nosniff");
     let html = login.text().await.unwrap();
     assert!(html.contains("<form method=\"post\" action=\"/login\""), "{html}");
     assert!(

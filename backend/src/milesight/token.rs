@@ -86,6 +86,9 @@ pub struct TokenStatus {
 #[derive(Default)]
 pub struct TokenKeeper {
     cached: RwLock<Option<Cached>>,
+    /// The connection's id once it has been brought in step with the config: later calls only
+    /// read it (a burst of callers must not each write the row).
+    synced_id: tokio::sync::Mutex<Option<i64>>,
 }
 
 /// Whether a connection is the Milesight OpenAPI token.
@@ -135,7 +138,20 @@ impl TokenKeeper {
             .api
             .as_ref()
             .ok_or(TokenError::NotConfigured)?;
-        ensure_connection(state, api).await
+        // The first caller syncs while the others wait for it, then they all just read.
+        let mut synced = self.synced_id.lock().await;
+        if let Some(id) = *synced {
+            drop(synced);
+            match connections::get_connection(&state.db, id).await {
+                Ok(connection) => return Ok(connection),
+                // Deleted meanwhile: create it again.
+                Err(crate::storage::StorageError::NotFound) => synced = self.synced_id.lock().await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let connection = ensure_connection(state, api).await?;
+        *synced = Some(connection.id);
+        Ok(connection)
     }
 
     /// A usable token: the cached one, or, when it is within the lead time, a fresh one (the
