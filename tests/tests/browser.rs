@@ -327,6 +327,15 @@ async fn staff_use_the_ui_in_a_real_browser() {
         browser.screenshot(name).await;
     }
 
+    // At phone width the overview still fits.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.client.goto(&server.url("/")).await.unwrap();
+    browser
+        .wait_text("h1", Duration::from_secs(10), |t| t == "Overview")
+        .await;
+    browser.screenshot("overview-phone").await;
+    browser.client.set_window_size(1280, 900).await.unwrap();
+
     // A viewer sees the same pages with every admin button disabled.
     let (code, _) = post_with_headers(
         &server.url("/api/users"),
