@@ -8,7 +8,6 @@
 pub mod guard;
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -304,8 +303,6 @@ pub async fn login(
 
 static DUMMY_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| hash_password("telltale-no-such-user").unwrap_or_default());
-
-pub type SharedThrottle = Arc<LoginThrottle>;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! fast hash is enough and lookups stay indexed).
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::fields::UtcTime;
@@ -111,8 +111,17 @@ pub async fn count_users(db: &Db) -> StorageResult<i64> {
     })
 }
 
-/// Changes a user's password hash, role or disabled flag (each when given). Disabling or a new
-/// password ends the user's sessions.
+/// The columns `update_user` may change; `None` leaves one as it is.
+#[derive(AsChangeset)]
+#[diesel(table_name = staff_users)]
+struct UserChange<'a> {
+    password_hash: Option<&'a str>,
+    role: Option<&'a str>,
+    disabled: Option<bool>,
+}
+
+/// Changes a user's password hash, role or disabled flag (each when given), in one statement.
+/// Disabling or a new password ends the user's sessions in the same transaction.
 pub async fn update_user(
     db: &Db,
     id: i64,
@@ -120,41 +129,39 @@ pub async fn update_user(
     role: Option<&str>,
     disabled: Option<bool>,
 ) -> StorageResult<StaffUser> {
+    let change = UserChange {
+        password_hash,
+        role,
+        disabled,
+    };
+    let nothing = password_hash.is_none() && role.is_none() && disabled.is_none();
     db_run!(db, |conn| {
-        let mut user = staff_users::table
-            .find(id)
-            .select(StaffUser::as_select())
-            .first(conn)
-            .await
-            .optional()?
-            .ok_or(StorageError::NotFound)?;
-        if let Some(hash) = password_hash {
-            user = diesel::update(staff_users::table.find(id))
-                .set(staff_users::password_hash.eq(hash))
-                .returning(StaffUser::as_returning())
-                .get_result(conn)
-                .await?;
-        }
-        if let Some(role) = role {
-            user = diesel::update(staff_users::table.find(id))
-                .set(staff_users::role.eq(role))
-                .returning(StaffUser::as_returning())
-                .get_result(conn)
-                .await?;
-        }
-        if let Some(disabled) = disabled {
-            user = diesel::update(staff_users::table.find(id))
-                .set(staff_users::disabled.eq(disabled))
-                .returning(StaffUser::as_returning())
-                .get_result(conn)
-                .await?;
-        }
-        if password_hash.is_some() || disabled == Some(true) {
-            diesel::delete(staff_sessions::table.filter(staff_sessions::user_id.eq(id)))
-                .execute(conn)
-                .await?;
-        }
-        Ok(user)
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let user = if nothing {
+                // diesel refuses an UPDATE without columns; there is nothing to change anyway.
+                staff_users::table
+                    .find(id)
+                    .select(StaffUser::as_select())
+                    .first(tx)
+                    .await
+                    .optional()?
+            } else {
+                diesel::update(staff_users::table.find(id))
+                    .set(&change)
+                    .returning(StaffUser::as_returning())
+                    .get_result(tx)
+                    .await
+                    .optional()?
+            };
+            let user = user.ok_or(StorageError::NotFound)?;
+            if password_hash.is_some() || disabled == Some(true) {
+                diesel::delete(staff_sessions::table.filter(staff_sessions::user_id.eq(id)))
+                    .execute(tx)
+                    .await?;
+            }
+            Ok(user)
+        })
+        .await
     })
 }
 
@@ -226,16 +233,6 @@ pub async fn delete_session(db: &Db, token_hash: &str) -> StorageResult<()> {
             .execute(conn)
             .await?;
         Ok(())
-    })
-}
-
-pub async fn delete_expired_sessions(db: &Db, at: UtcTime) -> StorageResult<usize> {
-    db_run!(db, |conn| {
-        Ok(
-            diesel::delete(staff_sessions::table.filter(staff_sessions::expires_at.le(at)))
-                .execute(conn)
-                .await?,
-        )
     })
 }
 
