@@ -729,3 +729,33 @@ impl Drop for SmtpSink {
         let _ = self.child.wait();
     }
 }
+
+/// A Spotify connection of account "acme" (created when missing) holding canary tokens that
+/// expire in `expires_in`; returns its id. Written straight to storage, for in-process tests.
+pub async fn spotify_connection(
+    state: &telltale::app::AppState,
+    name: &str,
+    expires_in: chrono::Duration,
+) -> i64 {
+    use telltale::storage::connections::{self, NewConnection};
+    let account = match connections::account_by_name(&state.db, "acme").await {
+        Ok(a) => a,
+        Err(_) => connections::create_account(&state.db, "acme", None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    };
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "oauth2_refresh".into(),
+        name: name.into(),
+        settings: serde_json::json!({"preset": "spotify"}),
+        access_token: Some("CANARY-token".into()),
+        refresh_token: Some("CANARY-refresh".into()),
+        expires_at: Some((telltale::storage::now().0 + expires_in).into()),
+        ..Default::default()
+    };
+    connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id
+}

@@ -9,7 +9,7 @@ use serde_json::json;
 use telltale::alerts::email::deliver_due;
 use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
-use telltale::storage::connections::{self, NewConnection, RefreshedToken};
+use telltale::storage::connections::{self, RefreshedToken};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::polling::{self as poll_store, Finished};
 use telltale::storage::webhooks::{self, SourceTiming};
@@ -41,26 +41,7 @@ async fn app_with(db: &TestDb, smtp: &SmtpSink, alerts: &str) -> AppState {
 }
 
 async fn connection(state: &AppState, name: &str) -> i64 {
-    let account = match connections::account_by_name(&state.db, "acme").await {
-        Ok(a) => a,
-        Err(_) => connections::create_account(&state.db, "acme", None)
-            .await
-            .unwrap(),
-    };
-    let new = NewConnection {
-        account_id: account.id,
-        provider: "oauth2_refresh".into(),
-        name: name.into(),
-        settings: json!({"preset": "spotify"}),
-        access_token: Some("CANARY-token".into()),
-        refresh_token: Some("CANARY-refresh".into()),
-        expires_at: Some((now().0 + Span::hours(1)).into()),
-        ..Default::default()
-    };
-    connections::create_connection(&state.db, &state.crypto, &new)
-        .await
-        .unwrap()
-        .id
+    telltale_e2e::spotify_connection(state, name, Span::hours(1)).await
 }
 
 async fn fail_refresh(state: &AppState, id: i64, times: usize) {

@@ -3,10 +3,9 @@
 //! report the same, and that deleted subjects disappear. In process; both backends.
 
 use chrono::Duration as Span;
-use serde_json::json;
 use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
-use telltale::storage::connections::{self, NewConnection};
+use telltale::storage::connections;
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::now;
 use telltale::storage::polling::{self as poll_store, Finished};
@@ -37,26 +36,7 @@ fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
 }
 
 async fn connection(state: &AppState, name: &str, expires_in: Span) -> i64 {
-    let account = match connections::account_by_name(&state.db, "acme").await {
-        Ok(a) => a,
-        Err(_) => connections::create_account(&state.db, "acme", None)
-            .await
-            .unwrap(),
-    };
-    let new = NewConnection {
-        account_id: account.id,
-        provider: "oauth2_refresh".into(),
-        name: name.into(),
-        settings: json!({"preset": "spotify"}),
-        access_token: Some("CANARY-token".into()),
-        refresh_token: Some("CANARY-refresh".into()),
-        expires_at: Some((now().0 + expires_in).into()),
-        ..Default::default()
-    };
-    connections::create_connection(&state.db, &state.crypto, &new)
-        .await
-        .unwrap()
-        .id
+    telltale_e2e::spotify_connection(state, name, expires_in).await
 }
 
 /// A small world: two connections (one failing, one revoked), a source with two devices, a
