@@ -84,7 +84,11 @@ impl AppState {
     pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
         let db = Db::open(&config.database, &config.pool)?;
         let metrics = Metrics::new(db.backend_name())?;
-        let intake = Arc::new(Intake::new(config.milesight.timestamp_tolerance.as_secs() as i64));
+        let intake = Arc::new(Intake::new(
+            config.milesight.timestamp_tolerance.as_secs() as i64,
+            &db,
+            metrics.webhook_commit_requests.clone(),
+        ));
         let http = reqwest::Client::builder()
             .timeout(config.milesight.request_timeout)
             .connect_timeout(config.milesight.request_timeout)

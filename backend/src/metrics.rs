@@ -29,6 +29,8 @@ pub struct Metrics {
     pub webhook_events: IntCounterVec,
     /// Time from receiving a webhook body to its commit.
     pub webhook_ingest_seconds: Histogram,
+    /// Requests per group commit of webhook events.
+    pub webhook_commit_requests: Histogram,
     /// Milesight SYSTEM_MESSAGES notices (MDP stopped pushing or hit its daily limit).
     pub milesight_system_notices: IntCounterVec,
     /// Scheduled job runs by job and outcome (success, failure).
@@ -122,6 +124,14 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(webhook_ingest_seconds.clone()))?;
+        let webhook_commit_requests = Histogram::with_opts(
+            HistogramOpts::new(
+                "telltale_webhook_commit_requests",
+                "Webhook requests stored per database commit (group commit)",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
+        )?;
+        registry.register(Box::new(webhook_commit_requests.clone()))?;
         let milesight_system_notices = IntCounterVec::new(
             Opts::new(
                 "telltale_milesight_system_notices_total",
@@ -227,6 +237,7 @@ impl Metrics {
             webhook_requests,
             webhook_events,
             webhook_ingest_seconds,
+            webhook_commit_requests,
             milesight_system_notices,
         })
     }

@@ -15,6 +15,7 @@ use telltale::storage::{DatabaseTarget, StorageError, StorageResult, UtcTime, mi
 use telltale_e2e::{Backend, TestDb, both_backends};
 
 both_backends!(
+    a_group_of_requests_is_stored_as_if_one_by_one,
     migrations_run_twice_without_change,
     devices_upsert_by_serial_and_keep_activity,
     webhook_events_are_stored_exactly_once,
@@ -255,6 +256,130 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(outcome.stored, 1);
+}
+
+/// Group commit: several requests in one transaction give each request the outcome, and each
+/// device and source the state, that storing them one after another would.
+async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let site = webhooks::ensure_source(&db, "site", Default::default())
+        .await
+        .unwrap();
+    let other = webhooks::ensure_source(&db, "other", Default::default())
+        .await
+        .unwrap();
+    let t0 = now();
+    let at = |secs: i64| -> UtcTime { (t0.0 + Duration::seconds(secs)).into() };
+    webhooks::ingest(
+        &db,
+        site,
+        at(0),
+        &[event("before", at(0), reading("X", at(0), "online"))],
+    )
+    .await
+    .unwrap();
+
+    let mut notice = event("notice", at(5), None);
+    notice.effect = SourceEffect::SystemNotice(r#"{"type":"DAILY_LIMIT"}"#.into());
+    let mut test_delivery = event("test", at(5), None);
+    test_delivery.effect = SourceEffect::Verified;
+    let mut renamed = reading("Y", at(5), "online");
+    if let Some(device) = renamed.as_mut() {
+        device.profile.name = Some("Cold room".into());
+    }
+    let first = [
+        event("a1", at(300), reading("X", at(300), "online")),
+        event("a2", at(5), renamed),
+    ];
+    // Repeats one of the first request's events and one stored before; brings X's next reading.
+    let second = [
+        event("a1", at(300), reading("X", at(300), "online")),
+        event("before", at(0), None),
+        event("b1", at(900), reading("X", at(900), "offline")),
+    ];
+    // An older reading of X (stored, but must not roll X back) and a notice.
+    let third = [event("c1", at(200), reading("X", at(200), "online")), notice];
+    // Same event ids in another source are other events.
+    let fourth = [event("a1", at(300), None), test_delivery];
+    let requests = [
+        webhooks::IngestRequest {
+            source_id: site,
+            received_at: at(1000),
+            events: &first,
+        },
+        webhooks::IngestRequest {
+            source_id: site,
+            received_at: at(1001),
+            events: &second,
+        },
+        webhooks::IngestRequest {
+            source_id: site,
+            received_at: at(1002),
+            events: &third,
+        },
+        webhooks::IngestRequest {
+            source_id: other,
+            received_at: at(1003),
+            events: &fourth,
+        },
+    ];
+    let outcomes = webhooks::ingest_group(&db, &requests).await.unwrap();
+    let counts: Vec<(usize, usize)> = outcomes.iter().map(|o| (o.stored, o.duplicates)).collect();
+    assert_eq!(counts, vec![(2, 0), (1, 2), (2, 0), (2, 0)]);
+
+    let site_events = webhooks::recent_events(&db, site, 20).await.unwrap();
+    let mut ids: Vec<&str> = site_events.iter().map(|e| e.event_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a1", "a2", "b1", "before", "c1", "notice"], "each once");
+    let a1 = site_events.iter().find(|e| e.event_id == "a1").unwrap();
+    assert_eq!(
+        a1.received_at,
+        at(1000),
+        "the first request's copy is the one stored"
+    );
+
+    let all = devices::list(&db, 10, 0).await.unwrap();
+    let x = all.iter().find(|d| d.sn == "X").unwrap();
+    assert_eq!(
+        (x.status.as_str(), x.last_seen_at),
+        ("offline", Some(at(900))),
+        "the newest reading wins; the older one in the group does not roll it back"
+    );
+    assert_eq!(
+        x.expected_interval_secs,
+        Some(375),
+        "learned from the gaps 0→300 (300) then 300→900 (600): 300, then (3×300 + 600) / 4"
+    );
+    let y = all.iter().find(|d| d.sn == "Y").unwrap();
+    assert_eq!(
+        (y.name.as_deref(), y.status.as_str()),
+        (Some("Cold room"), "online")
+    );
+    assert!(a1.device_id == Some(x.id), "events link to their devices");
+
+    let site_row = webhooks::source_by_name(&db, "site").await.unwrap();
+    assert_eq!(site_row.last_event_at, Some(at(1002)));
+    assert_eq!(site_row.last_system_notice_at, Some(at(1002)));
+    assert!(site_row.verified_at.is_none());
+    let other_row = webhooks::source_by_name(&db, "other").await.unwrap();
+    assert_eq!(
+        (other_row.verified_at, other_row.last_event_at),
+        (Some(at(1003)), Some(at(1003)))
+    );
+
+    // A group of nothing but repeats changes nothing and stores nothing.
+    let outcomes = webhooks::ingest_group(&db, &requests[..2]).await.unwrap();
+    assert_eq!(outcomes.iter().map(|o| o.stored).sum::<usize>(), 0);
+    let without_touch_time = |list: Vec<devices::Device>| {
+        list.into_iter()
+            .map(|d| devices::Device { updated_at: t0, ..d })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        without_touch_time(devices::list(&db, 10, 0).await.unwrap()),
+        without_touch_time(all)
+    );
 }
 
 async fn secret_columns_hold_ciphertext_only(backend: Backend) {

@@ -15,6 +15,7 @@ both_backends!(
     bad_requests_are_refused_and_kept_for_inspection,
     sources_follow_path_and_webhook_uuid,
     acknowledged_events_survive_a_killed_process,
+    a_concurrent_burst_is_stored_exactly_once,
 );
 
 const SITE_A_SECRET: &str = "site-a-secret";
@@ -580,4 +581,82 @@ async fn acknowledged_events_survive_a_killed_process(backend: Backend) {
     // The event id is remembered too: a redelivery after the restart is a duplicate.
     let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
     assert_eq!((status, body["duplicates"].as_u64()), (200, Some(1)), "{body}");
+}
+
+/// Many senders at once (so the writer commits them in groups), with events repeated across
+/// requests: every acknowledged event is stored, once, and the acknowledgements add up.
+async fn a_concurrent_burst_is_stored_exactly_once(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let server = start(&test_db).await;
+    let t = now_secs() * 1000;
+    let requests: u32 = 300;
+    let distinct_ids = std::collections::HashSet::<String>::from_iter(
+        (0..requests).flat_map(|r| (0..(r % 4 + 1)).map(move |i| format!("burst-{}-{i}", r - r % 10))),
+    );
+    let sends = (0..requests).map(|r| {
+        // Every tenth request is new; the nine after it repeat its ids (some with more events).
+        let events: Vec<Value> = (0..(r % 4 + 1))
+            .map(|i| {
+                reading(
+                    &format!("burst-{}-{i}", r - r % 10),
+                    &format!("SN-{}", r % 7),
+                    "PROPERTY",
+                    t + r as i64,
+                    json!({"temperature": r}),
+                )
+            })
+            .collect();
+        let url = server.url("/webhooks/milesight");
+        async move {
+            let headers = milesight_headers(DEFAULT_SECRET, None, now_secs(), &nonce());
+            post_with_headers(&url, &headers, Value::Array(events).to_string()).await
+        }
+    });
+    let mut stored = 0;
+    let mut acknowledged = 0;
+    let mut sends = sends.peekable();
+    while sends.peek().is_some() {
+        let mut wave = tokio::task::JoinSet::new();
+        for send in sends.by_ref().take(50) {
+            wave.spawn(send);
+        }
+        for (status, body) in wave.join_all().await {
+            assert_eq!(status, 200, "{body}");
+            let (new, repeated) = (body["stored"].as_u64(), body["duplicates"].as_u64());
+            stored += new.unwrap_or_default();
+            acknowledged += new.unwrap_or_default() + repeated.unwrap_or_default();
+        }
+    }
+    let total_events: u64 = (0..requests).map(|r| (r % 4 + 1) as u64).sum();
+    assert_eq!(acknowledged, total_events, "every event is answered for");
+    assert_eq!(
+        stored as usize,
+        distinct_ids.len(),
+        "each distinct event stored once"
+    );
+    let db = open_db(&test_db).await;
+    let source = webhooks::source_by_name(&db, "default").await.unwrap();
+    let events = webhooks::recent_events(&db, source.id, 10_000).await.unwrap();
+    let in_db: std::collections::HashSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(events.len(), distinct_ids.len(), "no duplicates in the database");
+    assert_eq!(in_db, distinct_ids, "nothing acknowledged is missing");
+    assert_eq!(devices::list(&db, 100, 0).await.unwrap().len(), 7);
+
+    // The writer did share commits between requests (it is what makes bursts cheap).
+    let metrics = server.metrics().await;
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    let (requests_committed, commits) = (
+        sample("telltale_webhook_commit_requests_sum"),
+        sample("telltale_webhook_commit_requests_count"),
+    );
+    assert_eq!(requests_committed, f64::from(requests));
+    assert!(
+        commits < requests_committed,
+        "{commits} commits for {requests_committed} requests"
+    );
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
+use super::group_commit::GroupCommit;
 use super::webhook::{self, ParsedEvent, Rejection, ReplayGuard};
 use crate::app::AppState;
 use crate::config::{WebhookConfig, valid_source_name};
@@ -15,7 +16,7 @@ use crate::storage::devices::{DeviceActivity, DeviceProfile};
 use crate::storage::webhooks::{
     self, IncomingDevice, IncomingEvent, InsertOutcome, NewWebhookRejection, SourceEffect, SourceTiming,
 };
-use crate::storage::{StorageError, UtcTime, now};
+use crate::storage::{Db, StorageError, UtcTime, now};
 
 /// How much of a rejected body is kept for inspection.
 const REJECTED_BODY_EXCERPT: usize = 2048;
@@ -55,17 +56,21 @@ pub enum IntakeError {
     Storage(StorageError),
 }
 
-/// Per-process intake state: the nonce memory and the source-name → id cache.
+/// Per-process intake state: the nonce memory, the source-name → id cache and the writers
+/// that group-commit events.
 pub struct Intake {
     replay: ReplayGuard,
     source_ids: Mutex<HashMap<String, i64>>,
+    writer: GroupCommit,
 }
 
 impl Intake {
-    pub fn new(tolerance_secs: i64) -> Intake {
+    /// Starts the group-commit writers on the current tokio runtime.
+    pub fn new(tolerance_secs: i64, db: &Db, commit_sizes: prometheus::Histogram) -> Intake {
         Intake {
             replay: ReplayGuard::new(tolerance_secs),
             source_ids: Mutex::new(HashMap::new()),
+            writer: GroupCommit::start(db.clone(), commit_sizes),
         }
     }
 
@@ -167,7 +172,9 @@ impl Intake {
             .iter()
             .map(|e| to_incoming(e, source_id, received))
             .collect();
-        let outcome = webhooks::ingest(&state.db, source_id, received, &incoming)
+        let outcome = self
+            .writer
+            .store(source_id, received, incoming)
             .await
             .map_err(IntakeError::Storage)?;
         self.replay.remember(nonce, received.timestamp());

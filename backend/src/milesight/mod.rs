@@ -1,6 +1,7 @@
 //! Milesight Development Platform: webhook intake and device state.
 
 pub mod client;
+pub mod group_commit;
 pub mod housekeeping;
 pub mod intake;
 pub mod inventory;

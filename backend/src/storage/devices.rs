@@ -88,7 +88,6 @@ macro_rules! upsert_device {
             .await
     }};
 }
-pub(crate) use upsert_device;
 
 /// What an uplink tells us about a device; written as one UPDATE.
 #[derive(Debug, Clone, AsChangeset)]

@@ -8,6 +8,7 @@ pub mod connections;
 pub mod devices;
 mod error;
 pub mod fields;
+pub mod ingest;
 pub mod jobs;
 pub mod migrate;
 pub mod outbox;

@@ -4,9 +4,10 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::devices::{DeviceActivity, DeviceProfile, learn_interval, upsert_device};
+use super::devices::{DeviceActivity, DeviceProfile};
 use super::fields::UtcTime;
-use super::schema::{devices, webhook_events, webhook_rejections, webhook_sources};
+pub use super::ingest::{IngestRequest, ingest, ingest_group};
+use super::schema::{webhook_events, webhook_rejections, webhook_sources};
 use super::{Db, StorageError, StorageResult, now, open_secret, reseal};
 use crate::crypto::Crypto;
 use crate::db_run;
@@ -129,18 +130,6 @@ pub struct WebhookEvent {
     pub payload: String,
 }
 
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = webhook_events)]
-struct NewWebhookEvent<'a> {
-    source_id: i64,
-    event_id: &'a str,
-    event_type: &'a str,
-    device_id: Option<i64>,
-    event_time: Option<UtcTime>,
-    received_at: UtcTime,
-    payload: &'a str,
-}
-
 /// An event to store, with what it says about its device and its source.
 #[derive(Debug, Clone)]
 pub struct IncomingEvent {
@@ -175,90 +164,6 @@ pub enum SourceEffect {
 pub struct InsertOutcome {
     pub stored: usize,
     pub duplicates: usize,
-}
-
-/// Stores a webhook batch in one transaction, so it is durable as a whole before the sender
-/// is answered: devices are upserted, each event is inserted once per (source, event id) (a
-/// repeat is counted, not stored), device state and source health follow the new events.
-pub async fn ingest(
-    db: &Db,
-    source_id: i64,
-    received_at: UtcTime,
-    events: &[IncomingEvent],
-) -> StorageResult<InsertOutcome> {
-    db_run!(db, |conn| {
-        conn.transaction::<_, StorageError, _>(async |tx| {
-            let mut outcome = InsertOutcome::default();
-            for event in events {
-                let device = match &event.device {
-                    Some(incoming) => Some(upsert_device!(tx, &incoming.sn, &incoming.profile, received_at)?),
-                    None => None,
-                };
-                let inserted = diesel::insert_into(webhook_events::table)
-                    .values(NewWebhookEvent {
-                        source_id,
-                        event_id: &event.event_id,
-                        event_type: &event.event_type,
-                        device_id: device.as_ref().map(|d| d.id),
-                        event_time: event.event_time,
-                        received_at,
-                        payload: &event.payload,
-                    })
-                    .on_conflict((webhook_events::source_id, webhook_events::event_id))
-                    .do_nothing()
-                    .execute(tx)
-                    .await?;
-                if inserted == 0 {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                outcome.stored += 1;
-                if let (Some(device), Some(activity)) =
-                    (device, event.device.as_ref().and_then(|d| d.activity.as_ref()))
-                    && device
-                        .last_seen_at
-                        .is_none_or(|seen| activity.last_seen_at >= seen)
-                {
-                    let mut activity = activity.clone();
-                    if let Some(previous) = device.last_seen_at {
-                        let gap = (activity.last_seen_at.0 - previous.0).num_seconds();
-                        activity.expected_interval_secs = learn_interval(device.expected_interval_secs, gap);
-                    }
-                    diesel::update(devices::table.find(device.id))
-                        .set((&activity, devices::updated_at.eq(received_at)))
-                        .execute(tx)
-                        .await?;
-                }
-                let source = webhook_sources::table.find(source_id);
-                match &event.effect {
-                    SourceEffect::None => {}
-                    SourceEffect::Verified => {
-                        diesel::update(source)
-                            .set(webhook_sources::verified_at.eq(received_at))
-                            .execute(tx)
-                            .await?;
-                    }
-                    SourceEffect::SystemNotice(notice) => {
-                        diesel::update(source)
-                            .set((
-                                webhook_sources::last_system_notice.eq(notice),
-                                webhook_sources::last_system_notice_at.eq(received_at),
-                            ))
-                            .execute(tx)
-                            .await?;
-                    }
-                }
-            }
-            if outcome.stored > 0 {
-                diesel::update(webhook_sources::table.find(source_id))
-                    .set(webhook_sources::last_event_at.eq(received_at))
-                    .execute(tx)
-                    .await?;
-            }
-            Ok(outcome)
-        })
-        .await
-    })
 }
 
 /// The id of the named source, creating it (without secret) if it is new.

@@ -1,0 +1,139 @@
+//! Group commit for webhook events. Each request hands its events to a writer task and waits;
+//! the writer stores everything that queued up meanwhile in one transaction and answers each
+//! request after the commit. One commit (one fsync) then serves many requests, so durable
+//! ingest keeps up with HTTP instead of with the disk. An idle writer commits a lone request
+//! at once: batching comes from load, never from waiting.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::storage::webhooks::{IncomingEvent, IngestRequest, InsertOutcome, ingest_group};
+use crate::storage::{Db, StorageError, StorageResult, UtcTime};
+
+/// Requests waiting for a writer beyond this make new requests wait to enqueue (backpressure
+/// that shows as latency, never as lost events).
+const QUEUE_REQUESTS: usize = 4096;
+/// A group stops taking requests at this many events, so one transaction stays short.
+const GROUP_MAX_EVENTS: usize = 2000;
+
+struct Pending {
+    source_id: i64,
+    received_at: UtcTime,
+    events: Vec<IncomingEvent>,
+    reply: oneshot::Sender<StorageResult<InsertOutcome>>,
+}
+
+/// The queue in front of the writers; cheap to share.
+pub struct GroupCommit {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl GroupCommit {
+    /// Starts the writers on the current tokio runtime: one for SQLite (it has a single writer
+    /// anyway), two for PostgreSQL, so one group gathers while the other commits.
+    /// `commit_sizes` observes the number of requests in each commit.
+    pub fn start(db: Db, commit_sizes: prometheus::Histogram) -> GroupCommit {
+        let writers = match db {
+            Db::Postgres(_) => 2,
+            Db::Sqlite(_) => 1,
+        };
+        let (queue, receiver) = mpsc::channel(QUEUE_REQUESTS);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..writers {
+            tokio::spawn(write_groups(db.clone(), receiver.clone(), commit_sizes.clone()));
+        }
+        GroupCommit { queue }
+    }
+
+    /// Stores one request's events; returns once they are committed (or were not).
+    pub async fn store(
+        &self,
+        source_id: i64,
+        received_at: UtcTime,
+        events: Vec<IncomingEvent>,
+    ) -> StorageResult<InsertOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            source_id,
+            received_at,
+            events,
+            reply,
+        };
+        let stopped = || StorageError::Unavailable("the webhook writer has stopped".into());
+        self.queue.send(pending).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn write_groups(
+    db: Db,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    commit_sizes: prometheus::Histogram,
+) {
+    loop {
+        let group = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut events = first.events.len();
+            let mut group = vec![first];
+            while events < GROUP_MAX_EVENTS {
+                let Ok(next) = receiver.try_recv() else { break };
+                events += next.events.len();
+                group.push(next);
+            }
+            group
+        };
+        commit_sizes.observe(group.len() as f64);
+        commit(&db, group).await;
+    }
+}
+
+/// Commits a group and answers its requests. If the group fails for a reason other than the
+/// database being unavailable, each request is retried alone, so one bad request cannot fail
+/// the others.
+async fn commit(db: &Db, group: Vec<Pending>) {
+    let requests: Vec<IngestRequest<'_>> = group.iter().map(as_request).collect();
+    match ingest_group(db, &requests).await {
+        Ok(outcomes) => {
+            drop(requests);
+            for (pending, outcome) in group.into_iter().zip(outcomes) {
+                let _ = pending.reply.send(Ok(outcome));
+            }
+        }
+        Err(err) if err.is_unavailable() || group.len() == 1 => {
+            drop(requests);
+            let message = match &err {
+                StorageError::Unavailable(reason) => reason.clone(),
+                other => other.to_string(),
+            };
+            let mut err = Some(err);
+            for pending in group {
+                let this = err
+                    .take()
+                    .unwrap_or_else(|| StorageError::Unavailable(message.clone()));
+                let _ = pending.reply.send(Err(this));
+            }
+        }
+        Err(err) => {
+            drop(requests);
+            tracing::warn!(error = %err, requests = group.len(), "a webhook group failed; storing its requests one by one");
+            for pending in group {
+                let result = ingest_group(db, &[as_request(&pending)])
+                    .await
+                    .map(|mut outcomes| outcomes.pop().unwrap_or_default());
+                let _ = pending.reply.send(result);
+            }
+        }
+    }
+}
+
+fn as_request(pending: &Pending) -> IngestRequest<'_> {
+    IngestRequest {
+        source_id: pending.source_id,
+        received_at: pending.received_at,
+        events: &pending.events,
+    }
+}
