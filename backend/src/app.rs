@@ -87,6 +87,7 @@ impl AppState {
         let intake = Arc::new(Intake::new(
             config.milesight.timestamp_tolerance.as_secs() as i64,
             &db,
+            config.pool.ingest_writers,
             metrics.webhook_commit_requests.clone(),
         ));
         let http = reqwest::Client::builder()

@@ -36,6 +36,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Bearer secret for the `/api/cron/*` endpoints; they are disabled (404) without one.
     pub cron_secret: Option<SecretString>,
+    /// Serve `POST /bench/discard` (reads a body, answers 200): the bare-HTTP ceiling that
+    /// webhook ingest is measured against. Off in production.
+    pub bench_discard_route: bool,
 }
 
 /// Staff sign-in, sessions and API tokens.
@@ -217,6 +220,7 @@ struct FileConfig {
     log_format: Option<String>,
     shutdown_timeout_secs: Option<u64>,
     cron_secret: Option<String>,
+    bench_discard_route: Option<bool>,
     #[serde(default)]
     database: FileDatabase,
     #[serde(default)]
@@ -346,6 +350,7 @@ struct FileWebhook {
 #[serde(deny_unknown_fields)]
 struct FileDatabase {
     max_connections: Option<u64>,
+    ingest_writers: Option<u64>,
     acquire_timeout_secs: Option<u64>,
     sqlite_busy_timeout_ms: Option<u64>,
     startup_retry_max_delay_secs: Option<u64>,
@@ -381,9 +386,17 @@ const LOG_FORMAT: Key = Key {
     file: "log_format",
     env: "LOG_FORMAT",
 };
+const BENCH_DISCARD_ROUTE: Key = Key {
+    file: "bench_discard_route",
+    env: "TELLTALE_BENCH_DISCARD_ROUTE",
+};
 const SHUTDOWN_TIMEOUT: Key = Key {
     file: "shutdown_timeout_secs",
     env: "TELLTALE_SHUTDOWN_TIMEOUT_SECS",
+};
+const INGEST_WRITERS: Key = Key {
+    file: "database.ingest_writers",
+    env: "TELLTALE_DB_INGEST_WRITERS",
 };
 const MAX_CONNECTIONS: Key = Key {
     file: "database.max_connections",
@@ -660,6 +673,7 @@ const ALL_KEYS: &[&Key] = &[
     &LOG_FORMAT,
     &SHUTDOWN_TIMEOUT,
     &MAX_CONNECTIONS,
+    &INGEST_WRITERS,
     &ACQUIRE_TIMEOUT,
     &BUSY_TIMEOUT,
     &STARTUP_RETRY,
@@ -849,6 +863,12 @@ impl Config {
             }
             Ok(v)
         };
+        let bench_discard_route = match pick(&BENCH_DISCARD_ROUTE, None) {
+            None => file.bench_discard_route.unwrap_or(false),
+            Some(v) if v == "true" => true,
+            Some(v) if v == "false" => false,
+            Some(v) => return Err(BENCH_DISCARD_ROUTE.error(format!("expected true or false, got {v:?}"))),
+        };
         let shutdown_secs = positive(
             &SHUTDOWN_TIMEOUT,
             pick_num(&SHUTDOWN_TIMEOUT, file.shutdown_timeout_secs)?,
@@ -860,6 +880,17 @@ impl Config {
             pick_num(&MAX_CONNECTIONS, file.database.max_connections)?,
             16,
             1000,
+        )?;
+        // PostgreSQL commits several groups at once (its WAL flush serves them together);
+        // SQLite has one writer whatever we do.
+        let ingest_writers = positive(
+            &INGEST_WRITERS,
+            pick_num(&INGEST_WRITERS, file.database.ingest_writers)?,
+            match database {
+                DatabaseTarget::Postgres(_) => 4,
+                DatabaseTarget::Sqlite(_) => 1,
+            },
+            64,
         )?;
         let acquire_secs = positive(
             &ACQUIRE_TIMEOUT,
@@ -1325,6 +1356,7 @@ impl Config {
         Ok(Config {
             auth,
             cron_secret,
+            bench_discard_route,
             tokens,
             polling,
             email,
@@ -1336,6 +1368,7 @@ impl Config {
             database_url: SecretString::from(database_url),
             pool: PoolSettings {
                 max_connections: max_connections as usize,
+                ingest_writers: ingest_writers as usize,
                 acquire_timeout: Duration::from_secs(acquire_secs),
                 sqlite_busy_timeout: Duration::from_millis(busy_ms),
             },
@@ -1381,6 +1414,7 @@ impl Config {
             self.shutdown_timeout.as_secs()
         ));
         out.push_str(&format!("cron_secret = {}\n", masked(self.cron_secret.is_some())));
+        out.push_str(&format!("bench_discard_route = {}\n", self.bench_discard_route));
         let em = &self.email;
         out.push_str(&format!(
             "\n[email]\nsmtp_url = {}\nfrom = {:?}\non_call = {:?}\ntimeout_secs = {}\noutbox_schedule = {:?}\nretry_base_secs = {}\n",
@@ -1426,6 +1460,7 @@ impl Config {
         ));
         out.push_str("\n[database]\n");
         out.push_str(&format!("max_connections = {}\n", self.pool.max_connections));
+        out.push_str(&format!("ingest_writers = {}\n", self.pool.ingest_writers));
         out.push_str(&format!(
             "acquire_timeout_secs = {}\n",
             self.pool.acquire_timeout.as_secs()

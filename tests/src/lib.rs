@@ -5,6 +5,7 @@
 //!   share nothing and run in parallel.
 //! - `TestServer`: the real `telltale` binary, started on a free port with its logs captured.
 //! - `TcpProxy`: a loopback proxy that can cut and restore a connection to the database.
+//! - `load`: a closed-loop HTTP load generator for the benchmarks.
 //! - `both_backends!`: turns one async test function into a SQLite test and a PostgreSQL test.
 
 use std::io::{BufRead, BufReader};
@@ -16,6 +17,8 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+pub mod load;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// A fixed key so tests can decrypt what the binary stored.
@@ -309,10 +312,21 @@ impl TestServer {
         config_toml: &str,
         env: &[(&str, &str)],
     ) -> TestServer {
+        TestServer::start_binary(&telltale_bin(), database_url, config_toml, env).await
+    }
+
+    /// As `start_with_config`, running the `telltale` binary at `bin` (the benchmark runs the
+    /// release build this way).
+    pub async fn start_binary(
+        bin: &std::path::Path,
+        database_url: &str,
+        config_toml: &str,
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let config_path = dir.path().join("telltale.toml");
         std::fs::write(&config_path, config_toml).unwrap_or_else(|e| panic!("{e}"));
-        let mut cmd = Command::new(telltale_bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -14,8 +14,10 @@ use crate::web::ApiError;
 
 /// Routes that answer without a staff identity (they have their own protection or none).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/login" | "/webhooks/milesight")
-        || path.starts_with("/webhooks/milesight/")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/login" | "/webhooks/milesight" | "/bench/discard"
+    ) || path.starts_with("/webhooks/milesight/")
         || path.starts_with("/api/cron/")
         || path.starts_with("/static/")
 }

@@ -30,14 +30,9 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writers on the current tokio runtime: one for SQLite (it has a single writer
-    /// anyway), two for PostgreSQL, so one group gathers while the other commits.
-    /// `commit_sizes` observes the number of requests in each commit.
-    pub fn start(db: Db, commit_sizes: prometheus::Histogram) -> GroupCommit {
-        let writers = match db {
-            Db::Postgres(_) => 2,
-            Db::Sqlite(_) => 1,
-        };
+    /// Starts `writers` writers on the current tokio runtime; while some commit, the next
+    /// group gathers. `commit_sizes` observes the number of requests in each commit.
+    pub fn start(db: Db, writers: usize, commit_sizes: prometheus::Histogram) -> GroupCommit {
         let (queue, receiver) = mpsc::channel(QUEUE_REQUESTS);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..writers {

@@ -66,11 +66,11 @@ pub struct Intake {
 
 impl Intake {
     /// Starts the group-commit writers on the current tokio runtime.
-    pub fn new(tolerance_secs: i64, db: &Db, commit_sizes: prometheus::Histogram) -> Intake {
+    pub fn new(tolerance_secs: i64, db: &Db, writers: usize, commit_sizes: prometheus::Histogram) -> Intake {
         Intake {
             replay: ReplayGuard::new(tolerance_secs),
             source_ids: Mutex::new(HashMap::new()),
-            writer: GroupCommit::start(db.clone(), commit_sizes),
+            writer: GroupCommit::start(db.clone(), writers.max(1), commit_sizes),
         }
     }
 

@@ -64,20 +64,59 @@ pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageRes
             let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
             let mut conn = pool.get().await?;
             drop(waited);
-            conn.transaction::<_, StorageError, _>(async |tx| {
-                group_statements!(tx, requests, touches, firsts, in_chunks)
-            })
+            conn.transaction::<_, StorageError, _>(
+                async |tx| group_statements!(tx, requests, touches, firsts, in_chunks, .await),
+            )
             .await
         }
         Db::Sqlite(pool) => {
+            // The whole transaction in one blocking call: the async wrapper would hand each
+            // statement to the blocking pool separately, two thread switches a statement.
+            let owned: Vec<(i64, UtcTime, Vec<IncomingEvent>)> = requests
+                .iter()
+                .map(|r| (r.source_id, r.received_at, r.events.to_vec()))
+                .collect();
+            drop((touches, firsts));
             let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
             let mut conn = pool.get().await?;
             drop(waited);
-            conn.transaction::<_, StorageError, _>(async |tx| {
-                group_statements!(tx, requests, touches, firsts, row_by_row)
-            })
-            .await
+            Ok(conn
+                .spawn_blocking(move |conn| sqlite::ingest_group(conn, &owned))
+                .await?)
         }
+    }
+}
+
+mod sqlite {
+    use std::collections::{HashMap, HashSet};
+
+    use diesel::prelude::*;
+    use diesel::upsert::excluded;
+
+    use super::{
+        Device, DeviceState, IncomingEvent, IngestRequest, InsertOutcome, UtcTime, device_touches, devices,
+        first_occurrences, group_statements, new_events, outcomes, plan_devices, plan_sources, row_by_row,
+        webhook_events, webhook_sources,
+    };
+
+    pub(super) fn ingest_group(
+        conn: &mut diesel::SqliteConnection,
+        owned: &[(i64, UtcTime, Vec<IncomingEvent>)],
+    ) -> QueryResult<Vec<InsertOutcome>> {
+        let requests: Vec<IngestRequest<'_>> = owned
+            .iter()
+            .map(|(source_id, received_at, events)| IngestRequest {
+                source_id: *source_id,
+                received_at: *received_at,
+                events,
+            })
+            .collect();
+        let requests = requests.as_slice();
+        let touches = device_touches(requests);
+        let firsts = first_occurrences(requests);
+        conn.transaction::<_, diesel::result::Error, _>(|tx| {
+            group_statements!(tx, requests, touches, firsts, row_by_row,)
+        })
     }
 }
 
@@ -97,7 +136,7 @@ macro_rules! row_by_row {
 
 /// The group's statements, written once for both backends; `$each` feeds them rows.
 macro_rules! group_statements {
-    ($tx:ident, $requests:ident, $touches:ident, $firsts:ident, $each:ident) => {{
+    ($tx:ident, $requests:ident, $touches:ident, $firsts:ident, $each:ident, $($await:tt)*) => {{
         let requests = $requests;
         let mut locked: HashMap<String, Device> = HashMap::with_capacity($touches.len());
         $each!($touches, |values| {
@@ -108,7 +147,7 @@ macro_rules! group_statements {
                 .set(devices::updated_at.eq(excluded(devices::updated_at)))
                 .returning(Device::as_returning())
                 .get_results($tx)
-                .await?;
+                 $($await)* ?;
             locked.extend(rows.into_iter().map(|d| (d.sn.clone(), d)));
         });
 
@@ -121,7 +160,7 @@ macro_rules! group_statements {
                 .do_nothing()
                 .returning((webhook_events::source_id, webhook_events::event_id))
                 .get_results($tx)
-                .await?;
+                 $($await)* ?;
             stored.extend(keys);
         });
 
@@ -154,14 +193,14 @@ macro_rules! group_statements {
                     devices::updated_at.eq(excluded(devices::updated_at)),
                 ))
                 .execute($tx)
-                .await?;
+                 $($await)* ?;
         });
 
         for (source_id, changes) in plan_sources(requests, &is_new) {
             diesel::update(webhook_sources::table.find(source_id))
                 .set(&changes)
                 .execute($tx)
-                .await?;
+                 $($await)* ?;
         }
         Ok(outcomes)
     }};

@@ -80,6 +80,8 @@ impl DatabaseTarget {
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_connections: usize,
+    /// Tasks that group-commit webhook events, each with a transaction in flight.
+    pub ingest_writers: usize,
     /// How long a request waits for a free connection, or for a new one to open, before the
     /// database counts as unavailable (and the request gets a 503).
     pub acquire_timeout: Duration,
@@ -90,6 +92,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
             max_connections: 16,
+            ingest_writers: 1,
             acquire_timeout: Duration::from_secs(5),
             sqlite_busy_timeout: Duration::from_secs(5),
         }

@@ -48,7 +48,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(webhooks::receive))
                 .route(web::get().to(webhooks::probe))
                 .route(web::head().to(webhooks::probe)),
-        );
+        )
+        .route("/bench/discard", web::post().to(webhooks::discard));
 }
 
 /// JSON-body, path and query errors become the shared error shape instead of actix's text.

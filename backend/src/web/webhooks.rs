@@ -14,6 +14,21 @@ pub async fn probe() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "accepts": "POST" }))
 }
 
+/// `POST /bench/discard`, when `bench_discard_route` is on: reads the body as the webhook
+/// route does and answers 200, through the same middleware. Its rate is the ceiling that
+/// webhook ingest is benchmarked against.
+pub async fn discard(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    if !state.config.bench_discard_route {
+        return Err(ApiError::not_found("no such route"));
+    }
+    let body = payload
+        .to_bytes_limited(state.config.milesight.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::bad_request("too_large", "the body is over the limit"))?
+        .map_err(|err| ApiError::bad_request("incomplete_body", format!("could not read the body: {err}")))?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "ok", "bytes": body.len() })))
+}
+
 pub async fn receive(
     state: web::Data<AppState>,
     req: HttpRequest,

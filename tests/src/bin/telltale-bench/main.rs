@@ -6,7 +6,13 @@
 //! - `telltale-bench poll [same options]`: polls N (connection, endpoint) pairs (N/2 Spotify
 //!   connections, two endpoints each) through the real poll engine, payload storage on.
 //!
-//! Run with `cargo run --release -p telltale-e2e --bin telltale-bench -- refresh`.
+//! - `telltale-bench ingest [--backend sqlite|postgres|both] [--seconds S] [--connections C]`:
+//!   signed Milesight webhooks against the real release server beside its bare-HTTP ceiling
+//!   (see `ingest.rs`).
+//!
+//! Run with `scripts/bench` (builds the release binaries first).
+
+mod ingest;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -70,7 +76,11 @@ async fn main() -> ExitCode {
             Ok(args) => poll(args).await,
             Err(e) => Err(e),
         },
-        _ => Err("usage: telltale-bench refresh|poll [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]".into()),
+        Some("ingest") => match ingest::parse(argv) {
+            Ok(args) => ingest::run(args).await,
+            Err(e) => Err(e),
+        },
+        _ => Err("usage: telltale-bench refresh|poll [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]\n       telltale-bench ingest [--backend sqlite|postgres|both] [--seconds S] [--connections C]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
