@@ -37,7 +37,7 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        5,
+        6,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
@@ -48,7 +48,8 @@ async fn migrations_run_twice_without_change(backend: Backend) {
             "20261123000002".to_owned(),
             "20261123000003".to_owned(),
             "20261123000004".to_owned(),
-            "20261123000005".to_owned()
+            "20261123000005".to_owned(),
+            "20261123000006".to_owned()
         ]
     );
     let second = migrate::run(&target).await.unwrap();
