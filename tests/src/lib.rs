@@ -773,3 +773,21 @@ pub async fn spotify_connection(
         .unwrap_or_else(|e| panic!("{e}"))
         .id
 }
+
+/// The value of the one sample of `name` carrying all `labels`; `None` when there is none.
+pub fn metric_sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            (series == &name || series.starts_with(&format!("{name}{{")))
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, value)| value.parse().ok())
+        .collect();
+    assert!(matching.len() <= 1, "{name} {labels:?} is ambiguous");
+    matching.into_iter().next()
+}

@@ -10,30 +10,13 @@ use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::now;
 use telltale::storage::polling::{self as poll_store, Finished};
 use telltale::storage::webhooks::{self, SourceTiming};
+use telltale_e2e::metric_sample as sample;
 use telltale_e2e::{Backend, TestDb, both_backends};
 
 both_backends!(
     scrape_time_gauges_tell_the_database_truth,
     two_replicas_report_the_same_gauges,
 );
-
-/// The value of the one sample of `name` carrying all `labels`; `None` when there is none.
-fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let matching: Vec<f64> = exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            (series == &name || series.starts_with(&format!("{name}{{")))
-                && labels
-                    .iter()
-                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, value)| value.parse().ok())
-        .collect();
-    assert!(matching.len() <= 1, "{name} {labels:?} is ambiguous");
-    matching.first().copied()
-}
 
 async fn connection(state: &AppState, name: &str, expires_in: Span) -> i64 {
     telltale_e2e::spotify_connection(state, name, expires_in).await

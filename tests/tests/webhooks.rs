@@ -645,9 +645,7 @@ async fn a_concurrent_burst_is_stored_exactly_once(backend: Backend) {
     // The writer did share commits between requests (it is what makes bursts cheap).
     let metrics = server.metrics().await;
     let sample = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        telltale_e2e::metric_sample(&metrics, name, &[])
             .unwrap_or_else(|| panic!("{name} missing from /metrics"))
     };
     let (requests_committed, commits) = (

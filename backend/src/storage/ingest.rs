@@ -17,7 +17,7 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::devices::{Device, learn_interval};
+use super::devices::{Device, NewDevice, learn_interval};
 use super::schema::{devices, webhook_events, webhook_sources};
 use super::webhooks::{IncomingEvent, InsertOutcome, SourceEffect};
 use super::{Db, StorageError, StorageResult, UtcTime};
@@ -54,13 +54,13 @@ pub async fn ingest(
 /// before, is counted as a duplicate), each device's state and each source's health following
 /// the new events. Returns one outcome per request, in order.
 pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
-    let touches = device_touches(requests);
-    let firsts = first_occurrences(requests);
     // The same statements on both backends; PostgreSQL gets them multi-row (a round trip
     // each), SQLite one row at a time (diesel has no multi-row upsert for SQLite, and its
     // statements are in-process calls, so only the commit is worth sharing).
     match db {
         Db::Postgres(pool) => {
+            let touches = device_touches(requests);
+            let firsts = first_occurrences(requests);
             let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
             let mut conn = pool.get().await?;
             drop(waited);
@@ -76,7 +76,6 @@ pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageRes
                 .iter()
                 .map(|r| (r.source_id, r.received_at, r.events.to_vec()))
                 .collect();
-            drop((touches, firsts));
             let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
             let mut conn = pool.get().await?;
             drop(waited);
@@ -235,37 +234,15 @@ fn new_events<'a>(
         .collect()
 }
 
-/// A device row to lock or create: identity from the newest profile in the group, touched at
-/// the group's newest request. Sorted by serial number, the lock order.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = devices, treat_none_as_default_value = false)]
-struct DeviceTouch<'a> {
-    sn: &'a str,
-    source_id: Option<i64>,
-    dev_eui: Option<&'a str>,
-    mdp_device_id: Option<&'a str>,
-    name: Option<&'a str>,
-    model: Option<&'a str>,
-    status: &'a str,
-    created_at: UtcTime,
-    updated_at: UtcTime,
-}
-
-fn device_touches<'a>(requests: &[IngestRequest<'a>]) -> Vec<DeviceTouch<'a>> {
-    let mut touches: BTreeMap<&'a str, DeviceTouch<'a>> = BTreeMap::new();
+/// The device rows to lock or create, one per serial number and sorted by it (the lock
+/// order): identity from the newest profile in the group, touched at its newest request.
+fn device_touches<'a>(requests: &[IngestRequest<'a>]) -> Vec<NewDevice<'a>> {
+    let mut touches: BTreeMap<&'a str, NewDevice<'a>> = BTreeMap::new();
     for request in requests {
         for device in request.events.iter().filter_map(|e| e.device.as_ref()) {
-            let touch = touches.entry(&device.sn).or_insert_with(|| DeviceTouch {
-                sn: &device.sn,
-                source_id: None,
-                dev_eui: None,
-                mdp_device_id: None,
-                name: None,
-                model: None,
-                status: "unknown",
-                created_at: request.received_at,
-                updated_at: request.received_at,
-            });
+            let touch = touches
+                .entry(&device.sn)
+                .or_insert_with(|| NewDevice::from_profile(&device.sn, &device.profile, request.received_at));
             let p = &device.profile;
             touch.source_id = p.source_id.or(touch.source_id);
             touch.dev_eui = p.dev_eui.as_deref().or(touch.dev_eui);

@@ -408,12 +408,7 @@ async fn drive(
 /// Requests stored and commits made so far, from the group-commit histogram.
 async fn commit_counts(server: &TestServer) -> (f64, f64) {
     let metrics = server.metrics().await;
-    let sample = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or_default()
-    };
+    let sample = |name: &str| telltale_e2e::metric_sample(&metrics, name, &[]).unwrap_or_default();
     (
         sample("telltale_webhook_commit_requests_sum"),
         sample("telltale_webhook_commit_requests_count"),
