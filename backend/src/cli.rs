@@ -250,6 +250,8 @@ async fn one_shot_state(config: Config) -> anyhow::Result<AppState> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let crypto = load_crypto(&config)?;
+    // Before listening: a refused second server must not look alive to a load balancer.
+    let _serving = crate::storage::serve_lock::acquire(&config.database)?;
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let state = AppState::new(config, crypto)?;

@@ -412,3 +412,38 @@ async fn sqlite_default_creates_its_files() {
         server.log_text()
     );
 }
+
+/// SQLite is one process: a second `serve` on the same file is refused with a message naming
+/// the holder, while the first keeps serving; once the first is gone (even by SIGKILL) a new
+/// server starts on the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_sqlite_file_is_refused() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut first = TestServer::start(db.url(), &[]).await;
+    first.wait_ready(Duration::from_secs(30)).await;
+
+    let refused = run_cli(
+        &["serve"],
+        &[
+            ("DATABASE_URL", db.url()),
+            ("TELLTALE_LISTEN", "127.0.0.1:0"),
+            ("TELLTALE_SECRET_KEY", telltale_e2e::TEST_SECRET_KEY),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "second server refused: {stderr}");
+    assert!(
+        stderr.contains(&format!("already served by process {}", first.pid())),
+        "names the holder: {stderr}"
+    );
+    assert!(
+        stderr.contains("PostgreSQL"),
+        "says how to run replicas: {stderr}"
+    );
+    let (status, _) = get_json(&first.url("/readyz")).await;
+    assert_eq!(status, 200, "the first server is unaffected");
+
+    first.signal_and_wait("KILL", Duration::from_secs(10)).await;
+    let second = TestServer::start(db.url(), &[]).await;
+    second.wait_ready(Duration::from_secs(30)).await;
+}

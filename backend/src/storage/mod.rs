@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod polling;
 pub mod refresh_log;
 pub mod schema;
+pub mod serve_lock;
 pub mod staff;
 pub mod usage;
 pub mod webhooks;
