@@ -116,8 +116,9 @@ fn mac(secret: &str, timestamp: &str, nonce: &str) -> Hmac<Sha256> {
 /// Parses the timestamp header and checks it is within `tolerance_secs` of `now` either way.
 pub fn check_freshness(timestamp: &str, now: DateTime<Utc>, tolerance_secs: i64) -> Result<i64, Rejection> {
     let sent: i64 = timestamp.trim().parse().map_err(|_| Rejection::BadTimestamp)?;
-    let skew = now.timestamp() - sent;
-    if skew.abs() > tolerance_secs {
+    // Saturating: a header of i64::MIN must be refused, not overflow (found by proptest).
+    let skew = now.timestamp().saturating_sub(sent);
+    if skew.unsigned_abs() > tolerance_secs.unsigned_abs() {
         return Err(Rejection::Expired { skew_secs: skew });
     }
     Ok(sent)
