@@ -32,6 +32,8 @@ pub struct AppState {
     pub poll_engine: Arc<crate::polling::PollEngine>,
     pub mailer: Arc<crate::alerts::email::Mailer>,
     pub login_throttle: Arc<crate::auth::LoginThrottle>,
+    /// Per-upstream circuit breakers for token refreshes.
+    pub circuits: Arc<crate::providers::circuit::Circuits>,
 }
 
 /// Whether the service can do its job, and if not, why.
@@ -102,6 +104,12 @@ impl AppState {
             poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling)),
             mailer: Arc::new(crate::alerts::email::Mailer::new(&config.email)?),
             intake,
+            circuits: Arc::new(crate::providers::circuit::Circuits::new(
+                config.tokens.circuit_failures,
+                config.tokens.circuit_open,
+                metrics.upstream_circuit_open.clone(),
+                metrics.upstream_calls_refused.clone(),
+            )),
             login_throttle: Arc::new(crate::auth::LoginThrottle::new(
                 config.auth.login_attempts_per_minute,
             )),

@@ -133,6 +133,12 @@ pub struct TokensConfig {
     /// Refresh a token not refreshed for this long even if it is not near expiry, so idle
     /// grants are not revoked.
     pub idle_refresh: Duration,
+    /// Transient failures in a row from one upstream (provider kind and host) that open its
+    /// circuit: refreshes against it are then refused locally until `circuit_open` passes.
+    pub circuit_failures: u32,
+    /// How long an opened circuit stays open (whole seconds, at least 1); doubles each time it
+    /// re-opens, up to 10×.
+    pub circuit_open: Duration,
 }
 
 /// Milesight webhook intake settings.
@@ -303,6 +309,8 @@ struct FileTokens {
     max_attempts: Option<u64>,
     lease_secs: Option<u64>,
     idle_refresh_days: Option<u64>,
+    circuit_failures: Option<u64>,
+    circuit_open_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -518,6 +526,14 @@ const TK_LEASE: Key = Key {
     file: "tokens.lease_secs",
     env: "TELLTALE_TOKEN_LEASE_SECS",
 };
+const TK_CIRCUIT_FAILURES: Key = Key {
+    file: "tokens.circuit_failures",
+    env: "TELLTALE_TOKEN_CIRCUIT_FAILURES",
+};
+const TK_CIRCUIT_OPEN: Key = Key {
+    file: "tokens.circuit_open_secs",
+    env: "TELLTALE_TOKEN_CIRCUIT_OPEN_SECS",
+};
 const TK_IDLE: Key = Key {
     file: "tokens.idle_refresh_days",
     env: "TELLTALE_TOKEN_IDLE_REFRESH_DAYS",
@@ -704,6 +720,8 @@ const ALL_KEYS: &[&Key] = &[
     &TK_ATTEMPTS,
     &TK_LEASE,
     &TK_IDLE,
+    &TK_CIRCUIT_FAILURES,
+    &TK_CIRCUIT_OPEN,
     &PL_SCHEDULE,
     &PL_CONCURRENCY,
     &PL_PER_PLATFORM,
@@ -1103,6 +1121,18 @@ impl Config {
             idle_refresh: Duration::from_secs(
                 positive(&TK_IDLE, pick_num(&TK_IDLE, tk.idle_refresh_days)?, 7, 365)? * 86_400,
             ),
+            circuit_failures: positive(
+                &TK_CIRCUIT_FAILURES,
+                pick_num(&TK_CIRCUIT_FAILURES, tk.circuit_failures)?,
+                5,
+                1000,
+            )? as u32,
+            circuit_open: Duration::from_secs(positive(
+                &TK_CIRCUIT_OPEN,
+                pick_num(&TK_CIRCUIT_OPEN, tk.circuit_open_secs)?,
+                30,
+                3600,
+            )?),
         };
 
         let pl = file.polling;
@@ -1523,12 +1553,14 @@ impl Config {
         ));
         let tk = &self.tokens;
         out.push_str(&format!(
-            "\n[tokens]\nsweep_schedule = {:?}\nconcurrency = {}\nmax_attempts = {}\nlease_secs = {}\nidle_refresh_days = {}\n",
+            "\n[tokens]\nsweep_schedule = {:?}\nconcurrency = {}\nmax_attempts = {}\nlease_secs = {}\nidle_refresh_days = {}\ncircuit_failures = {}\ncircuit_open_secs = {}\n",
             tk.sweep_schedule,
             tk.concurrency,
             tk.max_attempts,
             tk.lease.as_secs(),
-            tk.idle_refresh.as_secs() / 86_400
+            tk.idle_refresh.as_secs() / 86_400,
+            tk.circuit_failures,
+            tk.circuit_open.as_secs()
         ));
         let pl = &self.polling;
         out.push_str(&format!(

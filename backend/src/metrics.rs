@@ -45,6 +45,10 @@ pub struct Metrics {
     pub poll_items: IntCounterVec,
     pub poll_seconds: prometheus::HistogramVec,
     pub token_refresh_seconds: prometheus::HistogramVec,
+    /// 1 while an upstream's circuit is open (see `providers::circuit`).
+    pub upstream_circuit_open: IntGaugeVec,
+    /// Calls refused locally because the upstream's circuit was open.
+    pub upstream_calls_refused: IntCounterVec,
     /// Gauges read from the database at scrape time.
     db_gauges: scrape::DbGauges,
     /// One scrape at a time: each rebuilds the database gauges from scratch.
@@ -175,6 +179,22 @@ impl Metrics {
             &["provider"],
         )?;
         registry.register(Box::new(token_refresh_seconds.clone()))?;
+        let upstream_circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "telltale_upstream_circuit_open",
+                "1 while calls to an upstream (provider kind and host) are paused after failures in a row",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_circuit_open.clone()))?;
+        let upstream_calls_refused = IntCounterVec::new(
+            Opts::new(
+                "telltale_upstream_calls_refused_total",
+                "Calls not made because the upstream's circuit was open",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_calls_refused.clone()))?;
 
         let poll_runs = IntCounterVec::new(
             Opts::new(
@@ -227,6 +247,8 @@ impl Metrics {
             poll_seconds,
             token_refreshes,
             token_refresh_seconds,
+            upstream_circuit_open,
+            upstream_calls_refused,
             job_runs,
             job_last_run,
             registry,

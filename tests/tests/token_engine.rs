@@ -22,6 +22,7 @@ both_backends!(
     a_dry_run_changes_nothing,
     concurrent_manual_and_scheduled_refresh_make_one_call,
     two_engines_on_one_database_refresh_each_connection_once,
+    a_failing_upstream_opens_its_circuit_and_spares_the_others,
 );
 
 async fn app(db: &TestDb) -> AppState {
@@ -426,4 +427,104 @@ async fn two_engines_on_one_database_refresh_each_connection_once(backend: Backe
         .filter(|e| e.success)
         .count();
     assert_eq!(successes, 20);
+}
+
+/// A platform that keeps failing gets `circuit_failures` requests, not one per connection
+/// per sweep; another platform in the same sweep is unaffected; once the pause is over and
+/// the platform answers again, every connection refreshes and the circuit closes.
+async fn a_failing_upstream_opens_its_circuit_and_spares_the_others(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (down, healthy) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&down)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(issued("at-healthy", None))
+        .mount(&healthy)
+        .await;
+    let state = db
+        .app_state("[tokens]\nmax_attempts = 2\nconcurrency = 1\ncircuit_failures = 3\ncircuit_open_secs = 1")
+        .await;
+    let mut on_down = Vec::new();
+    for i in 0..6 {
+        on_down.push(
+            connection(
+                &state,
+                &format!("down-{i}"),
+                &format!("{}/token", down.uri()),
+                None,
+                1,
+            )
+            .await,
+        );
+    }
+    let fine = connection(&state, "fine", &format!("{}/token", healthy.uri()), None, 1).await;
+
+    let report = state
+        .token_engine
+        .sweep(&state, &sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 6, "{:?}", report.results);
+    assert_eq!(report.refreshed, 1);
+    assert_eq!(
+        down.received_requests().await.unwrap().len(),
+        3,
+        "requests stop once the circuit is open"
+    );
+    // Every connection's failure is still logged and visible, with the reason.
+    let last = connections::get_connection(&state.db, on_down[5]).await.unwrap();
+    assert!(
+        last.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("circuit is open"),
+        "{last:?}"
+    );
+    let upstream = format!("oauth2_refresh {}", down.address());
+    let metrics = state.metrics.render(&state.db).await;
+    let sample =
+        |name: &str, upstream: &str| telltale_e2e::metric_sample(&metrics, name, &[("upstream", upstream)]);
+    assert_eq!(
+        sample("telltale_upstream_circuit_open", &upstream),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(sample("telltale_upstream_calls_refused_total", &upstream).unwrap_or(0.0) >= 3.0);
+    let healthy_upstream = format!("oauth2_refresh {}", healthy.address());
+    assert_eq!(
+        sample("telltale_upstream_circuit_open", &healthy_upstream),
+        Some(0.0)
+    );
+    assert_eq!(
+        connections::get_connection(&state.db, fine)
+            .await
+            .unwrap()
+            .consecutive_failures,
+        0
+    );
+
+    // The platform recovers; after the pause the next sweep goes through and closes it.
+    down.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(issued("at-back", None))
+        .mount(&down)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = state
+        .token_engine
+        .sweep(&state, &sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!(report.refreshed, 6, "{:?}", report.results);
+    let metrics = state.metrics.render(&state.db).await;
+    assert_eq!(
+        telltale_e2e::metric_sample(
+            &metrics,
+            "telltale_upstream_circuit_open",
+            &[("upstream", &upstream)]
+        ),
+        Some(0.0)
+    );
 }

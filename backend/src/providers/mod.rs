@@ -2,6 +2,7 @@
 //! code that knows a platform's token API. Base URLs come from the connection, so tests aim
 //! providers at fake servers.
 
+pub mod circuit;
 pub mod meta_long_lived;
 pub mod oauth2_client_credentials;
 pub mod oauth2_refresh;

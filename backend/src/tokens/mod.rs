@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::app::AppState;
 use crate::config::Config;
-use crate::providers::{self, Issued, Outcome, Provider};
+use crate::providers::{self, Issued, Outcome, Provider, circuit};
 use crate::scheduler::JobSpec;
 use crate::storage::connections::{self, Connection, RefreshedToken};
 use crate::storage::refresh_log::{self, NewRefreshLogEntry};
@@ -294,7 +294,24 @@ impl RefreshEngine {
                     .saturating_sub(1) as usize,
             );
         let quota_key = own_setting(connection, "quota_key").and_then(|v| v.as_str().map(str::to_owned));
+        let upstream = circuit::upstream_of(provider.kind(), connection.base_url.as_deref());
+        let breaker = state.circuits.breaker(&upstream);
         let attempt = || async {
+            if !breaker.is_call_permitted() {
+                let message = format!("not attempted: {upstream} failed repeatedly; its circuit is open");
+                self.log(
+                    state,
+                    connection,
+                    request,
+                    false,
+                    Err(message.clone()),
+                    Duration::ZERO,
+                )
+                .await;
+                // Not retried now (retrying would only wait out backoff against an open
+                // circuit); stored like any failure, and the next sweep asks again.
+                return Err(Outcome::Failed(message));
+            }
             if let Some(key) = quota_key.as_deref() {
                 // Counted towards the platform's daily quota, but never refused for it: a lapsed
                 // token would stop everything else.
@@ -304,6 +321,11 @@ impl RefreshEngine {
             }
             let started = Instant::now();
             let outcome = provider.refresh(&state.http, connection, &secrets).await;
+            // Only transient failures mean the upstream is unwell; a refusal is an answer.
+            match outcome {
+                Outcome::Transient { .. } => breaker.on_error(),
+                _ => breaker.on_success(),
+            }
             state
                 .metrics
                 .token_refreshes
