@@ -188,6 +188,9 @@ pub struct MilesightApi {
 pub struct WebhookConfig {
     pub uuid: Option<String>,
     pub secret: SecretString,
+    /// Still accepted while a rotation is under way (MDP signs with the new secret once it
+    /// is regenerated there; requests in flight or retried may carry the old one).
+    pub previous_secret: Option<SecretString>,
     pub source: String,
 }
 
@@ -323,6 +326,7 @@ struct FileScheduler {
 #[serde(deny_unknown_fields)]
 struct FileMilesight {
     webhook_secret: Option<String>,
+    webhook_previous_secret: Option<String>,
     timestamp_tolerance_secs: Option<u64>,
     max_body_bytes: Option<u64>,
     rejections_kept: Option<u64>,
@@ -351,6 +355,8 @@ struct FileMilesight {
 struct FileWebhook {
     uuid: String,
     secret: String,
+    #[serde(default)]
+    previous_secret: Option<String>,
     source: String,
 }
 
@@ -421,6 +427,10 @@ const BUSY_TIMEOUT: Key = Key {
 const STARTUP_RETRY: Key = Key {
     file: "database.startup_retry_max_delay_secs",
     env: "TELLTALE_DB_STARTUP_RETRY_MAX_DELAY_SECS",
+};
+const WEBHOOK_PREVIOUS_SECRET: Key = Key {
+    file: "milesight.webhook_previous_secret",
+    env: "MILESIGHT_WEBHOOK_PREVIOUS_SECRET",
 };
 const WEBHOOK_SECRET: Key = Key {
     file: "milesight.webhook_secret",
@@ -694,6 +704,7 @@ const ALL_KEYS: &[&Key] = &[
     &BUSY_TIMEOUT,
     &STARTUP_RETRY,
     &WEBHOOK_SECRET,
+    &WEBHOOK_PREVIOUS_SECRET,
     &WEBHOOKS,
     &TOLERANCE,
     &MAX_BODY,
@@ -951,15 +962,23 @@ impl Config {
             webhooks.push(WebhookConfig {
                 uuid: Some(hook.uuid),
                 secret: SecretString::from(hook.secret),
+                previous_secret: hook
+                    .previous_secret
+                    .filter(|p| !p.is_empty())
+                    .map(SecretString::from),
                 source: hook.source,
             });
         }
+        let default_previous = pick(&WEBHOOK_PREVIOUS_SECRET, ms.webhook_previous_secret);
         if let Some(secret) = pick(&WEBHOOK_SECRET, ms.webhook_secret) {
             webhooks.push(WebhookConfig {
                 uuid: None,
                 secret: SecretString::from(secret),
+                previous_secret: default_previous.filter(|p| !p.is_empty()).map(SecretString::from),
                 source: "default".into(),
             });
+        } else if default_previous.is_some() {
+            return Err(WEBHOOK_PREVIOUS_SECRET.error("set only together with milesight.webhook_secret"));
         }
         let schedule = |key: &Key, from_file: Option<String>, default: &str| -> Result<String, ConfigError> {
             let expression = pick(key, from_file).unwrap_or_else(|| default.to_owned());
@@ -1505,8 +1524,11 @@ impl Config {
         ));
         let ms = &self.milesight;
         out.push_str("\n[milesight]\n");
-        let default_hook = ms.webhooks.iter().any(|w| w.uuid.is_none());
-        out.push_str(&format!("webhook_secret = {}\n", masked(default_hook)));
+        let default_hook = ms.webhooks.iter().find(|w| w.uuid.is_none());
+        out.push_str(&format!("webhook_secret = {}\n", masked(default_hook.is_some())));
+        if default_hook.is_some_and(|w| w.previous_secret.is_some()) {
+            out.push_str("webhook_previous_secret = \"********\"\n");
+        }
         out.push_str(&format!(
             "timestamp_tolerance_secs = {}\n",
             ms.timestamp_tolerance.as_secs()
@@ -1542,8 +1564,13 @@ impl Config {
         out.push_str(&format!("daily_request_budget = {}\n", ms.daily_request_budget));
         for hook in ms.webhooks.iter().filter(|w| w.uuid.is_some()) {
             out.push_str(&format!(
-                "\n[[milesight.webhooks]]\nuuid = {:?}\nsecret = \"********\"\nsource = {:?}\n",
+                "\n[[milesight.webhooks]]\nuuid = {:?}\nsecret = \"********\"\n{}source = {:?}\n",
                 hook.uuid.as_deref().unwrap_or_default(),
+                if hook.previous_secret.is_some() {
+                    "previous_secret = \"********\"\n"
+                } else {
+                    ""
+                },
                 hook.source
             ));
         }
@@ -1687,8 +1714,12 @@ mod tests {
 
     #[test]
     fn webhooks_from_file_and_default_secret_from_environment() {
-        let toml = "[[milesight.webhooks]]\nuuid = \"u-1\"\nsecret = \"CANARY-1\"\nsource = \"site-a\"\n";
-        let config = Config::from_toml(toml, &[("MILESIGHT_WEBHOOK_SECRET", "CANARY-2")]).unwrap();
+        let toml = "[[milesight.webhooks]]\nuuid = \"u-1\"\nsecret = \"CANARY-1\"\nprevious_secret = \"CANARY-0\"\nsource = \"site-a\"\n";
+        let env = [
+            ("MILESIGHT_WEBHOOK_SECRET", "CANARY-2"),
+            ("MILESIGHT_WEBHOOK_PREVIOUS_SECRET", "CANARY-3"),
+        ];
+        let config = Config::from_toml(toml, &env).unwrap();
         let hooks = &config.milesight.webhooks;
         assert_eq!(hooks.len(), 2);
         assert_eq!(
@@ -1699,9 +1730,13 @@ mod tests {
             (hooks[1].uuid.as_deref(), hooks[1].source.as_str()),
             (None, "default")
         );
+        assert!(hooks.iter().all(|h| h.previous_secret.is_some()));
         let shown = config.to_masked_toml();
         assert!(!shown.contains("CANARY"), "{shown}");
         assert!(shown.contains("source = \"site-a\""), "{shown}");
+        assert!(shown.contains("previous_secret = \"********\""), "{shown}");
+        let alone = Config::from_toml("", &[("MILESIGHT_WEBHOOK_PREVIOUS_SECRET", "x")]).unwrap_err();
+        assert!(alone.key.contains("webhook_previous_secret"), "{alone}");
 
         let bad = "[[milesight.webhooks]]\nuuid = \"u\"\nsecret = \"s\"\nsource = \"no spaces\"\n";
         let err = Config::from_toml(bad, &NO_ENV).unwrap_err();

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub poll_items: IntCounterVec,
     pub poll_seconds: prometheus::HistogramVec,
     pub token_refresh_seconds: prometheus::HistogramVec,
+    /// Webhook requests accepted with a webhook's previous secret (during a rotation).
+    pub webhook_previous_secret: IntCounterVec,
     /// 1 while an upstream's circuit is open (see `providers::circuit`).
     pub upstream_circuit_open: IntGaugeVec,
     /// Calls refused locally because the upstream's circuit was open.
@@ -179,6 +181,14 @@ impl Metrics {
             &["provider"],
         )?;
         registry.register(Box::new(token_refresh_seconds.clone()))?;
+        let webhook_previous_secret = IntCounterVec::new(
+            Opts::new(
+                "telltale_webhook_previous_secret_total",
+                "Webhook requests accepted with the webhook's previous secret; zero for a while means the rotation is done",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(webhook_previous_secret.clone()))?;
         let upstream_circuit_open = IntGaugeVec::new(
             Opts::new(
                 "telltale_upstream_circuit_open",
@@ -249,6 +259,7 @@ impl Metrics {
             token_refresh_seconds,
             upstream_circuit_open,
             upstream_calls_refused,
+            webhook_previous_secret,
             job_runs,
             job_last_run,
             registry,

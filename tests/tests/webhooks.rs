@@ -16,6 +16,7 @@ both_backends!(
     sources_follow_path_and_webhook_uuid,
     acknowledged_events_survive_a_killed_process,
     a_concurrent_burst_is_stored_exactly_once,
+    a_rotated_secret_accepts_the_previous_one_meanwhile,
 );
 
 const SITE_A_SECRET: &str = "site-a-secret";
@@ -657,4 +658,52 @@ async fn a_concurrent_burst_is_stored_exactly_once(backend: Backend) {
         commits < requests_committed,
         "{commits} commits for {requests_committed} requests"
     );
+}
+
+/// Rotating a webhook's secret without losing deliveries: while `previous_secret` is set,
+/// requests signed with either secret are accepted (and those with the old one counted, so
+/// the operator sees when it is no longer used); any other secret is still refused.
+async fn a_rotated_secret_accepts_the_previous_one_meanwhile(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let config = r#"
+[[milesight.webhooks]]
+uuid = "uuid-site-a"
+secret = "new-secret"
+previous_secret = "old-secret"
+source = "site-a"
+"#;
+    let server = TestServer::start_with_config(test_db.url(), config, &[]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let t = now_secs() * 1000;
+    let send = |secret: &'static str, id: &'static str| {
+        let headers = milesight_headers(secret, Some("uuid-site-a"), now_secs(), &nonce());
+        let body = json!([reading(id, "SN-R", "PROPERTY", t, json!({}))]).to_string();
+        let url = server.url("/webhooks/milesight");
+        async move { post_with_headers(&url, &headers, body).await }
+    };
+    let (status, body) = send("new-secret", "r-1").await;
+    assert_eq!((status, body["stored"].as_u64()), (200, Some(1)), "{body}");
+    let (status, body) = send("old-secret", "r-2").await;
+    assert_eq!((status, body["stored"].as_u64()), (200, Some(1)), "{body}");
+    let (status, body) = send("other-secret", "r-3").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("bad_signature")),
+        "{body}"
+    );
+
+    let metrics = server.metrics().await;
+    assert_eq!(
+        telltale_e2e::metric_sample(
+            &metrics,
+            "telltale_webhook_previous_secret_total",
+            &[("source", "site-a")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    for secret in ["new-secret", "old-secret", "other-secret"] {
+        assert!(!server.log_text().contains(secret), "{secret} in the logs");
+        assert!(!metrics.contains(secret), "{secret} in the metrics");
+    }
 }

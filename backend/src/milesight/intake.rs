@@ -140,7 +140,18 @@ impl Intake {
             return reject(Rejection::UnknownWebhook);
         };
         if !webhook::verify(hook.secret.expose_secret(), timestamp, nonce, signature) {
-            return reject(Rejection::BadSignature);
+            let by_previous = hook.previous_secret.as_ref().is_some_and(|previous| {
+                webhook::verify(previous.expose_secret(), timestamp, nonce, signature)
+            });
+            if !by_previous {
+                return reject(Rejection::BadSignature);
+            }
+            // Counted so operators can see when the old secret is no longer used and remove it.
+            state
+                .metrics
+                .webhook_previous_secret
+                .with_label_values(&[hook.source.as_str()])
+                .inc();
         }
         let source = match (&hook.uuid, request.path_source) {
             (Some(_), Some(path)) if path != hook.source => return reject(Rejection::WrongSource),
