@@ -29,6 +29,23 @@ pub const TEST_ADMIN_PASSWORD: &str = "CANARY-admin-password";
 /// …and this API token for it, which `get_json`, `post_with_headers` and `api_client` send.
 pub const TEST_API_TOKEN: &str = "CANARY-api-token-0123456789abcdef";
 
+/// Every secret a test hands Telltale contains `CANARY` (or is `TEST_SECRET_KEY`), so one
+/// check finds any of them where none may appear. The harness applies it to everything a user
+/// could see: each test server's whole log (when the server is dropped), `/metrics`, every
+/// response read through `get_json`/`post_with_headers`, and every email `SmtpSink` received.
+pub fn assert_no_canary(place: &str, text: &str) {
+    for canary in ["CANARY", TEST_SECRET_KEY] {
+        if let Some(at) = text.find(canary) {
+            let start = text[..at].char_indices().rev().nth(120).map_or(0, |(i, _)| i);
+            let end = text[at..]
+                .char_indices()
+                .nth(120)
+                .map_or(text.len(), |(i, _)| at + i);
+            panic!("a secret leaked into {place}: …{}…", &text[start..end]);
+        }
+    }
+}
+
 /// An HTTP client that calls the API as the test admin (through `TEST_API_TOKEN`).
 pub fn api_client() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -286,9 +303,18 @@ pub fn run_cli_with_stdin(args: &[&str], env: &[(&str, &str)], stdin: &str) -> s
             .write_all(stdin.as_bytes())
             .unwrap_or_else(|e| panic!("cannot write to telltale's stdin: {e}"));
     }
-    child
+    let output = child
         .wait_with_output()
-        .unwrap_or_else(|e| panic!("cannot run telltale: {e}"))
+        .unwrap_or_else(|e| panic!("cannot run telltale: {e}"));
+    assert_no_canary(
+        &format!("the output of telltale {}", args.join(" ")),
+        &format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    );
+    output
 }
 
 /// A running `telltale serve`, killed on drop if still running.
@@ -420,9 +446,12 @@ impl TestServer {
         let resp = reqwest::get(self.url("/metrics"))
             .await
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-        resp.text()
+        let text = resp
+            .text()
             .await
-            .unwrap_or_else(|e| panic!("GET /metrics body: {e}"))
+            .unwrap_or_else(|e| panic!("GET /metrics body: {e}"));
+        assert_no_canary("/metrics", &text);
+        text
     }
 
     /// Waits until `/readyz` answers 200.
@@ -469,6 +498,10 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Only on a passing test: a failing one reports its own cause, not this.
+        if !std::thread::panicking() {
+            assert_no_canary("the server's log", &join(&self.logs));
+        }
     }
 }
 
@@ -581,6 +614,7 @@ pub async fn post_with_headers(
     let resp = request.send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
+    assert_no_canary(&format!("the answer to POST {url}"), &text);
     let json =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("POST {url}: not JSON ({status}): {text}"));
     (status, json)
@@ -595,6 +629,7 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
+    assert_no_canary(&format!("the answer to GET {url}"), &text);
     let json =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("GET {url}: not JSON ({status}): {text}"));
     (status, json)
@@ -718,10 +753,14 @@ impl SmtpSink {
             })
             .collect();
         messages.sort_by_key(|(t, _)| *t);
-        messages
+        let messages: Vec<String> = messages
             .into_iter()
             .map(|(_, m)| m.replace("\r\n", "\n").replace("\n ", " ").replace("\n\t", " "))
-            .collect()
+            .collect();
+        for message in &messages {
+            assert_no_canary("an email", message);
+        }
+        messages
     }
 
     /// Waits until `n` messages have arrived, and returns them.

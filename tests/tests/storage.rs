@@ -26,6 +26,7 @@ both_backends!(
     uniqueness_and_foreign_keys_are_enforced,
     schema_rs_matches_the_migrated_tables,
     quiet_devices_go_offline_and_old_events_expire,
+    expired_staff_sessions_are_dropped_at_the_next_sign_in,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -765,4 +766,43 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     assert_eq!(deleted, 3, "s0, s1 (at +5) and q (at +0)");
     let left = webhooks::recent_events(&db, source, 20).await.unwrap().len();
     assert_eq!(left, 3, "s2, f and q2 remain");
+}
+
+async fn expired_staff_sessions_are_dropped_at_the_next_sign_in(backend: Backend) {
+    use telltale::storage::{UtcTime, now, staff};
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let user = staff::create_user(&db, "a@example.com", "hash", "admin", now())
+        .await
+        .unwrap();
+    let then = UtcTime::new(now().0 - chrono::Duration::days(30));
+    let lapsed = UtcTime::new(now().0 - chrono::Duration::days(16));
+    for i in 0..3 {
+        staff::create_session(&db, user.id, &format!("old-{i}"), "csrf", then, lapsed)
+            .await
+            .unwrap();
+    }
+    let live_until = UtcTime::new(now().0 + chrono::Duration::days(1));
+    staff::create_session(&db, user.id, "live", "csrf", then, live_until)
+        .await
+        .unwrap();
+    assert_eq!(
+        staff::session_count(&db).await.unwrap(),
+        4,
+        "lapsed ones stay until a sign-in"
+    );
+
+    staff::create_session(&db, user.id, "new", "csrf", now(), live_until)
+        .await
+        .unwrap();
+    assert_eq!(
+        staff::session_count(&db).await.unwrap(),
+        2,
+        "only live sessions left"
+    );
+    assert!(staff::session(&db, "live", now()).await.unwrap().is_some());
+    assert!(
+        staff::session(&db, "old-0", then).await.unwrap().is_none(),
+        "deleted, not just expired"
+    );
 }

@@ -184,6 +184,8 @@ pub async fn record_login(db: &Db, user_id: i64, at: UtcTime) -> StorageResult<(
     })
 }
 
+/// Opens a session. Expired sessions are deleted on the way, so the table holds live sessions
+/// plus those that lapsed since the last sign-in, without a job of its own.
 pub async fn create_session(
     db: &Db,
     user_id: i64,
@@ -193,6 +195,9 @@ pub async fn create_session(
     expires_at: UtcTime,
 ) -> StorageResult<StaffSession> {
     db_run!(db, |conn| {
+        diesel::delete(staff_sessions::table.filter(staff_sessions::expires_at.le(at)))
+            .execute(conn)
+            .await?;
         Ok(diesel::insert_into(staff_sessions::table)
             .values((
                 staff_sessions::token_hash.eq(token_hash),
@@ -225,6 +230,14 @@ pub async fn session(
             .await
             .optional()?)
     })
+}
+
+/// How many sessions are stored, live or not (for tests and the settings page).
+pub async fn session_count(db: &Db) -> StorageResult<i64> {
+    db_run!(db, |conn| Ok(staff_sessions::table
+        .count()
+        .get_result(conn)
+        .await?))
 }
 
 pub async fn delete_session(db: &Db, token_hash: &str) -> StorageResult<()> {

@@ -1,0 +1,328 @@
+//! The authorisation matrix: every route × every kind of caller gets the expected answer, and
+//! no combination is a 5xx. Callers: anonymous, a viewer's session, an admin's session, the
+//! configured API token, the cron secret, the metrics token, and a wrong bearer secret.
+//! Path ids name nothing that exists, so no request changes anything a later one relies on.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::redirect::Policy;
+use serde_json::{Value, json};
+use telltale_e2e::{
+    Backend, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TEST_API_TOKEN, TestDb, TestServer, both_backends,
+};
+
+both_backends!(every_route_answers_every_caller_as_expected);
+
+const CRON_SECRET: &str = "cron-secret-0123456789";
+const METRICS_TOKEN: &str = "metrics-token-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Caller {
+    Anonymous,
+    Viewer,
+    Admin,
+    ApiToken,
+    Cron,
+    Metrics,
+    WrongSecret,
+}
+
+const CALLERS: [Caller; 7] = [
+    Caller::Anonymous,
+    Caller::Viewer,
+    Caller::Admin,
+    Caller::ApiToken,
+    Caller::Cron,
+    Caller::Metrics,
+    Caller::WrongSecret,
+];
+
+/// Who a route is for.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    /// Anyone (health, sign-in, assets).
+    Public,
+    /// Milesight only: its own signature, whatever else the caller carries.
+    Webhook,
+    /// Signed-in staff, any role (a page: anyone else is sent to sign in).
+    StaffPage,
+    /// A page for admins: viewers are refused, anyone else is sent to sign in.
+    AdminPage,
+    /// Signed-in staff, any role (JSON API).
+    StaffRead,
+    /// Admins and API tokens only.
+    AdminWrite,
+    /// The cron secret only.
+    Cron,
+    /// The metrics token only (when one is configured).
+    Metrics,
+    /// Off unless configured: 404 for everyone.
+    Disabled,
+}
+
+#[derive(Debug, PartialEq)]
+enum Expect {
+    /// Passed authorisation: whatever the handler said, but not 401, 403 or 5xx.
+    Through,
+    /// 303 to /login.
+    SignIn,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+}
+
+fn expect(access: Access, caller: Caller) -> Expect {
+    use Caller::*;
+    let staff = matches!(caller, Viewer | Admin | ApiToken);
+    match access {
+        Access::Public => Expect::Through,
+        Access::Webhook => Expect::Unauthorized,
+        Access::StaffPage if staff => Expect::Through,
+        Access::AdminPage if matches!(caller, Admin | ApiToken) => Expect::Through,
+        Access::AdminPage if caller == Viewer => Expect::Forbidden,
+        Access::StaffPage | Access::AdminPage => Expect::SignIn,
+        Access::StaffRead if staff => Expect::Through,
+        Access::StaffRead => Expect::Unauthorized,
+        Access::AdminWrite if matches!(caller, Admin | ApiToken) => Expect::Through,
+        Access::AdminWrite if caller == Viewer => Expect::Forbidden,
+        Access::AdminWrite => Expect::Unauthorized,
+        Access::Cron if caller == Cron => Expect::Through,
+        Access::Cron => Expect::Unauthorized,
+        Access::Metrics if caller == Metrics => Expect::Through,
+        Access::Metrics => Expect::Unauthorized,
+        Access::Disabled => Expect::NotFound,
+    }
+}
+
+/// Every route the service serves (`web/mod.rs`, `web/api/mod.rs`), with who it is for.
+fn routes() -> Vec<(Method, &'static str, Access)> {
+    use Access::*;
+    let (get, post, patch, delete, head) = (
+        Method::GET,
+        Method::POST,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+    );
+    vec![
+        (get.clone(), "/healthz", Public),
+        (get.clone(), "/readyz", Public),
+        (get.clone(), "/login", Public),
+        (get.clone(), "/static/app.css", Public),
+        // Percent-encoded so the client sends it as is; only embedded assets are ever served.
+        (get.clone(), "/static/..%2F..%2F..%2Fetc%2Fpasswd", Public),
+        (get.clone(), "/static/%2e%2e/%2e%2e/Cargo.toml", Public),
+        (get.clone(), "/webhooks/milesight", Public),
+        (head.clone(), "/webhooks/milesight/site-a", Public),
+        (post.clone(), "/webhooks/milesight", Webhook),
+        (post.clone(), "/webhooks/milesight/site-a", Webhook),
+        (post.clone(), "/bench/discard", Disabled),
+        (get.clone(), "/metrics", Metrics),
+        (get.clone(), "/", StaffPage),
+        (get.clone(), "/devices", StaffPage),
+        (get.clone(), "/devices/999999", StaffPage),
+        (get.clone(), "/webhooks", StaffPage),
+        (get.clone(), "/tokens", StaffPage),
+        (get.clone(), "/polling", StaffPage),
+        (get.clone(), "/alerts", StaffPage),
+        (get.clone(), "/alerts/999999", StaffPage),
+        (get.clone(), "/scheduler", StaffPage),
+        (get.clone(), "/settings", AdminPage),
+        (get.clone(), "/api/me", StaffRead),
+        (get.clone(), "/api/users", StaffRead),
+        (post.clone(), "/api/users", AdminWrite),
+        (patch.clone(), "/api/users/999999", AdminWrite),
+        (delete.clone(), "/api/users/999999", AdminWrite),
+        (get.clone(), "/api/api-tokens", StaffRead),
+        (post.clone(), "/api/api-tokens", AdminWrite),
+        (delete.clone(), "/api/api-tokens/999999", AdminWrite),
+        (get.clone(), "/api/devices", StaffRead),
+        (get.clone(), "/api/devices/999999", StaffRead),
+        (get.clone(), "/api/webhooks/sources", StaffRead),
+        (get.clone(), "/api/webhooks/events", StaffRead),
+        (get.clone(), "/api/webhooks/rejections", StaffRead),
+        (get.clone(), "/api/milesight/token", StaffRead),
+        (post.clone(), "/api/milesight/token/refresh", AdminWrite),
+        (get.clone(), "/api/connections", StaffRead),
+        (post.clone(), "/api/connections", AdminWrite),
+        (get.clone(), "/api/connections/999999", StaffRead),
+        (patch.clone(), "/api/connections/999999", AdminWrite),
+        (delete.clone(), "/api/connections/999999", AdminWrite),
+        (get.clone(), "/api/tokens/status", StaffRead),
+        (post.clone(), "/api/tokens/999999/refresh", AdminWrite),
+        (get.clone(), "/api/refresh-log", StaffRead),
+        (get.clone(), "/api/refresh-stats", StaffRead),
+        (post.clone(), "/api/scheduler", AdminWrite),
+        (get.clone(), "/api/alerts", StaffRead),
+        (post.clone(), "/api/alerts/test-email", AdminWrite),
+        (get.clone(), "/api/alerts/999999", StaffRead),
+        (post.clone(), "/api/alerts/999999/ack", AdminWrite),
+        (get.clone(), "/api/outbox", StaffRead),
+        (get.clone(), "/api/silences", StaffRead),
+        (post.clone(), "/api/silences", AdminWrite),
+        (delete.clone(), "/api/silences/999999", AdminWrite),
+        (get.clone(), "/api/polling", StaffRead),
+        (patch.clone(), "/api/polling/999999/repos", AdminWrite),
+        (post.clone(), "/api/polling/999999/repos/run", AdminWrite),
+        (get.clone(), "/api/platform-data", StaffRead),
+        (get.clone(), "/api/cron/token-refresh", Cron),
+        (post.clone(), "/api/cron/token-refresh", Cron),
+        (get.clone(), "/api/cron/platform-polling", Cron),
+        (post, "/api/cron/platform-polling", Cron),
+    ]
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in; returns the cookie pair and the CSRF token.
+async fn sign_in(server: &TestServer, email: &str, password: &str) -> (String, String) {
+    let resp = client()
+        .post(server.url("/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "sign-in as {email}");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    (cookie, body["csrf_token"].as_str().unwrap().to_owned())
+}
+
+async fn every_route_answers_every_caller_as_expected(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(
+        db.url(),
+        &[
+            ("CRON_SECRET", CRON_SECRET),
+            ("TELLTALE_METRICS_TOKEN", METRICS_TOKEN),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let admin = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
+    let resp = client()
+        .post(server.url("/api/users"))
+        .header("cookie", &admin.0)
+        .header("x-csrf-token", &admin.1)
+        .json(&json!({"email": "viewer@example.com", "password": "viewer-password-1", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let viewer = sign_in(&server, "viewer@example.com", "viewer-password-1").await;
+
+    let mut failures = Vec::new();
+    for (method, path, access) in routes() {
+        for caller in CALLERS {
+            let mut request = client()
+                .request(method.clone(), server.url(path))
+                .header("content-type", "application/json")
+                .body("{}");
+            let bearer = match caller {
+                Caller::ApiToken => Some(TEST_API_TOKEN),
+                Caller::Cron => Some(CRON_SECRET),
+                Caller::Metrics => Some(METRICS_TOKEN),
+                Caller::WrongSecret => Some("wrong-secret-0123456789"),
+                _ => None,
+            };
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let session = match caller {
+                Caller::Viewer => Some(&viewer),
+                Caller::Admin => Some(&admin),
+                _ => None,
+            };
+            if let Some((cookie, csrf)) = session {
+                request = request.header("cookie", cookie).header("x-csrf-token", csrf);
+            }
+            let resp = request.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = resp.text().await.unwrap_or_default();
+            telltale_e2e::assert_no_canary(&format!("{method} {path} as {caller:?}"), &body);
+            if path.starts_with("/static/") && path.contains("%2") {
+                // Nothing found (or, for a caller without a session, sent to sign in first).
+                if !matches!(status, 303 | 404) || body.contains("root:") || body.contains("[package]") {
+                    failures.push(format!(
+                        "{method} {path} as {caller:?}: {status} served {body:.80}"
+                    ));
+                }
+                continue;
+            }
+            let got = match status {
+                303 if location.starts_with("/login") => Expect::SignIn,
+                401 => Expect::Unauthorized,
+                403 => Expect::Forbidden,
+                404 if access_is_disabled(access) => Expect::NotFound,
+                s if s >= 500 => {
+                    failures.push(format!("{method} {path} as {caller:?}: {status} {body}"));
+                    continue;
+                }
+                _ => Expect::Through,
+            };
+            let wanted = expect(access, caller);
+            if got != wanted {
+                failures.push(format!(
+                    "{method} {path} as {caller:?}: {status} ({got:?}), expected {wanted:?}: {body}"
+                ));
+            }
+            // Refusals are JSON in the one error shape (pages redirect instead).
+            if matches!(got, Expect::Unauthorized | Expect::Forbidden)
+                && serde_json::from_str::<Value>(&body).map_or(true, |v| v["error"]["code"].is_null())
+            {
+                failures.push(format!("{method} {path} as {caller:?}: refusal not JSON: {body}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // Signing out needs a session (and its CSRF token) and ends only that session.
+    let resp = client()
+        .post(server.url("/logout"))
+        .header("cookie", &viewer.0)
+        .header("x-csrf-token", &viewer.1)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success() || resp.status() == 303,
+        "{}",
+        resp.status()
+    );
+    let me = |cookie: String| {
+        let url = server.url("/api/me");
+        async move {
+            client()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(me(viewer.0.clone()).await, 401, "the viewer's session ended");
+    assert_eq!(me(admin.0.clone()).await, 200, "the admin's did not");
+}
+
+fn access_is_disabled(access: Access) -> bool {
+    matches!(access, Access::Disabled)
+}
