@@ -32,6 +32,8 @@ pub struct AppState {
     pub poll_engine: Arc<crate::polling::PollEngine>,
     pub mailer: Arc<crate::alerts::email::Mailer>,
     pub login_throttle: Arc<crate::auth::LoginThrottle>,
+    /// Names this process in database leases (`pid-uuid`).
+    pub instance: String,
     /// Per-upstream circuit breakers for token refreshes.
     pub circuits: Arc<crate::providers::circuit::Circuits>,
 }
@@ -104,6 +106,7 @@ impl AppState {
             poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling)),
             mailer: Arc::new(crate::alerts::email::Mailer::new(&config.email)?),
             intake,
+            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             circuits: Arc::new(crate::providers::circuit::Circuits::new(
                 config.tokens.circuit_failures,
                 config.tokens.circuit_open,

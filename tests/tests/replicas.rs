@@ -149,6 +149,7 @@ async fn three_replicas_share_the_work_and_survive_a_killed_one() {
         ("TELLTALE_OUTBOX_SCHEDULE", "* * * * * *"),
         ("TELLTALE_ALERT_GROUP_WAIT_SECS", "0"),
     ];
+    let started = Instant::now();
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(TestServer::start(test_db.url(), &env).await);
@@ -247,6 +248,24 @@ async fn three_replicas_share_the_work_and_survive_a_killed_one() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(8)).await;
+
+    // Alert evaluation (every second, one piece of work) ran on one replica per tick: the
+    // survivors together ran it at most once a second, not once each.
+    let mut evaluations = 0.0;
+    for replica in &survivors {
+        let metrics = replica.metrics().await;
+        for outcome in ["success", "failure"] {
+            let labels = [("job", "alert-evaluation"), ("outcome", outcome)];
+            evaluations +=
+                telltale_e2e::metric_sample(&metrics, "telltale_scheduler_job_runs_total", &labels)
+                    .unwrap_or(0.0);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        evaluations >= 3.0 && evaluations <= seconds + 2.0,
+        "{evaluations} evaluations by the survivors in {seconds:.0} s"
+    );
 
     // SIGTERM the survivors: running sweeps finish and give their leases back.
     for (i, replica) in replicas.iter_mut().enumerate() {

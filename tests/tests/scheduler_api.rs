@@ -5,7 +5,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use telltale_e2e::{Backend, TestDb, TestServer, both_backends, post_with_headers};
 
-both_backends!(jobs_are_stopped_started_and_run_on_request);
+both_backends!(
+    jobs_are_stopped_started_and_run_on_request,
+    an_exclusive_job_runs_on_one_replica_per_tick,
+);
 
 const JOB: &str = "milesight-device-check";
 
@@ -94,4 +97,78 @@ async fn jobs_are_stopped_started_and_run_on_request(backend: Backend) {
             "{body}: {response}"
         );
     }
+}
+
+/// Two replicas (two service states on one database) whose timers fire together: an
+/// exclusive job runs on exactly one of them per tick, the next tick is open to either, a
+/// manual run is never held back, and a sweep-style (non-exclusive) job runs on both.
+async fn an_exclusive_job_runs_on_one_replica_per_tick(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use telltale::scheduler::{JobSpec, parse_timezone, run_now, run_once};
+    use telltale::storage::{jobs, now};
+
+    let db = TestDb::new(backend).await;
+    let (first, second) = (db.app_state("").await, db.app_state("").await);
+    assert_ne!(first.instance, second.instance);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let spec = |exclusive: bool| {
+        let runs = runs.clone();
+        JobSpec {
+            name: "test-job",
+            schedule: "* * * * * *".into(),
+            timezone: parse_timezone("UTC").unwrap(),
+            exclusive,
+            run: Arc::new(move |_| {
+                let runs = runs.clone();
+                Box::pin(async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    // Long enough that the two runs would overlap if both started.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok("ran".into())
+                })
+            }),
+        }
+    };
+    jobs::register(&first.db, "test-job", "* * * * * *", "UTC", None)
+        .await
+        .unwrap();
+
+    let exclusive = spec(true);
+    let (a, b) = tokio::join!(run_once(&first, &exclusive), run_once(&second, &exclusive));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one replica ran this tick");
+    assert_eq!(
+        u8::from(a.is_some()) + u8::from(b.is_some()),
+        1,
+        "the other skipped it"
+    );
+    let state = jobs::list(&first.db).await.unwrap();
+    assert_eq!(
+        state[0].last_result.as_deref(),
+        Some("ok: ran"),
+        "the run is recorded once"
+    );
+
+    // A replica whose timer fires a moment late does not run the same tick again…
+    let late = if a.is_some() { &second } else { &first };
+    assert!(run_once(late, &exclusive).await.is_none());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // …but a manual run is not held back by the lease…
+    run_now(late, &exclusive).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // …and the next tick goes to whichever replica comes first.
+    let next_tick = chrono::Utc::now().timestamp_millis() % 1000;
+    tokio::time::sleep(Duration::from_millis((1000 - next_tick + 50) as u64)).await;
+    assert!(
+        run_once(late, &exclusive).await.is_some(),
+        "the next tick is free at {:?}",
+        now()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+
+    // Sweeps that claim their own units run everywhere.
+    let sweep = spec(false);
+    let (a, b) = tokio::join!(run_once(&first, &sweep), run_once(&second, &sweep));
+    assert!(a.is_some() && b.is_some());
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
 }

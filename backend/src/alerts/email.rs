@@ -264,6 +264,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         name: OUTBOX_JOB,
         schedule: config.email.outbox_schedule.clone(),
         timezone: config.scheduler_timezone,
+        exclusive: false,
         run: Arc::new(|state| {
             Box::pin(async move {
                 let delivery = deliver_due(&state).await?;

@@ -407,6 +407,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         name: EVALUATION_JOB,
         schedule: config.alerts.evaluation_schedule.clone(),
         timezone: config.scheduler_timezone,
+        exclusive: true,
         run: Arc::new(|state| {
             Box::pin(async move {
                 let e = evaluate(&state, now()).await?;

@@ -18,12 +18,14 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
             name: DEVICE_CHECK_JOB,
             schedule: config.milesight.device_check_schedule.clone(),
             timezone: config.scheduler_timezone,
+            exclusive: true,
             run: Arc::new(|state| Box::pin(check_devices(state))),
         },
         JobSpec {
             name: RETENTION_JOB,
             schedule: config.milesight.retention_schedule.clone(),
             timezone: config.scheduler_timezone,
+            exclusive: true,
             run: Arc::new(|state| Box::pin(apply_retention(state))),
         },
     ]

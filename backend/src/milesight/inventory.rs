@@ -25,6 +25,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         name: INVENTORY_JOB,
         schedule: config.milesight.inventory_schedule.clone(),
         timezone: config.scheduler_timezone,
+        exclusive: true,
         run: Arc::new(|state| Box::pin(async move { sync(&state).await })),
     }]
 }

@@ -451,6 +451,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
             name: SWEEP_JOB,
             schedule: config.polling.sweep_schedule.clone(),
             timezone: config.scheduler_timezone,
+            exclusive: false,
             run: Arc::new(|state| {
                 Box::pin(async move {
                     let request = PollRequest {
@@ -469,6 +470,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
             name: RETENTION_JOB,
             schedule: config.polling.retention_schedule.clone(),
             timezone: config.scheduler_timezone,
+            exclusive: true,
             run: Arc::new(|state| {
                 Box::pin(async move {
                     let (payloads, runs) = prune(&state, now()).await?;

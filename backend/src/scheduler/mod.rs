@@ -33,6 +33,10 @@ pub struct JobSpec {
     /// Six fields: second minute hour day-of-month month day-of-week.
     pub schedule: String,
     pub timezone: Tz,
+    /// One piece of work (not a set of separately claimed units): with several replicas it
+    /// runs on one per tick, under a lease in `job_state`. Sweeps that claim each connection,
+    /// poll or email themselves leave this off, so every replica helps.
+    pub exclusive: bool,
     pub run: JobFn,
 }
 
@@ -221,6 +225,37 @@ fn build_job(
     Ok(job)
 }
 
+/// How long an exclusive run may take before another replica may assume its holder died:
+/// twice the job's interval, between one minute and half an hour.
+fn run_lease(spec: &JobSpec) -> chrono::Duration {
+    let interval = next_run(spec, now())
+        .zip(next_run(spec, now()).and_then(|first| next_run(spec, first)))
+        .map(|(first, second)| second.0 - first.0)
+        .unwrap_or_else(|| chrono::Duration::minutes(1));
+    (interval * 2).clamp(chrono::Duration::minutes(1), chrono::Duration::minutes(30))
+}
+
+/// Claims this tick of an exclusive job. A database that cannot answer means no run: the job
+/// would meet the same failure, and the next tick tries again.
+async fn claim_tick(state: &AppState, spec: &JobSpec) -> bool {
+    let at = now();
+    match jobs::claim_run(
+        &state.db,
+        spec.name,
+        &state.instance,
+        at,
+        UtcTime::new(at.0 + run_lease(spec)),
+    )
+    .await
+    {
+        Ok(claimed) => claimed,
+        Err(err) => {
+            tracing::warn!(job = spec.name, error = %err, "cannot claim the job's run");
+            false
+        }
+    }
+}
+
 /// Runs a job once (unless it is switched off) and records the outcome.
 pub async fn run_once(state: &AppState, spec: &JobSpec) -> Option<anyhow::Result<String>> {
     run(state, spec, false).await
@@ -244,9 +279,24 @@ async fn run(state: &AppState, spec: &JobSpec, even_if_off: bool) -> Option<anyh
         // Unknown state: run anyway; the job itself will meet the same database problem.
         Err(err) => tracing::warn!(job = spec.name, error = %err, "cannot read job state"),
     }
+    // A manual run always runs; a scheduled exclusive one only where it wins the tick.
+    let exclusive = spec.exclusive && !even_if_off;
+    if exclusive && !claim_tick(state, spec).await {
+        tracing::debug!(job = spec.name, "run by another replica this tick; skipping");
+        return None;
+    }
     let ran_at = now();
     let started = Instant::now();
     let result = (spec.run)(state.clone()).await;
+    if exclusive {
+        // Held until just before the next tick: a replica whose timer fires a moment late
+        // must not run this tick again.
+        let next =
+            next_run(spec, now()).map_or(now(), |t| UtcTime::new(t.0 - chrono::Duration::milliseconds(500)));
+        if let Err(err) = jobs::finish_run(&state.db, spec.name, &state.instance, next.max(now())).await {
+            tracing::warn!(job = spec.name, error = %err, "could not end the job's lease; it expires by itself");
+        }
+    }
     let outcome = if result.is_ok() { "success" } else { "failure" };
     state
         .metrics
@@ -286,6 +336,7 @@ mod tests {
             name: "test",
             schedule: schedule.into(),
             timezone: parse_timezone(tz).unwrap(),
+            exclusive: false,
             run: Arc::new(|_| Box::pin(async { Ok(String::new()) })),
         }
     }

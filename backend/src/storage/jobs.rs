@@ -83,6 +83,45 @@ pub async fn record_run(
     })
 }
 
+/// Takes a job's run lease for `owner` until `until`, unless another owner holds one that has
+/// not expired. One conditional UPDATE, so of several replicas whose timers fire together
+/// exactly one wins. False also when the job is not registered.
+pub async fn claim_run(db: &Db, name: &str, owner: &str, at: UtcTime, until: UtcTime) -> StorageResult<bool> {
+    db_run!(db, |conn| {
+        let claimed = diesel::update(
+            job_state::table.find(name).filter(
+                job_state::lease_expires_at
+                    .is_null()
+                    .or(job_state::lease_expires_at.lt(at))
+                    .or(job_state::lease_owner.eq(owner)),
+            ),
+        )
+        .set((
+            job_state::lease_owner.eq(owner),
+            job_state::lease_expires_at.eq(until),
+        ))
+        .execute(conn)
+        .await?;
+        Ok(claimed == 1)
+    })
+}
+
+/// Ends a run: the lease is kept until `hold_until` (just before the next tick), so a replica
+/// whose timer fires a moment later skips this tick, and the next tick is free for anyone.
+pub async fn finish_run(db: &Db, name: &str, owner: &str, hold_until: UtcTime) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::update(
+            job_state::table
+                .find(name)
+                .filter(job_state::lease_owner.eq(owner)),
+        )
+        .set(job_state::lease_expires_at.eq(hold_until))
+        .execute(conn)
+        .await?;
+        Ok(())
+    })
+}
+
 pub async fn is_enabled(db: &Db, name: &str) -> StorageResult<bool> {
     db_run!(db, |conn| {
         Ok(job_state::table

@@ -288,6 +288,8 @@ diesel::table! {
         last_error -> Nullable<Text>,
         next_run_at -> Nullable<UtcTimestamp>,
         updated_at -> UtcTimestamp,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<UtcTimestamp>,
     }
 }
 

@@ -474,6 +474,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         name: SWEEP_JOB,
         schedule: config.tokens.sweep_schedule.clone(),
         timezone: config.scheduler_timezone,
+        exclusive: false,
         run: Arc::new(|state| {
             Box::pin(async move {
                 let request = SweepRequest {

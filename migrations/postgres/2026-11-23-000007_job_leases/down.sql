@@ -1,0 +1,1 @@
+ALTER TABLE job_state DROP COLUMN lease_owner, DROP COLUMN lease_expires_at;
