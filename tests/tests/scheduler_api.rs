@@ -134,6 +134,12 @@ async fn an_exclusive_job_runs_on_one_replica_per_tick(backend: Backend) {
         .await
         .unwrap();
 
+    // Both timers fire just after a whole second, as cron ticks do.
+    let until_next_second = |extra: u64| {
+        let into_second = chrono::Utc::now().timestamp_subsec_millis();
+        Duration::from_millis(u64::from(1000 - into_second.min(999)) + extra)
+    };
+    tokio::time::sleep(until_next_second(20)).await;
     let exclusive = spec(true);
     let (a, b) = tokio::join!(run_once(&first, &exclusive), run_once(&second, &exclusive));
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one replica ran this tick");
@@ -157,8 +163,7 @@ async fn an_exclusive_job_runs_on_one_replica_per_tick(backend: Backend) {
     run_now(late, &exclusive).await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     // …and the next tick goes to whichever replica comes first.
-    let next_tick = chrono::Utc::now().timestamp_millis() % 1000;
-    tokio::time::sleep(Duration::from_millis((1000 - next_tick + 50) as u64)).await;
+    tokio::time::sleep(until_next_second(50)).await;
     assert!(
         run_once(late, &exclusive).await.is_some(),
         "the next tick is free at {:?}",

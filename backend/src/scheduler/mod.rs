@@ -58,8 +58,12 @@ pub fn parse_timezone(name: &str) -> Result<Tz, String> {
 
 /// The next time `spec` fires after `after`.
 pub fn next_run(spec: &JobSpec, after: UtcTime) -> Option<UtcTime> {
+    use chrono::SubsecRound;
     let cron = parse_schedule(&spec.schedule).ok()?;
-    let local = after.0.with_timezone(&spec.timezone);
+    // Whole seconds: croner keeps the fraction (after 12:00:03.2 "every minute" would be
+    // 12:01:03.2), but ticks fire on the second, and exclusive jobs hold their lease until
+    // just before the real next tick.
+    let local = after.0.trunc_subsecs(0).with_timezone(&spec.timezone);
     cron.find_next_occurrence(&local, false)
         .ok()
         .map(|t| UtcTime::new(t.with_timezone(&Utc)))
@@ -290,9 +294,10 @@ async fn run(state: &AppState, spec: &JobSpec, even_if_off: bool) -> Option<anyh
     let result = (spec.run)(state.clone()).await;
     if exclusive {
         // Held until just before the next tick: a replica whose timer fires a moment late
-        // must not run this tick again.
+        // must not run this tick again, and the next tick must be free (timers fire on or
+        // after the second, so 10 ms ahead of it is enough).
         let next =
-            next_run(spec, now()).map_or(now(), |t| UtcTime::new(t.0 - chrono::Duration::milliseconds(500)));
+            next_run(spec, now()).map_or(now(), |t| UtcTime::new(t.0 - chrono::Duration::milliseconds(10)));
         if let Err(err) = jobs::finish_run(&state.db, spec.name, &state.instance, next.max(now())).await {
             tracing::warn!(job = spec.name, error = %err, "could not end the job's lease; it expires by itself");
         }
@@ -347,6 +352,18 @@ mod tests {
                 .unwrap()
                 .with_timezone(&Utc),
         )
+    }
+
+    #[test]
+    fn the_next_run_is_on_the_second_whatever_the_fraction_now() {
+        assert_eq!(
+            next_run(&spec("0 * * * * *", "UTC"), at("2026-03-01T12:00:03.2Z")),
+            Some(at("2026-03-01T12:01:00Z"))
+        );
+        assert_eq!(
+            next_run(&spec("* * * * * *", "UTC"), at("2026-03-01T12:00:03.999Z")),
+            Some(at("2026-03-01T12:00:04Z"))
+        );
     }
 
     #[test]
