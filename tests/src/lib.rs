@@ -46,6 +46,39 @@ pub fn assert_no_canary(place: &str, text: &str) {
     }
 }
 
+/// A browser-like client: no redirects followed, no credentials unless it signs in.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Signs in through the JSON form of `POST /login`; returns the session cookie (`name=value`)
+/// and the session's CSRF token.
+pub async fn sign_in(server: &TestServer, email: &str, password: &str) -> (String, String) {
+    let resp = browser()
+        .post(server.url("/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /login: {e}"));
+    assert_eq!(resp.status(), 200, "sign-in as {email}");
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("sign-in as {email} set no cookie"))
+        .to_owned();
+    let body: serde_json::Value = resp.json().await.unwrap_or_else(|e| panic!("{e}"));
+    let csrf = body["csrf_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no csrf_token in {body}"))
+        .to_owned();
+    (cookie, csrf)
+}
+
 /// An HTTP client that calls the API as the test admin (through `TEST_API_TOKEN`).
 pub fn api_client() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 use telltale_e2e::{
-    Backend, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb, TestServer, both_backends, post_with_headers,
-    run_cli, run_cli_with_stdin,
+    Backend, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb, TestServer, both_backends, browser,
+    post_with_headers, run_cli, run_cli_with_stdin, sign_in,
 };
 
 both_backends!(
@@ -18,29 +17,6 @@ both_backends!(
     api_tokens_and_throttling,
     users_come_from_the_cli,
 );
-
-/// A browser-like client: no redirects followed, no credentials unless it signs in.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Signs in through the JSON form of `POST /login`; returns the session cookie and CSRF token.
-async fn sign_in(server: &TestServer, email: &str, password: &str) -> (String, String) {
-    let resp = browser()
-        .post(server.url("/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "sign-in as {email}");
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let body: Value = resp.json().await.unwrap();
-    let session = cookie.split(';').next().unwrap().to_owned();
-    (session, body["csrf_token"].as_str().unwrap().to_owned())
-}
 
 fn with_session(session: &str, csrf: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();

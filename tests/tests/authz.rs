@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 use telltale_e2e::{
     Backend, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TEST_API_TOKEN, TestDb, TestServer, both_backends,
+    browser, sign_in,
 };
 
 both_backends!(every_route_answers_every_caller_as_expected);
@@ -173,28 +173,6 @@ fn routes() -> Vec<(Method, &'static str, Access)> {
     ]
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Signs in; returns the cookie pair and the CSRF token.
-async fn sign_in(server: &TestServer, email: &str, password: &str) -> (String, String) {
-    let resp = client()
-        .post(server.url("/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "sign-in as {email}");
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
-    let body: Value = resp.json().await.unwrap();
-    (cookie, body["csrf_token"].as_str().unwrap().to_owned())
-}
-
 async fn every_route_answers_every_caller_as_expected(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = TestServer::start(
@@ -207,7 +185,7 @@ async fn every_route_answers_every_caller_as_expected(backend: Backend) {
     .await;
     server.wait_ready(Duration::from_secs(30)).await;
     let admin = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
-    let resp = client()
+    let resp = browser()
         .post(server.url("/api/users"))
         .header("cookie", &admin.0)
         .header("x-csrf-token", &admin.1)
@@ -221,7 +199,7 @@ async fn every_route_answers_every_caller_as_expected(backend: Backend) {
     let mut failures = Vec::new();
     for (method, path, access) in routes() {
         for caller in CALLERS {
-            let mut request = client()
+            let mut request = browser()
                 .request(method.clone(), server.url(path))
                 .header("content-type", "application/json")
                 .body("{}");
@@ -295,7 +273,7 @@ async fn every_route_answers_every_caller_as_expected(backend: Backend) {
     );
 
     // Signing out needs a session (and its CSRF token) and ends only that session.
-    let resp = client()
+    let resp = browser()
         .post(server.url("/logout"))
         .header("cookie", &viewer.0)
         .header("x-csrf-token", &viewer.1)
@@ -310,7 +288,7 @@ async fn every_route_answers_every_caller_as_expected(backend: Backend) {
     let me = |cookie: String| {
         let url = server.url("/api/me");
         async move {
-            client()
+            browser()
                 .get(url)
                 .header("cookie", cookie)
                 .send()

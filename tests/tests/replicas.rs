@@ -105,6 +105,19 @@ async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut d
     }
 }
 
+/// A live process's thread count and resident memory, from /proc.
+fn threads_and_rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("Threads:"), field("VmRSS:"))
+}
+
 async fn connection_named(db: &Db, name: &str) -> connections::Connection {
     connections::list_connections(db)
         .await
@@ -247,7 +260,15 @@ async fn three_replicas_share_the_work_and_survive_a_killed_one() {
         },
     )
     .await;
+    // The dead platform keeps failing every sweep: the survivors must not pile up threads or
+    // memory over it (a stuck request, a task per attempt, a growing map would).
+    let before: Vec<(u64, u64)> = survivors.iter().map(|r| threads_and_rss_kib(r.pid())).collect();
     tokio::time::sleep(Duration::from_secs(8)).await;
+    for (replica, (threads, rss)) in survivors.iter().zip(before) {
+        let (threads_now, rss_now) = threads_and_rss_kib(replica.pid());
+        assert!(threads_now <= threads + 2, "threads {threads} → {threads_now}");
+        assert!(rss_now <= rss + 16 * 1024, "RSS {rss} KiB → {rss_now} KiB");
+    }
 
     // Alert evaluation (every second, one piece of work) ran on one replica per tick: the
     // survivors together ran it at most once a second, not once each.

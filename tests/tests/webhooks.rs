@@ -473,10 +473,9 @@ async fn sources_follow_path_and_webhook_uuid(backend: Backend) {
     }
 }
 
-/// PostgreSQL: the database drops out under the intake. Requests get 503 (so MDP retries),
-/// nothing is half-stored, and a retry after recovery stores everything exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_outage_answers_503_and_loses_nothing_postgres() {
+/// A ready server on a fresh PostgreSQL database reached through a proxy the test can cut;
+/// `acquire_timeout_secs` bounds how long a request waits for a connection before its 503.
+async fn start_behind_proxy(acquire_timeout_secs: &str) -> (TestDb, TcpProxy, TestServer) {
     let test_db = TestDb::new(Backend::Postgres).await;
     let proxy = TcpProxy::start(test_db.pg_server_addr()).await;
     let server = TestServer::start_with_config(
@@ -484,11 +483,19 @@ async fn database_outage_answers_503_and_loses_nothing_postgres() {
         CONFIG,
         &[
             ("MILESIGHT_WEBHOOK_SECRET", DEFAULT_SECRET),
-            ("TELLTALE_DB_ACQUIRE_TIMEOUT_SECS", "2"),
+            ("TELLTALE_DB_ACQUIRE_TIMEOUT_SECS", acquire_timeout_secs),
         ],
     )
     .await;
     server.wait_ready(Duration::from_secs(30)).await;
+    (test_db, proxy, server)
+}
+
+/// PostgreSQL: the database drops out under the intake. Requests get 503 (so MDP retries),
+/// nothing is half-stored, and a retry after recovery stores everything exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_answers_503_and_loses_nothing_postgres() {
+    let (test_db, proxy, server) = start_behind_proxy("2").await;
     let t = now_secs() * 1000;
     let batch = json!([
         reading("o-1", "SN-O", "PROPERTY", t, json!({"t": 1})),
@@ -717,18 +724,7 @@ async fn database_outage_under_load_loses_nothing_postgres() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let test_db = TestDb::new(Backend::Postgres).await;
-    let proxy = TcpProxy::start(test_db.pg_server_addr()).await;
-    let server = TestServer::start_with_config(
-        &test_db.url_via(proxy.addr),
-        CONFIG,
-        &[
-            ("MILESIGHT_WEBHOOK_SECRET", DEFAULT_SECRET),
-            ("TELLTALE_DB_ACQUIRE_TIMEOUT_SECS", "1"),
-        ],
-    )
-    .await;
-    server.wait_ready(Duration::from_secs(30)).await;
+    let (test_db, proxy, server) = start_behind_proxy("1").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let url = server.url("/webhooks/milesight");
