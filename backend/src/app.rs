@@ -99,14 +99,20 @@ impl AppState {
             .connect_timeout(config.milesight.request_timeout)
             .user_agent(concat!("telltale/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        // One name for this process in every database lease (`pid-uuid`: the pid helps
+        // operators, the uuid keeps a reused pid from inheriting a dead process's leases).
+        let instance = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         Ok(AppState {
             http,
             milesight_token: Arc::new(TokenKeeper::new()),
-            token_engine: Arc::new(crate::tokens::RefreshEngine::new()),
-            poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling)),
-            mailer: Arc::new(crate::alerts::email::Mailer::new(&config.email)?),
+            token_engine: Arc::new(crate::tokens::RefreshEngine::new(instance.clone())),
+            poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling, instance.clone())),
+            mailer: Arc::new(crate::alerts::email::Mailer::new(
+                &config.email,
+                instance.clone(),
+            )?),
             intake,
-            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            instance,
             circuits: Arc::new(crate::providers::circuit::Circuits::new(
                 config.tokens.circuit_failures,
                 config.tokens.circuit_open,

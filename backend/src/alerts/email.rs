@@ -46,7 +46,8 @@ pub struct Delivery {
 }
 
 impl Mailer {
-    pub fn new(config: &EmailConfig) -> anyhow::Result<Mailer> {
+    /// `instance` names this process in outbox leases (`AppState::instance`).
+    pub fn new(config: &EmailConfig, instance: String) -> anyhow::Result<Mailer> {
         let from = config
             .from
             .parse()
@@ -72,7 +73,7 @@ impl Mailer {
             transport,
             from,
             hide,
-            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            instance,
         })
     }
 

@@ -90,10 +90,11 @@ pub struct PollEngine {
 }
 
 impl PollEngine {
-    pub fn new(config: &PollingConfig) -> PollEngine {
+    /// `instance` names this process in leases (`AppState::instance`).
+    pub fn new(config: &PollingConfig, instance: String) -> PollEngine {
         let rate = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
         PollEngine {
-            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            instance,
             limiter: governor::RateLimiter::keyed(governor::Quota::per_second(rate)),
             per_platform: config.per_platform_concurrency.max(1),
             slots: Mutex::new(HashMap::new()),

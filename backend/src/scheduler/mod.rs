@@ -232,8 +232,9 @@ fn build_job(
 /// How long an exclusive run may take before another replica may assume its holder died:
 /// twice the job's interval, between one minute and half an hour.
 fn run_lease(spec: &JobSpec) -> chrono::Duration {
-    let interval = next_run(spec, now())
-        .zip(next_run(spec, now()).and_then(|first| next_run(spec, first)))
+    let first = next_run(spec, now());
+    let interval = first
+        .zip(first.and_then(|first| next_run(spec, first)))
         .map(|(first, second)| second.0 - first.0)
         .unwrap_or_else(|| chrono::Duration::minutes(1));
     (interval * 2).clamp(chrono::Duration::minutes(1), chrono::Duration::minutes(30))

@@ -66,12 +66,6 @@ pub struct RefreshEngine {
     inflight: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl Default for RefreshEngine {
-    fn default() -> Self {
-        RefreshEngine::new()
-    }
-}
-
 /// When a connection should be refreshed: no token yet, within its lead time of expiry, or
 /// not refreshed for the idle window (so unused grants are not revoked).
 pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idle: Duration) -> bool {
@@ -92,9 +86,10 @@ pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idl
 }
 
 impl RefreshEngine {
-    pub fn new() -> RefreshEngine {
+    /// `instance` names this process in leases (`AppState::instance`).
+    pub fn new(instance: String) -> RefreshEngine {
         RefreshEngine {
-            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            instance,
             inflight: Mutex::new(HashMap::new()),
         }
     }
