@@ -85,7 +85,7 @@ impl FromSql<UtcTimestamp, Pg> for UtcTime {
 
 impl ToSql<UtcTimestamp, Sqlite> for UtcTime {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
-        out.set_value(self.0.format(SQLITE_FORMAT).to_string());
+        out.set_value(sqlite_text(&self.0));
         Ok(IsNull::No)
     }
 }
@@ -96,7 +96,61 @@ impl FromSql<UtcTimestamp, Sqlite> for UtcTime {
     }
 }
 
+/// `SQLITE_FORMAT`, written field by field: chrono's `format` parses its pattern on every
+/// call, and every row the webhook path writes binds several timestamps.
+fn sqlite_text(at: &DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    if !(0..=9999).contains(&at.year()) || at.nanosecond() >= 1_000_000_000 {
+        // Years chrono writes with a sign, and leap seconds: rare enough for the slow path.
+        return at.format(SQLITE_FORMAT).to_string();
+    }
+    let mut text = String::with_capacity(32);
+    let _ = write!(
+        text,
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00:00",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.nanosecond() / 1_000,
+    );
+    text
+}
+
 /// The current time, as stored.
 pub fn now() -> UtcTime {
     UtcTime::new(Utc::now())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
+
+    use super::{SQLITE_FORMAT, sqlite_text};
+
+    #[test]
+    fn sqlite_text_is_chronos_format() {
+        let start = NaiveDate::from_ymd_opt(1, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        let mut at: DateTime<Utc> = start;
+        // Steps of a prime number of microseconds walk through every field's range.
+        let step = TimeDelta::microseconds(7_919_000_123_457);
+        while at.year() <= 9999 {
+            assert_eq!(sqlite_text(&at), at.format(SQLITE_FORMAT).to_string());
+            at += step;
+        }
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_micro_opt(23, 59, 59, 1_500_000)
+            .unwrap()
+            .and_utc();
+        assert_eq!(sqlite_text(&leap), leap.format(SQLITE_FORMAT).to_string());
+    }
 }

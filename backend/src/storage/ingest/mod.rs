@@ -1,12 +1,13 @@
 //! Storing webhook events: many requests' events in one transaction (group commit), with a
 //! fixed number of statements per group however many events it holds.
 //!
-//! A group runs five kinds of statement, each multi-row: lock (or create) the devices the
-//! events name and read their state; insert the events, skipping (source, event id) pairs
-//! already stored; write each changed device's final state once; update each touched source.
-//! What the events mean for their devices and sources is worked out in memory between the
-//! statements (`plan_devices`, `plan_sources`), in the order the events arrived, so the result
-//! is the same as storing the requests one by one.
+//! A group runs four kinds of statement: lock (or create) the devices the events name and
+//! read their state; insert the events, skipping (source, event id) pairs already stored;
+//! write each changed device's final state once; move each touched source's clock. What the
+//! events mean for their devices and sources is worked out in memory between the statements
+//! (`plan_devices`, `plan_sources`), in the order the events arrived, so the result is the
+//! same as storing the requests one by one. The statements themselves (`statements.rs`) have
+//! fixed SQL, so each connection prepares them once.
 //!
 //! Rows are locked in a fixed order (devices by serial number, events by key, sources by id),
 //! so concurrent groups, on one replica or several, wait for each other but never deadlock.
@@ -14,17 +15,19 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use diesel::prelude::*;
-use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::AsyncConnection;
+
+mod statements;
 
 use super::devices::{Device, NewDevice, learn_interval};
-use super::schema::{devices, webhook_events, webhook_sources};
+use super::schema::{webhook_events, webhook_sources};
 use super::webhooks::{IncomingEvent, InsertOutcome, SourceEffect};
 use super::{Db, StorageError, StorageResult, UtcTime};
 
-/// Rows per multi-row statement: well under SQLite's 32,766 and PostgreSQL's 65,535 bind
-/// parameters at 15 columns a row.
-const ROWS_PER_STATEMENT: usize = 1000;
+/// How far a source's `last_event_at` may lag its newest event. Every group from one source
+/// would otherwise update the same row and wait for the previous group's commit to do it;
+/// staleness is judged in minutes, so a second is far below what anyone can see.
+const SOURCE_CLOCK_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// One webhook request's events, as accepted from one source at one time.
 #[derive(Debug, Clone, Copy)]
@@ -54,20 +57,13 @@ pub async fn ingest(
 /// before, is counted as a duplicate), each device's state and each source's health following
 /// the new events. Returns one outcome per request, in order.
 pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
-    // The same statements on both backends; PostgreSQL gets them multi-row (a round trip
-    // each), SQLite one row at a time (diesel has no multi-row upsert for SQLite, and its
-    // statements are in-process calls, so only the commit is worth sharing).
     match db {
         Db::Postgres(pool) => {
-            let touches = device_touches(requests);
-            let firsts = first_occurrences(requests);
             let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
             let mut conn = pool.get().await?;
             drop(waited);
-            conn.transaction::<_, StorageError, _>(
-                async |tx| group_statements!(tx, requests, touches, firsts, in_chunks, .await),
-            )
-            .await
+            conn.transaction::<_, StorageError, _>(async |tx| Ok(postgres::ingest_group(tx, requests).await?))
+                .await
         }
         Db::Sqlite(pool) => {
             // The whole transaction in one blocking call: the async wrapper would hand each
@@ -80,26 +76,93 @@ pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageRes
             let mut conn = pool.get().await?;
             drop(waited);
             Ok(conn
-                .spawn_blocking(move |conn| sqlite::ingest_group(conn, &owned))
+                .spawn_blocking(move |conn| {
+                    conn.transaction::<_, diesel::result::Error, _>(|tx| sqlite::ingest_group(tx, &owned))
+                })
                 .await?)
         }
     }
 }
 
+/// A group on PostgreSQL: a fixed number of statements, each taking all the group's rows as
+/// column arrays, so each is one round trip to a statement prepared once per connection.
+mod postgres {
+    use std::collections::HashMap;
+
+    use diesel::prelude::*;
+    use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+    use super::statements::{AdvanceSourceClock, InsertEvents, TouchDevices, WriteDevices};
+    use super::{
+        Device, IngestRequest, InsertOutcome, SOURCE_CLOCK_RESOLUTION, UtcTime, device_touches,
+        first_occurrences, new_events, outcomes, plan_devices, plan_sources, stored_first, webhook_sources,
+    };
+
+    pub(super) async fn ingest_group(
+        tx: &mut AsyncPgConnection,
+        requests: &[IngestRequest<'_>],
+    ) -> QueryResult<Vec<InsertOutcome>> {
+        let touches = device_touches(requests);
+        let firsts = first_occurrences(requests);
+        let mut locked: HashMap<String, Device> = HashMap::with_capacity(touches.len());
+        if !touches.is_empty() {
+            let rows: Vec<Device> = TouchDevices::new(&touches).load(tx).await?;
+            locked.extend(rows.into_iter().map(|d| (d.sn.clone(), d)));
+        }
+
+        let new_events = new_events(requests, &firsts, &locked);
+        let stored: Vec<(i64, String)> = if new_events.is_empty() {
+            Vec::new()
+        } else {
+            InsertEvents::new(&new_events).load(tx).await?
+        };
+        let stored = stored.into_iter().collect();
+        let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
+
+        let outcomes = outcomes(requests, &is_new);
+        let changed = plan_devices(requests, &locked, &is_new);
+        if !changed.is_empty() {
+            WriteDevices::new(&changed).execute(tx).await?;
+        }
+        for (source_id, changes) in plan_sources(requests, &is_new) {
+            match changes.last_event_only() {
+                Some(at) => {
+                    let behind = UtcTime(at.0 - SOURCE_CLOCK_RESOLUTION);
+                    let clock = AdvanceSourceClock {
+                        source_id: &source_id,
+                        at: &at,
+                        behind: &behind,
+                    };
+                    clock.execute(tx).await?;
+                }
+                None => {
+                    diesel::update(webhook_sources::table.find(source_id))
+                        .set(&changes)
+                        .execute(tx)
+                        .await?;
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A group on SQLite: the same steps a row at a time (in-process calls, each to a statement
+/// prepared once per connection); only the commit is worth sharing.
 mod sqlite {
     use std::collections::{HashMap, HashSet};
 
     use diesel::prelude::*;
-    use diesel::upsert::excluded;
 
+    use super::statements::{AdvanceSourceClock, TouchDevice, WriteDevice};
     use super::{
-        Device, DeviceState, IncomingEvent, IngestRequest, InsertOutcome, UtcTime, device_touches, devices,
-        first_occurrences, group_statements, new_events, outcomes, plan_devices, plan_sources, row_by_row,
+        Device, IncomingEvent, IngestRequest, InsertOutcome, SOURCE_CLOCK_RESOLUTION, UtcTime,
+        device_touches, first_occurrences, new_events, outcomes, plan_devices, plan_sources, stored_first,
         webhook_events, webhook_sources,
     };
 
     pub(super) fn ingest_group(
-        conn: &mut diesel::SqliteConnection,
+        tx: &mut diesel::SqliteConnection,
         owned: &[(i64, UtcTime, Vec<IncomingEvent>)],
     ) -> QueryResult<Vec<InsertOutcome>> {
         let requests: Vec<IngestRequest<'_>> = owned
@@ -113,98 +176,66 @@ mod sqlite {
         let requests = requests.as_slice();
         let touches = device_touches(requests);
         let firsts = first_occurrences(requests);
-        conn.transaction::<_, diesel::result::Error, _>(|tx| {
-            group_statements!(tx, requests, touches, firsts, row_by_row,)
-        })
-    }
-}
+        let mut locked: HashMap<String, Device> = HashMap::with_capacity(touches.len());
+        for touch in &touches {
+            let row: Device = TouchDevice::new(touch).get_result(tx)?;
+            locked.insert(row.sn.clone(), row);
+        }
 
-/// Runs `$body` with `$values` bound to up to `ROWS_PER_STATEMENT` rows at a time.
-macro_rules! in_chunks {
-    ($rows:expr, |$values:ident| $body:block) => {
-        for $values in $rows.chunks(ROWS_PER_STATEMENT) $body
-    };
-}
-
-/// Runs `$body` with `$values` bound to one row at a time.
-macro_rules! row_by_row {
-    ($rows:expr, |$values:ident| $body:block) => {
-        for $values in $rows.iter() $body
-    };
-}
-
-/// The group's statements, written once for both backends; `$each` feeds them rows.
-macro_rules! group_statements {
-    ($tx:ident, $requests:ident, $touches:ident, $firsts:ident, $each:ident, $($await:tt)*) => {{
-        let requests = $requests;
-        let mut locked: HashMap<String, Device> = HashMap::with_capacity($touches.len());
-        $each!($touches, |values| {
-            let rows: Vec<Device> = diesel::insert_into(devices::table)
-                .values(values)
-                .on_conflict(devices::sn)
-                .do_update()
-                .set(devices::updated_at.eq(excluded(devices::updated_at)))
-                .returning(Device::as_returning())
-                .get_results($tx)
-                 $($await)* ?;
-            locked.extend(rows.into_iter().map(|d| (d.sn.clone(), d)));
-        });
-
-        let new_events = new_events(requests, &$firsts, &locked);
+        let new_events = new_events(requests, &firsts, &locked);
         let mut stored: HashSet<(i64, String)> = HashSet::with_capacity(new_events.len());
-        $each!(new_events, |values| {
-            let keys: Vec<(i64, String)> = diesel::insert_into(webhook_events::table)
-                .values(values)
+        for event in &new_events {
+            let key: Option<(i64, String)> = diesel::insert_into(webhook_events::table)
+                .values(event)
                 .on_conflict((webhook_events::source_id, webhook_events::event_id))
                 .do_nothing()
                 .returning((webhook_events::source_id, webhook_events::event_id))
-                .get_results($tx)
-                 $($await)* ?;
-            stored.extend(keys);
-        });
+                .get_result(tx)
+                .optional()?;
+            stored.extend(key);
+        }
+        let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
-        let is_new = |request: usize, index: usize| {
-            let r = &requests[request];
-            let event_id = r.events[index].event_id.as_str();
-            $firsts.get(&(r.source_id, event_id)) == Some(&(request, index))
-                && stored.contains(&(r.source_id, event_id.to_owned()))
-        };
         let outcomes = outcomes(requests, &is_new);
-        let changed = plan_devices(requests, &locked, &is_new);
-        let states: Vec<DeviceState<'_>> = changed.iter().map(DeviceState::from).collect();
-        $each!(states, |values| {
-            diesel::insert_into(devices::table)
-                .values(values)
-                .on_conflict(devices::sn)
-                .do_update()
-                .set((
-                    devices::source_id.eq(excluded(devices::source_id)),
-                    devices::dev_eui.eq(excluded(devices::dev_eui)),
-                    devices::mdp_device_id.eq(excluded(devices::mdp_device_id)),
-                    devices::name.eq(excluded(devices::name)),
-                    devices::model.eq(excluded(devices::model)),
-                    devices::status.eq(excluded(devices::status)),
-                    devices::last_seen_at.eq(excluded(devices::last_seen_at)),
-                    devices::last_event_type.eq(excluded(devices::last_event_type)),
-                    devices::last_payload.eq(excluded(devices::last_payload)),
-                    devices::battery.eq(excluded(devices::battery)),
-                    devices::expected_interval_secs.eq(excluded(devices::expected_interval_secs)),
-                    devices::updated_at.eq(excluded(devices::updated_at)),
-                ))
-                .execute($tx)
-                 $($await)* ?;
-        });
-
+        for device in &plan_devices(requests, &locked, &is_new) {
+            WriteDevice(device).execute(tx)?;
+        }
         for (source_id, changes) in plan_sources(requests, &is_new) {
-            diesel::update(webhook_sources::table.find(source_id))
-                .set(&changes)
-                .execute($tx)
-                 $($await)* ?;
+            match changes.last_event_only() {
+                Some(at) => {
+                    let behind = UtcTime(at.0 - SOURCE_CLOCK_RESOLUTION);
+                    AdvanceSourceClock {
+                        source_id: &source_id,
+                        at: &at,
+                        behind: &behind,
+                    }
+                    .execute(tx)?;
+                }
+                None => {
+                    diesel::update(webhook_sources::table.find(source_id))
+                        .set(&changes)
+                        .execute(tx)?;
+                }
+            }
         }
         Ok(outcomes)
-    }};
+    }
 }
-use {group_statements, in_chunks, row_by_row};
+
+/// Whether event `index` of request `request` is the one copy of its (source, event id) that
+/// this group stored: its first occurrence in the group, and not stored before.
+fn stored_first(
+    requests: &[IngestRequest<'_>],
+    firsts: &BTreeMap<(i64, &str), (usize, usize)>,
+    stored: &HashSet<(i64, String)>,
+    request: usize,
+    index: usize,
+) -> bool {
+    let r = &requests[request];
+    let event_id = r.events[index].event_id.as_str();
+    firsts.get(&(r.source_id, event_id)) == Some(&(request, index))
+        && stored.contains(&(r.source_id, event_id.to_owned()))
+}
 
 /// The event rows to insert: each distinct (source, event id) once, in key order, linked to
 /// its device.
@@ -346,48 +377,6 @@ fn plan_devices(
         .collect()
 }
 
-/// A device's full state, written back by the multi-row upsert on `sn` (every row exists:
-/// the group locked or created it).
-#[derive(Insertable)]
-#[diesel(table_name = devices, treat_none_as_default_value = false)]
-struct DeviceState<'a> {
-    sn: &'a str,
-    source_id: Option<i64>,
-    dev_eui: Option<&'a str>,
-    mdp_device_id: Option<&'a str>,
-    name: Option<&'a str>,
-    model: Option<&'a str>,
-    status: &'a str,
-    last_seen_at: Option<UtcTime>,
-    last_event_type: Option<&'a str>,
-    last_payload: Option<&'a str>,
-    battery: Option<i32>,
-    expected_interval_secs: Option<i64>,
-    created_at: UtcTime,
-    updated_at: UtcTime,
-}
-
-impl<'a> From<&'a Device> for DeviceState<'a> {
-    fn from(d: &'a Device) -> Self {
-        DeviceState {
-            sn: &d.sn,
-            source_id: d.source_id,
-            dev_eui: d.dev_eui.as_deref(),
-            mdp_device_id: d.mdp_device_id.as_deref(),
-            name: d.name.as_deref(),
-            model: d.model.as_deref(),
-            status: &d.status,
-            last_seen_at: d.last_seen_at,
-            last_event_type: d.last_event_type.as_deref(),
-            last_payload: d.last_payload.as_deref(),
-            battery: d.battery,
-            expected_interval_secs: d.expected_interval_secs,
-            created_at: d.created_at,
-            updated_at: d.updated_at,
-        }
-    }
-}
-
 #[derive(Insertable)]
 #[diesel(table_name = webhook_events, treat_none_as_default_value = false)]
 struct NewEvent<'a> {
@@ -408,6 +397,21 @@ struct SourceChanges {
     verified_at: Option<UtcTime>,
     last_system_notice: Option<String>,
     last_system_notice_at: Option<UtcTime>,
+}
+
+impl SourceChanges {
+    /// The new `last_event_at` when that is all the group changes on the source.
+    fn last_event_only(&self) -> Option<UtcTime> {
+        match self {
+            SourceChanges {
+                last_event_at: Some(at),
+                verified_at: None,
+                last_system_notice: None,
+                last_system_notice_at: None,
+            } => Some(*at),
+            _ => None,
+        }
+    }
 }
 
 /// Per touched source, sorted by id (the lock order): the newest request that stored an event,
