@@ -807,3 +807,54 @@ async fn expired_staff_sessions_are_dropped_at_the_next_sign_in(backend: Backend
         "deleted, not just expired"
     );
 }
+
+/// PostgreSQL runs a group as pipelined statements inside a transaction it opens itself; a
+/// statement that fails must leave nothing stored and no transaction open on the pooled
+/// connection the next group gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_group_leaves_nothing_and_the_connection_clean_postgres() {
+    let test_db = TestDb::new(Backend::Postgres).await;
+    test_db.open_migrated().await;
+    let target = DatabaseTarget::parse(test_db.url()).unwrap();
+    let one_connection = telltale::storage::PoolSettings {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let db = telltale::storage::Db::open(&target, &one_connection).unwrap();
+    let crypto = Crypto::new(&key(1), &[]);
+    let site = webhooks::upsert_source(&db, &crypto, "site", None, None, Default::default())
+        .await
+        .unwrap()
+        .id;
+    let at = |s: i64| UtcTime::new(Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap());
+
+    // PostgreSQL refuses a NUL in text: the event insert fails after the device lock ran.
+    let refused = [event("bad\0id", at(0), reading("NEW-1", at(0), "online"))];
+    let result = webhooks::ingest(&db, site, at(0), &refused).await;
+    assert!(result.is_err(), "the group fails: {result:?}");
+
+    let good = [event("good", at(1), reading("NEW-2", at(1), "online"))];
+    let outcome = webhooks::ingest(&db, site, at(1), &good).await.unwrap();
+    assert_eq!(outcome.stored, 1);
+
+    // Read through another pool: only a committed group is visible there.
+    let other = test_db.open_migrated().await;
+    let serials: Vec<String> = devices::list(&other, 10, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.sn)
+        .collect();
+    assert_eq!(
+        serials,
+        vec!["NEW-2".to_owned()],
+        "the failed group's device was rolled back"
+    );
+    let ids: Vec<String> = webhooks::recent_events(&other, site, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(ids, vec!["good".to_owned()]);
+}

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use diesel::SqliteConnection;
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
@@ -141,6 +141,10 @@ impl Db {
         match target {
             DatabaseTarget::Postgres(url) => {
                 let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                // The default check runs `SELECT 1` at every checkout: a round trip per
+                // transaction. A connection whose socket has closed is still caught (it reports
+                // itself broken); any other failure shows at first use and answers 503.
+                config.recycling_method = RecyclingMethod::Fast;
                 let runtime = main_runtime.clone();
                 config.custom_setup = Box::new(move |url: &str| {
                     let url = url.to_owned();
@@ -161,6 +165,8 @@ impl Db {
                 }
                 let busy_ms = settings.sqlite_busy_timeout.as_millis();
                 let mut config = ManagerConfig::<SqliteConn>::default();
+                // An in-process file handle: nothing for a checkout query to find out.
+                config.recycling_method = RecyclingMethod::Fast;
                 let runtime = main_runtime.clone();
                 config.custom_setup = Box::new(move |path: &str| {
                     let path = path.to_owned();

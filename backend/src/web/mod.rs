@@ -17,39 +17,41 @@ pub use error::ApiError;
 
 /// Routes shared by the server and by in-process tests.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
-        .route("/", web::get().to(pages::overview))
-        .route("/devices", web::get().to(pages::devices))
-        .route("/devices/{id}", web::get().to(pages::device))
-        .route("/webhooks", web::get().to(pages::webhooks_page))
-        .route("/tokens", web::get().to(pages::tokens))
-        .route("/polling", web::get().to(pages::polling))
-        .route("/alerts", web::get().to(pages::alerts_page))
-        .route("/alerts/{id}", web::get().to(pages::alert))
-        .route("/scheduler", web::get().to(pages::scheduler))
-        .route("/settings", web::get().to(pages::settings))
-        .route("/login", web::get().to(auth::login_page))
-        .route("/login", web::post().to(auth::login))
-        .route("/logout", web::post().to(auth::logout))
-        .route("/api/me", web::get().to(auth::me))
-        .route("/api/users", web::get().to(auth::users))
-        .route("/api/users", web::post().to(auth::add_user))
-        .route("/api/users/{id}", web::patch().to(auth::update_user))
-        .route("/api/users/{id}", web::delete().to(auth::delete_user))
-        .route("/api/api-tokens", web::get().to(auth::api_tokens))
-        .route("/api/api-tokens", web::post().to(auth::add_api_token))
-        .route("/api/api-tokens/{id}", web::delete().to(auth::delete_api_token))
-        .route("/static/{path:.*}", web::get().to(ui::asset))
-        .configure(api::routes)
-        .service(
-            web::resource(["/webhooks/milesight", "/webhooks/milesight/{source}"])
-                .route(web::post().to(webhooks::receive))
-                .route(web::get().to(webhooks::probe))
-                .route(web::head().to(webhooks::probe)),
-        )
-        .route("/bench/discard", web::post().to(webhooks::discard));
+    // The webhook route first: routes are tried in order, and each dynamic pattern before it
+    // would cost every webhook a regex match. The benchmark's ceiling route sits beside it.
+    cfg.service(
+        web::resource(["/webhooks/milesight", "/webhooks/milesight/{source}"])
+            .route(web::post().to(webhooks::receive))
+            .route(web::get().to(webhooks::probe))
+            .route(web::head().to(webhooks::probe)),
+    )
+    .route("/bench/discard", web::post().to(webhooks::discard))
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics))
+    .route("/", web::get().to(pages::overview))
+    .route("/devices", web::get().to(pages::devices))
+    .route("/devices/{id}", web::get().to(pages::device))
+    .route("/webhooks", web::get().to(pages::webhooks_page))
+    .route("/tokens", web::get().to(pages::tokens))
+    .route("/polling", web::get().to(pages::polling))
+    .route("/alerts", web::get().to(pages::alerts_page))
+    .route("/alerts/{id}", web::get().to(pages::alert))
+    .route("/scheduler", web::get().to(pages::scheduler))
+    .route("/settings", web::get().to(pages::settings))
+    .route("/login", web::get().to(auth::login_page))
+    .route("/login", web::post().to(auth::login))
+    .route("/logout", web::post().to(auth::logout))
+    .route("/api/me", web::get().to(auth::me))
+    .route("/api/users", web::get().to(auth::users))
+    .route("/api/users", web::post().to(auth::add_user))
+    .route("/api/users/{id}", web::patch().to(auth::update_user))
+    .route("/api/users/{id}", web::delete().to(auth::delete_user))
+    .route("/api/api-tokens", web::get().to(auth::api_tokens))
+    .route("/api/api-tokens", web::post().to(auth::add_api_token))
+    .route("/api/api-tokens/{id}", web::delete().to(auth::delete_api_token))
+    .route("/static/{path:.*}", web::get().to(ui::asset))
+    .configure(api::routes);
 }
 
 /// JSON-body, path and query errors become the shared error shape instead of actix's text.

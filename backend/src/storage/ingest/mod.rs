@@ -3,7 +3,9 @@
 //!
 //! A group runs four kinds of statement: lock (or create) the devices the events name and
 //! read their state; insert the events, skipping (source, event id) pairs already stored;
-//! write each changed device's final state once; move each touched source's clock. What the
+//! write each changed device's final state once; move each touched source's clock. On
+//! PostgreSQL they go in two pipelined flights (two round trips a group); on SQLite they are
+//! calls inside one blocking task. What the
 //! events mean for their devices and sources is worked out in memory between the statements
 //! (`plan_devices`, `plan_sources`), in the order the events arrived, so the result is the
 //! same as storing the requests one by one. The statements themselves (`statements.rs`) have
@@ -15,14 +17,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use diesel::prelude::*;
-use diesel_async::AsyncConnection;
 
 mod statements;
 
 use super::devices::{Device, NewDevice, learn_interval};
 use super::schema::{webhook_events, webhook_sources};
 use super::webhooks::{IncomingEvent, InsertOutcome, SourceEffect};
-use super::{Db, StorageError, StorageResult, UtcTime};
+use super::{Db, StorageResult, UtcTime};
 
 /// How far a source's `last_event_at` may lag its newest event. Every group from one source
 /// would otherwise update the same row and wait for the previous group's commit to do it;
@@ -35,6 +36,29 @@ pub struct IngestRequest<'a> {
     pub source_id: i64,
     pub received_at: UtcTime,
     pub events: &'a [IncomingEvent],
+}
+
+type PooledPg = deadpool::managed::Object<
+    diesel_async::pooled_connection::AsyncDieselConnectionManager<diesel_async::AsyncPgConnection>,
+>;
+
+/// A pooled connection that may have a transaction open: dropped unreleased, it is taken out
+/// of the pool and closed rather than handed to the next user mid-transaction.
+struct OpenTransaction(Option<PooledPg>);
+
+impl OpenTransaction {
+    /// The transaction is over; the connection may go back to the pool.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(PooledPg::take(conn));
+        }
+    }
 }
 
 /// Stores one request's events in one transaction; see `ingest_group`.
@@ -60,10 +84,31 @@ pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageRes
     match db {
         Db::Postgres(pool) => {
             let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
-            let mut conn = pool.get().await?;
+            let conn = pool.get().await?;
             drop(waited);
-            conn.transaction::<_, StorageError, _>(async |tx| Ok(postgres::ingest_group(tx, requests).await?))
-                .await
+            // Until the group has committed or rolled back, the connection must not go back to
+            // the pool with a transaction open: if this future is dropped midway, the guard
+            // closes the connection instead (the server then rolls the transaction back).
+            let guard = OpenTransaction(Some(conn));
+            let Some(conn) = guard.0.as_ref() else {
+                return Err(super::StorageError::Unavailable("no connection".into()));
+            };
+            match postgres::ingest_group(conn, requests).await {
+                Ok(outcomes) => {
+                    guard.release();
+                    Ok(outcomes)
+                }
+                Err(err) => {
+                    let mut c: &diesel_async::AsyncPgConnection = conn;
+                    if diesel_async::RunQueryDsl::execute(statements::Rollback, &mut c)
+                        .await
+                        .is_ok()
+                    {
+                        guard.release();
+                    }
+                    Err(err.into())
+                }
+            }
         }
         Db::Sqlite(pool) => {
             // The whole transaction in one blocking call: the async wrapper would hand each
@@ -85,64 +130,99 @@ pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageRes
 }
 
 /// A group on PostgreSQL: a fixed number of statements, each taking all the group's rows as
-/// column arrays, so each is one round trip to a statement prepared once per connection.
+/// column arrays (one statement prepared once per connection covers a group of any size), sent
+/// in two pipelined flights: begin, lock the devices, read them, insert the events; then, once
+/// the new events and device rows are known, write the devices, move the source clocks and
+/// commit. Two round trips a group, however many requests and events it holds.
 mod postgres {
     use std::collections::HashMap;
 
     use diesel::prelude::*;
     use diesel_async::{AsyncPgConnection, RunQueryDsl};
+    use futures_util::future::{try_join, try_join_all, try_join4};
 
-    use super::statements::{AdvanceSourceClock, InsertEvents, TouchDevices, WriteDevices};
+    use super::statements::{
+        AdvanceSourceClock, Begin, Commit, InsertEvents, LockDevices, ReadDevices, WriteDevices,
+    };
     use super::{
         Device, IngestRequest, InsertOutcome, SOURCE_CLOCK_RESOLUTION, UtcTime, device_touches,
         first_occurrences, new_events, outcomes, plan_devices, plan_sources, stored_first, webhook_sources,
     };
 
+    /// Runs the group inside a transaction it opens and commits itself. On an error the
+    /// transaction may still be open: the caller rolls it back.
     pub(super) async fn ingest_group(
-        tx: &mut AsyncPgConnection,
+        conn: &AsyncPgConnection,
         requests: &[IngestRequest<'_>],
     ) -> QueryResult<Vec<InsertOutcome>> {
         let touches = device_touches(requests);
         let firsts = first_occurrences(requests);
-        let mut locked: HashMap<String, Device> = HashMap::with_capacity(touches.len());
-        if !touches.is_empty() {
-            let rows: Vec<Device> = TouchDevices::new(&touches).load(tx).await?;
-            locked.extend(rows.into_iter().map(|d| (d.sn.clone(), d)));
-        }
+        let new_events = new_events(requests, &firsts, &HashMap::new());
 
-        let new_events = new_events(requests, &firsts, &locked);
-        let stored: Vec<(i64, String)> = if new_events.is_empty() {
-            Vec::new()
-        } else {
-            InsertEvents::new(&new_events).load(tx).await?
+        // Polled in order, so sent in order: the server runs them one after the other.
+        let mut c = conn;
+        let begin = Begin.execute(&mut c);
+        let lock = async {
+            let mut c = conn;
+            match touches.is_empty() {
+                true => Ok(0),
+                false => LockDevices::new(&touches).execute(&mut c).await,
+            }
         };
+        let read = async {
+            let mut c = conn;
+            match touches.is_empty() {
+                true => Ok(Vec::new()),
+                false => ReadDevices::new(&touches).load::<Device>(&mut c).await,
+            }
+        };
+        let insert = async {
+            let mut c = conn;
+            match new_events.is_empty() {
+                true => Ok(Vec::new()),
+                false => InsertEvents::new(&new_events).load::<(i64, String)>(&mut c).await,
+            }
+        };
+        let (_, _, rows, stored) = try_join4(begin, lock, read, insert).await?;
+        let locked: HashMap<String, Device> = rows.into_iter().map(|d| (d.sn.clone(), d)).collect();
         let stored = stored.into_iter().collect();
         let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
         let outcomes = outcomes(requests, &is_new);
         let changed = plan_devices(requests, &locked, &is_new);
-        if !changed.is_empty() {
-            WriteDevices::new(&changed).execute(tx).await?;
-        }
-        for (source_id, changes) in plan_sources(requests, &is_new) {
+        let sources = plan_sources(requests, &is_new);
+        let write = async {
+            let mut c = conn;
+            match changed.is_empty() {
+                true => Ok(0),
+                false => WriteDevices::new(&changed).execute(&mut c).await,
+            }
+        };
+        let clocks = try_join_all(sources.iter().map(|(source_id, changes)| async move {
+            let mut c = conn;
             match changes.last_event_only() {
                 Some(at) => {
                     let behind = UtcTime(at.0 - SOURCE_CLOCK_RESOLUTION);
                     let clock = AdvanceSourceClock {
-                        source_id: &source_id,
+                        source_id,
                         at: &at,
                         behind: &behind,
                     };
-                    clock.execute(tx).await?;
+                    clock.execute(&mut c).await
                 }
                 None => {
-                    diesel::update(webhook_sources::table.find(source_id))
-                        .set(&changes)
-                        .execute(tx)
-                        .await?;
+                    diesel::update(webhook_sources::table.find(*source_id))
+                        .set(changes)
+                        .execute(&mut c)
+                        .await
                 }
             }
-        }
+        }));
+        let mut c = conn;
+        let commit = Commit.execute(&mut c);
+        // A failed write makes the server turn the COMMIT into a rollback; its error is
+        // returned here, so nothing is reported stored that was not.
+        try_join(try_join(write, clocks), commit).await?;
         Ok(outcomes)
     }
 }
@@ -238,7 +318,7 @@ fn stored_first(
 }
 
 /// The event rows to insert: each distinct (source, event id) once, in key order, linked to
-/// its device.
+/// its device (by id where `locked` has it, and always by serial number).
 fn new_events<'a>(
     requests: &[IngestRequest<'a>],
     firsts: &BTreeMap<(i64, &'a str), (usize, usize)>,
@@ -252,6 +332,7 @@ fn new_events<'a>(
                 source_id,
                 event_id,
                 event_type: &event.event_type,
+                device_sn: event.device.as_ref().map(|d| d.sn.as_str()),
                 device_id: event
                     .device
                     .as_ref()
@@ -325,12 +406,17 @@ fn plan_devices(
     is_new: &impl Fn(usize, usize) -> bool,
 ) -> Vec<Device> {
     let mut next: BTreeMap<&str, Device> = BTreeMap::new();
+    let mut touched_at: HashMap<&str, UtcTime> = HashMap::new();
     for (r, request) in requests.iter().enumerate() {
         for (i, event) in request.events.iter().enumerate() {
             let Some(incoming) = &event.device else { continue };
             let Some(row) = locked.get(&incoming.sn) else {
                 continue;
             };
+            let at = touched_at
+                .entry(incoming.sn.as_str())
+                .or_insert(request.received_at);
+            *at = (*at).max(request.received_at);
             let device = next.entry(incoming.sn.as_str()).or_insert_with(|| row.clone());
             let p = &incoming.profile;
             if p.source_id.is_some() {
@@ -374,6 +460,12 @@ fn plan_devices(
     }
     next.into_values()
         .filter(|device| locked.get(&device.sn) != Some(device))
+        .map(|mut device| {
+            if let Some(&at) = touched_at.get(device.sn.as_str()) {
+                device.updated_at = device.updated_at.max(at);
+            }
+            device
+        })
         .collect()
 }
 
@@ -383,6 +475,9 @@ struct NewEvent<'a> {
     source_id: i64,
     event_id: &'a str,
     event_type: &'a str,
+    /// PostgreSQL links the event to its device by serial number in SQL (`InsertEvents`).
+    #[diesel(skip_insertion)]
+    device_sn: Option<&'a str>,
     device_id: Option<i64>,
     event_time: Option<UtcTime>,
     received_at: UtcTime,

@@ -47,8 +47,12 @@ const DEVICE_COLUMNS: &str =
 /// and bump `updated_at`; either way return the row as it now stands.
 const TOUCH_DEVICE: &str = " ON CONFLICT (sn) DO UPDATE SET updated_at = excluded.updated_at RETURNING ";
 
-/// Locks (or creates) many devices in one statement on PostgreSQL; returns their rows.
-pub(super) struct TouchDevices<'a> {
+/// Locks (or creates) many devices in one statement on PostgreSQL, without writing the rows
+/// that exist: `DO UPDATE … WHERE false` locks every conflicting row but updates none, so a
+/// device costs a row lock here and at most one new row version (its final state) per group.
+/// `ReadDevices` then returns the rows; a later statement, so it sees the newest committed
+/// versions of the rows this one waited for.
+pub(super) struct LockDevices<'a> {
     sn: Vec<&'a str>,
     source_id: Vec<Option<i64>>,
     dev_eui: Vec<Option<&'a str>>,
@@ -58,14 +62,13 @@ pub(super) struct TouchDevices<'a> {
     status: Vec<&'a str>,
     created_at: Vec<UtcTime>,
     updated_at: Vec<UtcTime>,
-    returning: DeviceColumns<Pg>,
 }
-fixed_sql!(TouchDevices returning DeviceRow);
+fixed_sql!(LockDevices);
 
-impl<'a> TouchDevices<'a> {
+impl<'a> LockDevices<'a> {
     /// `touches` sorted by serial number, the order rows are locked in.
     pub(super) fn new(touches: &[NewDevice<'a>]) -> Self {
-        TouchDevices {
+        LockDevices {
             sn: touches.iter().map(|d| d.sn).collect(),
             source_id: touches.iter().map(|d| d.source_id).collect(),
             dev_eui: touches.iter().map(|d| d.dev_eui).collect(),
@@ -75,12 +78,11 @@ impl<'a> TouchDevices<'a> {
             status: touches.iter().map(|d| d.status).collect(),
             created_at: touches.iter().map(|d| d.created_at).collect(),
             updated_at: touches.iter().map(|d| d.updated_at).collect(),
-            returning: <Device as Selectable<Pg>>::construct_selection(),
         }
     }
 }
 
-impl QueryFragment<Pg> for TouchDevices<'_> {
+impl QueryFragment<Pg> for LockDevices<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("INSERT INTO devices (");
         out.push_sql(DEVICE_COLUMNS);
@@ -98,11 +100,65 @@ impl QueryFragment<Pg> for TouchDevices<'_> {
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.created_at)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.updated_at)?;
-        out.push_sql(")");
-        out.push_sql(TOUCH_DEVICE);
-        self.returning.walk_ast(out.reborrow())
+        out.push_sql(") ON CONFLICT (sn) DO UPDATE SET updated_at = excluded.updated_at WHERE false");
+        Ok(())
     }
 }
+
+/// The rows of the devices `LockDevices` locked, on PostgreSQL.
+pub(super) struct ReadDevices<'a> {
+    sn: Vec<&'a str>,
+    columns: DeviceColumns<Pg>,
+}
+fixed_sql!(ReadDevices returning DeviceRow);
+
+impl<'a> ReadDevices<'a> {
+    pub(super) fn new(touches: &[NewDevice<'a>]) -> Self {
+        ReadDevices {
+            sn: touches.iter().map(|d| d.sn).collect(),
+            columns: <Device as Selectable<Pg>>::construct_selection(),
+        }
+    }
+}
+
+impl QueryFragment<Pg> for ReadDevices<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // One index probe per serial number, whatever the planner thinks of the table's size
+        // (a fresh table has no statistics, and a cached generic plan then scans it whole for
+        // every group): the LIMIT keeps the lateral subquery from being flattened into a join.
+        out.push_sql("SELECT ");
+        self.columns.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.sn)?;
+        out.push_sql(
+            ") AS wanted(sn) CROSS JOIN LATERAL \
+             (SELECT * FROM devices WHERE devices.sn = wanted.sn LIMIT 1) AS devices",
+        );
+        Ok(())
+    }
+}
+
+/// Transaction control as statements of their own, so they are prepared once and can be
+/// pipelined with the group's other statements.
+macro_rules! control_statement {
+    ($statement:ident, $sql:literal) => {
+        pub(super) struct $statement;
+        impl QueryId for $statement {
+            type QueryId = $statement;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
+        impl<Conn> diesel::RunQueryDsl<Conn> for $statement {}
+        impl QueryFragment<Pg> for $statement {
+            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+                out.push_sql($sql);
+                Ok(())
+            }
+        }
+    };
+}
+control_statement!(Begin, "BEGIN");
+control_statement!(Commit, "COMMIT");
+control_statement!(Rollback, "ROLLBACK");
 
 /// Locks (or creates) one device on SQLite; returns its row.
 pub(super) struct TouchDevice<'a> {
@@ -145,13 +201,17 @@ impl QueryFragment<Sqlite> for TouchDevice<'_> {
     }
 }
 
-/// New events, one row per distinct (source, event id); returns the keys actually inserted
-/// (a key already stored is skipped). PostgreSQL only: SQLite's per-row insert is cached.
+/// New events, one row per distinct (source, event id), each linked to its device by serial
+/// number in SQL (so the insert need not wait for the device ids: it runs after `LockDevices`
+/// in the same pipeline). The link is a subquery, one index probe an event: as a join the
+/// planner hashed the whole devices table for every group; returns the keys actually inserted (a key already stored is
+/// skipped). Rows go in the given order, the lock order. PostgreSQL only: SQLite's per-row
+/// insert is cached.
 pub(super) struct InsertEvents<'a> {
     source_id: Vec<i64>,
     event_id: Vec<&'a str>,
     event_type: Vec<&'a str>,
-    device_id: Vec<Option<i64>>,
+    device_sn: Vec<Option<&'a str>>,
     event_time: Vec<Option<UtcTime>>,
     received_at: Vec<UtcTime>,
     payload: Vec<&'a str>,
@@ -164,7 +224,7 @@ impl<'a> InsertEvents<'a> {
             source_id: events.iter().map(|e| e.source_id).collect(),
             event_id: events.iter().map(|e| e.event_id).collect(),
             event_type: events.iter().map(|e| e.event_type).collect(),
-            device_id: events.iter().map(|e| e.device_id).collect(),
+            device_sn: events.iter().map(|e| e.device_sn).collect(),
             event_time: events.iter().map(|e| e.event_time).collect(),
             received_at: events.iter().map(|e| e.received_at).collect(),
             payload: events.iter().map(|e| e.payload).collect(),
@@ -177,7 +237,9 @@ impl QueryFragment<Pg> for InsertEvents<'_> {
         out.push_sql(
             "INSERT INTO webhook_events \
              (source_id, event_id, event_type, device_id, event_time, received_at, payload) \
-             SELECT * FROM unnest(",
+             SELECT e.source_id, e.event_id, e.event_type, \
+             (SELECT d.id FROM devices d WHERE d.sn = e.sn), e.event_time, e.received_at, e.payload \
+             FROM unnest(",
         );
         out.push_bind_param::<Array<BigInt>, _>(&self.source_id)?;
         out.push_sql(", ");
@@ -185,14 +247,19 @@ impl QueryFragment<Pg> for InsertEvents<'_> {
         out.push_sql(", ");
         out.push_bind_param::<Array<Text>, _>(&self.event_type)?;
         out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.device_id)?;
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.device_sn)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Nullable<UtcTimestamp>>, _>(&self.event_time)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.received_at)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Text>, _>(&self.payload)?;
-        out.push_sql(") ON CONFLICT (source_id, event_id) DO NOTHING RETURNING source_id, event_id");
+        out.push_sql(
+            ") WITH ORDINALITY \
+             AS e(source_id, event_id, event_type, sn, event_time, received_at, payload, position) \
+             ORDER BY e.position \
+             ON CONFLICT (source_id, event_id) DO NOTHING RETURNING source_id, event_id",
+        );
         Ok(())
     }
 }
@@ -216,6 +283,8 @@ const DEVICE_STATE: [&str; 12] = [
 /// Writes many devices' final state in one statement on PostgreSQL.
 pub(super) struct WriteDevices<'a> {
     id: Vec<i64>,
+    sn: Vec<&'a str>,
+    created_at: Vec<UtcTime>,
     source_id: Vec<Option<i64>>,
     dev_eui: Vec<Option<&'a str>>,
     mdp_device_id: Vec<Option<&'a str>>,
@@ -235,6 +304,8 @@ impl<'a> WriteDevices<'a> {
     pub(super) fn new(devices: &'a [Device]) -> Self {
         WriteDevices {
             id: devices.iter().map(|d| d.id).collect(),
+            sn: devices.iter().map(|d| d.sn.as_str()).collect(),
+            created_at: devices.iter().map(|d| d.created_at).collect(),
             source_id: devices.iter().map(|d| d.source_id).collect(),
             dev_eui: devices.iter().map(|d| d.dev_eui.as_deref()).collect(),
             mdp_device_id: devices.iter().map(|d| d.mdp_device_id.as_deref()).collect(),
@@ -253,17 +324,17 @@ impl<'a> WriteDevices<'a> {
 
 impl QueryFragment<Pg> for WriteDevices<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql("UPDATE devices AS d SET ");
-        for (i, column) in DEVICE_STATE.iter().enumerate() {
-            if i > 0 {
-                out.push_sql(", ");
-            }
-            out.push_sql(column);
-            out.push_sql(" = v.");
-            out.push_sql(column);
-        }
-        out.push_sql(" FROM unnest(");
+        // Written as an upsert on the primary key, not `UPDATE … FROM unnest(…)`: every row
+        // exists (locked by this group), and the conflict check finds each through the index,
+        // where a join's plan could hash or scan the whole table.
+        out.push_sql("INSERT INTO devices (id, sn, created_at, ");
+        out.push_sql(&DEVICE_STATE.join(", "));
+        out.push_sql(") SELECT * FROM unnest(");
         out.push_bind_param::<Array<BigInt>, _>(&self.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.sn)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<UtcTimestamp>, _>(&self.created_at)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.source_id)?;
         for column in [&self.dev_eui, &self.mdp_device_id, &self.name, &self.model] {
@@ -284,9 +355,15 @@ impl QueryFragment<Pg> for WriteDevices<'_> {
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.expected_interval_secs)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.updated_at)?;
-        out.push_sql(") AS v(id, ");
-        out.push_sql(&DEVICE_STATE.join(", "));
-        out.push_sql(") WHERE d.id = v.id");
+        out.push_sql(") ON CONFLICT (id) DO UPDATE SET ");
+        for (i, column) in DEVICE_STATE.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            out.push_sql(column);
+            out.push_sql(" = excluded.");
+            out.push_sql(column);
+        }
         Ok(())
     }
 }
