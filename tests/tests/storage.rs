@@ -38,7 +38,7 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        7,
+        8,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
@@ -51,7 +51,8 @@ async fn migrations_run_twice_without_change(backend: Backend) {
             "20261123000004".to_owned(),
             "20261123000005".to_owned(),
             "20261123000006".to_owned(),
-            "20261123000007".to_owned()
+            "20261123000007".to_owned(),
+            "20261123000008".to_owned()
         ]
     );
     let second = migrate::run(&target).await.unwrap();

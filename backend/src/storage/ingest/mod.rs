@@ -21,7 +21,7 @@ use diesel::prelude::*;
 mod statements;
 
 use super::devices::{Device, NewDevice, learn_interval};
-use super::schema::{webhook_events, webhook_sources};
+use super::schema::{devices, webhook_events, webhook_sources};
 use super::webhooks::{IncomingEvent, InsertOutcome, SourceEffect};
 use super::{Db, StorageResult, UtcTime};
 
@@ -122,7 +122,12 @@ pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageRes
             drop(waited);
             Ok(conn
                 .spawn_blocking(move |conn| {
-                    conn.transaction::<_, diesel::result::Error, _>(|tx| sqlite::ingest_group(tx, &owned))
+                    // BEGIN IMMEDIATE: the write lock first (waiting on busy_timeout), so the
+                    // reads that start the group can never meet a newer snapshot at the first
+                    // write, which SQLite refuses without waiting.
+                    conn.immediate_transaction::<_, diesel::result::Error, _>(|tx| {
+                        sqlite::ingest_group(tx, &owned)
+                    })
                 })
                 .await?)
         }
@@ -237,8 +242,8 @@ mod sqlite {
     use super::statements::{AdvanceSourceClock, TouchDevice, WriteDevice};
     use super::{
         Device, IncomingEvent, IngestRequest, InsertOutcome, SOURCE_CLOCK_RESOLUTION, UtcTime,
-        device_touches, first_occurrences, new_events, outcomes, plan_devices, plan_sources, stored_first,
-        webhook_events, webhook_sources,
+        device_touches, devices, first_occurrences, new_events, outcomes, plan_devices, plan_sources,
+        stored_first, webhook_events, webhook_sources,
     };
 
     pub(super) fn ingest_group(
@@ -257,8 +262,18 @@ mod sqlite {
         let touches = device_touches(requests);
         let firsts = first_occurrences(requests);
         let mut locked: HashMap<String, Device> = HashMap::with_capacity(touches.len());
+        // The transaction holds the write lock from its start, so a read is as good as a
+        // lock: a known device is read, not rewritten; only a new one is inserted.
         for touch in &touches {
-            let row: Device = TouchDevice::new(touch).get_result(tx)?;
+            let known: Option<Device> = devices::table
+                .filter(devices::sn.eq(touch.sn))
+                .select(Device::as_select())
+                .get_result(tx)
+                .optional()?;
+            let row = match known {
+                Some(row) => row,
+                None => TouchDevice::new(touch).get_result(tx)?,
+            };
             locked.insert(row.sn.clone(), row);
         }
 

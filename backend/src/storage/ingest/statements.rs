@@ -4,8 +4,10 @@
 //! Diesel 2.3 never reuses a prepared `UPDATE`, `ON CONFLICT … DO UPDATE` or multi-row
 //! `VALUES` statement (their SQL may vary with the changeset or the row count), so written
 //! with its query builder every row cost SQLite a fresh parse and every statement cost
-//! PostgreSQL a second round trip. PostgreSQL gets each column as one array (`unnest`), so one
-//! prepared statement covers a group of any size; SQLite runs them a row at a time, in process.
+//! PostgreSQL a second round trip. PostgreSQL gets each column as one array, so one prepared
+//! statement covers a group of any size; the arrays are unzipped in the select list
+//! (`SELECT unnest($1), unnest($2), …`), which streams rows in array order, where `unnest` in
+//! `FROM` would first copy them into a tuplestore. SQLite runs them a row at a time, in process.
 
 use diesel::backend::Backend;
 use diesel::expression::Expression;
@@ -43,8 +45,8 @@ type EventKey = (BigInt, Text);
 const DEVICE_COLUMNS: &str =
     "sn, source_id, dev_eui, mdp_device_id, name, model, status, created_at, updated_at";
 
-/// The "lock" half of a device touch: insert the device if new, otherwise just lock its row
-/// and bump `updated_at`; either way return the row as it now stands.
+/// SQLite's device creation: insert the device (a concurrent creator's row is taken as it
+/// stands, `updated_at` bumped) and return the row.
 const TOUCH_DEVICE: &str = " ON CONFLICT (sn) DO UPDATE SET updated_at = excluded.updated_at RETURNING ";
 
 /// Locks (or creates) many devices in one statement on PostgreSQL, without writing the rows
@@ -86,19 +88,19 @@ impl QueryFragment<Pg> for LockDevices<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("INSERT INTO devices (");
         out.push_sql(DEVICE_COLUMNS);
-        out.push_sql(") SELECT * FROM unnest(");
+        out.push_sql(") SELECT unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.sn)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.source_id)?;
         for column in [&self.dev_eui, &self.mdp_device_id, &self.name, &self.model] {
-            out.push_sql(", ");
+            out.push_sql("), unnest(");
             out.push_bind_param::<Array<Nullable<Text>>, _>(column)?;
         }
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.status)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.created_at)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.updated_at)?;
         out.push_sql(") ON CONFLICT (sn) DO UPDATE SET updated_at = excluded.updated_at WHERE false");
         Ok(())
@@ -128,10 +130,10 @@ impl QueryFragment<Pg> for ReadDevices<'_> {
         // every group): the LIMIT keeps the lateral subquery from being flattened into a join.
         out.push_sql("SELECT ");
         self.columns.walk_ast(out.reborrow())?;
-        out.push_sql(" FROM unnest(");
+        out.push_sql(" FROM (SELECT unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.sn)?;
         out.push_sql(
-            ") AS wanted(sn) CROSS JOIN LATERAL \
+            ") AS sn) AS wanted CROSS JOIN LATERAL \
              (SELECT * FROM devices WHERE devices.sn = wanted.sn LIMIT 1) AS devices",
         );
         Ok(())
@@ -160,7 +162,7 @@ control_statement!(Begin, "BEGIN");
 control_statement!(Commit, "COMMIT");
 control_statement!(Rollback, "ROLLBACK");
 
-/// Locks (or creates) one device on SQLite; returns its row.
+/// Creates one device on SQLite (the group read it first and found none); returns its row.
 pub(super) struct TouchDevice<'a> {
     device: &'a NewDevice<'a>,
     returning: DeviceColumns<Sqlite>,
@@ -239,25 +241,23 @@ impl QueryFragment<Pg> for InsertEvents<'_> {
              (source_id, event_id, event_type, device_id, event_time, received_at, payload) \
              SELECT e.source_id, e.event_id, e.event_type, \
              (SELECT d.id FROM devices d WHERE d.sn = e.sn), e.event_time, e.received_at, e.payload \
-             FROM unnest(",
+             FROM (SELECT unnest(",
         );
         out.push_bind_param::<Array<BigInt>, _>(&self.source_id)?;
-        out.push_sql(", ");
+        out.push_sql(") AS source_id, unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.event_id)?;
-        out.push_sql(", ");
+        out.push_sql(") AS event_id, unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.event_type)?;
-        out.push_sql(", ");
+        out.push_sql(") AS event_type, unnest(");
         out.push_bind_param::<Array<Nullable<Text>>, _>(&self.device_sn)?;
-        out.push_sql(", ");
+        out.push_sql(") AS sn, unnest(");
         out.push_bind_param::<Array<Nullable<UtcTimestamp>>, _>(&self.event_time)?;
-        out.push_sql(", ");
+        out.push_sql(") AS event_time, unnest(");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.received_at)?;
-        out.push_sql(", ");
+        out.push_sql(") AS received_at, unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.payload)?;
         out.push_sql(
-            ") WITH ORDINALITY \
-             AS e(source_id, event_id, event_type, sn, event_time, received_at, payload, position) \
-             ORDER BY e.position \
+            ") AS payload) AS e \
              ON CONFLICT (source_id, event_id) DO NOTHING RETURNING source_id, event_id",
         );
         Ok(())
@@ -329,31 +329,31 @@ impl QueryFragment<Pg> for WriteDevices<'_> {
         // where a join's plan could hash or scan the whole table.
         out.push_sql("INSERT INTO devices (id, sn, created_at, ");
         out.push_sql(&DEVICE_STATE.join(", "));
-        out.push_sql(") SELECT * FROM unnest(");
+        out.push_sql(") SELECT unnest(");
         out.push_bind_param::<Array<BigInt>, _>(&self.id)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.sn)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.created_at)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.source_id)?;
         for column in [&self.dev_eui, &self.mdp_device_id, &self.name, &self.model] {
-            out.push_sql(", ");
+            out.push_sql("), unnest(");
             out.push_bind_param::<Array<Nullable<Text>>, _>(column)?;
         }
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.status)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<Nullable<UtcTimestamp>>, _>(&self.last_seen_at)?;
         for column in [&self.last_event_type, &self.last_payload] {
-            out.push_sql(", ");
+            out.push_sql("), unnest(");
             out.push_bind_param::<Array<Nullable<Text>>, _>(column)?;
         }
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<Nullable<Integer>>, _>(&self.battery)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.expected_interval_secs)?;
-        out.push_sql(", ");
+        out.push_sql("), unnest(");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.updated_at)?;
         out.push_sql(") ON CONFLICT (id) DO UPDATE SET ");
         for (i, column) in DEVICE_STATE.iter().enumerate() {
