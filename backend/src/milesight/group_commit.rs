@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::storage::webhooks::{IncomingEvent, IngestRequest, InsertOutcome, ingest_group};
+use crate::storage::webhooks::{IncomingEvent, InsertOutcome, SharedRequest, ingest_shared};
 use crate::storage::{Db, StorageError, StorageResult, UtcTime};
 
 /// Requests waiting for a writer beyond this make new requests wait to enqueue (backpressure
@@ -18,9 +18,7 @@ const QUEUE_REQUESTS: usize = 4096;
 const GROUP_MAX_EVENTS: usize = 2000;
 
 struct Pending {
-    source_id: i64,
-    received_at: UtcTime,
-    events: Vec<IncomingEvent>,
+    request: SharedRequest,
     reply: oneshot::Sender<StorageResult<InsertOutcome>>,
 }
 
@@ -50,9 +48,11 @@ impl GroupCommit {
     ) -> StorageResult<InsertOutcome> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
-            source_id,
-            received_at,
-            events,
+            request: SharedRequest {
+                source_id,
+                received_at,
+                events: events.into(),
+            },
             reply,
         };
         let stopped = || StorageError::Unavailable("the webhook writer has stopped".into());
@@ -72,11 +72,11 @@ async fn write_groups(
             let Some(first) = receiver.recv().await else {
                 return;
             };
-            let mut events = first.events.len();
+            let mut events = first.request.events.len();
             let mut group = vec![first];
             while events < GROUP_MAX_EVENTS {
                 let Ok(next) = receiver.try_recv() else { break };
-                events += next.events.len();
+                events += next.request.events.len();
                 group.push(next);
             }
             group
@@ -90,16 +90,14 @@ async fn write_groups(
 /// database being unavailable, each request is retried alone, so one bad request cannot fail
 /// the others.
 async fn commit(db: &Db, group: Vec<Pending>) {
-    let requests: Vec<IngestRequest<'_>> = group.iter().map(as_request).collect();
-    match ingest_group(db, &requests).await {
+    let requests: Vec<SharedRequest> = group.iter().map(|p| p.request.clone()).collect();
+    match ingest_shared(db, &requests).await {
         Ok(outcomes) => {
-            drop(requests);
             for (pending, outcome) in group.into_iter().zip(outcomes) {
                 let _ = pending.reply.send(Ok(outcome));
             }
         }
         Err(err) if err.is_unavailable() || group.len() == 1 => {
-            drop(requests);
             let message = match &err {
                 StorageError::Unavailable(reason) => reason.clone(),
                 other => other.to_string(),
@@ -113,22 +111,13 @@ async fn commit(db: &Db, group: Vec<Pending>) {
             }
         }
         Err(err) => {
-            drop(requests);
             tracing::warn!(error = %err, requests = group.len(), "a webhook group failed; storing its requests one by one");
             for pending in group {
-                let result = ingest_group(db, &[as_request(&pending)])
+                let result = ingest_shared(db, std::slice::from_ref(&pending.request))
                     .await
                     .map(|mut outcomes| outcomes.pop().unwrap_or_default());
                 let _ = pending.reply.send(result);
             }
         }
-    }
-}
-
-fn as_request(pending: &Pending) -> IngestRequest<'_> {
-    IngestRequest {
-        source_id: pending.source_id,
-        received_at: pending.received_at,
-        events: &pending.events,
     }
 }

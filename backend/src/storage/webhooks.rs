@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::devices::{DeviceActivity, DeviceProfile};
 use super::fields::UtcTime;
-pub use super::ingest::{IngestRequest, ingest, ingest_group};
+pub use super::ingest::{IngestRequest, SharedRequest, ingest, ingest_group, ingest_shared};
 use super::schema::{webhook_events, webhook_rejections, webhook_sources};
 use super::{Db, StorageError, StorageResult, now, open_secret, reseal};
 use crate::crypto::Crypto;

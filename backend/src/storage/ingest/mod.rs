@@ -82,41 +82,41 @@ pub async fn ingest(
 /// the new events. Returns one outcome per request, in order.
 pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
     match db {
-        Db::Postgres(pool) => {
-            let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
-            let conn = pool.get().await?;
-            drop(waited);
-            // Until the group has committed or rolled back, the connection must not go back to
-            // the pool with a transaction open: if this future is dropped midway, the guard
-            // closes the connection instead (the server then rolls the transaction back).
-            let guard = OpenTransaction(Some(conn));
-            let Some(conn) = guard.0.as_ref() else {
-                return Err(super::StorageError::Unavailable("no connection".into()));
-            };
-            match postgres::ingest_group(conn, requests).await {
-                Ok(outcomes) => {
-                    guard.release();
-                    Ok(outcomes)
-                }
-                Err(err) => {
-                    let mut c: &diesel_async::AsyncPgConnection = conn;
-                    if diesel_async::RunQueryDsl::execute(statements::Rollback, &mut c)
-                        .await
-                        .is_ok()
-                    {
-                        guard.release();
-                    }
-                    Err(err.into())
-                }
-            }
+        Db::Postgres(_) => ingest_group_postgres(db, requests).await,
+        Db::Sqlite(_) => {
+            let shared: Vec<SharedRequest> = requests
+                .iter()
+                .map(|r| SharedRequest {
+                    source_id: r.source_id,
+                    received_at: r.received_at,
+                    events: r.events.into(),
+                })
+                .collect();
+            ingest_shared(db, &shared).await
+        }
+    }
+}
+
+/// One request's events, owned and cheap to share: how group commit hands them over, so the
+/// SQLite writer's blocking task can take them without copying every event.
+#[derive(Debug, Clone)]
+pub struct SharedRequest {
+    pub source_id: i64,
+    pub received_at: UtcTime,
+    pub events: std::sync::Arc<[IncomingEvent]>,
+}
+
+/// `ingest_group` for requests already shared.
+pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult<Vec<InsertOutcome>> {
+    match db {
+        Db::Postgres(_) => {
+            let borrowed: Vec<IngestRequest<'_>> = requests.iter().map(SharedRequest::as_request).collect();
+            ingest_group_postgres(db, &borrowed).await
         }
         Db::Sqlite(pool) => {
             // The whole transaction in one blocking call: the async wrapper would hand each
             // statement to the blocking pool separately, two thread switches a statement.
-            let owned: Vec<(i64, UtcTime, Vec<IncomingEvent>)> = requests
-                .iter()
-                .map(|r| (r.source_id, r.received_at, r.events.to_vec()))
-                .collect();
+            let owned = requests.to_vec();
             let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
             let mut conn = pool.get().await?;
             drop(waited);
@@ -126,10 +126,56 @@ pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageRes
                     // reads that start the group can never meet a newer snapshot at the first
                     // write, which SQLite refuses without waiting.
                     conn.immediate_transaction::<_, diesel::result::Error, _>(|tx| {
-                        sqlite::ingest_group(tx, &owned)
+                        let borrowed: Vec<IngestRequest<'_>> =
+                            owned.iter().map(SharedRequest::as_request).collect();
+                        sqlite::ingest_group(tx, &borrowed)
                     })
                 })
                 .await?)
+        }
+    }
+}
+
+impl SharedRequest {
+    pub fn as_request(&self) -> IngestRequest<'_> {
+        IngestRequest {
+            source_id: self.source_id,
+            received_at: self.received_at,
+            events: &self.events,
+        }
+    }
+}
+
+async fn ingest_group_postgres(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
+    let Db::Postgres(pool) = db else {
+        return Err(super::StorageError::Unavailable(
+            "not a PostgreSQL database".into(),
+        ));
+    };
+    let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
+    let conn = pool.get().await?;
+    drop(waited);
+    // Until the group has committed or rolled back, the connection must not go back to the
+    // pool with a transaction open: if this future is dropped midway, the guard closes the
+    // connection instead (the server then rolls the transaction back).
+    let guard = OpenTransaction(Some(conn));
+    let Some(conn) = guard.0.as_ref() else {
+        return Err(super::StorageError::Unavailable("no connection".into()));
+    };
+    match postgres::ingest_group(conn, requests).await {
+        Ok(outcomes) => {
+            guard.release();
+            Ok(outcomes)
+        }
+        Err(err) => {
+            let mut c: &diesel_async::AsyncPgConnection = conn;
+            if diesel_async::RunQueryDsl::execute(statements::Rollback, &mut c)
+                .await
+                .is_ok()
+            {
+                guard.release();
+            }
+            Err(err.into())
         }
     }
 }
@@ -241,24 +287,15 @@ mod sqlite {
 
     use super::statements::{AdvanceSourceClock, TouchDevice, WriteDevice};
     use super::{
-        Device, IncomingEvent, IngestRequest, InsertOutcome, SOURCE_CLOCK_RESOLUTION, UtcTime,
-        device_touches, devices, first_occurrences, new_events, outcomes, plan_devices, plan_sources,
-        stored_first, webhook_events, webhook_sources,
+        Device, IngestRequest, InsertOutcome, SOURCE_CLOCK_RESOLUTION, UtcTime, device_touches, devices,
+        first_occurrences, new_events, outcomes, plan_devices, plan_sources, stored_first, webhook_events,
+        webhook_sources,
     };
 
     pub(super) fn ingest_group(
         tx: &mut diesel::SqliteConnection,
-        owned: &[(i64, UtcTime, Vec<IncomingEvent>)],
+        requests: &[IngestRequest<'_>],
     ) -> QueryResult<Vec<InsertOutcome>> {
-        let requests: Vec<IngestRequest<'_>> = owned
-            .iter()
-            .map(|(source_id, received_at, events)| IngestRequest {
-                source_id: *source_id,
-                received_at: *received_at,
-                events,
-            })
-            .collect();
-        let requests = requests.as_slice();
         let touches = device_touches(requests);
         let firsts = first_occurrences(requests);
         let mut locked: HashMap<String, Device> = HashMap::with_capacity(touches.len());

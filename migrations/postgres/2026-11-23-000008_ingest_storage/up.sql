@@ -8,3 +8,8 @@ ALTER TABLE webhook_events ALTER COLUMN event_id TYPE TEXT COLLATE "C";
 -- Room on each page lets PostgreSQL put the new version beside the old one (a HOT update),
 -- with no new entry in any of the table's three indexes. Applies to pages written from now on.
 ALTER TABLE devices SET (fillfactor = 70);
+-- Events arrive in received_at order, so a BRIN index answers what the (source_id,
+-- received_at) B-tree did (events per source since a time, retention's delete) for a fraction
+-- of the insert cost: each event paid for four B-tree insertions, now three.
+DROP INDEX webhook_events_source_received_idx;
+CREATE INDEX webhook_events_received_brin ON webhook_events USING brin (received_at);
