@@ -17,6 +17,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use diesel::prelude::*;
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::Pool;
 
 mod statements;
 
@@ -38,9 +41,7 @@ pub struct IngestRequest<'a> {
     pub events: &'a [IncomingEvent],
 }
 
-type PooledPg = deadpool::managed::Object<
-    diesel_async::pooled_connection::AsyncDieselConnectionManager<diesel_async::AsyncPgConnection>,
->;
+type PooledPg = deadpool::managed::Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// A pooled connection that may have a transaction open: dropped unreleased, it is taken out
 /// of the pool and closed rather than handed to the next user mid-transaction.
@@ -82,7 +83,7 @@ pub async fn ingest(
 /// the new events. Returns one outcome per request, in order.
 pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
     match db {
-        Db::Postgres(_) => ingest_group_postgres(db, requests).await,
+        Db::Postgres(pool) => ingest_group_postgres(pool, requests).await,
         Db::Sqlite(_) => {
             let shared: Vec<SharedRequest> = requests
                 .iter()
@@ -109,9 +110,9 @@ pub struct SharedRequest {
 /// `ingest_group` for requests already shared.
 pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult<Vec<InsertOutcome>> {
     match db {
-        Db::Postgres(_) => {
+        Db::Postgres(pool) => {
             let borrowed: Vec<IngestRequest<'_>> = requests.iter().map(SharedRequest::as_request).collect();
-            ingest_group_postgres(db, &borrowed).await
+            ingest_group_postgres(pool, &borrowed).await
         }
         Db::Sqlite(pool) => {
             // The whole transaction in one blocking call: the async wrapper would hand each
@@ -146,12 +147,10 @@ impl SharedRequest {
     }
 }
 
-async fn ingest_group_postgres(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
-    let Db::Postgres(pool) = db else {
-        return Err(super::StorageError::Unavailable(
-            "not a PostgreSQL database".into(),
-        ));
-    };
+async fn ingest_group_postgres(
+    pool: &Pool<AsyncPgConnection>,
+    requests: &[IngestRequest<'_>],
+) -> StorageResult<Vec<InsertOutcome>> {
     let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
     let conn = pool.get().await?;
     drop(waited);
@@ -168,7 +167,7 @@ async fn ingest_group_postgres(db: &Db, requests: &[IngestRequest<'_>]) -> Stora
             Ok(outcomes)
         }
         Err(err) => {
-            let mut c: &diesel_async::AsyncPgConnection = conn;
+            let mut c: &AsyncPgConnection = conn;
             if diesel_async::RunQueryDsl::execute(statements::Rollback, &mut c)
                 .await
                 .is_ok()
@@ -215,23 +214,26 @@ mod postgres {
         let begin = Begin.execute(&mut c);
         let lock = async {
             let mut c = conn;
-            match touches.is_empty() {
-                true => Ok(0),
-                false => LockDevices::new(&touches).execute(&mut c).await,
+            if touches.is_empty() {
+                Ok(0)
+            } else {
+                LockDevices::new(&touches).execute(&mut c).await
             }
         };
         let read = async {
             let mut c = conn;
-            match touches.is_empty() {
-                true => Ok(Vec::new()),
-                false => ReadDevices::new(&touches).load::<Device>(&mut c).await,
+            if touches.is_empty() {
+                Ok(Vec::new())
+            } else {
+                ReadDevices::new(&touches).load::<Device>(&mut c).await
             }
         };
         let insert = async {
             let mut c = conn;
-            match new_events.is_empty() {
-                true => Ok(Vec::new()),
-                false => InsertEvents::new(&new_events).load::<(i64, String)>(&mut c).await,
+            if new_events.is_empty() {
+                Ok(Vec::new())
+            } else {
+                InsertEvents::new(&new_events).load::<(i64, String)>(&mut c).await
             }
         };
         let (_, _, rows, stored) = try_join4(begin, lock, read, insert).await?;
@@ -240,13 +242,14 @@ mod postgres {
         let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
         let outcomes = outcomes(requests, &is_new);
-        let changed = plan_devices(requests, &locked, &is_new);
+        let changed = plan_devices(requests, &touches, &locked, &is_new);
         let sources = plan_sources(requests, &is_new);
         let write = async {
             let mut c = conn;
-            match changed.is_empty() {
-                true => Ok(0),
-                false => WriteDevices::new(&changed).execute(&mut c).await,
+            if changed.is_empty() {
+                Ok(0)
+            } else {
+                WriteDevices::new(&changed).execute(&mut c).await
             }
         };
         let clocks = try_join_all(sources.iter().map(|(source_id, changes)| async move {
@@ -329,7 +332,7 @@ mod sqlite {
         let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
         let outcomes = outcomes(requests, &is_new);
-        for device in &plan_devices(requests, &locked, &is_new) {
+        for device in &plan_devices(requests, &touches, &locked, &is_new) {
             WriteDevice(device).execute(tx)?;
         }
         for (source_id, changes) in plan_sources(requests, &is_new) {
@@ -454,21 +457,17 @@ fn outcomes(requests: &[IngestRequest<'_>], is_new: &impl Fn(usize, usize) -> bo
 /// interval from the gaps). Devices left as they were are not returned.
 fn plan_devices(
     requests: &[IngestRequest<'_>],
+    touches: &[NewDevice<'_>],
     locked: &HashMap<String, Device>,
     is_new: &impl Fn(usize, usize) -> bool,
 ) -> Vec<Device> {
     let mut next: BTreeMap<&str, Device> = BTreeMap::new();
-    let mut touched_at: HashMap<&str, UtcTime> = HashMap::new();
     for (r, request) in requests.iter().enumerate() {
         for (i, event) in request.events.iter().enumerate() {
             let Some(incoming) = &event.device else { continue };
             let Some(row) = locked.get(&incoming.sn) else {
                 continue;
             };
-            let at = touched_at
-                .entry(incoming.sn.as_str())
-                .or_insert(request.received_at);
-            *at = (*at).max(request.received_at);
             let device = next.entry(incoming.sn.as_str()).or_insert_with(|| row.clone());
             let p = &incoming.profile;
             if p.source_id.is_some() {
@@ -513,8 +512,10 @@ fn plan_devices(
     next.into_values()
         .filter(|device| locked.get(&device.sn) != Some(device))
         .map(|mut device| {
-            if let Some(&at) = touched_at.get(device.sn.as_str()) {
-                device.updated_at = device.updated_at.max(at);
+            // Changed at the newest request that touched it (`device_touches` worked that out).
+            let touch = touches.binary_search_by(|t| t.sn.cmp(device.sn.as_str()));
+            if let Some(touch) = touch.ok().and_then(|i| touches.get(i)) {
+                device.updated_at = device.updated_at.max(touch.updated_at);
             }
             device
         })

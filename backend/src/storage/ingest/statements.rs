@@ -204,11 +204,11 @@ impl QueryFragment<Sqlite> for TouchDevice<'_> {
 }
 
 /// New events, one row per distinct (source, event id), each linked to its device by serial
-/// number in SQL (so the insert need not wait for the device ids: it runs after `LockDevices`
-/// in the same pipeline). The link is a subquery, one index probe an event: as a join the
-/// planner hashed the whole devices table for every group; returns the keys actually inserted (a key already stored is
-/// skipped). Rows go in the given order, the lock order. PostgreSQL only: SQLite's per-row
-/// insert is cached.
+/// number in SQL, so the insert need not wait for the device ids: it runs after `LockDevices`
+/// in the same pipeline. The link is a subquery, one index probe an event (as a join the
+/// planner hashed the whole devices table for every group). Returns the keys actually
+/// inserted (a key already stored is skipped). Rows go in the given order, the lock order.
+/// PostgreSQL only: SQLite's per-row insert is cached.
 pub(super) struct InsertEvents<'a> {
     source_id: Vec<i64>,
     event_id: Vec<&'a str>,
