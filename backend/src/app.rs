@@ -86,17 +86,17 @@ impl Default for Readiness {
 
 impl AppState {
     pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
-        let db = Db::open(&config.database, &config.pool)?;
-        let metrics = Metrics::new(db.backend_name())?;
+        let db = Db::open(&config.database_url, &config.database.pool())?;
+        let metrics = Metrics::new(&db)?;
         let intake = Arc::new(Intake::new(
-            config.milesight.timestamp_tolerance.as_secs() as i64,
+            config.milesight.timestamp_tolerance_secs.as_secs() as i64,
             &db,
-            config.pool.ingest_writers,
+            config.database.pool().ingest_writers,
             metrics.webhook_commit_requests.clone(),
         ));
         let http = reqwest::Client::builder()
-            .timeout(config.milesight.request_timeout)
-            .connect_timeout(config.milesight.request_timeout)
+            .timeout(config.milesight.request_timeout_secs)
+            .connect_timeout(config.milesight.request_timeout_secs)
             .user_agent(concat!("telltale/", env!("CARGO_PKG_VERSION")))
             .build()?;
         // One name for this process in every database lease (`pid-uuid`: the pid helps
@@ -115,7 +115,7 @@ impl AppState {
             instance,
             circuits: Arc::new(crate::providers::circuit::Circuits::new(
                 config.tokens.circuit_failures,
-                config.tokens.circuit_open,
+                config.tokens.circuit_open_secs,
                 metrics.upstream_circuit_open.clone(),
                 metrics.upstream_calls_refused.clone(),
             )),
@@ -146,17 +146,17 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
 /// shutdown begins. Until then `/readyz` answers 503 with the last reason. Returns whether
 /// the database is ready.
 async fn bring_up_database(state: &AppState) -> bool {
-    let max_delay = state.config.startup_retry_max_delay;
+    let max_delay = state.config.database.startup_retry_max_delay_secs;
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(max_delay)
         .with_jitter()
         .without_max_times();
-    let target = state.config.database.clone();
+    let target = state.config.database_url.clone();
     let result = (|| migrate::run(&target))
         .retry(backoff)
         .notify(|err, delay| {
-            let reason = format!("database unreachable or not migrated: {err:#}");
+            let reason = "database unreachable or not migrated; the cause is in the service log".to_owned();
             tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "database not ready; retrying");
             state.metrics.startup_db_failures.inc();
             state.metrics.ready.set(0);

@@ -244,14 +244,14 @@ fn load_crypto(config: &Config) -> anyhow::Result<Crypto> {
 /// secret key loaded and the schema migrated, as the service would have them.
 async fn one_shot_state(config: Config) -> anyhow::Result<AppState> {
     let crypto = load_crypto(&config)?;
-    migrate::run(&config.database).await?;
+    migrate::run(&config.database_url).await?;
     AppState::new(config, crypto)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let crypto = load_crypto(&config)?;
     // Before listening: a refused second server must not look alive to a load balancer.
-    let _serving = crate::storage::serve_lock::acquire(&config.database)?;
+    let _serving = crate::storage::serve_lock::acquire(&config.database_url)?;
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let state = AppState::new(config, crypto)?;
@@ -260,7 +260,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn run_migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
     if status_only {
-        let pending = migrate::pending(&config.database).await?;
+        let pending = migrate::pending(&config.database_url).await?;
         if pending.is_empty() {
             println!("schema up to date");
         } else {
@@ -271,7 +271,7 @@ async fn run_migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let applied = migrate::run(&config.database).await?;
+    let applied = migrate::run(&config.database_url).await?;
     if applied.is_empty() {
         println!("schema up to date; nothing to apply");
     } else {
@@ -282,8 +282,8 @@ async fn run_migrate(config: &Config, status_only: bool) -> anyhow::Result<()> {
 
 async fn rotate_key(config: Config) -> anyhow::Result<()> {
     let crypto = load_crypto(&config)?;
-    migrate::run(&config.database).await?;
-    let db = Db::open(&config.database, &config.pool)?;
+    migrate::run(&config.database_url).await?;
+    let db = Db::open(&config.database_url, &config.database.pool())?;
     let sources = webhooks::reencrypt_secrets(&db, &crypto).await?;
     let connection_values = connections::reencrypt_secrets(&db, &crypto).await?;
     println!(

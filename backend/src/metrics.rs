@@ -58,7 +58,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(backend: &str) -> anyhow::Result<Metrics> {
+    pub fn new(db: &crate::storage::Db) -> anyhow::Result<Metrics> {
+        let backend = db.backend_name();
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -243,9 +244,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(email_failures.clone()))?;
         let db_gauges = scrape::DbGauges::new(&registry)?;
-        if let Some(pool_wait) = crate::storage::POOL_WAIT.as_ref() {
-            registry.register(Box::new(pool_wait.clone()))?;
-        }
+        registry.register(Box::new(db.pool_wait().clone()))?;
 
         Ok(Metrics {
             emails_sent,

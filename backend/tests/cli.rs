@@ -149,23 +149,33 @@ fn gen_key_prints_a_key_the_service_accepts() {
     assert!(check.status.success(), "{}", stderr(&check));
 }
 
-/// Operators configure Telltale from the README's table: every key the service reads must be
-/// there, with its environment variable.
+/// Operators configure Telltale from the README's table, generated from the settings tables:
+/// a key added, renamed or re-defaulted without regenerating it fails here. Regenerate with
+/// `TELLTALE_UPDATE_README=1 cargo test -p telltale --test cli`.
 #[test]
-fn the_readme_documents_every_configuration_key() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let missing: Vec<String> = telltale::config::Config::documented_keys()
-        .into_iter()
-        .filter(|(file, env)| {
-            // A table row that names the key and its variable (file-only keys say so).
-            !readme
-                .lines()
-                .any(|l| l.starts_with('|') && l.contains(file) && (l.contains(env) || env.starts_with('(')))
-        })
-        .map(|(file, env)| format!("{file} ({env})"))
-        .collect();
+fn the_readme_configuration_table_is_generated_from_the_settings() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let (start, end) = (
+        "<!-- configuration table: generated -->\n",
+        "<!-- end of configuration table -->",
+    );
+    let from = readme
+        .find(start)
+        .expect("README lacks the configuration table's start marker")
+        + start.len();
+    let to = readme[from..]
+        .find(end)
+        .expect("README lacks the table's end marker")
+        + from;
+    let generated = telltale::config::Config::documentation_table();
+    if readme[from..to] != generated && std::env::var_os("TELLTALE_UPDATE_README").is_some() {
+        std::fs::write(path, format!("{}{generated}{}", &readme[..from], &readme[to..])).unwrap();
+        return;
+    }
     assert!(
-        missing.is_empty(),
-        "README configuration table lacks: {missing:?}"
+        readme[from..to] == generated,
+        "README's configuration table is stale; regenerate it with \
+         TELLTALE_UPDATE_README=1 cargo test -p telltale --test cli"
     );
 }

@@ -166,7 +166,7 @@ async fn pages_are_followed_stored_once_and_not_repeated_until_due(backend: Back
     let requests = api.received_requests().await.unwrap().len();
     // top_tracks (every 6 hours) is due too when the 16 minutes cross one of its hours.
     let at = later(16);
-    let top_tracks_due = telltale::polling::next_due("0 0 */6 * * *", state.config.scheduler_timezone, now())
+    let top_tracks_due = telltale::polling::next_due("0 0 */6 * * *", state.config.scheduler.timezone, now())
         .is_some_and(|due| due.0 <= at.0);
     let again = sweep(&state, Some("spotify"), at).await;
     assert_eq!(

@@ -4,7 +4,7 @@
 //!
 //! Grouping: when an alert email falls due, every other unsent alert email for the same
 //! recipients joins it, and they go out as one digest. Alert emails are queued
-//! `alerts.group_wait` ahead, so alerts changing within that window share one email.
+//! `alerts.group_wait_secs` ahead, so alerts changing within that window share one email.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,9 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::templates::{self, Part};
+use crate::alerts::settings::EmailConfig;
 use crate::app::AppState;
-use crate::config::{Config, EmailConfig};
+use crate::config::Config;
 use crate::scheduler::JobSpec;
 use crate::storage::outbox::{self, NewEmail, OutboxEmail};
 use crate::storage::{StorageResult, UtcTime, now};
@@ -65,7 +66,7 @@ impl Mailer {
                 }
                 let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     .map_err(|_| anyhow::anyhow!("email.smtp_url is not a usable SMTP URL"))?;
-                Some(builder.timeout(Some(config.timeout)).build())
+                Some(builder.timeout(Some(config.timeout_secs)).build())
             }
             None => None,
         };
@@ -148,7 +149,7 @@ async fn send_together(state: &AppState, emails: &[OutboxEmail]) -> StorageResul
         }
         Err(error) => {
             let attempts = emails.iter().map(|e| e.attempts).max().unwrap_or(0);
-            let delay = chrono::Duration::from_std(retry_delay(state.config.email.retry_base, attempts))
+            let delay = chrono::Duration::from_std(retry_delay(state.config.email.retry_base_secs, attempts))
                 .unwrap_or_default();
             outbox::mark_failed(&state.db, &ids, error, UtcTime::new(now().0 + delay)).await?;
             state.metrics.email_failures.inc();
@@ -264,7 +265,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     vec![JobSpec {
         name: OUTBOX_JOB,
         schedule: config.email.outbox_schedule.clone(),
-        timezone: config.scheduler_timezone,
+        timezone: config.scheduler.timezone,
         exclusive: false,
         run: Arc::new(|state| {
             Box::pin(async move {

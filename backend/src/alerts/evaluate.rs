@@ -12,8 +12,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::templates::{self, AlertView};
+use crate::alerts::settings::AlertsConfig;
 use crate::app::AppState;
-use crate::config::{AlertsConfig, Config};
+use crate::config::Config;
 use crate::milesight::token::is_milesight;
 use crate::scheduler::JobSpec;
 use crate::storage::alerts::{self as store, Alert, Email, Firing};
@@ -158,7 +159,7 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
             });
         } else if c.access_token.is_some()
             && let Some(expires) = c.expires_at
-            && expires.0 - chrono::Duration::from_std(config.runway).unwrap_or_default() <= at.0
+            && expires.0 - chrono::Duration::from_std(config.runway_secs).unwrap_or_default() <= at.0
         {
             let left = (expires.0 - at.0).num_seconds();
             firing.push(Firing {
@@ -306,7 +307,7 @@ pub fn email_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Email
         html,
         // Others changing within the wait join this one in a single email.
         due_at: UtcTime::new(
-            now().0 + chrono::Duration::from_std(config.alerts.group_wait).unwrap_or_default(),
+            now().0 + chrono::Duration::from_std(config.alerts.group_wait_secs).unwrap_or_default(),
         ),
     })
 }
@@ -406,7 +407,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     vec![JobSpec {
         name: EVALUATION_JOB,
         schedule: config.alerts.evaluation_schedule.clone(),
-        timezone: config.scheduler_timezone,
+        timezone: config.scheduler.timezone,
         exclusive: true,
         run: Arc::new(|state| {
             Box::pin(async move {

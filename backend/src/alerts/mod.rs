@@ -4,4 +4,5 @@
 
 pub mod email;
 pub mod evaluate;
+pub mod settings;
 pub mod templates;

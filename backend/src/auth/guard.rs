@@ -76,9 +76,10 @@ pub async fn guard(
     let staff = match authenticate(&state, cookie.as_deref(), bearer(&req).as_deref()).await {
         Ok(staff) => staff,
         Err(e) => {
+            tracing::warn!(error = %e, "cannot check the caller; answering 503");
             return Ok(refuse(
                 req,
-                ApiError::unavailable("database_unavailable", format!("cannot check the caller: {e}")),
+                ApiError::unavailable("database_unavailable", "cannot check the caller; retry later"),
             ));
         }
     };

@@ -6,6 +6,7 @@
 //! browser session they also need the session's CSRF token in `X-CSRF-Token`.
 
 pub mod guard;
+pub mod settings;
 
 use std::num::NonZeroU32;
 
@@ -288,7 +289,7 @@ pub async fn login(
     let token = new_token();
     let csrf = new_token();
     let at = now();
-    let lifetime = chrono::Duration::from_std(state.config.auth.session_lifetime).unwrap_or_default();
+    let lifetime = chrono::Duration::from_std(state.config.auth.session_hours).unwrap_or_default();
     let expires_at = UtcTime::new(at.0 + lifetime);
     staff::create_session(&state.db, user.id, &token_hash(&token), &csrf, at, expires_at).await?;
     staff::record_login(&state.db, user.id, at).await?;

@@ -24,10 +24,6 @@ pub enum MdpError {
 }
 
 impl MdpError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, MdpError::Transient { .. })
-    }
-
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             MdpError::Transient { retry_after, .. } => *retry_after,

@@ -17,14 +17,14 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         JobSpec {
             name: DEVICE_CHECK_JOB,
             schedule: config.milesight.device_check_schedule.clone(),
-            timezone: config.scheduler_timezone,
+            timezone: config.scheduler.timezone,
             exclusive: true,
             run: Arc::new(|state| Box::pin(check_devices(state))),
         },
         JobSpec {
             name: RETENTION_JOB,
             schedule: config.milesight.retention_schedule.clone(),
-            timezone: config.scheduler_timezone,
+            timezone: config.scheduler.timezone,
             exclusive: true,
             run: Arc::new(|state| Box::pin(apply_retention(state))),
         },
@@ -37,7 +37,7 @@ pub async fn check_devices(state: AppState) -> anyhow::Result<String> {
     let went_offline = devices::mark_silent_offline(
         &state.db,
         now(),
-        config.device_interval.as_secs() as i64,
+        config.device_interval_secs.as_secs() as i64,
         i64::from(config.offline_factor),
     )
     .await?;

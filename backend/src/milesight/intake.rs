@@ -159,7 +159,7 @@ impl Intake {
             (None, Some(path)) => path.to_owned(),
         };
         let received = now();
-        let tolerance = config.timestamp_tolerance.as_secs() as i64;
+        let tolerance = config.timestamp_tolerance_secs.as_secs() as i64;
         if let Err(r) = webhook::check_freshness(timestamp, received.0, tolerance) {
             return reject(r);
         }
@@ -365,7 +365,7 @@ pub async fn sync_configured_sources(state: &AppState) {
 fn source_timing(state: &AppState) -> SourceTiming {
     let config = &state.config.milesight;
     SourceTiming {
-        period_secs: config.source_period.as_secs() as i64,
-        grace_secs: config.source_grace.as_secs() as i64,
+        period_secs: config.source_period_secs.as_secs() as i64,
+        grace_secs: config.source_grace_secs.as_secs() as i64,
     }
 }

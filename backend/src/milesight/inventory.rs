@@ -18,13 +18,13 @@ pub const INVENTORY_JOB: &str = "milesight-inventory";
 const MAX_PAGES: i64 = 10_000;
 
 pub fn job_specs(config: &Config) -> Vec<JobSpec> {
-    if config.milesight.api.is_none() {
+    if config.milesight.api().is_none() {
         return Vec::new();
     }
     vec![JobSpec {
         name: INVENTORY_JOB,
         schedule: config.milesight.inventory_schedule.clone(),
-        timezone: config.scheduler_timezone,
+        timezone: config.scheduler.timezone,
         exclusive: true,
         run: Arc::new(|state| Box::pin(async move { sync(&state).await })),
     }]
@@ -64,7 +64,7 @@ fn to_update(device: &MdpDevice) -> (DeviceProfile, InventoryState) {
 /// One sync: every page, each device applied; stops early (successfully) when the daily
 /// request budget is spent.
 pub async fn sync(state: &AppState) -> anyhow::Result<String> {
-    let Some(api) = &state.config.milesight.api else {
+    let Some(api) = state.config.milesight.api() else {
         return Ok("OpenAPI not configured".into());
     };
     let config = &state.config.milesight;

@@ -132,12 +132,7 @@ impl TokenKeeper {
 
     /// The Milesight connection, created on first use and kept in step with the config.
     pub async fn connection(&self, state: &AppState) -> Result<Connection, TokenError> {
-        let api = state
-            .config
-            .milesight
-            .api
-            .as_ref()
-            .ok_or(TokenError::NotConfigured)?;
+        let api = state.config.milesight.api().ok_or(TokenError::NotConfigured)?;
         // The first caller syncs while the others wait for it, then they all just read.
         let mut synced = self.synced_id.lock().await;
         if let Some(id) = *synced {
@@ -149,7 +144,7 @@ impl TokenKeeper {
                 Err(e) => return Err(e.into()),
             }
         }
-        let connection = ensure_connection(state, api).await?;
+        let connection = ensure_connection(state, &api).await?;
         *synced = Some(connection.id);
         Ok(connection)
     }
@@ -157,7 +152,7 @@ impl TokenKeeper {
     /// A usable token: the cached one, or, when it is within the lead time, a fresh one (the
     /// engine's per-connection lock and claim make one upstream request for all callers).
     pub async fn token(&self, state: &AppState) -> Result<String, TokenError> {
-        if let Some(token) = self.cached_fresh(now(), state.config.milesight.token_lead) {
+        if let Some(token) = self.cached_fresh(now(), state.config.milesight.token_lead_secs) {
             return Ok(token);
         }
         let (_, id) = self.refresh_due(state, Trigger::OnDemand, now()).await?;
@@ -228,7 +223,7 @@ impl TokenKeeper {
     }
 
     pub async fn status(&self, state: &AppState, at: UtcTime) -> Result<TokenStatus, TokenError> {
-        let Some(api) = &state.config.milesight.api else {
+        let Some(api) = state.config.milesight.api() else {
             return Ok(TokenStatus {
                 status: "missing",
                 configured: false,
@@ -243,8 +238,8 @@ impl TokenKeeper {
                 token_fingerprint: None,
             });
         };
-        let c = ensure_connection(state, api).await?;
-        let status = match crate::tokens::token_status(&c, state.config.milesight.token_lead, at) {
+        let c = ensure_connection(state, &api).await?;
+        let status = match crate::tokens::token_status(&c, state.config.milesight.token_lead_secs, at) {
             "needs_reauth" => "invalid_credentials",
             "active" => "valid",
             other => other,
@@ -284,7 +279,7 @@ async fn ensure_connection(state: &AppState, api: &MilesightApi) -> Result<Conne
     let settings = serde_json::json!({
         "preset": MILESIGHT_PRESET,
         "client_id": api.client_id,
-        "lead_secs": config.token_lead.as_secs(),
+        "lead_secs": config.token_lead_secs.as_secs(),
         "max_attempts": config.token_max_attempts,
         "quota_key": PROVIDER,
     });
@@ -323,7 +318,7 @@ pub fn note_outcome(connection: &Connection, outcome: &str) {
 /// At start-up, before the engine's start-up sweep: bring the connection in step with the
 /// config and load the stored token (so a restart does not fetch a new one).
 pub async fn start_up(state: &AppState) {
-    if state.config.milesight.api.is_none() {
+    if state.config.milesight.api().is_none() {
         return;
     }
     let keeper = &state.milesight_token;

@@ -210,7 +210,7 @@ impl Session<'_> {
     async fn get(&mut self, url: &url::Url) -> Result<Page, Failure> {
         loop {
             let config = &self.state.config.polling;
-            let max_wait = config.max_retry_wait;
+            let max_wait = config.max_retry_wait_secs;
             let backoff = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
                 .with_max_delay(Duration::from_secs(10))
@@ -287,7 +287,7 @@ impl Session<'_> {
 
     async fn attempt(&self, url: &url::Url) -> Result<Page, Attempt> {
         let platform = self.endpoint.platform;
-        let max_wait = self.state.config.polling.max_retry_wait;
+        let max_wait = self.state.config.polling.max_retry_wait_secs;
         if let Err(left) = self.engine.wait_turn(platform, max_wait).await {
             return Err(Attempt::Permanent {
                 message: format!("{platform} is paused for {}s after a 429", left.as_secs()),

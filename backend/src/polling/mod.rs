@@ -6,6 +6,7 @@
 
 pub mod catalogue;
 mod fetch;
+pub mod settings;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -19,7 +20,8 @@ use sha2::Digest;
 use self::catalogue::Endpoint;
 use self::fetch::Failure;
 use crate::app::AppState;
-use crate::config::{Config, PollingConfig};
+use crate::config::Config;
+use crate::polling::settings::PollingConfig;
 use crate::scheduler::JobSpec;
 use crate::storage::connections::{self, Connection};
 use crate::storage::polling::{self as store, Finished, PollState};
@@ -278,7 +280,7 @@ impl PollEngine {
         let connection = &connection;
         let slots = self.slots_for(endpoint.platform);
         let _slot = slots.acquire().await;
-        let lease = chrono::Duration::from_std(state.config.polling.lease).unwrap_or_default();
+        let lease = chrono::Duration::from_std(state.config.polling.lease_secs).unwrap_or_default();
         let claimed = match store::claim(
             &state.db,
             state_id,
@@ -307,7 +309,7 @@ impl PollEngine {
         let took = clock.elapsed();
         let finished_at = now();
         let schedule = schedule_for(&state.config, endpoint, claimed.schedule.as_deref());
-        let next_due_at = next_due(&schedule, state.config.scheduler_timezone, finished_at);
+        let next_due_at = next_due(&schedule, state.config.scheduler.timezone, finished_at);
         let mut finished = Finished {
             state_id,
             last_content_hash: claimed.last_content_hash.clone(),
@@ -451,7 +453,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         JobSpec {
             name: SWEEP_JOB,
             schedule: config.polling.sweep_schedule.clone(),
-            timezone: config.scheduler_timezone,
+            timezone: config.scheduler.timezone,
             exclusive: false,
             run: Arc::new(|state| {
                 Box::pin(async move {
@@ -470,7 +472,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         JobSpec {
             name: RETENTION_JOB,
             schedule: config.polling.retention_schedule.clone(),
-            timezone: config.scheduler_timezone,
+            timezone: config.scheduler.timezone,
             exclusive: true,
             run: Arc::new(|state| {
                 Box::pin(async move {

@@ -6,6 +6,8 @@
 //! skipped rather than stacked. tokio-cron-scheduler fixes a job's UTC offset when the job is
 //! created, so a watcher re-creates jobs whose time zone changed offset (daylight saving).
 
+pub mod settings;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;

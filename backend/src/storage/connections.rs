@@ -73,7 +73,8 @@ pub struct Connection {
 }
 
 /// A connection to create, with its secrets in plaintext (sealed before they are written).
-#[derive(Debug, Clone, Default)]
+/// Holds plaintext secrets until they are sealed: `Debug` shows only whether each is set.
+#[derive(Clone, Default)]
 pub struct NewConnection {
     pub account_id: i64,
     pub provider: String,
@@ -86,6 +87,42 @@ pub struct NewConnection {
     pub refresh_token: Option<String>,
     pub expires_at: Option<UtcTime>,
     pub refresh_expires_at: Option<UtcTime>,
+}
+
+/// `Some("********")` for a set secret, `None` for an unset one.
+fn masked(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "********")
+}
+
+impl std::fmt::Debug for NewConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewConnection")
+            .field("account_id", &self.account_id)
+            .field("provider", &self.provider)
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("settings", &self.settings)
+            .field("credentials", &masked(&self.credentials))
+            .field("access_token", &masked(&self.access_token))
+            .field("refresh_token", &masked(&self.refresh_token))
+            .field("expires_at", &self.expires_at)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ConnectionUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionUpdate")
+            .field("base_url", &self.base_url)
+            .field("settings", &self.settings)
+            .field("credentials", &masked(&self.credentials))
+            .field("access_token", &masked(&self.access_token))
+            .field("refresh_token", &masked(&self.refresh_token))
+            .field("expires_at", &self.expires_at)
+            .field("disabled", &self.disabled)
+            .finish()
+    }
 }
 
 /// The decrypted secrets of one connection.
@@ -349,18 +386,6 @@ pub async fn record_refresh_failure(
     })
 }
 
-/// Stores the connection's credentials (sealed), e.g. a client id and secret as JSON.
-pub async fn set_credentials(db: &Db, crypto: &Crypto, id: i64, credentials: &str) -> StorageResult<()> {
-    let sealed = crypto.encrypt_str(CREDENTIALS_COLUMN, credentials);
-    db_run!(db, |conn| {
-        diesel::update(connections::table.find(id))
-            .set(connections::credentials.eq(Some(sealed)))
-            .execute(conn)
-            .await?;
-        Ok(())
-    })
-}
-
 /// Connections a refresh sweep should look at: not disabled, not waiting for re-authorisation,
 /// holding a token or a refresh token, optionally of one provider or one id. Whether each is
 /// due is decided by the caller (leads differ by provider).
@@ -505,7 +530,8 @@ pub async fn upsert_derived_token(
 
 /// Changes to a connection; `None` leaves a field as it is. Secrets are given in plaintext
 /// and sealed here.
-#[derive(Debug, Clone, Default)]
+/// Holds plaintext secrets until they are sealed: `Debug` shows only whether each is set.
+#[derive(Clone, Default)]
 pub struct ConnectionUpdate {
     pub base_url: Option<Option<String>>,
     pub settings: Option<serde_json::Value>,
@@ -588,4 +614,29 @@ pub async fn update_connection(
             .get_result(conn)
             .await?)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_secrets_never_print() {
+        let new = NewConnection {
+            credentials: Some("CANARY-credentials".into()),
+            access_token: Some("CANARY-access".into()),
+            refresh_token: Some("CANARY-refresh".into()),
+            ..NewConnection::default()
+        };
+        let update = ConnectionUpdate {
+            credentials: new.credentials.clone(),
+            access_token: new.access_token.clone(),
+            refresh_token: new.refresh_token.clone(),
+            ..ConnectionUpdate::default()
+        };
+        for shown in [format!("{new:?}"), format!("{update:?}")] {
+            assert!(!shown.contains("CANARY"), "{shown}");
+            assert!(shown.contains("access_token: Some(\"********\")"), "{shown}");
+        }
+    }
 }

@@ -16,6 +16,7 @@ pub mod polling;
 pub mod refresh_log;
 pub mod schema;
 pub mod serve_lock;
+pub mod settings;
 pub mod staff;
 pub mod usage;
 pub mod webhooks;
@@ -32,19 +33,6 @@ pub use error::{StorageError, StorageResult};
 pub use fields::{UtcTime, now};
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
-
-/// Time spent waiting for a pooled connection. Process-wide because every query goes through
-/// `db_run!`, which has no handle on `Metrics`; `Metrics::new` registers it.
-pub static POOL_WAIT: std::sync::LazyLock<Option<prometheus::Histogram>> = std::sync::LazyLock::new(|| {
-    prometheus::Histogram::with_opts(
-        prometheus::HistogramOpts::new(
-            "telltale_db_pool_wait_seconds",
-            "Time spent waiting for a database connection from the pool",
-        )
-        .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-    )
-    .ok()
-});
 
 /// Which database a `DATABASE_URL` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +91,15 @@ impl Default for PoolSettings {
 /// A handle to the database, cheap to clone. Building it does not connect: connections open
 /// on first use, so the service can start (and report why it is not ready) while the database is down.
 #[derive(Clone)]
-pub enum Db {
+pub struct Db {
+    pub(crate) pools: Pools,
+    /// Time spent waiting for a pooled connection; `Metrics` registers it.
+    pub(crate) pool_wait: prometheus::Histogram,
+}
+
+/// The pool of whichever backend the URL named.
+#[derive(Clone)]
+pub enum Pools {
     Postgres(Pool<AsyncPgConnection>),
     Sqlite(Pool<SqliteConn>),
 }
@@ -112,24 +108,25 @@ pub enum Db {
 /// The body is compiled once per backend, so it must be valid diesel for both.
 #[macro_export]
 macro_rules! db_run {
-    ($db:expr, |$conn:ident| $body:expr) => {
-        match $db {
-            $crate::storage::Db::Postgres(pool) => {
-                let waited = $crate::storage::POOL_WAIT.as_ref().map(|h| h.start_timer());
+    ($db:expr, |$conn:ident| $body:expr) => {{
+        let db: &$crate::storage::Db = &$db;
+        match db.pools() {
+            $crate::storage::Pools::Postgres(pool) => {
+                let waited = db.pool_wait().start_timer();
                 let mut pooled = pool.get().await.map_err($crate::storage::StorageError::from)?;
                 drop(waited);
                 let $conn = &mut *pooled;
                 $body
             }
-            $crate::storage::Db::Sqlite(pool) => {
-                let waited = $crate::storage::POOL_WAIT.as_ref().map(|h| h.start_timer());
+            $crate::storage::Pools::Sqlite(pool) => {
+                let waited = db.pool_wait().start_timer();
                 let mut pooled = pool.get().await.map_err($crate::storage::StorageError::from)?;
                 drop(waited);
                 let $conn = &mut *pooled;
                 $body
             }
         }
-    };
+    }};
 }
 
 impl Db {
@@ -138,7 +135,14 @@ impl Db {
     pub fn open(target: &DatabaseTarget, settings: &PoolSettings) -> anyhow::Result<Db> {
         let main_runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow::anyhow!("Db::open must run inside a tokio runtime"))?;
-        match target {
+        let pool_wait = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "telltale_db_pool_wait_seconds",
+                "Time spent waiting for a database connection from the pool",
+            )
+            .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )?;
+        let pools = match target {
             DatabaseTarget::Postgres(url) => {
                 let mut config = ManagerConfig::<AsyncPgConnection>::default();
                 // The default check runs `SELECT 1` at every checkout: a round trip per
@@ -153,7 +157,7 @@ impl Db {
                 let manager =
                     AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url.clone(), config);
                 let pool = with_limits(Pool::builder(manager), settings).build()?;
-                Ok(Db::Postgres(pool))
+                Pools::Postgres(pool)
             }
             DatabaseTarget::Sqlite(path) => {
                 if let Some(parent) = std::path::Path::new(path).parent()
@@ -190,15 +194,26 @@ impl Db {
                 let manager =
                     AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path.clone(), config);
                 let pool = with_limits(Pool::builder(manager), settings).build()?;
-                Ok(Db::Sqlite(pool))
+                Pools::Sqlite(pool)
             }
-        }
+        };
+        Ok(Db { pools, pool_wait })
+    }
+
+    /// The backend's pool (for `db_run!` and the few statements whose SQL differs by backend).
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// The pool-wait histogram, for the metrics registry.
+    pub fn pool_wait(&self) -> &prometheus::Histogram {
+        &self.pool_wait
     }
 
     pub fn backend_name(&self) -> &'static str {
-        match self {
-            Db::Postgres(_) => "postgres",
-            Db::Sqlite(_) => "sqlite",
+        match self.pools {
+            Pools::Postgres(_) => "postgres",
+            Pools::Sqlite(_) => "sqlite",
         }
     }
 
@@ -212,17 +227,17 @@ impl Db {
 
     /// Connections currently open and in use, for the pool gauges.
     pub fn pool_status(&self) -> deadpool::Status {
-        match self {
-            Db::Postgres(pool) => pool.status(),
-            Db::Sqlite(pool) => pool.status(),
+        match &self.pools {
+            Pools::Postgres(pool) => pool.status(),
+            Pools::Sqlite(pool) => pool.status(),
         }
     }
 
     /// Refuses new checkouts and drops idle connections; used on shutdown.
     pub fn close(&self) {
-        match self {
-            Db::Postgres(pool) => pool.close(),
-            Db::Sqlite(pool) => pool.close(),
+        match &self.pools {
+            Pools::Postgres(pool) => pool.close(),
+            Pools::Sqlite(pool) => pool.close(),
         }
     }
 }

@@ -379,11 +379,13 @@ pub async fn runs(db: &Db, connection_id: i64, endpoint: &str, limit: i64) -> St
 /// platform fails); and poll runs before `cutoff`. Returns (payloads, runs) deleted.
 pub async fn prune(db: &Db, cutoff: UtcTime, keep: Option<u32>) -> StorageResult<(usize, usize)> {
     const NEWEST: &str = "SELECT MAX(id) FROM platform_data GROUP BY connection_id, endpoint";
-    let by_age = match db {
-        Db::Postgres(_) => {
+    let by_age = match &db.pools {
+        super::Pools::Postgres(_) => {
             format!("DELETE FROM platform_data WHERE fetched_at < $1 AND id NOT IN ({NEWEST})")
         }
-        Db::Sqlite(_) => format!("DELETE FROM platform_data WHERE fetched_at < ? AND id NOT IN ({NEWEST})"),
+        super::Pools::Sqlite(_) => {
+            format!("DELETE FROM platform_data WHERE fetched_at < ? AND id NOT IN ({NEWEST})")
+        }
     };
     let by_count = keep.map(|n| {
         format!(

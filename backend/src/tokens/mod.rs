@@ -7,6 +7,7 @@
 //! `RefreshEngine` so they behave the same.
 
 pub mod manage;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -108,7 +109,7 @@ impl RefreshEngine {
         request: &SweepRequest,
         at: UtcTime,
     ) -> StorageResult<SweepReport> {
-        let idle = state.config.tokens.idle_refresh;
+        let idle = state.config.tokens.idle_refresh_days;
         let candidates =
             connections::refresh_candidates(&state.db, request.provider.as_deref(), request.connection_id)
                 .await?;
@@ -227,8 +228,9 @@ impl RefreshEngine {
         due_at: Option<UtcTime>,
         asked_at: UtcTime,
     ) -> StorageResult<ConnectionResult> {
-        let until =
-            UtcTime::new(now().0 + chrono::Duration::from_std(state.config.tokens.lease).unwrap_or_default());
+        let until = UtcTime::new(
+            now().0 + chrono::Duration::from_std(state.config.tokens.lease_secs).unwrap_or_default(),
+        );
         let Some(connection) = connections::claim(&state.db, id, &self.instance, now(), until).await? else {
             let c = connections::get_connection(&state.db, id).await?;
             return Ok(result_of(
@@ -263,7 +265,7 @@ impl RefreshEngine {
         // Judge the row as it is now: another process may have refreshed it since the sweep
         // listed it, or a concurrent refresh in this one finished while we waited.
         match due_at {
-            Some(at) if !is_due(connection, provider, at, state.config.tokens.idle_refresh) => {
+            Some(at) if !is_due(connection, provider, at, state.config.tokens.idle_refresh_days) => {
                 return Ok(result_of(connection, "skipped", Some("already fresh".into())));
             }
             None if connection.last_refresh_success_at.is_some_and(|t| t >= asked_at) => {
@@ -468,7 +470,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     vec![JobSpec {
         name: SWEEP_JOB,
         schedule: config.tokens.sweep_schedule.clone(),
-        timezone: config.scheduler_timezone,
+        timezone: config.scheduler.timezone,
         exclusive: false,
         run: Arc::new(|state| {
             Box::pin(async move {

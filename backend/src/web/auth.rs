@@ -63,7 +63,7 @@ fn session_cookie(state: &AppState, value: String, max_age: time::Duration) -> C
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(state.config.auth.secure_cookies)
+        .secure(state.config.auth.secure_cookies())
         .max_age(max_age)
         .finish()
 }
@@ -121,7 +121,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
     let client = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
     match auth::login(&state, &credentials.email, &credentials.password, &client).await {
         Ok(session) => {
-            let lifetime = time::Duration::seconds(state.config.auth.session_lifetime.as_secs() as i64);
+            let lifetime = time::Duration::seconds(state.config.auth.session_hours.as_secs() as i64);
             let cookie = session_cookie(&state, session.token, lifetime);
             if is_json {
                 HttpResponse::Ok().cookie(cookie).json(json!({

@@ -6,6 +6,9 @@ use serde_json::json;
 use super::ApiError;
 use crate::app::{AppState, ReadyState};
 
+/// What anonymous callers are told; the cause goes to the log.
+pub const DATABASE_UNREACHABLE: &str = "database unreachable; the cause is in the service log";
+
 /// The process is alive and serving HTTP; says nothing about the database.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
@@ -24,10 +27,11 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         }
         Err(err) => {
             state.metrics.ready.set(0);
+            // The cause (host names, driver text) is for operators, in the log only.
             tracing::warn!(error = %err, "readiness check failed");
             Err(ApiError::unavailable(
                 "database_unavailable",
-                format!("database unreachable: {err}"),
+                DATABASE_UNREACHABLE,
             ))
         }
     }

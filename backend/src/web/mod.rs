@@ -85,7 +85,7 @@ fn security_headers() -> actix_web::middleware::DefaultHeaders {
 }
 
 pub fn http_server(state: AppState, listener: std::net::TcpListener) -> anyhow::Result<Server> {
-    let shutdown_timeout = state.config.shutdown_timeout.as_secs();
+    let shutdown_timeout = state.config.shutdown_timeout_secs.as_secs();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))

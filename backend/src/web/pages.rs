@@ -97,7 +97,10 @@ pub fn login_page(next: &str, email: &str, error: Option<&str>) -> String {
     PAGES
         .get_template("login.html")
         .and_then(|t| t.render(context! { next, email, error }))
-        .unwrap_or_else(|e| format!("cannot render the sign-in page: {e}"))
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot render the sign-in page");
+            "cannot render the sign-in page; the cause is in the service log".to_owned()
+        })
 }
 
 fn count_by<'a>(items: impl Iterator<Item = &'a str>) -> HashMap<String, i64> {

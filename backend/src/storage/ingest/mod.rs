@@ -26,7 +26,7 @@ mod statements;
 use super::devices::{Device, NewDevice, learn_interval};
 use super::schema::{devices, webhook_events, webhook_sources};
 use super::webhooks::{IncomingEvent, InsertOutcome, SourceEffect};
-use super::{Db, StorageResult, UtcTime};
+use super::{Db, Pools, StorageResult, UtcTime};
 
 /// How far a source's `last_event_at` may lag its newest event. Every group from one source
 /// would otherwise update the same row and wait for the previous group's commit to do it;
@@ -82,9 +82,9 @@ pub async fn ingest(
 /// before, is counted as a duplicate), each device's state and each source's health following
 /// the new events. Returns one outcome per request, in order.
 pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
-    match db {
-        Db::Postgres(pool) => ingest_group_postgres(pool, requests).await,
-        Db::Sqlite(_) => {
+    match &db.pools {
+        Pools::Postgres(pool) => ingest_group_postgres(db, pool, requests).await,
+        Pools::Sqlite(_) => {
             let shared: Vec<SharedRequest> = requests
                 .iter()
                 .map(|r| SharedRequest {
@@ -109,16 +109,16 @@ pub struct SharedRequest {
 
 /// `ingest_group` for requests already shared.
 pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult<Vec<InsertOutcome>> {
-    match db {
-        Db::Postgres(pool) => {
+    match &db.pools {
+        Pools::Postgres(pool) => {
             let borrowed: Vec<IngestRequest<'_>> = requests.iter().map(SharedRequest::as_request).collect();
-            ingest_group_postgres(pool, &borrowed).await
+            ingest_group_postgres(db, pool, &borrowed).await
         }
-        Db::Sqlite(pool) => {
+        Pools::Sqlite(pool) => {
             // The whole transaction in one blocking call: the async wrapper would hand each
             // statement to the blocking pool separately, two thread switches a statement.
             let owned = requests.to_vec();
-            let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
+            let waited = db.pool_wait.start_timer();
             let mut conn = pool.get().await?;
             drop(waited);
             Ok(conn
@@ -148,10 +148,11 @@ impl SharedRequest {
 }
 
 async fn ingest_group_postgres(
+    db: &Db,
     pool: &Pool<AsyncPgConnection>,
     requests: &[IngestRequest<'_>],
 ) -> StorageResult<Vec<InsertOutcome>> {
-    let waited = super::POOL_WAIT.as_ref().map(|h| h.start_timer());
+    let waited = db.pool_wait.start_timer();
     let conn = pool.get().await?;
     drop(waited);
     // Until the group has committed or rolled back, the connection must not go back to the

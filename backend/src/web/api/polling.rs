@@ -40,7 +40,7 @@ pub async fn list_data(state: &AppState) -> Result<serde_json::Value, ApiError> 
         let schedule = schedule_for(&state.config, endpoint, pair.schedule.as_deref());
         let next = match pair.next_due_at {
             Some(due) if pair.enabled => Some(due),
-            None if pair.enabled => next_due(&schedule, state.config.scheduler_timezone, at),
+            None if pair.enabled => next_due(&schedule, state.config.scheduler.timezone, at),
             _ => None,
         };
         items.push(json!({

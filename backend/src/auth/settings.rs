@@ -1,0 +1,58 @@
+//! The `[auth]` settings: the first admin, sessions, and who may read `/metrics`.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::config::ConfigError;
+use crate::config::setting::{count, derived_flag, hours, optional_text, secret, settings};
+
+settings! {
+    /// Staff sign-in, sessions and API tokens.
+    pub struct AuthConfig in "auth" {
+        /// The first admin's email, created at start-up while there are no users.
+        admin_email: Option<String> = optional_text().check("an email address", |email| match email {
+            Some(email) => super::check_email(email),
+            None => Ok(()),
+        }), env "TELLTALE_ADMIN_EMAIL";
+        /// The first admin's password (with `admin_email`).
+        admin_password: Option<SecretString> = secret(super::MIN_PASSWORD), env "TELLTALE_ADMIN_PASSWORD";
+        /// An API token for automation, granted to that admin at start-up.
+        api_token: Option<SecretString> = secret(24), env "TELLTALE_API_TOKEN";
+        /// How long a sign-in lasts.
+        session_hours: Duration = hours(12, 1..=24 * 90), env "TELLTALE_SESSION_HOURS";
+        /// Mark the session cookie `Secure` (set it behind a TLS-terminating proxy).
+        secure_cookies: Option<bool> = derived_flag("`true` when `alerts.public_url` is https"), env "TELLTALE_SECURE_COOKIES";
+        /// When set, `/metrics` needs `Authorization: Bearer <this>`.
+        metrics_token: Option<SecretString> = secret(16), env "TELLTALE_METRICS_TOKEN";
+        /// Failed sign-ins allowed per minute for one email address and for one client address.
+        login_attempts_per_minute: u32 = count(5, 1..=1000), env "TELLTALE_LOGIN_ATTEMPTS_PER_MINUTE";
+    }
+}
+
+impl AuthConfig {
+    /// The first admin needs both halves; the API token acts as that admin. Cookies are
+    /// `Secure` by default when the public URL is https.
+    pub fn validate(&mut self, public_url: &str) -> Result<(), ConfigError> {
+        if self.admin_email.is_some() != self.admin_password.is_some() {
+            return Err(Self::key_error(
+                "admin_email",
+                "give both the first admin's email and password, or neither",
+            ));
+        }
+        if self.api_token.is_some() && self.admin_email.is_none() {
+            return Err(Self::key_error(
+                "api_token",
+                "needs auth.admin_email (TELLTALE_ADMIN_EMAIL): the token acts as that admin",
+            ));
+        }
+        self.secure_cookies
+            .get_or_insert_with(|| public_url.starts_with("https://"));
+        Ok(())
+    }
+
+    /// Whether the session cookie is marked `Secure`.
+    pub fn secure_cookies(&self) -> bool {
+        self.secure_cookies.unwrap_or(false)
+    }
+}

@@ -1,0 +1,28 @@
+//! The `[tokens]` settings: the refresh engine for connected platforms.
+
+use std::time::Duration;
+
+use crate::config::setting::{count, days, secs, settings};
+use crate::scheduler::settings::schedule;
+
+settings! {
+    /// The refresh engine for connected platforms.
+    pub struct TokensConfig in "tokens" {
+        /// When the refresh sweep runs.
+        sweep_schedule: String = schedule("0 * * * * *"), env "TELLTALE_TOKEN_SWEEP_SCHEDULE";
+        /// Refreshes in flight at once per sweep.
+        concurrency: usize = count(8, 1..=1000), env "TELLTALE_TOKEN_CONCURRENCY";
+        /// Upstream attempts per refresh (transient failures retried with backoff).
+        max_attempts: u32 = count(3, 1..=20), env "TELLTALE_TOKEN_MAX_ATTEMPTS";
+        /// How long a claimed connection stays reserved for the claiming process.
+        lease_secs: Duration = secs(120, 1..=3600), env "TELLTALE_TOKEN_LEASE_SECS";
+        /// Refresh a token not refreshed for this long even if it is not near expiry, so idle
+        /// grants are not revoked.
+        idle_refresh_days: Duration = days(7, 1..=365), env "TELLTALE_TOKEN_IDLE_REFRESH_DAYS";
+        /// Transient failures in a row from one upstream (provider kind and host) that open its
+        /// circuit: refreshes against it are then refused locally until it closes.
+        circuit_failures: u32 = count(5, 1..=1000), env "TELLTALE_TOKEN_CIRCUIT_FAILURES";
+        /// How long an opened circuit pauses calls; doubles each time it re-opens, up to 10×.
+        circuit_open_secs: Duration = secs(30, 1..=3600), env "TELLTALE_TOKEN_CIRCUIT_OPEN_SECS";
+    }
+}
