@@ -202,6 +202,12 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// A `telltale::storage::Db` on this database as it is (not migrated).
+    pub async fn open(&self) -> telltale::storage::Db {
+        let target = telltale::storage::DatabaseTarget::parse(&self.url).unwrap_or_else(|e| panic!("{e}"));
+        telltale::storage::Db::open(&target, &Default::default()).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// A `telltale::storage::Db` on this database, migrated.
     pub async fn open_migrated(&self) -> telltale::storage::Db {
         let target = telltale::storage::DatabaseTarget::parse(&self.url).unwrap_or_else(|e| panic!("{e}"));

@@ -2,6 +2,7 @@
 //! no combination is a 5xx. Callers: anonymous, a viewer's session, an admin's session, the
 //! configured API token, the cron secret, the metrics token, and a wrong bearer secret.
 //! Path ids name nothing that exists, so no request changes anything a later one relies on.
+//! The matrix must cover every route the service declares (`telltale::web::all_routes`).
 
 use std::time::Duration;
 
@@ -114,6 +115,8 @@ fn routes() -> Vec<(Method, &'static str, Access)> {
         (get.clone(), "/static/..%2F..%2F..%2Fetc%2Fpasswd", Public),
         (get.clone(), "/static/%2e%2e/%2e%2e/Cargo.toml", Public),
         (get.clone(), "/webhooks/milesight", Public),
+        (get.clone(), "/webhooks/milesight/site-a", Public),
+        (head.clone(), "/webhooks/milesight", Public),
         (head.clone(), "/webhooks/milesight/site-a", Public),
         (post.clone(), "/webhooks/milesight", Webhook),
         (post.clone(), "/webhooks/milesight/site-a", Webhook),
@@ -171,6 +174,73 @@ fn routes() -> Vec<(Method, &'static str, Access)> {
         (get.clone(), "/api/cron/platform-polling", Cron),
         (post, "/api/cron/platform-polling", Cron),
     ]
+}
+
+/// Routes left out of the matrix, each with the test that covers it instead.
+const EXERCISED_ELSEWHERE: &[(&str, &str, &str)] = &[
+    (
+        "post",
+        "/login",
+        "sign_in() in every suite, and the throttling tests in auth.rs",
+    ),
+    (
+        "post",
+        "/logout",
+        "the sign-out check at the end of this test (it would end a session mid-matrix)",
+    ),
+];
+
+/// Whether a concrete path is an instance of an actix pattern (`{id}` one segment, `{x:.*}` the rest).
+fn instance_of(pattern: &str, path: &str) -> bool {
+    let mut path_parts = path.split('/');
+    for part in pattern.split('/') {
+        if part.starts_with('{') && part.ends_with(":.*}") {
+            return path_parts.next().is_some();
+        }
+        match path_parts.next() {
+            Some(given) if part.starts_with('{') => {
+                if given.is_empty() {
+                    return false;
+                }
+            }
+            Some(given) if given == part => {}
+            _ => return false,
+        }
+    }
+    path_parts.next().is_none()
+}
+
+/// Every route the service declares is in the matrix (or named above with where it is
+/// tested): a new route fails here until someone decides who may call it.
+#[test]
+fn every_declared_route_is_classified() {
+    let matrix = routes();
+    let unclassified: Vec<String> = telltale::web::all_routes()
+        .into_iter()
+        .filter(|(method, pattern)| {
+            !EXERCISED_ELSEWHERE
+                .iter()
+                .any(|(m, p, _)| m == method && p == pattern)
+        })
+        .filter(|(method, pattern)| {
+            !matrix
+                .iter()
+                .any(|(m, path, _)| m.as_str().eq_ignore_ascii_case(method) && instance_of(pattern, path))
+        })
+        .map(|(method, pattern)| format!("{} {pattern}", method.to_uppercase()))
+        .collect();
+    assert!(
+        unclassified.is_empty(),
+        "routes the authorisation matrix does not classify: {unclassified:?}"
+    );
+    assert!(instance_of(
+        "/api/polling/{connection}/{endpoint}/run",
+        "/api/polling/9/repos/run"
+    ));
+    assert!(!instance_of(
+        "/api/polling/{connection}/{endpoint}",
+        "/api/polling/9/repos/run"
+    ));
 }
 
 async fn every_route_answers_every_caller_as_expected(backend: Backend) {

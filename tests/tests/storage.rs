@@ -24,7 +24,6 @@ both_backends!(
     refresh_log_round_trips_and_filters,
     rejection_log_keeps_only_the_newest,
     uniqueness_and_foreign_keys_are_enforced,
-    schema_rs_matches_the_migrated_tables,
     quiet_devices_go_offline_and_old_events_expire,
     expired_staff_sessions_are_dropped_at_the_next_sign_in,
 );
@@ -598,89 +597,6 @@ async fn uniqueness_and_foreign_keys_are_enforced(backend: Backend) {
         result.is_err(),
         "a connection needs an existing account on every backend (SQLite foreign_keys is on)"
     );
-}
-
-/// `schema.rs` and the migrations are written by hand for two backends; this catches drift
-/// for every table, including those no storage function uses yet: each column diesel knows
-/// must exist, and the table must have no column diesel does not know.
-async fn schema_rs_matches_the_migrated_tables(backend: Backend) {
-    use diesel::query_builder::debug_query;
-    use diesel::sql_types::BigInt;
-
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-
-    let test_db = TestDb::new(backend).await;
-    let db = test_db.open_migrated().await;
-    macro_rules! check_tables {
-        ($($table:ident),+ $(,)?) => {{
-            let mut checks: Vec<(&str, String, usize)> = Vec::new();
-            $(
-                let select = schema::$table::table.select(schema::$table::all_columns);
-                let sql = match backend {
-                    Backend::Postgres => debug_query::<diesel::pg::Pg, _>(&select).to_string(),
-                    Backend::Sqlite => debug_query::<diesel::sqlite::Sqlite, _>(&select).to_string(),
-                };
-                // PostgreSQL quotes identifiers with ", SQLite with `.
-                let columns = sql.matches(concat!("\"", stringify!($table), "\".")).count()
-                    + sql.matches(concat!("`", stringify!($table), "`.")).count();
-                checks.push((stringify!($table), sql, columns));
-            )+
-            checks
-        }};
-    }
-    let checks = check_tables!(
-        webhook_sources,
-        devices,
-        webhook_events,
-        webhook_rejections,
-        accounts,
-        connections,
-        refresh_log,
-        poll_endpoint_state,
-        poll_runs,
-        platform_data,
-        alerts,
-        alert_events,
-        silences,
-        outbox,
-        job_state,
-        staff_users,
-        api_tokens,
-        api_usage,
-    );
-    for (table, select_sql, diesel_columns) in checks {
-        let count_sql = match backend {
-            Backend::Postgres => format!(
-                "SELECT count(*)::bigint AS n FROM information_schema.columns WHERE table_schema = 'public' AND table_name = '{table}'"
-            ),
-            Backend::Sqlite => format!("SELECT count(*) AS n FROM pragma_table_info('{table}')"),
-        };
-        let select_sql = select_sql
-            .split(" -- binds")
-            .next()
-            .unwrap_or(&select_sql)
-            .to_owned();
-        let result: StorageResult<i64> = async {
-            db_run!(&db, |conn| {
-                diesel::sql_query(format!("{select_sql} LIMIT 0"))
-                    .execute(conn)
-                    .await?;
-                let counted: Count = diesel::sql_query(count_sql.clone()).get_result(conn).await?;
-                Ok(counted.n)
-            })
-        }
-        .await;
-        let db_columns =
-            result.unwrap_or_else(|e| panic!("{table}: schema.rs names a column the database lacks: {e}"));
-        assert_eq!(
-            db_columns as usize, diesel_columns,
-            "{table}: column count differs between database and schema.rs"
-        );
-    }
 }
 
 async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {

@@ -24,23 +24,58 @@ pub async fn run(target: &DatabaseTarget) -> anyhow::Result<Vec<String>> {
     tokio::task::spawn_blocking(move || run_blocking(&target)).await?
 }
 
+/// Runs `$body` on a blocking thread with `$harness` bound to a migration connection for the
+/// target's backend and `$migrations` to that backend's embedded migrations.
+macro_rules! with_harness {
+    ($target:expr, |$harness:ident, $migrations:ident| $body:expr) => {{
+        let target = $target.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            match &target {
+                DatabaseTarget::Postgres(url) => {
+                    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)?;
+                    let ($harness, $migrations) = (&mut conn, POSTGRES_MIGRATIONS);
+                    $body
+                }
+                DatabaseTarget::Sqlite(path) => {
+                    let mut conn = SqliteConnection::establish(path)?;
+                    let ($harness, $migrations) = (&mut conn, SQLITE_MIGRATIONS);
+                    $body
+                }
+            }
+        })
+        .await?
+    }};
+}
+
 /// Lists migrations not yet applied, without applying them.
 pub async fn pending(target: &DatabaseTarget) -> anyhow::Result<Vec<String>> {
-    let target = target.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let names = match &target {
-            DatabaseTarget::Postgres(url) => {
-                let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)?;
-                pending_names(&mut conn, POSTGRES_MIGRATIONS)?
-            }
-            DatabaseTarget::Sqlite(path) => {
-                let mut conn = SqliteConnection::establish(path)?;
-                pending_names(&mut conn, SQLITE_MIGRATIONS)?
-            }
-        };
-        Ok(names)
+    with_harness!(target, |harness, migrations| pending_names(harness, migrations))
+}
+
+/// Applies the next pending migration only; returns its version, or `None` when up to date.
+/// Steps through an upgrade one migration at a time (and lets the drift tests check each).
+pub async fn apply_next(target: &DatabaseTarget) -> anyhow::Result<Option<String>> {
+    with_harness!(target, |harness, migrations| {
+        let pending = harness
+            .pending_migrations(migrations)
+            .map_err(|e| anyhow::anyhow!("cannot list migrations: {e}"))?;
+        match pending.first() {
+            None => Ok(None),
+            Some(next) => harness
+                .run_migration(&**next)
+                .map(|v| Some(v.to_string()))
+                .map_err(|e| anyhow::anyhow!("migration failed: {e}")),
+        }
     })
-    .await?
+}
+
+/// Reverts the newest applied migration (its `down.sql`); returns its version. For rolling
+/// back an upgrade, and for the tests that prove every `down.sql` undoes its `up.sql`.
+pub async fn revert_last(target: &DatabaseTarget) -> anyhow::Result<String> {
+    with_harness!(target, |harness, migrations| harness
+        .revert_last_migration(migrations)
+        .map(|v| v.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot revert: {e}")))
 }
 
 fn pending_names<B: diesel::backend::Backend>(

@@ -15,43 +15,69 @@ use actix_web::{App, HttpServer, web};
 use crate::app::AppState;
 pub use error::ApiError;
 
-/// Routes shared by the server and by in-process tests.
+/// Declares routes once: the actix configuration and the `(method, pattern)` list that the
+/// authorisation-matrix test checks, so a new route cannot go unclassified.
+macro_rules! route_table {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident, const $list:ident { $( $method:ident $path:literal => $handler:path ),* $(,)? }) => {
+        #[doc = concat!("Every `(method, pattern)` that `", stringify!($name), "` serves.")]
+        $vis const $list: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
+
+        $(#[$meta])*
+        $vis fn $name(cfg: &mut actix_web::web::ServiceConfig) {
+            $( cfg.route($path, actix_web::web::$method().to($handler)); )*
+        }
+    };
+}
+pub(crate) use route_table;
+
+route_table! {
+    /// Routes shared by the server and by in-process tests. The webhook routes come first:
+    /// routes are tried in order, and each dynamic pattern before them would cost every webhook
+    /// a regex match. The benchmark's ceiling route sits beside them.
+    pub fn page_routes, const PAGE_ROUTES {
+        post "/webhooks/milesight" => webhooks::receive,
+        post "/webhooks/milesight/{source}" => webhooks::receive,
+        get "/webhooks/milesight" => webhooks::probe,
+        get "/webhooks/milesight/{source}" => webhooks::probe,
+        head "/webhooks/milesight" => webhooks::probe,
+        head "/webhooks/milesight/{source}" => webhooks::probe,
+        post "/bench/discard" => webhooks::discard,
+        get "/healthz" => health::healthz,
+        get "/readyz" => health::readyz,
+        get "/metrics" => health::metrics,
+        get "/" => pages::overview,
+        get "/devices" => pages::devices,
+        get "/devices/{id}" => pages::device,
+        get "/webhooks" => pages::webhooks_page,
+        get "/tokens" => pages::tokens,
+        get "/polling" => pages::polling,
+        get "/alerts" => pages::alerts_page,
+        get "/alerts/{id}" => pages::alert,
+        get "/scheduler" => pages::scheduler,
+        get "/settings" => pages::settings,
+        get "/login" => auth::login_page,
+        post "/login" => auth::login,
+        post "/logout" => auth::logout,
+        get "/api/me" => auth::me,
+        get "/api/users" => auth::users,
+        post "/api/users" => auth::add_user,
+        patch "/api/users/{id}" => auth::update_user,
+        delete "/api/users/{id}" => auth::delete_user,
+        get "/api/api-tokens" => auth::api_tokens,
+        post "/api/api-tokens" => auth::add_api_token,
+        delete "/api/api-tokens/{id}" => auth::delete_api_token,
+        get "/static/{path:.*}" => ui::asset,
+    }
+}
+
+/// Every route the service serves.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    // The webhook route first: routes are tried in order, and each dynamic pattern before it
-    // would cost every webhook a regex match. The benchmark's ceiling route sits beside it.
-    cfg.service(
-        web::resource(["/webhooks/milesight", "/webhooks/milesight/{source}"])
-            .route(web::post().to(webhooks::receive))
-            .route(web::get().to(webhooks::probe))
-            .route(web::head().to(webhooks::probe)),
-    )
-    .route("/bench/discard", web::post().to(webhooks::discard))
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics))
-    .route("/", web::get().to(pages::overview))
-    .route("/devices", web::get().to(pages::devices))
-    .route("/devices/{id}", web::get().to(pages::device))
-    .route("/webhooks", web::get().to(pages::webhooks_page))
-    .route("/tokens", web::get().to(pages::tokens))
-    .route("/polling", web::get().to(pages::polling))
-    .route("/alerts", web::get().to(pages::alerts_page))
-    .route("/alerts/{id}", web::get().to(pages::alert))
-    .route("/scheduler", web::get().to(pages::scheduler))
-    .route("/settings", web::get().to(pages::settings))
-    .route("/login", web::get().to(auth::login_page))
-    .route("/login", web::post().to(auth::login))
-    .route("/logout", web::post().to(auth::logout))
-    .route("/api/me", web::get().to(auth::me))
-    .route("/api/users", web::get().to(auth::users))
-    .route("/api/users", web::post().to(auth::add_user))
-    .route("/api/users/{id}", web::patch().to(auth::update_user))
-    .route("/api/users/{id}", web::delete().to(auth::delete_user))
-    .route("/api/api-tokens", web::get().to(auth::api_tokens))
-    .route("/api/api-tokens", web::post().to(auth::add_api_token))
-    .route("/api/api-tokens/{id}", web::delete().to(auth::delete_api_token))
-    .route("/static/{path:.*}", web::get().to(ui::asset))
-    .configure(api::routes);
+    cfg.configure(page_routes).configure(api::routes);
+}
+
+/// Every `(method, pattern)` the service serves, for the authorisation matrix.
+pub fn all_routes() -> Vec<(&'static str, &'static str)> {
+    PAGE_ROUTES.iter().chain(api::ROUTES).copied().collect()
 }
 
 /// JSON-body, path and query errors become the shared error shape instead of actix's text.

@@ -9,57 +9,47 @@ pub mod scheduler;
 pub mod tokens;
 pub mod webhooks;
 
-use actix_web::web;
 use serde::Deserialize;
 
 use super::ApiError;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/devices", web::get().to(devices::list))
-        .route("/api/devices/{id}", web::get().to(devices::detail))
-        .route("/api/webhooks/sources", web::get().to(webhooks::sources))
-        .route("/api/webhooks/events", web::get().to(webhooks::events))
-        .route("/api/webhooks/rejections", web::get().to(webhooks::rejections))
-        .route("/api/milesight/token", web::get().to(milesight::status))
-        .route("/api/milesight/token/refresh", web::post().to(milesight::refresh))
-        .route("/api/connections", web::get().to(tokens::list))
-        .route("/api/connections", web::post().to(tokens::create))
-        .route("/api/connections/{id}", web::get().to(tokens::detail))
-        .route("/api/connections/{id}", web::delete().to(tokens::delete))
-        .route("/api/connections/{id}", web::patch().to(tokens::update))
-        .route("/api/tokens/status", web::get().to(tokens::status))
-        .route("/api/tokens/{id}/refresh", web::post().to(tokens::refresh))
-        .route("/api/refresh-log", web::get().to(tokens::log))
-        .route("/api/refresh-stats", web::get().to(tokens::stats))
-        .route("/api/scheduler", web::post().to(scheduler::control))
-        .route("/api/alerts", web::get().to(alerts::alerts))
-        .route("/api/alerts/test-email", web::post().to(alerts::test_email))
-        .route("/api/alerts/{id}", web::get().to(alerts::alert))
-        .route("/api/alerts/{id}/ack", web::post().to(alerts::acknowledge))
-        .route("/api/outbox", web::get().to(alerts::list))
-        .route("/api/silences", web::get().to(alerts::silences))
-        .route("/api/silences", web::post().to(alerts::add_silence))
-        .route("/api/silences/{id}", web::delete().to(alerts::delete_silence))
-        .route("/api/polling", web::get().to(polling::list))
-        .route(
-            "/api/polling/{connection}/{endpoint}",
-            web::patch().to(polling::update),
-        )
-        .route(
-            "/api/polling/{connection}/{endpoint}/run",
-            web::post().to(polling::run),
-        )
-        .route("/api/platform-data", web::get().to(polling::data))
-        .service(
-            web::resource("/api/cron/platform-polling")
-                .route(web::get().to(cron::platform_polling))
-                .route(web::post().to(cron::platform_polling)),
-        )
-        .service(
-            web::resource("/api/cron/token-refresh")
-                .route(web::get().to(cron::token_refresh))
-                .route(web::post().to(cron::token_refresh)),
-        );
+super::route_table! {
+    /// The JSON API's routes.
+    pub fn routes, const ROUTES {
+        get "/api/devices" => devices::list,
+        get "/api/devices/{id}" => devices::detail,
+        get "/api/webhooks/sources" => webhooks::sources,
+        get "/api/webhooks/events" => webhooks::events,
+        get "/api/webhooks/rejections" => webhooks::rejections,
+        get "/api/milesight/token" => milesight::status,
+        post "/api/milesight/token/refresh" => milesight::refresh,
+        get "/api/connections" => tokens::list,
+        post "/api/connections" => tokens::create,
+        get "/api/connections/{id}" => tokens::detail,
+        delete "/api/connections/{id}" => tokens::delete,
+        patch "/api/connections/{id}" => tokens::update,
+        get "/api/tokens/status" => tokens::status,
+        post "/api/tokens/{id}/refresh" => tokens::refresh,
+        get "/api/refresh-log" => tokens::log,
+        get "/api/refresh-stats" => tokens::stats,
+        post "/api/scheduler" => scheduler::control,
+        get "/api/alerts" => alerts::alerts,
+        post "/api/alerts/test-email" => alerts::test_email,
+        get "/api/alerts/{id}" => alerts::alert,
+        post "/api/alerts/{id}/ack" => alerts::acknowledge,
+        get "/api/outbox" => alerts::list,
+        get "/api/silences" => alerts::silences,
+        post "/api/silences" => alerts::add_silence,
+        delete "/api/silences/{id}" => alerts::delete_silence,
+        get "/api/polling" => polling::list,
+        patch "/api/polling/{connection}/{endpoint}" => polling::update,
+        post "/api/polling/{connection}/{endpoint}/run" => polling::run,
+        get "/api/platform-data" => polling::data,
+        get "/api/cron/platform-polling" => cron::platform_polling,
+        post "/api/cron/platform-polling" => cron::platform_polling,
+        get "/api/cron/token-refresh" => cron::token_refresh,
+        post "/api/cron/token-refresh" => cron::token_refresh,
+    }
 }
 
 pub const DEFAULT_PAGE: i64 = 50;
