@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{self, AppState};
 use crate::config::{Config, ConfigError, ProcessEnv};
 use crate::crypto::{Crypto, KeySource};
-use crate::storage::{Db, connections, migrate, webhooks};
+use crate::storage::{Db, connections, deliveries, migrate};
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
@@ -284,7 +284,7 @@ async fn rotate_key(config: Config) -> anyhow::Result<()> {
     let crypto = load_crypto(&config)?;
     migrate::run(&config.database_url).await?;
     let db = Db::open(&config.database_url, &config.database.pool())?;
-    let sources = webhooks::reencrypt_secrets(&db, &crypto).await?;
+    let sources = deliveries::reencrypt_secrets(&db, &crypto).await?;
     let connection_values = connections::reencrypt_secrets(&db, &crypto).await?;
     println!(
         "re-encrypted {sources} webhook secret(s) and {connection_values} connection secret(s) with key {}",

@@ -10,7 +10,7 @@ use base64::Engine;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use telltale::milesight::webhook::{Rejection, check_freshness, parse_body, sign, verify};
+use telltale::milesight::payload::{Rejection, check_freshness, parse_body, sign, verify};
 use telltale::providers::jwt_expiry;
 
 /// Any JSON value, nested a few levels.

@@ -10,9 +10,9 @@ use telltale::alerts::email::deliver_due;
 use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, RefreshedToken};
+use telltale::storage::deliveries::{self, SourceTiming};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::polling::{self as poll_store, Finished};
-use telltale::storage::webhooks::{self, SourceTiming};
 use telltale::storage::{UtcTime, alerts, now};
 use telltale_e2e::{Backend, SmtpSink, TestDb, TestServer, both_backends, get_json, post_with_headers};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -182,7 +182,7 @@ async fn causes_mute_their_effects(backend: Backend) {
     }
 
     // A webhook source gone quiet, with its two devices offline.
-    let source = webhooks::ensure_source(&state.db, "site-a", SourceTiming::default())
+    let source = deliveries::ensure_source(&state.db, "site-a", SourceTiming::default())
         .await
         .unwrap();
     for sn in ["6136D000001", "6136D000002"] {

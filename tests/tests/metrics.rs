@@ -6,10 +6,10 @@ use chrono::Duration as Span;
 use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
 use telltale::storage::connections;
+use telltale::storage::deliveries::{self, SourceTiming};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::now;
 use telltale::storage::polling::{self as poll_store, Finished};
-use telltale::storage::webhooks::{self, SourceTiming};
 use telltale_e2e::metric_sample as sample;
 use telltale_e2e::{Backend, TestDb, both_backends};
 
@@ -36,7 +36,7 @@ async fn populate(state: &AppState) -> (i64, i64) {
         .await
         .unwrap();
 
-    let source = webhooks::ensure_source(&state.db, "site-a", SourceTiming::default())
+    let source = deliveries::ensure_source(&state.db, "site-a", SourceTiming::default())
         .await
         .unwrap();
     for (sn, status) in [("6136D000001", "online"), ("6136D000002", "offline")] {

@@ -3,8 +3,8 @@
 use serde_json::json;
 use telltale::app::AppState;
 use telltale::milesight::inventory;
+use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, SourceEffect};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
-use telltale::storage::webhooks::{self, IncomingDevice, IncomingEvent, SourceEffect};
 use telltale::storage::{now, usage};
 use telltale_e2e::{Backend, TestDb, both_backends};
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -83,7 +83,7 @@ async fn every_page_is_synced_and_fresher_webhook_state_wins(backend: Backend) {
     let state = app(&db, &mdp, 1000).await;
 
     // SN-A reported by webhook a moment ago: MDP's hour-old OFFLINE must not override it.
-    let source = webhooks::ensure_source(&state.db, "default", Default::default())
+    let source = deliveries::ensure_source(&state.db, "default", Default::default())
         .await
         .unwrap();
     let seen = now();
@@ -106,7 +106,7 @@ async fn every_page_is_synced_and_fresher_webhook_state_wins(backend: Backend) {
         }),
         effect: SourceEffect::None,
     };
-    webhooks::ingest(&state.db, source, seen, &[reading])
+    deliveries::ingest(&state.db, source, seen, &[reading])
         .await
         .unwrap();
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use telltale::storage::{Db, connections, outbox, refresh_log, webhooks};
+use telltale::storage::{Db, connections, deliveries, outbox, refresh_log};
 use telltale_e2e::{
     Backend, SmtpSink, TestDb, TestServer, mdp_reading, milesight_headers, nonce, post_with_headers,
 };
@@ -340,8 +340,8 @@ async fn three_replicas_share_the_work_and_survive_a_killed_one() {
     }
 
     // Webhooks: every acknowledged event stored exactly once, wherever it was sent.
-    let source = webhooks::source_by_name(&db, "default").await.unwrap();
-    let events = webhooks::recent_events(&db, source.id, 10_000).await.unwrap();
+    let source = deliveries::source_by_name(&db, "default").await.unwrap();
+    let events = deliveries::recent_events(&db, source.id, 10_000).await.unwrap();
     let stored: HashSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
     assert_eq!(events.len(), stored.len(), "no event stored twice");
     assert_eq!(stored, acknowledged, "every acknowledged event stored");

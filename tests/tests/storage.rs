@@ -7,10 +7,10 @@ use diesel_async::RunQueryDsl;
 use telltale::crypto::Crypto;
 use telltale::db_run;
 use telltale::storage::connections::{self, NewConnection};
+use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, NewWebhookRejection, SourceEffect};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::refresh_log::{self, NewRefreshLogEntry};
 use telltale::storage::schema;
-use telltale::storage::webhooks::{self, IncomingDevice, IncomingEvent, NewWebhookRejection, SourceEffect};
 use telltale::storage::{DatabaseTarget, StorageError, StorageResult, UtcTime, migrate, now};
 use telltale_e2e::{Backend, TestDb, both_backends};
 
@@ -161,7 +161,7 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     let test_db = TestDb::new(backend).await;
     let db = test_db.open_migrated().await;
     let crypto = Crypto::new(&key(1), &[]);
-    let source = webhooks::upsert_source(
+    let source = deliveries::upsert_source(
         &db,
         &crypto,
         "site-a",
@@ -180,14 +180,14 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
         event("e2", t0, None),
         event("e1", t0, None),
     ];
-    let outcome = webhooks::ingest(&db, source.id, t0, &batch).await.unwrap();
+    let outcome = deliveries::ingest(&db, source.id, t0, &batch).await.unwrap();
     assert_eq!(
         (outcome.stored, outcome.duplicates),
         (2, 1),
         "a repeat inside one batch is a duplicate"
     );
 
-    let outcome = webhooks::ingest(
+    let outcome = deliveries::ingest(
         &db,
         source.id,
         later,
@@ -201,7 +201,7 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
         "a repeat across batches is a duplicate"
     );
 
-    let stored = webhooks::recent_events(&db, source.id, 10).await.unwrap();
+    let stored = deliveries::recent_events(&db, source.id, 10).await.unwrap();
     let ids: Vec<&str> = stored.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(ids, vec!["e3", "e2", "e1"], "newest first, each once");
     assert_eq!(stored[2].event_time, Some(t0));
@@ -214,12 +214,12 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     assert_eq!((device.sn.as_str(), device.status.as_str()), ("SN1", "online"));
     assert_eq!(device.source_id, None, "the profile here named no source");
 
-    let source = webhooks::source_by_name(&db, "site-a").await.unwrap();
+    let source = deliveries::source_by_name(&db, "site-a").await.unwrap();
     assert_eq!(source.last_event_at, Some(later));
 
     // An older reading arriving late is stored, but does not roll the device state back.
     let earlier: UtcTime = (t0.0 - Duration::minutes(10)).into();
-    webhooks::ingest(
+    deliveries::ingest(
         &db,
         source.id,
         later,
@@ -234,7 +234,7 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     );
 
     // A duplicate does not change device state either.
-    webhooks::ingest(
+    deliveries::ingest(
         &db,
         source.id,
         later,
@@ -245,17 +245,17 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     assert_eq!(devices::get(&db, device.id).await.unwrap().status, "online");
 
     // The same event id from another source is a different event.
-    let other_id = webhooks::ensure_source(&db, "site-b", Default::default())
+    let other_id = deliveries::ensure_source(&db, "site-b", Default::default())
         .await
         .unwrap();
     assert_eq!(
-        webhooks::ensure_source(&db, "site-b", Default::default())
+        deliveries::ensure_source(&db, "site-b", Default::default())
             .await
             .unwrap(),
         other_id,
         "ensure_source is idempotent"
     );
-    let outcome = webhooks::ingest(&db, other_id, t0, &[event("e1", t0, None)])
+    let outcome = deliveries::ingest(&db, other_id, t0, &[event("e1", t0, None)])
         .await
         .unwrap();
     assert_eq!(outcome.stored, 1);
@@ -266,15 +266,15 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
 async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
     let test_db = TestDb::new(backend).await;
     let db = test_db.open_migrated().await;
-    let site = webhooks::ensure_source(&db, "site", Default::default())
+    let site = deliveries::ensure_source(&db, "site", Default::default())
         .await
         .unwrap();
-    let other = webhooks::ensure_source(&db, "other", Default::default())
+    let other = deliveries::ensure_source(&db, "other", Default::default())
         .await
         .unwrap();
     let t0 = now();
     let at = |secs: i64| -> UtcTime { (t0.0 + Duration::seconds(secs)).into() };
-    webhooks::ingest(
+    deliveries::ingest(
         &db,
         site,
         at(0),
@@ -306,32 +306,32 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
     // Same event ids in another source are other events.
     let fourth = [event("a1", at(300), None), test_delivery];
     let requests = [
-        webhooks::IngestRequest {
+        deliveries::IngestRequest {
             source_id: site,
             received_at: at(1000),
             events: &first,
         },
-        webhooks::IngestRequest {
+        deliveries::IngestRequest {
             source_id: site,
             received_at: at(1001),
             events: &second,
         },
-        webhooks::IngestRequest {
+        deliveries::IngestRequest {
             source_id: site,
             received_at: at(1002),
             events: &third,
         },
-        webhooks::IngestRequest {
+        deliveries::IngestRequest {
             source_id: other,
             received_at: at(1003),
             events: &fourth,
         },
     ];
-    let outcomes = webhooks::ingest_group(&db, &requests).await.unwrap();
+    let outcomes = deliveries::ingest_group(&db, &requests).await.unwrap();
     let counts: Vec<(usize, usize)> = outcomes.iter().map(|o| (o.stored, o.duplicates)).collect();
     assert_eq!(counts, vec![(2, 0), (1, 2), (2, 0), (2, 0)]);
 
-    let site_events = webhooks::recent_events(&db, site, 20).await.unwrap();
+    let site_events = deliveries::recent_events(&db, site, 20).await.unwrap();
     let mut ids: Vec<&str> = site_events.iter().map(|e| e.event_id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, vec!["a1", "a2", "b1", "before", "c1", "notice"], "each once");
@@ -361,18 +361,18 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
     );
     assert!(a1.device_id == Some(x.id), "events link to their devices");
 
-    let site_row = webhooks::source_by_name(&db, "site").await.unwrap();
+    let site_row = deliveries::source_by_name(&db, "site").await.unwrap();
     assert_eq!(site_row.last_event_at, Some(at(1002)));
     assert_eq!(site_row.last_system_notice_at, Some(at(1002)));
     assert!(site_row.verified_at.is_none());
-    let other_row = webhooks::source_by_name(&db, "other").await.unwrap();
+    let other_row = deliveries::source_by_name(&db, "other").await.unwrap();
     assert_eq!(
         (other_row.verified_at, other_row.last_event_at),
         (Some(at(1003)), Some(at(1003)))
     );
 
     // A group of nothing but repeats changes nothing and stores nothing.
-    let outcomes = webhooks::ingest_group(&db, &requests[..2]).await.unwrap();
+    let outcomes = deliveries::ingest_group(&db, &requests[..2]).await.unwrap();
     assert_eq!(outcomes.iter().map(|o| o.stored).sum::<usize>(), 0);
     let without_touch_time = |list: Vec<devices::Device>| {
         list.into_iter()
@@ -406,7 +406,7 @@ async fn secret_columns_hold_ciphertext_only(backend: Backend) {
     let created = connections::create_connection(&db, &crypto, &new).await.unwrap();
     assert_eq!(created.status, "active");
     assert_eq!(created.token_fingerprint.as_deref(), Some("…WXYZ"));
-    webhooks::upsert_source(
+    deliveries::upsert_source(
         &db,
         &crypto,
         "site-a",
@@ -484,12 +484,12 @@ async fn key_rotation_reseals_every_secret(backend: Backend) {
         ..Default::default()
     };
     let id = connections::create_connection(&db, &old, &new).await.unwrap().id;
-    webhooks::upsert_source(&db, &old, "site-a", None, Some("whsec"), Default::default())
+    deliveries::upsert_source(&db, &old, "site-a", None, Some("whsec"), Default::default())
         .await
         .unwrap();
 
     let rotating = Crypto::new(&key(5), &[key(4)]);
-    assert_eq!(webhooks::reencrypt_secrets(&db, &rotating).await.unwrap(), 1);
+    assert_eq!(deliveries::reencrypt_secrets(&db, &rotating).await.unwrap(), 1);
     assert_eq!(connections::reencrypt_secrets(&db, &rotating).await.unwrap(), 2);
     assert_eq!(
         connections::reencrypt_secrets(&db, &rotating).await.unwrap(),
@@ -506,9 +506,9 @@ async fn key_rotation_reseals_every_secret(backend: Backend) {
             .as_deref(),
         Some("gho_token")
     );
-    let source = webhooks::source_by_name(&db, "site-a").await.unwrap();
+    let source = deliveries::source_by_name(&db, "site-a").await.unwrap();
     assert_eq!(
-        webhooks::source_secret(&new_only, &source).unwrap().as_deref(),
+        deliveries::source_secret(&new_only, &source).unwrap().as_deref(),
         Some("whsec")
     );
 }
@@ -562,9 +562,9 @@ async fn rejection_log_keeps_only_the_newest(backend: Backend) {
             body_size: 2,
             received_at: now(),
         };
-        webhooks::record_rejection(&db, &rejection, 3).await.unwrap();
+        deliveries::record_rejection(&db, &rejection, 3).await.unwrap();
     }
-    let kept: Vec<String> = webhooks::recent_rejections(&db, 10)
+    let kept: Vec<String> = deliveries::recent_rejections(&db, 10)
         .await
         .unwrap()
         .into_iter()
@@ -602,7 +602,7 @@ async fn uniqueness_and_foreign_keys_are_enforced(backend: Backend) {
 async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     let test_db = TestDb::new(backend).await;
     let db = test_db.open_migrated().await;
-    let source = webhooks::ensure_source(&db, "site", Default::default())
+    let source = deliveries::ensure_source(&db, "site", Default::default())
         .await
         .unwrap();
     let t0 = now();
@@ -610,9 +610,9 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     // "steady" reports every 5 minutes (learned); "fresh" and "quiet" have no learned interval yet.
     for (i, m) in [0, 5, 10].iter().enumerate() {
         let e = event(&format!("s{i}"), mins(*m), reading("steady", mins(*m), "online"));
-        webhooks::ingest(&db, source, mins(*m), &[e]).await.unwrap();
+        deliveries::ingest(&db, source, mins(*m), &[e]).await.unwrap();
     }
-    webhooks::ingest(
+    deliveries::ingest(
         &db,
         source,
         mins(10),
@@ -620,7 +620,7 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     )
     .await
     .unwrap();
-    webhooks::ingest(
+    deliveries::ingest(
         &db,
         source,
         mins(0),
@@ -669,7 +669,7 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     assert_eq!(status("quiet").await, "offline");
 
     // A reading brings a device back online.
-    webhooks::ingest(
+    deliveries::ingest(
         &db,
         source,
         mins(22),
@@ -680,9 +680,9 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     assert_eq!(status("quiet").await, "online");
 
     // Retention removes old events only.
-    let deleted = webhooks::delete_events_before(&db, mins(6)).await.unwrap();
+    let deleted = deliveries::delete_events_before(&db, mins(6)).await.unwrap();
     assert_eq!(deleted, 3, "s0, s1 (at +5) and q (at +0)");
-    let left = webhooks::recent_events(&db, source, 20).await.unwrap().len();
+    let left = deliveries::recent_events(&db, source, 20).await.unwrap().len();
     assert_eq!(left, 3, "s2, f and q2 remain");
 }
 
@@ -739,7 +739,7 @@ async fn a_failed_group_leaves_nothing_and_the_connection_clean_postgres() {
     };
     let db = telltale::storage::Db::open(&target, &one_connection).unwrap();
     let crypto = Crypto::new(&key(1), &[]);
-    let site = webhooks::upsert_source(&db, &crypto, "site", None, None, Default::default())
+    let site = deliveries::upsert_source(&db, &crypto, "site", None, None, Default::default())
         .await
         .unwrap()
         .id;
@@ -747,11 +747,11 @@ async fn a_failed_group_leaves_nothing_and_the_connection_clean_postgres() {
 
     // PostgreSQL refuses a NUL in text: the event insert fails after the device lock ran.
     let refused = [event("bad\0id", at(0), reading("NEW-1", at(0), "online"))];
-    let result = webhooks::ingest(&db, site, at(0), &refused).await;
+    let result = deliveries::ingest(&db, site, at(0), &refused).await;
     assert!(result.is_err(), "the group fails: {result:?}");
 
     let good = [event("good", at(1), reading("NEW-2", at(1), "online"))];
-    let outcome = webhooks::ingest(&db, site, at(1), &good).await.unwrap();
+    let outcome = deliveries::ingest(&db, site, at(1), &good).await.unwrap();
     assert_eq!(outcome.stored, 1);
 
     // Read through another pool: only a committed group is visible there.
@@ -767,7 +767,7 @@ async fn a_failed_group_leaves_nothing_and_the_connection_clean_postgres() {
         vec!["NEW-2".to_owned()],
         "the failed group's device was rolled back"
     );
-    let ids: Vec<String> = webhooks::recent_events(&other, site, 10)
+    let ids: Vec<String> = deliveries::recent_events(&other, site, 10)
         .await
         .unwrap()
         .into_iter()

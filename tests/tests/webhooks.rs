@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use telltale::storage::{Db, devices, webhooks};
+use telltale::storage::{Db, deliveries, devices};
 use telltale_e2e::mdp_reading as reading;
 use telltale_e2e::{
     Backend, TcpProxy, TestDb, TestServer, both_backends, milesight_headers, nonce, post_with_headers,
@@ -109,8 +109,8 @@ async fn signed_events_are_stored_once_with_device_state(backend: Backend) {
     assert_eq!((status, body["stored"].as_u64()), (200, Some(1)), "{body}");
 
     let db = open_db(&test_db).await;
-    let source = webhooks::source_by_name(&db, "default").await.unwrap();
-    let events = webhooks::recent_events(&db, source.id, 10).await.unwrap();
+    let source = deliveries::source_by_name(&db, "default").await.unwrap();
+    let events = deliveries::recent_events(&db, source.id, 10).await.unwrap();
     assert_eq!(events.len(), 3, "each event stored exactly once");
     let stored: Value = serde_json::from_str(&events[2].payload).unwrap();
     assert_eq!(
@@ -175,7 +175,7 @@ async fn every_event_type_is_stored_and_acted_on(backend: Backend) {
     assert_eq!((status, body["stored"].as_u64()), (200, Some(6)), "{body}");
 
     let db = open_db(&test_db).await;
-    let source = webhooks::source_by_name(&db, "default").await.unwrap();
+    let source = deliveries::source_by_name(&db, "default").await.unwrap();
     assert!(
         source.verified_at.is_some(),
         "WEBHOOK_TEST marks the source verified"
@@ -185,7 +185,7 @@ async fn every_event_type_is_stored_and_acted_on(backend: Backend) {
         .expect("SYSTEM_MESSAGES is kept on the source");
     assert!(notice.contains("daily webhook push limit"), "{notice}");
     assert!(source.last_system_notice_at.is_some());
-    let types: Vec<String> = webhooks::recent_events(&db, source.id, 10)
+    let types: Vec<String> = deliveries::recent_events(&db, source.id, 10)
         .await
         .unwrap()
         .into_iter()
@@ -357,13 +357,13 @@ async fn bad_requests_are_refused_and_kept_for_inspection(backend: Backend) {
     );
 
     let db = open_db(&test_db).await;
-    let source = webhooks::source_by_name(&db, "default").await.unwrap();
+    let source = deliveries::source_by_name(&db, "default").await.unwrap();
     assert_eq!(
-        webhooks::recent_events(&db, source.id, 10).await.unwrap().len(),
+        deliveries::recent_events(&db, source.id, 10).await.unwrap().len(),
         1,
         "nothing rejected was stored"
     );
-    let rejections = webhooks::recent_rejections(&db, 100).await.unwrap();
+    let rejections = deliveries::recent_rejections(&db, 100).await.unwrap();
     assert_eq!(rejections.len(), rejected_cases + 1, "every rejection is kept");
     let bad_signature = rejections
         .iter()
@@ -452,16 +452,16 @@ async fn sources_follow_path_and_webhook_uuid(backend: Backend) {
     );
 
     let db = open_db(&test_db).await;
-    let a = webhooks::source_by_name(&db, "site-a").await.unwrap();
+    let a = deliveries::source_by_name(&db, "site-a").await.unwrap();
     assert_eq!(
         a.webhook_uuid.as_deref(),
         Some("uuid-site-a"),
         "configured sources are recorded at start-up"
     );
     assert!(a.secret.is_some(), "with the secret sealed");
-    assert_eq!(webhooks::recent_events(&db, a.id, 10).await.unwrap().len(), 2);
-    let b = webhooks::source_by_name(&db, "site-b").await.unwrap();
-    assert_eq!(webhooks::recent_events(&db, b.id, 10).await.unwrap().len(), 1);
+    assert_eq!(deliveries::recent_events(&db, a.id, 10).await.unwrap().len(), 2);
+    let b = deliveries::source_by_name(&db, "site-b").await.unwrap();
+    assert_eq!(deliveries::recent_events(&db, b.id, 10).await.unwrap().len(), 1);
 
     for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
         let resp = reqwest::Client::new()
@@ -532,9 +532,9 @@ async fn database_outage_answers_503_and_loses_nothing_postgres() {
     proxy.restore();
     server.wait_ready(Duration::from_secs(30)).await;
     let direct = test_db.open_migrated().await;
-    let source = webhooks::source_by_name(&direct, "default").await.unwrap();
+    let source = deliveries::source_by_name(&direct, "default").await.unwrap();
     assert_eq!(
-        webhooks::recent_events(&direct, source.id, 10)
+        deliveries::recent_events(&direct, source.id, 10)
             .await
             .unwrap()
             .len(),
@@ -546,7 +546,7 @@ async fn database_outage_answers_503_and_loses_nothing_postgres() {
     let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
     assert_eq!((status, body["stored"].as_u64()), (200, Some(2)), "{body}");
     assert_eq!(
-        webhooks::recent_events(&direct, source.id, 10)
+        deliveries::recent_events(&direct, source.id, 10)
             .await
             .unwrap()
             .len(),
@@ -643,8 +643,8 @@ async fn a_concurrent_burst_is_stored_exactly_once(backend: Backend) {
         "each distinct event stored once"
     );
     let db = open_db(&test_db).await;
-    let source = webhooks::source_by_name(&db, "default").await.unwrap();
-    let events = webhooks::recent_events(&db, source.id, 10_000).await.unwrap();
+    let source = deliveries::source_by_name(&db, "default").await.unwrap();
+    let events = deliveries::recent_events(&db, source.id, 10_000).await.unwrap();
     let in_db: std::collections::HashSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
     assert_eq!(events.len(), distinct_ids.len(), "no duplicates in the database");
     assert_eq!(in_db, distinct_ids, "nothing acknowledged is missing");
@@ -812,8 +812,8 @@ async fn database_outage_under_load_loses_nothing_postgres() {
     );
 
     let direct = test_db.open_migrated().await;
-    let source = webhooks::source_by_name(&direct, "default").await.unwrap();
-    let events = webhooks::recent_events(&direct, source.id, 100_000)
+    let source = deliveries::source_by_name(&direct, "default").await.unwrap();
+    let events = deliveries::recent_events(&direct, source.id, 100_000)
         .await
         .unwrap();
     let stored: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();

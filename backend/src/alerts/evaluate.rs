@@ -19,9 +19,9 @@ use crate::milesight::token::is_milesight;
 use crate::scheduler::JobSpec;
 use crate::storage::alerts::{self as store, Alert, Email, Firing};
 use crate::storage::connections::{self, Connection};
+use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
 use crate::storage::polling::{self as poll_store, PollState};
-use crate::storage::webhooks::{self, WebhookSource};
 use crate::storage::{StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
@@ -324,7 +324,7 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
     let signals = Signals {
         connections: connections::list_connections(&state.db).await?,
         polls: poll_store::list_states(&state.db, None).await?,
-        sources: webhooks::list_sources(&state.db).await?,
+        sources: deliveries::list_sources(&state.db).await?,
         devices: devices::list(&state.db, 100_000, 0).await?,
     };
     let holding = conditions(&signals, &state.config.alerts, at);

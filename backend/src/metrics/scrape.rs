@@ -8,7 +8,7 @@ use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::milesight::token::is_milesight;
 use crate::polling::catalogue::platform_of;
-use crate::storage::{Db, StorageResult, UtcTime, alerts, connections, devices, outbox, polling, webhooks};
+use crate::storage::{Db, StorageResult, UtcTime, alerts, connections, deliveries, devices, outbox, polling};
 
 const CONNECTION: &[&str] = &["provider", "connection_id", "connection"];
 const POLL: &[&str] = &["platform", "endpoint", "connection_id"];
@@ -209,7 +209,7 @@ impl DbGauges {
         self.milesight_invalid_credentials
             .set(i64::from(milesight_refused));
 
-        let sources = webhooks::list_sources(db).await?;
+        let sources = deliveries::list_sources(db).await?;
         let mut source_names = HashMap::new();
         for s in &sources {
             source_names.insert(s.id, s.name.as_str());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::storage::webhooks::{IncomingEvent, InsertOutcome, SharedRequest, ingest_shared};
+use crate::storage::deliveries::{IncomingEvent, InsertOutcome, SharedRequest, ingest_shared};
 use crate::storage::{Db, StorageError, StorageResult, UtcTime};
 
 /// Requests waiting for a writer beyond this make new requests wait to enqueue (backpressure

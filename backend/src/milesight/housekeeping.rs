@@ -7,7 +7,7 @@ use chrono::Duration;
 use crate::app::AppState;
 use crate::config::Config;
 use crate::scheduler::JobSpec;
-use crate::storage::{devices, now, webhooks};
+use crate::storage::{deliveries, devices, now};
 
 pub const DEVICE_CHECK_JOB: &str = "milesight-device-check";
 pub const RETENTION_JOB: &str = "milesight-retention";
@@ -51,6 +51,6 @@ pub async fn check_devices(state: AppState) -> anyhow::Result<String> {
 pub async fn apply_retention(state: AppState) -> anyhow::Result<String> {
     let days = i64::from(state.config.milesight.retention_days);
     let cutoff = (now().0 - Duration::days(days)).into();
-    let deleted = webhooks::delete_events_before(&state.db, cutoff).await?;
+    let deleted = deliveries::delete_events_before(&state.db, cutoff).await?;
     Ok(format!("{deleted} event(s) older than {days} days deleted"))
 }

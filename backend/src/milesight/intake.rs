@@ -9,13 +9,13 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::group_commit::GroupCommit;
-use super::webhook::{self, ParsedEvent, Rejection, ReplayGuard};
+use super::payload::{self, ParsedEvent, Rejection, ReplayGuard};
 use crate::app::AppState;
 use crate::config::{WebhookConfig, valid_source_name};
-use crate::storage::devices::{DeviceActivity, DeviceProfile};
-use crate::storage::webhooks::{
+use crate::storage::deliveries::{
     self, IncomingDevice, IncomingEvent, InsertOutcome, NewWebhookRejection, SourceEffect, SourceTiming,
 };
+use crate::storage::devices::{DeviceActivity, DeviceProfile};
 use crate::storage::{Db, StorageError, UtcTime, now};
 
 /// How much of a rejected body is kept for inspection.
@@ -130,18 +130,18 @@ impl Intake {
             return reject(Rejection::InvalidSource);
         }
         let (Some(timestamp), Some(nonce), Some(signature)) = (
-            request.header(webhook::HEADER_TIMESTAMP),
-            request.header(webhook::HEADER_NONCE),
-            request.header(webhook::HEADER_SIGNATURE),
+            request.header(payload::HEADER_TIMESTAMP),
+            request.header(payload::HEADER_NONCE),
+            request.header(payload::HEADER_SIGNATURE),
         ) else {
             return reject(Rejection::MissingSignature);
         };
-        let Some(hook) = select_webhook(&config.webhooks, request.header(webhook::HEADER_UUID)) else {
+        let Some(hook) = select_webhook(&config.webhooks, request.header(payload::HEADER_UUID)) else {
             return reject(Rejection::UnknownWebhook);
         };
-        if !webhook::verify(hook.secret.expose_secret(), timestamp, nonce, signature) {
+        if !payload::verify(hook.secret.expose_secret(), timestamp, nonce, signature) {
             let by_previous = hook.previous_secret.as_ref().is_some_and(|previous| {
-                webhook::verify(previous.expose_secret(), timestamp, nonce, signature)
+                payload::verify(previous.expose_secret(), timestamp, nonce, signature)
             });
             if !by_previous {
                 return reject(Rejection::BadSignature);
@@ -160,7 +160,7 @@ impl Intake {
         };
         let received = now();
         let tolerance = config.timestamp_tolerance_secs.as_secs() as i64;
-        if let Err(r) = webhook::check_freshness(timestamp, received.0, tolerance) {
+        if let Err(r) = payload::check_freshness(timestamp, received.0, tolerance) {
             return reject(r);
         }
         if self.replay.seen(nonce, received.timestamp()) {
@@ -173,7 +173,7 @@ impl Intake {
                 content_type.chars().take(100).collect(),
             ));
         }
-        let parsed = webhook::parse_body(body).map_err(IntakeError::Rejected)?;
+        let parsed = payload::parse_body(body).map_err(IntakeError::Rejected)?;
 
         let source_id = self
             .source_id(state, &source)
@@ -211,7 +211,7 @@ impl Intake {
         if let Some(id) = self.source_ids.lock().ok().and_then(|ids| ids.get(name).copied()) {
             return Ok(id);
         }
-        let id = webhooks::ensure_source(&state.db, name, source_timing(state)).await?;
+        let id = deliveries::ensure_source(&state.db, name, source_timing(state)).await?;
         if let Ok(mut ids) = self.source_ids.lock() {
             ids.insert(name.to_owned(), id);
         }
@@ -258,7 +258,7 @@ impl Intake {
         };
         tracing::info!(%source, code = rejection.code(), status = rejection.status(), "webhook rejected");
         if let Err(err) =
-            webhooks::record_rejection(&state.db, &row, state.config.milesight.rejections_kept).await
+            deliveries::record_rejection(&state.db, &row, state.config.milesight.rejections_kept).await
         {
             tracing::warn!(error = %err, "could not record a rejected webhook");
         }
@@ -278,7 +278,7 @@ fn select_webhook<'a>(hooks: &'a [WebhookConfig], uuid: Option<&str>) -> Option<
 fn known_source_label(state: &AppState, request: &WebhookRequest<'_>) -> String {
     let hooks = &state.config.milesight.webhooks;
     let by_uuid = request
-        .header(webhook::HEADER_UUID)
+        .header(payload::HEADER_UUID)
         .and_then(|uuid| hooks.iter().find(|h| h.uuid.as_deref() == Some(uuid)));
     match (by_uuid, request.path_source) {
         (Some(hook), _) => hook.source.clone(),
@@ -340,7 +340,7 @@ fn to_incoming(event: &ParsedEvent, source_id: i64, received: UtcTime) -> Incomi
 pub async fn sync_configured_sources(state: &AppState) {
     for hook in &state.config.milesight.webhooks {
         let secret = hook.secret.expose_secret();
-        match webhooks::upsert_source(
+        match deliveries::upsert_source(
             &state.db,
             &state.crypto,
             &hook.source,

@@ -5,9 +5,9 @@ pub mod group_commit;
 pub mod housekeeping;
 pub mod intake;
 pub mod inventory;
+pub mod payload;
 pub mod settings;
 pub mod token;
-pub mod webhook;
 
 use std::time::Duration;
 

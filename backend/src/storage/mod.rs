@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod connections;
+pub mod deliveries;
 pub mod devices;
 mod error;
 pub mod fields;
@@ -19,7 +20,6 @@ pub mod serve_lock;
 pub mod settings;
 pub mod staff;
 pub mod usage;
-pub mod webhooks;
 
 use std::time::Duration;
 

@@ -4,9 +4,9 @@ mod api;
 mod auth;
 pub mod error;
 mod health;
+mod intake;
 mod pages;
 mod ui;
-mod webhooks;
 
 use actix_web::dev::Server;
 use actix_web::middleware::{ErrorHandlers, NormalizePath, TrailingSlash};
@@ -35,13 +35,13 @@ route_table! {
     /// routes are tried in order, and each dynamic pattern before them would cost every webhook
     /// a regex match. The benchmark's ceiling route sits beside them.
     pub fn page_routes, const PAGE_ROUTES {
-        post "/webhooks/milesight" => webhooks::receive,
-        post "/webhooks/milesight/{source}" => webhooks::receive,
-        get "/webhooks/milesight" => webhooks::probe,
-        get "/webhooks/milesight/{source}" => webhooks::probe,
-        head "/webhooks/milesight" => webhooks::probe,
-        head "/webhooks/milesight/{source}" => webhooks::probe,
-        post "/bench/discard" => webhooks::discard,
+        post "/webhooks/milesight" => intake::receive,
+        post "/webhooks/milesight/{source}" => intake::receive,
+        get "/webhooks/milesight" => intake::probe,
+        get "/webhooks/milesight/{source}" => intake::probe,
+        head "/webhooks/milesight" => intake::probe,
+        head "/webhooks/milesight/{source}" => intake::probe,
+        post "/bench/discard" => intake::discard,
         get "/healthz" => health::healthz,
         get "/readyz" => health::readyz,
         get "/metrics" => health::metrics,

@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::auth::Staff;
 use crate::storage::devices::{self, DeviceFilter};
 use crate::storage::refresh_log::{self, LogFilter};
-use crate::storage::{StorageError, alerts, now, outbox, staff, webhooks};
+use crate::storage::{StorageError, alerts, deliveries, now, outbox, staff};
 
 #[derive(RustEmbed)]
 #[folder = "../frontend/templates/"]
@@ -116,10 +116,10 @@ pub async fn overview(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
-    let tokens = api::tokens::status_data(&state).await?;
+    let tokens = api::connections::status_data(&state).await?;
     let summary = &tokens["summary"];
     let n = |v: &Value| v.as_i64().unwrap_or(0);
-    let sources = api::webhooks::sources_data(&state).await?;
+    let sources = api::webhook_sources::sources_data(&state).await?;
     let source_items = sources["items"].as_array().cloned().unwrap_or_default();
     let source_counts = count_by(source_items.iter().filter_map(|s| s["status"].as_str()));
     let device_counts = count_by(
@@ -300,7 +300,7 @@ pub async fn device(
         StorageError::NotFound => ApiError::not_found(format!("no device {id}")),
         other => other.into(),
     })?;
-    let events = webhooks::list_events(&state.db, None, Some(device.id), 100).await?;
+    let events = deliveries::list_events(&state.db, None, Some(device.id), 100).await?;
     let at = now();
     let mut hours = [0i64; 24];
     for e in &events {
@@ -336,9 +336,9 @@ pub async fn webhooks_page(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
-    let sources = api::webhooks::sources_data(&state).await?;
-    let events = webhooks::list_events(&state.db, None, None, 25).await?;
-    let rejections = webhooks::recent_rejections(&state.db, 25).await?;
+    let sources = api::webhook_sources::sources_data(&state).await?;
+    let events = deliveries::list_events(&state.db, None, None, 25).await?;
+    let rejections = deliveries::recent_rejections(&state.db, 25).await?;
     render(
         "webhooks.html",
         "Webhooks",
@@ -365,10 +365,10 @@ pub async fn tokens(
         .status(&state, now())
         .await
         .map_err(|e| ApiError::unavailable("token_status", e.to_string()))?;
-    let status = api::tokens::status_data(&state).await?;
+    let status = api::connections::status_data(&state).await?;
     let mut windows = Vec::new();
     for (hours, label) in [(24, "last 24 hours"), (24 * 7, "last 7 days")] {
-        let stats = api::tokens::stats_data(&state, hours).await?;
+        let stats = api::connections::stats_data(&state, hours).await?;
         let mut by_provider: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
         for item in stats["items"].as_array().into_iter().flatten() {
             let entry = by_provider

@@ -23,9 +23,9 @@ use diesel_async::pooled_connection::deadpool::Pool;
 
 mod statements;
 
+use super::deliveries::{IncomingEvent, InsertOutcome, SourceEffect};
 use super::devices::{Device, NewDevice, learn_interval};
 use super::schema::{devices, webhook_events, webhook_sources};
-use super::webhooks::{IncomingEvent, InsertOutcome, SourceEffect};
 use super::{Db, Pools, StorageResult, UtcTime};
 
 /// How far a source's `last_event_at` may lag its newest event. Every group from one source

@@ -56,7 +56,7 @@ pub struct OutboxQuery {
 }
 
 /// `GET /api/outbox`: emails newest first (without bodies), and how many are waiting.
-pub async fn list(
+pub async fn outbox(
     state: web::Data<AppState>,
     query: web::Query<OutboxQuery>,
 ) -> Result<HttpResponse, ApiError> {

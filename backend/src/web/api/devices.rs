@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::{json_text, page_limit, page_offset};
 use crate::app::AppState;
 use crate::storage::devices::{self, Device, DeviceFilter};
-use crate::storage::{StorageError, UtcTime, webhooks};
+use crate::storage::{StorageError, UtcTime, deliveries};
 use crate::web::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -80,7 +80,7 @@ pub async fn list(
         ));
     }
     let source_id = match &query.source {
-        Some(name) => match webhooks::source_by_name(&state.db, name).await {
+        Some(name) => match deliveries::source_by_name(&state.db, name).await {
             Ok(source) => Some(source.id),
             // An unknown source has no devices; say so plainly rather than 404 the list.
             Err(StorageError::NotFound) => {
@@ -110,7 +110,7 @@ pub async fn detail(state: web::Data<AppState>, id: web::Path<i64>) -> Result<Ht
         StorageError::NotFound => ApiError::not_found(format!("no device with id {id}")),
         other => other.into(),
     })?;
-    let events = webhooks::list_events(&state.db, None, Some(device.id), 100).await?;
+    let events = deliveries::list_events(&state.db, None, Some(device.id), 100).await?;
     let readings: Vec<Value> = events
         .into_iter()
         .map(|e| {

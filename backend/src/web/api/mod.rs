@@ -1,13 +1,13 @@
 //! The JSON API under `/api`. Handlers only translate HTTP to storage calls and back.
 
 pub mod alerts;
+pub mod connections;
 pub mod cron;
 pub mod devices;
 pub mod milesight;
 pub mod polling;
 pub mod scheduler;
-pub mod tokens;
-pub mod webhooks;
+pub mod webhook_sources;
 
 use serde::Deserialize;
 
@@ -18,26 +18,26 @@ super::route_table! {
     pub fn routes, const ROUTES {
         get "/api/devices" => devices::list,
         get "/api/devices/{id}" => devices::detail,
-        get "/api/webhooks/sources" => webhooks::sources,
-        get "/api/webhooks/events" => webhooks::events,
-        get "/api/webhooks/rejections" => webhooks::rejections,
+        get "/api/webhooks/sources" => webhook_sources::sources,
+        get "/api/webhooks/events" => webhook_sources::events,
+        get "/api/webhooks/rejections" => webhook_sources::rejections,
         get "/api/milesight/token" => milesight::status,
         post "/api/milesight/token/refresh" => milesight::refresh,
-        get "/api/connections" => tokens::list,
-        post "/api/connections" => tokens::create,
-        get "/api/connections/{id}" => tokens::detail,
-        delete "/api/connections/{id}" => tokens::delete,
-        patch "/api/connections/{id}" => tokens::update,
-        get "/api/tokens/status" => tokens::status,
-        post "/api/tokens/{id}/refresh" => tokens::refresh,
-        get "/api/refresh-log" => tokens::log,
-        get "/api/refresh-stats" => tokens::stats,
+        get "/api/connections" => connections::list,
+        post "/api/connections" => connections::create,
+        get "/api/connections/{id}" => connections::detail,
+        delete "/api/connections/{id}" => connections::delete,
+        patch "/api/connections/{id}" => connections::update,
+        get "/api/tokens/status" => connections::status,
+        post "/api/tokens/{id}/refresh" => connections::refresh,
+        get "/api/refresh-log" => connections::log,
+        get "/api/refresh-stats" => connections::stats,
         post "/api/scheduler" => scheduler::control,
         get "/api/alerts" => alerts::alerts,
         post "/api/alerts/test-email" => alerts::test_email,
         get "/api/alerts/{id}" => alerts::alert,
         post "/api/alerts/{id}/ack" => alerts::acknowledge,
-        get "/api/outbox" => alerts::list,
+        get "/api/outbox" => alerts::outbox,
         get "/api/silences" => alerts::silences,
         post "/api/silences" => alerts::add_silence,
         delete "/api/silences/{id}" => alerts::delete_silence,

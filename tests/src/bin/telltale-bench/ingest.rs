@@ -11,8 +11,8 @@ use bytes::Bytes;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use telltale::db_run;
+use telltale::storage::deliveries;
 use telltale::storage::schema::webhook_events;
-use telltale::storage::webhooks;
 use telltale_e2e::load::{self, LoadReport, Request, Workload};
 use telltale_e2e::{Backend, TestDb, TestServer};
 
@@ -449,7 +449,7 @@ async fn verify(
     let answered_stored: u64 = report.tallies.iter().map(|t| t.stored).sum();
     let duplicates: u64 = report.tallies.iter().map(|t| t.duplicates).sum();
     let refused: u64 = report.tallies.iter().map(|t| t.refused_bad_signatures).sum();
-    let source = webhooks::source_by_name(db, scenario.name)
+    let source = deliveries::source_by_name(db, scenario.name)
         .await
         .map_err(|e| format!("source {}: {e}", scenario.name))?;
     let counted = async {

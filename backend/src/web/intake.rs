@@ -6,7 +6,7 @@ use serde_json::json;
 use super::ApiError;
 use crate::app::AppState;
 use crate::milesight::intake::{IntakeError, WebhookRequest};
-use crate::milesight::webhook::Rejection;
+use crate::milesight::payload::Rejection;
 
 /// MDP probes a callback URL before using it, and refuses URLs that answer non-POST requests
 /// with an error, so GET and HEAD succeed here.

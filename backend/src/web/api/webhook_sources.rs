@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{LimitOnly, json_text, page_limit};
 use crate::app::AppState;
 use crate::milesight::source_status;
-use crate::storage::{StorageError, now, webhooks};
+use crate::storage::{StorageError, deliveries, now};
 use crate::web::ApiError;
 
 pub async fn sources(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -20,14 +20,14 @@ pub async fn sources(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 /// Every source with its status and event counts (the API and the webhooks page).
 pub async fn sources_data(state: &AppState) -> Result<serde_json::Value, ApiError> {
     let at = now();
-    let sources = webhooks::list_sources(&state.db).await?;
+    let sources = deliveries::list_sources(&state.db).await?;
     let last_hour: HashMap<i64, i64> =
-        webhooks::event_counts_since(&state.db, (at.0 - Duration::hours(1)).into())
+        deliveries::event_counts_since(&state.db, (at.0 - Duration::hours(1)).into())
             .await?
             .into_iter()
             .collect();
     let last_day: HashMap<i64, i64> =
-        webhooks::event_counts_since(&state.db, (at.0 - Duration::days(1)).into())
+        deliveries::event_counts_since(&state.db, (at.0 - Duration::days(1)).into())
             .await?
             .into_iter()
             .collect();
@@ -71,7 +71,7 @@ pub async fn events(
     let limit = page_limit(query.limit)?;
     let source_id = match &query.source {
         Some(name) => Some(
-            webhooks::source_by_name(&state.db, name)
+            deliveries::source_by_name(&state.db, name)
                 .await
                 .map_err(|e| match e {
                     StorageError::NotFound => {
@@ -82,7 +82,7 @@ pub async fn events(
         ),
         None => None,
     };
-    let events = webhooks::list_events(&state.db, source_id.as_ref().map(|s| s.id), None, limit).await?;
+    let events = deliveries::list_events(&state.db, source_id.as_ref().map(|s| s.id), None, limit).await?;
     let items: Vec<_> = events
         .into_iter()
         .map(|e| {
@@ -106,7 +106,7 @@ pub async fn rejections(
     query: web::Query<LimitOnly>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
-    let items: Vec<_> = webhooks::recent_rejections(&state.db, limit)
+    let items: Vec<_> = deliveries::recent_rejections(&state.db, limit)
         .await?
         .into_iter()
         .map(|r| {
