@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::providers::Answer;
 use crate::redact::redact;
 
 /// How an MDP call failed, in the terms a caller acts on.
@@ -86,7 +87,7 @@ async fn read_wrapped<T: DeserializeOwned>(
         }
     };
     let status = response.status();
-    let retry_after = crate::providers::retry_after(response.headers());
+    let answer = Answer::of(&response);
     let body = response.bytes().await.map_err(|e| MdpError::Transient {
         message: redact(&format!("reading the response failed: {e}"), secrets),
         retry_after: None,
@@ -106,17 +107,18 @@ async fn read_wrapped<T: DeserializeOwned>(
     let upstream = redact(&upstream, secrets);
     let auth_failed = envelope.as_ref().and_then(|e| e.err_code.as_deref()) == Some("authentication_failed");
 
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Err(MdpError::Transient {
-            message: upstream,
-            retry_after,
-        });
-    }
-    if auth_failed || status == StatusCode::UNAUTHORIZED {
-        return Err(MdpError::InvalidCredentials(upstream));
-    }
-    if !status.is_success() {
-        return Err(MdpError::Permanent(upstream));
+    match answer {
+        Answer::RateLimited { retry_after } | Answer::Unavailable { retry_after } => {
+            return Err(MdpError::Transient {
+                message: upstream,
+                retry_after,
+            });
+        }
+        _ if auth_failed || status == StatusCode::UNAUTHORIZED => {
+            return Err(MdpError::InvalidCredentials(upstream));
+        }
+        Answer::Refused => return Err(MdpError::Permanent(upstream)),
+        Answer::Ok => {}
     }
     match envelope {
         Some(Envelope {

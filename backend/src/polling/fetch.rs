@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::PollEngine;
 use super::catalogue::{Auth, Endpoint, Pagination};
 use crate::app::AppState;
+use crate::providers::Answer;
 use crate::redact::redact;
 use crate::storage::connections::{self, Connection};
 use crate::storage::now;
@@ -323,12 +324,13 @@ impl Session<'_> {
         let status = response.status();
         let code = Some(i32::from(status.as_u16()));
         let headers = response.headers().clone();
+        let answer = Answer::of(&response);
         let bytes = response.bytes().await.unwrap_or_default();
         if status == StatusCode::UNAUTHORIZED {
             return Err(Attempt::Unauthorized);
         }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let wait = crate::providers::retry_after(&headers).unwrap_or(Duration::from_secs(30));
+        if let Answer::RateLimited { retry_after } = answer {
+            let wait = retry_after.unwrap_or(Duration::from_secs(30));
             self.engine.pause(platform, wait);
             tracing::warn!(
                 platform,
@@ -345,14 +347,14 @@ impl Session<'_> {
             });
         }
         let snippet = || redact(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)]), &hide);
-        if status.is_server_error() {
+        if let Answer::Unavailable { retry_after } = answer {
             return Err(Attempt::Transient {
                 message: format!("HTTP {}", status.as_u16()),
                 http_status: code,
-                retry_after: crate::providers::retry_after(&headers),
+                retry_after,
             });
         }
-        if !status.is_success() {
+        if answer == Answer::Refused {
             return Err(Attempt::Permanent {
                 message: format!("HTTP {}: {}", status.as_u16(), snippet()),
                 http_status: code,

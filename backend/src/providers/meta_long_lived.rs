@@ -15,7 +15,7 @@ use futures_core::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{DerivedToken, Issued, Outcome, Provider, retry_after, unanswered};
+use super::{Answer, DerivedToken, Issued, Outcome, Provider, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -41,7 +41,7 @@ struct GraphError {
 
 /// A Graph API failure in the engine's terms: 190 (any subcode) ends the token; throttling
 /// (4, 17, 32, 613) and transient codes (1, 2) are retried.
-fn classify(status: u16, body: &Value, wait: Option<Duration>, hide: &[&str]) -> Outcome {
+fn classify(status: u16, answer: Answer, body: &Value, hide: &[&str]) -> Outcome {
     let error: Option<GraphError> = body
         .get("error")
         .and_then(|e| serde_json::from_value(e.clone()).ok());
@@ -62,25 +62,26 @@ fn classify(status: u16, body: &Value, wait: Option<Duration>, hide: &[&str]) ->
         Some(190) => Outcome::NeedsReauth(message),
         Some(1 | 2 | 4 | 17 | 32 | 613) => Outcome::Transient {
             message,
-            retry_after: wait,
+            retry_after: match answer {
+                Answer::RateLimited { retry_after } | Answer::Unavailable { retry_after } => retry_after,
+                Answer::Ok | Answer::Refused => None,
+            },
         },
-        _ if status == 429 || status >= 500 => Outcome::Transient {
-            message,
-            retry_after: wait,
-        },
-        _ => Outcome::Failed(message),
+        _ => answer
+            .retry(|| message.clone())
+            .unwrap_or(Outcome::Failed(message)),
     }
 }
 
 async fn get(http: &reqwest::Client, url: &str, hide: &[&str]) -> Result<Value, Outcome> {
     let response = http.get(url).send().await.map_err(|e| unanswered(e, hide))?;
     let status = response.status().as_u16();
-    let wait = retry_after(response.headers());
+    let answer = Answer::of(&response);
     let body: Value = response.json().await.unwrap_or(Value::Null);
-    if (200..300).contains(&status) && body.get("error").is_none() {
+    if answer == Answer::Ok && body.get("error").is_none() {
         return Ok(body);
     }
-    Err(classify(status, &body, wait, hide))
+    Err(classify(status, answer, &body, hide))
 }
 
 impl Provider for MetaLongLived {

@@ -121,6 +121,56 @@ pub fn unanswered(err: reqwest::Error, hide: &[&str]) -> Outcome {
     }
 }
 
+/// What an upstream's HTTP status means, before the body says more: the one place that decides
+/// which answers are worth retrying and how long the server asked us to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 2xx.
+    Ok,
+    /// 429: the upstream wants us to slow down, for `retry_after` when it says.
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx: the upstream is struggling; worth retrying (after `retry_after` when it says).
+    Unavailable { retry_after: Option<Duration> },
+    /// Anything else: the request itself was refused; the body says why.
+    Refused,
+}
+
+impl Answer {
+    pub fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> Answer {
+        if status.is_success() {
+            Answer::Ok
+        } else if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            Answer::RateLimited {
+                retry_after: retry_after(headers),
+            }
+        } else if status.is_server_error() {
+            Answer::Unavailable {
+                retry_after: retry_after(headers),
+            }
+        } else {
+            Answer::Refused
+        }
+    }
+
+    pub fn of(response: &reqwest::Response) -> Answer {
+        Answer::classify(response.status(), response.headers())
+    }
+
+    /// For a 429 or 5xx, the transient outcome a refresh reports (the engine retries it with
+    /// backoff, or after the server's `Retry-After`); `None` for answers the body must explain.
+    pub fn retry(self, message: impl FnOnce() -> String) -> Option<Outcome> {
+        match self {
+            Answer::RateLimited { retry_after } | Answer::Unavailable { retry_after } => {
+                Some(Outcome::Transient {
+                    message: message(),
+                    retry_after,
+                })
+            }
+            Answer::Ok | Answer::Refused => None,
+        }
+    }
+}
+
 /// `Retry-After` as seconds or an HTTP date.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
@@ -151,7 +201,44 @@ pub fn jwt_claims(token: &str) -> Option<serde_json::Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::jwt_expiry;
+    use super::{Answer, Outcome, jwt_expiry};
+    use reqwest::StatusCode;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+    use std::time::Duration;
+
+    #[test]
+    fn answers_are_classified_once_for_every_upstream() {
+        let mut wait = HeaderMap::new();
+        wait.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        let none = HeaderMap::new();
+        let seven = Some(Duration::from_secs(7));
+        assert_eq!(Answer::classify(StatusCode::OK, &wait), Answer::Ok);
+        assert_eq!(
+            Answer::classify(StatusCode::TOO_MANY_REQUESTS, &wait),
+            Answer::RateLimited { retry_after: seven }
+        );
+        assert_eq!(
+            Answer::classify(StatusCode::SERVICE_UNAVAILABLE, &wait),
+            Answer::Unavailable { retry_after: seven }
+        );
+        assert_eq!(
+            Answer::classify(StatusCode::BAD_GATEWAY, &none),
+            Answer::Unavailable { retry_after: None }
+        );
+        for refused in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FOUND,
+        ] {
+            assert_eq!(Answer::classify(refused, &wait), Answer::Refused, "{refused}");
+        }
+        assert!(matches!(
+            Answer::classify(StatusCode::TOO_MANY_REQUESTS, &wait).retry(|| "HTTP 429".into()),
+            Some(Outcome::Transient { retry_after, .. }) if retry_after == seven
+        ));
+        assert!(Answer::Refused.retry(|| unreachable!()).is_none());
+        assert!(Answer::Ok.retry(|| unreachable!()).is_none());
+    }
 
     #[test]
     fn jwt_expiry_reads_exp_and_refuses_garbage() {

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::oauth2_refresh::ClientCredentials;
-use super::{Issued, Outcome, Provider, jwt_expiry, retry_after, unanswered};
+use super::{Issued, Outcome, Provider, jwt_expiry, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -46,7 +46,7 @@ fn token_url(connection: &Connection, settings: &Settings) -> Option<String> {
 }
 
 /// The token object and the error, from either a plain RFC 6749 body or an MDP envelope.
-struct Answer {
+struct TokenBody {
     access_token: Option<String>,
     refresh_token: Option<String>,
     expires_in: Option<i64>,
@@ -59,13 +59,13 @@ struct Answer {
     failed: bool,
 }
 
-fn read_answer(body: &[u8]) -> Option<Answer> {
+fn read_answer(body: &[u8]) -> Option<TokenBody> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let object = value.as_object()?;
     let token = object.get("data").filter(|d| d.is_object()).unwrap_or(&value);
     let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_owned);
     let number = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_i64);
-    Some(Answer {
+    Some(TokenBody {
         access_token: text(token, "access_token").filter(|t| !t.is_empty()),
         refresh_token: text(token, "refresh_token").filter(|t| !t.is_empty()),
         expires_in: number(token, "expires_in"),
@@ -129,7 +129,7 @@ impl Provider for OAuth2ClientCredentials {
                 Err(e) => return unanswered(e, &hide),
             };
             let status = response.status();
-            let wait = retry_after(response.headers());
+            let http_answer = super::Answer::of(&response);
             let body = response.bytes().await.unwrap_or_default();
             let answer = read_answer(&body);
             let described = redact(
@@ -147,11 +147,8 @@ impl Provider for OAuth2ClientCredentials {
                 },
                 &hide,
             );
-            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                return Outcome::Transient {
-                    message: described,
-                    retry_after: wait,
-                };
+            if let Some(retry) = http_answer.retry(|| described.clone()) {
+                return retry;
             }
             let Some(answer) = answer else {
                 // A proxy's HTML page or a truncated body: the next attempt may be answered properly.

@@ -11,7 +11,7 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Issued, Outcome, Provider, retry_after, unanswered};
+use super::{Answer, Issued, Outcome, Provider, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -155,14 +155,11 @@ impl Provider for OAuth2Refresh {
                 Err(e) => return unanswered(e, &hide),
             };
             let status = response.status();
-            let wait = retry_after(response.headers());
+            let answer = Answer::of(&response);
             let body = response.bytes().await.unwrap_or_default();
             let parsed: Option<TokenResponse> = serde_json::from_slice(&body).ok();
-            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                return Outcome::Transient {
-                    message: format!("HTTP {}", status.as_u16()),
-                    retry_after: wait,
-                };
+            if let Some(retry) = answer.retry(|| format!("HTTP {}", status.as_u16())) {
+                return retry;
             }
             let Some(parsed) = parsed else {
                 return Outcome::Transient {

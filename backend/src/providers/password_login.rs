@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Issued, Outcome, Provider, jwt_expiry, retry_after, unanswered};
+use super::{Answer, Issued, Outcome, Provider, jwt_expiry, unanswered};
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
 pub struct PasswordLogin;
@@ -114,7 +114,7 @@ impl Provider for PasswordLogin {
                 Err(e) => return unanswered(e, &hide),
             };
             let status = response.status();
-            let wait = retry_after(response.headers());
+            let answer = Answer::of(&response);
             let from_header = settings.token_header.as_deref().and_then(|name| {
                 response
                     .headers()
@@ -123,13 +123,10 @@ impl Provider for PasswordLogin {
                     .map(|v| v.trim_start_matches("Bearer ").to_owned())
             });
             let body: Value = response.json().await.unwrap_or(Value::Null);
+            if let Some(retry) = answer.retry(|| format!("HTTP {}", status.as_u16())) {
+                return retry;
+            }
             match status {
-                s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
-                    return Outcome::Transient {
-                        message: format!("HTTP {}", s.as_u16()),
-                        retry_after: wait,
-                    };
-                }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                     return Outcome::NeedsReauth(format!("HTTP {}: login refused", status.as_u16()));
                 }

@@ -11,7 +11,7 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Issued, Outcome, Provider, jwt_expiry, retry_after, unanswered};
+use super::{Answer, Issued, Outcome, Provider, jwt_expiry, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -123,7 +123,7 @@ async fn call(http: &reqwest::Client, url: &str, body: &serde_json::Value, hide:
         Err(e) => return Call::Other(unanswered(e, hide)),
     };
     let status = response.status();
-    let wait = retry_after(response.headers());
+    let answer = Answer::of(&response);
     let bytes = response.bytes().await.unwrap_or_default();
     if status.is_success() {
         return match serde_json::from_slice::<TokenPair>(&bytes) {
@@ -150,16 +150,12 @@ async fn call(http: &reqwest::Client, url: &str, body: &serde_json::Value, hide:
         ),
         hide,
     );
-    match status {
-        StatusCode::UNAUTHORIZED => Call::Refused(described),
-        StatusCode::TOO_MANY_REQUESTS => Call::Other(Outcome::Transient {
-            message: described,
-            retry_after: wait,
-        }),
-        s if s.is_server_error() => Call::Other(Outcome::Transient {
-            message: described,
-            retry_after: wait,
-        }),
-        _ => Call::Other(Outcome::Failed(described)),
+    if status == StatusCode::UNAUTHORIZED {
+        return Call::Refused(described);
     }
+    Call::Other(
+        answer
+            .retry(|| described.clone())
+            .unwrap_or(Outcome::Failed(described)),
+    )
 }
