@@ -150,9 +150,15 @@ async fn causes_mute_their_effects(backend: Backend) {
 
     // A revoked token, and polls of that connection failing because of it.
     let id = connection(&state, "spotify-main").await;
-    connections::record_refresh_failure(&state.db, id, Some("needs_reauth"), "invalid_grant", now())
-        .await
-        .unwrap();
+    connections::record_refresh_failure(
+        &state.db,
+        id,
+        Some(telltale::storage::ConnectionStatus::NeedsReauth),
+        "invalid_grant",
+        now(),
+    )
+    .await
+    .unwrap();
     poll_store::ensure_pairs(&state.db, &[(id, "recently_played")])
         .await
         .unwrap();

@@ -32,9 +32,15 @@ async fn populate(state: &AppState) -> (i64, i64) {
             .await
             .unwrap();
     }
-    connections::record_refresh_failure(&state.db, revoked, Some("needs_reauth"), "invalid_grant", now())
-        .await
-        .unwrap();
+    connections::record_refresh_failure(
+        &state.db,
+        revoked,
+        Some(telltale::storage::ConnectionStatus::NeedsReauth),
+        "invalid_grant",
+        now(),
+    )
+    .await
+    .unwrap();
 
     let source = deliveries::ensure_source(&state.db, "site-a", SourceTiming::default())
         .await

@@ -543,9 +543,15 @@ async fn revoked_connections_are_skipped_and_reported(backend: Backend) {
     let state = app(&db, "").await;
     let api = MockServer::start().await;
     let id = spotify(&state, &api, "acme", "sp").await;
-    connections::record_refresh_failure(&state.db, id, Some("needs_reauth"), "invalid_grant", now())
-        .await
-        .unwrap();
+    connections::record_refresh_failure(
+        &state.db,
+        id,
+        Some(telltale::storage::ConnectionStatus::NeedsReauth),
+        "invalid_grant",
+        now(),
+    )
+    .await
+    .unwrap();
     let report = sweep(&state, None, now()).await;
     assert_eq!((report.polls, report.skipped, report.failed), (2, 2, 0));
     assert!(

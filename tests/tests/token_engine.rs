@@ -249,7 +249,15 @@ async fn transient_errors_are_retried_honouring_retry_after(backend: Backend) {
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After was honoured"
     );
-    let outcome = |id: i64| report.results.iter().find(|r| r.id == id).unwrap().outcome;
+    let outcome = |id: i64| {
+        report
+            .results
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap()
+            .outcome
+            .as_str()
+    };
     assert_eq!((outcome(flaky), outcome(down)), ("refreshed", "failed"));
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests.iter().filter(|r| r.url.path() == "/flaky").count(), 2);
@@ -305,7 +313,15 @@ async fn presets_authenticate_the_client_their_way(backend: Backend) {
         .sweep(&state, &sweep_request(false), now())
         .await
         .unwrap();
-    let outcome = |id: i64| report.results.iter().find(|r| r.id == id).unwrap().outcome;
+    let outcome = |id: i64| {
+        report
+            .results
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap()
+            .outcome
+            .as_str()
+    };
     assert_eq!(
         (outcome(spotify), outcome(github)),
         ("refreshed", "needs_reauth"),
@@ -330,7 +346,7 @@ async fn a_dry_run_changes_nothing(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(
-        (report.checked, report.dry_run, report.results[0].outcome),
+        (report.checked, report.dry_run, report.results[0].outcome.as_str()),
         (1, true, "would_refresh")
     );
     let after = connections::get_connection(&state.db, id).await.unwrap();

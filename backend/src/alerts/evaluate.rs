@@ -17,6 +17,7 @@ use crate::app::AppState;
 use crate::config::Config;
 use crate::milesight::token::is_milesight;
 use crate::scheduler::JobSpec;
+use crate::storage::ConnectionStatus;
 use crate::storage::alerts::{self as store, Alert, Email, Firing};
 use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
@@ -75,8 +76,9 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
         .connections
         .iter()
         .filter(|c| {
-            c.status == "needs_reauth"
-                || (c.status != "disabled" && c.consecutive_failures >= config.refresh_failures)
+            c.status == ConnectionStatus::NeedsReauth
+                || (c.status != ConnectionStatus::Disabled
+                    && c.consecutive_failures >= config.refresh_failures)
         })
         .map(|c| c.id)
         .collect();
@@ -116,14 +118,18 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
         });
     }
 
-    for c in signals.connections.iter().filter(|c| c.status != "disabled") {
+    for c in signals
+        .connections
+        .iter()
+        .filter(|c| c.status != ConnectionStatus::Disabled)
+    {
         let held = held_back
             .get(&c.id)
             .map(|e| format!("\nHeld back (caused by this): failing polls of {}.", e.join(", ")))
             .unwrap_or_default();
         let look = link(format!("/api/connections/{}", c.id));
         let severity = if is_milesight(c) { "high" } else { "warning" };
-        if c.status == "needs_reauth" {
+        if c.status == ConnectionStatus::NeedsReauth {
             firing.push(Firing {
                 key: format!("token_needs_reauth:connection:{}", c.id),
                 rule: "token_needs_reauth".into(),

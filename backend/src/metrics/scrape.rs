@@ -8,6 +8,7 @@ use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::milesight::token::is_milesight;
 use crate::polling::catalogue::platform_of;
+use crate::storage::ConnectionStatus;
 use crate::storage::{Db, StorageResult, UtcTime, alerts, connections, deliveries, devices, outbox, polling};
 
 const CONNECTION: &[&str] = &["provider", "connection_id", "connection"];
@@ -187,7 +188,7 @@ impl DbGauges {
         let mut names = HashMap::new();
         for c in &all {
             names.insert(c.id, c);
-            if c.status == "disabled" {
+            if c.status == ConnectionStatus::Disabled {
                 continue;
             }
             let id = c.id.to_string();
@@ -200,7 +201,7 @@ impl DbGauges {
             self.token_failures
                 .with_label_values(&labels)
                 .set(i64::from(c.consecutive_failures));
-            let refused = c.status == "needs_reauth";
+            let refused = c.status == ConnectionStatus::NeedsReauth;
             self.token_needs_reauth
                 .with_label_values(&labels)
                 .set(i64::from(refused));

@@ -16,6 +16,7 @@ use crate::app::AppState;
 use crate::config::MilesightApi;
 use crate::providers::oauth2_client_credentials::{KIND, MILESIGHT_PRESET};
 use crate::storage::connections::{self, Connection, ConnectionUpdate};
+use crate::storage::{ConnectionStatus, RefreshOutcome};
 use crate::storage::{StorageError, UtcTime, now};
 use crate::tokens::ConnectionResult;
 
@@ -193,7 +194,7 @@ impl TokenKeeper {
         let connection = self.connection(state).await?;
         // Refused credentials stay refused until someone changes them: only a person (manual
         // refresh) or a config change tries again.
-        if connection.status == "needs_reauth" {
+        if connection.status == ConnectionStatus::NeedsReauth {
             return Err(TokenError::InvalidCredentials);
         }
         let result = state
@@ -263,10 +264,14 @@ impl TokenKeeper {
 /// Turns the engine's result into this module's terms: whether a new token was fetched.
 fn judge(result: ConnectionResult) -> Result<bool, TokenError> {
     match result.outcome {
-        "refreshed" => Ok(true),
-        "needs_reauth" => Err(TokenError::InvalidCredentials),
-        "skipped" if result.detail.as_deref() == Some("needs_reauth") => Err(TokenError::InvalidCredentials),
-        "skipped" => Ok(false),
+        RefreshOutcome::Refreshed => Ok(true),
+        RefreshOutcome::NeedsReauth => Err(TokenError::InvalidCredentials),
+        RefreshOutcome::Skipped
+            if result.detail.as_deref() == Some(ConnectionStatus::NeedsReauth.as_str()) =>
+        {
+            Err(TokenError::InvalidCredentials)
+        }
+        RefreshOutcome::Skipped => Ok(false),
         _ => Err(TokenError::Upstream(result.detail.unwrap_or_default())),
     }
 }
@@ -309,8 +314,8 @@ async fn ensure_connection(state: &AppState, api: &MilesightApi) -> Result<Conne
 
 /// Called by the engine after each refresh: a refused Milesight client is worth an error line
 /// of its own (the gauge and the alert read the connection's status from the database).
-pub fn note_outcome(connection: &Connection, outcome: &str) {
-    if is_milesight(connection) && outcome == "needs_reauth" {
+pub fn note_outcome(connection: &Connection, outcome: RefreshOutcome) {
+    if is_milesight(connection) && outcome == RefreshOutcome::NeedsReauth {
         tracing::error!("Milesight refused the client credentials; token refresh stops until they are fixed");
     }
 }

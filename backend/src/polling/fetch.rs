@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::providers::Answer;
 use crate::redact::redact;
 use crate::storage::connections::{self, Connection};
-use crate::storage::now;
+use crate::storage::{ConnectionStatus, RefreshOutcome, now};
 
 /// Everything a successful poll fetched.
 pub struct Fetched {
@@ -79,8 +79,8 @@ pub async fn poll(
         http_status: None,
     };
     let connection_id = connection.id;
-    if matches!(connection.status.as_str(), "needs_reauth" | "disabled") {
-        return Err(Failure::Skipped(connection.status.clone()));
+    if connection.status.waits_for_a_person() {
+        return Err(Failure::Skipped(connection.status.to_string()));
     }
     let token = usable_token(state, connection).await?;
     let settings: Value = serde_json::from_str(&connection.settings).unwrap_or(Value::Null);
@@ -186,8 +186,8 @@ async fn usable_token(state: &AppState, connection: &Connection) -> Result<Strin
                 message: format!("storage: {e}"),
                 http_status: None,
             })?;
-        if result.outcome == "needs_reauth" {
-            return Err(Failure::Skipped("needs_reauth".into()));
+        if result.outcome == RefreshOutcome::NeedsReauth {
+            return Err(Failure::Skipped(ConnectionStatus::NeedsReauth.to_string()));
         }
         connection = connections::get_connection(&state.db, connection.id)
             .await
@@ -264,8 +264,10 @@ impl Session<'_> {
                 http_status: Some(401),
             })?;
         match result.outcome {
-            "refreshed" => {}
-            "needs_reauth" => return Err(Failure::Skipped("needs_reauth".into())),
+            RefreshOutcome::Refreshed => {}
+            RefreshOutcome::NeedsReauth => {
+                return Err(Failure::Skipped(ConnectionStatus::NeedsReauth.to_string()));
+            }
             _ => {
                 return Err(Failure::Failed {
                     message: format!(

@@ -210,9 +210,9 @@ impl PollEngine {
                          endpoint: e,
                          ..
                      }| {
-                        let usable = !matches!(c.status.as_str(), "needs_reauth" | "disabled");
+                        let usable = !c.status.waits_for_a_person();
                         let mut r = result_of(c, e, if usable { "would_poll" } else { "skipped" });
-                        r.detail = (!usable).then(|| c.status.clone());
+                        r.detail = (!usable).then(|| c.status.to_string());
                         r
                     },
                 )

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::fields::UtcTime;
 use super::schema::{accounts, connections};
-use super::{Db, StorageError, StorageResult, now, open_secret, reseal};
+use super::{ConnectionStatus, Db, StorageError, StorageResult, now, open_secret, reseal};
 use crate::crypto::Crypto;
 use crate::db_run;
 
@@ -59,7 +59,7 @@ pub struct Connection {
     pub token_fingerprint: Option<String>,
     pub expires_at: Option<UtcTime>,
     pub refresh_expires_at: Option<UtcTime>,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub consecutive_failures: i32,
     pub last_error: Option<String>,
     pub last_refresh_attempt_at: Option<UtcTime>,
@@ -146,11 +146,11 @@ pub fn fingerprint(token: &str) -> String {
     format!("…{tail}")
 }
 
-fn status_for(token: Option<&str>, expires_at: Option<UtcTime>) -> &'static str {
+fn status_for(token: Option<&str>, expires_at: Option<UtcTime>) -> ConnectionStatus {
     match (token, expires_at) {
-        (None, _) => "missing",
-        (Some(_), Some(at)) if at.0 <= chrono::Utc::now() => "expired",
-        _ => "active",
+        (None, _) => ConnectionStatus::Missing,
+        (Some(_), Some(at)) if at.0 <= chrono::Utc::now() => ConnectionStatus::Expired,
+        _ => ConnectionStatus::Active,
     }
 }
 
@@ -341,7 +341,7 @@ pub async fn store_refreshed_token(
             .map(|t| Some(crypto.encrypt_str(REFRESH_TOKEN_COLUMN, t))),
         refresh_expires_at: token.refresh_token.as_ref().map(|_| token.refresh_expires_at),
         expires_at: Some(token.expires_at),
-        status: Some("active".into()),
+        status: Some(ConnectionStatus::Active),
         consecutive_failures: Some(0),
         last_error: Some(None),
         last_refresh_attempt_at: Some(Some(at)),
@@ -363,12 +363,12 @@ pub async fn store_refreshed_token(
 pub async fn record_refresh_failure(
     db: &Db,
     id: i64,
-    status: Option<&str>,
+    status: Option<ConnectionStatus>,
     error: &str,
     at: UtcTime,
 ) -> StorageResult<Connection> {
     let changeset = ConnectionChangeset {
-        status: status.map(str::to_owned),
+        status,
         last_error: Some(Some(error.to_owned())),
         last_refresh_attempt_at: Some(Some(at)),
         updated_at: Some(at),
@@ -396,7 +396,7 @@ pub async fn refresh_candidates(
 ) -> StorageResult<Vec<Connection>> {
     db_run!(db, |conn| {
         let mut query = connections::table
-            .filter(connections::status.ne_all(["disabled", "needs_reauth"]))
+            .filter(connections::status.ne_all([ConnectionStatus::Disabled, ConnectionStatus::NeedsReauth]))
             .filter(
                 connections::refresh_token
                     .is_not_null()
@@ -507,7 +507,7 @@ pub async fn upsert_derived_token(
                 connections::settings.eq(&settings),
                 connections::access_token.eq(Some(&sealed)),
                 connections::token_fingerprint.eq(Some(fingerprint(token))),
-                connections::status.eq("active"),
+                connections::status.eq(ConnectionStatus::Active),
                 connections::last_refresh_success_at.eq(Some(at)),
                 connections::created_at.eq(at),
                 connections::updated_at.eq(at),
@@ -518,7 +518,7 @@ pub async fn upsert_derived_token(
                 connections::settings.eq(&settings),
                 connections::access_token.eq(Some(&sealed)),
                 connections::token_fingerprint.eq(Some(fingerprint(token))),
-                connections::status.eq("active"),
+                connections::status.eq(ConnectionStatus::Active),
                 connections::last_refresh_success_at.eq(Some(at)),
                 connections::updated_at.eq(at),
             ))
@@ -554,7 +554,7 @@ struct ConnectionChangeset {
     refresh_token: Option<Option<Vec<u8>>>,
     expires_at: Option<Option<UtcTime>>,
     refresh_expires_at: Option<Option<UtcTime>>,
-    status: Option<String>,
+    status: Option<ConnectionStatus>,
     consecutive_failures: Option<i32>,
     last_error: Option<Option<String>>,
     last_refresh_attempt_at: Option<Option<UtcTime>>,
@@ -574,14 +574,15 @@ pub async fn update_connection(
     let reauthorised =
         update.credentials.is_some() || update.access_token.is_some() || update.refresh_token.is_some();
     let has_token = update.access_token.is_some() || current.access_token.is_some();
+    let renewed = if has_token {
+        ConnectionStatus::Active
+    } else {
+        ConnectionStatus::Missing
+    };
     let status = match update.disabled {
-        Some(true) => Some("disabled".to_owned()),
-        Some(false) if current.status == "disabled" || reauthorised => {
-            Some(if has_token { "active" } else { "missing" }.to_owned())
-        }
-        _ if reauthorised && current.status != "disabled" => {
-            Some(if has_token { "active" } else { "missing" }.to_owned())
-        }
+        Some(true) => Some(ConnectionStatus::Disabled),
+        Some(false) if current.status == ConnectionStatus::Disabled || reauthorised => Some(renewed),
+        _ if reauthorised && current.status != ConnectionStatus::Disabled => Some(renewed),
         _ => None,
     };
     let changeset = ConnectionChangeset {

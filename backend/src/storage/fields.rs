@@ -2,6 +2,8 @@
 //!
 //! `schema.rs` is shared by both backends, so every type there must have a meaning on both.
 //! Timestamps are the one real difference: `timestamptz` on PostgreSQL, text on SQLite.
+//! The states rows move through (connection status, alert state, …) are enums stored as text:
+//! their spelling lives here and nowhere else.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel::deserialize::{self, FromSql};
@@ -9,6 +11,151 @@ use diesel::pg::Pg;
 use diesel::serialize::{self, IsNull, Output, ToSql};
 use diesel::sql_types::{Timestamptz, TimestamptzSqlite};
 use diesel::sqlite::Sqlite;
+
+/// Declares a state stored as text: each variant with its one spelling (in the database, the
+/// JSON API and the pages), with `ToSql`/`FromSql` for both backends and serde both ways.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant ),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "{other:?} is not a {}; expected one of {}",
+                        stringify!($name),
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // `pad`, so widths in tables (`{:<14}`) apply.
+                f.pad(self.as_str())
+            }
+        }
+
+        /// Compares with the spelling, as tests and people read it.
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl ToSql<diesel::sql_types::Text, Pg> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                <str as ToSql<diesel::sql_types::Text, Pg>>::to_sql(self.as_str(), out)
+            }
+        }
+
+        impl ToSql<diesel::sql_types::Text, Sqlite> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+                out.set_value(self.as_str());
+                Ok(IsNull::No)
+            }
+        }
+
+        impl FromSql<diesel::sql_types::Text, Pg> for $name {
+            fn from_sql(bytes: <Pg as diesel::backend::Backend>::RawValue<'_>) -> deserialize::Result<Self> {
+                let text = <String as FromSql<diesel::sql_types::Text, Pg>>::from_sql(bytes)?;
+                Ok(text.parse::<$name>()?)
+            }
+        }
+
+        impl FromSql<diesel::sql_types::Text, Sqlite> for $name {
+            fn from_sql(bytes: <Sqlite as diesel::backend::Backend>::RawValue<'_>) -> deserialize::Result<Self> {
+                let text = <String as FromSql<diesel::sql_types::Text, Sqlite>>::from_sql(bytes)?;
+                Ok(text.parse::<$name>()?)
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Where a connection's token stands (`connections.status`).
+    pub enum ConnectionStatus {
+        /// Holds a token that is being kept fresh.
+        Active = "active",
+        /// No token yet: the next refresh obtains one.
+        Missing = "missing",
+        /// Its token expired before it could be refreshed.
+        Expired = "expired",
+        /// Switched off by staff: sweeps and polls skip it.
+        Disabled = "disabled",
+        /// The platform refused the grant: a person must re-authorise it.
+        NeedsReauth = "needs_reauth",
+    }
+}
+
+impl ConnectionStatus {
+    /// Cannot be used until a person acts (re-authorises or enables it).
+    pub fn waits_for_a_person(self) -> bool {
+        matches!(self, ConnectionStatus::Disabled | ConnectionStatus::NeedsReauth)
+    }
+}
+
+text_enum! {
+    /// Where an alert stands (`alerts.state`).
+    pub enum AlertState {
+        Firing = "firing",
+        /// Firing, and someone said they are on it: no reminders.
+        Acknowledged = "acknowledged",
+        /// Firing inside a silence: its emails are held back.
+        Silenced = "silenced",
+        Resolved = "resolved",
+    }
+}
+
+text_enum! {
+    /// What one refresh attempt came to (the engine's answer; the refresh log keeps it too).
+    pub enum RefreshOutcome {
+        Refreshed = "refreshed",
+        /// A dry run: this one would be refreshed.
+        WouldRefresh = "would_refresh",
+        /// The platform refused the grant: a person must re-authorise it.
+        NeedsReauth = "needs_reauth",
+        Failed = "failed",
+        /// Not attempted: disabled, waiting for re-authorisation, or refreshed elsewhere meanwhile.
+        Skipped = "skipped",
+    }
+}
+
+impl AlertState {
+    /// Still open: firing, acknowledged or silenced.
+    pub const OPEN: [AlertState; 3] = [AlertState::Firing, AlertState::Acknowledged, AlertState::Silenced];
+}
 
 /// A UTC instant: `timestamptz` on PostgreSQL; fixed-width UTC text on SQLite.
 #[derive(diesel::sql_types::SqlType, diesel::query_builder::QueryId, Debug, Clone, Copy, Default)]

@@ -23,6 +23,7 @@ use crate::providers::{self, Issued, Outcome, Provider, circuit};
 use crate::scheduler::JobSpec;
 use crate::storage::connections::{self, Connection, RefreshedToken};
 use crate::storage::refresh_log::{self, NewRefreshLogEntry};
+use crate::storage::{ConnectionStatus, RefreshOutcome};
 use crate::storage::{StorageResult, UtcTime, now};
 
 pub const SWEEP_JOB: &str = "token-refresh-sweep";
@@ -34,7 +35,7 @@ pub struct ConnectionResult {
     pub provider: String,
     pub name: String,
     /// `refreshed`, `would_refresh` (dry run), `needs_reauth`, `failed`, or `skipped`.
-    pub outcome: &'static str,
+    pub outcome: RefreshOutcome,
     pub detail: Option<String>,
     pub expires_at: Option<UtcTime>,
 }
@@ -125,7 +126,7 @@ impl RefreshEngine {
                     id: c.id,
                     provider: c.provider.clone(),
                     name: c.name.clone(),
-                    outcome: "would_refresh",
+                    outcome: RefreshOutcome::WouldRefresh,
                     detail: None,
                     expires_at: c.expires_at,
                 });
@@ -143,10 +144,13 @@ impl RefreshEngine {
         results.sort_by_key(|r| r.id);
         Ok(SweepReport {
             checked: due.len(),
-            refreshed: results.iter().filter(|r| r.outcome == "refreshed").count(),
+            refreshed: results
+                .iter()
+                .filter(|r| r.outcome == RefreshOutcome::Refreshed)
+                .count(),
             failed: results
                 .iter()
-                .filter(|r| matches!(r.outcome, "failed" | "needs_reauth"))
+                .filter(|r| matches!(r.outcome, RefreshOutcome::Failed | RefreshOutcome::NeedsReauth))
                 .count(),
             dry_run: request.dry_run,
             timestamp: now(),
@@ -212,7 +216,7 @@ impl RefreshEngine {
                     id,
                     provider: String::new(),
                     name: String::new(),
-                    outcome: "failed",
+                    outcome: RefreshOutcome::Failed,
                     detail: Some(format!("storage: {err}")),
                     expires_at: None,
                 }
@@ -235,7 +239,7 @@ impl RefreshEngine {
             let c = connections::get_connection(&state.db, id).await?;
             return Ok(result_of(
                 &c,
-                "skipped",
+                RefreshOutcome::Skipped,
                 Some("being refreshed by another process".into()),
             ));
         };
@@ -258,7 +262,7 @@ impl RefreshEngine {
         let Some(provider) = providers::provider_for(&connection.provider) else {
             return Ok(result_of(
                 connection,
-                "failed",
+                RefreshOutcome::Failed,
                 Some(format!("unknown provider {:?}", connection.provider)),
             ));
         };
@@ -266,19 +270,27 @@ impl RefreshEngine {
         // listed it, or a concurrent refresh in this one finished while we waited.
         match due_at {
             Some(at) if !is_due(connection, provider, at, state.config.tokens.idle_refresh_days) => {
-                return Ok(result_of(connection, "skipped", Some("already fresh".into())));
+                return Ok(result_of(
+                    connection,
+                    RefreshOutcome::Skipped,
+                    Some("already fresh".into()),
+                ));
             }
             None if connection.last_refresh_success_at.is_some_and(|t| t >= asked_at) => {
                 return Ok(result_of(
                     connection,
-                    "refreshed",
+                    RefreshOutcome::Refreshed,
                     Some("refreshed by a concurrent request".into()),
                 ));
             }
             _ => {}
         }
-        if matches!(connection.status.as_str(), "needs_reauth" | "disabled") && due_at.is_some() {
-            return Ok(result_of(connection, "skipped", Some(connection.status.clone())));
+        if connection.status.waits_for_a_person() && due_at.is_some() {
+            return Ok(result_of(
+                connection,
+                RefreshOutcome::Skipped,
+                Some(connection.status.to_string()),
+            ));
         }
         let secrets = connections::secrets(&state.crypto, connection)?;
         let backoff = ExponentialBuilder::default()
@@ -380,26 +392,28 @@ impl RefreshEngine {
                     )
                     .await?;
                 }
-                result_of(&stored, "refreshed", None)
+                result_of(&stored, RefreshOutcome::Refreshed, None)
             }
             Err(Outcome::NeedsReauth(message)) => {
                 let stored = connections::record_refresh_failure(
                     &state.db,
                     connection.id,
-                    Some("needs_reauth"),
+                    Some(ConnectionStatus::NeedsReauth),
                     &message,
                     at,
                 )
                 .await?;
                 tracing::warn!(connection = connection.id, provider = %connection.provider, error = %message, "grant no longer accepted; connection needs re-authorisation");
-                result_of(&stored, "needs_reauth", Some(message))
+                result_of(&stored, RefreshOutcome::NeedsReauth, Some(message))
             }
             Err(Outcome::Transient { message, .. } | Outcome::Failed(message)) => {
                 let stored =
                     connections::record_refresh_failure(&state.db, connection.id, None, &message, at).await?;
-                result_of(&stored, "failed", Some(message))
+                result_of(&stored, RefreshOutcome::Failed, Some(message))
             }
-            Err(Outcome::Refreshed(_)) => result_of(connection, "failed", Some("unreachable".into())),
+            Err(Outcome::Refreshed(_)) => {
+                result_of(connection, RefreshOutcome::Failed, Some("unreachable".into()))
+            }
         };
         crate::milesight::token::note_outcome(connection, result.outcome);
         Ok(result)
@@ -454,7 +468,7 @@ fn to_refreshed(issued: &Issued, at: UtcTime) -> RefreshedToken {
     }
 }
 
-fn result_of(connection: &Connection, outcome: &'static str, detail: Option<String>) -> ConnectionResult {
+fn result_of(connection: &Connection, outcome: RefreshOutcome, detail: Option<String>) -> ConnectionResult {
     ConnectionResult {
         id: connection.id,
         provider: connection.provider.clone(),
@@ -496,12 +510,12 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
 pub fn token_status(connection: &Connection, lead: Duration, at: UtcTime) -> &'static str {
     let lead = chrono::Duration::from_std(lead).unwrap_or_default();
     match (
-        connection.status.as_str(),
+        connection.status,
         connection.access_token.is_some(),
         connection.expires_at,
     ) {
-        ("disabled", _, _) => "disabled",
-        ("needs_reauth", _, _) => "needs_reauth",
+        (ConnectionStatus::Disabled, _, _) => "disabled",
+        (ConnectionStatus::NeedsReauth, _, _) => "needs_reauth",
         (_, false, _) => "missing",
         (_, true, Some(exp)) if exp.0 <= at.0 => "expired",
         (_, true, Some(exp)) if exp.0 - lead <= at.0 => "expiring",

@@ -13,7 +13,7 @@ use super::page_limit;
 use crate::app::AppState;
 use crate::storage::connections;
 use crate::storage::refresh_log::{self, LogFilter};
-use crate::storage::{StorageError, UtcTime, now};
+use crate::storage::{RefreshOutcome, StorageError, UtcTime, now};
 use crate::tokens::manage::{self, ConnectionChange, ConnectionSpec, ManageError, view};
 use crate::web::ApiError;
 
@@ -98,8 +98,8 @@ pub async fn refresh(state: web::Data<AppState>, id: web::Path<i64>) -> Result<H
         .await
         .map_err(not_found(*id))?;
     let code = match result.outcome {
-        "refreshed" => StatusCode::OK,
-        "skipped" => StatusCode::CONFLICT,
+        RefreshOutcome::Refreshed => StatusCode::OK,
+        RefreshOutcome::Skipped => StatusCode::CONFLICT,
         _ => StatusCode::BAD_GATEWAY,
     };
     let connection = connections::get_connection(&state.db, *id)
