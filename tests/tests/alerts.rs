@@ -486,7 +486,9 @@ async fn silences_hold_back_notifications(backend: Backend) {
         (2, 2),
         "silenced alerts still open and show"
     );
-    let silenced_now = alerts::list(&state.db, &["silenced"], 10).await.unwrap();
+    let silenced_now = alerts::list(&state.db, &[telltale::storage::AlertState::Silenced], 10)
+        .await
+        .unwrap();
     assert_eq!(silenced_now.len(), 1, "shown as silenced");
     assert_eq!(silenced_now[0].subject, format!("connection:{quiet}"));
     deliver_due(&state).await.unwrap();
@@ -513,7 +515,7 @@ async fn silences_hold_back_notifications(backend: Backend) {
     evaluate(&state, now()).await.unwrap();
     evaluate(&state, now()).await.unwrap();
     let (alert, _) = alerts::get(&state.db, silenced.id).await.unwrap();
-    assert_eq!(alert.state, "firing");
+    assert_eq!(alert.state.as_str(), "firing");
     deliver_due(&state).await.unwrap();
     let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

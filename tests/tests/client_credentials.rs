@@ -63,7 +63,7 @@ async fn a_plain_token_endpoint_is_asked_again_before_expiry(backend: Backend) {
         (1790..=1800).contains(&runway),
         "expiry from expires_in: {runway}"
     );
-    assert_eq!(stored.status, "active");
+    assert_eq!(stored.status.as_str(), "active");
 
     // The 5-minute default lead: not due at 20 minutes, due at 26.
     let report = sweep_at(&state, (now().0 + Span::minutes(20)).into()).await;
@@ -91,14 +91,14 @@ async fn a_refused_client_needs_reauth_and_is_not_retried(backend: Backend) {
     let id = connection(&state, &format!("{}/token", server.uri()), json!({})).await;
 
     let report = sweep_all(&state).await;
-    assert_eq!(report.results[0].outcome, "needs_reauth");
+    assert_eq!(report.results[0].outcome.as_str(), "needs_reauth");
     assert_eq!(
         server.received_requests().await.unwrap().len(),
         1,
         "never retried"
     );
     let stored = connections::get_connection(&state.db, id).await.unwrap();
-    assert_eq!(stored.status, "needs_reauth");
+    assert_eq!(stored.status.as_str(), "needs_reauth");
     let error = stored.last_error.unwrap();
     assert!(
         error.contains("invalid_client") && !error.contains("CANARY"),

@@ -133,9 +133,9 @@ async fn the_user_token_is_extended_and_page_tokens_stored(backend: Backend) {
         "every page, across the paging link, stored per page"
     );
     assert!(
-        pages
-            .iter()
-            .all(|p| p.account_id == user.account_id && p.expires_at.is_none() && p.status == "active")
+        pages.iter().all(|p| p.account_id == user.account_id
+            && p.expires_at.is_none()
+            && p.status.as_str() == "active")
     );
     assert_eq!(
         sweep_all(&state).await.checked,
@@ -167,7 +167,7 @@ async fn graph_errors_are_classified(backend: Backend) {
     let state = app(&db).await;
     let id = meta(&state, &graph, 1).await;
     let report = sweep_all(&state).await;
-    assert_eq!(report.results[0].outcome, "needs_reauth", "{report:?}");
+    assert_eq!(report.results[0].outcome.as_str(), "needs_reauth", "{report:?}");
     assert_eq!(
         graph.received_requests().await.unwrap().len(),
         2,

@@ -130,7 +130,11 @@ async fn every_page_is_synced_and_fresher_webhook_state_wins(backend: Backend) {
     assert_eq!((b.status.as_str(), b.battery), ("online", Some(77)));
     assert_eq!(b.mdp_device_id.as_deref(), Some("1904371063669395457"));
     assert_eq!(b.last_seen_at.map(|t| t.timestamp_millis()), Some(an_hour_ago));
-    assert_eq!(by_sn("SN-C").status, "offline", "DISCONNECT counts as offline");
+    assert_eq!(
+        by_sn("SN-C").status.as_str(),
+        "offline",
+        "DISCONNECT counts as offline"
+    );
     assert_eq!(by_sn("SN-E").model.as_deref(), Some("AM319"));
     assert_eq!(
         usage::used(&state.db, "milesight", now()).await.unwrap(),

@@ -139,6 +139,6 @@ async fn refused_logins_and_pasted_tokens(backend: Backend) {
         "a pasted token has nothing to refresh with and is left alone: {report:?}"
     );
     assert_eq!(report.results[0].id, refused);
-    assert_eq!(report.results[0].outcome, "needs_reauth");
+    assert_eq!(report.results[0].outcome.as_str(), "needs_reauth");
     assert_eq!(token_of(&state, pasted).await.0.as_deref(), Some("pasted-token"));
 }

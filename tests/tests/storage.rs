@@ -72,7 +72,7 @@ async fn devices_upsert_by_serial_and_keep_activity(backend: Backend) {
     let created = devices::upsert_by_sn(&db, "6136D19078290009", &profile)
         .await
         .unwrap();
-    assert_eq!(created.status, "unknown");
+    assert_eq!(created.status.as_str(), "unknown");
     assert_eq!(created.name.as_deref(), Some("Cold room"));
 
     let renamed = DeviceProfile {
@@ -103,7 +103,7 @@ async fn devices_upsert_by_serial_and_keep_activity(backend: Backend) {
         .await
         .unwrap();
     let stored = devices::get(&db, created.id).await.unwrap();
-    assert_eq!(stored.status, "online");
+    assert_eq!(stored.status.as_str(), "online");
     assert_eq!(
         stored.last_seen_at,
         Some(seen_at),
@@ -242,7 +242,10 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     )
     .await
     .unwrap();
-    assert_eq!(devices::get(&db, device.id).await.unwrap().status, "online");
+    assert_eq!(
+        devices::get(&db, device.id).await.unwrap().status.as_str(),
+        "online"
+    );
 
     // The same event id from another source is a different event.
     let other_id = deliveries::ensure_source(&db, "site-b", Default::default())
@@ -404,7 +407,7 @@ async fn secret_columns_hold_ciphertext_only(backend: Backend) {
         ..Default::default()
     };
     let created = connections::create_connection(&db, &crypto, &new).await.unwrap();
-    assert_eq!(created.status, "active");
+    assert_eq!(created.status.as_str(), "active");
     assert_eq!(created.token_fingerprint.as_deref(), Some("…WXYZ"));
     deliveries::upsert_source(
         &db,

@@ -179,9 +179,9 @@ async fn a_wrong_password_needs_reauth(backend: Backend) {
     let state = app(&db).await;
     let id = customer(&state, "alpha", &server.uri(), None).await;
     let report = sweep_all(&state).await;
-    assert_eq!(report.results[0].outcome, "needs_reauth", "{report:?}");
+    assert_eq!(report.results[0].outcome.as_str(), "needs_reauth", "{report:?}");
     let c = connections::get_connection(&state.db, id).await.unwrap();
-    assert_eq!(c.status, "needs_reauth");
+    assert_eq!(c.status.as_str(), "needs_reauth");
     let error = c.last_error.unwrap();
     assert!(
         error.contains("errorCode 10") && !error.contains("CANARY"),

@@ -160,7 +160,7 @@ async fn due_connections_refresh_and_rotated_tokens_are_kept(backend: Backend) {
         .refresh_now(&state, soon, "manual", "ops@example.test")
         .await
         .unwrap();
-    assert_eq!(result.outcome, "refreshed");
+    assert_eq!(result.outcome.as_str(), "refreshed");
     let secrets = secrets_of(&state, soon).await;
     assert_eq!(
         (secrets.access_token.as_deref(), secrets.refresh_token.as_deref()),
@@ -195,7 +195,7 @@ async fn a_revoked_grant_needs_reauth_and_is_not_retried(backend: Backend) {
         .sweep(&state, &sweep_request(false), now())
         .await
         .unwrap();
-    assert_eq!(report.results[0].outcome, "needs_reauth");
+    assert_eq!(report.results[0].outcome.as_str(), "needs_reauth");
     let stored = connections::get_connection(&state.db, id).await.unwrap();
     assert_eq!(
         (stored.status.as_str(), stored.consecutive_failures),
@@ -383,8 +383,8 @@ async fn concurrent_manual_and_scheduled_refresh_make_one_call(backend: Backend)
             .unwrap()
     });
     let (scheduled, manual) = (scheduled.await.unwrap(), manual.await.unwrap());
-    assert_eq!(scheduled.results[0].outcome, "refreshed");
-    assert_eq!(manual.outcome, "refreshed");
+    assert_eq!(scheduled.results[0].outcome.as_str(), "refreshed");
+    assert_eq!(manual.outcome.as_str(), "refreshed");
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
 

@@ -121,7 +121,7 @@ async fn signed_events_are_stored_once_with_device_state(backend: Backend) {
 
     let all = devices::list(&db, 10, 0).await.unwrap();
     let sn100 = all.iter().find(|d| d.sn == "SN-100").unwrap();
-    assert_eq!(sn100.status, "online");
+    assert_eq!(sn100.status.as_str(), "online");
     assert_eq!(sn100.model.as_deref(), Some("EM300-TH"));
     assert_eq!(sn100.dev_eui.as_deref(), Some("24D124707E04AAAA"));
     assert_eq!(sn100.mdp_device_id.as_deref(), Some("1904371063669395457"));
@@ -140,7 +140,10 @@ async fn signed_events_are_stored_once_with_device_state(backend: Backend) {
     // An OFFLINE event marks the device offline.
     let offline = json!([reading("ev-4", "SN-100", "OFFLINE", t + 1000, Value::Null)]);
     assert_eq!(post_signed(&server, "/webhooks/milesight", &offline).await.0, 200);
-    assert_eq!(devices::get(&db, sn100.id).await.unwrap().status, "offline");
+    assert_eq!(
+        devices::get(&db, sn100.id).await.unwrap().status.as_str(),
+        "offline"
+    );
 
     let metrics = server.metrics().await;
     assert!(

@@ -17,12 +17,12 @@ use crate::app::AppState;
 use crate::config::Config;
 use crate::milesight::token::is_milesight;
 use crate::scheduler::JobSpec;
-use crate::storage::ConnectionStatus;
 use crate::storage::alerts::{self as store, Alert, Email, Firing};
 use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
 use crate::storage::polling::{self as poll_store, PollState};
+use crate::storage::{AlertState, ConnectionStatus};
 use crate::storage::{StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
@@ -361,15 +361,15 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
             evaluation.opened += 1;
             tracing::warn!(alert = %firing.key, summary = %firing.summary, "alert firing");
         }
-        if hold.is_some() && matches!(alert.state.as_str(), "firing" | "acknowledged") {
+        if hold.is_some() && matches!(alert.state, AlertState::Firing | AlertState::Acknowledged) {
             store::set_silenced(&state.db, alert.id, hold.as_deref(), at, |_| None).await?;
-        } else if hold.is_none() && alert.state == "silenced" {
+        } else if hold.is_none() && alert.state == AlertState::Silenced {
             store::set_silenced(&state.db, alert.id, None, at, |a| {
                 email_for(config, a, Notice::Firing)
             })
             .await?;
         } else if !opened
-            && alert.state == "firing"
+            && alert.state == AlertState::Firing
             && alert.notify_count > 0
             && let (Some(last), Some(after)) = (
                 alert.last_notified_at,

@@ -268,7 +268,7 @@ impl DbGauges {
 
         for a in alerts::open_alerts(db).await? {
             self.alerts_open
-                .with_label_values(&[&a.rule, &a.severity, &a.state])
+                .with_label_values(&[a.rule.as_str(), a.severity.as_str(), a.state.as_str()])
                 .inc();
         }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::fields::UtcTime;
 use super::schema::{alert_events, alerts, outbox, silences};
-use super::{Db, StorageError, StorageResult};
+use super::{AlertState, Db, StorageError, StorageResult};
 use crate::db_run;
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
@@ -21,7 +21,7 @@ pub struct Alert {
     pub severity: String,
     /// `firing`, `acknowledged`, `silenced` (a silence or maintenance window covers it) or
     /// `resolved`.
-    pub state: String,
+    pub state: AlertState,
     pub summary: String,
     pub details: String,
     pub occurrences: i64,
@@ -68,8 +68,6 @@ pub struct Email {
     /// When the outbox may send it (a later time lets others join it in one email).
     pub due_at: UtcTime,
 }
-
-const OPEN: [&str; 3] = ["firing", "acknowledged", "silenced"];
 
 /// Inside a transaction: appends to an alert's history. (A macro, as each backend's
 /// connection type needs its own expansion.)
@@ -145,7 +143,7 @@ pub async fn fire(
                     alerts::rule.eq(&firing.rule),
                     alerts::subject.eq(&firing.subject),
                     alerts::severity.eq(&firing.severity),
-                    alerts::state.eq("firing"),
+                    alerts::state.eq(AlertState::Firing),
                     alerts::summary.eq(&firing.summary),
                     alerts::details.eq(&firing.details),
                     alerts::first_seen_at.eq(at),
@@ -162,9 +160,9 @@ pub async fn fire(
                 Some(alert) => Some(alert),
                 None => diesel::update(alerts::table)
                     .filter(alerts::alert_key.eq(&firing.key))
-                    .filter(alerts::state.eq("resolved"))
+                    .filter(alerts::state.eq(AlertState::Resolved))
                     .set((
-                        alerts::state.eq("firing"),
+                        alerts::state.eq(AlertState::Firing),
                         alerts::summary.eq(&firing.summary),
                         alerts::details.eq(&firing.details),
                         alerts::severity.eq(&firing.severity),
@@ -217,9 +215,9 @@ pub async fn resolve(
         conn.transaction::<_, StorageError, _>(async |tx| {
             let resolved: Option<Alert> = diesel::update(alerts::table)
                 .filter(alerts::id.eq(id))
-                .filter(alerts::state.eq_any(OPEN))
+                .filter(alerts::state.eq_any(AlertState::OPEN))
                 .set((
-                    alerts::state.eq("resolved"),
+                    alerts::state.eq(AlertState::Resolved),
                     alerts::resolved_at.eq(at),
                     alerts::updated_at.eq(at),
                 ))
@@ -252,7 +250,7 @@ pub async fn remind(
         conn.transaction::<_, StorageError, _>(async |tx| {
             let current: Option<Alert> = diesel::update(alerts::table)
                 .filter(alerts::id.eq(id))
-                .filter(alerts::state.eq("firing"))
+                .filter(alerts::state.eq(AlertState::Firing))
                 .filter(alerts::notify_count.eq(notified))
                 .set((alerts::last_notified_at.eq(at), alerts::updated_at.eq(at)))
                 .returning(Alert::as_returning())
@@ -291,7 +289,7 @@ pub async fn set_silenced(
             let Some(reason) = reason else {
                 let before: Option<Alert> = alerts::table
                     .find(id)
-                    .filter(alerts::state.eq("silenced"))
+                    .filter(alerts::state.eq(AlertState::Silenced))
                     .select(Alert::as_select())
                     .first(tx)
                     .await
@@ -300,13 +298,13 @@ pub async fn set_silenced(
                     return Ok(None);
                 };
                 let back = if before.acknowledged_at.is_some() {
-                    "acknowledged"
+                    AlertState::Acknowledged
                 } else {
-                    "firing"
+                    AlertState::Firing
                 };
                 let Some(alert) = diesel::update(alerts::table)
                     .filter(alerts::id.eq(id))
-                    .filter(alerts::state.eq("silenced"))
+                    .filter(alerts::state.eq(AlertState::Silenced))
                     .set((alerts::state.eq(back), alerts::updated_at.eq(at)))
                     .returning(Alert::as_returning())
                     .get_result(tx)
@@ -325,8 +323,8 @@ pub async fn set_silenced(
             };
             let silenced: Option<Alert> = diesel::update(alerts::table)
                 .filter(alerts::id.eq(id))
-                .filter(alerts::state.eq_any(["firing", "acknowledged"]))
-                .set((alerts::state.eq("silenced"), alerts::updated_at.eq(at)))
+                .filter(alerts::state.eq_any([AlertState::Firing, AlertState::Acknowledged]))
+                .set((alerts::state.eq(AlertState::Silenced), alerts::updated_at.eq(at)))
                 .returning(Alert::as_returning())
                 .get_result(tx)
                 .await
@@ -346,9 +344,9 @@ pub async fn acknowledge(db: &Db, id: i64, by: &str, at: UtcTime) -> StorageResu
         conn.transaction::<_, StorageError, _>(async |tx| {
             let acked: Option<Alert> = diesel::update(alerts::table)
                 .filter(alerts::id.eq(id))
-                .filter(alerts::state.eq("firing"))
+                .filter(alerts::state.eq(AlertState::Firing))
                 .set((
-                    alerts::state.eq("acknowledged"),
+                    alerts::state.eq(AlertState::Acknowledged),
                     alerts::acknowledged_at.eq(at),
                     alerts::acknowledged_by.eq(by),
                     alerts::updated_at.eq(at),
@@ -367,8 +365,8 @@ pub async fn acknowledge(db: &Db, id: i64, by: &str, at: UtcTime) -> StorageResu
 }
 
 /// Alerts in any of `states` (all when empty), newest first.
-pub async fn list(db: &Db, states: &[&str], limit: i64) -> StorageResult<Vec<Alert>> {
-    let states: Vec<String> = states.iter().map(|s| (*s).to_owned()).collect();
+pub async fn list(db: &Db, states: &[AlertState], limit: i64) -> StorageResult<Vec<Alert>> {
+    let states = states.to_vec();
     db_run!(db, |conn| {
         let mut query = alerts::table.select(Alert::as_select()).into_boxed();
         if !states.is_empty() {
@@ -379,7 +377,7 @@ pub async fn list(db: &Db, states: &[&str], limit: i64) -> StorageResult<Vec<Ale
 }
 
 pub async fn open_alerts(db: &Db) -> StorageResult<Vec<Alert>> {
-    list(db, &OPEN, i64::MAX).await
+    list(db, &AlertState::OPEN, i64::MAX).await
 }
 
 pub async fn get(db: &Db, id: i64) -> StorageResult<(Alert, Vec<AlertEvent>)> {

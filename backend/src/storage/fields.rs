@@ -54,13 +54,6 @@ macro_rules! text_enum {
             }
         }
 
-        /// Compares with the spelling, as tests and people read it.
-        impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
-
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.serialize_str(self.as_str())
@@ -155,6 +148,16 @@ text_enum! {
 impl AlertState {
     /// Still open: firing, acknowledged or silenced.
     pub const OPEN: [AlertState; 3] = [AlertState::Firing, AlertState::Acknowledged, AlertState::Silenced];
+
+    /// The states a `?state=` filter names: one state, or `open` for the three open ones.
+    pub fn selection(text: &str) -> Result<Vec<AlertState>, String> {
+        match text {
+            "open" => Ok(AlertState::OPEN.to_vec()),
+            one => one.parse().map(|state| vec![state]).map_err(|_| {
+                format!("state must be firing, acknowledged, silenced, resolved or open, got {one:?}")
+            }),
+        }
+    }
 }
 
 /// A UTC instant: `timestamptz` on PostgreSQL; fixed-width UTC text on SQLite.

@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::auth::Staff;
 use crate::storage::devices::{self, DeviceFilter};
 use crate::storage::refresh_log::{self, LogFilter};
-use crate::storage::{StorageError, alerts, deliveries, now, outbox, staff};
+use crate::storage::{AlertState, StorageError, alerts, deliveries, now, outbox, staff};
 
 #[derive(RustEmbed)]
 #[folder = "../frontend/templates/"]
@@ -139,7 +139,7 @@ pub async fn overview(
     let get = |m: &HashMap<String, i64>, k: &str| m.get(k).copied().unwrap_or(0);
 
     let mut problems = Vec::new();
-    for a in open.iter().filter(|a| a.state == "firing") {
+    for a in open.iter().filter(|a| a.state == AlertState::Firing) {
         problems.push(
             json!({"href": format!("/alerts/{}", a.id), "text": format!("{}: {}", a.severity, a.summary)}),
         );
@@ -430,14 +430,9 @@ pub async fn alerts_page(
     query: web::Query<AlertsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let wanted = query.state.clone().unwrap_or_else(|| "open".into());
-    let states: &[&str] = match wanted.as_str() {
-        "firing" => &["firing"],
-        "acknowledged" => &["acknowledged"],
-        "silenced" => &["silenced"],
-        "resolved" => &["resolved"],
-        _ => &["firing", "acknowledged", "silenced"],
-    };
-    let items = alerts::list(&state.db, states, 200).await?;
+    // Anything unknown shows the open alerts, the page's default.
+    let states = AlertState::selection(&wanted).unwrap_or_else(|_| AlertState::OPEN.to_vec());
+    let items = alerts::list(&state.db, &states, 200).await?;
     let silences = alerts::silences(&state.db, now()).await?;
     render(
         "alerts.html",

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::page_limit;
 use crate::app::AppState;
-use crate::storage::outbox;
+use crate::storage::{AlertState, outbox};
 use crate::web::ApiError;
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,21 +80,11 @@ pub async fn alerts(
     query: web::Query<AlertQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
-    let states: &[&str] = match query.state.as_deref() {
-        None => &[],
-        Some("open") => &["firing", "acknowledged", "silenced"],
-        Some("firing") => &["firing"],
-        Some("acknowledged") => &["acknowledged"],
-        Some("silenced") => &["silenced"],
-        Some("resolved") => &["resolved"],
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("state must be firing, acknowledged, silenced, resolved or open, got {other:?}"),
-            ));
-        }
+    let states = match query.state.as_deref() {
+        None => Vec::new(),
+        Some(text) => AlertState::selection(text).map_err(|m| ApiError::bad_request("invalid_query", m))?,
     };
-    let items = crate::storage::alerts::list(&state.db, states, limit).await?;
+    let items = crate::storage::alerts::list(&state.db, &states, limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
