@@ -34,8 +34,6 @@ pub struct AppState {
     pub login_throttle: Arc<crate::auth::LoginThrottle>,
     /// Names this process in database leases (`pid-uuid`).
     pub instance: String,
-    /// Per-upstream circuit breakers for token refreshes.
-    pub circuits: Arc<crate::providers::circuit::Circuits>,
 }
 
 /// Whether the service can do its job, and if not, why.
@@ -105,7 +103,15 @@ impl AppState {
         Ok(AppState {
             http,
             milesight_token: Arc::new(TokenKeeper::new()),
-            token_engine: Arc::new(crate::tokens::RefreshEngine::new(instance.clone())),
+            token_engine: Arc::new(crate::tokens::RefreshEngine::new(
+                instance.clone(),
+                crate::providers::circuit::Circuits::new(
+                    config.tokens.circuit_failures,
+                    config.tokens.circuit_open_secs,
+                    metrics.upstream_circuit_open.clone(),
+                    metrics.upstream_calls_refused.clone(),
+                ),
+            )),
             poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling, instance.clone())),
             mailer: Arc::new(crate::alerts::email::Mailer::new(
                 &config.email,
@@ -113,12 +119,6 @@ impl AppState {
             )?),
             intake,
             instance,
-            circuits: Arc::new(crate::providers::circuit::Circuits::new(
-                config.tokens.circuit_failures,
-                config.tokens.circuit_open_secs,
-                metrics.upstream_circuit_open.clone(),
-                metrics.upstream_calls_refused.clone(),
-            )),
             login_throttle: Arc::new(crate::auth::LoginThrottle::new(
                 config.auth.login_attempts_per_minute,
             )),

@@ -66,6 +66,8 @@ pub struct RefreshEngine {
     /// One lock per connection in this process, so a manual and a scheduled refresh of the
     /// same connection make one upstream call.
     inflight: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// A circuit breaker per upstream (provider kind and host): the engine's own state.
+    circuits: circuit::Circuits,
 }
 
 /// When a connection should be refreshed: no token yet, within its lead time of expiry, or
@@ -89,10 +91,11 @@ pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idl
 
 impl RefreshEngine {
     /// `instance` names this process in leases (`AppState::instance`).
-    pub fn new(instance: String) -> RefreshEngine {
+    pub fn new(instance: String, circuits: circuit::Circuits) -> RefreshEngine {
         RefreshEngine {
             instance,
             inflight: Mutex::new(HashMap::new()),
+            circuits,
         }
     }
 
@@ -304,7 +307,7 @@ impl RefreshEngine {
             );
         let quota_key = own_setting(connection, "quota_key").and_then(|v| v.as_str().map(str::to_owned));
         let upstream = circuit::upstream_of(provider.kind(), connection.base_url.as_deref());
-        let breaker = state.circuits.breaker(&upstream);
+        let breaker = self.circuits.breaker(&upstream);
         let attempt = || async {
             if !breaker.is_call_permitted() {
                 let message = format!("not attempted: {upstream} failed repeatedly; its circuit is open");
