@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::config::MilesightApi;
 use crate::providers::oauth2_client_credentials::{KIND, MILESIGHT_PRESET};
 use crate::storage::connections::{self, Connection, ConnectionUpdate};
-use crate::storage::{ConnectionStatus, RefreshOutcome};
+use crate::storage::{ConnectionStatus, RefreshOutcome, TokenHealth};
 use crate::storage::{StorageError, UtcTime, now};
 use crate::tokens::ConnectionResult;
 
@@ -241,9 +241,9 @@ impl TokenKeeper {
         };
         let c = ensure_connection(state, &api).await?;
         let status = match crate::tokens::token_status(&c, state.config.milesight.token_lead_secs, at) {
-            "needs_reauth" => "invalid_credentials",
-            "active" => "valid",
-            other => other,
+            TokenHealth::NeedsReauth => "invalid_credentials",
+            TokenHealth::Active => "valid",
+            other => other.as_str(),
         };
         Ok(TokenStatus {
             status,

@@ -132,6 +132,20 @@ text_enum! {
 }
 
 text_enum! {
+    /// A connection's token health as people see it (derived from its status, token and expiry).
+    pub enum TokenHealth {
+        Disabled = "disabled",
+        NeedsReauth = "needs_reauth",
+        /// No token.
+        Missing = "missing",
+        Expired = "expired",
+        /// Within its lead time of expiry.
+        Expiring = "expiring",
+        Active = "active",
+    }
+}
+
+text_enum! {
     /// What one refresh attempt came to (the engine's answer; the refresh log keeps it too).
     pub enum RefreshOutcome {
         Refreshed = "refreshed",

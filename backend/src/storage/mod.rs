@@ -30,7 +30,7 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 pub use error::{StorageError, StorageResult};
-pub use fields::{AlertState, ConnectionStatus, RefreshOutcome, UtcTime, now};
+pub use fields::{AlertState, ConnectionStatus, RefreshOutcome, TokenHealth, UtcTime, now};
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 

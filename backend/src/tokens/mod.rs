@@ -23,7 +23,7 @@ use crate::providers::{self, Issued, Outcome, Provider, circuit};
 use crate::scheduler::JobSpec;
 use crate::storage::connections::{self, Connection, RefreshedToken};
 use crate::storage::refresh_log::{self, NewRefreshLogEntry};
-use crate::storage::{ConnectionStatus, RefreshOutcome};
+use crate::storage::{ConnectionStatus, RefreshOutcome, TokenHealth};
 use crate::storage::{StorageResult, UtcTime, now};
 
 pub const SWEEP_JOB: &str = "token-refresh-sweep";
@@ -508,21 +508,20 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
     }]
 }
 
-/// A connection's token health as people see it: `disabled`, `needs_reauth`, `missing` (no
-/// token), `expired`, `expiring` (within its lead time) or `active`.
-pub fn token_status(connection: &Connection, lead: Duration, at: UtcTime) -> &'static str {
+/// A connection's token health as people see it.
+pub fn token_status(connection: &Connection, lead: Duration, at: UtcTime) -> TokenHealth {
     let lead = chrono::Duration::from_std(lead).unwrap_or_default();
     match (
         connection.status,
         connection.access_token.is_some(),
         connection.expires_at,
     ) {
-        (ConnectionStatus::Disabled, _, _) => "disabled",
-        (ConnectionStatus::NeedsReauth, _, _) => "needs_reauth",
-        (_, false, _) => "missing",
-        (_, true, Some(exp)) if exp.0 <= at.0 => "expired",
-        (_, true, Some(exp)) if exp.0 - lead <= at.0 => "expiring",
-        _ => "active",
+        (ConnectionStatus::Disabled, _, _) => TokenHealth::Disabled,
+        (ConnectionStatus::NeedsReauth, _, _) => TokenHealth::NeedsReauth,
+        (_, false, _) => TokenHealth::Missing,
+        (_, true, Some(exp)) if exp.0 <= at.0 => TokenHealth::Expired,
+        (_, true, Some(exp)) if exp.0 - lead <= at.0 => TokenHealth::Expiring,
+        _ => TokenHealth::Active,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::auth::Staff;
 use crate::storage::devices::{self, DeviceFilter};
 use crate::storage::refresh_log::{self, LogFilter};
-use crate::storage::{AlertState, StorageError, alerts, deliveries, now, outbox, staff};
+use crate::storage::{AlertState, StorageError, TokenHealth, alerts, deliveries, now, outbox, staff};
 
 #[derive(RustEmbed)]
 #[folder = "../frontend/templates/"]
@@ -148,7 +148,8 @@ pub async fn overview(
         problems.push(json!({"href": "/webhooks", "text": format!("webhook source {} is stale", s["name"].as_str().unwrap_or("?"))}));
     }
     for c in tokens["connections"].as_array().into_iter().flatten() {
-        if matches!(c["status"].as_str(), Some("needs_reauth" | "expired")) {
+        let unusable = [TokenHealth::NeedsReauth, TokenHealth::Expired];
+        if unusable.iter().any(|h| c["status"] == h.as_str()) {
             problems.push(json!({"href": "/tokens", "text": format!("connection {} is {}", c["name"].as_str().unwrap_or("?"), c["status"].as_str().unwrap_or("?"))}));
         }
     }

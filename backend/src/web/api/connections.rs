@@ -13,7 +13,7 @@ use super::page_limit;
 use crate::app::AppState;
 use crate::storage::connections;
 use crate::storage::refresh_log::{self, LogFilter};
-use crate::storage::{RefreshOutcome, StorageError, UtcTime, now};
+use crate::storage::{RefreshOutcome, StorageError, TokenHealth, UtcTime, now};
 use crate::tokens::manage::{self, ConnectionChange, ConnectionSpec, ManageError, view};
 use crate::web::ApiError;
 
@@ -76,16 +76,16 @@ pub async fn status_data(state: &AppState) -> Result<Value, ApiError> {
     let all = connections::list_connections(&state.db).await?;
     let mut rows: Vec<Value> = all.iter().map(|c| view(c, at)).collect();
     rows.sort_by_key(|r| r["runway_secs"].as_i64().unwrap_or(i64::MIN));
-    let count = |status: &str| rows.iter().filter(|r| r["status"] == status).count();
+    let count = |health: TokenHealth| rows.iter().filter(|r| r["status"] == health.as_str()).count();
     Ok(json!({
         "summary": {
             "total": rows.len(),
-            "valid": count("active"),
-            "expiring_soon": count("expiring"),
-            "expired": count("expired"),
-            "missing": count("missing"),
-            "needs_reauth": count("needs_reauth"),
-            "disabled": count("disabled"),
+            "valid": count(TokenHealth::Active),
+            "expiring_soon": count(TokenHealth::Expiring),
+            "expired": count(TokenHealth::Expired),
+            "missing": count(TokenHealth::Missing),
+            "needs_reauth": count(TokenHealth::NeedsReauth),
+            "disabled": count(TokenHealth::Disabled),
         },
         "connections": rows,
     }))
