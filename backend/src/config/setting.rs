@@ -571,27 +571,19 @@ pub fn secret(min_chars: usize) -> Kind<Option<SecretString>> {
     } else {
         "a secret".to_owned()
     };
-    Kind::new(
-        FileType::String,
-        None,
-        "none",
-        accepts,
-        move |text| {
-            if text.is_empty() {
-                return Ok(None);
-            }
-            if text.chars().count() < min_chars {
-                return Err(format!("must be at least {min_chars} characters"));
-            }
-            Ok(Some(SecretString::from(text.to_owned())))
-        },
-        |v| masked(v.is_some()),
-    )
-    .secret()
+    parsed_secret(&accepts, move |text| {
+        if text.chars().count() < min_chars {
+            return Err(format!("must be at least {min_chars} characters"));
+        }
+        Ok(SecretString::from(text.to_owned()))
+    })
 }
 
-/// A secret parsed into a value (a key, a URL), shown masked.
-pub fn parsed_secret<T>(accepts: &str, parse: fn(&str) -> Result<T, String>) -> Kind<Option<T>>
+/// A secret parsed into a value (a key, a URL), shown masked; empty counts as unset.
+pub fn parsed_secret<T>(
+    accepts: &str,
+    parse: impl Fn(&str) -> Result<T, String> + Send + Sync + 'static,
+) -> Kind<Option<T>>
 where
     T: Clone + 'static,
 {
