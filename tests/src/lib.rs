@@ -121,6 +121,44 @@ pub fn pg_admin_url() -> String {
     std::env::var("TELLTALE_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
 }
 
+/// The service's state for one test, configured key by key rather than by hand-written TOML:
+/// `TestApp::on(&db).set("tokens.max_attempts", 2).state().await`. Keys are the file's dotted
+/// names (`alerts.recipients.device_offline` makes the nested table); a key set twice keeps the
+/// last value, so a suite's defaults can be overridden by one test.
+pub struct TestApp<'a> {
+    db: &'a TestDb,
+    settings: toml::Table,
+}
+
+impl<'a> TestApp<'a> {
+    pub fn on(db: &'a TestDb) -> TestApp<'a> {
+        TestApp {
+            db,
+            settings: toml::Table::new(),
+        }
+    }
+
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> TestApp<'a> {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap_or_else(|| panic!("empty key"));
+        let mut table = &mut self.settings;
+        for part in parts {
+            table = table
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap_or_else(|| panic!("{key}: {part} is not a table"));
+        }
+        table.insert(last.to_owned(), value.into());
+        self
+    }
+
+    /// The state on the (migrated) database, with these settings.
+    pub async fn state(self) -> telltale::app::AppState {
+        self.db.app_state(&self.settings.to_string()).await
+    }
+}
+
 /// A database that exists for one test.
 pub struct TestDb {
     pub backend: Backend,

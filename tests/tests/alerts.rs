@@ -14,7 +14,9 @@ use telltale::storage::deliveries::{self, SourceTiming};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::polling::{self as poll_store, Finished};
 use telltale::storage::{UtcTime, alerts, now};
-use telltale_e2e::{Backend, SmtpSink, TestDb, TestServer, both_backends, get_json, post_with_headers};
+use telltale_e2e::{
+    Backend, SmtpSink, TestApp, TestDb, TestServer, both_backends, get_json, post_with_headers,
+};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 both_backends!(
@@ -29,15 +31,14 @@ both_backends!(
 
 /// Emails are due at once (no group window) unless a test says otherwise.
 async fn app(db: &TestDb, smtp: &SmtpSink) -> AppState {
-    app_with(db, smtp, "group_wait_secs = 0").await
+    app_with(db, smtp).set("alerts.group_wait_secs", 0).state().await
 }
 
-async fn app_with(db: &TestDb, smtp: &SmtpSink, alerts: &str) -> AppState {
-    db.app_state(&format!(
-        "[email]\nsmtp_url = \"{}\"\non_call = \"oncall@example.com\"\n[alerts]\npublic_url = \"https://telltale.example.com\"\n{alerts}",
-        smtp.url()
-    ))
-    .await
+fn app_with<'a>(db: &'a TestDb, smtp: &SmtpSink) -> TestApp<'a> {
+    TestApp::on(db)
+        .set("email.smtp_url", smtp.url())
+        .set("email.on_call", "oncall@example.com")
+        .set("alerts.public_url", "https://telltale.example.com")
 }
 
 async fn connection(state: &AppState, name: &str) -> i64 {
@@ -533,12 +534,14 @@ async fn silences_hold_back_notifications(backend: Backend) {
 async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
     let db = TestDb::new(backend).await;
     let smtp = SmtpSink::start().await;
-    let state = app_with(
-        &db,
-        &smtp,
-        "group_wait_secs = 2\n[alerts.recipients]\ndevice_offline = \"field-team@example.com, lead@example.com\"",
-    )
-    .await;
+    let state = app_with(&db, &smtp)
+        .set("alerts.group_wait_secs", 2)
+        .set(
+            "alerts.recipients.device_offline",
+            "field-team@example.com, lead@example.com",
+        )
+        .state()
+        .await;
     let first = connection(&state, "spotify-main").await;
     let second = connection(&state, "spotify-backup").await;
     fail_refresh(&state, first, 3).await;

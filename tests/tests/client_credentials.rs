@@ -6,7 +6,7 @@ use serde_json::json;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::{now, refresh_log};
-use telltale_e2e::{Backend, TestDb, both_backends, sweep_all, sweep_at};
+use telltale_e2e::{Backend, TestApp, TestDb, both_backends, sweep_all, sweep_at};
 use wiremock::matchers::{basic_auth, body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -79,7 +79,7 @@ async fn a_plain_token_endpoint_is_asked_again_before_expiry(backend: Backend) {
 
 async fn a_refused_client_needs_reauth_and_is_not_retried(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = db.app_state("[tokens]\nmax_attempts = 3").await;
+    let state = TestApp::on(&db).set("tokens.max_attempts", 3).state().await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/token"))

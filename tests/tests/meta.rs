@@ -5,7 +5,7 @@ use serde_json::json;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::now;
-use telltale_e2e::{Backend, TestDb, both_backends, sweep_all};
+use telltale_e2e::{Backend, TestApp, TestDb, both_backends, sweep_all};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -15,7 +15,7 @@ both_backends!(
 );
 
 async fn app(db: &TestDb) -> AppState {
-    db.app_state("[tokens]\nmax_attempts = 2").await
+    TestApp::on(db).set("tokens.max_attempts", 2).state().await
 }
 
 /// A Meta connection whose user token expires in `days`.

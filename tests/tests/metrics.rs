@@ -11,7 +11,7 @@ use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::now;
 use telltale::storage::polling::{self as poll_store, Finished};
 use telltale_e2e::metric_sample as sample;
-use telltale_e2e::{Backend, TestDb, both_backends};
+use telltale_e2e::{Backend, TestApp, TestDb, both_backends};
 
 both_backends!(
     scrape_time_gauges_tell_the_database_truth,
@@ -99,8 +99,10 @@ async fn populate(state: &AppState) -> (i64, i64) {
 
 async fn scrape_time_gauges_tell_the_database_truth(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = db
-        .app_state("[email]\non_call = \"oncall@example.com\"\n[alerts]\ngroup_wait_secs = 0")
+    let state = TestApp::on(&db)
+        .set("email.on_call", "oncall@example.com")
+        .set("alerts.group_wait_secs", 0)
+        .state()
         .await;
     let (healthy, revoked) = populate(&state).await;
     let text = state.metrics.render(&state.db).await;

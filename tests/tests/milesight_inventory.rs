@@ -6,7 +6,7 @@ use telltale::milesight::inventory;
 use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, SourceEffect};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::{now, usage};
-use telltale_e2e::{Backend, TestDb, both_backends};
+use telltale_e2e::{Backend, TestApp, TestDb, both_backends};
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -17,11 +17,14 @@ both_backends!(
 );
 
 async fn app(db: &TestDb, mdp: &MockServer, budget: u32) -> AppState {
-    db.app_state(&format!(
-        "[milesight]\nbase_url = \"{}\"\nclient_id = \"cid\"\nclient_secret = \"sec\"\ninventory_page_size = 2\ndaily_request_budget = {budget}",
-        mdp.uri()
-    ))
-    .await
+    TestApp::on(db)
+        .set("milesight.base_url", mdp.uri())
+        .set("milesight.client_id", "cid")
+        .set("milesight.client_secret", "sec")
+        .set("milesight.inventory_page_size", 2)
+        .set("milesight.daily_request_budget", i64::from(budget))
+        .state()
+        .await
 }
 
 async fn mount_token(mdp: &MockServer, token: &str) {

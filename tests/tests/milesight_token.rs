@@ -9,7 +9,7 @@ use serde_json::json;
 use telltale::app::AppState;
 use telltale::milesight::token::{TokenError, Trigger};
 use telltale::storage::{connections, now, refresh_log};
-use telltale_e2e::{Backend, TestDb, TestServer, both_backends, get_json, post_with_headers};
+use telltale_e2e::{Backend, TestApp, TestDb, TestServer, both_backends, get_json, post_with_headers};
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -28,16 +28,18 @@ both_backends!(
 const SECRET: &str = "CANARY-client-secret";
 
 async fn app(db: &TestDb, mdp: &MockServer) -> AppState {
-    app_with(db, mdp, "token_max_attempts = 3").await
+    app_with(db, mdp)
+        .set("milesight.token_max_attempts", 3)
+        .state()
+        .await
 }
 
-/// The state with `extra` lines added to the `[milesight]` section.
-async fn app_with(db: &TestDb, mdp: &MockServer, extra: &str) -> AppState {
-    db.app_state(&format!(
-        "[milesight]\nbase_url = \"{}\"\nclient_id = \"cid-1\"\nclient_secret = \"{SECRET}\"\n{extra}",
-        mdp.uri()
-    ))
-    .await
+/// The settings every test here starts from: the MDP application at the fake server.
+fn app_with<'a>(db: &'a TestDb, mdp: &MockServer) -> TestApp<'a> {
+    TestApp::on(db)
+        .set("milesight.base_url", mdp.uri())
+        .set("milesight.client_id", "cid-1")
+        .set("milesight.client_secret", SECRET)
 }
 
 fn token_body(token: &str) -> serde_json::Value {
@@ -251,11 +253,9 @@ async fn refused_credentials_stop_scheduled_refreshes(backend: Backend) {
         .respond_with(ResponseTemplate::new(200).set_body_json(token_body("after-fix")))
         .mount(&mdp)
         .await;
-    let fixed = db
-        .app_state(&format!(
-            "[milesight]\nbase_url = \"{}\"\nclient_id = \"cid-1\"\nclient_secret = \"fixed-secret\"",
-            mdp.uri()
-        ))
+    let fixed = app_with(&db, &mdp)
+        .set("milesight.client_secret", "fixed-secret")
+        .state()
         .await;
     telltale::milesight::token::start_up(&fixed).await;
     assert_eq!(fixed.milesight_token.token(&fixed).await.unwrap(), "after-fix");
@@ -499,7 +499,11 @@ async fn a_slow_server_times_out_and_is_retried(backend: Backend) {
         )
         .mount(&mdp)
         .await;
-    let state = app_with(&db, &mdp, "request_timeout_secs = 1\ntoken_max_attempts = 2").await;
+    let state = app_with(&db, &mdp)
+        .set("milesight.request_timeout_secs", 1)
+        .set("milesight.token_max_attempts", 2)
+        .state()
+        .await;
     let started = Instant::now();
     let err = state.milesight_token.token(&state).await.unwrap_err();
     assert!(err.to_string().contains("timed out"), "{err}");

@@ -11,7 +11,7 @@ use telltale::polling::PollRequest;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::polling as store;
 use telltale::storage::{UtcTime, now, refresh_log};
-use telltale_e2e::{Backend, TestDb, both_backends};
+use telltale_e2e::{Backend, TestApp, TestDb, both_backends};
 use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -27,11 +27,12 @@ both_backends!(
     retention_keeps_the_newest_payload,
 );
 
-async fn app(db: &TestDb, extra: &str) -> AppState {
-    db.app_state(&format!(
-        "[polling]\nrequests_per_second = 1000\nmax_attempts = 3\n{extra}\n[tokens]\nmax_attempts = 1"
-    ))
-    .await
+/// The settings every test here starts from: no rate limit worth waiting for, few retries.
+fn app(db: &TestDb) -> TestApp<'_> {
+    TestApp::on(db)
+        .set("polling.requests_per_second", 1000)
+        .set("polling.max_attempts", 3)
+        .set("tokens.max_attempts", 1)
 }
 
 /// A connection of `platform` whose API is the fake at `api`.
@@ -103,7 +104,7 @@ fn later(minutes: i64) -> UtcTime {
 
 async fn pages_are_followed_stored_once_and_not_repeated_until_due(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = app(&db, "max_pages = 5").await;
+    let state = app(&db).set("polling.max_pages", 5).state().await;
     let api = MockServer::start().await;
     let next = format!(
         "{}/v1/me/player/recently-played?limit=50&before=1700000000000",
@@ -195,7 +196,7 @@ async fn pages_are_followed_stored_once_and_not_repeated_until_due(backend: Back
 
 async fn each_platform_shape_is_polled(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = app(&db, "").await;
+    let state = app(&db).state().await;
     let api = MockServer::start().await;
     let uri = api.uri();
     // GitHub: Link header pagination.
@@ -384,7 +385,7 @@ async fn each_platform_shape_is_polled(backend: Backend) {
 
 async fn a_401_refreshes_the_token_once_and_retries(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = app(&db, "").await;
+    let state = app(&db).state().await;
     let api = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/api/token"))
@@ -433,7 +434,7 @@ async fn a_401_refreshes_the_token_once_and_retries(backend: Backend) {
 
 async fn a_429_pauses_the_platform_for_retry_after(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = app(&db, "").await;
+    let state = app(&db).state().await;
     let api = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/v1/me/top/tracks"))
@@ -458,7 +459,7 @@ async fn a_429_pauses_the_platform_for_retry_after(backend: Backend) {
 
     // A Retry-After beyond max_retry_wait fails the poll at once instead of blocking the sweep.
     let db = TestDb::new(backend).await;
-    let state = app(&db, "max_retry_wait_secs = 1").await;
+    let state = app(&db).set("polling.max_retry_wait_secs", 1).state().await;
     let api = MockServer::start().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "600"))
@@ -479,7 +480,7 @@ async fn a_429_pauses_the_platform_for_retry_after(backend: Backend) {
 
 async fn a_failing_poll_keeps_the_last_good_data(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = app(&db, "").await;
+    let state = app(&db).state().await;
     let api = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/v1/me/player/recently-played"))
@@ -540,7 +541,7 @@ async fn a_failing_poll_keeps_the_last_good_data(backend: Backend) {
 
 async fn revoked_connections_are_skipped_and_reported(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = app(&db, "").await;
+    let state = app(&db).state().await;
     let api = MockServer::start().await;
     let id = spotify(&state, &api, "acme", "sp").await;
     connections::record_refresh_failure(
@@ -569,8 +570,20 @@ async fn revoked_connections_are_skipped_and_reported(backend: Backend) {
 /// Two engines (as two replicas would be) sharing one database.
 async fn two_processes_poll_each_due_pair_once(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let first = Arc::new(app(&db, "concurrency = 8\nper_platform_concurrency = 8").await);
-    let second = Arc::new(app(&db, "concurrency = 8\nper_platform_concurrency = 8").await);
+    let first = Arc::new(
+        app(&db)
+            .set("polling.concurrency", 8)
+            .set("polling.per_platform_concurrency", 8)
+            .state()
+            .await,
+    );
+    let second = Arc::new(
+        app(&db)
+            .set("polling.concurrency", 8)
+            .set("polling.per_platform_concurrency", 8)
+            .state()
+            .await,
+    );
     let api = MockServer::start().await;
     Mock::given(method("GET"))
         .respond_with(
@@ -602,7 +615,11 @@ async fn two_processes_poll_each_due_pair_once(backend: Backend) {
 
 async fn retention_keeps_the_newest_payload(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = app(&db, "retention_days = 30\nkeep_payloads = 2").await;
+    let state = app(&db)
+        .set("polling.retention_days", 30)
+        .set("polling.keep_payloads", 2)
+        .state()
+        .await;
     let api = MockServer::start().await;
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c = counter.clone();
@@ -646,10 +663,10 @@ async fn retention_keeps_the_newest_payload(backend: Backend) {
 async fn a_slow_platform_times_out_and_is_retried(backend: Backend) {
     let db = TestDb::new(backend).await;
     // The outbound HTTP timeout is `milesight.request_timeout_secs`, shared by every call out.
-    let state = db
-        .app_state(
-            "[milesight]\nrequest_timeout_secs = 1\n[polling]\nmax_attempts = 2\nrequests_per_second = 1000",
-        )
+    let state = app(&db)
+        .set("milesight.request_timeout_secs", 1)
+        .set("polling.max_attempts", 2)
+        .state()
         .await;
     let api = MockServer::start().await;
     Mock::given(method("GET"))

@@ -6,7 +6,7 @@ use serde_json::json;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::now;
-use telltale_e2e::{Backend, TestDb, both_backends, sweep_all};
+use telltale_e2e::{Backend, TestApp, TestDb, both_backends, sweep_all};
 use wiremock::matchers::{body_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -29,7 +29,7 @@ fn jwt(exp: i64, scope: &str) -> String {
 }
 
 async fn app(db: &TestDb) -> AppState {
-    db.app_state("[tokens]\nmax_attempts = 2").await
+    TestApp::on(db).set("tokens.max_attempts", 2).state().await
 }
 
 async fn customer(state: &AppState, name: &str, url: &str, refresh_token: Option<String>) -> i64 {

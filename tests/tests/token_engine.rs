@@ -10,7 +10,7 @@ use telltale::app::AppState;
 use telltale::storage::connections::{self, NewConnection};
 use telltale::storage::{now, refresh_log};
 use telltale::tokens::SweepRequest;
-use telltale_e2e::{Backend, TestDb, both_backends};
+use telltale_e2e::{Backend, TestApp, TestDb, both_backends};
 use wiremock::matchers::{basic_auth, body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -30,10 +30,11 @@ async fn app(db: &TestDb) -> AppState {
 }
 
 async fn app_with_concurrency(db: &TestDb, concurrency: usize) -> AppState {
-    db.app_state(&format!(
-        "[tokens]\nmax_attempts = 3\nconcurrency = {concurrency}"
-    ))
-    .await
+    TestApp::on(db)
+        .set("tokens.max_attempts", 3)
+        .set("tokens.concurrency", concurrency as i64)
+        .state()
+        .await
 }
 
 /// A connection whose token expires in `expires_in_mins`, refreshed at `token_url`.
@@ -459,8 +460,12 @@ async fn a_failing_upstream_opens_its_circuit_and_spares_the_others(backend: Bac
         .respond_with(issued("at-healthy", None))
         .mount(&healthy)
         .await;
-    let state = db
-        .app_state("[tokens]\nmax_attempts = 2\nconcurrency = 1\ncircuit_failures = 3\ncircuit_open_secs = 1")
+    let state = TestApp::on(&db)
+        .set("tokens.max_attempts", 2)
+        .set("tokens.concurrency", 1)
+        .set("tokens.circuit_failures", 3)
+        .set("tokens.circuit_open_secs", 1)
+        .state()
         .await;
     let mut on_down = Vec::new();
     for i in 0..6 {
