@@ -116,6 +116,11 @@ impl AppState {
             mailer: Arc::new(crate::alerts::email::Mailer::new(
                 &config.email,
                 instance.clone(),
+                db.clone(),
+                crate::alerts::email::MailerMetrics {
+                    sent: metrics.emails_sent.clone(),
+                    failures: metrics.email_failures.clone(),
+                },
             )?),
             intake,
             instance,

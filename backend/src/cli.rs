@@ -594,7 +594,7 @@ async fn send_test_email(config: Config, to: Vec<String>) -> anyhow::Result<()> 
         anyhow::bail!("{bad:?} is not an email address");
     }
     let state = one_shot_state(config).await?;
-    let (email, result) = crate::alerts::email::send_test(&state, &to).await?;
+    let (email, result) = state.mailer.send_test(&to).await?;
     state.db.close();
     match result {
         Ok(()) => {

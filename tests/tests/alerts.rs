@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::Duration as Span;
 use serde_json::json;
-use telltale::alerts::email::deliver_due;
 use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, RefreshedToken};
@@ -75,7 +74,7 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
         "still firing, not opened again"
     );
 
-    let sent = deliver_due(&state).await.unwrap();
+    let sent = state.mailer.deliver_due().await.unwrap();
     assert_eq!((sent.sent, sent.pending), (1, 0));
     let messages = smtp.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(messages.len(), 1, "one email per incident");
@@ -121,7 +120,7 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
         0,
         "resolved once"
     );
-    deliver_due(&state).await.unwrap();
+    state.mailer.deliver_due().await.unwrap();
     let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(messages.len(), 2);
     assert!(
@@ -246,7 +245,7 @@ async fn causes_mute_their_effects(backend: Backend) {
     );
 
     // Both changed in one evaluation: one email carries both.
-    let delivery = deliver_due(&state).await.unwrap();
+    let delivery = state.mailer.deliver_due().await.unwrap();
     assert_eq!((delivery.sent, delivery.messages), (2, 1));
     let messages = smtp.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(messages.len(), 1);
@@ -281,7 +280,7 @@ async fn two_evaluators_open_and_email_each_incident_once(backend: Backend) {
         },
     );
     assert_eq!(a.opened + b.opened, 5, "{a:?} {b:?}");
-    let (x, y) = tokio::join!(deliver_due(&first), deliver_due(&second));
+    let (x, y) = tokio::join!(first.mailer.deliver_due(), second.mailer.deliver_due());
     let (x, y) = (x.unwrap(), y.unwrap());
     assert_eq!(x.sent + y.sent, 5);
     smtp.wait_for(x.messages + y.messages, Duration::from_secs(10))
@@ -428,7 +427,7 @@ async fn reminders_slow_down_while_an_alert_stays_open(backend: Backend) {
         let state = &state;
         async move {
             let reminded = evaluate(state, at(minutes)).await.unwrap().reminded;
-            deliver_due(state).await.unwrap();
+            state.mailer.deliver_due().await.unwrap();
             reminded
         }
     };
@@ -449,7 +448,7 @@ async fn reminders_slow_down_while_an_alert_stays_open(backend: Backend) {
         .unwrap();
     assert_eq!(reminded(302 + 96 * 60).await, 0);
 
-    deliver_due(&state).await.unwrap();
+    state.mailer.deliver_due().await.unwrap();
     let messages = smtp.wait_for(5, Duration::from_secs(10)).await;
     assert_eq!(messages.len(), 5, "one firing email and four reminders");
     assert!(messages[0].contains("Subject: [Telltale] FIRING"));
@@ -492,7 +491,7 @@ async fn silences_hold_back_notifications(backend: Backend) {
         .unwrap();
     assert_eq!(silenced_now.len(), 1, "shown as silenced");
     assert_eq!(silenced_now[0].subject, format!("connection:{quiet}"));
-    deliver_due(&state).await.unwrap();
+    state.mailer.deliver_due().await.unwrap();
     let messages = smtp.wait_for(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.messages().len(), 1, "only the unsilenced alert is emailed");
@@ -517,7 +516,7 @@ async fn silences_hold_back_notifications(backend: Backend) {
     evaluate(&state, now()).await.unwrap();
     let (alert, _) = alerts::get(&state.db, silenced.id).await.unwrap();
     assert_eq!(alert.state.as_str(), "firing");
-    deliver_due(&state).await.unwrap();
+    state.mailer.deliver_due().await.unwrap();
     let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.messages().len(), 2);
@@ -564,14 +563,14 @@ async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
     fail_refresh(&state, second, 3).await;
     assert_eq!(evaluate(&state, now()).await.unwrap().opened, 2);
 
-    let early = deliver_due(&state).await.unwrap();
+    let early = state.mailer.deliver_due().await.unwrap();
     assert_eq!(
         (early.sent, early.pending),
         (0, 3),
         "waiting out the group window"
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let delivery = deliver_due(&state).await.unwrap();
+    let delivery = state.mailer.deliver_due().await.unwrap();
     assert_eq!((delivery.sent, delivery.messages), (3, 2), "{delivery:?}");
     let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
     let digest = messages

@@ -16,16 +16,17 @@ use serde::Serialize;
 
 use super::templates::{self, Part};
 use crate::alerts::settings::EmailConfig;
-use crate::app::AppState;
 use crate::config::Config;
 use crate::scheduler::JobSpec;
 use crate::storage::outbox::{self, NewEmail, OutboxEmail};
-use crate::storage::{StorageResult, UtcTime, now};
+use crate::storage::{Db, StorageResult, UtcTime, now};
 
 pub const OUTBOX_JOB: &str = "email-outbox";
 /// Emails attempted per outbox run.
 const BATCH: i64 = 100;
 
+/// Delivers the outbox. Built from exactly what it uses: the database, its `[email]` section,
+/// its two instruments and the process's lease name.
 pub struct Mailer {
     transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: Mailbox,
@@ -33,6 +34,19 @@ pub struct Mailer {
     hide: Vec<String>,
     /// Names this process's outbox leases.
     instance: String,
+    db: Db,
+    /// First delay before a failed email is tried again.
+    retry_base: Duration,
+    /// Where a test email goes when no address is given.
+    on_call: Vec<String>,
+    sent: prometheus::IntCounterVec,
+    failures: prometheus::IntCounter,
+}
+
+/// The instruments the mailer counts with.
+pub struct MailerMetrics {
+    pub sent: prometheus::IntCounterVec,
+    pub failures: prometheus::IntCounter,
 }
 
 /// What one outbox run did.
@@ -48,7 +62,12 @@ pub struct Delivery {
 
 impl Mailer {
     /// `instance` names this process in outbox leases (`AppState::instance`).
-    pub fn new(config: &EmailConfig, instance: String) -> anyhow::Result<Mailer> {
+    pub fn new(
+        config: &EmailConfig,
+        instance: String,
+        db: Db,
+        metrics: MailerMetrics,
+    ) -> anyhow::Result<Mailer> {
         let from = config
             .from
             .parse()
@@ -75,6 +94,11 @@ impl Mailer {
             from,
             hide,
             instance,
+            db,
+            retry_base: config.retry_base_secs,
+            on_call: config.on_call.clone(),
+            sent: metrics.sent,
+            failures: metrics.failures,
         })
     }
 
@@ -109,56 +133,6 @@ fn retry_delay(base: Duration, attempts: i32) -> Duration {
     base.saturating_mul(1 << exponent).min(Duration::from_secs(3600))
 }
 
-/// Sends claimed outbox emails with the same recipients as one message (a digest when there
-/// are several) and records the outcome on every one of them.
-async fn send_together(state: &AppState, emails: &[OutboxEmail]) -> StorageResult<Result<(), String>> {
-    let Some(first) = emails.first() else {
-        return Ok(Ok(()));
-    };
-    let (kind, result) = if let [email] = emails {
-        let result = state
-            .mailer
-            .send(
-                &email.recipients,
-                &email.subject,
-                &email.body_text,
-                &email.body_html,
-            )
-            .await;
-        (email.kind.as_str(), result)
-    } else {
-        let subject = digest_subject(emails);
-        let parts: Vec<Part> = emails
-            .iter()
-            .map(|e| Part {
-                subject: &e.subject,
-                text: &e.body_text,
-                html: &e.body_html,
-            })
-            .collect();
-        let (text, html) = templates::digest(&subject, &parts);
-        let result = state.mailer.send(&first.recipients, &subject, &text, &html).await;
-        ("alert_digest", result)
-    };
-    let ids: Vec<i64> = emails.iter().map(|e| e.id).collect();
-    match &result {
-        Ok(()) => {
-            outbox::mark_sent(&state.db, &ids, now()).await?;
-            state.metrics.emails_sent.with_label_values(&[kind]).inc();
-            tracing::info!(emails = ?ids, kind, "email sent");
-        }
-        Err(error) => {
-            let attempts = emails.iter().map(|e| e.attempts).max().unwrap_or(0);
-            let delay = chrono::Duration::from_std(retry_delay(state.config.email.retry_base_secs, attempts))
-                .unwrap_or_default();
-            outbox::mark_failed(&state.db, &ids, error, UtcTime::new(now().0 + delay)).await?;
-            state.metrics.email_failures.inc();
-            tracing::warn!(emails = ?ids, kind, attempt = attempts + 1, error = %error, "email not sent; will retry");
-        }
-    }
-    Ok(result)
-}
-
 /// "[Telltale] 3 alerts: 2 firing, 1 resolved".
 fn digest_subject(emails: &[OutboxEmail]) -> String {
     let count = |kind: &str| emails.iter().filter(|e| e.kind == kind).count();
@@ -178,82 +152,132 @@ fn lease_until() -> UtcTime {
     UtcTime::new(now().0 + chrono::Duration::seconds(120))
 }
 
-/// Tries to send one outbox email now (if no other process holds it). Returns the error of a
-/// failed attempt; the email then waits for its retry.
-pub async fn deliver(state: &AppState, id: i64) -> StorageResult<Option<Result<(), String>>> {
-    let mailer = &state.mailer;
-    let Some(email) = outbox::claim(&state.db, id, &mailer.instance, now(), lease_until()).await? else {
-        return Ok(None);
-    };
-    Ok(Some(send_together(state, &[email]).await?))
-}
-
-/// Sends every due email (one outbox run); alert emails for the same recipients go together.
-pub async fn deliver_due(state: &AppState) -> StorageResult<Delivery> {
-    let instance = &state.mailer.instance;
-    let mut delivery = Delivery::default();
-    let mut alone = Vec::new();
-    let mut grouped: std::collections::BTreeMap<String, Vec<OutboxEmail>> = Default::default();
-    for id in outbox::due(&state.db, now(), BATCH).await? {
-        let Some(email) = outbox::claim(&state.db, id, instance, now(), lease_until()).await? else {
-            continue;
+impl Mailer {
+    /// Sends claimed outbox emails with the same recipients as one message (a digest when there
+    /// are several) and records the outcome on every one of them.
+    async fn send_together(&self, emails: &[OutboxEmail]) -> StorageResult<Result<(), String>> {
+        let Some(first) = emails.first() else {
+            return Ok(Ok(()));
         };
-        if email.alert_id.is_some() {
-            grouped.entry(email.recipients.clone()).or_default().push(email);
+        let (kind, result) = if let [email] = emails {
+            let result = self
+                .send(
+                    &email.recipients,
+                    &email.subject,
+                    &email.body_text,
+                    &email.body_html,
+                )
+                .await;
+            (email.kind.as_str(), result)
         } else {
-            alone.push(vec![email]);
-        }
-    }
-    for (recipients, group) in &mut grouped {
-        // Alert emails still waiting out their group window join the one that fell due.
-        for id in outbox::waiting_alert_emails(&state.db, recipients, BATCH).await? {
-            if group.iter().any(|e| e.id == id) {
-                continue;
+            let subject = digest_subject(emails);
+            let parts: Vec<Part> = emails
+                .iter()
+                .map(|e| Part {
+                    subject: &e.subject,
+                    text: &e.body_text,
+                    html: &e.body_html,
+                })
+                .collect();
+            let (text, html) = templates::digest(&subject, &parts);
+            let result = self.send(&first.recipients, &subject, &text, &html).await;
+            ("alert_digest", result)
+        };
+        let ids: Vec<i64> = emails.iter().map(|e| e.id).collect();
+        match &result {
+            Ok(()) => {
+                outbox::mark_sent(&self.db, &ids, now()).await?;
+                self.sent.with_label_values(&[kind]).inc();
+                tracing::info!(emails = ?ids, kind, "email sent");
             }
-            if let Some(email) = outbox::claim(&state.db, id, instance, now(), lease_until()).await? {
-                group.push(email);
+            Err(error) => {
+                let attempts = emails.iter().map(|e| e.attempts).max().unwrap_or(0);
+                let delay =
+                    chrono::Duration::from_std(retry_delay(self.retry_base, attempts)).unwrap_or_default();
+                outbox::mark_failed(&self.db, &ids, error, UtcTime::new(now().0 + delay)).await?;
+                self.failures.inc();
+                tracing::warn!(emails = ?ids, kind, attempt = attempts + 1, error = %error, "email not sent; will retry");
             }
         }
-        group.sort_by_key(|e| e.id);
+        Ok(result)
     }
-    for emails in alone.into_iter().chain(grouped.into_values()) {
-        match send_together(state, &emails).await? {
-            Ok(()) => delivery.sent += emails.len(),
-            Err(_) => delivery.failed += emails.len(),
-        }
-        delivery.messages += 1;
-    }
-    delivery.pending = outbox::pending_count(&state.db).await?;
-    Ok(delivery)
-}
 
-/// Queues a test email to `to` (or the on-call list) and tries it at once.
-pub async fn send_test(state: &AppState, to: &[String]) -> StorageResult<(OutboxEmail, Result<(), String>)> {
-    let recipients: Vec<String> = if to.is_empty() {
-        state.config.email.on_call.clone()
-    } else {
-        to.to_vec()
-    };
-    let host = hostname();
-    let (text, html) = templates::test(&host);
-    let queued = outbox::enqueue(
-        &state.db,
-        &NewEmail {
-            alert_id: None,
-            kind: "test",
-            recipients: &recipients,
-            subject: "[Telltale] Test email",
-            body_text: &text,
-            body_html: &html,
-        },
-        now(),
-    )
-    .await?;
-    let result = match deliver(state, queued.id).await? {
-        Some(result) => result,
-        None => Err("taken by another process".into()),
-    };
-    Ok((outbox::get(&state.db, queued.id).await?, result))
+    /// Tries to send one outbox email now (if no other process holds it). Returns the error of a
+    /// failed attempt; the email then waits for its retry.
+    pub async fn deliver(&self, id: i64) -> StorageResult<Option<Result<(), String>>> {
+        let Some(email) = outbox::claim(&self.db, id, &self.instance, now(), lease_until()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.send_together(&[email]).await?))
+    }
+
+    /// Sends every due email (one outbox run); alert emails for the same recipients go together.
+    pub async fn deliver_due(&self) -> StorageResult<Delivery> {
+        let instance = &self.instance;
+        let mut delivery = Delivery::default();
+        let mut alone = Vec::new();
+        let mut grouped: std::collections::BTreeMap<String, Vec<OutboxEmail>> = Default::default();
+        for id in outbox::due(&self.db, now(), BATCH).await? {
+            let Some(email) = outbox::claim(&self.db, id, instance, now(), lease_until()).await? else {
+                continue;
+            };
+            if email.alert_id.is_some() {
+                grouped.entry(email.recipients.clone()).or_default().push(email);
+            } else {
+                alone.push(vec![email]);
+            }
+        }
+        for (recipients, group) in &mut grouped {
+            // Alert emails still waiting out their group window join the one that fell due.
+            for id in outbox::waiting_alert_emails(&self.db, recipients, BATCH).await? {
+                if group.iter().any(|e| e.id == id) {
+                    continue;
+                }
+                if let Some(email) = outbox::claim(&self.db, id, instance, now(), lease_until()).await? {
+                    group.push(email);
+                }
+            }
+            group.sort_by_key(|e| e.id);
+        }
+        for emails in alone.into_iter().chain(grouped.into_values()) {
+            match self.send_together(&emails).await? {
+                Ok(()) => delivery.sent += emails.len(),
+                Err(_) => delivery.failed += emails.len(),
+            }
+            delivery.messages += 1;
+        }
+        delivery.pending = outbox::pending_count(&self.db).await?;
+        Ok(delivery)
+    }
+
+    /// Queues a test email to `to` (or the on-call list) and tries it at once.
+    pub async fn send_test(&self, to: &[String]) -> StorageResult<(OutboxEmail, Result<(), String>)> {
+        let recipients: Vec<String> = if to.is_empty() {
+            self.on_call.clone()
+        } else {
+            to.to_vec()
+        };
+        let host = hostname();
+        let (text, html) = templates::test(&host);
+        let queued = outbox::enqueue(
+            &self.db,
+            &NewEmail {
+                alert_id: None,
+                kind: "test",
+                recipients: &recipients,
+                subject: "[Telltale] Test email",
+                body_text: &text,
+                body_html: &html,
+            },
+            now(),
+        )
+        .await?;
+        let result = match self.deliver(queued.id).await? {
+            Some(result) => result,
+            None => Err("taken by another process".into()),
+        };
+        Ok((outbox::get(&self.db, queued.id).await?, result))
+    }
 }
 
 fn hostname() -> String {
@@ -269,7 +293,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         exclusive: false,
         run: Arc::new(|state| {
             Box::pin(async move {
-                let delivery = deliver_due(&state).await?;
+                let delivery = state.mailer.deliver_due().await?;
                 Ok(format!(
                     "{} sent, {} failed, {} pending",
                     delivery.sent, delivery.failed, delivery.pending

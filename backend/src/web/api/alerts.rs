@@ -37,7 +37,7 @@ pub async fn test_email(
             format!("{bad:?} is not an email address"),
         ));
     }
-    let (email, result) = crate::alerts::email::send_test(&state, &to).await?;
+    let (email, result) = state.mailer.send_test(&to).await?;
     Ok(match result {
         Ok(()) => HttpResponse::Ok().json(json!({ "sent": true, "email": email })),
         Err(error) => HttpResponse::build(StatusCode::BAD_GATEWAY).json(json!({
