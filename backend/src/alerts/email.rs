@@ -61,7 +61,7 @@ pub struct Delivery {
 }
 
 impl Mailer {
-    /// `instance` names this process in outbox leases (`AppState::instance`).
+    /// `instance` names this process in outbox leases (one name per process, shared by every engine).
     pub fn new(
         config: &EmailConfig,
         instance: String,

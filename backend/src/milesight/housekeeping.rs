@@ -1,13 +1,14 @@
 //! Scheduled Milesight housekeeping: devices that went quiet, and retention of old events.
+//! Plain functions of the database and the `[milesight]` section.
 
 use std::sync::Arc;
 
 use chrono::Duration;
 
-use crate::app::AppState;
 use crate::config::Config;
+use crate::milesight::settings::MilesightConfig;
 use crate::scheduler::JobSpec;
-use crate::storage::{deliveries, devices, now};
+use crate::storage::{Db, deliveries, devices, now};
 
 pub const DEVICE_CHECK_JOB: &str = "milesight-device-check";
 pub const RETENTION_JOB: &str = "milesight-retention";
@@ -19,23 +20,26 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
             schedule: config.milesight.device_check_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: Arc::new(|state| Box::pin(check_devices(state))),
+            run: Arc::new(|state| {
+                Box::pin(async move { check_devices(&state.db, &state.config.milesight).await })
+            }),
         },
         JobSpec {
             name: RETENTION_JOB,
             schedule: config.milesight.retention_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: Arc::new(|state| Box::pin(apply_retention(state))),
+            run: Arc::new(|state| {
+                Box::pin(async move { apply_retention(&state.db, &state.config.milesight).await })
+            }),
         },
     ]
 }
 
 /// Marks devices offline that sent nothing within their expected interval × the factor.
-pub async fn check_devices(state: AppState) -> anyhow::Result<String> {
-    let config = &state.config.milesight;
+pub async fn check_devices(db: &Db, config: &MilesightConfig) -> anyhow::Result<String> {
     let went_offline = devices::mark_silent_offline(
-        &state.db,
+        db,
         now(),
         config.device_interval_secs.as_secs() as i64,
         i64::from(config.offline_factor),
@@ -48,9 +52,9 @@ pub async fn check_devices(state: AppState) -> anyhow::Result<String> {
 }
 
 /// Deletes events older than the retention period.
-pub async fn apply_retention(state: AppState) -> anyhow::Result<String> {
-    let days = i64::from(state.config.milesight.retention_days);
+pub async fn apply_retention(db: &Db, config: &MilesightConfig) -> anyhow::Result<String> {
+    let days = i64::from(config.retention_days);
     let cutoff = (now().0 - Duration::days(days)).into();
-    let deleted = deliveries::delete_events_before(&state.db, cutoff).await?;
+    let deleted = deliveries::delete_events_before(db, cutoff).await?;
     Ok(format!("{deleted} event(s) older than {days} days deleted"))
 }
