@@ -60,14 +60,14 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
 
     fail_refresh(&state, id, 2).await;
     assert_eq!(
-        evaluate(&state, now()).await.unwrap().firing,
+        evaluate(&state.db, &state.config, now()).await.unwrap().firing,
         0,
         "below the threshold of 3"
     );
     fail_refresh(&state, id, 1).await;
-    let first = evaluate(&state, now()).await.unwrap();
+    let first = evaluate(&state.db, &state.config, now()).await.unwrap();
     assert_eq!((first.firing, first.opened), (1, 1));
-    let again = evaluate(&state, now()).await.unwrap();
+    let again = evaluate(&state.db, &state.config, now()).await.unwrap();
     assert_eq!(
         (again.firing, again.opened),
         (1, 0),
@@ -113,10 +113,10 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
     )
     .await
     .unwrap();
-    let recovered = evaluate(&state, now()).await.unwrap();
+    let recovered = evaluate(&state.db, &state.config, now()).await.unwrap();
     assert_eq!((recovered.firing, recovered.resolved), (0, 1));
     assert_eq!(
-        evaluate(&state, now()).await.unwrap().resolved,
+        evaluate(&state.db, &state.config, now()).await.unwrap().resolved,
         0,
         "resolved once"
     );
@@ -138,7 +138,7 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
 
     // It breaks again: the same alert re-opens, counted as a second occurrence.
     fail_refresh(&state, id, 3).await;
-    assert_eq!(evaluate(&state, now()).await.unwrap().opened, 1);
+    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 1);
     let (alert, _) = alerts::get(&state.db, open[0].id).await.unwrap();
     assert_eq!((alert.state.as_str(), alert.occurrences), ("firing", 2));
 }
@@ -217,7 +217,7 @@ async fn causes_mute_their_effects(backend: Backend) {
 
     // Half an hour on, past the source's 15 + 5 minutes.
     let later: UtcTime = (now().0 + Span::minutes(30)).into();
-    evaluate(&state, later).await.unwrap();
+    evaluate(&state.db, &state.config, later).await.unwrap();
     let open = alerts::open_alerts(&state.db).await.unwrap();
     let mut rules: Vec<&str> = open.iter().map(|a| a.rule.as_str()).collect();
     rules.sort_unstable();
@@ -272,11 +272,11 @@ async fn two_evaluators_open_and_email_each_incident_once(backend: Backend) {
     let (a, b) = tokio::join!(
         {
             let s = first.clone();
-            async move { evaluate(&s, at).await.unwrap() }
+            async move { evaluate(&s.db, &s.config, at).await.unwrap() }
         },
         {
             let s = second.clone();
-            async move { evaluate(&s, at).await.unwrap() }
+            async move { evaluate(&s.db, &s.config, at).await.unwrap() }
         },
     );
     assert_eq!(a.opened + b.opened, 5, "{a:?} {b:?}");
@@ -426,12 +426,15 @@ async fn reminders_slow_down_while_an_alert_stays_open(backend: Backend) {
     let reminded = |minutes: i64| {
         let state = &state;
         async move {
-            let reminded = evaluate(state, at(minutes)).await.unwrap().reminded;
+            let reminded = evaluate(&state.db, &state.config, at(minutes))
+                .await
+                .unwrap()
+                .reminded;
             state.mailer.deliver_due().await.unwrap();
             reminded
         }
     };
-    assert_eq!(evaluate(&state, at(0)).await.unwrap().opened, 1);
+    assert_eq!(evaluate(&state.db, &state.config, at(0)).await.unwrap().opened, 1);
     assert_eq!(reminded(30).await, 0);
     assert_eq!(reminded(61).await, 1, "first reminder after an hour");
     assert_eq!(reminded(62).await, 0);
@@ -480,7 +483,7 @@ async fn silences_hold_back_notifications(backend: Backend) {
     .unwrap();
     fail_refresh(&state, quiet, 3).await;
     fail_refresh(&state, loud, 3).await;
-    let evaluation = evaluate(&state, now()).await.unwrap();
+    let evaluation = evaluate(&state.db, &state.config, now()).await.unwrap();
     assert_eq!(
         (evaluation.firing, evaluation.opened),
         (2, 2),
@@ -512,8 +515,8 @@ async fn silences_hold_back_notifications(backend: Backend) {
     // The maintenance ends early and the token still fails: now on-call hears of it, once.
     let silence = alerts::silences(&state.db, now()).await.unwrap();
     alerts::delete_silence(&state.db, silence[0].id).await.unwrap();
-    evaluate(&state, now()).await.unwrap();
-    evaluate(&state, now()).await.unwrap();
+    evaluate(&state.db, &state.config, now()).await.unwrap();
+    evaluate(&state.db, &state.config, now()).await.unwrap();
     let (alert, _) = alerts::get(&state.db, silenced.id).await.unwrap();
     assert_eq!(alert.state.as_str(), "firing");
     state.mailer.deliver_due().await.unwrap();
@@ -544,7 +547,7 @@ async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
     let first = connection(&state, "spotify-main").await;
     let second = connection(&state, "spotify-backup").await;
     fail_refresh(&state, first, 3).await;
-    assert_eq!(evaluate(&state, now()).await.unwrap().opened, 1);
+    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 1);
     let device = devices::upsert_by_sn(&state.db, "6136D000009", &DeviceProfile::default())
         .await
         .unwrap();
@@ -561,7 +564,7 @@ async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     fail_refresh(&state, second, 3).await;
-    assert_eq!(evaluate(&state, now()).await.unwrap().opened, 2);
+    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 2);
 
     let early = state.mailer.deliver_due().await.unwrap();
     assert_eq!(

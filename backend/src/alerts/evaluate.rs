@@ -13,7 +13,6 @@ use serde::Serialize;
 
 use super::templates::{self, AlertView};
 use crate::alerts::settings::AlertsConfig;
-use crate::app::AppState;
 use crate::config::Config;
 use crate::milesight::token::is_milesight;
 use crate::scheduler::JobSpec;
@@ -23,7 +22,7 @@ use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
 use crate::storage::polling::{self as poll_store, PollState};
 use crate::storage::{AlertState, ConnectionStatus};
-use crate::storage::{StorageResult, UtcTime, now};
+use crate::storage::{Db, StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
 
@@ -326,16 +325,15 @@ pub fn reminder_after(config: &AlertsConfig, notified: i32) -> Option<std::time:
 
 /// One evaluation: every condition that holds opens or refreshes its alert; every open alert
 /// whose condition is gone resolves. Emails are queued in the same transactions.
-pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation> {
+pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Evaluation> {
     let signals = Signals {
-        connections: connections::list_connections(&state.db).await?,
-        polls: poll_store::list_states(&state.db, None).await?,
-        sources: deliveries::list_sources(&state.db).await?,
-        devices: devices::list(&state.db, 100_000, 0).await?,
+        connections: connections::list_connections(db).await?,
+        polls: poll_store::list_states(db, None).await?,
+        sources: deliveries::list_sources(db).await?,
+        devices: devices::list(db, 100_000, 0).await?,
     };
-    let holding = conditions(&signals, &state.config.alerts, at);
-    let config = &state.config;
-    let silences: Vec<_> = store::silences(&state.db, at)
+    let holding = conditions(&signals, &config.alerts, at);
+    let silences: Vec<_> = store::silences(db, at)
         .await?
         .into_iter()
         .filter(|s| s.starts_at.0 <= at.0)
@@ -353,7 +351,7 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
     let mut active = HashSet::new();
     for firing in &holding {
         let hold = hold_for(&firing.key, &firing.rule, &firing.subject);
-        let (alert, opened) = store::fire(&state.db, firing, at, hold.as_deref(), |alert| {
+        let (alert, opened) = store::fire(db, firing, at, hold.as_deref(), |alert| {
             email_for(config, alert, Notice::Firing)
         })
         .await?;
@@ -362,12 +360,9 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
             tracing::warn!(alert = %firing.key, summary = %firing.summary, "alert firing");
         }
         if hold.is_some() && matches!(alert.state, AlertState::Firing | AlertState::Acknowledged) {
-            store::set_silenced(&state.db, alert.id, hold.as_deref(), at, |_| None).await?;
+            store::set_silenced(db, alert.id, hold.as_deref(), at, |_| None).await?;
         } else if hold.is_none() && alert.state == AlertState::Silenced {
-            store::set_silenced(&state.db, alert.id, None, at, |a| {
-                email_for(config, a, Notice::Firing)
-            })
-            .await?;
+            store::set_silenced(db, alert.id, None, at, |a| email_for(config, a, Notice::Firing)).await?;
         } else if !opened
             && alert.state == AlertState::Firing
             && alert.notify_count > 0
@@ -376,14 +371,9 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
                 reminder_after(&config.alerts, alert.notify_count),
             )
             && last.0 + chrono::Duration::from_std(after).unwrap_or_default() <= at.0
-            && store::remind(
-                &state.db,
-                alert.id,
-                alert.notify_count,
-                at,
-                hold.as_deref(),
-                |a| email_for(config, a, Notice::Reminder),
-            )
+            && store::remind(db, alert.id, alert.notify_count, at, hold.as_deref(), |a| {
+                email_for(config, a, Notice::Reminder)
+            })
             .await?
             .is_some()
         {
@@ -391,12 +381,12 @@ pub async fn evaluate(state: &AppState, at: UtcTime) -> StorageResult<Evaluation
         }
         active.insert(firing.key.clone());
     }
-    for open in store::open_alerts(&state.db).await? {
+    for open in store::open_alerts(db).await? {
         if active.contains(&open.alert_key) {
             continue;
         }
         let hold = hold_for(&open.alert_key, &open.rule, &open.subject);
-        if store::resolve(&state.db, open.id, at, hold.as_deref(), |alert| {
+        if store::resolve(db, open.id, at, hold.as_deref(), |alert| {
             email_for(config, alert, Notice::Resolved)
         })
         .await?
@@ -417,7 +407,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         exclusive: true,
         run: Arc::new(|state| {
             Box::pin(async move {
-                let e = evaluate(&state, now()).await?;
+                let e = evaluate(&state.db, &state.config, now()).await?;
                 Ok(format!(
                     "{} firing, {} opened, {} reminded, {} resolved",
                     e.firing, e.opened, e.reminded, e.resolved
