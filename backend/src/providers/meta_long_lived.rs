@@ -15,7 +15,7 @@ use futures_core::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Answer, DerivedToken, Issued, Outcome, Provider, unanswered};
+use super::{Answer, DerivedToken, Issued, Outcome, Provider, retry_after, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -41,7 +41,7 @@ struct GraphError {
 
 /// A Graph API failure in the engine's terms: 190 (any subcode) ends the token; throttling
 /// (4, 17, 32, 613) and transient codes (1, 2) are retried.
-fn classify(status: u16, answer: Answer, body: &Value, hide: &[&str]) -> Outcome {
+fn classify(status: u16, answer: Answer, wait: Option<Duration>, body: &Value, hide: &[&str]) -> Outcome {
     let error: Option<GraphError> = body
         .get("error")
         .and_then(|e| serde_json::from_value(e.clone()).ok());
@@ -62,10 +62,8 @@ fn classify(status: u16, answer: Answer, body: &Value, hide: &[&str]) -> Outcome
         Some(190) => Outcome::NeedsReauth(message),
         Some(1 | 2 | 4 | 17 | 32 | 613) => Outcome::Transient {
             message,
-            retry_after: match answer {
-                Answer::RateLimited { retry_after } | Answer::Unavailable { retry_after } => retry_after,
-                Answer::Ok | Answer::Refused => None,
-            },
+            // Graph throttles inside a 200 or 400 too; its Retry-After counts whatever the status.
+            retry_after: wait,
         },
         _ => answer
             .retry(|| message.clone())
@@ -77,11 +75,12 @@ async fn get(http: &reqwest::Client, url: &str, hide: &[&str]) -> Result<Value, 
     let response = http.get(url).send().await.map_err(|e| unanswered(e, hide))?;
     let status = response.status().as_u16();
     let answer = Answer::of(&response);
+    let wait = retry_after(response.headers());
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if answer == Answer::Ok && body.get("error").is_none() {
         return Ok(body);
     }
-    Err(classify(status, answer, &body, hide))
+    Err(classify(status, answer, wait, &body, hide))
 }
 
 impl Provider for MetaLongLived {
