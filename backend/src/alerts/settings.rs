@@ -15,7 +15,7 @@ settings! {
     pub struct EmailConfig in "email" {
         /// SMTP server as a lettre URL (`smtps://user:pass@host:465`, `smtp://host:587?tls=required`);
         /// emails stay queued until one is set.
-        smtp_url: Option<SecretString> = secret(1).check("an SMTP URL (a secret)", check_smtp_url), env "SMTP_URL";
+        smtp_url: Option<SecretString> = secret(1).check("an SMTP URL", check_smtp_url), env "SMTP_URL";
         /// Sender address.
         from: String = text("Telltale <telltale@localhost>").check("an email address", |a| check_mailbox(a)), env "TELLTALE_EMAIL_FROM";
         /// The default on-call recipients.

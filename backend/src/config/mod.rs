@@ -41,7 +41,8 @@ settings! {
         secret_key: Option<[u8; 32]> = parsed_secret("64 hexadecimal characters", crate::crypto::parse_key)
             .documented_default("a key file in `data_dir`"), env "TELLTALE_SECRET_KEY";
         /// Old keys still accepted for decryption during a key rotation (comma-separated in the environment).
-        previous_secret_keys: Vec<[u8; 32]> = list("64-hexadecimal-character keys", parse_previous_key, |_| "\"********\"".into()), env "TELLTALE_SECRET_KEY_PREVIOUS";
+        previous_secret_keys: Vec<[u8; 32]> = list("64-hexadecimal-character keys", parse_previous_key, |_| setting::masked(true))
+            .secret(), env "TELLTALE_SECRET_KEY_PREVIOUS";
         /// Log line format.
         log_format: LogFormat = parsed("text", "text or json", LogFormat::parse), env "LOG_FORMAT";
         /// How long in-flight requests may take to finish on shutdown.
@@ -225,10 +226,14 @@ impl Config {
                 d if d.contains('`') => d.to_owned(),
                 d => format!("`{d}`"),
             };
+            let accepts = if key.secret {
+                format!("{} (secret: masked, never logged)", key.accepts)
+            } else {
+                key.accepts
+            };
             out.push_str(&format!(
-                "| `{}` | {env} | {default} | {} | {} |\n",
+                "| `{}` | {env} | {default} | {accepts} | {} |\n",
                 key.key,
-                key.accepts,
                 key.doc.replace('|', "\\|")
             ));
         }
@@ -482,6 +487,23 @@ mod tests {
         assert!(
             undocumented.is_empty(),
             "keys without a doc comment: {undocumented:?}"
+        );
+        let secrets: Vec<&str> = keys.iter().filter(|k| k.secret).map(|k| k.key.as_str()).collect();
+        assert_eq!(
+            secrets,
+            [
+                "secret_key",
+                "previous_secret_keys",
+                "cron_secret",
+                "milesight.webhook_secret",
+                "milesight.webhook_previous_secret",
+                "milesight.client_secret",
+                "email.smtp_url",
+                "auth.admin_password",
+                "auth.api_token",
+                "auth.metrics_token",
+            ],
+            "the documentation flags exactly the secrets"
         );
         let mut names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
         names.sort_unstable();

@@ -132,7 +132,8 @@ impl<T: Clone> Kind<T> {
         self
     }
 
-    fn secret(mut self) -> Self {
+    /// Marks the key a secret in the documentation (its `show` must mask it).
+    pub fn secret(mut self) -> Self {
         self.secret = true;
         self
     }
@@ -567,9 +568,9 @@ where
 /// A secret: never printed, never echoed in an error. Unset (and empty) is `None`.
 pub fn secret(min_chars: usize) -> Kind<Option<SecretString>> {
     let accepts = if min_chars > 1 {
-        format!("a secret of {min_chars} characters or more")
+        format!("{min_chars} characters or more")
     } else {
-        "a secret".to_owned()
+        "text".to_owned()
     };
     parsed_secret(&accepts, move |text| {
         if text.chars().count() < min_chars {
