@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::config::check_mailbox;
 use crate::config::setting::{FileType, Kind, comma_list, count, flag, secret, secs, settings, text};
-use crate::config::{ConfigError, check_mailbox};
 use crate::scheduler::settings::schedule;
 
 settings! {
@@ -57,12 +57,11 @@ settings! {
 
 impl AlertsConfig {
     /// The public URL defaults to the listen address; links are built without a trailing slash.
-    pub fn validate(&mut self, listen: SocketAddr) -> Result<(), ConfigError> {
+    pub fn resolve(&mut self, listen: SocketAddr) {
         if self.public_url.is_empty() {
             self.public_url = format!("http://{listen}");
         }
         self.public_url = self.public_url.trim_end_matches('/').to_owned();
-        Ok(())
     }
 }
 

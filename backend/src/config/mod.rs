@@ -171,7 +171,7 @@ impl Config {
                 })?;
                 Config::parse(&text, path, env)
             }
-            None => Config::resolve(&toml::Table::new(), env),
+            None => Config::resolve(&toml::Table::new(), Path::new("(none)"), env),
         }
     }
 
@@ -182,21 +182,16 @@ impl Config {
 
     fn parse(text: &str, path: &Path, env: &impl Env) -> Result<Config, ConfigError> {
         let table = text.parse::<toml::Table>().map_err(|e| file_error(path, &e))?;
-        Config::resolve(&table, env).map_err(|mut e| {
-            if e.key == "config file" {
-                e.key = format!("config file {}", path.display());
-            }
-            e
-        })
+        Config::resolve(&table, path, env)
     }
 
-    fn resolve(file: &toml::Table, env: &impl Env) -> Result<Config, ConfigError> {
-        let mut config = Config::read(&Source { file, env })?;
+    fn resolve(file: &toml::Table, origin: &Path, env: &impl Env) -> Result<Config, ConfigError> {
+        let mut config = Config::read(&Source { file, origin, env })?;
         // Checks across keys live beside the code that uses them.
         config.database.resolve(&config.database_url);
         config.milesight.validate()?;
         config.polling.validate()?;
-        config.alerts.validate(config.listen)?;
+        config.alerts.resolve(config.listen);
         config.auth.validate(&config.alerts.public_url)?;
         Ok(config)
     }

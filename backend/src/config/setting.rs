@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::ops::RangeInclusive;
+use std::path::Path;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -188,9 +189,10 @@ pub fn key_error(section: &str, key: &str, env: Option<&str>, message: impl Into
     }
 }
 
-/// Where values come from: the parsed file and the environment.
+/// Where values come from: the parsed file (named by `origin` in errors) and the environment.
 pub struct Source<'a> {
     pub file: &'a toml::Table,
+    pub origin: &'a Path,
     pub env: &'a dyn Env,
 }
 
@@ -207,7 +209,7 @@ impl Source<'_> {
     /// written as something other than a table.
     pub fn check_known(&self, section: &str, known: &[&str]) -> Result<(), ConfigError> {
         let file_error = |message: String| ConfigError {
-            key: "config file".into(),
+            key: format!("config file {}", self.origin.display()),
             message,
         };
         if !section.is_empty()

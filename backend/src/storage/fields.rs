@@ -24,8 +24,6 @@ macro_rules! text_enum {
         }
 
         impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+

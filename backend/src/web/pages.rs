@@ -147,8 +147,8 @@ pub async fn overview(
     for s in source_items.iter().filter(|s| s["status"] == "STALE") {
         problems.push(json!({"href": "/webhooks", "text": format!("webhook source {} is stale", s["name"].as_str().unwrap_or("?"))}));
     }
+    let unusable = [TokenHealth::NeedsReauth, TokenHealth::Expired];
     for c in tokens["connections"].as_array().into_iter().flatten() {
-        let unusable = [TokenHealth::NeedsReauth, TokenHealth::Expired];
         if unusable.iter().any(|h| c["status"] == h.as_str()) {
             problems.push(json!({"href": "/tokens", "text": format!("connection {} is {}", c["name"].as_str().unwrap_or("?"), c["status"].as_str().unwrap_or("?"))}));
         }
