@@ -8,13 +8,17 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::email::Mailer;
+use crate::auth::LoginThrottle;
 use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::metrics::Metrics;
-use crate::milesight::intake::{Intake, sync_configured_sources};
+use crate::milesight::intake::Intake;
 use crate::milesight::token::TokenKeeper;
-use crate::scheduler::{JobSpec, Scheduler};
+use crate::polling::PollEngine;
+use crate::scheduler::{JobSpec, Runner, Scheduler};
 use crate::storage::{Db, migrate};
+use crate::tokens::RefreshEngine;
 
 /// Everything a handler or background job needs, built once and cheap to clone.
 #[derive(Clone)]
@@ -28,10 +32,12 @@ pub struct AppState {
     /// Outbound HTTP (third-party APIs), with the configured timeout.
     pub http: reqwest::Client,
     pub milesight_token: Arc<TokenKeeper>,
-    pub token_engine: Arc<crate::tokens::RefreshEngine>,
-    pub poll_engine: Arc<crate::polling::PollEngine>,
-    pub mailer: Arc<crate::alerts::email::Mailer>,
-    pub login_throttle: Arc<crate::auth::LoginThrottle>,
+    pub token_engine: Arc<RefreshEngine>,
+    pub poll_engine: Arc<PollEngine>,
+    pub mailer: Arc<Mailer>,
+    /// Runs scheduled jobs and records each run (the scheduler and "run now" share it).
+    pub job_runner: Arc<Runner>,
+    pub login_throttle: Arc<LoginThrottle>,
     /// Names this process in database leases (`pid-uuid`).
     pub instance: String,
 }
@@ -86,12 +92,6 @@ impl AppState {
     pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
         let db = Db::open(&config.database_url, &config.database.pool())?;
         let metrics = Metrics::new(&db)?;
-        let intake = Arc::new(Intake::new(
-            config.milesight.timestamp_tolerance_secs.as_secs() as i64,
-            &db,
-            config.database.pool().ingest_writers,
-            metrics.webhook_commit_requests.clone(),
-        ));
         let http = reqwest::Client::builder()
             .timeout(config.milesight.request_timeout_secs)
             .connect_timeout(config.milesight.request_timeout_secs)
@@ -100,50 +100,79 @@ impl AppState {
         // One name for this process in every database lease (`pid-uuid`: the pid helps
         // operators, the uuid keeps a reused pid from inheriting a dead process's leases).
         let instance = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let crypto = Arc::new(crypto);
+        let intake = Arc::new(Intake::new(
+            db.clone(),
+            crypto.clone(),
+            &config.milesight,
+            config.database.pool().ingest_writers,
+            metrics.intake(),
+        ));
+        // Each engine is built from what it uses; the web layer holds them all here.
+        let token_engine = Arc::new(RefreshEngine::new(
+            db.clone(),
+            crypto.clone(),
+            http.clone(),
+            &config.tokens,
+            metrics.refresh(),
+            instance.clone(),
+        ));
+        let milesight_token = Arc::new(TokenKeeper::new(
+            db.clone(),
+            crypto.clone(),
+            &config.milesight,
+            token_engine.clone(),
+        ));
+        let poll_engine = Arc::new(PollEngine::new(
+            db.clone(),
+            crypto.clone(),
+            http.clone(),
+            &config,
+            token_engine.clone(),
+            metrics.polling(),
+            instance.clone(),
+        ));
+        let mailer = Arc::new(Mailer::new(
+            &config.email,
+            instance.clone(),
+            db.clone(),
+            metrics.mailer(),
+        )?);
+        let job_runner = Arc::new(Runner::new(db.clone(), instance.clone(), metrics.jobs()));
+        let login_throttle = Arc::new(LoginThrottle::new(config.auth.login_attempts_per_minute));
         Ok(AppState {
-            http,
-            milesight_token: Arc::new(TokenKeeper::new()),
-            token_engine: Arc::new(crate::tokens::RefreshEngine::new(
-                instance.clone(),
-                crate::providers::circuit::Circuits::new(
-                    config.tokens.circuit_failures,
-                    config.tokens.circuit_open_secs,
-                    metrics.upstream_circuit_open.clone(),
-                    metrics.upstream_calls_refused.clone(),
-                ),
-            )),
-            poll_engine: Arc::new(crate::polling::PollEngine::new(&config.polling, instance.clone())),
-            mailer: Arc::new(crate::alerts::email::Mailer::new(
-                &config.email,
-                instance.clone(),
-                db.clone(),
-                crate::alerts::email::MailerMetrics {
-                    sent: metrics.emails_sent.clone(),
-                    failures: metrics.email_failures.clone(),
-                },
-            )?),
-            intake,
-            instance,
-            login_throttle: Arc::new(crate::auth::LoginThrottle::new(
-                config.auth.login_attempts_per_minute,
-            )),
             config: Arc::new(config),
             db,
-            crypto: Arc::new(crypto),
+            crypto,
             metrics,
             readiness: Arc::new(Readiness::new()),
+            intake,
+            http,
+            milesight_token,
+            token_engine,
+            poll_engine,
+            mailer,
+            job_runner,
+            login_throttle,
+            instance,
         })
     }
 }
 
-/// Every scheduled job the service runs.
-pub fn job_specs(config: &Config) -> Vec<JobSpec> {
-    let mut specs = crate::milesight::housekeeping::job_specs(config);
-    specs.extend(crate::milesight::inventory::job_specs(config));
-    specs.extend(crate::tokens::job_specs(config));
-    specs.extend(crate::polling::job_specs(config));
-    specs.extend(crate::alerts::email::job_specs(config));
-    specs.extend(crate::alerts::evaluate::job_specs(config));
+/// Every scheduled job the service runs, each over the engine or data it uses.
+pub fn job_specs(state: &AppState) -> Vec<JobSpec> {
+    let config = &state.config;
+    let mut specs = crate::milesight::housekeeping::job_specs(config, &state.db);
+    specs.extend(crate::milesight::inventory::job_specs(
+        config,
+        &state.db,
+        &state.http,
+        &state.milesight_token,
+    ));
+    specs.extend(crate::tokens::job_specs(config, &state.token_engine));
+    specs.extend(crate::polling::job_specs(config, &state.poll_engine));
+    specs.extend(crate::alerts::email::job_specs(config, &state.mailer));
+    specs.extend(crate::alerts::evaluate::job_specs(config, &state.db));
     specs
 }
 
@@ -178,9 +207,9 @@ async fn bring_up_database(state: &AppState) -> bool {
             } else {
                 tracing::info!(backend = state.db.backend_name(), migrations = ?applied, "database ready; migrations applied");
             }
-            sync_configured_sources(state).await;
+            state.intake.sync_configured_sources().await;
             // Before readiness, so the configured admin and token work as soon as it says ready.
-            if let Err(err) = crate::auth::bootstrap(state).await {
+            if let Err(err) = crate::auth::bootstrap(&state.db, &state.config.auth).await {
                 tracing::error!(error = %format!("{err:#}"), "staff bootstrap failed");
             }
             state.readiness.set(ReadyState::Ready);
@@ -227,7 +256,7 @@ pub async fn serve(
                 // renewed now; on its own task, since a slow provider must not hold up the jobs.
                 let state = state.clone();
                 tasks_for_jobs.spawn(async move {
-                    crate::milesight::token::start_up(&state).await;
+                    state.milesight_token.start_up().await;
                     let request = crate::tokens::SweepRequest {
                         trigger: "startup",
                         actor: "telltale".into(),
@@ -235,14 +264,14 @@ pub async fn serve(
                         provider: None,
                         connection_id: None,
                     };
-                    match state.token_engine.sweep(&state, &request, crate::storage::now()).await {
+                    match state.token_engine.sweep(&request, crate::storage::now()).await {
                         Ok(report) => tracing::info!(due = report.checked, refreshed = report.refreshed, failed = report.failed, "start-up token sweep"),
                         Err(err) => tracing::warn!(error = %err, "start-up token sweep failed"),
                     }
                 });
             }
-            let specs = job_specs(&state.config);
-            match Scheduler::start(state, specs, tasks_for_jobs, cancel).await {
+            let specs = job_specs(&state);
+            match Scheduler::start(state.job_runner.clone(), specs, tasks_for_jobs, cancel).await {
                 Ok(started) => *scheduler.lock().await = Some(started),
                 Err(err) => tracing::error!(error = %format!("{err:#}"), "scheduler did not start; scheduled jobs will not run"),
             }

@@ -309,10 +309,7 @@ async fn refresh_tokens(
         provider,
         connection_id: connection,
     };
-    let report = state
-        .token_engine
-        .sweep(&state, &request, crate::storage::now())
-        .await?;
+    let report = state.token_engine.sweep(&request, crate::storage::now()).await?;
     println!(
         "{:<6} {:<16} {:<24} {:<14} {:<27} DETAIL",
         "ID", "PROVIDER", "NAME", "OUTCOME", "EXPIRES AT"
@@ -383,7 +380,7 @@ async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyho
     };
     let change = |id: i64, change: ConnectionChange| {
         let state = &state;
-        async move { manage::update(state, id, change).await }
+        async move { manage::update(&state.db, &state.crypto, id, change).await }
     };
     let result = match action {
         ConnectionsCommand::List => {
@@ -434,7 +431,9 @@ async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyho
                 refresh_token: secrets.refresh_token,
                 expires_at,
             };
-            manage::create(&state, spec).await.map(|c| print(&c))
+            manage::create(&state.db, &state.crypto, spec)
+                .await
+                .map(|c| print(&c))
         }
         ConnectionsCommand::Update {
             id,
@@ -463,7 +462,7 @@ async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyho
             };
             change(id, update).await.map(|c| print(&c))
         }
-        ConnectionsCommand::Delete { id } => manage::delete(&state, id)
+        ConnectionsCommand::Delete { id } => manage::delete(&state.db, id)
             .await
             .map(|()| println!("deleted connection {id}")),
     };
@@ -484,10 +483,7 @@ async fn poll(
         platform,
         connection_id: connection,
     };
-    let report = state
-        .poll_engine
-        .sweep(&state, &request, crate::storage::now())
-        .await?;
+    let report = state.poll_engine.sweep(&request, crate::storage::now()).await?;
     println!(
         "{:<6} {:<12} {:<18} {:<24} {:<11} {:>6} {:>5} {:<7} DETAIL",
         "ID", "PLATFORM", "ENDPOINT", "CONNECTION", "OUTCOME", "ITEMS", "PAGES", "STORED"
@@ -542,7 +538,7 @@ async fn manage_users(config: Config, action: UserCommand) -> anyhow::Result<()>
             let password = read_password()?;
             let state = one_shot_state(config).await?;
             let role = if admin { "admin" } else { "viewer" };
-            let user = crate::auth::add_user(&state, &email, &password, role).await?;
+            let user = crate::auth::add_user(&state.db, &email, &password, role).await?;
             state.db.close();
             println!("added {} ({})", user.email, user.role);
         }
@@ -574,7 +570,7 @@ async fn create_api_token(config: Config, email: &str, name: &str) -> anyhow::Re
     let user = crate::storage::staff::user_by_email(&state.db, &email.trim().to_ascii_lowercase())
         .await
         .map_err(|_| anyhow::anyhow!("no user {email}"))?;
-    let (token, row) = crate::auth::add_api_token(&state, user.id, name).await?;
+    let (token, row) = crate::auth::add_api_token(&state.db, user.id, name).await?;
     state.db.close();
     eprintln!(
         "API token {} ({name}) for {}; it is shown only now:",

@@ -204,6 +204,52 @@ impl std::ops::Deref for Metrics {
     }
 }
 
+/// Each engine's share of the instruments: engines are handed what they update, never the
+/// registry, so `metrics` depends on them and not the other way round.
+impl Metrics {
+    pub fn refresh(&self) -> crate::tokens::RefreshMetrics {
+        crate::tokens::RefreshMetrics {
+            attempts: self.token_refreshes.clone(),
+            attempt_seconds: self.token_refresh_seconds.clone(),
+            circuit_open: self.upstream_circuit_open.clone(),
+            calls_refused: self.upstream_calls_refused.clone(),
+        }
+    }
+
+    pub fn polling(&self) -> crate::polling::PollMetrics {
+        crate::polling::PollMetrics {
+            runs: self.poll_runs.clone(),
+            items: self.poll_items.clone(),
+            seconds: self.poll_seconds.clone(),
+        }
+    }
+
+    pub fn intake(&self) -> crate::milesight::intake::IntakeMetrics {
+        crate::milesight::intake::IntakeMetrics {
+            requests: self.webhook_requests.clone(),
+            events: self.webhook_events.clone(),
+            ingest_seconds: self.webhook_ingest_seconds.clone(),
+            commit_requests: self.webhook_commit_requests.clone(),
+            previous_secret: self.webhook_previous_secret.clone(),
+            system_notices: self.milesight_system_notices.clone(),
+        }
+    }
+
+    pub fn jobs(&self) -> crate::scheduler::RunnerMetrics {
+        crate::scheduler::RunnerMetrics {
+            runs: self.job_runs.clone(),
+            last_run: self.job_last_run.clone(),
+        }
+    }
+
+    pub fn mailer(&self) -> crate::alerts::email::MailerMetrics {
+        crate::alerts::email::MailerMetrics {
+            sent: self.emails_sent.clone(),
+            failures: self.email_failures.clone(),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new(db: &crate::storage::Db) -> anyhow::Result<Metrics> {
         let registry = Registry::new();

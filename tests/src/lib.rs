@@ -757,7 +757,7 @@ pub async fn sweep_at(
     };
     state
         .token_engine
-        .sweep(state, &request, at)
+        .sweep(&request, at)
         .await
         .unwrap_or_else(|e| panic!("sweep: {e}"))
 }

@@ -27,6 +27,17 @@ async fn app(db: &TestDb, mdp: &MockServer, budget: u32) -> AppState {
         .await
 }
 
+/// One inventory sync, as the scheduled job runs it.
+async fn sync(state: &AppState) -> anyhow::Result<String> {
+    inventory::sync(
+        &state.db,
+        &state.http,
+        &state.config.milesight,
+        &state.milesight_token,
+    )
+    .await
+}
+
 async fn mount_token(mdp: &MockServer, token: &str) {
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
@@ -113,7 +124,7 @@ async fn every_page_is_synced_and_fresher_webhook_state_wins(backend: Backend) {
         .await
         .unwrap();
 
-    let summary = inventory::sync(&state).await.unwrap();
+    let summary = sync(&state).await.unwrap();
     assert_eq!(summary, "5 device(s) synced from 3 page(s)");
     let all = devices::list(&state.db, 10, 0).await.unwrap();
     assert_eq!(all.len(), 5);
@@ -166,7 +177,7 @@ async fn the_daily_request_budget_is_respected(backend: Backend) {
     .await;
     // A budget of 3: page 1 and the token request, then page 2; page 3 would exceed it.
     let state = app(&db, &mdp, 3).await;
-    let summary = inventory::sync(&state).await.unwrap();
+    let summary = sync(&state).await.unwrap();
     assert_eq!(summary, "4 device(s) synced; stopped: daily request budget spent");
     let searches = mdp
         .received_requests()
@@ -178,7 +189,7 @@ async fn the_daily_request_budget_is_respected(backend: Backend) {
     assert_eq!(searches, 2);
     assert_eq!(usage::used(&state.db, "milesight", now()).await.unwrap(), 3);
     // The next run the same day makes no request at all.
-    let summary = inventory::sync(&state).await.unwrap();
+    let summary = sync(&state).await.unwrap();
     assert!(summary.starts_with("0 device(s) synced; stopped"), "{summary}");
     assert_eq!(mdp.received_requests().await.unwrap().len(), 3);
 }
@@ -197,10 +208,7 @@ async fn a_refused_token_is_replaced_once(backend: Backend) {
         .await;
     mount_page(&mdp, 1, 1, vec![device("SN-Z", "ONLINE", 5.0, 0)]).await;
     let state = app(&db, &mdp, 1000).await;
-    assert_eq!(
-        inventory::sync(&state).await.unwrap(),
-        "1 device(s) synced from 1 page(s)"
-    );
+    assert_eq!(sync(&state).await.unwrap(), "1 device(s) synced from 1 page(s)");
     let tokens = mdp
         .received_requests()
         .await

@@ -69,14 +69,14 @@ async fn token_is_fetched_once_cached_and_kept_across_restarts(backend: Backend)
         .await;
     let state = app(&db, &mdp).await;
     let keeper = &state.milesight_token;
-    assert_eq!(keeper.token(&state).await.unwrap(), "CANARY-access-token-AB12");
+    assert_eq!(keeper.token().await.unwrap(), "CANARY-access-token-AB12");
     assert_eq!(
-        keeper.token(&state).await.unwrap(),
+        keeper.token().await.unwrap(),
         "CANARY-access-token-AB12",
         "served from the cache"
     );
 
-    let status = keeper.status(&state, now()).await.unwrap();
+    let status = keeper.status(now()).await.unwrap();
     assert_eq!(status.status, "valid");
     assert_eq!(status.token_fingerprint.as_deref(), Some("…AB12"));
     assert_eq!(status.client_id.as_deref(), Some("cid-1"));
@@ -110,16 +110,16 @@ async fn token_is_fetched_once_cached_and_kept_across_restarts(backend: Backend)
         "client secret sealed"
     );
     let restarted = app(&db, &mdp).await;
-    telltale::milesight::token::start_up(&restarted).await;
+    restarted.milesight_token.start_up().await;
     assert!(
         !restarted
             .milesight_token
-            .refresh_if_due(&restarted, Trigger::Startup, now())
+            .refresh_if_due(Trigger::Startup, now())
             .await
             .unwrap()
     );
     assert_eq!(
-        restarted.milesight_token.token(&restarted).await.unwrap(),
+        restarted.milesight_token.token().await.unwrap(),
         "CANARY-access-token-AB12"
     );
 }
@@ -140,7 +140,7 @@ async fn one_upstream_request_for_a_hundred_callers(backend: Backend) {
     let callers: Vec<_> = (0..100)
         .map(|_| {
             let state = state.clone();
-            tokio::spawn(async move { state.milesight_token.token(&state).await.unwrap() })
+            tokio::spawn(async move { state.milesight_token.token().await.unwrap() })
         })
         .collect();
     for caller in callers {
@@ -160,30 +160,15 @@ async fn scheduled_refresh_happens_only_within_the_lead_time(backend: Backend) {
     let keeper = &state.milesight_token;
     let t0 = now();
     assert!(
-        keeper.refresh_if_due(&state, Trigger::Startup, t0).await.unwrap(),
+        keeper.refresh_if_due(Trigger::Startup, t0).await.unwrap(),
         "nothing stored: fetch"
     );
     let at = |minutes: i64| (t0.0 + Span::minutes(minutes)).into();
     // The token lasts 3599 s; with the 5-minute lead it is due from minute 55 on.
-    assert!(
-        !keeper
-            .refresh_if_due(&state, Trigger::Scheduled, at(30))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !keeper
-            .refresh_if_due(&state, Trigger::Scheduled, at(54))
-            .await
-            .unwrap()
-    );
+    assert!(!keeper.refresh_if_due(Trigger::Scheduled, at(30)).await.unwrap());
+    assert!(!keeper.refresh_if_due(Trigger::Scheduled, at(54)).await.unwrap());
     assert_eq!(mdp.received_requests().await.unwrap().len(), 1);
-    assert!(
-        keeper
-            .refresh_if_due(&state, Trigger::Scheduled, at(56))
-            .await
-            .unwrap()
-    );
+    assert!(keeper.refresh_if_due(Trigger::Scheduled, at(56)).await.unwrap());
     assert_eq!(mdp.received_requests().await.unwrap().len(), 2);
     let triggers: Vec<String> = refresh_log::recent(&state.db, None, 10)
         .await
@@ -206,7 +191,7 @@ async fn refused_credentials_stop_scheduled_refreshes(backend: Backend) {
     let state = app(&db, &mdp).await;
     let keeper = &state.milesight_token;
     assert!(matches!(
-        keeper.token(&state).await,
+        keeper.token().await,
         Err(TokenError::InvalidCredentials)
     ));
     assert_eq!(
@@ -215,7 +200,7 @@ async fn refused_credentials_stop_scheduled_refreshes(backend: Backend) {
         "a refusal is not retried"
     );
 
-    let status = keeper.status(&state, now()).await.unwrap();
+    let status = keeper.status(now()).await.unwrap();
     assert_eq!(status.status, "invalid_credentials");
     assert!(
         status
@@ -237,13 +222,13 @@ async fn refused_credentials_stop_scheduled_refreshes(backend: Backend) {
 
     // The schedule and callers do not hammer MDP with credentials it refused...
     assert!(matches!(
-        keeper.refresh_if_due(&state, Trigger::Scheduled, now()).await,
+        keeper.refresh_if_due(Trigger::Scheduled, now()).await,
         Err(TokenError::InvalidCredentials)
     ));
-    assert!(keeper.token(&state).await.is_err());
+    assert!(keeper.token().await.is_err());
     assert_eq!(mdp.received_requests().await.unwrap().len(), 1);
     // ...but a person can try again.
-    assert!(keeper.refresh_now(&state, Trigger::Manual).await.is_err());
+    assert!(keeper.refresh_now(Trigger::Manual).await.is_err());
     assert_eq!(mdp.received_requests().await.unwrap().len(), 2);
 
     // Fixing the configured secret lifts the refusal: the next start uses the new one.
@@ -257,9 +242,9 @@ async fn refused_credentials_stop_scheduled_refreshes(backend: Backend) {
         .set("milesight.client_secret", "fixed-secret")
         .state()
         .await;
-    telltale::milesight::token::start_up(&fixed).await;
-    assert_eq!(fixed.milesight_token.token(&fixed).await.unwrap(), "after-fix");
-    let status = fixed.milesight_token.status(&fixed, now()).await.unwrap();
+    fixed.milesight_token.start_up().await;
+    assert_eq!(fixed.milesight_token.token().await.unwrap(), "after-fix");
+    let status = fixed.milesight_token.status(now()).await.unwrap();
     assert_eq!((status.status, status.consecutive_failures), ("valid", 0));
 }
 
@@ -284,7 +269,7 @@ async fn transient_failures_are_retried_honouring_retry_after(backend: Backend) 
         .await;
     let state = app(&db, &mdp).await;
     let started = Instant::now();
-    assert_eq!(state.milesight_token.token(&state).await.unwrap(), "after-retry");
+    assert_eq!(state.milesight_token.token().await.unwrap(), "after-retry");
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "waited for Retry-After"
@@ -326,7 +311,7 @@ async fn persistent_failures_give_up_and_are_recorded(backend: Backend) {
     let state = app(&db, &mdp).await;
     let err = state
         .milesight_token
-        .refresh_if_due(&state, Trigger::Scheduled, now())
+        .refresh_if_due(Trigger::Scheduled, now())
         .await
         .unwrap_err();
     assert!(matches!(err, TokenError::Upstream(_)), "{err}");
@@ -335,7 +320,7 @@ async fn persistent_failures_give_up_and_are_recorded(backend: Backend) {
         3,
         "token_max_attempts"
     );
-    let status = state.milesight_token.status(&state, now()).await.unwrap();
+    let status = state.milesight_token.status(now()).await.unwrap();
     assert_eq!((status.status, status.consecutive_failures), ("missing", 1));
     assert!(
         status.last_error.as_deref().unwrap().contains("503"),
@@ -505,7 +490,7 @@ async fn a_slow_server_times_out_and_is_retried(backend: Backend) {
         .state()
         .await;
     let started = Instant::now();
-    let err = state.milesight_token.token(&state).await.unwrap_err();
+    let err = state.milesight_token.token().await.unwrap_err();
     assert!(err.to_string().contains("timed out"), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(6),

@@ -91,11 +91,7 @@ fn request(platform: Option<&str>) -> PollRequest {
 }
 
 async fn sweep(state: &AppState, platform: Option<&str>, at: UtcTime) -> telltale::polling::PollReport {
-    state
-        .poll_engine
-        .sweep(state, &request(platform), at)
-        .await
-        .unwrap()
+    state.poll_engine.sweep(&request(platform), at).await.unwrap()
 }
 
 fn later(minutes: i64) -> UtcTime {
@@ -413,7 +409,7 @@ async fn a_401_refreshes_the_token_once_and_retries(backend: Backend) {
     let id = spotify(&state, &api, "acme", "sp").await;
     let result = state
         .poll_engine
-        .poll_now(&state, id, "recently_played", "manual")
+        .poll_now(id, "recently_played", "manual")
         .await
         .unwrap()
         .unwrap();
@@ -425,7 +421,7 @@ async fn a_401_refreshes_the_token_once_and_retries(backend: Backend) {
     assert!(
         state
             .poll_engine
-            .poll_now(&state, id, "nope", "manual")
+            .poll_now(id, "nope", "manual")
             .await
             .unwrap()
             .is_none()
@@ -503,7 +499,7 @@ async fn a_failing_poll_keeps_the_last_good_data(backend: Backend) {
     let poll = || async {
         state
             .poll_engine
-            .poll_now(&state, id, "recently_played", "manual")
+            .poll_now(id, "recently_played", "manual")
             .await
             .unwrap()
             .unwrap()
@@ -634,7 +630,7 @@ async fn retention_keeps_the_newest_payload(backend: Backend) {
     for _ in 0..4 {
         state
             .poll_engine
-            .poll_now(&state, id, "top_tracks", "manual")
+            .poll_now(id, "top_tracks", "manual")
             .await
             .unwrap();
     }
@@ -646,9 +642,11 @@ async fn retention_keeps_the_newest_payload(backend: Backend) {
         4
     );
     // keep_payloads = 2 keeps the newest two; 31 days on, age removes all but the newest.
-    let (deleted, _) = telltale::polling::prune(&state, now()).await.unwrap();
+    let (deleted, _) = telltale::polling::prune(&state.db, &state.config.polling, now())
+        .await
+        .unwrap();
     assert_eq!(deleted, 2);
-    let (deleted, runs) = telltale::polling::prune(&state, later(31 * 24 * 60))
+    let (deleted, runs) = telltale::polling::prune(&state.db, &state.config.polling, later(31 * 24 * 60))
         .await
         .unwrap();
     assert_eq!((deleted, runs), (1, 4));
@@ -681,7 +679,7 @@ async fn a_slow_platform_times_out_and_is_retried(backend: Backend) {
     let started = Instant::now();
     let result = state
         .poll_engine
-        .poll_now(&state, id, "top_tracks", "manual")
+        .poll_now(id, "top_tracks", "manual")
         .await
         .unwrap()
         .unwrap();

@@ -105,7 +105,7 @@ async fn jobs_are_stopped_started_and_run_on_request(backend: Backend) {
 async fn an_exclusive_job_runs_on_one_replica_per_tick(backend: Backend) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use telltale::scheduler::{JobSpec, parse_timezone, run_now, run_once};
+    use telltale::scheduler::{JobSpec, parse_timezone};
     use telltale::storage::{jobs, now};
 
     let db = TestDb::new(backend).await;
@@ -119,7 +119,7 @@ async fn an_exclusive_job_runs_on_one_replica_per_tick(backend: Backend) {
             schedule: "* * * * * *".into(),
             timezone: parse_timezone("UTC").unwrap(),
             exclusive,
-            run: Arc::new(move |_| {
+            run: Arc::new(move || {
                 let runs = runs.clone();
                 Box::pin(async move {
                     runs.fetch_add(1, Ordering::SeqCst);
@@ -141,7 +141,10 @@ async fn an_exclusive_job_runs_on_one_replica_per_tick(backend: Backend) {
     };
     tokio::time::sleep(until_next_second(20)).await;
     let exclusive = spec(true);
-    let (a, b) = tokio::join!(run_once(&first, &exclusive), run_once(&second, &exclusive));
+    let (a, b) = tokio::join!(
+        first.job_runner.run_once(&exclusive),
+        second.job_runner.run_once(&exclusive)
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one replica ran this tick");
     assert_eq!(
         u8::from(a.is_some()) + u8::from(b.is_some()),
@@ -157,15 +160,15 @@ async fn an_exclusive_job_runs_on_one_replica_per_tick(backend: Backend) {
 
     // A replica whose timer fires a moment late does not run the same tick again…
     let late = if a.is_some() { &second } else { &first };
-    assert!(run_once(late, &exclusive).await.is_none());
+    assert!(late.job_runner.run_once(&exclusive).await.is_none());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     // …but a manual run is not held back by the lease…
-    run_now(late, &exclusive).await.unwrap();
+    late.job_runner.run_now(&exclusive).await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     // …and the next tick goes to whichever replica comes first.
     tokio::time::sleep(until_next_second(50)).await;
     assert!(
-        run_once(late, &exclusive).await.is_some(),
+        late.job_runner.run_once(&exclusive).await.is_some(),
         "the next tick is free at {:?}",
         now()
     );
@@ -173,7 +176,10 @@ async fn an_exclusive_job_runs_on_one_replica_per_tick(backend: Backend) {
 
     // Sweeps that claim their own units run everywhere.
     let sweep = spec(false);
-    let (a, b) = tokio::join!(run_once(&first, &sweep), run_once(&second, &sweep));
+    let (a, b) = tokio::join!(
+        first.job_runner.run_once(&sweep),
+        second.job_runner.run_once(&sweep)
+    );
     assert!(a.is_some() && b.is_some());
     assert_eq!(runs.load(Ordering::SeqCst), 5);
 }

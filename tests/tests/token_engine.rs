@@ -118,7 +118,7 @@ async fn due_connections_refresh_and_rotated_tokens_are_kept(backend: Backend) {
 
     let report = state
         .token_engine
-        .sweep(&state, &sweep_request(false), now())
+        .sweep(&sweep_request(false), now())
         .await
         .unwrap();
     assert_eq!(
@@ -150,7 +150,7 @@ async fn due_connections_refresh_and_rotated_tokens_are_kept(backend: Backend) {
 
     let again = state
         .token_engine
-        .sweep(&state, &sweep_request(false), now())
+        .sweep(&sweep_request(false), now())
         .await
         .unwrap();
     assert_eq!(again.checked, 0, "nothing due right after");
@@ -158,7 +158,7 @@ async fn due_connections_refresh_and_rotated_tokens_are_kept(backend: Backend) {
     // Forced refresh where the server does not rotate: the refresh token is kept, never nulled.
     let result = state
         .token_engine
-        .refresh_now(&state, soon, "manual", "ops@example.test")
+        .refresh_now(soon, "manual", "ops@example.test")
         .await
         .unwrap();
     assert_eq!(result.outcome.as_str(), "refreshed");
@@ -193,7 +193,7 @@ async fn a_revoked_grant_needs_reauth_and_is_not_retried(backend: Backend) {
     let id = connection(&state, "revoked", &format!("{}/token", server.uri()), None, 1).await;
     let report = state
         .token_engine
-        .sweep(&state, &sweep_request(false), now())
+        .sweep(&sweep_request(false), now())
         .await
         .unwrap();
     assert_eq!(report.results[0].outcome.as_str(), "needs_reauth");
@@ -209,7 +209,7 @@ async fn a_revoked_grant_needs_reauth_and_is_not_retried(backend: Backend) {
     );
     let again = state
         .token_engine
-        .sweep(&state, &sweep_request(false), now())
+        .sweep(&sweep_request(false), now())
         .await
         .unwrap();
     assert_eq!(
@@ -243,7 +243,7 @@ async fn transient_errors_are_retried_honouring_retry_after(backend: Backend) {
     let started = Instant::now();
     let report = state
         .token_engine
-        .sweep(&state, &sweep_request(false), now())
+        .sweep(&sweep_request(false), now())
         .await
         .unwrap();
     assert!(
@@ -311,7 +311,7 @@ async fn presets_authenticate_the_client_their_way(backend: Backend) {
     .await;
     let report = state
         .token_engine
-        .sweep(&state, &sweep_request(false), now())
+        .sweep(&sweep_request(false), now())
         .await
         .unwrap();
     let outcome = |id: i64| {
@@ -343,7 +343,7 @@ async fn a_dry_run_changes_nothing(backend: Backend) {
     let before = connections::get_connection(&state.db, id).await.unwrap();
     let report = state
         .token_engine
-        .sweep(&state, &sweep_request(true), now())
+        .sweep(&sweep_request(true), now())
         .await
         .unwrap();
     assert_eq!(
@@ -370,19 +370,10 @@ async fn concurrent_manual_and_scheduled_refresh_make_one_call(backend: Backend)
     let state = Arc::new(app(&db).await);
     let id = connection(&state, "busy", &format!("{}/token", server.uri()), None, 1).await;
     let (s1, s2) = (state.clone(), state.clone());
-    let scheduled = tokio::spawn(async move {
-        s1.token_engine
-            .sweep(&s1, &sweep_request(false), now())
-            .await
-            .unwrap()
-    });
+    let scheduled =
+        tokio::spawn(async move { s1.token_engine.sweep(&sweep_request(false), now()).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let manual = tokio::spawn(async move {
-        s2.token_engine
-            .refresh_now(&s2, id, "manual", "ops")
-            .await
-            .unwrap()
-    });
+    let manual = tokio::spawn(async move { s2.token_engine.refresh_now(id, "manual", "ops").await.unwrap() });
     let (scheduled, manual) = (scheduled.await.unwrap(), manual.await.unwrap());
     assert_eq!(scheduled.results[0].outcome.as_str(), "refreshed");
     assert_eq!(manual.outcome.as_str(), "refreshed");
@@ -407,18 +398,8 @@ async fn two_engines_on_one_database_refresh_each_connection_once(backend: Backe
         connection(&first, &format!("c{i:02}"), &url, None, 1).await;
     }
     let (a, b) = (first.clone(), second.clone());
-    let one = tokio::spawn(async move {
-        a.token_engine
-            .sweep(&a, &sweep_request(false), now())
-            .await
-            .unwrap()
-    });
-    let two = tokio::spawn(async move {
-        b.token_engine
-            .sweep(&b, &sweep_request(false), now())
-            .await
-            .unwrap()
-    });
+    let one = tokio::spawn(async move { a.token_engine.sweep(&sweep_request(false), now()).await.unwrap() });
+    let two = tokio::spawn(async move { b.token_engine.sweep(&sweep_request(false), now()).await.unwrap() });
     let (one, two) = (one.await.unwrap(), two.await.unwrap());
     assert_eq!(one.refreshed + two.refreshed, 20, "one: {one:?}\ntwo: {two:?}");
     let requests = server.received_requests().await.unwrap();
@@ -484,7 +465,7 @@ async fn a_failing_upstream_opens_its_circuit_and_spares_the_others(backend: Bac
 
     let report = state
         .token_engine
-        .sweep(&state, &sweep_request(false), now())
+        .sweep(&sweep_request(false), now())
         .await
         .unwrap();
     assert_eq!(report.failed, 6, "{:?}", report.results);
@@ -535,7 +516,7 @@ async fn a_failing_upstream_opens_its_circuit_and_spares_the_others(backend: Bac
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let report = state
         .token_engine
-        .sweep(&state, &sweep_request(false), now())
+        .sweep(&sweep_request(false), now())
         .await
         .unwrap();
     assert_eq!(report.refreshed, 6, "{:?}", report.results);

@@ -285,15 +285,17 @@ fn hostname() -> String {
 }
 
 /// The outbox worker.
-pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+pub fn job_specs(config: &Config, mailer: &Arc<Mailer>) -> Vec<JobSpec> {
+    let mailer = mailer.clone();
     vec![JobSpec {
         name: OUTBOX_JOB,
         schedule: config.email.outbox_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: false,
-        run: Arc::new(|state| {
+        run: Arc::new(move || {
+            let mailer = mailer.clone();
             Box::pin(async move {
-                let delivery = state.mailer.deliver_due().await?;
+                let delivery = mailer.deliver_due().await?;
                 Ok(format!(
                     "{} sent, {} failed, {} pending",
                     delivery.sent, delivery.failed, delivery.pending

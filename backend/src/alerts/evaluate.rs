@@ -399,15 +399,17 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
     Ok(evaluation)
 }
 
-pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+pub fn job_specs(config: &Arc<Config>, db: &Db) -> Vec<JobSpec> {
+    let (config_for_job, db) = (config.clone(), db.clone());
     vec![JobSpec {
         name: EVALUATION_JOB,
         schedule: config.alerts.evaluation_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: true,
-        run: Arc::new(|state| {
+        run: Arc::new(move || {
+            let (db, config) = (db.clone(), config_for_job.clone());
             Box::pin(async move {
-                let e = evaluate(&state.db, &state.config, now()).await?;
+                let e = evaluate(&db, &config, now()).await?;
                 Ok(format!(
                     "{} firing, {} opened, {} reminded, {} resolved",
                     e.firing, e.opened, e.reminded, e.resolved

@@ -2,10 +2,9 @@
 //!
 //! Every page and `/api` route needs one of them (`guard`), except health, `/metrics` (unless a
 //! metrics token is configured), webhooks (own signatures), the cron endpoints (CRON_SECRET),
-//! the sign-in page and static assets. State-changing requests need the `admin` role; from a
+//! the sign-in page and static assets (the middleware is `web::guard`). State-changing requests need the `admin` role; from a
 //! browser session they also need the session's CSRF token in `X-CSRF-Token`.
 
-pub mod guard;
 pub mod settings;
 
 use std::num::NonZeroU32;
@@ -15,9 +14,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use self::settings::AuthConfig;
 use crate::storage::staff::{self, StaffUser};
-use crate::storage::{StorageError, StorageResult, UtcTime, now};
+use crate::storage::{Db, StorageError, StorageResult, UtcTime, now};
 
 pub const SESSION_COOKIE: &str = "telltale_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -117,12 +116,7 @@ pub fn check_role(role: &str) -> Result<(), String> {
 }
 
 /// Creates a staff user (the CLI's and the API's shared path).
-pub async fn add_user(
-    state: &AppState,
-    email: &str,
-    password: &str,
-    role: &str,
-) -> Result<StaffUser, AddUserError> {
+pub async fn add_user(db: &Db, email: &str, password: &str, role: &str) -> Result<StaffUser, AddUserError> {
     check_email(email).map_err(AddUserError::Invalid)?;
     check_password_rules(password).map_err(AddUserError::Invalid)?;
     check_role(role).map_err(AddUserError::Invalid)?;
@@ -130,7 +124,7 @@ pub async fn add_user(
         .await
         .map_err(|e| AddUserError::Invalid(e.to_string()))?;
     let email = email.trim().to_ascii_lowercase();
-    match staff::create_user(&state.db, &email, &hash, role, now()).await {
+    match staff::create_user(db, &email, &hash, role, now()).await {
         Ok(user) => Ok(user),
         Err(StorageError::Conflict(_)) => Err(AddUserError::Exists(email)),
         Err(e) => Err(AddUserError::Storage(e)),
@@ -148,25 +142,20 @@ pub enum AddUserError {
 }
 
 /// Creates an API token for `user_id`; returns the token (shown once) and its row.
-pub async fn add_api_token(
-    state: &AppState,
-    user_id: i64,
-    name: &str,
-) -> StorageResult<(String, staff::ApiToken)> {
+pub async fn add_api_token(db: &Db, user_id: i64, name: &str) -> StorageResult<(String, staff::ApiToken)> {
     let token = new_token();
-    let row = staff::create_api_token(&state.db, user_id, name, &token_hash(&token), now()).await?;
+    let row = staff::create_api_token(db, user_id, name, &token_hash(&token), now()).await?;
     Ok((token, row))
 }
 
 /// At start-up: the first admin from the config when there are no users yet, and the
 /// configured automation token for that admin.
-pub async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
-    let auth = &state.config.auth;
+pub async fn bootstrap(db: &Db, auth: &AuthConfig) -> anyhow::Result<()> {
     let (Some(email), Some(password)) = (&auth.admin_email, &auth.admin_password) else {
         return Ok(());
     };
-    if staff::count_users(&state.db).await? == 0 {
-        match add_user(state, email, password.expose_secret(), "admin").await {
+    if staff::count_users(db).await? == 0 {
+        match add_user(db, email, password.expose_secret(), "admin").await {
             Ok(user) => tracing::info!(email = %user.email, "created the first admin from the configuration"),
             Err(AddUserError::Exists(_)) => {}
             Err(e) => return Err(anyhow::anyhow!("cannot create the first admin: {e}")),
@@ -174,11 +163,11 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
     }
     if let Some(token) = &auth.api_token {
         let hash = token_hash(token.expose_secret());
-        if !staff::api_token_exists(&state.db, &hash).await? {
-            let admin = staff::user_by_email(&state.db, &email.trim().to_ascii_lowercase())
+        if !staff::api_token_exists(db, &hash).await? {
+            let admin = staff::user_by_email(db, &email.trim().to_ascii_lowercase())
                 .await
                 .map_err(|_| anyhow::anyhow!("auth.api_token: no user {email} to grant it to"))?;
-            match staff::create_api_token(&state.db, admin.id, "configured", &hash, now()).await {
+            match staff::create_api_token(db, admin.id, "configured", &hash, now()).await {
                 Ok(_) | Err(StorageError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -189,13 +178,13 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
 
 /// Resolves the caller of a request from its session cookie or bearer token.
 pub async fn authenticate(
-    state: &AppState,
+    db: &Db,
     cookie: Option<&str>,
     bearer: Option<&str>,
 ) -> StorageResult<Option<Staff>> {
     let at = now();
     if let Some(token) = bearer {
-        if let Some((api_token, user)) = staff::api_token(&state.db, &token_hash(token), at).await? {
+        if let Some((api_token, user)) = staff::api_token(db, &token_hash(token), at).await? {
             return Ok(Some(Staff {
                 user,
                 via: Via::ApiToken { name: api_token.name },
@@ -205,7 +194,7 @@ pub async fn authenticate(
     }
     if let Some(token) = cookie {
         let hash = token_hash(token);
-        if let Some((session, user)) = staff::session(&state.db, &hash, at).await? {
+        if let Some((session, user)) = staff::session(db, &hash, at).await? {
             return Ok(Some(Staff {
                 user,
                 via: Via::Session {
@@ -257,18 +246,19 @@ pub struct NewSession {
 
 /// Checks the password (throttled per email and per client) and opens a session.
 pub async fn login(
-    state: &AppState,
+    db: &Db,
+    throttle: &LoginThrottle,
+    settings: &AuthConfig,
     email: &str,
     password: &str,
     client: &str,
 ) -> Result<NewSession, LoginError> {
     let email = email.trim().to_ascii_lowercase();
-    let throttle = &state.login_throttle;
     if !throttle.allow(format!("email:{email}")) || !throttle.allow(format!("client:{client}")) {
         tracing::warn!(%email, %client, "sign-in throttled");
         return Err(LoginError::Throttled);
     }
-    let user = match staff::user_by_email(&state.db, &email).await {
+    let user = match staff::user_by_email(db, &email).await {
         Ok(user) if !user.disabled => Some(user),
         Ok(_) | Err(StorageError::NotFound) => None,
         Err(e) => return Err(e.into()),
@@ -289,10 +279,10 @@ pub async fn login(
     let token = new_token();
     let csrf = new_token();
     let at = now();
-    let lifetime = chrono::Duration::from_std(state.config.auth.session_hours).unwrap_or_default();
+    let lifetime = chrono::Duration::from_std(settings.session_hours).unwrap_or_default();
     let expires_at = UtcTime::new(at.0 + lifetime);
-    staff::create_session(&state.db, user.id, &token_hash(&token), &csrf, at, expires_at).await?;
-    staff::record_login(&state.db, user.id, at).await?;
+    staff::create_session(db, user.id, &token_hash(&token), &csrf, at, expires_at).await?;
+    staff::record_login(db, user.id, at).await?;
     tracing::info!(email = %user.email, "signed in");
     Ok(NewSession {
         token,

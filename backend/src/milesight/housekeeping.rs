@@ -13,15 +13,22 @@ use crate::storage::{Db, deliveries, devices, now};
 pub const DEVICE_CHECK_JOB: &str = "milesight-device-check";
 pub const RETENTION_JOB: &str = "milesight-retention";
 
-pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+/// The device check and the retention job, over the database and the `[milesight]` section.
+pub fn job_specs(config: &Config, db: &Db) -> Vec<JobSpec> {
+    let settings = Arc::new(config.milesight.clone());
+    let with = |settings: &Arc<MilesightConfig>| (db.clone(), settings.clone());
     vec![
         JobSpec {
             name: DEVICE_CHECK_JOB,
             schedule: config.milesight.device_check_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: Arc::new(|state| {
-                Box::pin(async move { check_devices(&state.db, &state.config.milesight).await })
+            run: Arc::new({
+                let (db, settings) = with(&settings);
+                move || {
+                    let (db, settings) = (db.clone(), settings.clone());
+                    Box::pin(async move { check_devices(&db, &settings).await })
+                }
             }),
         },
         JobSpec {
@@ -29,8 +36,12 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
             schedule: config.milesight.retention_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: Arc::new(|state| {
-                Box::pin(async move { apply_retention(&state.db, &state.config.milesight).await })
+            run: Arc::new({
+                let (db, settings) = with(&settings);
+                move || {
+                    let (db, settings) = (db.clone(), settings.clone());
+                    Box::pin(async move { apply_retention(&db, &settings).await })
+                }
             }),
         },
     ]

@@ -2,7 +2,7 @@
 //! rejected request (bounded) for inspection. Free of HTTP types so it is testable directly.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use secrecy::ExposeSecret;
@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use super::group_commit::GroupCommit;
 use super::payload::{self, ParsedEvent, Rejection, ReplayGuard};
-use crate::app::AppState;
+use super::settings::MilesightConfig;
 use crate::config::{WebhookConfig, valid_source_name};
+use crate::crypto::Crypto;
 use crate::storage::deliveries::{
     self, IncomingDevice, IncomingEvent, InsertOutcome, NewWebhookRejection, SourceEffect, SourceTiming,
 };
@@ -56,9 +57,24 @@ pub enum IntakeError {
     Storage(StorageError),
 }
 
+/// The instruments intake updates (`telltale_webhook_*`, `telltale_milesight_system_notices_total`).
+#[derive(Clone)]
+pub struct IntakeMetrics {
+    pub requests: prometheus::IntCounterVec,
+    pub events: prometheus::IntCounterVec,
+    pub ingest_seconds: prometheus::Histogram,
+    pub commit_requests: prometheus::Histogram,
+    pub previous_secret: prometheus::IntCounterVec,
+    pub system_notices: prometheus::IntCounterVec,
+}
+
 /// Per-process intake state: the nonce memory, the source-name → id cache and the writers
 /// that group-commit events.
 pub struct Intake {
+    db: Db,
+    crypto: Arc<Crypto>,
+    settings: MilesightConfig,
+    metrics: IntakeMetrics,
     replay: ReplayGuard,
     source_ids: Mutex<HashMap<String, i64>>,
     writer: GroupCommit,
@@ -66,50 +82,53 @@ pub struct Intake {
 
 impl Intake {
     /// Starts the group-commit writers on the current tokio runtime.
-    pub fn new(tolerance_secs: i64, db: &Db, writers: usize, commit_sizes: prometheus::Histogram) -> Intake {
+    pub fn new(
+        db: Db,
+        crypto: Arc<Crypto>,
+        settings: &MilesightConfig,
+        writers: usize,
+        metrics: IntakeMetrics,
+    ) -> Intake {
         Intake {
-            replay: ReplayGuard::new(tolerance_secs),
+            replay: ReplayGuard::new(settings.timestamp_tolerance_secs.as_secs() as i64),
             source_ids: Mutex::new(HashMap::new()),
-            writer: GroupCommit::start(db.clone(), writers.max(1), commit_sizes),
+            writer: GroupCommit::start(db.clone(), writers.max(1), metrics.commit_requests.clone()),
+            db,
+            crypto,
+            settings: settings.clone(),
+            metrics,
         }
     }
 
     /// Verifies and stores one request. A rejection is recorded before it is returned.
-    pub async fn receive(
-        &self,
-        state: &AppState,
-        request: &WebhookRequest<'_>,
-        body: &[u8],
-    ) -> Result<Accepted, IntakeError> {
+    pub async fn receive(&self, request: &WebhookRequest<'_>, body: &[u8]) -> Result<Accepted, IntakeError> {
         let started = Instant::now();
-        let result = self.verify_and_store(state, request, body).await;
-        let metrics = &state.metrics;
+        let result = self.verify_and_store(request, body).await;
         match &result {
             Ok(accepted) => {
-                metrics
-                    .webhook_requests
+                self.metrics
+                    .requests
                     .with_label_values(&[&accepted.source, "accepted"])
                     .inc();
-                metrics
-                    .webhook_events
+                self.metrics
+                    .events
                     .with_label_values(&[&accepted.source, "stored"])
                     .inc_by(accepted.outcome.stored as u64);
-                metrics
-                    .webhook_events
+                self.metrics
+                    .events
                     .with_label_values(&[&accepted.source, "duplicate"])
                     .inc_by(accepted.outcome.duplicates as u64);
-                metrics
-                    .webhook_ingest_seconds
+                self.metrics
+                    .ingest_seconds
                     .observe(started.elapsed().as_secs_f64());
             }
             Err(IntakeError::Rejected(rejection)) => {
-                self.record_rejection(state, request, body.len(), body, rejection)
-                    .await;
+                self.record_rejection(request, body.len(), body, rejection).await;
             }
             Err(IntakeError::Storage(err)) => {
-                let source = known_source_label(state, request);
-                metrics
-                    .webhook_requests
+                let source = known_source_label(&self.settings.webhooks, request);
+                self.metrics
+                    .requests
                     .with_label_values(&[&source, "unavailable"])
                     .inc();
                 tracing::warn!(%source, error = %err, "webhook not stored; the sender will be asked to retry");
@@ -120,11 +139,10 @@ impl Intake {
 
     async fn verify_and_store(
         &self,
-        state: &AppState,
         request: &WebhookRequest<'_>,
         body: &[u8],
     ) -> Result<Accepted, IntakeError> {
-        let config = &state.config.milesight;
+        let config = &self.settings;
         let reject = |r: Rejection| Err(IntakeError::Rejected(r));
         if request.path_source.is_some_and(|s| !valid_source_name(s)) {
             return reject(Rejection::InvalidSource);
@@ -147,9 +165,8 @@ impl Intake {
                 return reject(Rejection::BadSignature);
             }
             // Counted so operators can see when the old secret is no longer used and remove it.
-            state
-                .metrics
-                .webhook_previous_secret
+            self.metrics
+                .previous_secret
                 .with_label_values(&[hook.source.as_str()])
                 .inc();
         }
@@ -175,10 +192,7 @@ impl Intake {
         }
         let parsed = payload::parse_body(body).map_err(IntakeError::Rejected)?;
 
-        let source_id = self
-            .source_id(state, &source)
-            .await
-            .map_err(IntakeError::Storage)?;
+        let source_id = self.source_id(&source).await.map_err(IntakeError::Storage)?;
         let incoming: Vec<IncomingEvent> = parsed
             .iter()
             .map(|e| to_incoming(e, source_id, received))
@@ -191,11 +205,7 @@ impl Intake {
         self.replay.remember(nonce, received.timestamp());
 
         for event in parsed.iter().filter(|e| e.system_message.is_some()) {
-            state
-                .metrics
-                .milesight_system_notices
-                .with_label_values(&[&source])
-                .inc();
+            self.metrics.system_notices.with_label_values(&[&source]).inc();
             tracing::error!(
                 %source,
                 event_id = %event.event_id,
@@ -207,11 +217,11 @@ impl Intake {
         Ok(Accepted { source, outcome })
     }
 
-    async fn source_id(&self, state: &AppState, name: &str) -> Result<i64, StorageError> {
+    async fn source_id(&self, name: &str) -> Result<i64, StorageError> {
         if let Some(id) = self.source_ids.lock().ok().and_then(|ids| ids.get(name).copied()) {
             return Ok(id);
         }
-        let id = deliveries::ensure_source(&state.db, name, source_timing(state)).await?;
+        let id = deliveries::ensure_source(&self.db, name, source_timing(&self.settings)).await?;
         if let Ok(mut ids) = self.source_ids.lock() {
             ids.insert(name.to_owned(), id);
         }
@@ -222,16 +232,14 @@ impl Intake {
     /// the reason) and counts it. Best effort: a database outage must not turn a 4xx into a 5xx.
     pub async fn record_rejection(
         &self,
-        state: &AppState,
         request: &WebhookRequest<'_>,
         body_size: usize,
         body_start: &[u8],
         rejection: &Rejection,
     ) {
-        let source = known_source_label(state, request);
-        state
-            .metrics
-            .webhook_requests
+        let source = known_source_label(&self.settings.webhooks, request);
+        self.metrics
+            .requests
             .with_label_values(&[&source, rejection.code()])
             .inc();
         let headers: serde_json::Map<String, serde_json::Value> = request
@@ -257,10 +265,35 @@ impl Intake {
             received_at: now(),
         };
         tracing::info!(%source, code = rejection.code(), status = rejection.status(), "webhook rejected");
-        if let Err(err) =
-            deliveries::record_rejection(&state.db, &row, state.config.milesight.rejections_kept).await
-        {
+        if let Err(err) = deliveries::record_rejection(&self.db, &row, self.settings.rejections_kept).await {
             tracing::warn!(error = %err, "could not record a rejected webhook");
+        }
+    }
+
+    /// Writes the configured webhooks (uuid, sealed secret) to their sources, so the sources
+    /// appear with their settings before any event arrives.
+    pub async fn sync_configured_sources(&self) {
+        for hook in &self.settings.webhooks {
+            let secret = hook.secret.expose_secret();
+            match deliveries::upsert_source(
+                &self.db,
+                &self.crypto,
+                &hook.source,
+                hook.uuid.as_deref(),
+                Some(secret),
+                source_timing(&self.settings),
+            )
+            .await
+            {
+                Ok(source) => {
+                    if let Ok(mut ids) = self.source_ids.lock() {
+                        ids.insert(source.name, source.id);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(source = %hook.source, error = %err, "could not record a configured webhook source")
+                }
+            }
         }
     }
 }
@@ -275,8 +308,7 @@ fn select_webhook<'a>(hooks: &'a [WebhookConfig], uuid: Option<&str>) -> Option<
 
 /// A metric label for a request not yet trusted: only configured source names, else
 /// `unknown`, so unauthenticated callers cannot grow the label set.
-fn known_source_label(state: &AppState, request: &WebhookRequest<'_>) -> String {
-    let hooks = &state.config.milesight.webhooks;
+fn known_source_label(hooks: &[WebhookConfig], request: &WebhookRequest<'_>) -> String {
     let by_uuid = request
         .header(payload::HEADER_UUID)
         .and_then(|uuid| hooks.iter().find(|h| h.uuid.as_deref() == Some(uuid)));
@@ -335,35 +367,7 @@ fn to_incoming(event: &ParsedEvent, source_id: i64, received: UtcTime) -> Incomi
     }
 }
 
-/// Writes the configured webhooks (uuid, sealed secret) to their sources, so the sources
-/// appear with their settings before any event arrives.
-pub async fn sync_configured_sources(state: &AppState) {
-    for hook in &state.config.milesight.webhooks {
-        let secret = hook.secret.expose_secret();
-        match deliveries::upsert_source(
-            &state.db,
-            &state.crypto,
-            &hook.source,
-            hook.uuid.as_deref(),
-            Some(secret),
-            source_timing(state),
-        )
-        .await
-        {
-            Ok(source) => {
-                if let Ok(mut ids) = state.intake.source_ids.lock() {
-                    ids.insert(source.name, source.id);
-                }
-            }
-            Err(err) => {
-                tracing::warn!(source = %hook.source, error = %err, "could not record a configured webhook source")
-            }
-        }
-    }
-}
-
-fn source_timing(state: &AppState) -> SourceTiming {
-    let config = &state.config.milesight;
+fn source_timing(config: &MilesightConfig) -> SourceTiming {
     SourceTiming {
         period_secs: config.source_period_secs.as_secs() as i64,
         grace_secs: config.source_grace_secs.as_secs() as i64,

@@ -6,18 +6,24 @@ use std::sync::Arc;
 use chrono::TimeZone;
 
 use super::client::{self, MdpDevice, MdpError};
-use super::token::{PROVIDER, Trigger};
-use crate::app::AppState;
+use super::settings::MilesightConfig;
+use super::token::{PROVIDER, TokenKeeper, Trigger};
 use crate::config::Config;
 use crate::scheduler::JobSpec;
 use crate::storage::devices::{self, DeviceProfile, InventoryState};
-use crate::storage::{UtcTime, now, usage};
+use crate::storage::{Db, UtcTime, now, usage};
 
 pub const INVENTORY_JOB: &str = "milesight-inventory";
 /// A bound on pages per run, so a misbehaving server cannot keep the job going forever.
 const MAX_PAGES: i64 = 10_000;
 
-pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+/// The inventory sync, when the OpenAPI is configured.
+pub fn job_specs(
+    config: &Config,
+    db: &Db,
+    http: &reqwest::Client,
+    keeper: &Arc<TokenKeeper>,
+) -> Vec<JobSpec> {
     if config.milesight.api().is_none() {
         return Vec::new();
     }
@@ -26,7 +32,19 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
         schedule: config.milesight.inventory_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: true,
-        run: Arc::new(|state| Box::pin(async move { sync(&state).await })),
+        run: Arc::new({
+            let (db, http, settings, keeper) = (
+                db.clone(),
+                http.clone(),
+                Arc::new(config.milesight.clone()),
+                keeper.clone(),
+            );
+            move || {
+                let (db, http, settings, keeper) =
+                    (db.clone(), http.clone(), settings.clone(), keeper.clone());
+                Box::pin(async move { sync(&db, &http, &settings, &keeper).await })
+            }
+        }),
     }]
 }
 
@@ -63,14 +81,18 @@ fn to_update(device: &MdpDevice) -> (DeviceProfile, InventoryState) {
 
 /// One sync: every page, each device applied; stops early (successfully) when the daily
 /// request budget is spent.
-pub async fn sync(state: &AppState) -> anyhow::Result<String> {
-    let Some(api) = state.config.milesight.api() else {
+pub async fn sync(
+    db: &Db,
+    http: &reqwest::Client,
+    config: &MilesightConfig,
+    keeper: &TokenKeeper,
+) -> anyhow::Result<String> {
+    let Some(api) = config.api() else {
         return Ok("OpenAPI not configured".into());
     };
-    let config = &state.config.milesight;
     let (mut page, mut synced) = (1_i64, 0_usize);
     loop {
-        if !usage::reserve(&state.db, PROVIDER, now(), config.daily_request_budget).await? {
+        if !usage::reserve(db, PROVIDER, now(), config.daily_request_budget).await? {
             tracing::warn!(
                 budget = config.daily_request_budget,
                 page,
@@ -80,30 +102,15 @@ pub async fn sync(state: &AppState) -> anyhow::Result<String> {
                 "{synced} device(s) synced; stopped: daily request budget spent"
             ));
         }
-        let token = state.milesight_token.token(state).await?;
-        let mut result = client::search_devices(
-            &state.http,
-            &api.base_url,
-            &token,
-            page,
-            config.inventory_page_size,
-        )
-        .await;
+        let token = keeper.token().await?;
+        let mut result =
+            client::search_devices(http, &api.base_url, &token, page, config.inventory_page_size).await;
         if matches!(result, Err(MdpError::InvalidCredentials(_))) {
             // MDP no longer accepts the token (e.g. the secret was regenerated): one fresh
             // token, one retry.
-            let fresh = state
-                .milesight_token
-                .refresh_now(state, Trigger::OnDemand)
-                .await?;
-            result = client::search_devices(
-                &state.http,
-                &api.base_url,
-                &fresh,
-                page,
-                config.inventory_page_size,
-            )
-            .await;
+            let fresh = keeper.refresh_now(Trigger::OnDemand).await?;
+            result =
+                client::search_devices(http, &api.base_url, &fresh, page, config.inventory_page_size).await;
         }
         let listing = result.map_err(|e| anyhow::anyhow!("device search page {page}: {e}"))?;
         let count = listing.content.len();
@@ -112,7 +119,7 @@ pub async fn sync(state: &AppState) -> anyhow::Result<String> {
                 continue;
             };
             let (profile, inventory) = to_update(device);
-            devices::apply_inventory(&state.db, sn, &profile, &inventory).await?;
+            devices::apply_inventory(db, sn, &profile, &inventory).await?;
             synced += 1;
         }
         let total = listing.total.unwrap_or(0);

@@ -7,18 +7,19 @@
 //! the config, hands callers a usable token (refreshing on demand), and shapes the
 //! `/api/milesight/token` view.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::app::AppState;
+use super::settings::MilesightConfig;
 use crate::config::MilesightApi;
+use crate::crypto::Crypto;
 use crate::providers::oauth2_client_credentials::{KIND, MILESIGHT_PRESET};
 use crate::storage::connections::{self, Connection, ConnectionUpdate};
 use crate::storage::{ConnectionStatus, RefreshOutcome, TokenHealth};
-use crate::storage::{StorageError, UtcTime, now};
-use crate::tokens::ConnectionResult;
+use crate::storage::{Db, StorageError, UtcTime, now};
+use crate::tokens::{ConnectionResult, RefreshEngine};
 
 /// The key Milesight API requests are counted under (`api_usage`), token requests included.
 pub const PROVIDER: &str = "milesight";
@@ -83,9 +84,13 @@ pub struct TokenStatus {
     pub token_fingerprint: Option<String>,
 }
 
-/// Keeps the last token read from the database, so callers do not decrypt it on every request.
-#[derive(Default)]
+/// Hands out the Milesight token. Keeps the last one read from the database, so callers do
+/// not decrypt it on every request; refreshes go through the refresh engine.
 pub struct TokenKeeper {
+    db: Db,
+    crypto: Arc<Crypto>,
+    settings: MilesightConfig,
+    engine: Arc<RefreshEngine>,
     cached: RwLock<Option<Cached>>,
     /// The connection's id once it has been brought in step with the config: later calls only
     /// read it (a burst of callers must not each write the row).
@@ -106,8 +111,20 @@ pub fn is_milesight(connection: &Connection) -> bool {
 }
 
 impl TokenKeeper {
-    pub fn new() -> TokenKeeper {
-        TokenKeeper::default()
+    pub fn new(
+        db: Db,
+        crypto: Arc<Crypto>,
+        settings: &MilesightConfig,
+        engine: Arc<RefreshEngine>,
+    ) -> TokenKeeper {
+        TokenKeeper {
+            db,
+            crypto,
+            settings: settings.clone(),
+            engine,
+            cached: RwLock::default(),
+            synced_id: tokio::sync::Mutex::default(),
+        }
     }
 
     fn cached_fresh(&self, at: UtcTime, lead: std::time::Duration) -> Option<String> {
@@ -117,8 +134,8 @@ impl TokenKeeper {
     }
 
     /// Reads the stored token into the cache; returns it when it is still usable at `at`.
-    fn remember(&self, state: &AppState, connection: &Connection) -> Result<Option<String>, TokenError> {
-        let secrets = connections::secrets(&state.crypto, connection)?;
+    fn remember(&self, connection: &Connection) -> Result<Option<String>, TokenError> {
+        let secrets = connections::secrets(&self.crypto, connection)?;
         let (Some(access_token), Some(expires_at)) = (secrets.access_token, connection.expires_at) else {
             return Ok(None);
         };
@@ -132,99 +149,89 @@ impl TokenKeeper {
     }
 
     /// The Milesight connection, created on first use and kept in step with the config.
-    pub async fn connection(&self, state: &AppState) -> Result<Connection, TokenError> {
-        let api = state.config.milesight.api().ok_or(TokenError::NotConfigured)?;
+    pub async fn connection(&self) -> Result<Connection, TokenError> {
+        let api = self.settings.api().ok_or(TokenError::NotConfigured)?;
         // The first caller syncs while the others wait for it, then they all just read.
         let mut synced = self.synced_id.lock().await;
         if let Some(id) = *synced {
             drop(synced);
-            match connections::get_connection(&state.db, id).await {
+            match connections::get_connection(&self.db, id).await {
                 Ok(connection) => return Ok(connection),
                 // Deleted meanwhile: create it again.
                 Err(crate::storage::StorageError::NotFound) => synced = self.synced_id.lock().await,
                 Err(e) => return Err(e.into()),
             }
         }
-        let connection = ensure_connection(state, &api).await?;
+        let connection = self.ensure_connection(&api).await?;
         *synced = Some(connection.id);
         Ok(connection)
     }
 
     /// A usable token: the cached one, or, when it is within the lead time, a fresh one (the
     /// engine's per-connection lock and claim make one upstream request for all callers).
-    pub async fn token(&self, state: &AppState) -> Result<String, TokenError> {
-        if let Some(token) = self.cached_fresh(now(), state.config.milesight.token_lead_secs) {
+    pub async fn token(&self) -> Result<String, TokenError> {
+        if let Some(token) = self.cached_fresh(now(), self.settings.token_lead_secs) {
             return Ok(token);
         }
-        let (_, id) = self.refresh_due(state, Trigger::OnDemand, now()).await?;
+        let (_, id) = self.refresh_due(Trigger::OnDemand, now()).await?;
         // Refreshed by us or by whoever held the lock first: either way, read what is stored.
-        self.reload(state, id)
+        self.reload(id)
             .await?
             .ok_or_else(|| TokenError::Upstream("no token available".into()))
     }
 
     /// Reads the stored token of connection `id` into the cache and returns it if usable.
-    async fn reload(&self, state: &AppState, id: i64) -> Result<Option<String>, TokenError> {
-        let connection = connections::get_connection(&state.db, id).await?;
-        self.remember(state, &connection)
+    async fn reload(&self, id: i64) -> Result<Option<String>, TokenError> {
+        let connection = connections::get_connection(&self.db, id).await?;
+        self.remember(&connection)
     }
 
     /// Refreshes when the token is missing or expires within the lead time at `at` (so tests
     /// control the clock). Returns whether a new token was fetched.
-    pub async fn refresh_if_due(
-        &self,
-        state: &AppState,
-        trigger: Trigger,
-        at: UtcTime,
-    ) -> Result<bool, TokenError> {
-        let (refreshed, id) = self.refresh_due(state, trigger, at).await?;
+    pub async fn refresh_if_due(&self, trigger: Trigger, at: UtcTime) -> Result<bool, TokenError> {
+        let (refreshed, id) = self.refresh_due(trigger, at).await?;
         if refreshed {
-            self.reload(state, id).await?;
+            self.reload(id).await?;
         }
         Ok(refreshed)
     }
 
     /// `refresh_if_due` without touching the cache; also returns the connection id.
-    async fn refresh_due(
-        &self,
-        state: &AppState,
-        trigger: Trigger,
-        at: UtcTime,
-    ) -> Result<(bool, i64), TokenError> {
-        let connection = self.connection(state).await?;
+    async fn refresh_due(&self, trigger: Trigger, at: UtcTime) -> Result<(bool, i64), TokenError> {
+        let connection = self.connection().await?;
         // Refused credentials stay refused until someone changes them: only a person (manual
         // refresh) or a config change tries again.
         if connection.status == ConnectionStatus::NeedsReauth {
             return Err(TokenError::InvalidCredentials);
         }
-        let result = state
-            .token_engine
-            .refresh_due(state, connection.id, trigger.as_str(), "telltale", at)
+        let result = self
+            .engine
+            .refresh_due(connection.id, trigger.as_str(), "telltale", at)
             .await?;
         Ok((judge(result)?, connection.id))
     }
 
     /// Fetches a new token now, whatever the stored one's expiry (a person asked, or MDP
     /// refused the stored token).
-    pub async fn refresh_now(&self, state: &AppState, trigger: Trigger) -> Result<String, TokenError> {
-        let connection = self.connection(state).await?;
+    pub async fn refresh_now(&self, trigger: Trigger) -> Result<String, TokenError> {
+        let connection = self.connection().await?;
         let actor = if trigger == Trigger::Manual {
             "api"
         } else {
             "telltale"
         };
-        let result = state
-            .token_engine
-            .refresh_now(state, connection.id, trigger.as_str(), actor)
+        let result = self
+            .engine
+            .refresh_now(connection.id, trigger.as_str(), actor)
             .await?;
         judge(result)?;
-        self.reload(state, connection.id)
+        self.reload(connection.id)
             .await?
             .ok_or_else(|| TokenError::Upstream("no token available".into()))
     }
 
-    pub async fn status(&self, state: &AppState, at: UtcTime) -> Result<TokenStatus, TokenError> {
-        let Some(api) = state.config.milesight.api() else {
+    pub async fn status(&self, at: UtcTime) -> Result<TokenStatus, TokenError> {
+        let Some(api) = self.settings.api() else {
             return Ok(TokenStatus {
                 status: "missing",
                 configured: false,
@@ -239,8 +246,8 @@ impl TokenKeeper {
                 token_fingerprint: None,
             });
         };
-        let c = ensure_connection(state, &api).await?;
-        let status = match crate::tokens::token_status(&c, state.config.milesight.token_lead_secs, at) {
+        let c = self.ensure_connection(&api).await?;
+        let status = match crate::tokens::token_status(&c, self.settings.token_lead_secs, at) {
             TokenHealth::NeedsReauth => "invalid_credentials",
             TokenHealth::Active => "valid",
             other => other.as_str(),
@@ -259,6 +266,57 @@ impl TokenKeeper {
             token_fingerprint: c.token_fingerprint,
         })
     }
+
+    /// The Milesight connection row: created on first use; its settings (preset, client id, lead
+    /// time, attempts) follow the config; its sealed credentials are replaced when the configured
+    /// ones change, which also lifts a `needs_reauth` left by the old ones.
+    async fn ensure_connection(&self, api: &MilesightApi) -> Result<Connection, TokenError> {
+        let config = &self.settings;
+        let settings = serde_json::json!({
+            "preset": MILESIGHT_PRESET,
+            "client_id": api.client_id,
+            "lead_secs": config.token_lead_secs.as_secs(),
+            "max_attempts": config.token_max_attempts,
+            "quota_key": PROVIDER,
+        });
+        let connection = connections::ensure_connection(
+            &self.db,
+            SYSTEM_ACCOUNT,
+            KIND,
+            CONNECTION_NAME,
+            Some(&api.base_url),
+            &settings,
+        )
+        .await?;
+        let wanted = serde_json::json!({ "client_id": api.client_id, "client_secret": api.client_secret.expose_secret() });
+        let stored = connections::secrets(&self.crypto, &connection)?
+            .credentials
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
+        if stored.as_ref() == Some(&wanted) {
+            return Ok(connection);
+        }
+        let update = ConnectionUpdate {
+            credentials: Some(wanted.to_string()),
+            ..Default::default()
+        };
+        Ok(connections::update_connection(&self.db, &self.crypto, connection.id, &update).await?)
+    }
+
+    /// At start-up, before the engine's start-up sweep: bring the connection in step with the
+    /// config and load the stored token (so a restart does not fetch a new one).
+    pub async fn start_up(&self) {
+        if self.settings.api().is_none() {
+            return;
+        }
+        match self.connection().await {
+            Ok(connection) => {
+                if let Err(err) = self.remember(&connection) {
+                    tracing::warn!(error = %err, "could not load the stored Milesight token");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "could not prepare the Milesight token"),
+        }
+    }
 }
 
 /// Turns the engine's result into this module's terms: whether a new token was fetched.
@@ -273,66 +331,5 @@ fn judge(result: ConnectionResult) -> Result<bool, TokenError> {
         }
         RefreshOutcome::Skipped => Ok(false),
         _ => Err(TokenError::Upstream(result.detail.unwrap_or_default())),
-    }
-}
-
-/// The Milesight connection row: created on first use; its settings (preset, client id, lead
-/// time, attempts) follow the config; its sealed credentials are replaced when the configured
-/// ones change, which also lifts a `needs_reauth` left by the old ones.
-async fn ensure_connection(state: &AppState, api: &MilesightApi) -> Result<Connection, TokenError> {
-    let config = &state.config.milesight;
-    let settings = serde_json::json!({
-        "preset": MILESIGHT_PRESET,
-        "client_id": api.client_id,
-        "lead_secs": config.token_lead_secs.as_secs(),
-        "max_attempts": config.token_max_attempts,
-        "quota_key": PROVIDER,
-    });
-    let connection = connections::ensure_connection(
-        &state.db,
-        SYSTEM_ACCOUNT,
-        KIND,
-        CONNECTION_NAME,
-        Some(&api.base_url),
-        &settings,
-    )
-    .await?;
-    let wanted =
-        serde_json::json!({ "client_id": api.client_id, "client_secret": api.client_secret.expose_secret() });
-    let stored = connections::secrets(&state.crypto, &connection)?
-        .credentials
-        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
-    if stored.as_ref() == Some(&wanted) {
-        return Ok(connection);
-    }
-    let update = ConnectionUpdate {
-        credentials: Some(wanted.to_string()),
-        ..Default::default()
-    };
-    Ok(connections::update_connection(&state.db, &state.crypto, connection.id, &update).await?)
-}
-
-/// Called by the engine after each refresh: a refused Milesight client is worth an error line
-/// of its own (the gauge and the alert read the connection's status from the database).
-pub fn note_outcome(connection: &Connection, outcome: RefreshOutcome) {
-    if is_milesight(connection) && outcome == RefreshOutcome::NeedsReauth {
-        tracing::error!("Milesight refused the client credentials; token refresh stops until they are fixed");
-    }
-}
-
-/// At start-up, before the engine's start-up sweep: bring the connection in step with the
-/// config and load the stored token (so a restart does not fetch a new one).
-pub async fn start_up(state: &AppState) {
-    if state.config.milesight.api().is_none() {
-        return;
-    }
-    let keeper = &state.milesight_token;
-    match keeper.connection(state).await {
-        Ok(connection) => {
-            if let Err(err) = keeper.remember(state, &connection) {
-                tracing::warn!(error = %err, "could not load the stored Milesight token");
-            }
-        }
-        Err(err) => tracing::warn!(error = %err, "could not prepare the Milesight token"),
     }
 }

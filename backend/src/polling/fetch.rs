@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use super::PollEngine;
 use super::catalogue::{Auth, Endpoint, Pagination};
-use crate::app::AppState;
 use crate::providers::Answer;
 use crate::redact::redact;
 use crate::storage::connections::{self, Connection};
@@ -58,7 +57,6 @@ struct Page {
 
 /// What a poll needs of its connection, with the token kept current.
 struct Session<'a> {
-    state: &'a AppState,
     engine: &'a PollEngine,
     endpoint: &'static Endpoint,
     connection_id: i64,
@@ -70,7 +68,6 @@ struct Session<'a> {
 /// 401 path).
 pub async fn poll(
     engine: &PollEngine,
-    state: &AppState,
     connection: &Connection,
     endpoint: &'static Endpoint,
 ) -> Result<Fetched, Failure> {
@@ -82,7 +79,7 @@ pub async fn poll(
     if connection.status.waits_for_a_person() {
         return Err(Failure::Skipped(connection.status.to_string()));
     }
-    let token = usable_token(state, connection).await?;
+    let token = usable_token(engine, connection).await?;
     let settings: Value = serde_json::from_str(&connection.settings).unwrap_or(Value::Null);
     let base = match (
         settings.get("api_base_url").and_then(Value::as_str),
@@ -98,7 +95,6 @@ pub async fn poll(
     let path = fill_path(endpoint.path, &settings, &token).map_err(failed)?;
     let mut url = build_url(&base, &path, endpoint.query).map_err(failed)?;
     let mut session = Session {
-        state,
         engine,
         endpoint,
         connection_id,
@@ -106,7 +102,7 @@ pub async fn poll(
         refreshed: false,
     };
     let (mut items, mut pages, mut last_status) = (Vec::new(), 0_i32, None);
-    let max_pages = state.config.polling.max_pages as i32;
+    let max_pages = engine.settings.max_pages as i32;
     while pages < max_pages {
         let page = session.get(&url).await?;
         pages += 1;
@@ -174,13 +170,13 @@ pub async fn poll(
 }
 
 /// The stored access token, refreshed first when it is missing or about to expire.
-async fn usable_token(state: &AppState, connection: &Connection) -> Result<String, Failure> {
+async fn usable_token(engine: &PollEngine, connection: &Connection) -> Result<String, Failure> {
     let soon = now().0 + chrono::Duration::seconds(60);
     let mut connection = connection.clone();
     if connection.access_token.is_none() || connection.expires_at.is_some_and(|e| e.0 <= soon) {
-        let result = state
-            .token_engine
-            .refresh_due(state, connection.id, "poll", "poller", now())
+        let result = engine
+            .tokens
+            .refresh_due(connection.id, "poll", "poller", now())
             .await
             .map_err(|e| Failure::Failed {
                 message: format!("storage: {e}"),
@@ -189,14 +185,14 @@ async fn usable_token(state: &AppState, connection: &Connection) -> Result<Strin
         if result.outcome == RefreshOutcome::NeedsReauth {
             return Err(Failure::Skipped(ConnectionStatus::NeedsReauth.to_string()));
         }
-        connection = connections::get_connection(&state.db, connection.id)
+        connection = connections::get_connection(&engine.db, connection.id)
             .await
             .map_err(|e| Failure::Failed {
                 message: format!("storage: {e}"),
                 http_status: None,
             })?;
     }
-    connections::secrets(&state.crypto, &connection)
+    connections::secrets(&engine.crypto, &connection)
         .ok()
         .and_then(|s| s.access_token)
         .ok_or_else(|| Failure::Failed {
@@ -210,7 +206,7 @@ impl Session<'_> {
     /// `max_retry_wait`), a 401 answered by one refresh of the connection and one more try.
     async fn get(&mut self, url: &url::Url) -> Result<Page, Failure> {
         loop {
-            let config = &self.state.config.polling;
+            let config = &self.engine.settings;
             let max_wait = config.max_retry_wait_secs;
             let backoff = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -255,9 +251,9 @@ impl Session<'_> {
 
     async fn refresh_token(&mut self) -> Result<(), Failure> {
         let result = self
-            .state
-            .token_engine
-            .refresh_now(self.state, self.connection_id, "poll_401", "poller")
+            .engine
+            .tokens
+            .refresh_now(self.connection_id, "poll_401", "poller")
             .await
             .map_err(|e| Failure::Failed {
                 message: format!("storage: {e}"),
@@ -278,26 +274,26 @@ impl Session<'_> {
                 });
             }
         }
-        let connection = connections::get_connection(&self.state.db, self.connection_id)
+        let connection = connections::get_connection(&self.engine.db, self.connection_id)
             .await
             .map_err(|e| Failure::Failed {
                 message: format!("storage: {e}"),
                 http_status: None,
             })?;
-        self.token = usable_token(self.state, &connection).await?;
+        self.token = usable_token(self.engine, &connection).await?;
         Ok(())
     }
 
     async fn attempt(&self, url: &url::Url) -> Result<Page, Attempt> {
         let platform = self.endpoint.platform;
-        let max_wait = self.state.config.polling.max_retry_wait_secs;
+        let max_wait = self.engine.settings.max_retry_wait_secs;
         if let Err(left) = self.engine.wait_turn(platform, max_wait).await {
             return Err(Attempt::Permanent {
                 message: format!("{platform} is paused for {}s after a 429", left.as_secs()),
                 http_status: Some(429),
             });
         }
-        let request = self.state.http.get(url.clone());
+        let request = self.engine.http.get(url.clone());
         let request = match self.endpoint.auth {
             Auth::Bearer => request.bearer_auth(&self.token),
             Auth::XAuthorization => request.header("X-Authorization", format!("Bearer {}", self.token)),

@@ -19,13 +19,13 @@ use sha2::Digest;
 
 use self::catalogue::Endpoint;
 use self::fetch::Failure;
-use crate::app::AppState;
-use crate::config::Config;
+use crate::crypto::Crypto;
 use crate::polling::settings::PollingConfig;
 use crate::scheduler::JobSpec;
 use crate::storage::connections::{self, Connection};
 use crate::storage::polling::{self as store, Finished, PollState};
-use crate::storage::{StorageResult, UtcTime, now};
+use crate::storage::{Db, StorageResult, UtcTime, now};
+use crate::tokens::RefreshEngine;
 
 pub const SWEEP_JOB: &str = "platform-polling";
 pub const RETENTION_JOB: &str = "platform-data-retention";
@@ -82,7 +82,24 @@ struct Due {
     state_id: i64,
 }
 
+/// The instruments the engine updates (`telltale_poll_*`).
+#[derive(Clone)]
+pub struct PollMetrics {
+    pub runs: prometheus::IntCounterVec,
+    pub items: prometheus::IntCounterVec,
+    pub seconds: prometheus::HistogramVec,
+}
+
 pub struct PollEngine {
+    db: Db,
+    crypto: Arc<Crypto>,
+    http: reqwest::Client,
+    settings: PollingConfig,
+    /// The scheduler's time zone, which poll schedules are read in.
+    timezone: chrono_tz::Tz,
+    /// Tokens are refreshed through the refresh engine, so a poll and a sweep never race.
+    tokens: Arc<RefreshEngine>,
+    metrics: PollMetrics,
     instance: String,
     limiter: Limiter,
     per_platform: usize,
@@ -92,13 +109,28 @@ pub struct PollEngine {
 }
 
 impl PollEngine {
-    /// `instance` names this process in leases (`AppState::instance`).
-    pub fn new(config: &PollingConfig, instance: String) -> PollEngine {
-        let rate = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
+    /// `instance` names this process in leases.
+    pub fn new(
+        db: Db,
+        crypto: Arc<Crypto>,
+        http: reqwest::Client,
+        config: &crate::config::Config,
+        tokens: Arc<RefreshEngine>,
+        metrics: PollMetrics,
+        instance: String,
+    ) -> PollEngine {
+        let rate = NonZeroU32::new(config.polling.requests_per_second).unwrap_or(NonZeroU32::MIN);
         PollEngine {
+            db,
+            crypto,
+            http,
+            settings: config.polling.clone(),
+            timezone: config.scheduler.timezone,
+            tokens,
+            metrics,
             instance,
             limiter: governor::RateLimiter::keyed(governor::Quota::per_second(rate)),
-            per_platform: config.per_platform_concurrency.max(1),
+            per_platform: config.polling.per_platform_concurrency.max(1),
             slots: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
         }
@@ -138,13 +170,8 @@ impl PollEngine {
     }
 
     /// Polls every due pair (or, for a dry run, reports what would be polled).
-    pub async fn sweep(
-        &self,
-        state: &AppState,
-        request: &PollRequest,
-        at: UtcTime,
-    ) -> StorageResult<PollReport> {
-        let mut all = connections::list_connections(&state.db).await?;
+    pub async fn sweep(&self, request: &PollRequest, at: UtcTime) -> StorageResult<PollReport> {
+        let mut all = connections::list_connections(&self.db).await?;
         all.retain(|c| request.connection_id.is_none_or(|id| c.id == id));
         let mut pairs: Vec<(Connection, &'static Endpoint)> = Vec::new();
         for connection in all {
@@ -164,7 +191,7 @@ impl PollEngine {
         }
         let mut states: HashMap<(i64, String), PollState> = HashMap::new();
         for _ in 0..2 {
-            states = store::list_states(&state.db, request.connection_id)
+            states = store::list_states(&self.db, request.connection_id)
                 .await?
                 .into_iter()
                 .map(|s| ((s.connection_id, s.endpoint.clone()), s))
@@ -178,7 +205,7 @@ impl PollEngine {
                 break;
             }
             // New pairs get a state row (due at once), then the list is read again.
-            store::ensure_pairs(&state.db, &missing).await?;
+            store::ensure_pairs(&self.db, &missing).await?;
         }
         let due: Vec<Due> = pairs
             .into_iter()
@@ -219,17 +246,8 @@ impl PollEngine {
                 .collect()
         } else {
             futures_util::stream::iter(due)
-                .map(|d: Due| {
-                    self.poll_pair(
-                        state,
-                        d.connection,
-                        d.endpoint,
-                        d.state_id,
-                        request.trigger,
-                        Some(at),
-                    )
-                })
-                .buffer_unordered(state.config.polling.concurrency.max(1))
+                .map(|d: Due| self.poll_pair(d.connection, d.endpoint, d.state_id, request.trigger, Some(at)))
+                .buffer_unordered(self.settings.concurrency.max(1))
                 .collect()
                 .await
         };
@@ -250,27 +268,24 @@ impl PollEngine {
     /// Polls one pair now, due or not ("Poll now").
     pub async fn poll_now(
         &self,
-        state: &AppState,
         connection_id: i64,
         endpoint: &str,
         trigger: &'static str,
     ) -> StorageResult<Option<PollResult>> {
-        let connection = connections::get_connection(&state.db, connection_id).await?;
+        let connection = connections::get_connection(&self.db, connection_id).await?;
         let Some(endpoint) = catalogue::platform_of(&connection).and_then(|p| catalogue::find(p, endpoint))
         else {
             return Ok(None);
         };
-        store::ensure_pairs(&state.db, &[(connection_id, endpoint.name)]).await?;
-        let pair = store::get_state(&state.db, connection_id, endpoint.name).await?;
+        store::ensure_pairs(&self.db, &[(connection_id, endpoint.name)]).await?;
+        let pair = store::get_state(&self.db, connection_id, endpoint.name).await?;
         Ok(Some(
-            self.poll_pair(state, connection, endpoint, pair.id, trigger, None)
-                .await,
+            self.poll_pair(connection, endpoint, pair.id, trigger, None).await,
         ))
     }
 
     async fn poll_pair(
         &self,
-        state: &AppState,
         connection: Connection,
         endpoint: &'static Endpoint,
         state_id: i64,
@@ -280,9 +295,9 @@ impl PollEngine {
         let connection = &connection;
         let slots = self.slots_for(endpoint.platform);
         let _slot = slots.acquire().await;
-        let lease = chrono::Duration::from_std(state.config.polling.lease_secs).unwrap_or_default();
+        let lease = chrono::Duration::from_std(self.settings.lease_secs).unwrap_or_default();
         let claimed = match store::claim(
-            &state.db,
+            &self.db,
             state_id,
             &self.instance,
             now(),
@@ -305,11 +320,11 @@ impl PollEngine {
         };
         let started_at = now();
         let clock = Instant::now();
-        let fetched = fetch::poll(self, state, connection, endpoint).await;
+        let fetched = fetch::poll(self, connection, endpoint).await;
         let took = clock.elapsed();
         let finished_at = now();
-        let schedule = schedule_for(&state.config, endpoint, claimed.schedule.as_deref());
-        let next_due_at = next_due(&schedule, state.config.scheduler.timezone, finished_at);
+        let schedule = schedule_for(&self.settings, endpoint, claimed.schedule.as_deref());
+        let next_due_at = next_due(&schedule, self.timezone, finished_at);
         let mut finished = Finished {
             state_id,
             last_content_hash: claimed.last_content_hash.clone(),
@@ -360,7 +375,7 @@ impl PollEngine {
         result.pages = finished.pages;
         result.http_status = finished.http_status;
         result.detail = finished.error.clone();
-        match store::finish(&state.db, &finished).await {
+        match store::finish(&self.db, &finished).await {
             Ok(stored) => result.stored = stored,
             Err(err) => {
                 // The lease expires on its own; the next sweep polls the pair again.
@@ -370,17 +385,15 @@ impl PollEngine {
             }
         }
         let labels = [endpoint.platform, endpoint.name, result.outcome];
-        state.metrics.poll_runs.with_label_values(&labels).inc();
+        self.metrics.runs.with_label_values(&labels).inc();
         if result.outcome == "ok" {
-            state
-                .metrics
-                .poll_items
+            self.metrics
+                .items
                 .with_label_values(&[endpoint.platform, endpoint.name])
                 .inc_by(result.items.max(0) as u64);
         }
-        state
-            .metrics
-            .poll_seconds
+        self.metrics
+            .seconds
             .with_label_values(&[endpoint.platform])
             .observe(took.as_secs_f64());
         result
@@ -427,8 +440,8 @@ fn spread_by_account(due: Vec<Due>) -> Vec<Due> {
 
 /// The schedule that applies to a pair: its own, else `polling.schedules` for
 /// `platform/endpoint`, else for `platform`, else the catalogue's default.
-pub fn schedule_for(config: &Config, endpoint: &Endpoint, own: Option<&str>) -> String {
-    let schedules = &config.polling.schedules;
+pub fn schedule_for(config: &PollingConfig, endpoint: &Endpoint, own: Option<&str>) -> String {
+    let schedules = &config.schedules;
     own.map(str::to_owned)
         .or_else(|| {
             schedules
@@ -448,20 +461,26 @@ pub fn next_due(schedule: &str, timezone: chrono_tz::Tz, after: UtcTime) -> Opti
 }
 
 /// The scheduled sweep and the retention job.
-pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+pub fn job_specs(config: &crate::config::Config, engine: &Arc<PollEngine>) -> Vec<JobSpec> {
+    let (engine, db, settings) = (
+        engine.clone(),
+        engine.db.clone(),
+        Arc::new(config.polling.clone()),
+    );
     vec![
         JobSpec {
             name: SWEEP_JOB,
             schedule: config.polling.sweep_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: false,
-            run: Arc::new(|state| {
+            run: Arc::new(move || {
+                let engine = engine.clone();
                 Box::pin(async move {
                     let request = PollRequest {
                         trigger: "scheduled",
                         ..Default::default()
                     };
-                    let report = state.poll_engine.sweep(&state, &request, now()).await?;
+                    let report = engine.sweep(&request, now()).await?;
                     Ok(format!(
                         "{} poll(s): {} ok, {} failed, {} skipped",
                         report.polls, report.succeeded, report.failed, report.skipped
@@ -474,9 +493,10 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
             schedule: config.polling.retention_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: Arc::new(|state| {
+            run: Arc::new(move || {
+                let (db, settings) = (db.clone(), settings.clone());
                 Box::pin(async move {
-                    let (payloads, runs) = prune(&state, now()).await?;
+                    let (payloads, runs) = prune(&db, &settings, now()).await?;
                     Ok(format!("deleted {payloads} payload(s) and {runs} poll run(s)"))
                 })
             }),
@@ -486,7 +506,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
 
 /// Deletes platform data past `polling.retention_days` (and beyond `keep_payloads` per pair),
 /// always keeping each pair's newest payload.
-pub async fn prune(state: &AppState, at: UtcTime) -> StorageResult<(usize, usize)> {
-    let cutoff = UtcTime::new(at.0 - chrono::Duration::days(i64::from(state.config.polling.retention_days)));
-    store::prune(&state.db, cutoff, state.config.polling.keep_payloads).await
+pub async fn prune(db: &Db, config: &PollingConfig, at: UtcTime) -> StorageResult<(usize, usize)> {
+    let cutoff = UtcTime::new(at.0 - chrono::Duration::days(i64::from(config.retention_days)));
+    store::prune(db, cutoff, config.keep_payloads).await
 }

@@ -162,6 +162,13 @@ impl Provider for OAuth2ClientCredentials {
                 .as_deref()
                 .is_some_and(|e| REFUSED_CLIENT.contains(&e));
             if refused || status == StatusCode::UNAUTHORIZED {
+                if settings.preset.as_deref() == Some(MILESIGHT_PRESET) {
+                    // Every Milesight API call stops with this token: worth an error line of its
+                    // own (the gauge and the alert read the connection's status).
+                    tracing::error!(
+                        "Milesight refused the client credentials; token refresh stops until they are fixed"
+                    );
+                }
                 return Outcome::NeedsReauth(described);
             }
             if !status.is_success() || answer.failed || answer.error.is_some() {

@@ -1,5 +1,6 @@
 //! Scheduled jobs on tokio-cron-scheduler. The scheduler only decides *when*; each job is a
-//! plain async function over `AppState`, also callable from tests and commands.
+//! closure over what it uses (its engine, the database, its settings), also callable from
+//! tests and commands. The `Runner` records every run and holds exclusive jobs' leases.
 //!
 //! Every run is recorded in `job_state` (last run, result, next run) and in metrics; a job
 //! switched off in `job_state` is skipped; a tick that finds the previous run still going is
@@ -22,12 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::storage::{UtcTime, jobs, now};
+use crate::storage::{Db, UtcTime, jobs, now};
 
 pub type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send>>;
 /// A job body: does its work and returns a one-line summary for `job_state` and the log.
-pub type JobFn = Arc<dyn Fn(AppState) -> JobFuture + Send + Sync>;
+pub type JobFn = Arc<dyn Fn() -> JobFuture + Send + Sync>;
 
 #[derive(Clone)]
 pub struct JobSpec {
@@ -89,6 +89,23 @@ struct Registered {
     running: Arc<AtomicBool>,
 }
 
+/// The instruments the runner updates.
+#[derive(Clone)]
+pub struct RunnerMetrics {
+    /// `telltale_scheduler_job_runs_total` by job and outcome.
+    pub runs: prometheus::IntCounterVec,
+    /// `telltale_scheduler_job_last_run_timestamp_seconds` by job.
+    pub last_run: prometheus::IntGaugeVec,
+}
+
+/// Runs jobs and records their runs: what the scheduler, the API's "run now" and tests share.
+pub struct Runner {
+    db: Db,
+    /// Names this process in exclusive jobs' leases.
+    instance: String,
+    metrics: RunnerMetrics,
+}
+
 pub struct Scheduler {
     cron: JobScheduler,
     jobs: Arc<Mutex<Vec<Registered>>>,
@@ -98,7 +115,7 @@ impl Scheduler {
     /// Registers and starts `specs`. Job runs are tracked by `tasks`, so shutdown waits for
     /// them; after `cancel` no new run starts.
     pub async fn start(
-        state: AppState,
+        runner: Arc<Runner>,
         specs: Vec<JobSpec>,
         tasks: TaskTracker,
         cancel: CancellationToken,
@@ -107,11 +124,11 @@ impl Scheduler {
         let mut registered = Vec::new();
         for spec in specs {
             let running = Arc::new(AtomicBool::new(false));
-            let job = build_job(&state, &spec, &running, &tasks, &cancel)?;
+            let job = build_job(&runner, &spec, &running, &tasks, &cancel)?;
             let id = cron.add(job).await?;
             let tz_name = spec.timezone.name();
             if let Err(err) = jobs::register(
-                &state.db,
+                &runner.db,
                 spec.name,
                 &spec.schedule,
                 tz_name,
@@ -134,12 +151,12 @@ impl Scheduler {
             cron,
             jobs: Arc::new(Mutex::new(registered)),
         };
-        scheduler.watch_offsets(state, tasks, cancel);
+        scheduler.watch_offsets(runner, tasks, cancel);
         Ok(scheduler)
     }
 
     /// Every minute, re-creates any job whose time zone's UTC offset changed.
-    fn watch_offsets(&self, state: AppState, tasks: TaskTracker, cancel: CancellationToken) {
+    fn watch_offsets(&self, runner: Arc<Runner>, tasks: TaskTracker, cancel: CancellationToken) {
         let cron = self.cron.clone();
         let jobs = self.jobs.clone();
         let watcher_tasks = tasks.clone();
@@ -160,7 +177,7 @@ impl Scheduler {
                     Err(_) => return,
                 };
                 for (index, spec, old_id, running) in changed {
-                    let Ok(job) = build_job(&state, &spec, &running, &tasks, &cancel) else {
+                    let Ok(job) = build_job(&runner, &spec, &running, &tasks, &cancel) else {
                         continue;
                     };
                     let _ = cron.remove(&old_id).await;
@@ -194,22 +211,22 @@ impl Scheduler {
 }
 
 fn build_job(
-    state: &AppState,
+    runner: &Arc<Runner>,
     spec: &JobSpec,
     running: &Arc<AtomicBool>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Job> {
-    let (state, spec_for_job, running, tasks, cancel) = (
-        state.clone(),
+    let (runner, spec_for_job, running, tasks, cancel) = (
+        runner.clone(),
         spec.clone(),
         running.clone(),
         tasks.clone(),
         cancel.clone(),
     );
     let job = Job::new_async_tz(spec.schedule.clone(), spec.timezone, move |_id, _lock| {
-        let (state, spec, running, tasks, cancel) = (
-            state.clone(),
+        let (runner, spec, running, tasks, cancel) = (
+            runner.clone(),
             spec_for_job.clone(),
             running.clone(),
             tasks.clone(),
@@ -223,7 +240,7 @@ fn build_job(
                 tracing::warn!(job = spec.name, "previous run still going; skipping this tick");
                 return;
             }
-            tasks.track_future(run_once(&state, &spec)).await;
+            tasks.track_future(runner.run_once(&spec)).await;
             running.store(false, Ordering::SeqCst);
         })
     })
@@ -242,96 +259,100 @@ fn run_lease(spec: &JobSpec) -> chrono::Duration {
     (interval * 2).clamp(chrono::Duration::minutes(1), chrono::Duration::minutes(30))
 }
 
-/// Claims this tick of an exclusive job. A database that cannot answer means no run: the job
-/// would meet the same failure, and the next tick tries again.
-async fn claim_tick(state: &AppState, spec: &JobSpec) -> bool {
-    let at = now();
-    match jobs::claim_run(
-        &state.db,
-        spec.name,
-        &state.instance,
-        at,
-        UtcTime::new(at.0 + run_lease(spec)),
-    )
-    .await
-    {
-        Ok(claimed) => claimed,
-        Err(err) => {
-            tracing::warn!(job = spec.name, error = %err, "cannot claim the job's run");
-            false
+impl Runner {
+    /// `instance` names this process in exclusive jobs' leases.
+    pub fn new(db: Db, instance: String, metrics: RunnerMetrics) -> Runner {
+        Runner {
+            db,
+            instance,
+            metrics,
         }
     }
-}
 
-/// Runs a job once (unless it is switched off) and records the outcome.
-pub async fn run_once(state: &AppState, spec: &JobSpec) -> Option<anyhow::Result<String>> {
-    run(state, spec, false).await
-}
-
-/// Runs a job now on request, even if it is switched off (its schedule stays off).
-pub async fn run_now(state: &AppState, spec: &JobSpec) -> anyhow::Result<String> {
-    run(state, spec, true)
+    /// Claims this tick of an exclusive job. A database that cannot answer means no run: the job
+    /// would meet the same failure, and the next tick tries again.
+    async fn claim_tick(&self, spec: &JobSpec) -> bool {
+        let at = now();
+        match jobs::claim_run(
+            &self.db,
+            spec.name,
+            &self.instance,
+            at,
+            UtcTime::new(at.0 + run_lease(spec)),
+        )
         .await
-        .unwrap_or_else(|| Ok("skipped".into()))
-}
+        {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(job = spec.name, error = %err, "cannot claim the job's run");
+                false
+            }
+        }
+    }
 
-async fn run(state: &AppState, spec: &JobSpec, even_if_off: bool) -> Option<anyhow::Result<String>> {
-    match jobs::is_enabled(&state.db, spec.name).await {
-        Ok(false) if even_if_off => {}
-        Ok(false) => {
-            tracing::debug!(job = spec.name, "job is switched off; skipping");
+    /// Runs a job once (unless it is switched off) and records the outcome.
+    pub async fn run_once(&self, spec: &JobSpec) -> Option<anyhow::Result<String>> {
+        self.run(spec, false).await
+    }
+
+    /// Runs a job now on request, even if it is switched off (its schedule stays off).
+    pub async fn run_now(&self, spec: &JobSpec) -> anyhow::Result<String> {
+        self.run(spec, true).await.unwrap_or_else(|| Ok("skipped".into()))
+    }
+
+    async fn run(&self, spec: &JobSpec, even_if_off: bool) -> Option<anyhow::Result<String>> {
+        match jobs::is_enabled(&self.db, spec.name).await {
+            Ok(false) if even_if_off => {}
+            Ok(false) => {
+                tracing::debug!(job = spec.name, "job is switched off; skipping");
+                return None;
+            }
+            Ok(true) => {}
+            // Unknown state: run anyway; the job itself will meet the same database problem.
+            Err(err) => tracing::warn!(job = spec.name, error = %err, "cannot read job state"),
+        }
+        // A manual run always runs; a scheduled exclusive one only where it wins the tick.
+        let exclusive = spec.exclusive && !even_if_off;
+        if exclusive && !self.claim_tick(spec).await {
+            tracing::debug!(job = spec.name, "run by another replica this tick; skipping");
             return None;
         }
-        Ok(true) => {}
-        // Unknown state: run anyway; the job itself will meet the same database problem.
-        Err(err) => tracing::warn!(job = spec.name, error = %err, "cannot read job state"),
-    }
-    // A manual run always runs; a scheduled exclusive one only where it wins the tick.
-    let exclusive = spec.exclusive && !even_if_off;
-    if exclusive && !claim_tick(state, spec).await {
-        tracing::debug!(job = spec.name, "run by another replica this tick; skipping");
-        return None;
-    }
-    let ran_at = now();
-    let started = Instant::now();
-    let result = (spec.run)(state.clone()).await;
-    if exclusive {
-        // Held until just before the next tick: a replica whose timer fires a moment late
-        // must not run this tick again, and the next tick must be free (timers fire on or
-        // after the second, so 10 ms ahead of it is enough).
-        let next =
-            next_run(spec, now()).map_or(now(), |t| UtcTime::new(t.0 - chrono::Duration::milliseconds(10)));
-        if let Err(err) = jobs::finish_run(&state.db, spec.name, &state.instance, next.max(now())).await {
-            tracing::warn!(job = spec.name, error = %err, "could not end the job's lease; it expires by itself");
+        let ran_at = now();
+        let started = Instant::now();
+        let result = (spec.run)().await;
+        if exclusive {
+            // Held until just before the next tick: a replica whose timer fires a moment late
+            // must not run this tick again, and the next tick must be free (timers fire on or
+            // after the second, so 10 ms ahead of it is enough).
+            let next = next_run(spec, now())
+                .map_or(now(), |t| UtcTime::new(t.0 - chrono::Duration::milliseconds(10)));
+            if let Err(err) = jobs::finish_run(&self.db, spec.name, &self.instance, next.max(now())).await {
+                tracing::warn!(job = spec.name, error = %err, "could not end the job's lease; it expires by itself");
+            }
         }
-    }
-    let outcome = if result.is_ok() { "success" } else { "failure" };
-    state
-        .metrics
-        .job_runs
-        .with_label_values(&[spec.name, outcome])
-        .inc();
-    state
-        .metrics
-        .job_last_run
-        .with_label_values(&[spec.name])
-        .set(ran_at.timestamp());
-    let error_text = result.as_ref().err().map(|e| format!("{e:#}"));
-    let record = match (&result, &error_text) {
-        (Ok(summary), _) => {
-            tracing::info!(job = spec.name, duration_ms = started.elapsed().as_millis() as u64, %summary, "job ran");
-            Ok(summary.as_str())
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics.runs.with_label_values(&[spec.name, outcome]).inc();
+        self.metrics
+            .last_run
+            .with_label_values(&[spec.name])
+            .set(ran_at.timestamp());
+        let error_text = result.as_ref().err().map(|e| format!("{e:#}"));
+        let record = match (&result, &error_text) {
+            (Ok(summary), _) => {
+                tracing::info!(job = spec.name, duration_ms = started.elapsed().as_millis() as u64, %summary, "job ran");
+                Ok(summary.as_str())
+            }
+            (Err(_), text) => {
+                let text = text.as_deref().unwrap_or_default();
+                tracing::warn!(job = spec.name, error = %text, "job failed");
+                Err(text)
+            }
+        };
+        if let Err(err) = jobs::record_run(&self.db, spec.name, ran_at, record, next_run(spec, now())).await {
+            tracing::warn!(job = spec.name, error = %err, "could not record job run");
         }
-        (Err(_), text) => {
-            let text = text.as_deref().unwrap_or_default();
-            tracing::warn!(job = spec.name, error = %text, "job failed");
-            Err(text)
-        }
-    };
-    if let Err(err) = jobs::record_run(&state.db, spec.name, ran_at, record, next_run(spec, now())).await {
-        tracing::warn!(job = spec.name, error = %err, "could not record job run");
+        Some(result)
     }
-    Some(result)
 }
 
 #[cfg(test)]
@@ -345,7 +366,7 @@ mod tests {
             schedule: schedule.into(),
             timezone: parse_timezone(tz).unwrap(),
             exclusive: false,
-            run: Arc::new(|_| Box::pin(async { Ok(String::new()) })),
+            run: Arc::new(|| Box::pin(async { Ok(String::new()) })),
         }
     }
 
@@ -419,10 +440,14 @@ pub struct JobView {
 }
 
 /// Every job's state (or only `only`), as of now.
-pub async fn overview(state: &AppState, only: Option<&str>) -> crate::storage::StorageResult<Vec<JobView>> {
-    let stored = jobs::list(&state.db).await?;
+pub async fn overview(
+    db: &Db,
+    specs: &[JobSpec],
+    only: Option<&str>,
+) -> crate::storage::StorageResult<Vec<JobView>> {
+    let stored = jobs::list(db).await?;
     let at = now();
-    Ok(crate::app::job_specs(&state.config)
+    Ok(specs
         .iter()
         .filter(|s| only.is_none_or(|name| name == s.name))
         .map(|s| {

@@ -6,10 +6,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{lead_for, token_status};
-use crate::app::AppState;
+use crate::crypto::Crypto;
 use crate::providers;
 use crate::storage::connections::{self, Connection, ConnectionUpdate, NewConnection};
-use crate::storage::{StorageError, UtcTime};
+use crate::storage::{Db, StorageError, UtcTime};
 
 /// A new connection, as `POST /api/connections` and `telltale connections add` take it.
 #[derive(Debug, Default, Deserialize)]
@@ -86,7 +86,7 @@ fn non_empty(text: Option<String>) -> Option<String> {
     text.filter(|t| !t.is_empty())
 }
 
-pub async fn create(state: &AppState, spec: ConnectionSpec) -> Result<Connection, ManageError> {
+pub async fn create(db: &Db, crypto: &Crypto, spec: ConnectionSpec) -> Result<Connection, ManageError> {
     if providers::provider_for(&spec.provider).is_none() {
         return Err(invalid(format!(
             "unknown provider {:?}; known: {}",
@@ -106,9 +106,9 @@ pub async fn create(state: &AppState, spec: ConnectionSpec) -> Result<Connection
         return Err(invalid("settings must be a JSON object"));
     }
     let credentials = credentials_text(spec.credentials)?;
-    let account = match connections::account_by_name(&state.db, &spec.account).await {
+    let account = match connections::account_by_name(db, &spec.account).await {
         Ok(account) => account,
-        Err(StorageError::NotFound) => connections::create_account(&state.db, &spec.account, None)
+        Err(StorageError::NotFound) => connections::create_account(db, &spec.account, None)
             .await
             .map_err(storage(0))?,
         Err(e) => return Err(ManageError::Storage(e)),
@@ -125,14 +125,19 @@ pub async fn create(state: &AppState, spec: ConnectionSpec) -> Result<Connection
         expires_at: spec.expires_at.map(UtcTime::new),
         refresh_expires_at: None,
     };
-    connections::create_connection(&state.db, &state.crypto, &new)
+    connections::create_connection(db, crypto, &new)
         .await
         .map_err(storage(0))
 }
 
 /// Changes settings, rotates credentials or pastes new tokens (which re-authorises a
 /// `needs_reauth` connection), or disables / enables it.
-pub async fn update(state: &AppState, id: i64, change: ConnectionChange) -> Result<Connection, ManageError> {
+pub async fn update(
+    db: &Db,
+    crypto: &Crypto,
+    id: i64,
+    change: ConnectionChange,
+) -> Result<Connection, ManageError> {
     if let Some(url) = change.base_url.as_deref().filter(|u| !u.is_empty()) {
         check_base_url(url)?;
     }
@@ -148,15 +153,13 @@ pub async fn update(state: &AppState, id: i64, change: ConnectionChange) -> Resu
         expires_at: change.expires_at.map(|t| Some(UtcTime::new(t))),
         disabled: change.disabled,
     };
-    connections::update_connection(&state.db, &state.crypto, id, &update)
+    connections::update_connection(db, crypto, id, &update)
         .await
         .map_err(storage(id))
 }
 
-pub async fn delete(state: &AppState, id: i64) -> Result<(), ManageError> {
-    connections::delete_connection(&state.db, id)
-        .await
-        .map_err(storage(id))
+pub async fn delete(db: &Db, id: i64) -> Result<(), ManageError> {
+    connections::delete_connection(db, id).await.map_err(storage(id))
 }
 
 /// A connection as people see it (API and CLI): never a secret.

@@ -17,14 +17,15 @@ use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::config::Config;
+use crate::crypto::Crypto;
 use crate::providers::{self, Issued, Outcome, Provider, circuit};
 use crate::scheduler::JobSpec;
 use crate::storage::connections::{self, Connection, RefreshedToken};
 use crate::storage::refresh_log::{self, NewRefreshLogEntry};
 use crate::storage::{ConnectionStatus, RefreshOutcome, TokenHealth};
-use crate::storage::{StorageResult, UtcTime, now};
+use crate::storage::{Db, StorageResult, UtcTime, now};
+use settings::TokensConfig;
 
 pub const SWEEP_JOB: &str = "token-refresh-sweep";
 
@@ -60,7 +61,22 @@ pub struct SweepRequest {
     pub connection_id: Option<i64>,
 }
 
+/// The instruments the engine updates.
+#[derive(Clone)]
+pub struct RefreshMetrics {
+    /// `telltale_token_refresh_attempts_total` by provider, trigger and outcome.
+    pub attempts: prometheus::IntCounterVec,
+    pub attempt_seconds: prometheus::HistogramVec,
+    pub circuit_open: prometheus::IntGaugeVec,
+    pub calls_refused: prometheus::IntCounterVec,
+}
+
 pub struct RefreshEngine {
+    db: Db,
+    crypto: Arc<Crypto>,
+    http: reqwest::Client,
+    settings: TokensConfig,
+    metrics: RefreshMetrics,
     /// Names this process's leases.
     instance: String,
     /// One lock per connection in this process, so a manual and a scheduled refresh of the
@@ -90,12 +106,29 @@ pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idl
 }
 
 impl RefreshEngine {
-    /// `instance` names this process in leases (`AppState::instance`).
-    pub fn new(instance: String, circuits: circuit::Circuits) -> RefreshEngine {
+    /// `instance` names this process in leases.
+    pub fn new(
+        db: Db,
+        crypto: Arc<Crypto>,
+        http: reqwest::Client,
+        settings: &TokensConfig,
+        metrics: RefreshMetrics,
+        instance: String,
+    ) -> RefreshEngine {
         RefreshEngine {
+            circuits: circuit::Circuits::new(
+                settings.circuit_failures,
+                settings.circuit_open_secs,
+                metrics.circuit_open.clone(),
+                metrics.calls_refused.clone(),
+            ),
+            db,
+            crypto,
+            http,
+            settings: settings.clone(),
+            metrics,
             instance,
             inflight: Mutex::new(HashMap::new()),
-            circuits,
         }
     }
 
@@ -107,15 +140,10 @@ impl RefreshEngine {
     }
 
     /// Refreshes every due connection (or reports what would be refreshed, for a dry run).
-    pub async fn sweep(
-        &self,
-        state: &AppState,
-        request: &SweepRequest,
-        at: UtcTime,
-    ) -> StorageResult<SweepReport> {
-        let idle = state.config.tokens.idle_refresh_days;
+    pub async fn sweep(&self, request: &SweepRequest, at: UtcTime) -> StorageResult<SweepReport> {
+        let idle = self.settings.idle_refresh_days;
         let candidates =
-            connections::refresh_candidates(&state.db, request.provider.as_deref(), request.connection_id)
+            connections::refresh_candidates(&self.db, request.provider.as_deref(), request.connection_id)
                 .await?;
         let due: Vec<Connection> = candidates
             .into_iter()
@@ -124,7 +152,7 @@ impl RefreshEngine {
         let results: Vec<ConnectionResult> = if request.dry_run {
             let mut results = Vec::new();
             for c in &due {
-                self.log(state, c, request, true, Ok(None), Duration::ZERO).await;
+                self.log(c, request, true, Ok(None), Duration::ZERO).await;
                 results.push(ConnectionResult {
                     id: c.id,
                     provider: c.provider.clone(),
@@ -138,8 +166,8 @@ impl RefreshEngine {
         } else {
             let ids: Vec<i64> = due.iter().map(|c| c.id).collect();
             futures_util::stream::iter(ids)
-                .map(|id| self.refresh_one(state, id, request, Some(at)))
-                .buffer_unordered(state.config.tokens.concurrency.max(1))
+                .map(|id| self.refresh_one(id, request, Some(at)))
+                .buffer_unordered(self.settings.concurrency.max(1))
                 .collect()
                 .await
         };
@@ -164,12 +192,11 @@ impl RefreshEngine {
     /// Refreshes one connection now, whether due or not (the manual button).
     pub async fn refresh_now(
         &self,
-        state: &AppState,
         id: i64,
         trigger: &'static str,
         actor: &str,
     ) -> StorageResult<ConnectionResult> {
-        connections::get_connection(&state.db, id).await?;
+        connections::get_connection(&self.db, id).await?;
         let request = SweepRequest {
             trigger,
             actor: actor.into(),
@@ -177,13 +204,12 @@ impl RefreshEngine {
             provider: None,
             connection_id: Some(id),
         };
-        Ok(self.refresh_one(state, id, &request, None).await)
+        Ok(self.refresh_one(id, &request, None).await)
     }
 
     /// Refreshes one connection if it is due at `at` (callers that need its token now).
     pub async fn refresh_due(
         &self,
-        state: &AppState,
         id: i64,
         trigger: &'static str,
         actor: &str,
@@ -196,14 +222,13 @@ impl RefreshEngine {
             provider: None,
             connection_id: Some(id),
         };
-        Ok(self.refresh_one(state, id, &request, Some(at)).await)
+        Ok(self.refresh_one(id, &request, Some(at)).await)
     }
 
     /// `due_at`: refresh only if still due at that time (sweeps); `None`: refresh regardless,
     /// unless another refresh finished while we waited for the lock (manual).
     async fn refresh_one(
         &self,
-        state: &AppState,
         id: i64,
         request: &SweepRequest,
         due_at: Option<UtcTime>,
@@ -211,7 +236,7 @@ impl RefreshEngine {
         let asked_at = now();
         let lock = self.lock_for(id);
         let _serial = lock.lock().await;
-        match self.claimed_refresh(state, id, request, due_at, asked_at).await {
+        match self.claimed_refresh(id, request, due_at, asked_at).await {
             Ok(result) => result,
             Err(err) => {
                 tracing::warn!(connection = id, error = %err, "refresh could not complete");
@@ -229,34 +254,29 @@ impl RefreshEngine {
 
     async fn claimed_refresh(
         &self,
-        state: &AppState,
         id: i64,
         request: &SweepRequest,
         due_at: Option<UtcTime>,
         asked_at: UtcTime,
     ) -> StorageResult<ConnectionResult> {
-        let until = UtcTime::new(
-            now().0 + chrono::Duration::from_std(state.config.tokens.lease_secs).unwrap_or_default(),
-        );
-        let Some(connection) = connections::claim(&state.db, id, &self.instance, now(), until).await? else {
-            let c = connections::get_connection(&state.db, id).await?;
+        let until =
+            UtcTime::new(now().0 + chrono::Duration::from_std(self.settings.lease_secs).unwrap_or_default());
+        let Some(connection) = connections::claim(&self.db, id, &self.instance, now(), until).await? else {
+            let c = connections::get_connection(&self.db, id).await?;
             return Ok(result_of(
                 &c,
                 RefreshOutcome::Skipped,
                 Some("being refreshed by another process".into()),
             ));
         };
-        let outcome = self
-            .refresh_claimed(state, &connection, request, due_at, asked_at)
-            .await;
+        let outcome = self.refresh_claimed(&connection, request, due_at, asked_at).await;
         // Always give the lease back, also after a failure.
-        connections::release(&state.db, id, &self.instance).await?;
+        connections::release(&self.db, id, &self.instance).await?;
         outcome
     }
 
     async fn refresh_claimed(
         &self,
-        state: &AppState,
         connection: &Connection,
         request: &SweepRequest,
         due_at: Option<UtcTime>,
@@ -272,7 +292,7 @@ impl RefreshEngine {
         // Judge the row as it is now: another process may have refreshed it since the sweep
         // listed it, or a concurrent refresh in this one finished while we waited.
         match due_at {
-            Some(at) if !is_due(connection, provider, at, state.config.tokens.idle_refresh_days) => {
+            Some(at) if !is_due(connection, provider, at, self.settings.idle_refresh_days) => {
                 return Ok(result_of(
                     connection,
                     RefreshOutcome::Skipped,
@@ -295,14 +315,14 @@ impl RefreshEngine {
                 Some(connection.status.to_string()),
             ));
         }
-        let secrets = connections::secrets(&state.crypto, connection)?;
+        let secrets = connections::secrets(&self.crypto, connection)?;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(30))
             .with_jitter()
             .with_max_times(
                 own_max_attempts(connection)
-                    .unwrap_or(state.config.tokens.max_attempts)
+                    .unwrap_or(self.settings.max_attempts)
                     .saturating_sub(1) as usize,
             );
         let quota_key = own_setting(connection, "quota_key").and_then(|v| v.as_str().map(str::to_owned));
@@ -311,15 +331,8 @@ impl RefreshEngine {
         let attempt = || async {
             if !breaker.is_call_permitted() {
                 let message = format!("not attempted: {upstream} failed repeatedly; its circuit is open");
-                self.log(
-                    state,
-                    connection,
-                    request,
-                    false,
-                    Err(message.clone()),
-                    Duration::ZERO,
-                )
-                .await;
+                self.log(connection, request, false, Err(message.clone()), Duration::ZERO)
+                    .await;
                 // Not retried now (retrying would only wait out backoff against an open
                 // circuit); stored like any failure, and the next sweep asks again.
                 return Err(Outcome::Failed(message));
@@ -327,25 +340,23 @@ impl RefreshEngine {
             if let Some(key) = quota_key.as_deref() {
                 // Counted towards the platform's daily quota, but never refused for it: a lapsed
                 // token would stop everything else.
-                if let Err(err) = crate::storage::usage::reserve(&state.db, key, now(), i64::MAX).await {
+                if let Err(err) = crate::storage::usage::reserve(&self.db, key, now(), i64::MAX).await {
                     tracing::debug!(error = %err, "could not count a token request");
                 }
             }
             let started = Instant::now();
-            let outcome = provider.refresh(&state.http, connection, &secrets).await;
+            let outcome = provider.refresh(&self.http, connection, &secrets).await;
             // Only transient failures mean the upstream is unwell; a refusal is an answer.
             match outcome {
                 Outcome::Transient { .. } => breaker.on_error(),
                 _ => breaker.on_success(),
             }
-            state
-                .metrics
-                .token_refreshes
+            self.metrics
+                .attempts
                 .with_label_values(&[provider.kind(), request.trigger, outcome.label()])
                 .inc();
-            state
-                .metrics
-                .token_refresh_seconds
+            self.metrics
+                .attempt_seconds
                 .with_label_values(&[provider.kind()])
                 .observe(started.elapsed().as_secs_f64());
             let logged = match &outcome {
@@ -354,7 +365,7 @@ impl RefreshEngine {
                 | Outcome::NeedsReauth(message)
                 | Outcome::Failed(message) => Err(message.clone()),
             };
-            self.log(state, connection, request, false, logged, started.elapsed())
+            self.log(connection, request, false, logged, started.elapsed())
                 .await;
             match outcome {
                 Outcome::Refreshed(issued) => Ok(issued),
@@ -376,8 +387,8 @@ impl RefreshEngine {
         let result = match result {
             Ok(issued) => {
                 let stored = connections::store_refreshed_token(
-                    &state.db,
-                    &state.crypto,
+                    &self.db,
+                    &self.crypto,
                     connection.id,
                     &to_refreshed(&issued, at),
                     at,
@@ -385,8 +396,8 @@ impl RefreshEngine {
                 .await?;
                 for derived in &issued.derived {
                     connections::upsert_derived_token(
-                        &state.db,
-                        &state.crypto,
+                        &self.db,
+                        &self.crypto,
                         connection,
                         derived.provider,
                         &derived.name,
@@ -399,7 +410,7 @@ impl RefreshEngine {
             }
             Err(Outcome::NeedsReauth(message)) => {
                 let stored = connections::record_refresh_failure(
-                    &state.db,
+                    &self.db,
                     connection.id,
                     Some(ConnectionStatus::NeedsReauth),
                     &message,
@@ -411,20 +422,18 @@ impl RefreshEngine {
             }
             Err(Outcome::Transient { message, .. } | Outcome::Failed(message)) => {
                 let stored =
-                    connections::record_refresh_failure(&state.db, connection.id, None, &message, at).await?;
+                    connections::record_refresh_failure(&self.db, connection.id, None, &message, at).await?;
                 result_of(&stored, RefreshOutcome::Failed, Some(message))
             }
             Err(Outcome::Refreshed(_)) => {
                 result_of(connection, RefreshOutcome::Failed, Some("unreachable".into()))
             }
         };
-        crate::milesight::token::note_outcome(connection, result.outcome);
         Ok(result)
     }
 
     async fn log(
         &self,
-        state: &AppState,
         connection: &Connection,
         request: &SweepRequest,
         dry_run: bool,
@@ -449,7 +458,7 @@ impl RefreshEngine {
             duration_ms: took.as_millis() as i64,
             attempted_at: at,
         };
-        if let Err(err) = refresh_log::append(&state.db, &entry).await {
+        if let Err(err) = refresh_log::append(&self.db, &entry).await {
             tracing::warn!(error = %err, "could not write the refresh log");
         }
     }
@@ -483,13 +492,15 @@ fn result_of(connection: &Connection, outcome: RefreshOutcome, detail: Option<St
 }
 
 /// The scheduled sweep.
-pub fn job_specs(config: &Config) -> Vec<JobSpec> {
+pub fn job_specs(config: &Config, engine: &Arc<RefreshEngine>) -> Vec<JobSpec> {
+    let engine = engine.clone();
     vec![JobSpec {
         name: SWEEP_JOB,
         schedule: config.tokens.sweep_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: false,
-        run: Arc::new(|state| {
+        run: Arc::new(move || {
+            let engine = engine.clone();
             Box::pin(async move {
                 let request = SweepRequest {
                     trigger: "scheduled",
@@ -498,7 +509,7 @@ pub fn job_specs(config: &Config) -> Vec<JobSpec> {
                     provider: None,
                     connection_id: None,
                 };
-                let report = state.token_engine.sweep(&state, &request, now()).await?;
+                let report = engine.sweep(&request, now()).await?;
                 Ok(format!(
                     "{} due, {} refreshed, {} failed",
                     report.checked, report.refreshed, report.failed

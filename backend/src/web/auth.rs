@@ -119,7 +119,16 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
         );
     }
     let client = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-    match auth::login(&state, &credentials.email, &credentials.password, &client).await {
+    match auth::login(
+        &state.db,
+        &state.login_throttle,
+        &state.config.auth,
+        &credentials.email,
+        &credentials.password,
+        &client,
+    )
+    .await
+    {
         Ok(session) => {
             let lifetime = time::Duration::seconds(state.config.auth.session_hours.as_secs() as i64);
             let cookie = session_cookie(&state, session.token, lifetime);
@@ -218,7 +227,7 @@ pub async fn add_user(
     state: web::Data<AppState>,
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
-    match auth::add_user(&state, &body.email, &body.password, &body.role).await {
+    match auth::add_user(&state.db, &body.email, &body.password, &body.role).await {
         Ok(user) => Ok(HttpResponse::Created().json(user)),
         Err(AddUserError::Invalid(m)) => Err(ApiError::bad_request("invalid_user", m)),
         Err(e @ AddUserError::Exists(_)) => {
@@ -329,7 +338,7 @@ pub async fn add_api_token(
     staff::user(&state.db, user_id)
         .await
         .map_err(not_found("user", user_id))?;
-    let (token, row) = auth::add_api_token(&state, user_id, name).await?;
+    let (token, row) = auth::add_api_token(&state.db, user_id, name).await?;
     Ok(HttpResponse::Created().json(json!({ "token": token, "api_token": row })))
 }
 

@@ -58,7 +58,7 @@ pub async fn receive(
     let intake = &state.intake;
     if declared.is_some_and(|n| n > limit) {
         intake
-            .record_rejection(&state, &request, declared.unwrap_or_default(), &[], &too_large)
+            .record_rejection(&request, declared.unwrap_or_default(), &[], &too_large)
             .await;
         return Err(rejected(&too_large));
     }
@@ -66,7 +66,7 @@ pub async fn receive(
         Ok(Ok(body)) => body,
         Ok(Err(_)) => {
             intake
-                .record_rejection(&state, &request, limit + 1, &[], &too_large)
+                .record_rejection(&request, limit + 1, &[], &too_large)
                 .await;
             return Err(rejected(&too_large));
         }
@@ -77,7 +77,7 @@ pub async fn receive(
             ));
         }
     };
-    match intake.receive(&state, &request, &body).await {
+    match intake.receive(&request, &body).await {
         Ok(accepted) => Ok(HttpResponse::Ok().json(json!({
             "status": "ok",
             "source": accepted.source,

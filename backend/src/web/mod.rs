@@ -3,6 +3,7 @@
 mod api;
 mod auth;
 pub mod error;
+mod guard;
 mod health;
 mod intake;
 mod pages;
@@ -120,7 +121,7 @@ pub fn http_server(state: AppState, listener: std::net::TcpListener) -> anyhow::
             .default_service(web::to(|| async {
                 Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
             }))
-            .wrap(actix_web::middleware::from_fn(crate::auth::guard::guard))
+            .wrap(actix_web::middleware::from_fn(guard::guard))
             .wrap(security_headers())
             .wrap(ErrorHandlers::new().default_handler(error::jsonify_error))
             .wrap(NormalizePath::new(TrailingSlash::Trim))

@@ -363,7 +363,7 @@ pub async fn tokens(
 ) -> Result<HttpResponse, ApiError> {
     let milesight = state
         .milesight_token
-        .status(&state, now())
+        .status(now())
         .await
         .map_err(|e| ApiError::unavailable("token_status", e.to_string()))?;
     let status = api::connections::status_data(&state).await?;
@@ -469,7 +469,7 @@ pub async fn scheduler(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
-    let jobs = crate::scheduler::overview(&state, None).await?;
+    let jobs = crate::scheduler::overview(&state.db, &crate::app::job_specs(&state), None).await?;
     render(
         "scheduler.html",
         "Scheduler",

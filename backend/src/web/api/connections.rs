@@ -31,7 +31,7 @@ pub async fn create(
     state: web::Data<AppState>,
     body: web::Json<ConnectionSpec>,
 ) -> Result<HttpResponse, ApiError> {
-    let created = manage::create(&state, body.into_inner())
+    let created = manage::create(&state.db, &state.crypto, body.into_inner())
         .await
         .map_err(manage_error)?;
     Ok(HttpResponse::Created().json(view(&created, now())))
@@ -62,7 +62,7 @@ pub async fn detail(state: web::Data<AppState>, id: web::Path<i64>) -> Result<Ht
 }
 
 pub async fn delete(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
-    manage::delete(&state, *id).await.map_err(manage_error)?;
+    manage::delete(&state.db, *id).await.map_err(manage_error)?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -94,7 +94,7 @@ pub async fn status_data(state: &AppState) -> Result<Value, ApiError> {
 pub async fn refresh(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let result = state
         .token_engine
-        .refresh_now(&state, *id, "manual", "api")
+        .refresh_now(*id, "manual", "api")
         .await
         .map_err(not_found(*id))?;
     let code = match result.outcome {
@@ -183,7 +183,7 @@ pub async fn update(
     id: web::Path<i64>,
     body: web::Json<ConnectionChange>,
 ) -> Result<HttpResponse, ApiError> {
-    let updated = manage::update(&state, *id, body.into_inner())
+    let updated = manage::update(&state.db, &state.crypto, *id, body.into_inner())
         .await
         .map_err(manage_error)?;
     Ok(HttpResponse::Ok().json(view(&updated, now())))

@@ -43,7 +43,7 @@ pub async fn token_refresh(state: web::Data<AppState>, req: HttpRequest) -> Resu
         provider: None,
         connection_id: None,
     };
-    let report = state.token_engine.sweep(&state, &request, now()).await?;
+    let report = state.token_engine.sweep(&request, now()).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -56,6 +56,6 @@ pub async fn platform_polling(
         trigger: "cron_endpoint",
         ..Default::default()
     };
-    let report = state.poll_engine.sweep(&state, &request, now()).await?;
+    let report = state.poll_engine.sweep(&request, now()).await?;
     Ok(HttpResponse::Ok().json(report))
 }

@@ -10,25 +10,17 @@ use crate::storage::now;
 use crate::web::ApiError;
 
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let status = state
-        .milesight_token
-        .status(&state, now())
-        .await
-        .map_err(token_error)?;
+    let status = state.milesight_token.status(now()).await.map_err(token_error)?;
     Ok(HttpResponse::Ok().json(status))
 }
 
 pub async fn refresh(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
         .milesight_token
-        .refresh_now(&state, Trigger::Manual)
+        .refresh_now(Trigger::Manual)
         .await
         .map_err(token_error)?;
-    let status = state
-        .milesight_token
-        .status(&state, now())
-        .await
-        .map_err(token_error)?;
+    let status = state.milesight_token.status(now()).await.map_err(token_error)?;
     Ok(HttpResponse::Ok().json(status))
 }
 

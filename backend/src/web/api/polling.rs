@@ -37,7 +37,7 @@ pub async fn list_data(state: &AppState) -> Result<serde_json::Value, ApiError> 
         else {
             continue;
         };
-        let schedule = schedule_for(&state.config, endpoint, pair.schedule.as_deref());
+        let schedule = schedule_for(&state.config.polling, endpoint, pair.schedule.as_deref());
         let next = match pair.next_due_at {
             Some(due) if pair.enabled => Some(due),
             None if pair.enabled => next_due(&schedule, state.config.scheduler.timezone, at),
@@ -80,7 +80,7 @@ pub async fn run(
     let (connection, endpoint) = path.into_inner();
     let result = state
         .poll_engine
-        .poll_now(&state, connection, &endpoint, "manual")
+        .poll_now(connection, &endpoint, "manual")
         .await
         .map_err(|e| match e {
             StorageError::NotFound => unknown_pair(connection, &endpoint),
@@ -134,7 +134,7 @@ pub async fn update(
         "connection_id": connection_id,
         "endpoint": known.name,
         "enabled": pair.enabled,
-        "schedule": schedule_for(&state.config, known, pair.schedule.as_deref()),
+        "schedule": schedule_for(&state.config.polling, known, pair.schedule.as_deref()),
     })))
 }
 

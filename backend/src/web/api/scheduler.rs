@@ -6,7 +6,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::{AppState, job_specs};
-use crate::scheduler::run_now;
 use crate::storage::jobs;
 use crate::web::ApiError;
 
@@ -22,7 +21,7 @@ pub async fn control(
     state: web::Data<AppState>,
     command: web::Json<Command>,
 ) -> Result<HttpResponse, ApiError> {
-    let specs = job_specs(&state.config);
+    let specs = job_specs(&state);
     let spec = match &command.job {
         Some(name) => Some(
             specs
@@ -45,7 +44,7 @@ pub async fn control(
             tracing::info!(job = spec.name, enabled, "job switched by the API");
             None
         }
-        ("run", Some(spec)) => Some(match run_now(&state, spec).await {
+        ("run", Some(spec)) => Some(match state.job_runner.run_now(spec).await {
             Ok(summary) => json!({ "ok": true, "summary": summary }),
             Err(err) => json!({ "ok": false, "error": format!("{err:#}") }),
         }),
@@ -57,6 +56,6 @@ pub async fn control(
             ));
         }
     };
-    let items = crate::scheduler::overview(&state, spec.map(|s| s.name)).await?;
+    let items = crate::scheduler::overview(&state.db, &specs, spec.map(|s| s.name)).await?;
     Ok(HttpResponse::Ok().json(json!({ "action": command.action, "run": result, "jobs": items })))
 }

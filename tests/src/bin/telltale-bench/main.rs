@@ -149,7 +149,7 @@ async fn refresh(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let report = state
         .token_engine
-        .sweep(&state, &request, now())
+        .sweep(&request, now())
         .await
         .map_err(|e| e.to_string())?;
     let took = started.elapsed();
@@ -245,7 +245,7 @@ async fn poll(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let report = state
         .poll_engine
-        .sweep(&state, &request, now())
+        .sweep(&request, now())
         .await
         .map_err(|e| e.to_string())?;
     let took = started.elapsed();

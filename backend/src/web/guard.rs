@@ -1,4 +1,4 @@
-//! The middleware in front of every route: who may call what (see the module above).
+//! The middleware in front of every route: who may call what (the rules are in `crate::auth`).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -8,8 +8,8 @@ use actix_web::{Error, HttpMessage, HttpResponse, web};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
-use super::{CSRF_HEADER, SESSION_COOKIE, Staff, authenticate};
 use crate::app::AppState;
+use crate::auth::{CSRF_HEADER, SESSION_COOKIE, Staff, authenticate};
 use crate::web::ApiError;
 
 /// Routes that answer without a staff identity (they have their own protection or none).
@@ -73,7 +73,7 @@ pub async fn guard(
     }
 
     let cookie = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
-    let staff = match authenticate(&state, cookie.as_deref(), bearer(&req).as_deref()).await {
+    let staff = match authenticate(&state.db, cookie.as_deref(), bearer(&req).as_deref()).await {
         Ok(staff) => staff,
         Err(e) => {
             tracing::warn!(error = %e, "cannot check the caller; answering 503");
