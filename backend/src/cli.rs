@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{self, AppState};
 use crate::config::{Config, ConfigError, ProcessEnv};
 use crate::crypto::{Crypto, KeySource};
-use crate::storage::{Db, connections, deliveries, migrate};
+use crate::storage::{Db, Role, connections, deliveries, migrate};
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
@@ -537,8 +537,8 @@ async fn manage_users(config: Config, action: UserCommand) -> anyhow::Result<()>
             crate::auth::check_email(&email).map_err(anyhow::Error::msg)?;
             let password = read_password()?;
             let state = one_shot_state(config).await?;
-            let role = if admin { "admin" } else { "viewer" };
-            let user = crate::auth::add_user(&state.db, &email, &password, role).await?;
+            let role = if admin { Role::Admin } else { Role::Viewer };
+            let user = crate::auth::add_user(&state.db, &email, &password, role.as_str()).await?;
             state.db.close();
             println!("added {} ({})", user.email, user.role);
         }

@@ -12,7 +12,7 @@ use telltale::storage::connections::{self, RefreshedToken};
 use telltale::storage::deliveries::{self, SourceTiming};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::polling::{self as poll_store, Finished};
-use telltale::storage::{UtcTime, alerts, now};
+use telltale::storage::{DeviceStatus, PollStatus, UtcTime, alerts, now};
 use telltale_e2e::{
     Backend, SmtpSink, TestApp, TestDb, TestServer, both_backends, get_json, post_with_headers,
 };
@@ -172,7 +172,7 @@ async fn causes_mute_their_effects(backend: Backend) {
             connection_id: id,
             endpoint: "recently_played".into(),
             trigger: "scheduled".into(),
-            status: "failed",
+            status: PollStatus::Failed,
             items: 0,
             pages: 0,
             http_status: Some(401),
@@ -203,7 +203,7 @@ async fn causes_mute_their_effects(backend: Backend) {
         .await
         .unwrap();
         let activity = DeviceActivity {
-            status: "offline".into(),
+            status: DeviceStatus::Offline,
             last_seen_at: now(),
             last_event_type: None,
             last_payload: None,
@@ -506,7 +506,7 @@ async fn silences_hold_back_notifications(backend: Backend) {
         .find(|a| a.subject == format!("connection:{quiet}"))
         .unwrap();
     let (_, history) = alerts::get(&state.db, silenced.id).await.unwrap();
-    let held = history.iter().find(|e| e.kind == "held_back").unwrap();
+    let held = history.iter().find(|e| e.kind.as_str() == "held_back").unwrap();
     assert!(
         held.detail.as_deref().unwrap().contains("provider maintenance"),
         "{history:?}"
@@ -552,7 +552,7 @@ async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
         .await
         .unwrap();
     let offline = DeviceActivity {
-        status: "offline".into(),
+        status: DeviceStatus::Offline,
         last_seen_at: now(),
         last_event_type: None,
         last_payload: None,

@@ -45,7 +45,10 @@ async fn populate(state: &AppState) -> (i64, i64) {
     let source = deliveries::ensure_source(&state.db, "site-a", SourceTiming::default())
         .await
         .unwrap();
-    for (sn, status) in [("6136D000001", "online"), ("6136D000002", "offline")] {
+    for (sn, status) in [
+        ("6136D000001", telltale::storage::DeviceStatus::Online),
+        ("6136D000002", telltale::storage::DeviceStatus::Offline),
+    ] {
         let profile = DeviceProfile {
             source_id: Some(source),
             model: Some("EM300-TH".into()),
@@ -53,7 +56,7 @@ async fn populate(state: &AppState) -> (i64, i64) {
         };
         let device = devices::upsert_by_sn(&state.db, sn, &profile).await.unwrap();
         let activity = DeviceActivity {
-            status: status.into(),
+            status,
             last_seen_at: (now().0 - Span::minutes(10)).into(),
             last_event_type: None,
             last_payload: None,
@@ -77,7 +80,7 @@ async fn populate(state: &AppState) -> (i64, i64) {
         connection_id: healthy,
         endpoint: "recently_played".into(),
         trigger: "scheduled".into(),
-        status: "ok",
+        status: telltale::storage::PollStatus::Ok,
         items: 3,
         pages: 1,
         http_status: Some(200),

@@ -5,7 +5,7 @@ use telltale::app::AppState;
 use telltale::milesight::inventory;
 use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, SourceEffect};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
-use telltale::storage::{now, usage};
+use telltale::storage::{DeviceStatus, now, usage};
 use telltale_e2e::{Backend, TestApp, TestDb, both_backends};
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -110,7 +110,7 @@ async fn every_page_is_synced_and_fresher_webhook_state_wins(backend: Backend) {
             sn: "SN-A".into(),
             profile: DeviceProfile::default(),
             activity: Some(DeviceActivity {
-                status: "online".into(),
+                status: DeviceStatus::Online,
                 last_seen_at: seen,
                 last_event_type: Some("PROPERTY".into()),
                 last_payload: None,

@@ -413,7 +413,7 @@ async fn a_401_refreshes_the_token_once_and_retries(backend: Backend) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((result.outcome, result.items), ("ok", 1), "{result:?}");
+    assert_eq!((result.outcome.as_str(), result.items), ("ok", 1), "{result:?}");
     let log = refresh_log::recent(&state.db, None, 10).await.unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!((log[0].trigger.as_str(), log[0].success), ("poll_401", true));
@@ -504,20 +504,20 @@ async fn a_failing_poll_keeps_the_last_good_data(backend: Backend) {
             .unwrap()
             .unwrap()
     };
-    assert_eq!(poll().await.outcome, "ok");
+    assert_eq!(poll().await.outcome.as_str(), "ok");
     let failed = poll().await;
     assert_eq!(
-        (failed.outcome, failed.http_status),
+        (failed.outcome.as_str(), failed.http_status),
         ("failed", Some(503)),
         "5xx retried, then given up"
     );
     let garbled = poll().await;
-    assert_eq!(garbled.outcome, "failed");
+    assert_eq!(garbled.outcome.as_str(), "failed");
     assert!(garbled.detail.unwrap().contains("not JSON"));
 
     let pair = store::get_state(&state.db, id, "recently_played").await.unwrap();
     assert_eq!(
-        (pair.consecutive_failures, pair.last_status.as_deref()),
+        (pair.consecutive_failures, pair.last_status.map(|s| s.as_str())),
         (2, Some("failed"))
     );
     assert_eq!(pair.last_items, Some(1), "the last good result is still shown");
@@ -559,7 +559,7 @@ async fn revoked_connections_are_skipped_and_reported(backend: Backend) {
     );
     assert!(api.received_requests().await.unwrap().is_empty());
     let pair = store::get_state(&state.db, id, "top_tracks").await.unwrap();
-    assert_eq!(pair.last_status.as_deref(), Some("needs_reauth"));
+    assert_eq!(pair.last_status.map(|s| s.as_str()), Some("needs_reauth"));
     assert_eq!(pair.consecutive_failures, 0, "a skip is not a platform failure");
 }
 
@@ -683,7 +683,7 @@ async fn a_slow_platform_times_out_and_is_retried(backend: Backend) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(result.outcome, "failed");
+    assert_eq!(result.outcome.as_str(), "failed");
     assert!(
         result.detail.as_deref().unwrap().contains("timed out"),
         "{result:?}"

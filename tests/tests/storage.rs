@@ -11,7 +11,7 @@ use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, NewWebh
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::refresh_log::{self, NewRefreshLogEntry};
 use telltale::storage::schema;
-use telltale::storage::{DatabaseTarget, StorageError, StorageResult, UtcTime, migrate, now};
+use telltale::storage::{DatabaseTarget, DeviceStatus, StorageError, StorageResult, UtcTime, migrate, now};
 use telltale_e2e::{Backend, TestDb, both_backends};
 
 both_backends!(
@@ -92,7 +92,7 @@ async fn devices_upsert_by_serial_and_keep_activity(backend: Backend) {
 
     let seen_at: UtcTime = Utc.with_ymd_and_hms(2026, 11, 23, 9, 30, 15).unwrap().into();
     let activity = DeviceActivity {
-        status: "online".into(),
+        status: DeviceStatus::Online,
         last_seen_at: seen_at,
         last_event_type: Some("PROPERTY".into()),
         last_payload: Some(r#"{"temperature":4.5}"#.into()),
@@ -139,7 +139,7 @@ fn event(event_id: &str, at: UtcTime, device: Option<IncomingDevice>) -> Incomin
     }
 }
 
-fn reading(sn: &str, at: UtcTime, status: &str) -> Option<IncomingDevice> {
+fn reading(sn: &str, at: UtcTime, status: DeviceStatus) -> Option<IncomingDevice> {
     Some(IncomingDevice {
         sn: sn.into(),
         profile: DeviceProfile {
@@ -147,7 +147,7 @@ fn reading(sn: &str, at: UtcTime, status: &str) -> Option<IncomingDevice> {
             ..Default::default()
         },
         activity: Some(DeviceActivity {
-            status: status.into(),
+            status,
             last_seen_at: at,
             last_event_type: Some("PROPERTY".into()),
             last_payload: Some(format!(r#"{{"at":"{at}"}}"#)),
@@ -176,7 +176,7 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     let t0 = now();
     let later: UtcTime = (t0.0 + Duration::seconds(5)).into();
     let batch = [
-        event("e1", t0, reading("SN1", t0, "online")),
+        event("e1", t0, reading("SN1", t0, DeviceStatus::Online)),
         event("e2", t0, None),
         event("e1", t0, None),
     ];
@@ -223,7 +223,11 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
         &db,
         source.id,
         later,
-        &[event("old", earlier, reading("SN1", earlier, "offline"))],
+        &[event(
+            "old",
+            earlier,
+            reading("SN1", earlier, DeviceStatus::Offline),
+        )],
     )
     .await
     .unwrap();
@@ -238,7 +242,7 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
         &db,
         source.id,
         later,
-        &[event("e1", later, reading("SN1", later, "offline"))],
+        &[event("e1", later, reading("SN1", later, DeviceStatus::Offline))],
     )
     .await
     .unwrap();
@@ -281,7 +285,7 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
         &db,
         site,
         at(0),
-        &[event("before", at(0), reading("X", at(0), "online"))],
+        &[event("before", at(0), reading("X", at(0), DeviceStatus::Online))],
     )
     .await
     .unwrap();
@@ -290,22 +294,25 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
     notice.effect = SourceEffect::SystemNotice(r#"{"type":"DAILY_LIMIT"}"#.into());
     let mut test_delivery = event("test", at(5), None);
     test_delivery.effect = SourceEffect::Verified;
-    let mut renamed = reading("Y", at(5), "online");
+    let mut renamed = reading("Y", at(5), DeviceStatus::Online);
     if let Some(device) = renamed.as_mut() {
         device.profile.name = Some("Cold room".into());
     }
     let first = [
-        event("a1", at(300), reading("X", at(300), "online")),
+        event("a1", at(300), reading("X", at(300), DeviceStatus::Online)),
         event("a2", at(5), renamed),
     ];
     // Repeats one of the first request's events and one stored before; brings X's next reading.
     let second = [
-        event("a1", at(300), reading("X", at(300), "online")),
+        event("a1", at(300), reading("X", at(300), DeviceStatus::Online)),
         event("before", at(0), None),
-        event("b1", at(900), reading("X", at(900), "offline")),
+        event("b1", at(900), reading("X", at(900), DeviceStatus::Offline)),
     ];
     // An older reading of X (stored, but must not roll X back) and a notice.
-    let third = [event("c1", at(200), reading("X", at(200), "online")), notice];
+    let third = [
+        event("c1", at(200), reading("X", at(200), DeviceStatus::Online)),
+        notice,
+    ];
     // Same event ids in another source are other events.
     let fourth = [event("a1", at(300), None), test_delivery];
     let requests = [
@@ -612,14 +619,22 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     let mins = |m: i64| -> UtcTime { (t0.0 + Duration::minutes(m)).into() };
     // "steady" reports every 5 minutes (learned); "fresh" and "quiet" have no learned interval yet.
     for (i, m) in [0, 5, 10].iter().enumerate() {
-        let e = event(&format!("s{i}"), mins(*m), reading("steady", mins(*m), "online"));
+        let e = event(
+            &format!("s{i}"),
+            mins(*m),
+            reading("steady", mins(*m), DeviceStatus::Online),
+        );
         deliveries::ingest(&db, source, mins(*m), &[e]).await.unwrap();
     }
     deliveries::ingest(
         &db,
         source,
         mins(10),
-        &[event("f", mins(10), reading("fresh", mins(10), "online"))],
+        &[event(
+            "f",
+            mins(10),
+            reading("fresh", mins(10), DeviceStatus::Online),
+        )],
     )
     .await
     .unwrap();
@@ -627,7 +642,11 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
         &db,
         source,
         mins(0),
-        &[event("q", mins(0), reading("quiet", mins(0), "online"))],
+        &[event(
+            "q",
+            mins(0),
+            reading("quiet", mins(0), DeviceStatus::Online),
+        )],
     )
     .await
     .unwrap();
@@ -668,19 +687,23 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
                 .status
         }
     };
-    assert_eq!(status("fresh").await, "online");
-    assert_eq!(status("quiet").await, "offline");
+    assert_eq!(status("fresh").await.as_str(), "online");
+    assert_eq!(status("quiet").await.as_str(), "offline");
 
     // A reading brings a device back online.
     deliveries::ingest(
         &db,
         source,
         mins(22),
-        &[event("q2", mins(22), reading("quiet", mins(22), "online"))],
+        &[event(
+            "q2",
+            mins(22),
+            reading("quiet", mins(22), DeviceStatus::Online),
+        )],
     )
     .await
     .unwrap();
-    assert_eq!(status("quiet").await, "online");
+    assert_eq!(status("quiet").await.as_str(), "online");
 
     // Retention removes old events only.
     let deleted = deliveries::delete_events_before(&db, mins(6)).await.unwrap();
@@ -690,10 +713,10 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
 }
 
 async fn expired_staff_sessions_are_dropped_at_the_next_sign_in(backend: Backend) {
-    use telltale::storage::{UtcTime, now, staff};
+    use telltale::storage::{Role, UtcTime, now, staff};
     let test_db = TestDb::new(backend).await;
     let db = test_db.open_migrated().await;
-    let user = staff::create_user(&db, "a@example.com", "hash", "admin", now())
+    let user = staff::create_user(&db, "a@example.com", "hash", Role::Admin, now())
         .await
         .unwrap();
     let then = UtcTime::new(now().0 - chrono::Duration::days(30));
@@ -749,11 +772,19 @@ async fn a_failed_group_leaves_nothing_and_the_connection_clean_postgres() {
     let at = |s: i64| UtcTime::new(Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap());
 
     // PostgreSQL refuses a NUL in text: the event insert fails after the device lock ran.
-    let refused = [event("bad\0id", at(0), reading("NEW-1", at(0), "online"))];
+    let refused = [event(
+        "bad\0id",
+        at(0),
+        reading("NEW-1", at(0), DeviceStatus::Online),
+    )];
     let result = deliveries::ingest(&db, site, at(0), &refused).await;
     assert!(result.is_err(), "the group fails: {result:?}");
 
-    let good = [event("good", at(1), reading("NEW-2", at(1), "online"))];
+    let good = [event(
+        "good",
+        at(1),
+        reading("NEW-2", at(1), DeviceStatus::Online),
+    )];
     let outcome = deliveries::ingest(&db, site, at(1), &good).await.unwrap();
     assert_eq!(outcome.stored, 1);
 

@@ -21,7 +21,7 @@ use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
 use crate::storage::polling::{self as poll_store, PollState};
-use crate::storage::{AlertState, ConnectionStatus};
+use crate::storage::{AlertState, ConnectionStatus, DeviceStatus, SourceStatus};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
@@ -191,12 +191,12 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
         let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
         // A source that never delivered is judged from when it was set up.
         let baseline = s.last_event_at.or(Some(s.created_at));
-        if crate::milesight::source_status(baseline, period, grace, at) == "STALE" {
+        if crate::milesight::source_status(baseline, period, grace, at) == SourceStatus::Stale {
             stale_sources.insert(s.id);
             let quiet = signals
                 .devices
                 .iter()
-                .filter(|d| d.source_id == Some(s.id) && d.status == "offline")
+                .filter(|d| d.source_id == Some(s.id) && d.status == DeviceStatus::Offline)
                 .count();
             firing.push(Firing {
                 key: format!("webhook_source_stale:source:{}", s.name),
@@ -230,7 +230,11 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
         }
     }
 
-    for d in signals.devices.iter().filter(|d| d.status == "offline") {
+    for d in signals
+        .devices
+        .iter()
+        .filter(|d| d.status == DeviceStatus::Offline)
+    {
         if d.source_id.is_some_and(|id| stale_sources.contains(&id)) {
             continue;
         }

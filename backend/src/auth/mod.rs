@@ -16,12 +16,11 @@ use sha2::{Digest, Sha256};
 
 use self::settings::AuthConfig;
 use crate::storage::staff::{self, StaffUser};
-use crate::storage::{Db, StorageError, StorageResult, UtcTime, now};
+use crate::storage::{Db, Role, StorageError, StorageResult, UtcTime, now};
 
 pub const SESSION_COOKIE: &str = "telltale_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const MIN_PASSWORD: usize = 10;
-pub const ROLES: [&str; 2] = ["admin", "viewer"];
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -44,7 +43,7 @@ pub enum Via {
 
 impl Staff {
     pub fn is_admin(&self) -> bool {
-        self.user.role == "admin"
+        self.user.role == Role::Admin
     }
 
     pub fn csrf(&self) -> Option<&str> {
@@ -107,19 +106,16 @@ pub fn check_email(email: &str) -> Result<(), String> {
         .map_err(|_| format!("{email:?} is not an email address"))
 }
 
-pub fn check_role(role: &str) -> Result<(), String> {
-    if ROLES.contains(&role) {
-        Ok(())
-    } else {
-        Err(format!("role must be admin or viewer, got {role:?}"))
-    }
+pub fn check_role(role: &str) -> Result<Role, String> {
+    role.parse()
+        .map_err(|_| format!("role must be admin or viewer, got {role:?}"))
 }
 
 /// Creates a staff user (the CLI's and the API's shared path).
 pub async fn add_user(db: &Db, email: &str, password: &str, role: &str) -> Result<StaffUser, AddUserError> {
     check_email(email).map_err(AddUserError::Invalid)?;
     check_password_rules(password).map_err(AddUserError::Invalid)?;
-    check_role(role).map_err(AddUserError::Invalid)?;
+    let role = check_role(role).map_err(AddUserError::Invalid)?;
     let hash = hash_password_async(password.to_owned())
         .await
         .map_err(|e| AddUserError::Invalid(e.to_string()))?;
@@ -155,7 +151,7 @@ pub async fn bootstrap(db: &Db, auth: &AuthConfig) -> anyhow::Result<()> {
         return Ok(());
     };
     if staff::count_users(db).await? == 0 {
-        match add_user(db, email, password.expose_secret(), "admin").await {
+        match add_user(db, email, password.expose_secret(), Role::Admin.as_str()).await {
             Ok(user) => tracing::info!(email = %user.email, "created the first admin from the configuration"),
             Err(AddUserError::Exists(_)) => {}
             Err(e) => return Err(anyhow::anyhow!("cannot create the first admin: {e}")),

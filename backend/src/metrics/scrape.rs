@@ -8,7 +8,7 @@ use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::milesight::token::is_milesight;
 use crate::polling::catalogue::platform_of;
-use crate::storage::ConnectionStatus;
+use crate::storage::{ConnectionStatus, SourceStatus};
 use crate::storage::{Db, StorageResult, UtcTime, alerts, connections, deliveries, devices, outbox, polling};
 
 const CONNECTION: &[&str] = &["provider", "connection_id", "connection"];
@@ -223,13 +223,14 @@ impl DbGauges {
             self.webhook_stale_after
                 .with_label_values(&[&s.name])
                 .set((period + grace).as_secs_f64());
-            let stale = crate::milesight::source_status(Some(baseline), period, grace, at) == "STALE";
+            let stale =
+                crate::milesight::source_status(Some(baseline), period, grace, at) == SourceStatus::Stale;
             self.webhook_stale
                 .with_label_values(&[&s.name])
                 .set(i64::from(stale));
         }
 
-        let mut counts: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+        let mut counts: BTreeMap<(String, String, &str), i64> = BTreeMap::new();
         for d in devices::health(db).await? {
             let source = d
                 .source_id
@@ -242,11 +243,11 @@ impl DbGauges {
                     .set(seconds_between(at, seen));
             }
             let model = d.model.unwrap_or_else(|| "unknown".into());
-            *counts.entry((source, model, d.status)).or_default() += 1;
+            *counts.entry((source, model, d.status.as_str())).or_default() += 1;
         }
         for ((source, model, status), count) in counts {
             self.devices
-                .with_label_values(&[&source, &model, &status])
+                .with_label_values(&[&source, &model, status])
                 .set(count);
         }
 

@@ -17,7 +17,7 @@ use crate::storage::deliveries::{
     self, IncomingDevice, IncomingEvent, InsertOutcome, NewWebhookRejection, SourceEffect, SourceTiming,
 };
 use crate::storage::devices::{DeviceActivity, DeviceProfile};
-use crate::storage::{Db, StorageError, UtcTime, now};
+use crate::storage::{Db, DeviceStatus, StorageError, UtcTime, now};
 
 /// How much of a rejected body is kept for inspection.
 const REJECTED_BODY_EXCERPT: usize = 2048;
@@ -325,12 +325,12 @@ fn to_incoming(event: &ParsedEvent, source_id: i64, received: UtcTime) -> Incomi
     let device = event.device.as_ref().map(|identity| {
         let activity = (event.event_type == "DEVICE_DATA").then(|| {
             let status = match event.data_type.as_deref() {
-                Some("OFFLINE") => "offline",
-                _ => "online",
+                Some("OFFLINE") => DeviceStatus::Offline,
+                _ => DeviceStatus::Online,
             };
             let carries_reading = matches!(event.data_type.as_deref(), Some("PROPERTY" | "EVENT"));
             DeviceActivity {
-                status: status.to_owned(),
+                status,
                 last_seen_at: event.event_time.map_or(received, |t| t.min(received)),
                 last_event_type: event.data_type.clone(),
                 last_payload: carries_reading

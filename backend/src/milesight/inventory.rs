@@ -11,7 +11,7 @@ use super::token::{PROVIDER, TokenKeeper, Trigger};
 use crate::config::Config;
 use crate::scheduler::JobSpec;
 use crate::storage::devices::{self, DeviceProfile, InventoryState};
-use crate::storage::{Db, UtcTime, now, usage};
+use crate::storage::{Db, DeviceStatus, UtcTime, now, usage};
 
 pub const INVENTORY_JOB: &str = "milesight-inventory";
 /// A bound on pages per run, so a misbehaving server cannot keep the job going forever.
@@ -49,10 +49,10 @@ pub fn job_specs(
 }
 
 /// MDP's `connectStatus` in our terms: ONLINE is online; OFFLINE and DISCONNECT are offline.
-fn status_of(connect_status: Option<&str>) -> Option<String> {
+fn status_of(connect_status: Option<&str>) -> Option<DeviceStatus> {
     match connect_status? {
-        "ONLINE" => Some("online".into()),
-        "OFFLINE" | "DISCONNECT" => Some("offline".into()),
+        "ONLINE" => Some(DeviceStatus::Online),
+        "OFFLINE" | "DISCONNECT" => Some(DeviceStatus::Offline),
         _ => None,
     }
 }
@@ -136,9 +136,9 @@ mod tests {
 
     #[test]
     fn connect_status_maps_like_milesight_does() {
-        assert_eq!(status_of(Some("ONLINE")).as_deref(), Some("online"));
-        assert_eq!(status_of(Some("OFFLINE")).as_deref(), Some("offline"));
-        assert_eq!(status_of(Some("DISCONNECT")).as_deref(), Some("offline"));
+        assert_eq!(status_of(Some("ONLINE")), Some(DeviceStatus::Online));
+        assert_eq!(status_of(Some("OFFLINE")), Some(DeviceStatus::Offline));
+        assert_eq!(status_of(Some("DISCONNECT")), Some(DeviceStatus::Offline));
         assert_eq!(status_of(Some("SOMETHING")), None);
         assert_eq!(status_of(None), None);
     }

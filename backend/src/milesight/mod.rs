@@ -11,7 +11,7 @@ pub mod token;
 
 use std::time::Duration;
 
-use crate::storage::UtcTime;
+use crate::storage::{SourceStatus, UtcTime};
 
 /// `ACTIVE` while the source's last event is within `period + grace` of `now`, else `STALE`
 /// (also when nothing ever arrived).
@@ -20,11 +20,11 @@ pub fn source_status(
     period: Duration,
     grace: Duration,
     now: UtcTime,
-) -> &'static str {
+) -> SourceStatus {
     let allowed = chrono::Duration::from_std(period + grace).unwrap_or(chrono::Duration::MAX);
     match last_event_at {
-        Some(last) if now.0 - last.0 <= allowed => "ACTIVE",
-        _ => "STALE",
+        Some(last) if now.0 - last.0 <= allowed => SourceStatus::Active,
+        _ => SourceStatus::Stale,
     }
 }
 
@@ -39,8 +39,8 @@ mod tests {
         let now = UtcTime::new(chrono::Utc.timestamp_opt(10_000, 0).unwrap());
         let ago = |secs: i64| Some(UtcTime::new(now.0 - chrono::Duration::seconds(secs)));
         let (period, grace) = (Duration::from_secs(900), Duration::from_secs(300));
-        assert_eq!(source_status(ago(1200), period, grace, now), "ACTIVE");
-        assert_eq!(source_status(ago(1201), period, grace, now), "STALE");
-        assert_eq!(source_status(None, period, grace, now), "STALE");
+        assert_eq!(source_status(ago(1200), period, grace, now), SourceStatus::Active);
+        assert_eq!(source_status(ago(1201), period, grace, now), SourceStatus::Stale);
+        assert_eq!(source_status(None, period, grace, now), SourceStatus::Stale);
     }
 }

@@ -233,7 +233,7 @@ impl TokenKeeper {
     pub async fn status(&self, at: UtcTime) -> Result<TokenStatus, TokenError> {
         let Some(api) = self.settings.api() else {
             return Ok(TokenStatus {
-                status: "missing",
+                status: TokenHealth::Missing.as_str(),
                 configured: false,
                 connection_id: None,
                 base_url: None,

@@ -27,7 +27,7 @@ pub struct Fetched {
 #[derive(Debug, Clone)]
 pub enum Failure {
     /// The connection cannot be used until a person acts (`needs_reauth`, `disabled`).
-    Skipped(String),
+    Skipped(ConnectionStatus),
     Failed {
         message: String,
         http_status: Option<i32>,
@@ -77,7 +77,7 @@ pub async fn poll(
     };
     let connection_id = connection.id;
     if connection.status.waits_for_a_person() {
-        return Err(Failure::Skipped(connection.status.to_string()));
+        return Err(Failure::Skipped(connection.status));
     }
     let token = usable_token(engine, connection).await?;
     let settings: Value = serde_json::from_str(&connection.settings).unwrap_or(Value::Null);
@@ -183,7 +183,7 @@ async fn usable_token(engine: &PollEngine, connection: &Connection) -> Result<St
                 http_status: None,
             })?;
         if result.outcome == RefreshOutcome::NeedsReauth {
-            return Err(Failure::Skipped(ConnectionStatus::NeedsReauth.to_string()));
+            return Err(Failure::Skipped(ConnectionStatus::NeedsReauth));
         }
         connection = connections::get_connection(&engine.db, connection.id)
             .await
@@ -262,7 +262,7 @@ impl Session<'_> {
         match result.outcome {
             RefreshOutcome::Refreshed => {}
             RefreshOutcome::NeedsReauth => {
-                return Err(Failure::Skipped(ConnectionStatus::NeedsReauth.to_string()));
+                return Err(Failure::Skipped(ConnectionStatus::NeedsReauth));
             }
             _ => {
                 return Err(Failure::Failed {

@@ -24,7 +24,7 @@ use crate::polling::settings::PollingConfig;
 use crate::scheduler::JobSpec;
 use crate::storage::connections::{self, Connection};
 use crate::storage::polling::{self as store, Finished, PollState};
-use crate::storage::{Db, StorageResult, UtcTime, now};
+use crate::storage::{ConnectionStatus, Db, PollOutcome, PollStatus, StorageResult, UtcTime, now};
 use crate::tokens::RefreshEngine;
 
 pub const SWEEP_JOB: &str = "platform-polling";
@@ -38,9 +38,7 @@ pub struct PollResult {
     pub connection: String,
     pub platform: String,
     pub endpoint: String,
-    /// `ok`, `failed`, `skipped` (needs re-authorisation, disabled, or taken by another
-    /// process), or `would_poll` (dry run).
-    pub outcome: &'static str,
+    pub outcome: PollOutcome,
     pub items: i64,
     pub pages: i32,
     /// Whether the payload was new and stored (identical consecutive payloads are not).
@@ -238,7 +236,15 @@ impl PollEngine {
                          ..
                      }| {
                         let usable = !c.status.waits_for_a_person();
-                        let mut r = result_of(c, e, if usable { "would_poll" } else { "skipped" });
+                        let mut r = result_of(
+                            c,
+                            e,
+                            if usable {
+                                PollOutcome::WouldPoll
+                            } else {
+                                PollOutcome::Skipped
+                            },
+                        );
                         r.detail = (!usable).then(|| c.status.to_string());
                         r
                     },
@@ -256,9 +262,15 @@ impl PollEngine {
             users,
             connections: connections_due,
             polls: results.len(),
-            succeeded: results.iter().filter(|r| r.outcome == "ok").count(),
-            failed: results.iter().filter(|r| r.outcome == "failed").count(),
-            skipped: results.iter().filter(|r| r.outcome == "skipped").count(),
+            succeeded: results.iter().filter(|r| r.outcome == PollOutcome::Ok).count(),
+            failed: results
+                .iter()
+                .filter(|r| r.outcome == PollOutcome::Failed)
+                .count(),
+            skipped: results
+                .iter()
+                .filter(|r| r.outcome == PollOutcome::Skipped)
+                .count(),
             dry_run: request.dry_run,
             timestamp: now(),
             results,
@@ -308,12 +320,12 @@ impl PollEngine {
         {
             Ok(Some(claimed)) => claimed,
             Ok(None) => {
-                let mut r = result_of(connection, endpoint, "skipped");
+                let mut r = result_of(connection, endpoint, PollOutcome::Skipped);
                 r.detail = Some("polled by another process, or no longer due".into());
                 return r;
             }
             Err(err) => {
-                let mut r = result_of(connection, endpoint, "failed");
+                let mut r = result_of(connection, endpoint, PollOutcome::Failed);
                 r.detail = Some(format!("storage: {err}"));
                 return r;
             }
@@ -331,7 +343,7 @@ impl PollEngine {
             connection_id: connection.id,
             endpoint: endpoint.name.to_owned(),
             trigger: trigger.to_owned(),
-            status: "ok",
+            status: PollStatus::Ok,
             items: 0,
             pages: 0,
             http_status: None,
@@ -343,7 +355,7 @@ impl PollEngine {
             payload: None,
             record_run: true,
         };
-        let mut result = result_of(connection, endpoint, "ok");
+        let mut result = result_of(connection, endpoint, PollOutcome::Ok);
         match fetched {
             Ok(fetched) => {
                 finished.items = i64::try_from(fetched.items.len()).unwrap_or(i64::MAX);
@@ -354,21 +366,20 @@ impl PollEngine {
                 finished.payload = Some((hash, payload));
             }
             Err(Failure::Skipped(why)) => {
-                finished.status = if why == "disabled" {
-                    "disabled"
-                } else {
-                    "needs_reauth"
+                finished.status = match why {
+                    ConnectionStatus::Disabled => PollStatus::Disabled,
+                    _ => PollStatus::NeedsReauth,
                 };
                 finished.error = Some(format!("skipped: the connection is {why}"));
                 finished.record_run = false;
-                result.outcome = "skipped";
+                result.outcome = PollOutcome::Skipped;
             }
             Err(Failure::Failed { message, http_status }) => {
                 tracing::warn!(connection = connection.id, platform = endpoint.platform, endpoint = endpoint.name, error = %message, "poll failed");
-                finished.status = "failed";
+                finished.status = PollStatus::Failed;
                 finished.error = Some(message);
                 finished.http_status = http_status;
-                result.outcome = "failed";
+                result.outcome = PollOutcome::Failed;
             }
         }
         result.items = finished.items;
@@ -380,13 +391,13 @@ impl PollEngine {
             Err(err) => {
                 // The lease expires on its own; the next sweep polls the pair again.
                 tracing::warn!(connection = connection.id, endpoint = endpoint.name, error = %err, "could not record a poll");
-                result.outcome = "failed";
+                result.outcome = PollOutcome::Failed;
                 result.detail = Some(format!("storage: {err}"));
             }
         }
-        let labels = [endpoint.platform, endpoint.name, result.outcome];
+        let labels = [endpoint.platform, endpoint.name, result.outcome.as_str()];
         self.metrics.runs.with_label_values(&labels).inc();
-        if result.outcome == "ok" {
+        if result.outcome == PollOutcome::Ok {
             self.metrics
                 .items
                 .with_label_values(&[endpoint.platform, endpoint.name])
@@ -400,7 +411,7 @@ impl PollEngine {
     }
 }
 
-fn result_of(connection: &Connection, endpoint: &Endpoint, outcome: &'static str) -> PollResult {
+fn result_of(connection: &Connection, endpoint: &Endpoint, outcome: PollOutcome) -> PollResult {
     PollResult {
         connection_id: connection.id,
         account_id: connection.account_id,

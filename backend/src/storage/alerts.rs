@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::fields::UtcTime;
 use super::schema::{alert_events, alerts, outbox, silences};
-use super::{AlertState, Db, StorageError, StorageResult};
+use super::{AlertEventKind, AlertState, Db, StorageError, StorageResult};
 use crate::db_run;
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
@@ -40,8 +40,7 @@ pub struct Alert {
 pub struct AlertEvent {
     pub id: i64,
     pub alert_id: i64,
-    /// `fired`, `resolved`, `acknowledged`, `notified`, `held_back`, `silenced`, `unsilenced`.
-    pub kind: String,
+    pub kind: AlertEventKind,
     pub detail: Option<String>,
     pub at: UtcTime,
 }
@@ -94,7 +93,13 @@ macro_rules! queue_email {
         match $email {
             Some(email) if hold.is_some() => {
                 let detail = format!("{} email held back: {}", email.kind, hold.unwrap_or_default());
-                record_event!($tx, alert.id, "held_back", Some(detail.as_str()), $at);
+                record_event!(
+                    $tx,
+                    alert.id,
+                    AlertEventKind::HeldBack,
+                    Some(detail.as_str()),
+                    $at
+                );
                 alert
             }
             Some(email) => {
@@ -111,7 +116,7 @@ macro_rules! queue_email {
                     ))
                     .execute($tx)
                     .await?;
-                record_event!($tx, alert.id, "notified", Some(email.kind), $at);
+                record_event!($tx, alert.id, AlertEventKind::Notified, Some(email.kind), $at);
                 diesel::update(alerts::table.find(alert.id))
                     .set((
                         alerts::last_notified_at.eq($at),
@@ -193,7 +198,13 @@ pub async fn fire(
                     .await?;
                 return Ok((alert, false));
             };
-            record_event!(tx, opened.id, "fired", Some(opened.summary.as_str()), at);
+            record_event!(
+                tx,
+                opened.id,
+                AlertEventKind::Fired,
+                Some(opened.summary.as_str()),
+                at
+            );
             let draft = email(&opened);
             let opened = queue_email!(tx, opened, draft, hold, at);
             Ok((opened, true))
@@ -228,7 +239,7 @@ pub async fn resolve(
             let Some(resolved) = resolved else {
                 return Ok(None);
             };
-            record_event!(tx, id, "resolved", None::<&str>, at);
+            record_event!(tx, id, AlertEventKind::Resolved, None::<&str>, at);
             let draft = email(&resolved);
             Ok(Some(queue_email!(tx, resolved, draft, hold, at)))
         })
@@ -313,7 +324,7 @@ pub async fn set_silenced(
                 else {
                     return Ok(None);
                 };
-                record_event!(tx, id, "unsilenced", None::<&str>, at);
+                record_event!(tx, id, AlertEventKind::Unsilenced, None::<&str>, at);
                 let draft = if alert.notify_count == 0 {
                     email(&alert)
                 } else {
@@ -330,7 +341,7 @@ pub async fn set_silenced(
                 .await
                 .optional()?;
             if silenced.is_some() {
-                record_event!(tx, id, "silenced", Some(reason), at);
+                record_event!(tx, id, AlertEventKind::Silenced, Some(reason), at);
             }
             Ok(silenced)
         })
@@ -356,7 +367,7 @@ pub async fn acknowledge(db: &Db, id: i64, by: &str, at: UtcTime) -> StorageResu
                 .await
                 .optional()?;
             if acked.is_some() {
-                record_event!(tx, id, "acknowledged", Some(by), at);
+                record_event!(tx, id, AlertEventKind::Acknowledged, Some(by), at);
             }
             Ok(acked)
         })

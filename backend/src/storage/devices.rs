@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::fields::UtcTime;
+use super::fields::{DeviceStatus, UtcTime};
 use super::schema::devices;
 use super::{Db, StorageResult, now};
 use crate::db_run;
@@ -19,7 +19,7 @@ pub struct Device {
     pub mdp_device_id: Option<String>,
     pub name: Option<String>,
     pub model: Option<String>,
-    pub status: String,
+    pub status: DeviceStatus,
     pub last_seen_at: Option<UtcTime>,
     pub last_event_type: Option<String>,
     pub last_payload: Option<String>,
@@ -49,7 +49,7 @@ pub(crate) struct NewDevice<'a> {
     pub mdp_device_id: Option<&'a str>,
     pub name: Option<&'a str>,
     pub model: Option<&'a str>,
-    pub status: &'a str,
+    pub status: DeviceStatus,
     pub created_at: UtcTime,
     pub updated_at: UtcTime,
 }
@@ -63,7 +63,7 @@ impl<'a> NewDevice<'a> {
             mdp_device_id: profile.mdp_device_id.as_deref(),
             name: profile.name.as_deref(),
             model: profile.model.as_deref(),
-            status: "unknown",
+            status: DeviceStatus::Unknown,
             created_at: at,
             updated_at: at,
         }
@@ -93,7 +93,7 @@ macro_rules! upsert_device {
 #[derive(Debug, Clone, AsChangeset)]
 #[diesel(table_name = devices)]
 pub struct DeviceActivity {
-    pub status: String,
+    pub status: DeviceStatus,
     pub last_seen_at: UtcTime,
     pub last_event_type: Option<String>,
     pub last_payload: Option<String>,
@@ -134,7 +134,7 @@ pub struct DeviceHealth {
     pub sn: String,
     pub source_id: Option<i64>,
     pub model: Option<String>,
-    pub status: String,
+    pub status: DeviceStatus,
     pub last_seen_at: Option<UtcTime>,
 }
 
@@ -174,7 +174,7 @@ diesel::define_sql_function! {
 /// Filters for the device list; all optional.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
-    pub status: Option<String>,
+    pub status: Option<DeviceStatus>,
     pub source_id: Option<i64>,
     /// Case-insensitive substring of serial number, name, devEUI or model.
     pub search: Option<String>,
@@ -200,7 +200,7 @@ pub async fn search(
         () => {{
             let mut query = devices::table.into_boxed();
             if let Some(status) = &filter.status {
-                query = query.filter(devices::status.eq(status.clone()));
+                query = query.filter(devices::status.eq(*status));
             }
             if let Some(source_id) = filter.source_id {
                 query = query.filter(devices::source_id.eq(source_id));
@@ -258,7 +258,7 @@ pub async fn mark_silent_offline(
 ) -> StorageResult<Vec<String>> {
     db_run!(db, |conn| {
         let online: Vec<(i64, String, Option<UtcTime>, Option<i64>)> = devices::table
-            .filter(devices::status.eq("online"))
+            .filter(devices::status.eq(DeviceStatus::Online))
             .filter(devices::last_seen_at.is_not_null())
             .select((
                 devices::id,
@@ -278,10 +278,13 @@ pub async fn mark_silent_offline(
             let updated = diesel::update(
                 devices::table
                     .find(id)
-                    .filter(devices::status.eq("online"))
+                    .filter(devices::status.eq(DeviceStatus::Online))
                     .filter(devices::last_seen_at.eq(last_seen)),
             )
-            .set((devices::status.eq("offline"), devices::updated_at.eq(at)))
+            .set((
+                devices::status.eq(DeviceStatus::Offline),
+                devices::updated_at.eq(at),
+            ))
             .execute(conn)
             .await?;
             if updated == 1 {
@@ -326,8 +329,8 @@ mod tests {
 /// What MDP's device list says about a device's state.
 #[derive(Debug, Clone)]
 pub struct InventoryState {
-    /// `online` or `offline`, from MDP's `connectStatus`.
-    pub status: Option<String>,
+    /// From MDP's `connectStatus`.
+    pub status: Option<DeviceStatus>,
     pub battery: Option<i32>,
     /// MDP's `lastUpdateTime`: when the device last reported.
     pub last_update: Option<UtcTime>,
@@ -353,7 +356,7 @@ pub async fn apply_inventory(
             if ours_is_newer {
                 return Ok(device);
             }
-            let status = state.status.clone().unwrap_or_else(|| device.status.clone());
+            let status = state.status.unwrap_or(device.status);
             let last_seen = state.last_update.or(device.last_seen_at);
             let battery = state.battery.or(device.battery);
             Ok(diesel::update(devices::table.find(device.id))

@@ -24,6 +24,9 @@ macro_rules! text_enum {
         }
 
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
@@ -154,6 +157,77 @@ text_enum! {
         Failed = "failed",
         /// Not attempted: disabled, waiting for re-authorisation, or refreshed elsewhere meanwhile.
         Skipped = "skipped",
+    }
+}
+
+text_enum! {
+    /// What Telltale knows of a device's connectivity (`devices.status`).
+    pub enum DeviceStatus {
+        /// Its last uplink said it is connected, and it has not been silent for too long.
+        Online = "online",
+        /// MDP said so, or it was silent past its expected interval.
+        Offline = "offline",
+        /// Known (from the inventory or an event without data) but never heard from.
+        Unknown = "unknown",
+    }
+}
+
+text_enum! {
+    /// Whether a webhook source is delivering (derived from its last event, period and grace).
+    pub enum SourceStatus {
+        /// Its last event is within its period plus grace.
+        Active = "ACTIVE",
+        /// Nothing within its period plus grace (or nothing ever).
+        Stale = "STALE",
+    }
+}
+
+text_enum! {
+    /// How a (connection, endpoint) pair's last poll ended (`poll_endpoint_state.status`).
+    pub enum PollStatus {
+        Ok = "ok",
+        Failed = "failed",
+        /// Not polled: its connection is switched off.
+        Disabled = "disabled",
+        /// Not polled: its connection waits for re-authorisation.
+        NeedsReauth = "needs_reauth",
+    }
+}
+
+text_enum! {
+    /// What one poll came to, as sweeps, the API and the CLI report it.
+    pub enum PollOutcome {
+        Ok = "ok",
+        Failed = "failed",
+        /// Needs re-authorisation, disabled, or taken by another process.
+        Skipped = "skipped",
+        /// A dry run: this pair would be polled.
+        WouldPoll = "would_poll",
+    }
+}
+
+text_enum! {
+    /// One entry of an alert's history (`alert_events.kind`).
+    pub enum AlertEventKind {
+        Fired = "fired",
+        /// An email was queued (the detail says which).
+        Notified = "notified",
+        /// An email was not sent, and why (a silence).
+        HeldBack = "held_back",
+        Acknowledged = "acknowledged",
+        Silenced = "silenced",
+        Unsilenced = "unsilenced",
+        Resolved = "resolved",
+    }
+}
+
+text_enum! {
+    /// What a staff user may do (`staff_users.role`).
+    pub enum Role {
+        /// Everything, including changes.
+        Admin = "admin",
+        /// Reads only.
+        Viewer = "viewer",
     }
 }
 

@@ -30,7 +30,10 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 pub use error::{StorageError, StorageResult};
-pub use fields::{AlertState, ConnectionStatus, RefreshOutcome, TokenHealth, UtcTime, now};
+pub use fields::{
+    AlertEventKind, AlertState, ConnectionStatus, DeviceStatus, PollOutcome, PollStatus, RefreshOutcome,
+    Role, SourceStatus, TokenHealth, UtcTime, now,
+};
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::fields::{UtcTime, UtcTimestamp};
+use super::fields::{PollStatus, UtcTime, UtcTimestamp};
 use super::schema::{connections, platform_data, poll_endpoint_state, poll_runs};
 use super::{Db, StorageError, StorageResult};
 use crate::db_run;
@@ -23,7 +23,7 @@ pub struct PollState {
     pub last_run_at: Option<UtcTime>,
     pub last_success_at: Option<UtcTime>,
     /// `ok`, `failed`, `needs_reauth`, `disabled`.
-    pub last_status: Option<String>,
+    pub last_status: Option<PollStatus>,
     pub consecutive_failures: i32,
     #[serde(skip)]
     pub lease_owner: Option<String>,
@@ -182,7 +182,7 @@ pub struct Finished {
     pub endpoint: String,
     pub trigger: String,
     /// `ok`, `failed`, `needs_reauth`, `disabled`.
-    pub status: &'static str,
+    pub status: PollStatus,
     pub items: i64,
     pub pages: i32,
     pub http_status: Option<i32>,
@@ -210,7 +210,7 @@ pub async fn finish(db: &Db, f: &Finished) -> StorageResult<bool> {
                         poll_runs::connection_id.eq(f.connection_id),
                         poll_runs::endpoint.eq(&f.endpoint),
                         poll_runs::trigger.eq(&f.trigger),
-                        poll_runs::success.eq(f.status == "ok"),
+                        poll_runs::success.eq(f.status == PollStatus::Ok),
                         poll_runs::items.eq(f.items),
                         poll_runs::pages.eq(f.pages),
                         poll_runs::http_status.eq(f.http_status),
@@ -239,7 +239,7 @@ pub async fn finish(db: &Db, f: &Finished) -> StorageResult<bool> {
                     .execute(tx)
                     .await?;
             }
-            let ok = f.status == "ok";
+            let ok = f.status == PollStatus::Ok;
             let outcome = StateChangeset {
                 next_due_at: f.next_due_at,
                 last_run_at: f.started_at,
@@ -269,7 +269,7 @@ pub async fn finish(db: &Db, f: &Finished) -> StorageResult<bool> {
                     .await?;
             } else {
                 // Only a real failure counts towards the failures in a row; a skip does not.
-                let failures = i32::from(f.status == "failed");
+                let failures = i32::from(f.status == PollStatus::Failed);
                 diesel::update(target)
                     .set((
                         &outcome,
@@ -292,7 +292,7 @@ pub async fn finish(db: &Db, f: &Finished) -> StorageResult<bool> {
 struct StateChangeset<'a> {
     next_due_at: Option<UtcTime>,
     last_run_at: UtcTime,
-    last_status: &'a str,
+    last_status: PollStatus,
     last_error: Option<&'a str>,
     last_http_status: Option<i32>,
     lease_owner: Option<&'a str>,

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::fields::UtcTime;
+use super::fields::{Role, UtcTime};
 use super::schema::{api_tokens, staff_sessions, staff_users};
 use super::{Db, StorageError, StorageResult};
 use crate::db_run;
@@ -19,7 +19,7 @@ pub struct StaffUser {
     #[serde(skip)]
     pub password_hash: String,
     /// `admin` or `viewer`.
-    pub role: String,
+    pub role: Role,
     pub disabled: bool,
     pub last_login_at: Option<UtcTime>,
     pub created_at: UtcTime,
@@ -54,7 +54,7 @@ pub async fn create_user(
     db: &Db,
     email: &str,
     password_hash: &str,
-    role: &str,
+    role: Role,
     at: UtcTime,
 ) -> StorageResult<StaffUser> {
     db_run!(db, |conn| {
@@ -116,7 +116,7 @@ pub async fn count_users(db: &Db) -> StorageResult<i64> {
 #[diesel(table_name = staff_users)]
 struct UserChange<'a> {
     password_hash: Option<&'a str>,
-    role: Option<&'a str>,
+    role: Option<Role>,
     disabled: Option<bool>,
 }
 
@@ -126,7 +126,7 @@ pub async fn update_user(
     db: &Db,
     id: i64,
     password_hash: Option<&str>,
-    role: Option<&str>,
+    role: Option<Role>,
     disabled: Option<bool>,
 ) -> StorageResult<StaffUser> {
     let change = UserChange {

@@ -2,14 +2,14 @@
 //! Inputs are validated here; secrets go straight to sealed storage and the view of a
 //! connection never contains one (tokens appear as a fingerprint).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{lead_for, token_status};
 use crate::crypto::Crypto;
 use crate::providers;
 use crate::storage::connections::{self, Connection, ConnectionUpdate, NewConnection};
-use crate::storage::{Db, StorageError, UtcTime};
+use crate::storage::{Db, StorageError, TokenHealth, UtcTime};
 
 /// A new connection, as `POST /api/connections` and `telltale connections add` take it.
 #[derive(Debug, Default, Deserialize)]
@@ -162,26 +162,50 @@ pub async fn delete(db: &Db, id: i64) -> Result<(), ManageError> {
     connections::delete_connection(db, id).await.map_err(storage(id))
 }
 
-/// A connection as people see it (API and CLI): never a secret.
-pub fn view(c: &Connection, at: UtcTime) -> Value {
-    json!({
-        "id": c.id,
-        "account_id": c.account_id,
-        "provider": c.provider,
-        "name": c.name,
-        "base_url": c.base_url,
-        "settings": serde_json::from_str::<Value>(&c.settings).unwrap_or_else(|_| Value::String(c.settings.clone())),
-        "status": token_status(c, lead_for(c), at),
-        "expires_at": c.expires_at,
-        "runway_secs": c.expires_at.map(|e| (e.0 - at.0).num_seconds()),
-        "refresh_expires_at": c.refresh_expires_at,
-        "token_fingerprint": c.token_fingerprint,
-        "has_refresh_token": c.refresh_token.is_some(),
-        "has_credentials": c.credentials.is_some(),
-        "consecutive_failures": c.consecutive_failures,
-        "last_error": c.last_error,
-        "last_refresh_attempt_at": c.last_refresh_attempt_at,
-        "last_refresh_success_at": c.last_refresh_success_at,
-        "last_sync_at": c.last_sync_at,
-    })
+/// A connection as people see it (API, CLI and the tokens page): never a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    pub id: i64,
+    pub account_id: i64,
+    pub provider: String,
+    pub name: String,
+    pub base_url: Option<String>,
+    pub settings: Value,
+    pub status: TokenHealth,
+    pub expires_at: Option<UtcTime>,
+    /// Seconds until the token expires (negative once it has).
+    pub runway_secs: Option<i64>,
+    pub refresh_expires_at: Option<UtcTime>,
+    pub token_fingerprint: Option<String>,
+    pub has_refresh_token: bool,
+    pub has_credentials: bool,
+    pub consecutive_failures: i32,
+    pub last_error: Option<String>,
+    pub last_refresh_attempt_at: Option<UtcTime>,
+    pub last_refresh_success_at: Option<UtcTime>,
+    pub last_sync_at: Option<UtcTime>,
+}
+
+pub fn view(c: &Connection, at: UtcTime) -> ConnectionView {
+    ConnectionView {
+        id: c.id,
+        account_id: c.account_id,
+        provider: c.provider.clone(),
+        name: c.name.clone(),
+        base_url: c.base_url.clone(),
+        settings: serde_json::from_str::<Value>(&c.settings)
+            .unwrap_or_else(|_| Value::String(c.settings.clone())),
+        status: token_status(c, lead_for(c), at),
+        expires_at: c.expires_at,
+        runway_secs: c.expires_at.map(|e| (e.0 - at.0).num_seconds()),
+        refresh_expires_at: c.refresh_expires_at,
+        token_fingerprint: c.token_fingerprint.clone(),
+        has_refresh_token: c.refresh_token.is_some(),
+        has_credentials: c.credentials.is_some(),
+        consecutive_failures: c.consecutive_failures,
+        last_error: c.last_error.clone(),
+        last_refresh_attempt_at: c.last_refresh_attempt_at,
+        last_refresh_success_at: c.last_refresh_success_at,
+        last_sync_at: c.last_sync_at,
+    }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::ApiError;
 use crate::app::AppState;
 use crate::auth::{self, AddUserError, LoginError, SESSION_COOKIE, Staff, Via};
-use crate::storage::{StorageError, staff};
+use crate::storage::{Role, StorageError, staff};
 
 #[derive(Deserialize)]
 pub struct NextQuery {
@@ -219,7 +219,7 @@ pub struct NewUser {
 }
 
 fn viewer() -> String {
-    "viewer".into()
+    Role::Viewer.as_str().into()
 }
 
 /// `POST /api/users` (admin)
@@ -254,10 +254,13 @@ pub async fn update_user(
     me: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
     let invalid = |m: String| ApiError::bad_request("invalid_user", m);
-    if let Some(role) = &body.role {
-        auth::check_role(role).map_err(invalid)?;
-    }
-    if *id == me.user.id && (body.disabled == Some(true) || body.role.as_deref() == Some("viewer")) {
+    let role = body
+        .role
+        .as_deref()
+        .map(auth::check_role)
+        .transpose()
+        .map_err(invalid)?;
+    if *id == me.user.id && (body.disabled == Some(true) || role == Some(Role::Viewer)) {
         return Err(invalid("you cannot disable or demote yourself".into()));
     }
     let hash = match &body.password {
@@ -271,15 +274,9 @@ pub async fn update_user(
         }
         None => None,
     };
-    let user = staff::update_user(
-        &state.db,
-        *id,
-        hash.as_deref(),
-        body.role.as_deref(),
-        body.disabled,
-    )
-    .await
-    .map_err(not_found("user", *id))?;
+    let user = staff::update_user(&state.db, *id, hash.as_deref(), role, body.disabled)
+        .await
+        .map_err(not_found("user", *id))?;
     Ok(HttpResponse::Ok().json(user))
 }
 

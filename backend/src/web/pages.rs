@@ -1,25 +1,37 @@
 //! The staff web UI: pages rendered on the server from `frontend/templates/` (minijinja, HTML
-//! auto-escaped), from the same data the JSON API serves. `frontend/static/telltale.js` keeps
-//! each page live by re-fetching it and swapping `<main>`, and sends the buttons' requests with
-//! the CSRF token.
+//! auto-escaped), from the same data the JSON API serves. Each page gets a typed view model,
+//! and the template engine refuses undefined values, so a renamed field fails the page's test
+//! instead of silently blanking a cell. `frontend/static/telltale.js` keeps each page live by
+//! re-fetching it and swapping `<main>`, and sends the buttons' requests with the CSRF token.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use actix_web::{HttpResponse, web};
 use minijinja::value::Serde;
-use minijinja::{Environment, context};
+use minijinja::{Environment, UndefinedBehavior, context};
 use rust_embed::RustEmbed;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::ApiError;
 use super::api;
+use super::api::connections::{TokenSummary, TokensStatus};
+use super::api::polling::PairView;
+use super::api::webhook_sources::SourceView;
 use crate::app::AppState;
 use crate::auth::Staff;
-use crate::storage::devices::{self, DeviceFilter};
-use crate::storage::refresh_log::{self, LogFilter};
-use crate::storage::{AlertState, StorageError, TokenHealth, alerts, deliveries, now, outbox, staff};
+use crate::milesight::token::TokenStatus;
+use crate::scheduler::JobView;
+use crate::storage::alerts::{Alert, AlertEvent, Silence};
+use crate::storage::deliveries::{WebhookEvent, WebhookRejection};
+use crate::storage::devices::{self, Device, DeviceFilter};
+use crate::storage::refresh_log::{self, LogFilter, RefreshLogEntry};
+use crate::storage::staff::{ApiToken, StaffUser};
+use crate::storage::{
+    AlertState, DeviceStatus, SourceStatus, StorageError, TokenHealth, UtcTime, alerts, deliveries, now,
+    outbox, staff,
+};
+use crate::tokens::manage::ConnectionView;
 
 #[derive(RustEmbed)]
 #[folder = "../frontend/templates/"]
@@ -28,6 +40,8 @@ struct Templates;
 /// Every template, parsed once (a broken template fails the unit test below, not a page view).
 static PAGES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
+    // A value the view model does not have is an error, not an empty cell.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
     for name in Templates::iter() {
         let Some(file) = Templates::get(&name) else {
             continue;
@@ -51,25 +65,31 @@ const NAV: [(&str, &str); 8] = [
     ("/settings", "Settings"),
 ];
 
-/// Renders `template` inside the layout with the page's `data`.
+#[derive(Serialize)]
+struct NavItem {
+    href: &'static str,
+    label: &'static str,
+}
+
+/// Renders `template` inside the layout with the page's view model.
 fn render(
     template: &str,
     title: &str,
     active: &str,
     staff: &Staff,
-    data: Value,
+    page: &impl Serialize,
 ) -> Result<HttpResponse, ApiError> {
-    let nav: Vec<Value> = NAV
+    let nav: Vec<NavItem> = NAV
         .iter()
         .filter(|(href, _)| *href != "/settings" || staff.is_admin())
-        .map(|(href, label)| json!({"href": href, "label": label}))
+        .map(|&(href, label)| NavItem { href, label })
         .collect();
     let base = context! {
         title => title,
         active => active,
         nav => Serde(nav),
         user => staff.user.email.clone(),
-        role => staff.user.role.clone(),
+        role => staff.user.role.as_str(),
         admin => staff.is_admin(),
         csrf => staff.csrf(),
         live => 10,
@@ -77,7 +97,7 @@ fn render(
     };
     let html = PAGES
         .get_template(template)
-        .and_then(|t| t.render(context! { ..base, ..minijinja::Value::from(Serde(data)) }))
+        .and_then(|t| t.render(context! { ..base, ..minijinja::Value::from(Serde(page)) }))
         .map_err(|e| {
             tracing::error!(template, error = %format!("{e:#}"), "cannot render a page");
             ApiError::new(
@@ -103,12 +123,62 @@ pub fn login_page(next: &str, email: &str, error: Option<&str>) -> String {
         })
 }
 
-fn count_by<'a>(items: impl Iterator<Item = &'a str>) -> HashMap<String, i64> {
-    let mut counts = HashMap::new();
+/// How many of `items` there are of each kind.
+fn count_by<K: Ord>(items: impl Iterator<Item = K>) -> BTreeMap<K, i64> {
+    let mut counts = BTreeMap::new();
     for item in items {
-        *counts.entry(item.to_owned()).or_insert(0) += 1;
+        *counts.entry(item).or_insert(0) += 1;
     }
     counts
+}
+
+#[derive(Serialize)]
+struct OverviewPage {
+    tiles: Vec<Tile>,
+    problems: Vec<Problem>,
+}
+
+/// One area's health on the overview.
+#[derive(Serialize)]
+struct Tile {
+    id: &'static str,
+    label: &'static str,
+    href: &'static str,
+    /// `bad`, `warn` or `good`.
+    tone: &'static str,
+    counts: Vec<TileCount>,
+}
+
+#[derive(Serialize)]
+struct TileCount {
+    n: i64,
+    label: &'static str,
+    /// The count's tone when it is not zero (a zero is never highlighted).
+    tone: &'static str,
+}
+
+#[derive(Serialize)]
+struct Problem {
+    href: String,
+    text: String,
+}
+
+fn tone(bad: i64, warn: i64) -> &'static str {
+    if bad > 0 {
+        "bad"
+    } else if warn > 0 {
+        "warn"
+    } else {
+        "good"
+    }
+}
+
+fn tile_count(n: i64, label: &'static str, tone: &'static str) -> TileCount {
+    TileCount {
+        n,
+        label,
+        tone: if n > 0 { tone } else { "" },
+    }
 }
 
 /// `GET /`: tiles per area, problems first.
@@ -116,12 +186,9 @@ pub async fn overview(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
-    let tokens = api::connections::status_data(&state).await?;
-    let summary = &tokens["summary"];
-    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    let TokensStatus { summary, connections } = api::connections::status_data(&state).await?;
     let sources = api::webhook_sources::sources_data(&state).await?;
-    let source_items = sources["items"].as_array().cloned().unwrap_or_default();
-    let source_counts = count_by(source_items.iter().filter_map(|s| s["status"].as_str()));
+    let source_counts = count_by(sources.iter().map(|s| s.status.as_str()));
     let device_counts = count_by(
         devices::health(&state.db)
             .await?
@@ -129,66 +196,105 @@ pub async fn overview(
             .map(|d| d.status.as_str()),
     );
     let polls = api::polling::list_data(&state).await?;
-    let poll_items = polls["items"].as_array().cloned().unwrap_or_default();
-    let failing_polls = poll_items
-        .iter()
-        .filter(|p| p["consecutive_failures"].as_i64().unwrap_or(0) > 0)
-        .count() as i64;
+    let failing_polls = polls.iter().filter(|p| p.consecutive_failures > 0).count() as i64;
     let open = alerts::open_alerts(&state.db).await?;
     let alert_counts = count_by(open.iter().map(|a| a.state.as_str()));
-    let get = |m: &HashMap<String, i64>, k: &str| m.get(k).copied().unwrap_or(0);
+    let sources_in = |status: SourceStatus| source_counts.get(status.as_str()).copied().unwrap_or(0);
+    let devices_in = |status: DeviceStatus| device_counts.get(status.as_str()).copied().unwrap_or(0);
+    let alerts_in = |state: AlertState| alert_counts.get(state.as_str()).copied().unwrap_or(0);
+    let n = |count: usize| count as i64;
 
     let mut problems = Vec::new();
     for a in open.iter().filter(|a| a.state == AlertState::Firing) {
-        problems.push(
-            json!({"href": format!("/alerts/{}", a.id), "text": format!("{}: {}", a.severity, a.summary)}),
-        );
+        problems.push(Problem {
+            href: format!("/alerts/{}", a.id),
+            text: format!("{}: {}", a.severity, a.summary),
+        });
     }
-    for s in source_items.iter().filter(|s| s["status"] == "STALE") {
-        problems.push(json!({"href": "/webhooks", "text": format!("webhook source {} is stale", s["name"].as_str().unwrap_or("?"))}));
+    for s in sources.iter().filter(|s| s.status == SourceStatus::Stale) {
+        problems.push(Problem {
+            href: "/webhooks".into(),
+            text: format!("webhook source {} is stale", s.name),
+        });
     }
-    let unusable = [TokenHealth::NeedsReauth, TokenHealth::Expired];
-    for c in tokens["connections"].as_array().into_iter().flatten() {
-        if unusable.iter().any(|h| c["status"] == h.as_str()) {
-            problems.push(json!({"href": "/tokens", "text": format!("connection {} is {}", c["name"].as_str().unwrap_or("?"), c["status"].as_str().unwrap_or("?"))}));
-        }
+    for c in connections
+        .iter()
+        .filter(|c| matches!(c.status, TokenHealth::NeedsReauth | TokenHealth::Expired))
+    {
+        problems.push(Problem {
+            href: "/tokens".into(),
+            text: format!("connection {} is {}", c.name, c.status),
+        });
     }
-    let tone = |bad: i64, warn: i64| {
-        if bad > 0 {
-            "bad"
-        } else if warn > 0 {
-            "warn"
-        } else {
-            "good"
-        }
-    };
-    let count = |n: i64, label: &str, tone: &str| json!({"n": n, "label": label, "tone": if n > 0 { tone } else { "" }});
-    let tiles = json!([
-        {"id": "tokens", "label": "Tokens", "href": "/tokens",
-         "tone": tone(n(&summary["needs_reauth"]) + n(&summary["expired"]), n(&summary["expiring_soon"])),
-         "counts": [count(n(&summary["needs_reauth"]), "need re-auth", "bad"), count(n(&summary["expired"]), "expired", "bad"),
-                    count(n(&summary["expiring_soon"]), "expiring", "warn"), count(n(&summary["valid"]), "valid", "good")]},
-        {"id": "webhooks", "label": "Webhook sources", "href": "/webhooks",
-         "tone": tone(get(&source_counts, "STALE"), 0),
-         "counts": [count(get(&source_counts, "STALE"), "stale", "bad"), count(get(&source_counts, "ACTIVE"), "active", "good")]},
-        {"id": "devices", "label": "Devices", "href": "/devices",
-         "tone": tone(0, get(&device_counts, "offline")),
-         "counts": [count(get(&device_counts, "offline"), "offline", "warn"), count(get(&device_counts, "online"), "online", "good"),
-                    count(get(&device_counts, "unknown"), "unknown", "")]},
-        {"id": "polls", "label": "Polls", "href": "/polling",
-         "tone": tone(0, failing_polls),
-         "counts": [count(failing_polls, "failing", "warn"), count(poll_items.len() as i64 - failing_polls, "ok", "good")]},
-        {"id": "alerts", "label": "Alerts", "href": "/alerts",
-         "tone": tone(get(&alert_counts, "firing"), get(&alert_counts, "acknowledged")),
-         "counts": [count(get(&alert_counts, "firing"), "firing", "bad"), count(get(&alert_counts, "acknowledged"), "acknowledged", "warn"),
-                    count(get(&alert_counts, "silenced"), "silenced", "")]},
-    ]);
+    let TokenSummary {
+        valid,
+        expiring_soon,
+        expired,
+        needs_reauth,
+        ..
+    } = summary;
+    let tiles = vec![
+        Tile {
+            id: "tokens",
+            label: "Tokens",
+            href: "/tokens",
+            tone: tone(n(needs_reauth + expired), n(expiring_soon)),
+            counts: vec![
+                tile_count(n(needs_reauth), "need re-auth", "bad"),
+                tile_count(n(expired), "expired", "bad"),
+                tile_count(n(expiring_soon), "expiring", "warn"),
+                tile_count(n(valid), "valid", "good"),
+            ],
+        },
+        Tile {
+            id: "webhooks",
+            label: "Webhook sources",
+            href: "/webhooks",
+            tone: tone(sources_in(SourceStatus::Stale), 0),
+            counts: vec![
+                tile_count(sources_in(SourceStatus::Stale), "stale", "bad"),
+                tile_count(sources_in(SourceStatus::Active), "active", "good"),
+            ],
+        },
+        Tile {
+            id: "devices",
+            label: "Devices",
+            href: "/devices",
+            tone: tone(0, devices_in(DeviceStatus::Offline)),
+            counts: vec![
+                tile_count(devices_in(DeviceStatus::Offline), "offline", "warn"),
+                tile_count(devices_in(DeviceStatus::Online), "online", "good"),
+                tile_count(devices_in(DeviceStatus::Unknown), "unknown", ""),
+            ],
+        },
+        Tile {
+            id: "polls",
+            label: "Polls",
+            href: "/polling",
+            tone: tone(0, failing_polls),
+            counts: vec![
+                tile_count(failing_polls, "failing", "warn"),
+                tile_count(polls.len() as i64 - failing_polls, "ok", "good"),
+            ],
+        },
+        Tile {
+            id: "alerts",
+            label: "Alerts",
+            href: "/alerts",
+            tone: tone(alerts_in(AlertState::Firing), alerts_in(AlertState::Acknowledged)),
+            counts: vec![
+                tile_count(alerts_in(AlertState::Firing), "firing", "bad"),
+                tile_count(alerts_in(AlertState::Acknowledged), "acknowledged", "warn"),
+                tile_count(alerts_in(AlertState::Silenced), "silenced", ""),
+            ],
+        },
+    ];
     render(
         "overview.html",
         "Overview",
         "/",
         &staff,
-        json!({"tiles": tiles, "problems": problems}),
+        &OverviewPage { tiles, problems },
     )
 }
 
@@ -206,6 +312,39 @@ const DEVICE_COLUMNS: [(&str, &str); 5] = [
     ("model", "Model"),
     ("last_seen", "Last seen"),
 ];
+
+#[derive(Serialize)]
+struct DevicesPage {
+    devices: Vec<DeviceRow>,
+    total: i64,
+    columns: Vec<Column>,
+    search: String,
+    /// The status filter (`""` for any) and the statuses it may take.
+    status: &'static str,
+    statuses: &'static [DeviceStatus],
+    sort: String,
+}
+
+/// A sortable column heading.
+#[derive(Serialize)]
+struct Column {
+    label: &'static str,
+    href: String,
+    /// `ascending` or `descending` when the table is sorted by it.
+    active: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct DeviceRow {
+    id: i64,
+    sn: String,
+    dev_eui: Option<String>,
+    name: Option<String>,
+    model: Option<String>,
+    status: DeviceStatus,
+    last_seen_at: Option<UtcTime>,
+    payload_summary: String,
+}
 
 /// A short, one-line view of a payload for the table.
 fn summary(payload: Option<&str>) -> String {
@@ -226,11 +365,11 @@ pub async fn devices(
 ) -> Result<HttpResponse, ApiError> {
     let status = query
         .status
-        .clone()
-        .filter(|s| ["online", "offline", "unknown"].contains(&s.as_str()));
+        .as_deref()
+        .and_then(|s| s.parse::<DeviceStatus>().ok());
     let search = query.search.clone().unwrap_or_default();
     let filter = DeviceFilter {
-        status: status.clone(),
+        status,
         source_id: None,
         search: Some(search.trim().chars().take(100).collect::<String>()).filter(|s| !s.is_empty()),
     };
@@ -244,10 +383,10 @@ pub async fn devices(
         // Problems first: offline, then unknown, then online.
         "status" => items.sort_by_key(|d| {
             (
-                match d.status.as_str() {
-                    "offline" => 0,
-                    "unknown" => 1,
-                    _ => 2,
+                match d.status {
+                    DeviceStatus::Offline => 0,
+                    DeviceStatus::Unknown => 1,
+                    DeviceStatus::Online => 2,
                 },
                 d.sn.clone(),
             )
@@ -260,35 +399,70 @@ pub async fn devices(
     if descending {
         items.reverse();
     }
+    let status = status.map_or("", DeviceStatus::as_str);
     let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let columns: Vec<Value> = DEVICE_COLUMNS
+    let columns = DEVICE_COLUMNS
         .iter()
-        .map(|(name, label)| {
-            let next = if key == *name && !descending { format!("-{name}") } else { (*name).to_owned() };
-            json!({
-                "label": label,
-                "href": format!("/devices?search={}&status={}&sort={}", encode(&search), status.as_deref().unwrap_or(""), next),
-                "active": (key == *name).then_some(if descending { "descending" } else { "ascending" }),
-            })
+        .map(|&(name, label)| {
+            let next = if key == name && !descending {
+                format!("-{name}")
+            } else {
+                name.to_owned()
+            };
+            Column {
+                label,
+                href: format!("/devices?search={}&status={status}&sort={next}", encode(&search)),
+                active: (key == name).then_some(if descending { "descending" } else { "ascending" }),
+            }
         })
         .collect();
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|d| {
-            json!({
-                "id": d.id, "sn": d.sn, "dev_eui": d.dev_eui, "name": d.name, "model": d.model,
-                "status": d.status, "last_seen_at": d.last_seen_at,
-                "payload_summary": summary(d.last_payload.as_deref()),
-            })
+    let devices = items
+        .into_iter()
+        .map(|d| DeviceRow {
+            payload_summary: summary(d.last_payload.as_deref()),
+            id: d.id,
+            sn: d.sn,
+            dev_eui: d.dev_eui,
+            name: d.name,
+            model: d.model,
+            status: d.status,
+            last_seen_at: d.last_seen_at,
         })
         .collect();
-    render(
-        "devices.html",
-        "Devices",
-        "/devices",
-        &staff,
-        json!({"devices": rows, "total": total, "columns": columns, "search": search, "status": status.unwrap_or_default(), "sort": sort}),
-    )
+    let page = DevicesPage {
+        devices,
+        total,
+        columns,
+        search,
+        status,
+        statuses: DeviceStatus::ALL,
+        sort,
+    };
+    render("devices.html", "Devices", "/devices", &staff, &page)
+}
+
+#[derive(Serialize)]
+struct DevicePage {
+    device: Device,
+    events: Vec<DeviceEventRow>,
+    timeline: Vec<TimelineBar>,
+}
+
+#[derive(Serialize)]
+struct DeviceEventRow {
+    event_time: UtcTime,
+    event_type: String,
+    event_id: String,
+    payload: String,
+}
+
+/// One hour of the 24-hour uplink chart (SVG coordinates).
+#[derive(Serialize)]
+struct TimelineBar {
+    x: usize,
+    h: i64,
+    n: i64,
+    label: String,
 }
 
 /// `GET /devices/{id}`: recent events and a 24-hour uplink timeline.
@@ -312,24 +486,40 @@ pub async fn device(
         }
     }
     let peak = hours.iter().copied().max().unwrap_or(0).max(1);
-    let timeline: Vec<Value> = hours
+    let timeline = hours
         .iter()
         .enumerate()
-        .map(|(i, n)| json!({"x": i * 20, "h": n * 45 / peak, "n": n, "label": format!("{} h ago", 23 - i)}))
+        .map(|(i, &n)| TimelineBar {
+            x: i * 20,
+            h: n * 45 / peak,
+            n,
+            label: format!("{} h ago", 23 - i),
+        })
         .collect();
-    let events: Vec<Value> = events
-        .iter()
+    let events = events
+        .into_iter()
         .take(50)
-        .map(|e| json!({"event_time": e.event_time.unwrap_or(e.received_at), "event_type": e.event_type, "event_id": e.event_id, "payload": summary(Some(&e.payload))}))
+        .map(|e| DeviceEventRow {
+            event_time: e.event_time.unwrap_or(e.received_at),
+            payload: summary(Some(&e.payload)),
+            event_type: e.event_type,
+            event_id: e.event_id,
+        })
         .collect();
     let title = device.name.clone().unwrap_or_else(|| device.sn.clone());
-    render(
-        "device.html",
-        &title,
-        "/devices",
-        &staff,
-        json!({"device": device, "events": events, "timeline": timeline}),
-    )
+    let page = DevicePage {
+        device,
+        events,
+        timeline,
+    };
+    render("device.html", &title, "/devices", &staff, &page)
+}
+
+#[derive(Serialize)]
+struct WebhooksPage {
+    sources: Vec<SourceView>,
+    events: Vec<WebhookEvent>,
+    rejections: Vec<WebhookRejection>,
 }
 
 /// `GET /webhooks`
@@ -337,22 +527,44 @@ pub async fn webhooks_page(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
-    let sources = api::webhook_sources::sources_data(&state).await?;
-    let events = deliveries::list_events(&state.db, None, None, 25).await?;
-    let rejections = deliveries::recent_rejections(&state.db, 25).await?;
-    render(
-        "webhooks.html",
-        "Webhooks",
-        "/webhooks",
-        &staff,
-        json!({"sources": sources["items"], "events": events, "rejections": rejections}),
-    )
+    let page = WebhooksPage {
+        sources: api::webhook_sources::sources_data(&state).await?,
+        events: deliveries::list_events(&state.db, None, None, 25).await?,
+        rejections: deliveries::recent_rejections(&state.db, 25).await?,
+    };
+    render("webhooks.html", "Webhooks", "/webhooks", &staff, &page)
 }
 
 #[derive(Deserialize)]
 pub struct TokensQuery {
     provider: Option<String>,
     success: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TokensPage {
+    milesight: TokenStatus,
+    summary: TokenSummary,
+    connections: Vec<ConnectionView>,
+    windows: Vec<RateWindow>,
+    log: Vec<RefreshLogEntry>,
+    /// The log's filters as given (`success` is `""`, `"true"` or `"false"`).
+    provider: String,
+    success: String,
+}
+
+/// Refresh success per provider over one window.
+#[derive(Serialize)]
+struct RateWindow {
+    label: &'static str,
+    rows: Vec<ProviderRate>,
+}
+
+#[derive(Serialize)]
+struct ProviderRate {
+    provider: String,
+    /// Successes over attempts, 0 to 1.
+    rate: f64,
 }
 
 /// `GET /tokens`
@@ -366,23 +578,24 @@ pub async fn tokens(
         .status(now())
         .await
         .map_err(|e| ApiError::unavailable("token_status", e.to_string()))?;
-    let status = api::connections::status_data(&state).await?;
+    let TokensStatus { summary, connections } = api::connections::status_data(&state).await?;
     let mut windows = Vec::new();
     for (hours, label) in [(24, "last 24 hours"), (24 * 7, "last 7 days")] {
         let stats = api::connections::stats_data(&state, hours).await?;
-        let mut by_provider: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
-        for item in stats["items"].as_array().into_iter().flatten() {
-            let entry = by_provider
-                .entry(item["provider"].as_str().unwrap_or("?").to_owned())
-                .or_default();
-            entry.0 += item["attempts"].as_i64().unwrap_or(0);
-            entry.1 += item["successes"].as_i64().unwrap_or(0);
+        let mut by_provider: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for item in stats.items {
+            let entry = by_provider.entry(item.provider).or_default();
+            entry.0 += item.attempts;
+            entry.1 += item.successes;
         }
-        let rows: Vec<Value> = by_provider
+        let rows = by_provider
             .into_iter()
-            .map(|(provider, (attempts, ok))| json!({"provider": provider, "rate": ok as f64 / attempts.max(1) as f64}))
+            .map(|(provider, (attempts, ok))| ProviderRate {
+                provider,
+                rate: ok as f64 / attempts.max(1) as f64,
+            })
             .collect();
-        windows.push(json!({"label": label, "rows": rows}));
+        windows.push(RateWindow { label, rows });
     }
     let provider = query.provider.clone().filter(|p| !p.trim().is_empty());
     let success = match query.success.as_deref() {
@@ -396,18 +609,21 @@ pub async fn tokens(
         connection_id: None,
         since: None,
     };
-    let log = refresh_log::query(&state.db, &filter, 50).await?;
-    render(
-        "tokens.html",
-        "Tokens",
-        "/tokens",
-        &staff,
-        json!({
-            "milesight": milesight, "summary": status["summary"], "connections": status["connections"],
-            "windows": windows, "log": log, "provider": provider.unwrap_or_default(),
-            "success": success.map(|s| s.to_string()).unwrap_or_default(),
-        }),
-    )
+    let page = TokensPage {
+        milesight,
+        summary,
+        connections,
+        windows,
+        log: refresh_log::query(&state.db, &filter, 50).await?,
+        provider: provider.unwrap_or_default(),
+        success: success.map(|s| s.to_string()).unwrap_or_default(),
+    };
+    render("tokens.html", "Tokens", "/tokens", &staff, &page)
+}
+
+#[derive(Serialize)]
+struct PollingPage {
+    items: Vec<PairView>,
 }
 
 /// `GET /polling`
@@ -415,13 +631,23 @@ pub async fn polling(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
-    let data = api::polling::list_data(&state).await?;
-    render("polling.html", "Polling", "/polling", &staff, data)
+    let page = PollingPage {
+        items: api::polling::list_data(&state).await?,
+    };
+    render("polling.html", "Polling", "/polling", &staff, &page)
 }
 
 #[derive(Deserialize)]
 pub struct AlertsQuery {
     state: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AlertsPage {
+    alerts: Vec<Alert>,
+    silences: Vec<Silence>,
+    /// The tab shown: a state, or `open`.
+    state: String,
 }
 
 /// `GET /alerts?state=`
@@ -433,15 +659,18 @@ pub async fn alerts_page(
     let wanted = query.state.clone().unwrap_or_else(|| "open".into());
     // Anything unknown shows the open alerts, the page's default.
     let states = AlertState::selection(&wanted).unwrap_or_else(|_| AlertState::OPEN.to_vec());
-    let items = alerts::list(&state.db, &states, 200).await?;
-    let silences = alerts::silences(&state.db, now()).await?;
-    render(
-        "alerts.html",
-        "Alerts",
-        "/alerts",
-        &staff,
-        json!({"alerts": items, "silences": silences, "state": wanted}),
-    )
+    let page = AlertsPage {
+        alerts: alerts::list(&state.db, &states, 200).await?,
+        silences: alerts::silences(&state.db, now()).await?,
+        state: wanted,
+    };
+    render("alerts.html", "Alerts", "/alerts", &staff, &page)
+}
+
+#[derive(Serialize)]
+struct AlertPage {
+    alert: Alert,
+    history: Vec<AlertEvent>,
 }
 
 /// `GET /alerts/{id}`: the alert and its history, including why an email was held back.
@@ -460,8 +689,13 @@ pub async fn alert(
         &title,
         "/alerts",
         &staff,
-        json!({"alert": alert, "history": history}),
+        &AlertPage { alert, history },
     )
+}
+
+#[derive(Serialize)]
+struct SchedulerPage {
+    jobs: Vec<JobView>,
 }
 
 /// `GET /scheduler`
@@ -475,8 +709,15 @@ pub async fn scheduler(
         "Scheduler",
         "/scheduler",
         &staff,
-        json!({"jobs": jobs}),
+        &SchedulerPage { jobs },
     )
+}
+
+#[derive(Serialize)]
+struct SettingsPage {
+    users: Vec<StaffUser>,
+    tokens: Vec<ApiToken>,
+    outbox_pending: i64,
 }
 
 /// `GET /settings` (admin)
@@ -491,16 +732,12 @@ pub async fn settings(
             "this page needs the admin role",
         ));
     }
-    let users = staff::list_users(&state.db).await?;
-    let tokens = staff::list_api_tokens(&state.db).await?;
-    let pending = outbox::pending_count(&state.db).await?;
-    render(
-        "settings.html",
-        "Settings",
-        "/settings",
-        &staff,
-        json!({"users": users, "tokens": tokens, "outbox_pending": pending}),
-    )
+    let page = SettingsPage {
+        users: staff::list_users(&state.db).await?,
+        tokens: staff::list_api_tokens(&state.db).await?,
+        outbox_pending: outbox::pending_count(&state.db).await?,
+    };
+    render("settings.html", "Settings", "/settings", &staff, &page)
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ impl<'a> LockDevices<'a> {
             mdp_device_id: touches.iter().map(|d| d.mdp_device_id).collect(),
             name: touches.iter().map(|d| d.name).collect(),
             model: touches.iter().map(|d| d.model).collect(),
-            status: touches.iter().map(|d| d.status).collect(),
+            status: touches.iter().map(|d| d.status.as_str()).collect(),
             created_at: touches.iter().map(|d| d.created_at).collect(),
             updated_at: touches.iter().map(|d| d.updated_at).collect(),
         }

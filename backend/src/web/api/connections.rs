@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::page_limit;
 use crate::app::AppState;
 use crate::storage::connections;
 use crate::storage::refresh_log::{self, LogFilter};
 use crate::storage::{RefreshOutcome, StorageError, TokenHealth, UtcTime, now};
-use crate::tokens::manage::{self, ConnectionChange, ConnectionSpec, ManageError, view};
+use crate::tokens::manage::{self, ConnectionChange, ConnectionSpec, ConnectionView, ManageError, view};
 use crate::web::ApiError;
 
 /// How a connection-management failure reads over HTTP.
@@ -39,7 +39,7 @@ pub async fn create(
 
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let at = now();
-    let items: Vec<Value> = connections::list_connections(&state.db)
+    let items: Vec<ConnectionView> = connections::list_connections(&state.db)
         .await?
         .iter()
         .map(|c| view(c, at))
@@ -70,25 +70,45 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(status_data(&state).await?))
 }
 
+/// How many connections are in each token health.
+#[derive(Debug, Serialize)]
+pub struct TokenSummary {
+    pub total: usize,
+    pub valid: usize,
+    pub expiring_soon: usize,
+    pub expired: usize,
+    pub missing: usize,
+    pub needs_reauth: usize,
+    pub disabled: usize,
+}
+
+/// `GET /api/tokens/status` and the tokens page: the summary and every connection.
+#[derive(Debug, Serialize)]
+pub struct TokensStatus {
+    pub summary: TokenSummary,
+    /// Shortest runway first (no expiry first of all).
+    pub connections: Vec<ConnectionView>,
+}
+
 /// Summary counts plus every connection, shortest runway first (the API and the tokens page).
-pub async fn status_data(state: &AppState) -> Result<Value, ApiError> {
+pub async fn status_data(state: &AppState) -> Result<TokensStatus, ApiError> {
     let at = now();
     let all = connections::list_connections(&state.db).await?;
-    let mut rows: Vec<Value> = all.iter().map(|c| view(c, at)).collect();
-    rows.sort_by_key(|r| r["runway_secs"].as_i64().unwrap_or(i64::MIN));
-    let count = |health: TokenHealth| rows.iter().filter(|r| r["status"] == health.as_str()).count();
-    Ok(json!({
-        "summary": {
-            "total": rows.len(),
-            "valid": count(TokenHealth::Active),
-            "expiring_soon": count(TokenHealth::Expiring),
-            "expired": count(TokenHealth::Expired),
-            "missing": count(TokenHealth::Missing),
-            "needs_reauth": count(TokenHealth::NeedsReauth),
-            "disabled": count(TokenHealth::Disabled),
+    let mut rows: Vec<ConnectionView> = all.iter().map(|c| view(c, at)).collect();
+    rows.sort_by_key(|r| r.runway_secs.unwrap_or(i64::MIN));
+    let count = |health: TokenHealth| rows.iter().filter(|r| r.status == health).count();
+    Ok(TokensStatus {
+        summary: TokenSummary {
+            total: rows.len(),
+            valid: count(TokenHealth::Active),
+            expiring_soon: count(TokenHealth::Expiring),
+            expired: count(TokenHealth::Expired),
+            missing: count(TokenHealth::Missing),
+            needs_reauth: count(TokenHealth::NeedsReauth),
+            disabled: count(TokenHealth::Disabled),
         },
-        "connections": rows,
-    }))
+        connections: rows,
+    })
 }
 
 pub async fn refresh(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
@@ -144,8 +164,25 @@ pub async fn stats(
     Ok(HttpResponse::Ok().json(stats_data(&state, query.window_hours.unwrap_or(24)).await?))
 }
 
+/// Refresh attempts of one provider and trigger in the window.
+#[derive(Debug, Serialize)]
+pub struct RefreshStat {
+    pub provider: String,
+    pub trigger: String,
+    pub attempts: i64,
+    pub successes: i64,
+    pub success_rate: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RefreshStats {
+    pub window_hours: i64,
+    pub since: UtcTime,
+    pub items: Vec<RefreshStat>,
+}
+
 /// Success rate per provider and trigger over the last `hours`.
-pub async fn stats_data(state: &AppState, hours: i64) -> Result<Value, ApiError> {
+pub async fn stats_data(state: &AppState, hours: i64) -> Result<RefreshStats, ApiError> {
     if !(1..=720).contains(&hours) {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -161,19 +198,21 @@ pub async fn stats_data(state: &AppState, hours: i64) -> Result<Value, ApiError>
             entry.1 += n;
         }
     }
-    let items: Vec<Value> = by_key
+    let items = by_key
         .into_iter()
-        .map(|((provider, trigger), (attempts, successes))| {
-            json!({
-                "provider": provider,
-                "trigger": trigger,
-                "attempts": attempts,
-                "successes": successes,
-                "success_rate": successes as f64 / attempts.max(1) as f64,
-            })
+        .map(|((provider, trigger), (attempts, successes))| RefreshStat {
+            provider,
+            trigger,
+            attempts,
+            successes,
+            success_rate: successes as f64 / attempts.max(1) as f64,
         })
         .collect();
-    Ok(json!({ "window_hours": hours, "since": since, "items": items }))
+    Ok(RefreshStats {
+        window_hours: hours,
+        since,
+        items,
+    })
 }
 
 /// `PATCH /api/connections/{id}`: change settings, rotate credentials or paste new tokens

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::{json_text, page_limit, page_offset};
 use crate::app::AppState;
 use crate::storage::devices::{self, Device, DeviceFilter};
-use crate::storage::{StorageError, UtcTime, deliveries};
+use crate::storage::{DeviceStatus, StorageError, UtcTime, deliveries};
 use crate::web::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -20,8 +20,6 @@ pub struct ListQuery {
     offset: Option<i64>,
 }
 
-const STATUSES: [&str; 3] = ["online", "offline", "unknown"];
-
 /// A device as the API shows it: the last payload as JSON rather than text.
 #[derive(Debug, Serialize)]
 pub struct DeviceView {
@@ -31,7 +29,7 @@ pub struct DeviceView {
     mdp_device_id: Option<String>,
     name: Option<String>,
     model: Option<String>,
-    status: String,
+    status: DeviceStatus,
     source_id: Option<i64>,
     last_seen_at: Option<UtcTime>,
     last_event_type: Option<String>,
@@ -71,14 +69,16 @@ pub async fn list(
     let query = query.into_inner();
     let limit = page_limit(query.limit)?;
     let offset = page_offset(query.offset)?;
-    if let Some(status) = &query.status
-        && !STATUSES.contains(&status.as_str())
-    {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("status must be one of {STATUSES:?}"),
-        ));
-    }
+    let status = match query.status.as_deref().map(str::parse::<DeviceStatus>) {
+        Some(Err(_)) => {
+            let known: Vec<&str> = DeviceStatus::ALL.iter().map(|s| s.as_str()).collect();
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("status must be one of {known:?}"),
+            ));
+        }
+        other => other.transpose().ok().flatten(),
+    };
     let source_id = match &query.source {
         Some(name) => match deliveries::source_by_name(&state.db, name).await {
             Ok(source) => Some(source.id),
@@ -92,7 +92,7 @@ pub async fn list(
         None => None,
     };
     let filter = DeviceFilter {
-        status: query.status,
+        status,
         source_id,
         search: query
             .search

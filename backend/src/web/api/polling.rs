@@ -3,23 +3,45 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{json_text, page_limit};
 use crate::app::AppState;
 use crate::polling::{catalogue, next_due, schedule_for};
 use crate::storage::polling as store;
-use crate::storage::{StorageError, connections, now};
+use crate::storage::{ConnectionStatus, PollOutcome, PollStatus, StorageError, UtcTime, connections, now};
 use crate::web::ApiError;
 
 /// `GET /api/polling`: every (connection, endpoint) pair with its last result and next run.
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(list_data(&state).await?))
+    Ok(HttpResponse::Ok().json(json!({ "items": list_data(&state).await? })))
+}
+
+/// A (connection, endpoint) pair as the API and the polling page show it.
+#[derive(Debug, Serialize)]
+pub struct PairView {
+    pub connection_id: i64,
+    pub account_id: i64,
+    pub connection: String,
+    pub connection_status: ConnectionStatus,
+    pub platform: &'static str,
+    pub endpoint: &'static str,
+    pub enabled: bool,
+    pub schedule: String,
+    pub next_due_at: Option<UtcTime>,
+    pub last_run_at: Option<UtcTime>,
+    pub last_success_at: Option<UtcTime>,
+    pub last_status: Option<PollStatus>,
+    pub last_items: Option<i64>,
+    pub last_pages: Option<i32>,
+    pub last_http_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: i32,
 }
 
 /// The pairs as the API and the polling page show them.
-pub async fn list_data(state: &AppState) -> Result<serde_json::Value, ApiError> {
+pub async fn list_data(state: &AppState) -> Result<Vec<PairView>, ApiError> {
     let by_id: std::collections::HashMap<i64, connections::Connection> =
         connections::list_connections(&state.db)
             .await?
@@ -43,27 +65,27 @@ pub async fn list_data(state: &AppState) -> Result<serde_json::Value, ApiError> 
             None if pair.enabled => next_due(&schedule, state.config.scheduler.timezone, at),
             _ => None,
         };
-        items.push(json!({
-            "connection_id": connection.id,
-            "account_id": connection.account_id,
-            "connection": connection.name,
-            "connection_status": connection.status,
-            "platform": endpoint.platform,
-            "endpoint": endpoint.name,
-            "enabled": pair.enabled,
-            "schedule": schedule,
-            "next_due_at": next,
-            "last_run_at": pair.last_run_at,
-            "last_success_at": pair.last_success_at,
-            "last_status": pair.last_status,
-            "last_items": pair.last_items,
-            "last_pages": pair.last_pages,
-            "last_http_status": pair.last_http_status,
-            "last_error": pair.last_error,
-            "consecutive_failures": pair.consecutive_failures,
-        }));
+        items.push(PairView {
+            connection_id: connection.id,
+            account_id: connection.account_id,
+            connection: connection.name.clone(),
+            connection_status: connection.status,
+            platform: endpoint.platform,
+            endpoint: endpoint.name,
+            enabled: pair.enabled,
+            schedule,
+            next_due_at: next,
+            last_run_at: pair.last_run_at,
+            last_success_at: pair.last_success_at,
+            last_status: pair.last_status,
+            last_items: pair.last_items,
+            last_pages: pair.last_pages,
+            last_http_status: pair.last_http_status,
+            last_error: pair.last_error,
+            consecutive_failures: pair.consecutive_failures,
+        });
     }
-    Ok(json!({ "items": items }))
+    Ok(items)
 }
 
 fn unknown_pair(connection: i64, endpoint: &str) -> ApiError {
@@ -88,9 +110,9 @@ pub async fn run(
         })?
         .ok_or_else(|| unknown_pair(connection, &endpoint))?;
     let code = match result.outcome {
-        "ok" => StatusCode::OK,
-        "skipped" => StatusCode::CONFLICT,
-        _ => StatusCode::BAD_GATEWAY,
+        PollOutcome::Ok | PollOutcome::WouldPoll => StatusCode::OK,
+        PollOutcome::Skipped => StatusCode::CONFLICT,
+        PollOutcome::Failed => StatusCode::BAD_GATEWAY,
     };
     Ok(HttpResponse::build(code).json(json!({ "result": result })))
 }

@@ -4,21 +4,39 @@ use std::collections::HashMap;
 
 use actix_web::{HttpResponse, web};
 use chrono::Duration;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{LimitOnly, json_text, page_limit};
 use crate::app::AppState;
 use crate::milesight::source_status;
-use crate::storage::{StorageError, deliveries, now};
+use crate::storage::{SourceStatus, StorageError, UtcTime, deliveries, now};
 use crate::web::ApiError;
 
 pub async fn sources(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(sources_data(&state).await?))
+    Ok(HttpResponse::Ok().json(json!({ "items": sources_data(&state).await? })))
+}
+
+/// A webhook source as the API and the webhooks page show it.
+#[derive(Debug, Serialize)]
+pub struct SourceView {
+    pub id: i64,
+    pub name: String,
+    pub webhook_uuid: Option<String>,
+    pub secret_configured: bool,
+    pub status: SourceStatus,
+    pub last_event_at: Option<UtcTime>,
+    pub events_last_hour: i64,
+    pub events_last_day: i64,
+    pub period_secs: i64,
+    pub grace_secs: i64,
+    pub verified_at: Option<UtcTime>,
+    pub last_system_notice: Option<serde_json::Value>,
+    pub last_system_notice_at: Option<UtcTime>,
 }
 
 /// Every source with its status and event counts (the API and the webhooks page).
-pub async fn sources_data(state: &AppState) -> Result<serde_json::Value, ApiError> {
+pub async fn sources_data(state: &AppState) -> Result<Vec<SourceView>, ApiError> {
     let at = now();
     let sources = deliveries::list_sources(&state.db).await?;
     let last_hour: HashMap<i64, i64> =
@@ -32,29 +50,28 @@ pub async fn sources_data(state: &AppState) -> Result<serde_json::Value, ApiErro
             .into_iter()
             .collect();
     let config = &state.config.milesight;
-    let items: Vec<_> = sources
+    Ok(sources
         .into_iter()
         .map(|s| {
             let period = std::time::Duration::from_secs(s.period_secs.max(0) as u64);
             let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
-            json!({
-                "id": s.id,
-                "name": s.name,
-                "webhook_uuid": s.webhook_uuid,
-                "secret_configured": s.secret.is_some() || config.webhooks.iter().any(|w| w.uuid.is_none()),
-                "status": source_status(s.last_event_at, period, grace, at),
-                "last_event_at": s.last_event_at,
-                "events_last_hour": last_hour.get(&s.id).copied().unwrap_or(0),
-                "events_last_day": last_day.get(&s.id).copied().unwrap_or(0),
-                "period_secs": s.period_secs,
-                "grace_secs": s.grace_secs,
-                "verified_at": s.verified_at,
-                "last_system_notice": s.last_system_notice.as_deref().map(json_text),
-                "last_system_notice_at": s.last_system_notice_at,
-            })
+            SourceView {
+                secret_configured: s.secret.is_some() || config.webhooks.iter().any(|w| w.uuid.is_none()),
+                status: source_status(s.last_event_at, period, grace, at),
+                events_last_hour: last_hour.get(&s.id).copied().unwrap_or(0),
+                events_last_day: last_day.get(&s.id).copied().unwrap_or(0),
+                last_system_notice: s.last_system_notice.as_deref().map(json_text),
+                id: s.id,
+                name: s.name,
+                webhook_uuid: s.webhook_uuid,
+                last_event_at: s.last_event_at,
+                period_secs: s.period_secs,
+                grace_secs: s.grace_secs,
+                verified_at: s.verified_at,
+                last_system_notice_at: s.last_system_notice_at,
+            }
         })
-        .collect();
-    Ok(json!({ "items": items }))
+        .collect())
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,194 @@
+//! Every page renders with a row in every one of its tables. The templates refuse undefined
+//! values, so a field a template reads that its view model lacks (a rename, a typo) fails here
+//! with a 500 instead of blanking a cell for staff.
+
+use std::time::Duration;
+
+use serde_json::json;
+use telltale::storage::alerts::{self, Firing};
+use telltale::storage::now;
+use telltale_e2e::{
+    Backend, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb, TestServer, api_client, both_backends, browser,
+    mdp_reading, milesight_headers, nonce, post_with_headers, sign_in,
+};
+
+both_backends!(every_page_renders_a_row_of_everything);
+
+const SECRET: &str = "CANARY-pages-secret";
+/// Nothing listens here: refreshes and polls fail fast, which fills the error columns.
+const NOWHERE: &str = "http://127.0.0.1:9";
+
+async fn every_page_renders_a_row_of_everything(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(
+        db.url(),
+        &[
+            ("MILESIGHT_WEBHOOK_SECRET", SECRET),
+            // Configured, so the tokens page shows the Milesight section's facts.
+            ("MILESIGHT_BASE_URL", NOWHERE),
+            ("MILESIGHT_CLIENT_ID", "pages-client"),
+            ("MILESIGHT_CLIENT_SECRET", "CANARY-pages-client-secret"),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let api = api_client();
+
+    // A device with an event, and a refused request.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let reading = mdp_reading(
+        "ev-pages-1",
+        "6136PAGES01",
+        "PROPERTY",
+        now_ms,
+        json!({"temperature": 4.5}),
+    );
+    let headers = milesight_headers(SECRET, None, chrono::Utc::now().timestamp(), &nonce());
+    let (status, body) = post_with_headers(
+        &server.url("/webhooks/milesight/site-a"),
+        &headers,
+        json!([reading]).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let forged = milesight_headers("not-the-secret", None, chrono::Utc::now().timestamp(), &nonce());
+    let (status, _) = post_with_headers(&server.url("/webhooks/milesight/site-a"), &forged, "[]").await;
+    assert_eq!(status, 401);
+
+    // A connection whose refresh and poll fail, so the log, the pair and their errors exist.
+    let created: serde_json::Value = api
+        .post(server.url("/api/connections"))
+        .json(&json!({
+            "account": "acme", "provider": "oauth2_refresh", "name": "spotify-pages",
+            "base_url": format!("{NOWHERE}/token"),
+            "settings": {"preset": "spotify", "api_base_url": NOWHERE, "max_attempts": 1},
+            "access_token": "CANARY-pages-access", "refresh_token": "CANARY-pages-refresh",
+            "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap_or_else(|| panic!("{created}"));
+    let refreshed = api
+        .post(server.url(&format!("/api/tokens/{id}/refresh")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 502, "nothing answers at {NOWHERE}");
+    let polled = api
+        .post(server.url(&format!("/api/polling/{id}/recently_played/run")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(polled.status(), 502);
+
+    // A firing alert, an acknowledged one (with history), and a silence.
+    let store = db.open().await;
+    let fire = |key: &str, summary: &str| Firing {
+        key: key.into(),
+        rule: "device_offline".into(),
+        subject: format!("device:{key}"),
+        severity: "warning".into(),
+        summary: summary.into(),
+        details: "last seen 2 hours ago".into(),
+    };
+    alerts::fire(
+        &store,
+        &fire("pages-a", "Cold room is offline"),
+        now(),
+        None,
+        |_| None,
+    )
+    .await
+    .unwrap();
+    let (acked, _) = alerts::fire(
+        &store,
+        &fire("pages-b", "Freezer is offline"),
+        now(),
+        None,
+        |_| None,
+    )
+    .await
+    .unwrap();
+    alerts::acknowledge(&store, acked.id, "ops@example.com", now())
+        .await
+        .unwrap()
+        .unwrap();
+    let silence = api
+        .post(server.url("/api/silences"))
+        .json(
+            &json!({"matcher": "source:site-b", "reason": "site-b maintenance",
+                      "ends_at": (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(silence.status(), 201);
+
+    let devices: serde_json::Value = api
+        .get(server.url("/api/devices"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_id = devices["items"][0]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{devices}"));
+
+    let (cookie, _) = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
+    let pages = [
+        ("/".to_owned(), vec!["Cold room is offline", "tile-devices"]),
+        (
+            "/devices".to_owned(),
+            vec!["6136PAGES01", "24D124707E04AAAA", "temperature"],
+        ),
+        (
+            format!("/devices/{device_id}"),
+            vec!["6136PAGES01", "ev-pages-1", "uplink(s)"],
+        ),
+        (
+            "/webhooks".to_owned(),
+            vec!["site-a", "ev-pages-1", "bad_signature"],
+        ),
+        (
+            "/tokens".to_owned(),
+            vec!["pages-client", "spotify-pages", "manual"],
+        ),
+        (
+            "/polling".to_owned(),
+            vec!["spotify-pages", "recently_played", "failed"],
+        ),
+        (
+            "/alerts".to_owned(),
+            vec!["Cold room is offline", "Freezer is offline", "site-b maintenance"],
+        ),
+        (
+            format!("/alerts/{}", acked.id),
+            vec!["Freezer is offline", "acknowledged", "ops@example.com"],
+        ),
+        (
+            "/scheduler".to_owned(),
+            vec!["token-refresh-sweep", "milesight-device-check"],
+        ),
+        ("/settings".to_owned(), vec![TEST_ADMIN_EMAIL, "configured"]),
+    ];
+    for (path, expected) in pages {
+        let response = browser()
+            .get(server.url(&path))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let html = response.text().await.unwrap();
+        assert_eq!(status, 200, "{path}: {html}\n{}", server.log_text());
+        for text in expected {
+            assert!(html.contains(text), "{path} does not show {text:?}:\n{html}");
+        }
+    }
+}
