@@ -25,11 +25,29 @@ macro_rules! route_table {
 
         $(#[$meta])*
         $vis fn $name(cfg: &mut actix_web::web::ServiceConfig) {
-            $( cfg.route($path, actix_web::web::$method().to($handler)); )*
+            $crate::web::register(cfg, vec![ $( ($path, actix_web::web::$method().to($handler)) ),* ]);
         }
     };
 }
 pub(crate) use route_table;
+
+/// Registers one resource per pattern, in order of first appearance, holding all of its
+/// methods: a known path asked with a method it does not serve answers 405, not 404.
+pub(crate) fn register(cfg: &mut web::ServiceConfig, routes: Vec<(&'static str, actix_web::Route)>) {
+    let mut resources: Vec<(&'static str, actix_web::Resource)> = Vec::new();
+    for (path, route) in routes {
+        match resources.iter_mut().find(|(known, _)| *known == path) {
+            Some((_, resource)) => {
+                let grown = std::mem::replace(resource, web::resource(path)).route(route);
+                *resource = grown;
+            }
+            None => resources.push((path, web::resource(path).route(route))),
+        }
+    }
+    for (_, resource) in resources {
+        cfg.service(resource);
+    }
+}
 
 route_table! {
     /// Routes shared by the server and by in-process tests. The webhook routes come first:
