@@ -203,7 +203,6 @@ fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

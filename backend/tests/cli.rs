@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should stop right there
-
 //! The command line as an operator meets it: bad configuration exits 2 naming the key,
 //! `check-config` masks secrets, `gen-key` prints a usable key.
 
@@ -14,7 +12,7 @@ fn telltale(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> Outpu
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run telltale")
+    cmd.output().unwrap_or_else(|e| panic!("run telltale: {e}"))
 }
 
 fn stderr(out: &Output) -> String {

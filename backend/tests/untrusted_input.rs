@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed test should stop right there
-
 //! Property tests (fuzzing with shrinking) for the code that reads what strangers send: the
 //! webhook signature check, timestamp check and body parser, and the JWT expiry reader. The
 //! suite runs each property 256 times; a longer run is

@@ -110,7 +110,6 @@ pub fn upstream_of(kind: &str, base_url: Option<&str>) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

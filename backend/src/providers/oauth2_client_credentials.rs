@@ -203,7 +203,6 @@ impl Provider for OAuth2ClientCredentials {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::read_answer;
 

@@ -362,7 +362,6 @@ pub fn now() -> UtcTime {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 

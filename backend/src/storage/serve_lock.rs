@@ -69,7 +69,6 @@ pub fn acquire(target: &DatabaseTarget) -> anyhow::Result<Option<ServeLock>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
