@@ -91,7 +91,7 @@ impl Default for Readiness {
 impl AppState {
     pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
         let db = Db::open(&config.database_url, &config.database.pool())?;
-        let metrics = Metrics::new(&db)?;
+        let metrics = Metrics::new(&db, config.milesight.per_device_metrics)?;
         let http = reqwest::Client::builder()
             .timeout(config.milesight.request_timeout_secs)
             .connect_timeout(config.milesight.request_timeout_secs)

@@ -251,7 +251,8 @@ impl Metrics {
 }
 
 impl Metrics {
-    pub fn new(db: &crate::storage::Db) -> anyhow::Result<Metrics> {
+    /// `per_device_series`: how many devices get their own last-seen series (0: none).
+    pub fn new(db: &crate::storage::Db, per_device_series: usize) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -272,7 +273,7 @@ impl Metrics {
             .set(1);
         registry.register(Box::new(build_info))?;
         let instruments = Instruments::register(&registry)?;
-        let db_gauges = scrape::DbGauges::new(&registry)?;
+        let db_gauges = scrape::DbGauges::new(&registry, per_device_series)?;
         registry.register(Box::new(db.pool_wait().clone()))?;
         Ok(Metrics {
             registry,

@@ -22,8 +22,8 @@ async fn connection(state: &AppState, name: &str, expires_in: Span) -> i64 {
     telltale_e2e::spotify_connection(state, name, expires_in).await
 }
 
-/// A small world: two connections (one failing, one revoked), a source with two devices, a
-/// poll that succeeded, open alerts and queued emails.
+/// A small world: two connections (one failing, one revoked), a source with two devices (heard
+/// from ten minutes and two hours ago), a poll that succeeded, open alerts and queued emails.
 async fn populate(state: &AppState) -> (i64, i64) {
     let healthy = connection(state, "spotify-main", Span::hours(1)).await;
     let revoked = connection(state, "spotify-old", Span::minutes(-5)).await;
@@ -45,9 +45,17 @@ async fn populate(state: &AppState) -> (i64, i64) {
     let source = deliveries::ensure_source(&state.db, "site-a", SourceTiming::default())
         .await
         .unwrap();
-    for (sn, status) in [
-        ("6136D000001", telltale::storage::DeviceStatus::Online),
-        ("6136D000002", telltale::storage::DeviceStatus::Offline),
+    for (sn, status, seen_ago) in [
+        (
+            "6136D000001",
+            telltale::storage::DeviceStatus::Online,
+            Span::minutes(10),
+        ),
+        (
+            "6136D000002",
+            telltale::storage::DeviceStatus::Offline,
+            Span::hours(2),
+        ),
     ] {
         let profile = DeviceProfile {
             source_id: Some(source),
@@ -57,7 +65,7 @@ async fn populate(state: &AppState) -> (i64, i64) {
         let device = devices::upsert_by_sn(&state.db, sn, &profile).await.unwrap();
         let activity = DeviceActivity {
             status,
-            last_seen_at: (now().0 - Span::minutes(10)).into(),
+            last_seen_at: (now().0 - seen_ago).into(),
             last_event_type: None,
             last_payload: None,
             battery: None,
@@ -167,13 +175,47 @@ async fn scrape_time_gauges_tell_the_database_truth(backend: Backend) {
         )
     };
     assert_eq!((devices("online"), devices("offline")), (Some(1.0), Some(1.0)));
-    let seen = sample(
+    // No series per device by default: the fleet is counts, a last-seen histogram and the
+    // device heard from longest ago, per source.
+    assert_eq!(sample(&text, "telltale_device_last_seen_age_seconds", &[]), None);
+    let within = |le| {
+        sample(
+            &text,
+            "telltale_devices_seen_within",
+            &[("source", "site-a"), ("le", le)],
+        )
+    };
+    assert_eq!(
+        [within("900"), within("3600"), within("21600"), within("+Inf")],
+        [Some(1.0), Some(1.0), Some(2.0), Some(2.0)],
+        "one heard from ten minutes ago, one two hours ago"
+    );
+    let oldest = sample(
         &text,
-        "telltale_device_last_seen_age_seconds",
-        &[("device", "6136D000002")],
+        "telltale_devices_oldest_last_seen_age_seconds",
+        &[("source", "site-a"), ("device", "6136D000002")],
     )
     .unwrap();
-    assert!((590.0..700.0).contains(&seen), "ten minutes: {seen}");
+    assert!((7190.0..7300.0).contains(&oldest), "two hours: {oldest}");
+
+    // Switched on, per-device series come for that many devices, those heard from longest ago.
+    let one_series = TestApp::on(&db)
+        .set("milesight.per_device_metrics", 1)
+        .state()
+        .await;
+    let detailed = one_series.metrics.render(&one_series.db).await;
+    let series: Vec<&str> = detailed
+        .lines()
+        .filter(|l| l.starts_with("telltale_device_last_seen_age_seconds{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    let seen = sample(
+        &detailed,
+        "telltale_device_last_seen_age_seconds",
+        &[("device", "6136D000002"), ("source", "site-a")],
+    )
+    .unwrap();
+    assert!((7190.0..7300.0).contains(&seen), "two hours: {seen}");
 
     let poll = [
         ("platform", "spotify"),

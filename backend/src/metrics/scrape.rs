@@ -12,6 +12,8 @@ use crate::storage::{ConnectionStatus, SourceStatus};
 use crate::storage::{Db, StorageResult, UtcTime, alerts, connections, deliveries, devices, outbox, polling};
 
 const CONNECTION: &[&str] = &["provider", "connection_id", "connection"];
+/// Upper bounds (seconds) of the last-seen histogram: 15 minutes, 1 hour, 6 hours, 1 day, 7 days.
+const SEEN_WITHIN: [i64; 5] = [900, 3600, 21_600, 86_400, 604_800];
 const POLL: &[&str] = &["platform", "endpoint", "connection_id"];
 
 #[derive(Clone)]
@@ -24,7 +26,11 @@ pub struct DbGauges {
     webhook_stale_after: GaugeVec,
     webhook_stale: IntGaugeVec,
     devices: IntGaugeVec,
+    devices_seen_within: IntGaugeVec,
+    oldest_seen_age: GaugeVec,
     device_age: GaugeVec,
+    /// How many devices get their own `telltale_device_last_seen_age_seconds` (0: none).
+    per_device_limit: usize,
     poll_success_age: GaugeVec,
     poll_failures: IntGaugeVec,
     alerts_open: IntGaugeVec,
@@ -62,7 +68,7 @@ fn seconds_between(later: UtcTime, earlier: UtcTime) -> f64 {
 }
 
 impl DbGauges {
-    pub fn new(registry: &Registry) -> prometheus::Result<DbGauges> {
+    pub fn new(registry: &Registry, per_device_limit: usize) -> prometheus::Result<DbGauges> {
         let outbox_oldest_age = prometheus::Gauge::new(
             "telltale_outbox_oldest_pending_age_seconds",
             "Age of the oldest email not yet delivered (0 when the outbox is empty)",
@@ -116,12 +122,25 @@ impl DbGauges {
                 "Devices by webhook source, model and status (online, offline, unknown)",
                 &["source", "model", "status"],
             )?,
+            devices_seen_within: int_gauge_vec(
+                registry,
+                "telltale_devices_seen_within",
+                "Devices of a source last heard from within `le` seconds (cumulative; `+Inf`: ever heard from)",
+                &["source", "le"],
+            )?,
+            oldest_seen_age: gauge_vec(
+                registry,
+                "telltale_devices_oldest_last_seen_age_seconds",
+                "Seconds since the device of a source heard from longest ago was last heard from",
+                &["source", "device"],
+            )?,
             device_age: gauge_vec(
                 registry,
                 "telltale_device_last_seen_age_seconds",
-                "Seconds since each device was last heard from",
+                "Seconds since a device was last heard from (only with milesight.per_device_metrics, for that many devices heard from longest ago)",
                 &["device", "source"],
             )?,
+            per_device_limit,
             poll_success_age: gauge_vec(
                 registry,
                 "telltale_poll_last_success_age_seconds",
@@ -162,6 +181,8 @@ impl DbGauges {
         self.webhook_stale_after.reset();
         self.webhook_stale.reset();
         self.devices.reset();
+        self.devices_seen_within.reset();
+        self.oldest_seen_age.reset();
         self.device_age.reset();
         self.poll_success_age.reset();
         self.poll_failures.reset();
@@ -180,6 +201,68 @@ impl DbGauges {
                 tracing::warn!(error = %e, "metrics: cannot read the database gauges");
             }
         }
+    }
+
+    /// The fleet as counts, a last-seen histogram and the oldest device per source: each an
+    /// aggregate the database computes, so series and memory follow sources, not devices.
+    async fn read_devices(&self, db: &Db, sources: &HashMap<i64, &str>, at: UtcTime) -> StorageResult<()> {
+        let source_of = |id: Option<i64>| id.and_then(|id| sources.get(&id).copied()).unwrap_or("none");
+        let mut counts: BTreeMap<(&str, String, &str), i64> = BTreeMap::new();
+        let mut with_devices: Vec<Option<i64>> = Vec::new();
+        for c in devices::counts(db).await? {
+            let model = c.model.unwrap_or_else(|| "unknown".into());
+            *counts
+                .entry((source_of(c.source_id), model, c.status.as_str()))
+                .or_default() += c.devices;
+            if !with_devices.contains(&c.source_id) {
+                with_devices.push(c.source_id);
+            }
+        }
+        for ((source, model, status), count) in counts {
+            self.devices
+                .with_label_values(&[source, &model, status])
+                .set(count);
+        }
+        let mut buckets: Vec<(String, UtcTime)> = SEEN_WITHIN
+            .iter()
+            .map(|secs| {
+                (
+                    secs.to_string(),
+                    UtcTime::new(at.0 - chrono::Duration::seconds(*secs)),
+                )
+            })
+            .collect();
+        // "Ever heard from": every stored time is after the epoch.
+        buckets.push(("+Inf".into(), UtcTime::new(chrono::DateTime::UNIX_EPOCH)));
+        for (le, since) in buckets {
+            let mut seen: HashMap<&str, i64> = with_devices.iter().map(|id| (source_of(*id), 0)).collect();
+            for (source_id, n) in devices::seen_since(db, since).await? {
+                *seen.entry(source_of(source_id)).or_default() += n;
+            }
+            for (source, n) in seen {
+                self.devices_seen_within.with_label_values(&[source, &le]).set(n);
+            }
+        }
+        for source_id in with_devices {
+            if let Some(oldest) = devices::oldest_seen(db, source_id).await?
+                && let Some(seen) = oldest.last_seen_at
+            {
+                self.oldest_seen_age
+                    .with_label_values(&[source_of(source_id), &oldest.sn])
+                    .set(seconds_between(at, seen));
+            }
+        }
+        if self.per_device_limit > 0 {
+            let limit = i64::try_from(self.per_device_limit).unwrap_or(i64::MAX);
+            for d in devices::least_recently_seen(db, limit).await? {
+                if let Some(seen) = d.last_seen_at {
+                    self.device_age
+                        .with_label_values(&[&d.sn, source_of(d.source_id)])
+                        .set(seconds_between(at, seen));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn read(&self, db: &Db, at: UtcTime) -> StorageResult<()> {
@@ -230,26 +313,7 @@ impl DbGauges {
                 .set(i64::from(stale));
         }
 
-        let mut counts: BTreeMap<(String, String, &str), i64> = BTreeMap::new();
-        for d in devices::health(db).await? {
-            let source = d
-                .source_id
-                .and_then(|id| source_names.get(&id).copied())
-                .unwrap_or("none")
-                .to_owned();
-            if let Some(seen) = d.last_seen_at {
-                self.device_age
-                    .with_label_values(&[&d.sn, &source])
-                    .set(seconds_between(at, seen));
-            }
-            let model = d.model.unwrap_or_else(|| "unknown".into());
-            *counts.entry((source, model, d.status.as_str())).or_default() += 1;
-        }
-        for ((source, model, status), count) in counts {
-            self.devices
-                .with_label_values(&[&source, &model, status])
-                .set(count);
-        }
+        self.read_devices(db, &source_names, at).await?;
 
         for p in polling::list_states(db, None).await? {
             let Some(platform) = names.get(&p.connection_id).and_then(|c| platform_of(c)) else {

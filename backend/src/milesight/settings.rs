@@ -36,6 +36,10 @@ settings! {
         offline_factor: u32 = count(2, 1..=100), env "MILESIGHT_OFFLINE_FACTOR";
         /// How long events (the readings time series) are kept.
         retention_days: u32 = count(90, 1..=3650), env "MILESIGHT_RETENTION_DAYS";
+        /// Export `telltale_device_last_seen_age_seconds` for this many devices (those heard from
+        /// longest ago); 0, the default, exports none. Each is one series per scrape (about 120
+        /// bytes of `/metrics`): keep it to what Prometheus can hold (docs/metrics.md).
+        per_device_metrics: usize = count(0, 0..=100_000), env "MILESIGHT_PER_DEVICE_METRICS";
         /// When the offline check runs.
         device_check_schedule: String = schedule("0 * * * * *"), env "MILESIGHT_DEVICE_CHECK_SCHEDULE";
         /// When event retention runs.

@@ -138,21 +138,91 @@ pub struct DeviceHealth {
     pub last_seen_at: Option<UtcTime>,
 }
 
-/// Every device's health columns (a lean read for `/metrics`).
-pub async fn health(db: &Db) -> StorageResult<Vec<DeviceHealth>> {
+/// How many devices share a source, model and status.
+#[derive(Debug, Clone, Queryable)]
+pub struct DeviceCount {
+    pub source_id: Option<i64>,
+    pub model: Option<String>,
+    pub status: DeviceStatus,
+    pub devices: i64,
+}
+
+/// Device counts by source, model and status, counted by the database (no device is loaded,
+/// so the cost of `/metrics` and the overview does not grow with the fleet in memory).
+pub async fn counts(db: &Db) -> StorageResult<Vec<DeviceCount>> {
     db_run!(db, |conn| {
         Ok(devices::table
+            .group_by((devices::source_id, devices::model, devices::status))
             .select((
-                devices::sn,
                 devices::source_id,
                 devices::model,
                 devices::status,
-                devices::last_seen_at,
+                diesel::dsl::count_star(),
             ))
             .load(conn)
             .await?)
     })
 }
+
+/// Per source, the devices last heard from at or after `since` (one bucket of the last-seen
+/// histogram).
+pub async fn seen_since(db: &Db, since: UtcTime) -> StorageResult<Vec<(Option<i64>, i64)>> {
+    db_run!(db, |conn| {
+        Ok(devices::table
+            .filter(devices::last_seen_at.ge(since))
+            .group_by(devices::source_id)
+            .select((devices::source_id, diesel::dsl::count_star()))
+            .load(conn)
+            .await?)
+    })
+}
+
+/// The device of a source (or of none) heard from longest ago, if any was ever heard from.
+pub async fn oldest_seen(db: &Db, source_id: Option<i64>) -> StorageResult<Option<DeviceHealth>> {
+    db_run!(db, |conn| {
+        let mut query = devices::table
+            .filter(devices::last_seen_at.is_not_null())
+            .into_boxed();
+        query = match source_id {
+            Some(id) => query.filter(devices::source_id.eq(id)),
+            None => query.filter(devices::source_id.is_null()),
+        };
+        Ok(query
+            .order(devices::last_seen_at.asc())
+            .select(HEALTH_COLUMNS)
+            .first(conn)
+            .await
+            .optional()?)
+    })
+}
+
+/// The `limit` devices heard from longest ago (the opt-in per-device metrics).
+pub async fn least_recently_seen(db: &Db, limit: i64) -> StorageResult<Vec<DeviceHealth>> {
+    db_run!(db, |conn| {
+        Ok(devices::table
+            .filter(devices::last_seen_at.is_not_null())
+            .order(devices::last_seen_at.asc())
+            .limit(limit)
+            .select(HEALTH_COLUMNS)
+            .load(conn)
+            .await?)
+    })
+}
+
+/// The columns of `DeviceHealth`, in its order.
+const HEALTH_COLUMNS: (
+    devices::sn,
+    devices::source_id,
+    devices::model,
+    devices::status,
+    devices::last_seen_at,
+) = (
+    devices::sn,
+    devices::source_id,
+    devices::model,
+    devices::status,
+    devices::last_seen_at,
+);
 
 pub async fn list(db: &Db, limit: i64, offset: i64) -> StorageResult<Vec<Device>> {
     db_run!(db, |conn| {

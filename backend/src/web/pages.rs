@@ -189,12 +189,10 @@ pub async fn overview(
     let TokensStatus { summary, connections } = api::connections::status_data(&state).await?;
     let sources = api::webhook_sources::sources_data(&state).await?;
     let source_counts = count_by(sources.iter().map(|s| s.status.as_str()));
-    let device_counts = count_by(
-        devices::health(&state.db)
-            .await?
-            .iter()
-            .map(|d| d.status.as_str()),
-    );
+    let mut device_counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for c in devices::counts(&state.db).await? {
+        *device_counts.entry(c.status.as_str()).or_default() += c.devices;
+    }
     let polls = api::polling::list_data(&state).await?;
     let failing_polls = polls.iter().filter(|p| p.consecutive_failures > 0).count() as i64;
     let open = alerts::open_alerts(&state.db).await?;
