@@ -26,7 +26,53 @@ both_backends!(
     uniqueness_and_foreign_keys_are_enforced,
     quiet_devices_go_offline_and_old_events_expire,
     expired_staff_sessions_are_dropped_at_the_next_sign_in,
+    every_offline_device_is_read_across_chunks,
 );
+
+/// Alert evaluation reads offline devices in chunks: every one of them, once, whatever the
+/// chunk size, including chunk boundaries that fall exactly on the last device.
+async fn every_offline_device_is_read_across_chunks(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let mut offline = Vec::new();
+    for n in 0..8 {
+        let sn = format!("SN-{n:02}");
+        let device = devices::upsert_by_sn(&db, &sn, &DeviceProfile::default())
+            .await
+            .unwrap();
+        // Every third device is online; the rest are offline.
+        let status = if n % 3 == 0 {
+            DeviceStatus::Online
+        } else {
+            DeviceStatus::Offline
+        };
+        let activity = DeviceActivity {
+            status,
+            last_seen_at: now(),
+            last_event_type: None,
+            last_payload: None,
+            battery: None,
+            expected_interval_secs: None,
+        };
+        devices::record_activity(&db, device.id, &activity).await.unwrap();
+        if status == DeviceStatus::Offline {
+            offline.push(sn);
+        }
+    }
+    assert_eq!(offline.len(), 5);
+    for chunk in [1, 2, 5, 1000] {
+        let read: Vec<String> = devices::all_with_status(&db, DeviceStatus::Offline, chunk)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.sn)
+            .collect();
+        assert_eq!(
+            read, offline,
+            "chunk {chunk}: every offline device, once, in id order"
+        );
+    }
+}
 
 fn key(byte: u8) -> [u8; 32] {
     [byte; 32]
@@ -37,7 +83,7 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        8,
+        9,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
@@ -51,7 +97,8 @@ async fn migrations_run_twice_without_change(backend: Backend) {
             "20261123000005".to_owned(),
             "20261123000006".to_owned(),
             "20261123000007".to_owned(),
-            "20261123000008".to_owned()
+            "20261123000008".to_owned(),
+            "20261203000009".to_owned()
         ]
     );
     let second = migrate::run(&target).await.unwrap();

@@ -42,8 +42,12 @@ pub struct Signals {
     pub connections: Vec<Connection>,
     pub polls: Vec<PollState>,
     pub sources: Vec<WebhookSource>,
+    /// The devices the rules can fire for: every offline one (online devices never alert).
     pub devices: Vec<Device>,
 }
+
+/// Offline devices are read this many at a time.
+const DEVICE_CHUNK: i64 = 1000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Evaluation {
@@ -334,7 +338,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         connections: connections::list_connections(db).await?,
         polls: poll_store::list_states(db, None).await?,
         sources: deliveries::list_sources(db).await?,
-        devices: devices::list(db, 100_000, 0).await?,
+        devices: devices::all_with_status(db, DeviceStatus::Offline, DEVICE_CHUNK).await?,
     };
     let holding = conditions(&signals, &config.alerts, at);
     let silences: Vec<_> = store::silences(db, at)

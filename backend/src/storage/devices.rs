@@ -224,6 +224,34 @@ const HEALTH_COLUMNS: (
     devices::last_seen_at,
 );
 
+/// Every device in `status`, read `chunk` at a time in id order (keyset pagination on the
+/// `(status, id)` index), so nothing is capped and no single read grows with the fleet.
+pub async fn all_with_status(db: &Db, status: DeviceStatus, chunk: i64) -> StorageResult<Vec<Device>> {
+    let chunk = chunk.max(1);
+    let mut all = Vec::new();
+    let mut after = i64::MIN;
+    loop {
+        let page: Vec<Device> = db_run!(db, |conn| {
+            Ok::<_, super::StorageError>(
+                devices::table
+                    .filter(devices::status.eq(status))
+                    .filter(devices::id.gt(after))
+                    .order(devices::id.asc())
+                    .limit(chunk)
+                    .select(Device::as_select())
+                    .load(conn)
+                    .await?,
+            )
+        })?;
+        let full = page.len() as i64 == chunk;
+        after = page.last().map_or(after, |d| d.id);
+        all.extend(page);
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
 pub async fn list(db: &Db, limit: i64, offset: i64) -> StorageResult<Vec<Device>> {
     db_run!(db, |conn| {
         Ok(devices::table

@@ -1,0 +1,1 @@
+DROP INDEX devices_status_id_idx;
