@@ -710,13 +710,16 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     );
 
     // At +21 min with default 10 min × 2: "quiet" (21 min silent) is offline; "fresh" (11 min) is not;
-    // "steady" (11 min silent, learned 5 min × 2 = 10) is offline too.
-    let changed = devices::mark_silent_offline(&db, mins(21), 600, 2).await.unwrap();
+    // "steady" (11 min silent, learned 5 min × 2 = 10) is offline too. One device per chunk:
+    // every chunk boundary is crossed.
+    let changed = devices::mark_silent_offline(&db, mins(21), 600, 2, 1)
+        .await
+        .unwrap();
     let mut changed_sorted = changed.clone();
     changed_sorted.sort();
     assert_eq!(changed_sorted, vec!["quiet", "steady"]);
     assert!(
-        devices::mark_silent_offline(&db, mins(21), 600, 2)
+        devices::mark_silent_offline(&db, mins(21), 600, 2, 2)
             .await
             .unwrap()
             .is_empty(),

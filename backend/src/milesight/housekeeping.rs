@@ -47,6 +47,9 @@ pub fn job_specs(config: &Config, db: &Db) -> Vec<JobSpec> {
     ]
 }
 
+/// Online devices are checked this many at a time.
+const DEVICE_CHUNK: i64 = 1000;
+
 /// Marks devices offline that sent nothing within their expected interval × the factor.
 pub async fn check_devices(db: &Db, config: &MilesightConfig) -> anyhow::Result<String> {
     let went_offline = devices::mark_silent_offline(
@@ -54,6 +57,7 @@ pub async fn check_devices(db: &Db, config: &MilesightConfig) -> anyhow::Result<
         now(),
         config.device_interval_secs.as_secs() as i64,
         i64::from(config.offline_factor),
+        DEVICE_CHUNK,
     )
     .await?;
     for sn in &went_offline {

@@ -347,50 +347,68 @@ pub fn learn_interval(previous: Option<i64>, gap_secs: i64) -> Option<i64> {
 
 /// Marks online devices offline when nothing arrived within their expected interval (learned,
 /// else `default_interval_secs`) times `factor`. Returns the serial numbers it changed.
-/// Compare-and-set on the status, so a reading that lands meanwhile wins.
+/// Online devices are read `chunk` at a time along the `(status, id)` index, so memory stays
+/// flat whatever the fleet. Compare-and-set on the status, so a reading that lands meanwhile wins.
 pub async fn mark_silent_offline(
     db: &Db,
     at: UtcTime,
     default_interval_secs: i64,
     factor: i64,
+    chunk: i64,
 ) -> StorageResult<Vec<String>> {
-    db_run!(db, |conn| {
-        let online: Vec<(i64, String, Option<UtcTime>, Option<i64>)> = devices::table
-            .filter(devices::status.eq(DeviceStatus::Online))
-            .filter(devices::last_seen_at.is_not_null())
-            .select((
-                devices::id,
-                devices::sn,
-                devices::last_seen_at,
-                devices::expected_interval_secs,
-            ))
-            .load(conn)
-            .await?;
-        let mut changed = Vec::new();
+    let chunk = chunk.max(1);
+    let mut changed = Vec::new();
+    let mut after = i64::MIN;
+    loop {
+        let online: Vec<(i64, String, Option<UtcTime>, Option<i64>)> = db_run!(db, |conn| {
+            Ok::<_, super::StorageError>(
+                devices::table
+                    .filter(devices::status.eq(DeviceStatus::Online))
+                    .filter(devices::id.gt(after))
+                    .order(devices::id.asc())
+                    .limit(chunk)
+                    .select((
+                        devices::id,
+                        devices::sn,
+                        devices::last_seen_at,
+                        devices::expected_interval_secs,
+                    ))
+                    .load(conn)
+                    .await?,
+            )
+        })?;
+        let full = online.len() as i64 == chunk;
+        after = online.last().map_or(after, |d| d.0);
         for (id, sn, last_seen, interval) in online {
             let Some(last_seen) = last_seen else { continue };
             let allowed = interval.unwrap_or(default_interval_secs).saturating_mul(factor);
             if (at.0 - last_seen.0).num_seconds() <= allowed {
                 continue;
             }
-            let updated = diesel::update(
-                devices::table
-                    .find(id)
-                    .filter(devices::status.eq(DeviceStatus::Online))
-                    .filter(devices::last_seen_at.eq(last_seen)),
-            )
-            .set((
-                devices::status.eq(DeviceStatus::Offline),
-                devices::updated_at.eq(at),
-            ))
-            .execute(conn)
-            .await?;
+            let updated = db_run!(db, |conn| {
+                Ok::<_, super::StorageError>(
+                    diesel::update(
+                        devices::table
+                            .find(id)
+                            .filter(devices::status.eq(DeviceStatus::Online))
+                            .filter(devices::last_seen_at.eq(last_seen)),
+                    )
+                    .set((
+                        devices::status.eq(DeviceStatus::Offline),
+                        devices::updated_at.eq(at),
+                    ))
+                    .execute(conn)
+                    .await?,
+                )
+            })?;
             if updated == 1 {
                 changed.push(sn);
             }
         }
-        Ok(changed)
-    })
+        if !full {
+            return Ok(changed);
+        }
+    }
 }
 
 #[cfg(test)]
