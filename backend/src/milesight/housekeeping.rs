@@ -47,6 +47,9 @@ pub fn job_specs(config: &Config, db: &Db) -> Vec<JobSpec> {
     ]
 }
 
+/// Old events are deleted this many per statement.
+const RETENTION_BATCH: i64 = 10_000;
+
 /// Online devices are checked this many at a time.
 const DEVICE_CHUNK: i64 = 1000;
 
@@ -70,6 +73,6 @@ pub async fn check_devices(db: &Db, config: &MilesightConfig) -> anyhow::Result<
 pub async fn apply_retention(db: &Db, config: &MilesightConfig) -> anyhow::Result<String> {
     let days = i64::from(config.retention_days);
     let cutoff = (now().0 - Duration::days(days)).into();
-    let deleted = deliveries::delete_events_before(db, cutoff).await?;
+    let deleted = deliveries::delete_events_before(db, cutoff, RETENTION_BATCH).await?;
     Ok(format!("{deleted} event(s) older than {days} days deleted"))
 }

@@ -334,13 +334,29 @@ pub async fn list_events(
     })
 }
 
-/// Deletes events received before `cutoff` (retention). Returns how many went.
-pub async fn delete_events_before(db: &Db, cutoff: UtcTime) -> StorageResult<usize> {
-    db_run!(db, |conn| {
-        Ok(
-            diesel::delete(webhook_events::table.filter(webhook_events::received_at.lt(cutoff)))
-                .execute(conn)
-                .await?,
-        )
-    })
+/// Deletes events received before `cutoff` (retention), `batch` rows per statement, so no one
+/// statement holds its locks (or SQLite's single writer) for long however much has piled up,
+/// and ingest goes on in between. Returns how many went.
+pub async fn delete_events_before(db: &Db, cutoff: UtcTime, batch: i64) -> StorageResult<usize> {
+    let batch = batch.max(1);
+    let mut total = 0;
+    loop {
+        let deleted = db_run!(db, |conn| {
+            let oldest: Vec<i64> = webhook_events::table
+                .filter(webhook_events::received_at.lt(cutoff))
+                .select(webhook_events::id)
+                .limit(batch)
+                .load(conn)
+                .await?;
+            Ok::<_, StorageError>(
+                diesel::delete(webhook_events::table.filter(webhook_events::id.eq_any(oldest)))
+                    .execute(conn)
+                    .await?,
+            )
+        })?;
+        total += deleted;
+        if (deleted as i64) < batch {
+            return Ok(total);
+        }
+    }
 }
