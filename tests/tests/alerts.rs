@@ -26,7 +26,88 @@ both_backends!(
     reminders_slow_down_while_an_alert_stays_open,
     silences_hold_back_notifications,
     alerts_within_the_group_window_share_one_email,
+    many_offline_devices_of_a_source_share_one_alert,
 );
+
+/// More offline devices in one source than the threshold are one alert for the source, with
+/// the count and the list; at or below it each device alerts on its own.
+async fn many_offline_devices_of_a_source_share_one_alert(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let state = TestApp::on(&db)
+        .set("email.on_call", "oncall@example.com")
+        .set("alerts.device_offline_group_threshold", 2)
+        .state()
+        .await;
+    let set_status = |sn: &'static str, source: i64, status: DeviceStatus| {
+        let state = state.clone();
+        async move {
+            let profile = DeviceProfile {
+                source_id: Some(source),
+                ..Default::default()
+            };
+            let device = devices::upsert_by_sn(&state.db, sn, &profile).await.unwrap();
+            let activity = DeviceActivity {
+                status,
+                last_seen_at: now(),
+                last_event_type: None,
+                last_payload: None,
+                battery: None,
+                expected_interval_secs: None,
+            };
+            devices::record_activity(&state.db, device.id, &activity)
+                .await
+                .unwrap();
+        }
+    };
+    let site_a = deliveries::ensure_source(&state.db, "site-a", SourceTiming::default())
+        .await
+        .unwrap();
+    let site_b = deliveries::ensure_source(&state.db, "site-b", SourceTiming::default())
+        .await
+        .unwrap();
+    for sn in ["A-3", "A-1", "A-2"] {
+        set_status(sn, site_a, DeviceStatus::Offline).await;
+    }
+    set_status("B-1", site_b, DeviceStatus::Offline).await;
+    set_status("B-2", site_b, DeviceStatus::Online).await;
+
+    evaluate(&state.db, &state.config, now()).await.unwrap();
+    let open = alerts::list(&state.db, &telltale::storage::AlertState::OPEN, 100)
+        .await
+        .unwrap();
+    let mut subjects: Vec<(&str, &str)> = open
+        .iter()
+        .map(|a| (a.rule.as_str(), a.subject.as_str()))
+        .collect();
+    subjects.sort_unstable();
+    assert_eq!(
+        subjects,
+        [
+            ("device_offline", "device:B-1"),
+            ("devices_offline", "source:site-a")
+        ],
+        "three of site-a share one alert; site-b's one is its own"
+    );
+    let grouped = open.iter().find(|a| a.rule == "devices_offline").unwrap();
+    assert_eq!(grouped.summary, "3 devices of source site-a are offline");
+    assert!(
+        grouped.details.contains("Offline: A-1, A-2, A-3"),
+        "{}",
+        grouped.details
+    );
+
+    // Two come back: one left is at the threshold, so it alerts on its own again.
+    set_status("A-2", site_a, DeviceStatus::Online).await;
+    set_status("A-3", site_a, DeviceStatus::Online).await;
+    let change = evaluate(&state.db, &state.config, now()).await.unwrap();
+    assert_eq!((change.opened, change.resolved), (1, 1), "{change:?}");
+    let open = alerts::list(&state.db, &telltale::storage::AlertState::OPEN, 100)
+        .await
+        .unwrap();
+    let mut subjects: Vec<&str> = open.iter().map(|a| a.subject.as_str()).collect();
+    subjects.sort_unstable();
+    assert_eq!(subjects, ["device:A-1", "device:B-1"]);
+}
 
 /// Emails are due at once (no group window) unless a test says otherwise.
 async fn app(db: &TestDb, smtp: &SmtpSink) -> AppState {

@@ -6,7 +6,7 @@
 //! and named in the token alert; while a webhook source is down, its quiet devices are folded
 //! into the source alert.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -35,7 +35,11 @@ pub const RULES: &[&str] = &[
     "webhook_source_stale",
     "milesight_system_notice",
     "device_offline",
+    "devices_offline",
 ];
+
+/// How many serial numbers a grouped `devices_offline` alert lists (the rest are counted).
+const LISTED_DEVICES: usize = 100;
 
 /// What the rules look at.
 pub struct Signals {
@@ -234,32 +238,71 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
         }
     }
 
+    // Offline devices by source; a dead source already folds its own.
+    let mut offline_by_source: BTreeMap<Option<i64>, Vec<&Device>> = BTreeMap::new();
     for d in signals
         .devices
         .iter()
         .filter(|d| d.status == DeviceStatus::Offline)
+        .filter(|d| !d.source_id.is_some_and(|id| stale_sources.contains(&id)))
     {
-        if d.source_id.is_some_and(|id| stale_sources.contains(&id)) {
+        offline_by_source.entry(d.source_id).or_default().push(d);
+    }
+    let source_names: HashMap<i64, &str> = signals.sources.iter().map(|s| (s.id, s.name.as_str())).collect();
+    for (source_id, offline) in offline_by_source {
+        if offline.len() > config.device_offline_group_threshold {
+            // Many at once is one incident (a gateway, a network, power): one alert for the
+            // source, not one email per device.
+            let source = source_id
+                .and_then(|id| source_names.get(&id).copied())
+                .unwrap_or("none");
+            let mut listed: Vec<&str> = offline
+                .iter()
+                .take(LISTED_DEVICES)
+                .map(|d| d.sn.as_str())
+                .collect();
+            listed.sort_unstable();
+            let more = offline.len().saturating_sub(LISTED_DEVICES);
+            firing.push(Firing {
+                key: format!("devices_offline:source:{source}"),
+                rule: "devices_offline".into(),
+                subject: format!("source:{source}"),
+                severity: "warning".into(),
+                summary: format!("{} devices of source {source} are offline", offline.len()),
+                details: format!(
+                    "Offline: {}{}\nMore than {} at once, so they share this alert.\nLook here: {}",
+                    listed.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    },
+                    config.device_offline_group_threshold,
+                    link("/devices?status=offline".into())
+                ),
+            });
             continue;
         }
-        firing.push(Firing {
-            key: format!("device_offline:device:{}", d.sn),
-            rule: "device_offline".into(),
-            subject: format!("device:{}", d.sn),
-            severity: "warning".into(),
-            summary: format!(
-                "device {} ({}) is offline",
-                d.name.as_deref().unwrap_or(&d.sn),
-                d.sn
-            ),
-            details: format!(
-                "Last seen: {}\nExpected interval: {} s\nLook here: {}",
-                when(d.last_seen_at),
-                d.expected_interval_secs
-                    .map_or_else(|| "-".into(), |s| s.to_string()),
-                link(format!("/api/devices/{}", d.id))
-            ),
-        });
+        for d in offline {
+            firing.push(Firing {
+                key: format!("device_offline:device:{}", d.sn),
+                rule: "device_offline".into(),
+                subject: format!("device:{}", d.sn),
+                severity: "warning".into(),
+                summary: format!(
+                    "device {} ({}) is offline",
+                    d.name.as_deref().unwrap_or(&d.sn),
+                    d.sn
+                ),
+                details: format!(
+                    "Last seen: {}\nExpected interval: {} s\nLook here: {}",
+                    when(d.last_seen_at),
+                    d.expected_interval_secs
+                        .map_or_else(|| "-".into(), |s| s.to_string()),
+                    link(format!("/api/devices/{}", d.id))
+                ),
+            });
+        }
     }
     firing
 }

@@ -38,6 +38,9 @@ settings! {
         refresh_failures: i32 = count(3, 1..=1000), env "TELLTALE_ALERT_REFRESH_FAILURES";
         /// Failed polls in a row (per connection and endpoint) that open an alert.
         poll_failures: i32 = count(3, 1..=1000), env "TELLTALE_ALERT_POLL_FAILURES";
+        /// More offline devices than this in one webhook source open one `devices_offline` alert
+        /// for the source (with the count and the list) instead of one alert per device.
+        device_offline_group_threshold: usize = count(20, 1..=1_000_000), env "TELLTALE_ALERT_DEVICE_OFFLINE_GROUP_THRESHOLD";
         /// A token with less runway than this (and not being renewed) opens an alert.
         runway_secs: Duration = secs(120, 1..=30 * 86_400), env "TELLTALE_ALERT_RUNWAY_SECS";
         /// Email when an alert resolves.
