@@ -111,6 +111,35 @@ async fn devices_are_listed_filtered_and_paged(backend: Backend) {
         (Some(4), vec!["AB_100%", "BB-001"])
     );
 
+    // Keyset pages: each full page names the serial number to continue after; together they
+    // hold every device once, and the last one says there is no more.
+    let mut walked = Vec::new();
+    let mut url = server.url("/api/devices?limit=3");
+    loop {
+        let (status, page) = get_json(&url).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["total"], 4, "the total counts the whole filter: {page}");
+        walked.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["sn"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => {
+                url = server.url(&format!(
+                    "/api/devices?limit=3&after={}",
+                    url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                ))
+            }
+            None => break,
+        }
+    }
+    assert_eq!(walked, ["AA-001", "AA-002", "AB_100%", "BB-001"]);
+    let (status, both) = get_json(&server.url("/api/devices?offset=2&after=AA-001")).await;
+    assert_eq!(status, 400, "{both}");
+
     let id = first["id"].as_i64().unwrap();
     let (status, detail) = get_json(&server.url(&format!("/api/devices/{id}"))).await;
     assert_eq!(status, 200);

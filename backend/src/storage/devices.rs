@@ -276,6 +276,9 @@ pub struct DeviceFilter {
     pub source_id: Option<i64>,
     /// Case-insensitive substring of serial number, name, devEUI or model.
     pub search: Option<String>,
+    /// Keyset cursor: only devices whose serial number sorts after this one (the page after a
+    /// page that ended there), read along the serial number's unique index however deep.
+    pub after_sn: Option<String>,
 }
 
 /// One page of devices (ordered by serial number) and the total matching the filter.
@@ -318,7 +321,11 @@ pub async fn search(
     }
     db_run!(db, |conn| {
         let total: i64 = filtered!().count().get_result(conn).await?;
-        let page = filtered!()
+        let mut page = filtered!();
+        if let Some(after) = &filter.after_sn {
+            page = page.filter(devices::sn.gt(after.clone()));
+        }
+        let page = page
             .order(devices::sn.asc())
             .limit(limit)
             .offset(offset)

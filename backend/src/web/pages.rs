@@ -370,6 +370,7 @@ pub async fn devices(
         status,
         source_id: None,
         search: Some(search.trim().chars().take(100).collect::<String>()).filter(|s| !s.is_empty()),
+        after_sn: None,
     };
     let (mut items, total) = devices::search(&state.db, &filter, 500, 0).await?;
     let sort = query.sort.clone().unwrap_or_else(|| "status".into());

@@ -13,6 +13,8 @@ use crate::web::ApiError;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Keyset pagination: the serial number the previous page ended at (its `next`).
+    after: Option<String>,
     status: Option<String>,
     source: Option<String>,
     search: Option<String>,
@@ -91,17 +93,29 @@ pub async fn list(
         },
         None => None,
     };
+    if query.after.is_some() && query.offset.is_some_and(|o| o != 0) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "use either offset or after (the serial number a page ended at), not both",
+        ));
+    }
     let filter = DeviceFilter {
         status,
         source_id,
+        after_sn: query.after.clone(),
         search: query
             .search
             .filter(|s| !s.trim().is_empty())
             .map(|s| s.trim().chars().take(100).collect()),
     };
     let (items, total) = devices::search(&state.db, &filter, limit, offset).await?;
+    // A full page may have more after it: its last serial number is the next page's cursor.
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|d| d.sn.clone()))
+        .flatten();
     let items: Vec<DeviceView> = items.into_iter().map(DeviceView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "total": total, "limit": limit, "offset": offset })))
+    Ok(HttpResponse::Ok()
+        .json(json!({ "items": items, "total": total, "limit": limit, "offset": offset, "next": next })))
 }
 
 /// A device with its most recent events (newest first).
