@@ -238,7 +238,18 @@ mod postgres {
             }
         };
         let (_, _, rows, stored) = try_join4(begin, lock, read, insert).await?;
-        let locked: HashMap<String, Device> = rows.into_iter().map(|d| (d.sn.clone(), d)).collect();
+        let mut locked: HashMap<String, Device> = rows.into_iter().map(|d| (d.sn.clone(), d)).collect();
+        if touches.iter().any(|t| !locked.contains_key(t.sn)) {
+            // The read overtook the insert of new devices: on a connection's first use of a
+            // statement, diesel-async resolves custom types and prepares before sending, so
+            // pipelined statements can reach the server out of order. Read again, now that the
+            // insert has run (rare: once per statement and connection); without this a new
+            // device's first reading would be stored but not applied to it.
+            let mut c = conn;
+            for device in ReadDevices::new(&touches).load::<Device>(&mut c).await? {
+                locked.insert(device.sn.clone(), device);
+            }
+        }
         let stored = stored.into_iter().collect();
         let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
