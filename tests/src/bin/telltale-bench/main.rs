@@ -9,9 +9,12 @@
 //! - `telltale-bench ingest [--backend sqlite|postgres|both] [--seconds S] [--connections C]`:
 //!   signed Milesight webhooks against the real release server beside its bare-HTTP ceiling
 //!   (see `ingest.rs`).
+//! - `telltale-bench fleet [--backend sqlite|postgres] [--devices N] [--offline-percent P]`:
+//!   what the jobs and reads that run whatever the traffic cost at N devices (see `fleet.rs`).
 //!
 //! Run with `scripts/bench` (builds the release binaries first).
 
+mod fleet;
 mod ingest;
 
 use std::process::ExitCode;
@@ -76,11 +79,15 @@ async fn main() -> ExitCode {
             Ok(args) => poll(args).await,
             Err(e) => Err(e),
         },
+        Some("fleet") => match fleet::parse(argv) {
+            Ok(args) => fleet::run(args).await,
+            Err(e) => Err(e),
+        },
         Some("ingest") => match ingest::parse(argv) {
             Ok(args) => ingest::run(args).await,
             Err(e) => Err(e),
         },
-        _ => Err("usage: telltale-bench refresh|poll [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]\n       telltale-bench ingest [--backend sqlite|postgres|both] [--seconds S] [--connections C]".into()),
+        _ => Err("usage: telltale-bench refresh|poll [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]\n       telltale-bench ingest [--backend sqlite|postgres|both] [--seconds S] [--connections C]\n       telltale-bench fleet [--backend sqlite|postgres] [--devices N] [--offline-percent P]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

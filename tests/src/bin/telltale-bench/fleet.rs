@@ -1,0 +1,212 @@
+//! `telltale-bench fleet --devices N [--backend sqlite|postgres] [--offline-percent P]`: what a
+//! fleet of N devices costs the jobs and reads that run whatever the traffic.
+//!
+//! The fleet is seeded through `deliveries::ingest`, the statements webhook intake commits (one
+//! signed-webhook-free fast path that writes exactly the rows intake writes): one `DEVICE_DATA`
+//! event per device, 1,000 per call, 10,000 devices per webhook source, last seen spread over
+//! the past 15 minutes (so the offline check finds none newly silent), P % of them offline.
+//! Then, in process on the release build, it times
+//! alert evaluation (the first run opens the alerts, the second is the steady state), the
+//! offline check, a `/metrics` render (and its size), device counts, the first and a deep page
+//! of the devices list and a substring search, and reports the process's RSS after each.
+
+use std::time::Instant;
+
+use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, SourceEffect, SourceTiming};
+use telltale::storage::devices::{self, DeviceActivity, DeviceFilter, DeviceProfile};
+use telltale::storage::{DeviceStatus, UtcTime, now};
+use telltale_e2e::{Backend, TestDb};
+
+pub struct Args {
+    backend: Backend,
+    devices: usize,
+    offline_percent: usize,
+}
+
+pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut args = Args {
+        backend: Backend::Sqlite,
+        devices: 10_000,
+        offline_percent: 1,
+    };
+    while let Some(flag) = argv.next() {
+        let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--backend" => {
+                args.backend = match value()?.as_str() {
+                    "sqlite" => Backend::Sqlite,
+                    "postgres" => Backend::Postgres,
+                    other => return Err(format!("unknown backend {other}")),
+                }
+            }
+            "--devices" => args.devices = value()?.parse().map_err(|e| format!("--devices: {e}"))?,
+            "--offline-percent" => {
+                args.offline_percent = value()?.parse().map_err(|e| format!("--offline-percent: {e}"))?
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Resident and peak resident memory of this process, in MiB (Linux `/proc/self/status`).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let read = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (read("VmRSS:"), read("VmHWM:"))
+}
+
+pub async fn run(args: Args) -> Result<(), String> {
+    let backend = match args.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let db = TestDb::new(args.backend).await;
+    let state = db.app_state("").await;
+    let at = now();
+
+    let seeding = Instant::now();
+    let mut source = 0;
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..args.devices {
+        if i % 10_000 == 0 {
+            source = deliveries::ensure_source(
+                &state.db,
+                &format!("site-{:03}", i / 10_000),
+                SourceTiming::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        let seen = UtcTime::new(at.0 - chrono::Duration::seconds((i % 900) as i64));
+        let offline = i % 100 < args.offline_percent;
+        batch.push(IncomingEvent {
+            event_id: format!("fleet-{i}"),
+            event_type: "DEVICE_DATA".into(),
+            event_time: Some(seen),
+            payload: format!(
+                r#"{{"data":{{"ts":{},"payload":{{"temperature":21.5}}}}}}"#,
+                seen.timestamp()
+            ),
+            device: Some(IncomingDevice {
+                sn: format!("6136D{i:07}"),
+                profile: DeviceProfile {
+                    source_id: Some(source),
+                    model: Some(if i % 2 == 0 { "EM300-TH" } else { "AM307" }.into()),
+                    name: Some(format!("Sensor {i}")),
+                    ..Default::default()
+                },
+                activity: Some(DeviceActivity {
+                    status: if offline {
+                        DeviceStatus::Offline
+                    } else {
+                        DeviceStatus::Online
+                    },
+                    last_seen_at: seen,
+                    last_event_type: Some("PROPERTY".into()),
+                    last_payload: Some(r#"{"temperature":21.5}"#.into()),
+                    battery: Some(90),
+                    expected_interval_secs: None,
+                }),
+            }),
+            effect: SourceEffect::None,
+        });
+        if batch.len() == 1000 || i + 1 == args.devices || (i + 1) % 10_000 == 0 {
+            deliveries::ingest(&state.db, source, at, &batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            batch.clear();
+        }
+    }
+    eprintln!("seeded {} devices in {:.1?}", args.devices, seeding.elapsed());
+
+    let report = |step: &str, took: std::time::Duration, detail: String| {
+        let (rss, peak) = rss_mib();
+        println!(
+            "fleet | {backend} | {} devices | {step} | {:.1} ms | {detail} | RSS {rss:.0} MiB, peak {peak:.0} MiB",
+            args.devices,
+            took.as_secs_f64() * 1000.0
+        );
+    };
+
+    for run in ["alert evaluation (first: opens)", "alert evaluation (steady)"] {
+        let started = Instant::now();
+        let e = telltale::alerts::evaluate::evaluate(&state.db, &state.config, now())
+            .await
+            .map_err(|e| e.to_string())?;
+        report(
+            run,
+            started.elapsed(),
+            format!("{} firing, {} opened", e.firing, e.opened),
+        );
+    }
+
+    let started = Instant::now();
+    let summary = telltale::milesight::housekeeping::check_devices(&state.db, &state.config.milesight)
+        .await
+        .map_err(|e| e.to_string())?;
+    report("offline check", started.elapsed(), summary);
+
+    let started = Instant::now();
+    let text = state.metrics.render(&state.db).await;
+    report(
+        "/metrics render",
+        started.elapsed(),
+        format!("{} bytes", text.len()),
+    );
+
+    let started = Instant::now();
+    let counts = devices::counts(&state.db).await.map_err(|e| e.to_string())?;
+    let counted: i64 = counts.iter().map(|c| c.devices).sum();
+    report("device counts", started.elapsed(), format!("{counted} devices"));
+
+    let started = Instant::now();
+    let (first, total) = devices::search(&state.db, &DeviceFilter::default(), 50, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    report(
+        "devices page 1 (with total)",
+        started.elapsed(),
+        format!("{} of {total}", first.len()),
+    );
+
+    let deep = DeviceFilter {
+        after_sn: Some(format!("6136D{:07}", args.devices * 9 / 10)),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let (page, _) = devices::search(&state.db, &deep, 50, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    report(
+        "devices page at 90 % (after=)",
+        started.elapsed(),
+        format!("{} items", page.len()),
+    );
+
+    let search = DeviceFilter {
+        search: Some(format!("sensor {}", args.devices / 2)),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let (found, matched) = devices::search(&state.db, &search, 50, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    report(
+        "substring search",
+        started.elapsed(),
+        format!("{} shown of {matched}", found.len()),
+    );
+
+    if counted != args.devices as i64 {
+        return Err(format!("{counted} devices counted, {} seeded", args.devices));
+    }
+    Ok(())
+}
