@@ -890,6 +890,36 @@ pub async fn spotify_connection(
         .id
 }
 
+/// A device (created when new, in `source_id`) left in `status`, last heard from at `seen`, as
+/// its reading would leave it: the fixture the alert and storage suites share.
+pub async fn device_in(
+    db: &telltale::storage::Db,
+    sn: &str,
+    source_id: Option<i64>,
+    status: telltale::storage::DeviceStatus,
+    seen: telltale::storage::UtcTime,
+) -> telltale::storage::devices::Device {
+    use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
+    let profile = DeviceProfile {
+        source_id,
+        ..Default::default()
+    };
+    let device = devices::upsert_by_sn(db, sn, &profile)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let activity = DeviceActivity {
+        status,
+        last_seen_at: seen,
+        last_event_type: None,
+        last_payload: None,
+        battery: None,
+        expected_interval_secs: None,
+    };
+    devices::record_activity(db, device.id, &activity)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The value of the one sample of `name` carrying all `labels`; `None` when there is none.
 pub fn metric_sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let matching: Vec<f64> = exposition

@@ -10,11 +10,10 @@ use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, RefreshedToken};
 use telltale::storage::deliveries::{self, SourceTiming};
-use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::polling::{self as poll_store, Finished};
 use telltale::storage::{DeviceStatus, PollStatus, UtcTime, alerts, now};
 use telltale_e2e::{
-    Backend, SmtpSink, TestApp, TestDb, TestServer, both_backends, get_json, post_with_headers,
+    Backend, SmtpSink, TestApp, TestDb, TestServer, both_backends, device_in, get_json, post_with_headers,
 };
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -39,25 +38,8 @@ async fn many_offline_devices_of_a_source_share_one_alert(backend: Backend) {
         .state()
         .await;
     let set_status = |sn: &'static str, source: i64, status: DeviceStatus| {
-        let state = state.clone();
-        async move {
-            let profile = DeviceProfile {
-                source_id: Some(source),
-                ..Default::default()
-            };
-            let device = devices::upsert_by_sn(&state.db, sn, &profile).await.unwrap();
-            let activity = DeviceActivity {
-                status,
-                last_seen_at: now(),
-                last_event_type: None,
-                last_payload: None,
-                battery: None,
-                expected_interval_secs: None,
-            };
-            devices::record_activity(&state.db, device.id, &activity)
-                .await
-                .unwrap();
-        }
+        let db = state.db.clone();
+        async move { device_in(&db, sn, Some(source), status, now()).await }
     };
     let site_a = deliveries::ensure_source(&state.db, "site-a", SourceTiming::default())
         .await
@@ -273,27 +255,7 @@ async fn causes_mute_their_effects(backend: Backend) {
         .await
         .unwrap();
     for sn in ["6136D000001", "6136D000002"] {
-        let device = devices::upsert_by_sn(
-            &state.db,
-            sn,
-            &DeviceProfile {
-                source_id: Some(source),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        let activity = DeviceActivity {
-            status: DeviceStatus::Offline,
-            last_seen_at: now(),
-            last_event_type: None,
-            last_payload: None,
-            battery: None,
-            expected_interval_secs: None,
-        };
-        devices::record_activity(&state.db, device.id, &activity)
-            .await
-            .unwrap();
+        device_in(&state.db, sn, Some(source), DeviceStatus::Offline, now()).await;
     }
 
     // Half an hour on, past the source's 15 + 5 minutes.
@@ -629,20 +591,7 @@ async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
     let second = connection(&state, "spotify-backup").await;
     fail_refresh(&state, first, 3).await;
     assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 1);
-    let device = devices::upsert_by_sn(&state.db, "6136D000009", &DeviceProfile::default())
-        .await
-        .unwrap();
-    let offline = DeviceActivity {
-        status: DeviceStatus::Offline,
-        last_seen_at: now(),
-        last_event_type: None,
-        last_payload: None,
-        battery: None,
-        expected_interval_secs: None,
-    };
-    devices::record_activity(&state.db, device.id, &offline)
-        .await
-        .unwrap();
+    device_in(&state.db, "6136D000009", None, DeviceStatus::Offline, now()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fail_refresh(&state, second, 3).await;
     assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 2);

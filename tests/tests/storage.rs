@@ -37,24 +37,13 @@ async fn every_offline_device_is_read_across_chunks(backend: Backend) {
     let mut offline = Vec::new();
     for n in 0..8 {
         let sn = format!("SN-{n:02}");
-        let device = devices::upsert_by_sn(&db, &sn, &DeviceProfile::default())
-            .await
-            .unwrap();
         // Every third device is online; the rest are offline.
         let status = if n % 3 == 0 {
             DeviceStatus::Online
         } else {
             DeviceStatus::Offline
         };
-        let activity = DeviceActivity {
-            status,
-            last_seen_at: now(),
-            last_event_type: None,
-            last_payload: None,
-            battery: None,
-            expected_interval_secs: None,
-        };
-        devices::record_activity(&db, device.id, &activity).await.unwrap();
+        telltale_e2e::device_in(&db, &sn, None, status, now()).await;
         if status == DeviceStatus::Offline {
             offline.push(sn);
         }
