@@ -231,18 +231,7 @@ pub async fn all_with_status(db: &Db, status: DeviceStatus, chunk: i64) -> Stora
     let mut all = Vec::new();
     let mut after = i64::MIN;
     loop {
-        let page: Vec<Device> = db_run!(db, |conn| {
-            Ok::<_, super::StorageError>(
-                devices::table
-                    .filter(devices::status.eq(status))
-                    .filter(devices::id.gt(after))
-                    .order(devices::id.asc())
-                    .limit(chunk)
-                    .select(Device::as_select())
-                    .load(conn)
-                    .await?,
-            )
-        })?;
+        let page = status_page(db, status, after, chunk).await?;
         let full = page.len() as i64 == chunk;
         after = page.last().map_or(after, |d| d.id);
         all.extend(page);
@@ -250,6 +239,20 @@ pub async fn all_with_status(db: &Db, status: DeviceStatus, chunk: i64) -> Stora
             return Ok(all);
         }
     }
+}
+
+/// One keyset page of the devices in `status`: the next `chunk` by id after `after`.
+async fn status_page(db: &Db, status: DeviceStatus, after: i64, chunk: i64) -> StorageResult<Vec<Device>> {
+    db_run!(db, |conn| {
+        Ok(devices::table
+            .filter(devices::status.eq(status))
+            .filter(devices::id.gt(after))
+            .order(devices::id.asc())
+            .limit(chunk)
+            .select(Device::as_select())
+            .load(conn)
+            .await?)
+    })
 }
 
 pub async fn list(db: &Db, limit: i64, offset: i64) -> StorageResult<Vec<Device>> {
@@ -367,26 +370,17 @@ pub async fn mark_silent_offline(
     let mut changed = Vec::new();
     let mut after = i64::MIN;
     loop {
-        let online: Vec<(i64, String, Option<UtcTime>, Option<i64>)> = db_run!(db, |conn| {
-            Ok::<_, super::StorageError>(
-                devices::table
-                    .filter(devices::status.eq(DeviceStatus::Online))
-                    .filter(devices::id.gt(after))
-                    .order(devices::id.asc())
-                    .limit(chunk)
-                    .select((
-                        devices::id,
-                        devices::sn,
-                        devices::last_seen_at,
-                        devices::expected_interval_secs,
-                    ))
-                    .load(conn)
-                    .await?,
-            )
-        })?;
+        let online = status_page(db, DeviceStatus::Online, after, chunk).await?;
         let full = online.len() as i64 == chunk;
-        after = online.last().map_or(after, |d| d.0);
-        for (id, sn, last_seen, interval) in online {
+        after = online.last().map_or(after, |d| d.id);
+        for Device {
+            id,
+            sn,
+            last_seen_at: last_seen,
+            expected_interval_secs: interval,
+            ..
+        } in online
+        {
             let Some(last_seen) = last_seen else { continue };
             let allowed = interval.unwrap_or(default_interval_secs).saturating_mul(factor);
             if (at.0 - last_seen.0).num_seconds() <= allowed {
