@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::templates::{self, Part};
 use crate::alerts::settings::EmailConfig;
 use crate::config::Config;
-use crate::scheduler::JobSpec;
+use crate::scheduler::{JobSpec, run_with};
 use crate::storage::outbox::{self, NewEmail, OutboxEmail};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 
@@ -286,21 +286,17 @@ fn hostname() -> String {
 
 /// The outbox worker.
 pub fn job_specs(config: &Config, mailer: &Arc<Mailer>) -> Vec<JobSpec> {
-    let mailer = mailer.clone();
     vec![JobSpec {
         name: OUTBOX_JOB,
         schedule: config.email.outbox_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: false,
-        run: Arc::new(move || {
-            let mailer = mailer.clone();
-            Box::pin(async move {
-                let delivery = mailer.deliver_due().await?;
-                Ok(format!(
-                    "{} sent, {} failed, {} pending",
-                    delivery.sent, delivery.failed, delivery.pending
-                ))
-            })
+        run: run_with(mailer.clone(), |mailer| async move {
+            let delivery = mailer.deliver_due().await?;
+            Ok(format!(
+                "{} sent, {} failed, {} pending",
+                delivery.sent, delivery.failed, delivery.pending
+            ))
         }),
     }]
 }

@@ -15,7 +15,7 @@ use super::templates::{self, AlertView};
 use crate::alerts::settings::AlertsConfig;
 use crate::config::Config;
 use crate::milesight::token::is_milesight;
-use crate::scheduler::JobSpec;
+use crate::scheduler::{JobSpec, run_with};
 use crate::storage::alerts::{self as store, Alert, Email, Firing};
 use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
@@ -451,21 +451,17 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
 }
 
 pub fn job_specs(config: &Arc<Config>, db: &Db) -> Vec<JobSpec> {
-    let (config_for_job, db) = (config.clone(), db.clone());
     vec![JobSpec {
         name: EVALUATION_JOB,
         schedule: config.alerts.evaluation_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: true,
-        run: Arc::new(move || {
-            let (db, config) = (db.clone(), config_for_job.clone());
-            Box::pin(async move {
-                let e = evaluate(&db, &config, now()).await?;
-                Ok(format!(
-                    "{} firing, {} opened, {} reminded, {} resolved",
-                    e.firing, e.opened, e.reminded, e.resolved
-                ))
-            })
+        run: run_with((db.clone(), config.clone()), |(db, config)| async move {
+            let e = evaluate(&db, &config, now()).await?;
+            Ok(format!(
+                "{} firing, {} opened, {} reminded, {} resolved",
+                e.firing, e.opened, e.reminded, e.resolved
+            ))
         }),
     }]
 }

@@ -7,7 +7,7 @@ use chrono::Duration;
 
 use crate::config::Config;
 use crate::milesight::settings::MilesightConfig;
-use crate::scheduler::JobSpec;
+use crate::scheduler::{JobSpec, run_with};
 use crate::storage::{Db, deliveries, devices, now};
 
 pub const DEVICE_CHECK_JOB: &str = "milesight-device-check";
@@ -23,12 +23,8 @@ pub fn job_specs(config: &Config, db: &Db) -> Vec<JobSpec> {
             schedule: config.milesight.device_check_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: Arc::new({
-                let (db, settings) = with(&settings);
-                move || {
-                    let (db, settings) = (db.clone(), settings.clone());
-                    Box::pin(async move { check_devices(&db, &settings).await })
-                }
+            run: run_with(with(&settings), |(db, settings)| async move {
+                check_devices(&db, &settings).await
             }),
         },
         JobSpec {
@@ -36,12 +32,8 @@ pub fn job_specs(config: &Config, db: &Db) -> Vec<JobSpec> {
             schedule: config.milesight.retention_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: Arc::new({
-                let (db, settings) = with(&settings);
-                move || {
-                    let (db, settings) = (db.clone(), settings.clone());
-                    Box::pin(async move { apply_retention(&db, &settings).await })
-                }
+            run: run_with(with(&settings), |(db, settings)| async move {
+                apply_retention(&db, &settings).await
             }),
         },
     ]

@@ -9,7 +9,7 @@ use super::client::{self, MdpDevice, MdpError};
 use super::settings::MilesightConfig;
 use super::token::{PROVIDER, TokenKeeper, Trigger};
 use crate::config::Config;
-use crate::scheduler::JobSpec;
+use crate::scheduler::{JobSpec, run_with};
 use crate::storage::devices::{self, DeviceProfile, InventoryState};
 use crate::storage::{Db, DeviceStatus, UtcTime, now, usage};
 
@@ -32,19 +32,15 @@ pub fn job_specs(
         schedule: config.milesight.inventory_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: true,
-        run: Arc::new({
-            let (db, http, settings, keeper) = (
+        run: run_with(
+            (
                 db.clone(),
                 http.clone(),
                 Arc::new(config.milesight.clone()),
                 keeper.clone(),
-            );
-            move || {
-                let (db, http, settings, keeper) =
-                    (db.clone(), http.clone(), settings.clone(), keeper.clone());
-                Box::pin(async move { sync(&db, &http, &settings, &keeper).await })
-            }
-        }),
+            ),
+            |(db, http, settings, keeper)| async move { sync(&db, &http, &settings, &keeper).await },
+        ),
     }]
 }
 

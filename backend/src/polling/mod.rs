@@ -21,7 +21,7 @@ use self::catalogue::Endpoint;
 use self::fetch::Failure;
 use crate::crypto::Crypto;
 use crate::polling::settings::PollingConfig;
-use crate::scheduler::JobSpec;
+use crate::scheduler::{JobSpec, run_with};
 use crate::storage::connections::{self, Connection};
 use crate::storage::polling::{self as store, Finished, PollState};
 use crate::storage::{ConnectionStatus, Db, PollOutcome, PollStatus, StorageResult, UtcTime, now};
@@ -473,30 +473,22 @@ pub fn next_due(schedule: &str, timezone: chrono_tz::Tz, after: UtcTime) -> Opti
 
 /// The scheduled sweep and the retention job.
 pub fn job_specs(config: &crate::config::Config, engine: &Arc<PollEngine>) -> Vec<JobSpec> {
-    let (engine, db, settings) = (
-        engine.clone(),
-        engine.db.clone(),
-        Arc::new(config.polling.clone()),
-    );
     vec![
         JobSpec {
             name: SWEEP_JOB,
             schedule: config.polling.sweep_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: false,
-            run: Arc::new(move || {
-                let engine = engine.clone();
-                Box::pin(async move {
-                    let request = PollRequest {
-                        trigger: "scheduled",
-                        ..Default::default()
-                    };
-                    let report = engine.sweep(&request, now()).await?;
-                    Ok(format!(
-                        "{} poll(s): {} ok, {} failed, {} skipped",
-                        report.polls, report.succeeded, report.failed, report.skipped
-                    ))
-                })
+            run: run_with(engine.clone(), |engine| async move {
+                let request = PollRequest {
+                    trigger: "scheduled",
+                    ..Default::default()
+                };
+                let report = engine.sweep(&request, now()).await?;
+                Ok(format!(
+                    "{} poll(s): {} ok, {} failed, {} skipped",
+                    report.polls, report.succeeded, report.failed, report.skipped
+                ))
             }),
         },
         JobSpec {
@@ -504,13 +496,13 @@ pub fn job_specs(config: &crate::config::Config, engine: &Arc<PollEngine>) -> Ve
             schedule: config.polling.retention_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: Arc::new(move || {
-                let (db, settings) = (db.clone(), settings.clone());
-                Box::pin(async move {
+            run: run_with(
+                (engine.db.clone(), Arc::new(config.polling.clone())),
+                |(db, settings)| async move {
                     let (payloads, runs) = prune(&db, &settings, now()).await?;
                     Ok(format!("deleted {payloads} payload(s) and {runs} poll run(s)"))
-                })
-            }),
+                },
+            ),
         },
     ]
 }

@@ -29,6 +29,16 @@ pub type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send>
 /// A job body: does its work and returns a one-line summary for `job_state` and the log.
 pub type JobFn = Arc<dyn Fn() -> JobFuture + Send + Sync>;
 
+/// A job body over `context` (its engine, database, settings), cloned into each run.
+pub fn run_with<C, F, Fut>(context: C, body: F) -> JobFn
+where
+    C: Clone + Send + Sync + 'static,
+    F: Fn(C) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<String>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(body(context.clone())))
+}
+
 #[derive(Clone)]
 pub struct JobSpec {
     pub name: &'static str,

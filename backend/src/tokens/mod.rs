@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::providers::{self, Issued, Outcome, Provider, circuit};
-use crate::scheduler::JobSpec;
+use crate::scheduler::{JobSpec, run_with};
 use crate::storage::connections::{self, Connection, RefreshedToken};
 use crate::storage::refresh_log::{self, NewRefreshLogEntry};
 use crate::storage::{ConnectionStatus, RefreshOutcome, TokenHealth};
@@ -493,28 +493,24 @@ fn result_of(connection: &Connection, outcome: RefreshOutcome, detail: Option<St
 
 /// The scheduled sweep.
 pub fn job_specs(config: &Config, engine: &Arc<RefreshEngine>) -> Vec<JobSpec> {
-    let engine = engine.clone();
     vec![JobSpec {
         name: SWEEP_JOB,
         schedule: config.tokens.sweep_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: false,
-        run: Arc::new(move || {
-            let engine = engine.clone();
-            Box::pin(async move {
-                let request = SweepRequest {
-                    trigger: "scheduled",
-                    actor: "scheduler".into(),
-                    dry_run: false,
-                    provider: None,
-                    connection_id: None,
-                };
-                let report = engine.sweep(&request, now()).await?;
-                Ok(format!(
-                    "{} due, {} refreshed, {} failed",
-                    report.checked, report.refreshed, report.failed
-                ))
-            })
+        run: run_with(engine.clone(), |engine| async move {
+            let request = SweepRequest {
+                trigger: "scheduled",
+                actor: "scheduler".into(),
+                dry_run: false,
+                provider: None,
+                connection_id: None,
+            };
+            let report = engine.sweep(&request, now()).await?;
+            Ok(format!(
+                "{} due, {} refreshed, {} failed",
+                report.checked, report.refreshed, report.failed
+            ))
         }),
     }]
 }
