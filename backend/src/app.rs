@@ -90,7 +90,8 @@ impl Default for Readiness {
 
 impl AppState {
     pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
-        let db = Db::open(&config.database_url, &config.database.pool())?;
+        let db = Db::open(&config.database_url, &config.database.pool())?
+            .with_offline_policy(config.milesight.offline_policy());
         let metrics = Metrics::new(&db, config.milesight.per_device_metrics)?;
         let http = reqwest::Client::builder()
             .timeout(config.milesight.request_timeout_secs)

@@ -72,7 +72,7 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        9,
+        10,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
@@ -87,7 +87,8 @@ async fn migrations_run_twice_without_change(backend: Backend) {
             "20261123000006".to_owned(),
             "20261123000007".to_owned(),
             "20261123000008".to_owned(),
-            "20261203000009".to_owned()
+            "20261203000009".to_owned(),
+            "20261203000010".to_owned()
         ]
     );
     let second = migrate::run(&target).await.unwrap();
@@ -701,14 +702,12 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     // At +21 min with default 10 min × 2: "quiet" (21 min silent) is offline; "fresh" (11 min) is not;
     // "steady" (11 min silent, learned 5 min × 2 = 10) is offline too. One device per chunk:
     // every chunk boundary is crossed.
-    let changed = devices::mark_silent_offline(&db, mins(21), 600, 2, 1)
-        .await
-        .unwrap();
+    let changed = devices::mark_silent_offline(&db, mins(21), 1).await.unwrap();
     let mut changed_sorted = changed.clone();
     changed_sorted.sort();
     assert_eq!(changed_sorted, vec!["quiet", "steady"]);
     assert!(
-        devices::mark_silent_offline(&db, mins(21), 600, 2, 2)
+        devices::mark_silent_offline(&db, mins(21), 2)
             .await
             .unwrap()
             .is_empty(),
@@ -742,6 +741,19 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     )
     .await
     .unwrap();
+    assert_eq!(status("quiet").await.as_str(), "online");
+
+    // A changed policy applies to the devices already stored: under 1 min × 1, "fresh" (last
+    // heard from at +10, nothing learned) is overdue at +12, where 10 min × 2 gave it until +30;
+    // "quiet" learned 22 min from its gap and stays.
+    let strict = db.clone().with_offline_policy(devices::OfflinePolicy {
+        default_interval_secs: 60,
+        factor: 1,
+    });
+    assert_eq!(
+        devices::mark_silent_offline(&strict, mins(12), 1).await.unwrap(),
+        vec!["fresh"]
+    );
     assert_eq!(status("quiet").await.as_str(), "online");
 
     // Retention removes old events only.

@@ -23,9 +23,7 @@ pub fn job_specs(config: &Config, db: &Db) -> Vec<JobSpec> {
             schedule: config.milesight.device_check_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: run_with(with(&settings), |(db, settings)| async move {
-                check_devices(&db, &settings).await
-            }),
+            run: run_with(db.clone(), |db| async move { check_devices(&db).await }),
         },
         JobSpec {
             name: RETENTION_JOB,
@@ -45,16 +43,10 @@ const RETENTION_BATCH: i64 = 10_000;
 /// Online devices are checked this many at a time.
 const DEVICE_CHUNK: i64 = 1000;
 
-/// Marks devices offline that sent nothing within their expected interval × the factor.
-pub async fn check_devices(db: &Db, config: &MilesightConfig) -> anyhow::Result<String> {
-    let went_offline = devices::mark_silent_offline(
-        db,
-        now(),
-        config.device_interval_secs.as_secs() as i64,
-        i64::from(config.offline_factor),
-        DEVICE_CHUNK,
-    )
-    .await?;
+/// Marks devices offline that sent nothing within their expected interval × the factor (the
+/// database's offline policy, which `app.rs` builds from this section).
+pub async fn check_devices(db: &Db) -> anyhow::Result<String> {
+    let went_offline = devices::mark_silent_offline(db, now(), DEVICE_CHUNK).await?;
     for sn in &went_offline {
         tracing::warn!(device = %sn, "device went quiet; marked offline");
     }

@@ -132,6 +132,14 @@ fn check_base_url(url: &Option<String>) -> Result<(), String> {
 }
 
 impl MilesightConfig {
+    /// When a quiet device counts as offline, as the database applies it.
+    pub fn offline_policy(&self) -> crate::storage::devices::OfflinePolicy {
+        crate::storage::devices::OfflinePolicy {
+            default_interval_secs: self.device_interval_secs.as_secs() as i64,
+            factor: i64::from(self.offline_factor),
+        }
+    }
+
     /// Checks the webhook entries and adds the default webhook (from `webhook_secret`) to them;
     /// the OpenAPI needs its three settings together.
     pub fn validate(&mut self) -> Result<(), ConfigError> {

@@ -25,8 +25,45 @@ pub struct Device {
     pub last_payload: Option<String>,
     pub battery: Option<i32>,
     pub expected_interval_secs: Option<i64>,
+    /// When the device counts as offline if nothing more arrives (see `OfflinePolicy`).
+    pub offline_after: Option<UtcTime>,
     pub created_at: UtcTime,
     pub updated_at: UtcTime,
+}
+
+/// When a device that stops reporting counts as offline: its learned interval (else the
+/// default) times the factor after its last reading. Ingest writes the resulting deadline into
+/// `devices.offline_after`, so the offline check reads only the devices past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfflinePolicy {
+    pub default_interval_secs: i64,
+    pub factor: i64,
+}
+
+impl Default for OfflinePolicy {
+    /// The `[milesight]` defaults: ten minutes, twice.
+    fn default() -> Self {
+        OfflinePolicy {
+            default_interval_secs: 600,
+            factor: 2,
+        }
+    }
+}
+
+impl OfflinePolicy {
+    /// The deadline of a device last seen at `last_seen` with `interval` learned; none for a
+    /// device never heard from.
+    pub fn deadline(&self, last_seen: Option<UtcTime>, interval: Option<i64>) -> Option<UtcTime> {
+        let allowed = interval
+            .unwrap_or(self.default_interval_secs)
+            .saturating_mul(self.factor);
+        last_seen.map(|seen| (seen.0 + chrono::TimeDelta::seconds(allowed)).into())
+    }
+
+    /// How the policy is remembered in `app_settings`, to notice when it changed.
+    fn fingerprint(&self) -> String {
+        format!("{}s x{}", self.default_interval_secs, self.factor)
+    }
 }
 
 /// Identity fields from a device profile; `None` leaves a stored value unchanged on update.
@@ -108,13 +145,24 @@ pub async fn upsert_by_sn(db: &Db, sn: &str, profile: &DeviceProfile) -> Storage
 }
 
 pub async fn record_activity(db: &Db, id: i64, activity: &DeviceActivity) -> StorageResult<Device> {
+    let policy = db.offline_policy;
     db_run!(db, |conn| {
-        let device = diesel::update(devices::table.find(id))
-            .set((activity, devices::updated_at.eq(now())))
-            .returning(Device::as_returning())
-            .get_result(conn)
-            .await?;
-        Ok(device)
+        conn.transaction::<_, super::StorageError, _>(async |tx| {
+            let device: Device = diesel::update(devices::table.find(id))
+                .set((activity, devices::updated_at.eq(now())))
+                .returning(Device::as_returning())
+                .get_result(tx)
+                .await?;
+            Ok(diesel::update(devices::table.find(id))
+                .set(
+                    devices::offline_after
+                        .eq(policy.deadline(device.last_seen_at, device.expected_interval_secs)),
+                )
+                .returning(Device::as_returning())
+                .get_result(tx)
+                .await?)
+        })
+        .await
     })
 }
 
@@ -355,44 +403,40 @@ pub fn learn_interval(previous: Option<i64>, gap_secs: i64) -> Option<i64> {
     })
 }
 
-/// Marks online devices offline when nothing arrived within their expected interval (learned,
-/// else `default_interval_secs`) times `factor`. Returns the serial numbers it changed.
-/// Online devices are read `chunk` at a time along the `(status, id)` index, so memory stays
-/// flat whatever the fleet. Compare-and-set on the status, so a reading that lands meanwhile wins.
-pub async fn mark_silent_offline(
-    db: &Db,
-    at: UtcTime,
-    default_interval_secs: i64,
-    factor: i64,
-    chunk: i64,
-) -> StorageResult<Vec<String>> {
+/// Marks online devices offline whose deadline (`offline_after`) has passed by `at`: nothing
+/// arrived within their expected interval (learned, else the policy's default) times the
+/// policy's factor. Returns the serial numbers it changed, once each.
+///
+/// The candidates are read `chunk` at a time along the `(status, offline_after)` index, so the
+/// cost follows the devices that went quiet, not the fleet. Each is a compare-and-set on the
+/// deadline read, so a reading that lands meanwhile (and moves the deadline) wins.
+pub async fn mark_silent_offline(db: &Db, at: UtcTime, chunk: i64) -> StorageResult<Vec<String>> {
     let chunk = chunk.max(1);
+    apply_offline_policy(db, chunk).await?;
     let mut changed = Vec::new();
-    let mut after = i64::MIN;
     loop {
-        let online = status_page(db, DeviceStatus::Online, after, chunk).await?;
-        let full = online.len() as i64 == chunk;
-        after = online.last().map_or(after, |d| d.id);
-        for Device {
-            id,
-            sn,
-            last_seen_at: last_seen,
-            expected_interval_secs: interval,
-            ..
-        } in online
-        {
-            let Some(last_seen) = last_seen else { continue };
-            let allowed = interval.unwrap_or(default_interval_secs).saturating_mul(factor);
-            if (at.0 - last_seen.0).num_seconds() <= allowed {
-                continue;
-            }
+        let overdue: Vec<(i64, String, Option<UtcTime>)> = db_run!(db, |conn| {
+            Ok::<_, super::StorageError>(
+                devices::table
+                    .filter(devices::status.eq(DeviceStatus::Online))
+                    .filter(devices::offline_after.le(at))
+                    .order(devices::offline_after.asc())
+                    .limit(chunk)
+                    .select((devices::id, devices::sn, devices::offline_after))
+                    .load(conn)
+                    .await?,
+            )
+        })?;
+        let full = overdue.len() as i64 == chunk;
+        let before = changed.len();
+        for (id, sn, deadline) in overdue {
             let updated = db_run!(db, |conn| {
                 Ok::<_, super::StorageError>(
                     diesel::update(
                         devices::table
                             .find(id)
                             .filter(devices::status.eq(DeviceStatus::Online))
-                            .filter(devices::last_seen_at.eq(last_seen)),
+                            .filter(devices::offline_after.eq(deadline)),
                     )
                     .set((
                         devices::status.eq(DeviceStatus::Offline),
@@ -406,10 +450,70 @@ pub async fn mark_silent_offline(
                 changed.push(sn);
             }
         }
-        if !full {
+        // The devices of a chunk left the online status or moved their deadline, so the next
+        // read starts after them without a cursor. A full chunk in which every one moved its
+        // deadline (readings racing the check) ends the run; the next run sees them.
+        if !full || changed.len() == before {
             return Ok(changed);
         }
     }
+}
+
+const OFFLINE_POLICY_KEY: &str = "devices.offline_policy";
+
+/// Makes every device's deadline follow the database's offline policy: a no-op while the
+/// policy the deadlines were written with (remembered in `app_settings`) is the current one;
+/// otherwise (a changed interval or factor, or the first start after the column was added)
+/// every device heard from is rewritten, `chunk` at a time in id order.
+pub async fn apply_offline_policy(db: &Db, chunk: i64) -> StorageResult<u64> {
+    let policy = db.offline_policy;
+    let fingerprint = policy.fingerprint();
+    if super::app_settings::get(db, OFFLINE_POLICY_KEY).await?.as_deref() == Some(fingerprint.as_str()) {
+        return Ok(0);
+    }
+    let mut rewritten = 0;
+    let mut after = i64::MIN;
+    loop {
+        let page: Vec<(i64, Option<UtcTime>, Option<i64>)> = db_run!(db, |conn| {
+            Ok::<_, super::StorageError>(
+                devices::table
+                    .filter(devices::id.gt(after))
+                    .filter(devices::last_seen_at.is_not_null())
+                    .order(devices::id.asc())
+                    .limit(chunk)
+                    .select((
+                        devices::id,
+                        devices::last_seen_at,
+                        devices::expected_interval_secs,
+                    ))
+                    .load(conn)
+                    .await?,
+            )
+        })?;
+        let full = page.len() as i64 == chunk;
+        after = page.last().map_or(after, |row| row.0);
+        rewritten += db_run!(db, |conn| {
+            conn.transaction::<_, super::StorageError, _>(async |tx| {
+                let mut written = 0;
+                for (id, seen, interval) in &page {
+                    // Compare-and-set on the reading: a newer one wrote its own deadline.
+                    written +=
+                        diesel::update(devices::table.find(*id).filter(devices::last_seen_at.eq(*seen)))
+                            .set(devices::offline_after.eq(policy.deadline(*seen, *interval)))
+                            .execute(tx)
+                            .await? as u64;
+                }
+                Ok(written)
+            })
+            .await
+        })?;
+        if !full {
+            break;
+        }
+    }
+    super::app_settings::put(db, OFFLINE_POLICY_KEY, &fingerprint).await?;
+    tracing::info!(policy = %fingerprint, devices = rewritten, "device offline deadlines follow the offline policy");
+    Ok(rewritten)
 }
 
 #[cfg(test)]
@@ -462,6 +566,7 @@ pub async fn apply_inventory(
     state: &InventoryState,
 ) -> StorageResult<Device> {
     let at = now();
+    let policy = db.offline_policy;
     db_run!(db, |conn| {
         conn.transaction::<_, super::StorageError, _>(async |tx| {
             let device = upsert_device!(tx, sn, profile, at)?;
@@ -476,10 +581,12 @@ pub async fn apply_inventory(
             let status = state.status.unwrap_or(device.status);
             let last_seen = state.last_update.or(device.last_seen_at);
             let battery = state.battery.or(device.battery);
+            let deadline = policy.deadline(last_seen, device.expected_interval_secs);
             Ok(diesel::update(devices::table.find(device.id))
                 .set((
                     devices::status.eq(status),
                     devices::last_seen_at.eq(last_seen),
+                    devices::offline_after.eq(deadline),
                     devices::battery.eq(battery),
                     devices::updated_at.eq(at),
                 ))

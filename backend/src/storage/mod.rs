@@ -4,6 +4,7 @@
 //! once inside `db_run!`, which compiles the same diesel code for each backend's connection type.
 
 pub mod alerts;
+pub mod app_settings;
 pub mod connections;
 pub mod deliveries;
 pub mod devices;
@@ -98,6 +99,8 @@ pub struct Db {
     pub(crate) pools: Pools,
     /// Time spent waiting for a pooled connection; `Metrics` registers it.
     pub(crate) pool_wait: prometheus::Histogram,
+    /// When a quiet device counts as offline; ingest writes each device's deadline from it.
+    pub(crate) offline_policy: devices::OfflinePolicy,
 }
 
 /// The pool of whichever backend the URL named.
@@ -200,7 +203,21 @@ impl Db {
                 Pools::Sqlite(pool)
             }
         };
-        Ok(Db { pools, pool_wait })
+        Ok(Db {
+            pools,
+            pool_wait,
+            offline_policy: Default::default(),
+        })
+    }
+
+    /// The same database with `policy` deciding when quiet devices count as offline.
+    pub fn with_offline_policy(mut self, policy: devices::OfflinePolicy) -> Db {
+        self.offline_policy = policy;
+        self
+    }
+
+    pub fn offline_policy(&self) -> devices::OfflinePolicy {
+        self.offline_policy
     }
 
     /// The backend's pool (for `db_run!` and the few statements whose SQL differs by backend).

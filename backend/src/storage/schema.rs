@@ -39,6 +39,7 @@ diesel::table! {
         last_payload -> Nullable<Text>,
         battery -> Nullable<Integer>,
         expected_interval_secs -> Nullable<BigInt>,
+        offline_after -> Nullable<UtcTimestamp>,
         created_at -> UtcTimestamp,
         updated_at -> UtcTimestamp,
     }
@@ -343,6 +344,17 @@ diesel::table! {
         provider -> Text,
         day -> Text,
         requests -> BigInt,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::storage::fields::UtcTimestamp;
+
+    app_settings (key) {
+        key -> Text,
+        value -> Text,
+        updated_at -> UtcTimestamp,
     }
 }
 

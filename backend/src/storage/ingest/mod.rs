@@ -24,7 +24,7 @@ use diesel_async::pooled_connection::deadpool::Pool;
 mod statements;
 
 use super::deliveries::{IncomingEvent, InsertOutcome, SourceEffect};
-use super::devices::{Device, NewDevice, learn_interval};
+use super::devices::{Device, NewDevice, OfflinePolicy, learn_interval};
 use super::schema::{devices, webhook_events, webhook_sources};
 use super::{Db, Pools, StorageResult, UtcTime};
 
@@ -118,6 +118,7 @@ pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult
             // The whole transaction in one blocking call: the async wrapper would hand each
             // statement to the blocking pool separately, two thread switches a statement.
             let owned = requests.to_vec();
+            let policy = db.offline_policy;
             let waited = db.pool_wait.start_timer();
             let mut conn = pool.get().await?;
             drop(waited);
@@ -129,7 +130,7 @@ pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult
                     conn.immediate_transaction::<_, diesel::result::Error, _>(|tx| {
                         let borrowed: Vec<IngestRequest<'_>> =
                             owned.iter().map(SharedRequest::as_request).collect();
-                        sqlite::ingest_group(tx, &borrowed)
+                        sqlite::ingest_group(tx, &borrowed, policy)
                     })
                 })
                 .await?)
@@ -162,7 +163,7 @@ async fn ingest_group_postgres(
     let Some(conn) = guard.0.as_ref() else {
         return Err(super::StorageError::Unavailable("no connection".into()));
     };
-    match postgres::ingest_group(conn, requests).await {
+    match postgres::ingest_group(conn, requests, db.offline_policy).await {
         Ok(outcomes) => {
             guard.release();
             Ok(outcomes)
@@ -196,8 +197,9 @@ mod postgres {
         AdvanceSourceClock, Begin, Commit, InsertEvents, LockDevices, ReadDevices, WriteDevices,
     };
     use super::{
-        Device, IngestRequest, InsertOutcome, SOURCE_CLOCK_RESOLUTION, UtcTime, device_touches,
-        first_occurrences, new_events, outcomes, plan_devices, plan_sources, stored_first, webhook_sources,
+        Device, IngestRequest, InsertOutcome, OfflinePolicy, SOURCE_CLOCK_RESOLUTION, UtcTime,
+        device_touches, first_occurrences, new_events, outcomes, plan_devices, plan_sources, stored_first,
+        webhook_sources,
     };
 
     /// Runs the group inside a transaction it opens and commits itself. On an error the
@@ -205,6 +207,7 @@ mod postgres {
     pub(super) async fn ingest_group(
         conn: &AsyncPgConnection,
         requests: &[IngestRequest<'_>],
+        policy: OfflinePolicy,
     ) -> QueryResult<Vec<InsertOutcome>> {
         let touches = device_touches(requests);
         let firsts = first_occurrences(requests);
@@ -254,7 +257,7 @@ mod postgres {
         let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
         let outcomes = outcomes(requests, &is_new);
-        let changed = plan_devices(requests, &touches, &locked, &is_new);
+        let changed = plan_devices(requests, &touches, &locked, &is_new, policy);
         let sources = plan_sources(requests, &is_new);
         let write = async {
             let mut c = conn;
@@ -302,14 +305,15 @@ mod sqlite {
 
     use super::statements::{AdvanceSourceClock, TouchDevice, WriteDevice};
     use super::{
-        Device, IngestRequest, InsertOutcome, SOURCE_CLOCK_RESOLUTION, UtcTime, device_touches, devices,
-        first_occurrences, new_events, outcomes, plan_devices, plan_sources, stored_first, webhook_events,
-        webhook_sources,
+        Device, IngestRequest, InsertOutcome, OfflinePolicy, SOURCE_CLOCK_RESOLUTION, UtcTime,
+        device_touches, devices, first_occurrences, new_events, outcomes, plan_devices, plan_sources,
+        stored_first, webhook_events, webhook_sources,
     };
 
     pub(super) fn ingest_group(
         tx: &mut diesel::SqliteConnection,
         requests: &[IngestRequest<'_>],
+        policy: OfflinePolicy,
     ) -> QueryResult<Vec<InsertOutcome>> {
         let touches = device_touches(requests);
         let firsts = first_occurrences(requests);
@@ -344,7 +348,7 @@ mod sqlite {
         let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
         let outcomes = outcomes(requests, &is_new);
-        for device in &plan_devices(requests, &touches, &locked, &is_new) {
+        for device in &plan_devices(requests, &touches, &locked, &is_new, policy) {
             WriteDevice(device).execute(tx)?;
         }
         for (source_id, changes) in plan_sources(requests, &is_new) {
@@ -472,6 +476,7 @@ fn plan_devices(
     touches: &[NewDevice<'_>],
     locked: &HashMap<String, Device>,
     is_new: &impl Fn(usize, usize) -> bool,
+    policy: OfflinePolicy,
 ) -> Vec<Device> {
     let mut next: BTreeMap<&str, Device> = BTreeMap::new();
     for (r, request) in requests.iter().enumerate() {
@@ -520,6 +525,11 @@ fn plan_devices(
                 device.battery = activity.battery;
             }
         }
+    }
+    for device in next.values_mut() {
+        // Also for a device only its profile touched: one written before the deadline existed
+        // gets it here.
+        device.offline_after = policy.deadline(device.last_seen_at, device.expected_interval_secs);
     }
     next.into_values()
         .filter(|device| locked.get(&device.sn) != Some(device))

@@ -265,7 +265,7 @@ impl QueryFragment<Pg> for InsertEvents<'_> {
 }
 
 /// The columns a device's state writes, after `id` (the row is locked and known).
-const DEVICE_STATE: [&str; 12] = [
+const DEVICE_STATE: [&str; 13] = [
     "source_id",
     "dev_eui",
     "mdp_device_id",
@@ -277,6 +277,7 @@ const DEVICE_STATE: [&str; 12] = [
     "last_payload",
     "battery",
     "expected_interval_secs",
+    "offline_after",
     "updated_at",
 ];
 
@@ -296,6 +297,7 @@ pub(super) struct WriteDevices<'a> {
     last_payload: Vec<Option<&'a str>>,
     battery: Vec<Option<i32>>,
     expected_interval_secs: Vec<Option<i64>>,
+    offline_after: Vec<Option<UtcTime>>,
     updated_at: Vec<UtcTime>,
 }
 fixed_sql!(WriteDevices);
@@ -317,6 +319,7 @@ impl<'a> WriteDevices<'a> {
             last_payload: devices.iter().map(|d| d.last_payload.as_deref()).collect(),
             battery: devices.iter().map(|d| d.battery).collect(),
             expected_interval_secs: devices.iter().map(|d| d.expected_interval_secs).collect(),
+            offline_after: devices.iter().map(|d| d.offline_after).collect(),
             updated_at: devices.iter().map(|d| d.updated_at).collect(),
         }
     }
@@ -353,6 +356,8 @@ impl QueryFragment<Pg> for WriteDevices<'_> {
         out.push_bind_param::<Array<Nullable<Integer>>, _>(&self.battery)?;
         out.push_sql("), unnest(");
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.expected_interval_secs)?;
+        out.push_sql("), unnest(");
+        out.push_bind_param::<Array<Nullable<UtcTimestamp>>, _>(&self.offline_after)?;
         out.push_sql("), unnest(");
         out.push_bind_param::<Array<UtcTimestamp>, _>(&self.updated_at)?;
         out.push_sql(") ON CONFLICT (id) DO UPDATE SET ");
@@ -400,6 +405,8 @@ impl QueryFragment<Sqlite> for WriteDevice<'_> {
         out.push_bind_param::<Nullable<Integer>, _>(&d.battery)?;
         out.push_sql(", expected_interval_secs = ");
         out.push_bind_param::<Nullable<BigInt>, _>(&d.expected_interval_secs)?;
+        out.push_sql(", offline_after = ");
+        out.push_bind_param::<Nullable<UtcTimestamp>, _>(&d.offline_after)?;
         out.push_sql(", updated_at = ");
         out.push_bind_param::<UtcTimestamp, _>(&d.updated_at)?;
         out.push_sql(" WHERE id = ");

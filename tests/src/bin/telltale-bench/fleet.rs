@@ -149,7 +149,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
 
     let started = Instant::now();
-    let summary = telltale::milesight::housekeeping::check_devices(&state.db, &state.config.milesight)
+    let summary = telltale::milesight::housekeeping::check_devices(&state.db)
         .await
         .map_err(|e| e.to_string())?;
     report("offline check", started.elapsed(), summary);
