@@ -92,7 +92,11 @@ impl AppState {
     pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
         let db = Db::open(&config.database_url, &config.database.pool())?
             .with_offline_policy(config.milesight.offline_policy());
-        let metrics = Metrics::new(&db, config.milesight.per_device_metrics)?;
+        let metrics = Metrics::new(
+            &db,
+            config.milesight.per_device_metrics,
+            config.milesight.fleet_summary_max_age_secs,
+        )?;
         let http = reqwest::Client::builder()
             .timeout(config.milesight.request_timeout_secs)
             .connect_timeout(config.milesight.request_timeout_secs)

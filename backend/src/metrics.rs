@@ -10,6 +10,7 @@ use prometheus::{
 
 use crate::storage::Db;
 
+pub mod fleet;
 pub mod scrape;
 
 /// Declares each instrument once: its field, type, name, help, labels and buckets. The struct
@@ -195,6 +196,8 @@ pub struct Metrics {
     db_gauges: scrape::DbGauges,
     /// One scrape at a time: each rebuilds the database gauges from scratch.
     scrape_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The fleet summary the device gauges and the overview read.
+    pub fleet: fleet::FleetCache,
 }
 
 impl std::ops::Deref for Metrics {
@@ -252,7 +255,11 @@ impl Metrics {
 
 impl Metrics {
     /// `per_device_series`: how many devices get their own last-seen series (0: none).
-    pub fn new(db: &crate::storage::Db, per_device_series: usize) -> anyhow::Result<Metrics> {
+    pub fn new(
+        db: &crate::storage::Db,
+        per_device_series: usize,
+        fleet_summary_max_age: std::time::Duration,
+    ) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -281,13 +288,16 @@ impl Metrics {
             instruments,
             db_gauges,
             scrape_lock: Default::default(),
+            fleet: fleet::FleetCache::new(fleet_summary_max_age),
         })
     }
 
     /// The text exposition, with scrape-time gauges brought up to date first.
     pub async fn render(&self, db: &Db) -> String {
         let _one_at_a_time = self.scrape_lock.lock().await;
-        self.db_gauges.update(db, crate::storage::now()).await;
+        self.db_gauges
+            .update(db, &self.fleet, crate::storage::now())
+            .await;
         let status = db.pool_status();
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.db_pool

@@ -16,6 +16,7 @@ use telltale_e2e::{Backend, TestApp, TestDb, both_backends};
 both_backends!(
     scrape_time_gauges_tell_the_database_truth,
     two_replicas_report_the_same_gauges,
+    the_fleet_summary_is_kept_for_its_max_age,
 );
 
 async fn connection(state: &AppState, name: &str, expires_in: Span) -> i64 {
@@ -289,4 +290,39 @@ async fn two_replicas_report_the_same_gauges(backend: Backend) {
     let b = gauges(&second.metrics.render(&second.db).await);
     assert!(a.len() >= 8, "{a:#?}");
     assert_eq!(a, b, "a replica that did none of the work reports the same");
+}
+
+/// The device gauges come from a fleet summary kept for `fleet_summary_max_age_secs`: within
+/// it, a new device shows at the next read of the summary, not at every scrape; with 0, at once.
+async fn the_fleet_summary_is_kept_for_its_max_age(backend: Backend) {
+    use telltale::storage::{DeviceStatus, now};
+    let db = TestDb::new(backend).await;
+    let online = |text: &str| {
+        telltale_e2e::metric_sample(text, "telltale_devices", &[("status", "online")]).unwrap_or(0.0)
+    };
+    let kept = TestApp::on(&db)
+        .set("milesight.fleet_summary_max_age_secs", 3600)
+        .state()
+        .await;
+    let every_read = TestApp::on(&db)
+        .set("milesight.fleet_summary_max_age_secs", 0)
+        .state()
+        .await;
+    telltale_e2e::device_in(&kept.db, "6136D0000001", None, DeviceStatus::Online, now()).await;
+    assert_eq!(online(&kept.metrics.render(&kept.db).await), 1.0);
+    assert_eq!(online(&every_read.metrics.render(&every_read.db).await), 1.0);
+
+    telltale_e2e::device_in(&kept.db, "6136D0000002", None, DeviceStatus::Online, now()).await;
+    assert_eq!(
+        online(&kept.metrics.render(&kept.db).await),
+        1.0,
+        "within the max age the summary read before is served"
+    );
+    assert_eq!(
+        online(&every_read.metrics.render(&every_read.db).await),
+        2.0,
+        "max age 0 reads the fleet at every scrape"
+    );
+    let cached = kept.metrics.fleet.get(&kept.db).await.unwrap();
+    assert_eq!(cached.groups.iter().map(|g| g.devices).sum::<i64>(), 1);
 }

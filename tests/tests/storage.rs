@@ -27,7 +27,50 @@ both_backends!(
     quiet_devices_go_offline_and_old_events_expire,
     expired_staff_sessions_are_dropped_at_the_next_sign_in,
     every_offline_device_is_read_across_chunks,
+    the_deadline_migration_computes_what_ingest_writes,
 );
+
+/// Devices stored before the offline deadline existed get it from the migration's SQL; that
+/// SQL must give, to the microsecond and in the stored form, what ingest computes in Rust, or
+/// the first offline check after an upgrade would judge them by a wrong deadline.
+async fn the_deadline_migration_computes_what_ingest_writes(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let seen: UtcTime = Utc.with_ymd_and_hms(2026, 12, 3, 23, 55, 1).unwrap().into();
+    let seen = UtcTime::new(seen.0 + Duration::microseconds(123_456));
+    let learned = telltale_e2e::device_in(&db, "learned", None, DeviceStatus::Online, seen).await;
+    let fresh = telltale_e2e::device_in(&db, "fresh", None, DeviceStatus::Online, seen).await;
+    forget_deadlines(&db, learned.id).await.unwrap();
+    let up = match backend {
+        Backend::Postgres => {
+            include_str!("../../migrations/postgres/2026-12-03-000010_device_offline_deadline/up.sql")
+        }
+        Backend::Sqlite => {
+            include_str!("../../migrations/sqlite/2026-12-03-000010_device_offline_deadline/up.sql")
+        }
+    };
+    let start = up
+        .find("UPDATE devices")
+        .expect("the migration fills the deadlines");
+    let fill = &up[start..start + up[start..].find(';').unwrap()];
+    run_sql(&db, fill).await.unwrap();
+    let policy = devices::OfflinePolicy::default();
+    assert_eq!(
+        devices::get(&db, learned.id).await.unwrap().offline_after,
+        policy.deadline(Some(seen), Some(400)),
+        "a learned interval: seen + 400 s × 2, across midnight"
+    );
+    assert_eq!(
+        devices::get(&db, fresh.id).await.unwrap().offline_after,
+        policy.deadline(Some(seen), None),
+        "none learned: seen + 600 s × 2"
+    );
+    assert_eq!(
+        devices::apply_offline_policy(&db, 100).await.unwrap(),
+        0,
+        "the migration remembers the default policy, so a default service rewrites nothing"
+    );
+}
 
 /// Alert evaluation reads offline devices in chunks: every one of them, once, whatever the
 /// chunk size, including chunk boundaries that fall exactly on the last device.
@@ -500,6 +543,29 @@ async fn secret_columns_hold_ciphertext_only(backend: Backend) {
 }
 
 type Sealed = Option<Vec<u8>>;
+
+/// Gives `learned` a learned interval of 400 s and every device no deadline (as before the
+/// column existed).
+async fn forget_deadlines(db: &telltale::storage::Db, learned: i64) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::update(schema::devices::table.find(learned))
+            .set(schema::devices::expected_interval_secs.eq(Some(400)))
+            .execute(conn)
+            .await?;
+        diesel::update(schema::devices::table)
+            .set(schema::devices::offline_after.eq(None::<UtcTime>))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}
+
+async fn run_sql(db: &telltale::storage::Db, sql: &str) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::sql_query(sql).execute(conn).await?;
+        Ok(())
+    })
+}
 
 /// The stored bytes of every secret column, as anyone with database access would see them.
 async fn read_raw_secrets(db: &telltale::storage::Db) -> StorageResult<Vec<Sealed>> {

@@ -6,14 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use super::fleet::FleetCache;
 use crate::milesight::token::is_milesight;
 use crate::polling::catalogue::platform_of;
 use crate::storage::{ConnectionStatus, SourceStatus};
 use crate::storage::{Db, StorageResult, UtcTime, alerts, connections, deliveries, devices, outbox, polling};
 
 const CONNECTION: &[&str] = &["provider", "connection_id", "connection"];
-/// Upper bounds (seconds) of the last-seen histogram: 15 minutes, 1 hour, 6 hours, 1 day, 7 days.
-const SEEN_WITHIN: [i64; 5] = [900, 3600, 21_600, 86_400, 604_800];
 const POLL: &[&str] = &["platform", "endpoint", "connection_id"];
 
 #[derive(Clone)]
@@ -191,9 +190,9 @@ impl DbGauges {
 
     /// Recomputes every gauge as of `at`. On a database error the per-subject gauges are left
     /// empty rather than stale, and `telltale_metrics_database_scrape_ok` says so.
-    pub async fn update(&self, db: &Db, at: UtcTime) {
+    pub async fn update(&self, db: &Db, fleet: &FleetCache, at: UtcTime) {
         self.reset();
-        match self.read(db, at).await {
+        match self.read(db, fleet, at).await {
             Ok(()) => self.scrape_ok.set(1),
             Err(e) => {
                 self.reset();
@@ -203,19 +202,27 @@ impl DbGauges {
         }
     }
 
-    /// The fleet as counts, a last-seen histogram and the oldest device per source: each an
-    /// aggregate the database computes, so series and memory follow sources, not devices.
-    async fn read_devices(&self, db: &Db, sources: &HashMap<i64, &str>, at: UtcTime) -> StorageResult<()> {
+    /// The fleet as counts, a last-seen histogram and the oldest device per source, from the
+    /// fleet summary (kept in memory for `fleet_summary_max_age_secs`): series and memory follow
+    /// sources, not devices, and a scrape does not pass over every device.
+    async fn read_devices(
+        &self,
+        db: &Db,
+        fleet: &FleetCache,
+        sources: &HashMap<i64, &str>,
+        at: UtcTime,
+    ) -> StorageResult<()> {
         let source_of = |id: Option<i64>| id.and_then(|id| sources.get(&id).copied()).unwrap_or("none");
+        let summary = fleet.get(db).await?;
         let mut counts: BTreeMap<(&str, String, &str), i64> = BTreeMap::new();
-        let mut with_devices: Vec<Option<i64>> = Vec::new();
-        for c in devices::counts(db).await? {
-            let model = c.model.unwrap_or_else(|| "unknown".into());
+        let mut seen: BTreeMap<(&str, usize), i64> = BTreeMap::new();
+        for g in &summary.groups {
+            let model = g.model.clone().unwrap_or_else(|| "unknown".into());
             *counts
-                .entry((source_of(c.source_id), model, c.status.as_str()))
-                .or_default() += c.devices;
-            if !with_devices.contains(&c.source_id) {
-                with_devices.push(c.source_id);
+                .entry((source_of(g.source_id), model, g.status.as_str()))
+                .or_default() += g.devices;
+            for (bucket, n) in g.seen_within.iter().enumerate() {
+                *seen.entry((source_of(g.source_id), bucket)).or_default() += n;
             }
         }
         for ((source, model, status), count) in counts {
@@ -223,34 +230,20 @@ impl DbGauges {
                 .with_label_values(&[source, &model, status])
                 .set(count);
         }
-        let mut buckets: Vec<(String, UtcTime)> = SEEN_WITHIN
+        let les: Vec<String> = devices::SEEN_WITHIN_SECS
             .iter()
-            .map(|secs| {
-                (
-                    secs.to_string(),
-                    UtcTime::new(at.0 - chrono::Duration::seconds(*secs)),
-                )
-            })
+            .map(|secs| secs.to_string())
+            .chain(["+Inf".to_owned()])
             .collect();
-        // "Ever heard from": every stored time is after the epoch.
-        buckets.push(("+Inf".into(), UtcTime::new(chrono::DateTime::UNIX_EPOCH)));
-        for (le, since) in buckets {
-            let mut seen: HashMap<&str, i64> = with_devices.iter().map(|id| (source_of(*id), 0)).collect();
-            for (source_id, n) in devices::seen_since(db, since).await? {
-                *seen.entry(source_of(source_id)).or_default() += n;
-            }
-            for (source, n) in seen {
-                self.devices_seen_within.with_label_values(&[source, &le]).set(n);
-            }
+        for ((source, bucket), n) in seen {
+            self.devices_seen_within
+                .with_label_values(&[source, &les[bucket]])
+                .set(n);
         }
-        for source_id in with_devices {
-            if let Some(oldest) = devices::oldest_seen(db, source_id).await?
-                && let Some(seen) = oldest.last_seen_at
-            {
-                self.oldest_seen_age
-                    .with_label_values(&[source_of(source_id), &oldest.sn])
-                    .set(seconds_between(at, seen));
-            }
+        for (source_id, sn, last_seen) in &summary.oldest {
+            self.oldest_seen_age
+                .with_label_values(&[source_of(*source_id), sn])
+                .set(seconds_between(at, *last_seen));
         }
         if self.per_device_limit > 0 {
             let limit = i64::try_from(self.per_device_limit).unwrap_or(i64::MAX);
@@ -265,7 +258,7 @@ impl DbGauges {
         Ok(())
     }
 
-    async fn read(&self, db: &Db, at: UtcTime) -> StorageResult<()> {
+    async fn read(&self, db: &Db, fleet: &FleetCache, at: UtcTime) -> StorageResult<()> {
         let all = connections::list_connections(db).await?;
         let mut milesight_refused = false;
         let mut names = HashMap::new();
@@ -313,7 +306,7 @@ impl DbGauges {
                 .set(i64::from(stale));
         }
 
-        self.read_devices(db, &source_names, at).await?;
+        self.read_devices(db, fleet, &source_names, at).await?;
 
         for p in polling::list_states(db, None).await? {
             let Some(platform) = names.get(&p.connection_id).and_then(|c| platform_of(c)) else {

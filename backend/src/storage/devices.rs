@@ -1,5 +1,7 @@
 //! Devices: one row per Milesight device, keyed by serial number.
 
+use std::collections::BTreeMap;
+
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
@@ -186,62 +188,130 @@ pub struct DeviceHealth {
     pub last_seen_at: Option<UtcTime>,
 }
 
-/// How many devices share a source, model and status.
-#[derive(Debug, Clone, Queryable)]
-pub struct DeviceCount {
+/// The last-seen windows of the fleet summary, in seconds before its time; a device falls in
+/// the first that holds its last reading.
+pub const SEEN_WITHIN_SECS: [i64; 5] = [900, 3600, 21_600, 86_400, 604_800];
+
+/// The devices of one source, model and status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetGroup {
     pub source_id: Option<i64>,
     pub model: Option<String>,
     pub status: DeviceStatus,
     pub devices: i64,
+    /// How many were last heard from within each of `SEEN_WITHIN_SECS` (cumulative), then ever.
+    pub seen_within: [i64; SEEN_WITHIN_SECS.len() + 1],
 }
 
-/// Device counts by source, model and status, counted by the database (no device is loaded,
-/// so the cost of `/metrics` and the overview does not grow with the fleet in memory).
-pub async fn counts(db: &Db) -> StorageResult<Vec<DeviceCount>> {
-    db_run!(db, |conn| {
-        Ok(devices::table
-            .group_by((devices::source_id, devices::model, devices::status))
-            .select((
-                devices::source_id,
-                devices::model,
-                devices::status,
-                diesel::dsl::count_star(),
-            ))
-            .load(conn)
-            .await?)
-    })
+/// The fleet as aggregates: what `/metrics` and the overview show of it, with memory and
+/// series that follow sources and models, never devices.
+#[derive(Debug, Clone)]
+pub struct FleetSummary {
+    pub at: UtcTime,
+    pub groups: Vec<FleetGroup>,
+    /// Per source (or none), the device heard from longest ago: (source, serial, last seen).
+    pub oldest: Vec<(Option<i64>, String, UtcTime)>,
 }
 
-/// Per source, the devices last heard from at or after `since` (one bucket of the last-seen
-/// histogram).
-pub async fn seen_since(db: &Db, since: UtcTime) -> StorageResult<Vec<(Option<i64>, i64)>> {
-    db_run!(db, |conn| {
-        Ok(devices::table
-            .filter(devices::last_seen_at.ge(since))
-            .group_by(devices::source_id)
-            .select((devices::source_id, diesel::dsl::count_star()))
-            .load(conn)
-            .await?)
-    })
+#[derive(QueryableByName)]
+struct FleetRow {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    source_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    model: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: DeviceStatus,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    bucket: i32,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    devices: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<super::fields::UtcTimestamp>)]
+    oldest: Option<UtcTime>,
 }
 
-/// The device of a source (or of none) heard from longest ago, if any was ever heard from.
-pub async fn oldest_seen(db: &Db, source_id: Option<i64>) -> StorageResult<Option<DeviceHealth>> {
-    db_run!(db, |conn| {
-        let mut query = devices::table
-            .filter(devices::last_seen_at.is_not_null())
-            .into_boxed();
-        query = match source_id {
-            Some(id) => query.filter(devices::source_id.eq(id)),
-            None => query.filter(devices::source_id.is_null()),
-        };
-        Ok(query
-            .order(devices::last_seen_at.asc())
-            .select(HEALTH_COLUMNS)
-            .first(conn)
-            .await
-            .optional()?)
-    })
+/// Reads the fleet summary as of `at` in one pass over the devices (grouped by source, model,
+/// status and last-seen window), then one indexed lookup per source for its oldest device.
+/// The pass grows with the fleet, so callers keep the result for a while (`metrics::Fleet`).
+pub async fn fleet_summary(db: &Db, at: UtcTime) -> StorageResult<FleetSummary> {
+    let windows: Vec<UtcTime> = SEEN_WITHIN_SECS
+        .iter()
+        .map(|secs| UtcTime::new(at.0 - chrono::TimeDelta::seconds(*secs)))
+        .collect();
+    let never = SEEN_WITHIN_SECS.len() + 1;
+    let placeholder = |i: usize| match db.pools {
+        super::Pools::Postgres(_) => format!("${}", i + 1),
+        super::Pools::Sqlite(_) => "?".into(),
+    };
+    let mut bucket = format!("CASE WHEN last_seen_at IS NULL THEN {never}");
+    for i in 0..windows.len() {
+        bucket.push_str(&format!(" WHEN last_seen_at >= {} THEN {i}", placeholder(i)));
+    }
+    bucket.push_str(&format!(" ELSE {} END", windows.len()));
+    let sql = format!(
+        "SELECT source_id, model, status, {bucket} AS bucket, COUNT(*) AS devices, \
+         MIN(last_seen_at) AS oldest FROM devices GROUP BY source_id, model, status, {bucket}"
+    );
+    let [w0, w1, w2, w3, w4] = [windows[0], windows[1], windows[2], windows[3], windows[4]];
+    let rows: Vec<FleetRow> = db_run!(db, |conn| {
+        Ok::<_, super::StorageError>(
+            diesel::sql_query(sql.as_str())
+                .bind::<super::fields::UtcTimestamp, _>(w0)
+                .bind::<super::fields::UtcTimestamp, _>(w1)
+                .bind::<super::fields::UtcTimestamp, _>(w2)
+                .bind::<super::fields::UtcTimestamp, _>(w3)
+                .bind::<super::fields::UtcTimestamp, _>(w4)
+                .load(conn)
+                .await?,
+        )
+    })?;
+    let mut summary = FleetSummary {
+        at,
+        groups: Vec::new(),
+        oldest: Vec::new(),
+    };
+    let mut oldest: BTreeMap<Option<i64>, UtcTime> = BTreeMap::new();
+    for row in rows {
+        let known = summary
+            .groups
+            .iter()
+            .position(|g| g.source_id == row.source_id && g.model == row.model && g.status == row.status);
+        let index = known.unwrap_or_else(|| {
+            summary.groups.push(FleetGroup {
+                source_id: row.source_id,
+                model: row.model.clone(),
+                status: row.status,
+                devices: 0,
+                seen_within: Default::default(),
+            });
+            summary.groups.len() - 1
+        });
+        let group = &mut summary.groups[index];
+        group.devices += row.devices;
+        let bucket = usize::try_from(row.bucket).unwrap_or(never);
+        // Cumulative: a device seen within 15 minutes was also seen within an hour, and ever.
+        for within in group.seen_within.iter_mut().skip(bucket) {
+            *within += row.devices;
+        }
+        if let Some(seen) = row.oldest {
+            let entry = oldest.entry(row.source_id).or_insert(seen);
+            *entry = (*entry).min(seen);
+        }
+    }
+    for (source_id, seen) in oldest {
+        let sn: Option<String> = db_run!(db, |conn| {
+            let mut query = devices::table.filter(devices::last_seen_at.eq(seen)).into_boxed();
+            query = match source_id {
+                Some(id) => query.filter(devices::source_id.eq(id)),
+                None => query.filter(devices::source_id.is_null()),
+            };
+            Ok::<_, super::StorageError>(query.select(devices::sn).first(conn).await.optional()?)
+        })?;
+        // A reading between the two reads moved it on; the next summary names the new oldest.
+        if let Some(sn) = sn {
+            summary.oldest.push((source_id, sn, seen));
+        }
+    }
+    Ok(summary)
 }
 
 /// The `limit` devices heard from longest ago (the opt-in per-device metrics).

@@ -190,8 +190,10 @@ pub async fn overview(
     let sources = api::webhook_sources::sources_data(&state).await?;
     let source_counts = count_by(sources.iter().map(|s| s.status.as_str()));
     let mut device_counts: BTreeMap<&str, i64> = BTreeMap::new();
-    for c in devices::counts(&state.db).await? {
-        *device_counts.entry(c.status.as_str()).or_default() += c.devices;
+    // From the fleet summary the metrics keep (at most `fleet_summary_max_age_secs` old): the
+    // overview must not pass over every device each time it is opened.
+    for g in &state.metrics.fleet.get(&state.db).await?.groups {
+        *device_counts.entry(g.status.as_str()).or_default() += g.devices;
     }
     let polls = api::polling::list_data(&state).await?;
     let failing_polls = polls.iter().filter(|p| p.consecutive_failures > 0).count() as i64;

@@ -1,7 +1,7 @@
 -- When each online device counts as offline if nothing more arrives: its last reading plus its
 -- expected interval times the offline factor, written by ingest. The offline check reads the
 -- devices past their deadline along this index, so its cost follows the devices that went
--- quiet, not the fleet. NULL until the first check fills it in (see app_settings below).
+-- quiet, not the fleet.
 ALTER TABLE devices ADD COLUMN offline_after TEXT;
 CREATE INDEX devices_status_offline_after_idx ON devices (status, offline_after);
 
@@ -12,3 +12,14 @@ CREATE TABLE app_settings (
     value TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+
+-- Existing devices get their deadlines under the default policy (10 minutes × 2), remembered
+-- as such: a service configured otherwise rewrites them at its first offline check.
+-- Whole seconds are added, so the stored fraction and offset (from character 20) carry over
+-- and the text keeps the fixed-width form timestamps are compared in.
+UPDATE devices
+SET offline_after = strftime('%Y-%m-%d %H:%M:%S', last_seen_at,
+        '+' || (COALESCE(expected_interval_secs, 600) * 2) || ' seconds') || substr(last_seen_at, 20)
+WHERE last_seen_at IS NOT NULL;
+INSERT INTO app_settings (key, value, updated_at)
+VALUES ('devices.offline_policy', '600s x2', strftime('%Y-%m-%d %H:%M:%S', 'now') || '.000000+00:00');
