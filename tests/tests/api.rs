@@ -92,12 +92,19 @@ async fn devices_are_listed_filtered_and_paged(backend: Backend) {
     assert_eq!(site_b["total"], 1);
     let (_, nowhere) = get_json(&server.url("/api/devices?source=nowhere")).await;
     assert_eq!(nowhere["total"], 0);
+    // Search matches the start of the serial number, devEUI or name, case-insensitively.
     let (_, search) = get_json(&server.url("/api/devices?search=aa-00")).await;
-    assert_eq!(search["total"], 2, "case-insensitive substring: {search}");
-    let (_, literal) = get_json(&server.url("/api/devices?search=_100%25")).await;
+    assert_eq!(search["total"], 2, "case-insensitive serial prefix: {search}");
+    let (_, literal) = get_json(&server.url("/api/devices?search=ab_100%25")).await;
     assert_eq!(literal["total"], 1, "% and _ are literal characters: {literal}");
-    let (_, by_model) = get_json(&server.url("/api/devices?search=em300")).await;
-    assert_eq!(by_model["total"], 4);
+    let (_, wildcard) = get_json(&server.url("/api/devices?search=a_")).await;
+    assert_eq!(wildcard["total"], 0, "_ is no wildcard: {wildcard}");
+    let (_, inside) = get_json(&server.url("/api/devices?search=-00")).await;
+    assert_eq!(inside["total"], 0, "the start, not anywhere inside: {inside}");
+    let (_, by_eui) = get_json(&server.url("/api/devices?search=24d1247")).await;
+    assert_eq!(by_eui["total"], 4, "devEUI prefix");
+    let (_, by_name) = get_json(&server.url("/api/devices?search=COLD%20R")).await;
+    assert_eq!(by_name["total"], 4, "name prefix");
 
     let (_, page) = get_json(&server.url("/api/devices?limit=2&offset=2")).await;
     let sns: Vec<&str> = page["items"]

@@ -247,13 +247,13 @@ async fn migrate_command_is_idempotent(backend: Backend) {
     let env = [("DATABASE_URL", db.url())];
     let status = run_cli(&["migrate", "--status"], &env);
     assert!(
-        String::from_utf8_lossy(&status.stdout).contains("10 pending migration"),
+        String::from_utf8_lossy(&status.stdout).contains("11 pending migration"),
         "{status:?}"
     );
     let first = run_cli(&["migrate"], &env);
     assert!(first.status.success(), "{first:?}");
     assert!(
-        String::from_utf8_lossy(&first.stdout).contains("applied 10 migration"),
+        String::from_utf8_lossy(&first.stdout).contains("applied 11 migration"),
         "{first:?}"
     );
     let second = run_cli(&["migrate"], &env);

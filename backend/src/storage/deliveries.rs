@@ -323,14 +323,15 @@ pub async fn list_events(
         if let Some(source_id) = source_id {
             query = query.filter(webhook_events::source_id.eq(source_id));
         }
-        if let Some(device_id) = device_id {
-            query = query.filter(webhook_events::device_id.eq(device_id));
-        }
-        Ok(query
-            .order(webhook_events::id.desc())
-            .limit(limit)
-            .load(conn)
-            .await?)
+        query = match device_id {
+            // A device's newest by event time, read backwards along (device_id, event_time):
+            // ordered by id, PostgreSQL may walk the whole table backwards looking for them.
+            Some(device_id) => query
+                .filter(webhook_events::device_id.eq(device_id))
+                .order(webhook_events::event_time.desc()),
+            None => query.order(webhook_events::id.desc()),
+        };
+        Ok(query.limit(limit).load(conn).await?)
     })
 }
 

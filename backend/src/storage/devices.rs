@@ -385,17 +385,13 @@ pub async fn list(db: &Db, limit: i64, offset: i64) -> StorageResult<Vec<Device>
     })
 }
 
-diesel::define_sql_function! {
-    /// SQL `lower()`, which both backends have; used for case-insensitive search.
-    fn lower(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
-}
-
 /// Filters for the device list; all optional.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
     pub status: Option<DeviceStatus>,
     pub source_id: Option<i64>,
-    /// Case-insensitive substring of serial number, name, devEUI or model.
+    /// Case-insensitive start of the serial number, devEUI or name (a range on each one's
+    /// index, so it costs the same at any fleet size).
     pub search: Option<String>,
     /// Keyset cursor: only devices whose serial number sorts after this one (the page after a
     /// page that ended there), read along the serial number's unique index however deep.
@@ -409,15 +405,23 @@ pub async fn search(
     limit: i64,
     offset: i64,
 ) -> StorageResult<(Vec<Device>, i64)> {
-    let pattern = filter.search.as_deref().map(|s| {
-        // LIKE wildcards in the input are literal characters to the user.
-        let escaped = s
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
+    // The values that start with `prefix` are those from `prefix` up to (not including)
+    // `prefix` followed by the greatest character, in byte order: PostgreSQL compares in the
+    // "C" collation, as its indexes are built (SQLite's default is already byte order).
+    let range = filter.search.as_deref().map(|s| {
+        // Lowercased as each backend's `lower()` does: SQLite's folds ASCII letters only.
+        let low = match db.pools {
+            super::Pools::Postgres(_) => s.to_lowercase(),
+            super::Pools::Sqlite(_) => s.to_ascii_lowercase(),
+        };
+        let high = format!("{low}{}", char::MAX);
+        (low, high)
     });
+    let collate = match db.pools {
+        super::Pools::Postgres(_) => " COLLATE \"C\"",
+        super::Pools::Sqlite(_) => "",
+    };
+    let starts = |column: &str, op: &str| format!("lower({column}){collate} {op} ");
     macro_rules! filtered {
         () => {{
             let mut query = devices::table.into_boxed();
@@ -427,14 +431,27 @@ pub async fn search(
             if let Some(source_id) = filter.source_id {
                 query = query.filter(devices::source_id.eq(source_id));
             }
-            if let Some(pattern) = &pattern {
+            if let Some((low, high)) = &range {
                 query = query.filter(
-                    lower(devices::sn.nullable())
-                        .like(pattern.clone())
-                        .escape('\\')
-                        .or(lower(devices::name).like(pattern.clone()).escape('\\'))
-                        .or(lower(devices::dev_eui).like(pattern.clone()).escape('\\'))
-                        .or(lower(devices::model).like(pattern.clone()).escape('\\')),
+                    diesel::dsl::sql::<diesel::sql_types::Bool>("((")
+                        .sql(&starts("sn", ">="))
+                        .bind::<diesel::sql_types::Text, _>(low.clone())
+                        .sql(" AND ")
+                        .sql(&starts("sn", "<"))
+                        .bind::<diesel::sql_types::Text, _>(high.clone())
+                        .sql(") OR (")
+                        .sql(&starts("dev_eui", ">="))
+                        .bind::<diesel::sql_types::Text, _>(low.clone())
+                        .sql(" AND ")
+                        .sql(&starts("dev_eui", "<"))
+                        .bind::<diesel::sql_types::Text, _>(high.clone())
+                        .sql(") OR (")
+                        .sql(&starts("name", ">="))
+                        .bind::<diesel::sql_types::Text, _>(low.clone())
+                        .sql(" AND ")
+                        .sql(&starts("name", "<"))
+                        .bind::<diesel::sql_types::Text, _>(high.clone())
+                        .sql("))"),
                 );
             }
             query

@@ -1,0 +1,6 @@
+-- Device search matches the start of the serial number, devEUI or name, case-insensitively,
+-- as a range on each lowercased value: these indexes make each a range read at any fleet
+-- size (byte order, so the range holds exactly the values with that prefix).
+CREATE INDEX devices_sn_search_idx ON devices ((lower(sn) COLLATE "C"));
+CREATE INDEX devices_dev_eui_search_idx ON devices ((lower(dev_eui) COLLATE "C"));
+CREATE INDEX devices_name_search_idx ON devices ((lower(name) COLLATE "C"));
