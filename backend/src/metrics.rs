@@ -10,7 +10,7 @@ use prometheus::{
 
 use crate::storage::Db;
 
-pub mod fleet;
+pub mod kept;
 pub mod scrape;
 
 /// Declares each instrument once: its field, type, name, help, labels and buckets. The struct
@@ -197,7 +197,9 @@ pub struct Metrics {
     /// One scrape at a time: each rebuilds the database gauges from scratch.
     scrape_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The fleet summary the device gauges and the overview read.
-    pub fleet: fleet::FleetCache,
+    pub fleet: kept::FleetCache,
+    /// Webhook events per source over the last hour and day (the webhooks page and API).
+    pub source_events: kept::Kept<crate::storage::deliveries::SourceEventCounts>,
 }
 
 impl std::ops::Deref for Metrics {
@@ -288,7 +290,8 @@ impl Metrics {
             instruments,
             db_gauges,
             scrape_lock: Default::default(),
-            fleet: fleet::FleetCache::new(fleet_summary_max_age),
+            fleet: kept::FleetCache::new(fleet_summary_max_age),
+            source_events: kept::Kept::new(fleet_summary_max_age),
         })
     }
 

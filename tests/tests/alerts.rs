@@ -10,6 +10,7 @@ use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
 use telltale::storage::connections::{self, RefreshedToken};
 use telltale::storage::deliveries::{self, SourceTiming};
+use telltale::storage::devices;
 use telltale::storage::polling::{self as poll_store, Finished};
 use telltale::storage::{DeviceStatus, PollStatus, UtcTime, alerts, now};
 use telltale_e2e::{
@@ -26,6 +27,7 @@ both_backends!(
     silences_hold_back_notifications,
     alerts_within_the_group_window_share_one_email,
     many_offline_devices_of_a_source_share_one_alert,
+    three_replicas_alert_every_overdue_device_once,
 );
 
 /// More offline devices in one source than the threshold are one alert for the source, with
@@ -89,6 +91,148 @@ async fn many_offline_devices_of_a_source_share_one_alert(backend: Backend) {
     let mut subjects: Vec<&str> = open.iter().map(|a| a.subject.as_str()).collect();
     subjects.sort_unstable();
     assert_eq!(subjects, ["device:A-1", "device:B-1"]);
+}
+
+/// Three replicas on one database run the offline check (two devices a chunk, so every
+/// source spans several chunks) and then the evaluation, at the same moment: every overdue
+/// device goes offline exactly once and ends up alerted on its own, in its source's grouped
+/// alert or folded into its dead source's alert, each incident in exactly one email.
+async fn three_replicas_alert_every_overdue_device_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let state = app_with(&db, &smtp)
+            .set("alerts.group_wait_secs", 0)
+            .set("alerts.device_offline_group_threshold", 3)
+            .state()
+            .await;
+        replicas.push(Arc::new(state));
+    }
+    let db0 = &replicas[0].db;
+    let steady = SourceTiming {
+        period_secs: 86_400,
+        grace_secs: 0,
+    };
+    let many = deliveries::ensure_source(db0, "site-many", steady).await.unwrap();
+    let few = deliveries::ensure_source(db0, "site-few", steady).await.unwrap();
+    // Default timing: quiet for half an hour, so this whole source is down.
+    let dead = deliveries::ensure_source(db0, "site-dead", SourceTiming::default())
+        .await
+        .unwrap();
+    let at: UtcTime = (now().0 + Span::minutes(30)).into();
+    let long_ago: UtcTime = (now().0 - Span::hours(2)).into();
+    let mut overdue = Vec::new();
+    for (source, prefix, quiet, reporting) in [(many, "M", 7, 2), (few, "F", 2, 3), (dead, "D", 4, 0)] {
+        for n in 0..quiet {
+            let sn = format!("{prefix}-{n}");
+            device_in(db0, &sn, Some(source), DeviceStatus::Online, long_ago).await;
+            overdue.push(sn);
+        }
+        for n in 0..reporting {
+            device_in(
+                db0,
+                &format!("{prefix}-fresh-{n}"),
+                Some(source),
+                DeviceStatus::Online,
+                at,
+            )
+            .await;
+        }
+    }
+    overdue.sort();
+
+    let check = |r: &Arc<AppState>| {
+        let r = r.clone();
+        async move { devices::mark_silent_offline(&r.db, at, 2).await.unwrap() }
+    };
+    let (a, b, c) = tokio::join!(check(&replicas[0]), check(&replicas[1]), check(&replicas[2]));
+    let mut went_offline = [a, b, c].concat();
+    went_offline.sort();
+    assert_eq!(
+        went_offline, overdue,
+        "every overdue device, by exactly one replica"
+    );
+    let (still_online, _) = devices::search(
+        db0,
+        &devices::DeviceFilter {
+            status: Some(DeviceStatus::Online),
+            ..Default::default()
+        },
+        100,
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(still_online.len(), 5, "the reporting devices stay online");
+
+    let run = |r: &Arc<AppState>| {
+        let r = r.clone();
+        async move { evaluate(&r.db, &r.config, at).await.unwrap() }
+    };
+    let (a, b, c) = tokio::join!(run(&replicas[0]), run(&replicas[1]), run(&replicas[2]));
+    let opened = a.opened + b.opened + c.opened;
+    let open = alerts::open_alerts(db0).await.unwrap();
+    let mut keys: Vec<&str> = open.iter().map(|a| a.alert_key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "device_offline:device:F-0",
+            "device_offline:device:F-1",
+            "devices_offline:source:site-many",
+            "webhook_source_stale:source:site-dead",
+        ],
+        "few: one alert each; many: one for the source; dead source: folded"
+    );
+    assert_eq!(opened, 4, "each alert opened by one replica");
+    let grouped = open.iter().find(|a| a.rule == "devices_offline").unwrap();
+    assert_eq!(grouped.summary, "7 devices of source site-many are offline");
+    assert!(
+        grouped
+            .details
+            .contains("Offline: M-0, M-1, M-2, M-3, M-4, M-5, M-6\n"),
+        "{}",
+        grouped.details
+    );
+    let folded = open.iter().find(|a| a.rule == "webhook_source_stale").unwrap();
+    assert!(
+        folded
+            .details
+            .contains("4 offline device(s) of this source are folded"),
+        "{}",
+        folded.details
+    );
+
+    let deliver = |r: &Arc<AppState>| {
+        let r = r.clone();
+        async move { r.mailer.deliver_due().await.unwrap() }
+    };
+    let (a, b, c) = tokio::join!(
+        deliver(&replicas[0]),
+        deliver(&replicas[1]),
+        deliver(&replicas[2])
+    );
+    let delivered = [a, b, c];
+    let sent: usize = delivered.iter().map(|d| d.sent).sum();
+    let messages: usize = delivered.iter().map(|d| d.messages).sum();
+    assert_eq!(sent, 4);
+    smtp.wait_for(messages, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = smtp.messages();
+    assert_eq!(received.len(), messages);
+    for needle in [
+        "device F-0 (F-0) is offline",
+        "device F-1 (F-1) is offline",
+        "7 devices of source site-many are offline",
+        "no Milesight webhook from source site-dead",
+    ] {
+        assert_eq!(
+            received.iter().filter(|m| m.contains(needle)).count(),
+            1,
+            "{needle}: in exactly one email"
+        );
+    }
 }
 
 /// Emails are due at once (no group window) unless a test says otherwise.

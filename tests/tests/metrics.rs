@@ -17,6 +17,7 @@ both_backends!(
     scrape_time_gauges_tell_the_database_truth,
     two_replicas_report_the_same_gauges,
     the_fleet_summary_is_kept_for_its_max_age,
+    the_webhook_event_counts_are_kept_for_their_max_age,
 );
 
 async fn connection(state: &AppState, name: &str, expires_in: Span) -> i64 {
@@ -325,4 +326,64 @@ async fn the_fleet_summary_is_kept_for_its_max_age(backend: Backend) {
     );
     let cached = kept.metrics.fleet.get(&kept.db).await.unwrap();
     assert_eq!(cached.groups.iter().map(|g| g.devices).sum::<i64>(), 1);
+}
+
+/// The webhooks page's events per source over the last hour and day are kept the same way:
+/// an event stored within the max age shows at the next read, and with 0 at once.
+async fn the_webhook_event_counts_are_kept_for_their_max_age(backend: Backend) {
+    use deliveries::{IncomingEvent, SourceEffect};
+    let db = TestDb::new(backend).await;
+    let kept = TestApp::on(&db)
+        .set("milesight.fleet_summary_max_age_secs", 3600)
+        .state()
+        .await;
+    let every_read = TestApp::on(&db)
+        .set("milesight.fleet_summary_max_age_secs", 0)
+        .state()
+        .await;
+    let source = deliveries::ensure_source(&kept.db, "site-a", SourceTiming::default())
+        .await
+        .unwrap();
+    let receive = |id: &'static str, received: Span| {
+        let db = kept.db.clone();
+        async move {
+            let event = IncomingEvent {
+                event_id: id.into(),
+                event_type: "DEVICE_DATA".into(),
+                event_time: None,
+                payload: "{}".into(),
+                device: None,
+                effect: SourceEffect::None,
+            };
+            deliveries::ingest(&db, source, (now().0 - received).into(), &[event])
+                .await
+                .unwrap();
+        }
+    };
+    receive("e1", Span::minutes(1)).await;
+    receive("e2", Span::hours(3)).await;
+    let counts = |state: &AppState| {
+        let state = state.clone();
+        async move {
+            let counts = state.metrics.source_events.get(&state.db).await.unwrap();
+            (
+                counts.last_hour.get(&source).copied(),
+                counts.last_day.get(&source).copied(),
+            )
+        }
+    };
+    assert_eq!(
+        counts(&kept).await,
+        (Some(1), Some(2)),
+        "one in the hour, both in the day"
+    );
+    assert_eq!(counts(&every_read).await, (Some(1), Some(2)));
+
+    receive("e3", Span::minutes(2)).await;
+    assert_eq!(
+        counts(&kept).await,
+        (Some(1), Some(2)),
+        "within the max age the counts read before are served"
+    );
+    assert_eq!(counts(&every_read).await, (Some(2), Some(3)));
 }

@@ -7,7 +7,9 @@ use diesel_async::RunQueryDsl;
 use telltale::crypto::Crypto;
 use telltale::db_run;
 use telltale::storage::connections::{self, NewConnection};
-use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, NewWebhookRejection, SourceEffect};
+use telltale::storage::deliveries::{
+    self, IncomingDevice, IncomingEvent, NewWebhookRejection, SourceEffect, SourceTiming,
+};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
 use telltale::storage::refresh_log::{self, NewRefreshLogEntry};
 use telltale::storage::schema;
@@ -26,7 +28,7 @@ both_backends!(
     uniqueness_and_foreign_keys_are_enforced,
     quiet_devices_go_offline_and_old_events_expire,
     expired_staff_sessions_are_dropped_at_the_next_sign_in,
-    every_offline_device_is_read_across_chunks,
+    offline_devices_are_counted_and_read_by_source,
     the_deadline_migration_computes_what_ingest_writes,
 );
 
@@ -72,38 +74,38 @@ async fn the_deadline_migration_computes_what_ingest_writes(backend: Backend) {
     );
 }
 
-/// Alert evaluation reads offline devices in chunks: every one of them, once, whatever the
-/// chunk size, including chunk boundaries that fall exactly on the last device.
-async fn every_offline_device_is_read_across_chunks(backend: Backend) {
+/// Alert evaluation reads offline devices per source: the counts, and a source's first ones
+/// by serial number up to a limit, devices without a source included; online ones never.
+async fn offline_devices_are_counted_and_read_by_source(backend: Backend) {
     let test_db = TestDb::new(backend).await;
     let db = test_db.open_migrated().await;
-    let mut offline = Vec::new();
-    for n in 0..8 {
-        let sn = format!("SN-{n:02}");
-        // Every third device is online; the rest are offline.
-        let status = if n % 3 == 0 {
-            DeviceStatus::Online
-        } else {
-            DeviceStatus::Offline
-        };
-        telltale_e2e::device_in(&db, &sn, None, status, now()).await;
-        if status == DeviceStatus::Offline {
-            offline.push(sn);
-        }
+    let site = deliveries::ensure_source(&db, "site-a", SourceTiming::default())
+        .await
+        .unwrap();
+    for n in [4, 0, 3, 1, 2] {
+        telltale_e2e::device_in(&db, &format!("A-{n}"), Some(site), DeviceStatus::Offline, now()).await;
     }
-    assert_eq!(offline.len(), 5);
-    for chunk in [1, 2, 5, 1000] {
-        let read: Vec<String> = devices::all_with_status(&db, DeviceStatus::Offline, chunk)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.sn)
-            .collect();
-        assert_eq!(
-            read, offline,
-            "chunk {chunk}: every offline device, once, in id order"
-        );
-    }
+    telltale_e2e::device_in(&db, "A-online", Some(site), DeviceStatus::Online, now()).await;
+    telltale_e2e::device_in(&db, "loose", None, DeviceStatus::Offline, now()).await;
+    telltale_e2e::device_in(&db, "loose-online", None, DeviceStatus::Online, now()).await;
+
+    let mut counts = devices::offline_counts(&db).await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [(None, 1), (Some(site), 5)]);
+    let sns = |found: Vec<devices::Device>| found.into_iter().map(|d| d.sn).collect::<Vec<_>>();
+    assert_eq!(
+        sns(devices::offline_of_source(&db, Some(site), 3).await.unwrap()),
+        ["A-0", "A-1", "A-2"],
+        "the first three by serial number"
+    );
+    assert_eq!(
+        sns(devices::offline_of_source(&db, Some(site), 100).await.unwrap()),
+        ["A-0", "A-1", "A-2", "A-3", "A-4"]
+    );
+    assert_eq!(
+        sns(devices::offline_of_source(&db, None, 100).await.unwrap()),
+        ["loose"]
+    );
 }
 
 fn key(byte: u8) -> [u8; 32] {

@@ -21,7 +21,7 @@ use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
 use crate::storage::polling::{self as poll_store, PollState};
-use crate::storage::{AlertState, ConnectionStatus, DeviceStatus, SourceStatus};
+use crate::storage::{AlertState, ConnectionStatus, SourceStatus};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
@@ -46,12 +46,43 @@ pub struct Signals {
     pub connections: Vec<Connection>,
     pub polls: Vec<PollState>,
     pub sources: Vec<WebhookSource>,
-    /// The devices the rules can fire for: every offline one (online devices never alert).
+    /// The offline devices by source (online devices never alert), never the whole fleet.
+    pub offline: Vec<OfflineGroup>,
+}
+
+/// The offline devices of one source: how many, and every one of them while they are few
+/// enough to alert one by one, else the first `LISTED_DEVICES` by serial number.
+pub struct OfflineGroup {
+    pub source_id: Option<i64>,
+    pub count: usize,
     pub devices: Vec<Device>,
 }
 
-/// Offline devices are read this many at a time.
-const DEVICE_CHUNK: i64 = 1000;
+/// How many of a source's `offline` devices the rules need: all of them for one alert each,
+/// or the ones a grouped alert lists.
+fn listed(offline: usize, config: &AlertsConfig) -> usize {
+    if offline > config.device_offline_group_threshold {
+        LISTED_DEVICES.min(offline)
+    } else {
+        offline
+    }
+}
+
+/// Reads the offline devices by source: one grouped count, then per source only the devices
+/// the rules will name, so memory follows the alerts, not the fleet.
+pub async fn offline_groups(db: &Db, config: &AlertsConfig) -> StorageResult<Vec<OfflineGroup>> {
+    let mut groups = Vec::new();
+    for (source_id, count) in devices::offline_counts(db).await? {
+        let count = usize::try_from(count).unwrap_or(0);
+        let limit = i64::try_from(listed(count, config)).unwrap_or(i64::MAX);
+        groups.push(OfflineGroup {
+            source_id,
+            count,
+            devices: devices::offline_of_source(db, source_id, limit).await?,
+        });
+    }
+    Ok(groups)
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Evaluation {
@@ -201,11 +232,12 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
         let baseline = s.last_event_at.or(Some(s.created_at));
         if crate::milesight::source_status(baseline, period, grace, at) == SourceStatus::Stale {
             stale_sources.insert(s.id);
-            let quiet = signals
-                .devices
+            let quiet: usize = signals
+                .offline
                 .iter()
-                .filter(|d| d.source_id == Some(s.id) && d.status == DeviceStatus::Offline)
-                .count();
+                .filter(|g| g.source_id == Some(s.id))
+                .map(|g| g.count)
+                .sum();
             firing.push(Firing {
                 key: format!("webhook_source_stale:source:{}", s.name),
                 rule: "webhook_source_stale".into(),
@@ -239,36 +271,32 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
     }
 
     // Offline devices by source; a dead source already folds its own.
-    let mut offline_by_source: BTreeMap<Option<i64>, Vec<&Device>> = BTreeMap::new();
-    for d in signals
-        .devices
-        .iter()
-        .filter(|d| d.status == DeviceStatus::Offline)
-        .filter(|d| !d.source_id.is_some_and(|id| stale_sources.contains(&id)))
-    {
-        offline_by_source.entry(d.source_id).or_default().push(d);
-    }
     let source_names: HashMap<i64, &str> = signals.sources.iter().map(|s| (s.id, s.name.as_str())).collect();
-    for (source_id, offline) in offline_by_source {
-        if offline.len() > config.device_offline_group_threshold {
+    for group in signals
+        .offline
+        .iter()
+        .filter(|g| !g.source_id.is_some_and(|id| stale_sources.contains(&id)))
+    {
+        if group.count > config.device_offline_group_threshold {
             // Many at once is one incident (a gateway, a network, power): one alert for the
             // source, not one email per device.
-            let source = source_id
+            let source = group
+                .source_id
                 .and_then(|id| source_names.get(&id).copied())
                 .unwrap_or("none");
-            let mut listed: Vec<&str> = offline
+            let listed: Vec<&str> = group
+                .devices
                 .iter()
                 .take(LISTED_DEVICES)
                 .map(|d| d.sn.as_str())
                 .collect();
-            listed.sort_unstable();
-            let more = offline.len().saturating_sub(LISTED_DEVICES);
+            let more = group.count.saturating_sub(listed.len());
             firing.push(Firing {
                 key: format!("devices_offline:source:{source}"),
                 rule: "devices_offline".into(),
                 subject: format!("source:{source}"),
                 severity: "warning".into(),
-                summary: format!("{} devices of source {source} are offline", offline.len()),
+                summary: format!("{} devices of source {source} are offline", group.count),
                 details: format!(
                     "Offline: {}{}\nMore than {} at once, so they share this alert.\nLook here: {}",
                     listed.join(", "),
@@ -283,7 +311,7 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
             });
             continue;
         }
-        for d in offline {
+        for d in &group.devices {
             firing.push(Firing {
                 key: format!("device_offline:device:{}", d.sn),
                 rule: "device_offline".into(),
@@ -381,7 +409,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         connections: connections::list_connections(db).await?,
         polls: poll_store::list_states(db, None).await?,
         sources: deliveries::list_sources(db).await?,
-        devices: devices::all_with_status(db, DeviceStatus::Offline, DEVICE_CHUNK).await?,
+        offline: offline_groups(db, &config.alerts).await?,
     };
     let holding = conditions(&signals, &config.alerts, at);
     let silences: Vec<_> = store::silences(db, at)

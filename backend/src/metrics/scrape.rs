@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use super::fleet::FleetCache;
+use super::kept::FleetCache;
 use crate::milesight::token::is_milesight;
 use crate::polling::catalogue::platform_of;
 use crate::storage::{ConnectionStatus, SourceStatus};

@@ -41,8 +41,9 @@ settings! {
         /// bytes of `/metrics`): keep it to what Prometheus can hold (docs/metrics.md).
         per_device_metrics: usize = count(0, 0..=100_000), env "MILESIGHT_PER_DEVICE_METRICS";
         /// How old the fleet summary behind `/metrics` and the overview (device counts, last-seen
-        /// windows, oldest device) may get: it is one pass over every device, read again in the
-        /// background once this has passed. 0 reads it on every scrape and page.
+        /// windows, oldest device), and the webhooks page's events per source over the last hour
+        /// and day, may get: each is one pass over every device or the day's events, read again
+        /// in the background once this has passed. 0 reads them on every scrape and page.
         fleet_summary_max_age_secs: Duration = secs(30, 0..=3600), env "MILESIGHT_FLEET_SUMMARY_MAX_AGE_SECS";
         /// When the offline check runs.
         device_check_schedule: String = schedule("0 * * * * *"), env "MILESIGHT_DEVICE_CHECK_SCHEDULE";

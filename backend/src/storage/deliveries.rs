@@ -1,5 +1,7 @@
 //! Webhook sources, the events they delivered (each stored once) and rejected requests.
 
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
@@ -297,8 +299,32 @@ pub async fn list_sources(db: &Db) -> StorageResult<Vec<WebhookSource>> {
     })
 }
 
-/// Events received per source since `since`.
-pub async fn event_counts_since(db: &Db, since: UtcTime) -> StorageResult<Vec<(i64, i64)>> {
+/// Events received per source over the hour and the day before `at`.
+#[derive(Debug, Clone)]
+pub struct SourceEventCounts {
+    pub at: UtcTime,
+    pub last_hour: HashMap<i64, i64>,
+    pub last_day: HashMap<i64, i64>,
+}
+
+/// One grouped count per window over the events received in it: its cost follows the day's
+/// traffic, so callers keep the result for a while (`metrics::kept`).
+pub async fn source_event_counts(db: &Db, at: UtcTime) -> StorageResult<SourceEventCounts> {
+    let since = |span: chrono::Duration| UtcTime::new(at.0 - span);
+    Ok(SourceEventCounts {
+        at,
+        last_hour: event_counts_since(db, since(chrono::Duration::hours(1)))
+            .await?
+            .into_iter()
+            .collect(),
+        last_day: event_counts_since(db, since(chrono::Duration::days(1)))
+            .await?
+            .into_iter()
+            .collect(),
+    })
+}
+
+async fn event_counts_since(db: &Db, since: UtcTime) -> StorageResult<Vec<(i64, i64)>> {
     db_run!(db, |conn| {
         Ok(webhook_events::table
             .filter(webhook_events::received_at.ge(since))

@@ -342,31 +342,34 @@ const HEALTH_COLUMNS: (
     devices::last_seen_at,
 );
 
-/// Every device in `status`, read `chunk` at a time in id order (keyset pagination on the
-/// `(status, id)` index), so nothing is capped and no single read grows with the fleet.
-pub async fn all_with_status(db: &Db, status: DeviceStatus, chunk: i64) -> StorageResult<Vec<Device>> {
-    let chunk = chunk.max(1);
-    let mut all = Vec::new();
-    let mut after = i64::MIN;
-    loop {
-        let page = status_page(db, status, after, chunk).await?;
-        let full = page.len() as i64 == chunk;
-        after = page.last().map_or(after, |d| d.id);
-        all.extend(page);
-        if !full {
-            return Ok(all);
-        }
-    }
-}
-
-/// One keyset page of the devices in `status`: the next `chunk` by id after `after`.
-async fn status_page(db: &Db, status: DeviceStatus, after: i64, chunk: i64) -> StorageResult<Vec<Device>> {
+/// How many devices of each source are offline (`None`: devices that came without one), read
+/// from the `(status, source_id, sn)` index: the cost follows the offline devices, not the fleet.
+pub async fn offline_counts(db: &Db) -> StorageResult<Vec<(Option<i64>, i64)>> {
     db_run!(db, |conn| {
         Ok(devices::table
-            .filter(devices::status.eq(status))
-            .filter(devices::id.gt(after))
-            .order(devices::id.asc())
-            .limit(chunk)
+            .filter(devices::status.eq(DeviceStatus::Offline))
+            .group_by(devices::source_id)
+            .select((devices::source_id, diesel::dsl::count_star()))
+            .order(devices::source_id.asc())
+            .load(conn)
+            .await?)
+    })
+}
+
+/// The first `limit` offline devices of one source (`None`: those without one) by serial
+/// number: a range read on the `(status, source_id, sn)` index.
+pub async fn offline_of_source(db: &Db, source_id: Option<i64>, limit: i64) -> StorageResult<Vec<Device>> {
+    db_run!(db, |conn| {
+        let mut query = devices::table
+            .filter(devices::status.eq(DeviceStatus::Offline))
+            .into_boxed();
+        query = match source_id {
+            Some(id) => query.filter(devices::source_id.eq(id)),
+            None => query.filter(devices::source_id.is_null()),
+        };
+        Ok(query
+            .order(devices::sn.asc())
+            .limit(limit)
             .select(Device::as_select())
             .load(conn)
             .await?)

@@ -187,8 +187,8 @@ pub async fn overview(
     staff: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
     let TokensStatus { summary, connections } = api::connections::status_data(&state).await?;
-    let sources = api::webhook_sources::sources_data(&state).await?;
-    let source_counts = count_by(sources.iter().map(|s| s.status.as_str()));
+    let sources = api::webhook_sources::source_statuses(&state).await?;
+    let source_counts = count_by(sources.iter().map(|(_, status)| status.as_str()));
     let mut device_counts: BTreeMap<&str, i64> = BTreeMap::new();
     // From the fleet summary the metrics keep (at most `fleet_summary_max_age_secs` old): the
     // overview must not pass over every device each time it is opened.
@@ -211,10 +211,13 @@ pub async fn overview(
             text: format!("{}: {}", a.severity, a.summary),
         });
     }
-    for s in sources.iter().filter(|s| s.status == SourceStatus::Stale) {
+    for (name, _) in sources
+        .iter()
+        .filter(|(_, status)| *status == SourceStatus::Stale)
+    {
         problems.push(Problem {
             href: "/webhooks".into(),
-            text: format!("webhook source {} is stale", s.name),
+            text: format!("webhook source {name} is stale"),
         });
     }
     for c in connections

@@ -1,15 +1,13 @@
 //! `GET /api/webhooks/sources|events|rejections`: webhook health and what arrived or was refused.
 
-use std::collections::HashMap;
-
 use actix_web::{HttpResponse, web};
-use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{LimitOnly, json_text, page_limit};
 use crate::app::AppState;
 use crate::milesight::source_status;
+use crate::storage::deliveries::WebhookSource;
 use crate::storage::{SourceStatus, StorageError, UtcTime, deliveries, now};
 use crate::web::ApiError;
 
@@ -35,41 +33,50 @@ pub struct SourceView {
     pub last_system_notice_at: Option<UtcTime>,
 }
 
+/// Every source's name and status, without counting its events (the overview: cheap at any
+/// traffic, where `sources_data` counts the last day's events).
+pub async fn source_statuses(state: &AppState) -> Result<Vec<(String, SourceStatus)>, ApiError> {
+    let at = now();
+    Ok(deliveries::list_sources(&state.db)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let status = status_of(&s, at);
+            (s.name, status)
+        })
+        .collect())
+}
+
+fn status_of(source: &WebhookSource, at: UtcTime) -> SourceStatus {
+    let period = std::time::Duration::from_secs(source.period_secs.max(0) as u64);
+    let grace = std::time::Duration::from_secs(source.grace_secs.max(0) as u64);
+    source_status(source.last_event_at, period, grace, at)
+}
+
 /// Every source with its status and event counts (the API and the webhooks page).
 pub async fn sources_data(state: &AppState) -> Result<Vec<SourceView>, ApiError> {
     let at = now();
     let sources = deliveries::list_sources(&state.db).await?;
-    let last_hour: HashMap<i64, i64> =
-        deliveries::event_counts_since(&state.db, (at.0 - Duration::hours(1)).into())
-            .await?
-            .into_iter()
-            .collect();
-    let last_day: HashMap<i64, i64> =
-        deliveries::event_counts_since(&state.db, (at.0 - Duration::days(1)).into())
-            .await?
-            .into_iter()
-            .collect();
+    // Counted at most once per `milesight.fleet_summary_max_age_secs`: a day of events at
+    // fleet scale is a long count for each page load.
+    let counts = state.metrics.source_events.get(&state.db).await?;
     let config = &state.config.milesight;
     Ok(sources
         .into_iter()
-        .map(|s| {
-            let period = std::time::Duration::from_secs(s.period_secs.max(0) as u64);
-            let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
-            SourceView {
-                secret_configured: s.secret.is_some() || config.webhooks.iter().any(|w| w.uuid.is_none()),
-                status: source_status(s.last_event_at, period, grace, at),
-                events_last_hour: last_hour.get(&s.id).copied().unwrap_or(0),
-                events_last_day: last_day.get(&s.id).copied().unwrap_or(0),
-                last_system_notice: s.last_system_notice.as_deref().map(json_text),
-                id: s.id,
-                name: s.name,
-                webhook_uuid: s.webhook_uuid,
-                last_event_at: s.last_event_at,
-                period_secs: s.period_secs,
-                grace_secs: s.grace_secs,
-                verified_at: s.verified_at,
-                last_system_notice_at: s.last_system_notice_at,
-            }
+        .map(|s| SourceView {
+            secret_configured: s.secret.is_some() || config.webhooks.iter().any(|w| w.uuid.is_none()),
+            status: status_of(&s, at),
+            events_last_hour: counts.last_hour.get(&s.id).copied().unwrap_or(0),
+            events_last_day: counts.last_day.get(&s.id).copied().unwrap_or(0),
+            last_system_notice: s.last_system_notice.as_deref().map(json_text),
+            id: s.id,
+            name: s.name,
+            webhook_uuid: s.webhook_uuid,
+            last_event_at: s.last_event_at,
+            period_secs: s.period_secs,
+            grace_secs: s.grace_secs,
+            verified_at: s.verified_at,
+            last_system_notice_at: s.last_system_notice_at,
         })
         .collect())
 }

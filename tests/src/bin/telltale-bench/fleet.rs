@@ -8,7 +8,8 @@
 //! Then, in process on the release build, it times
 //! alert evaluation (the first run opens the alerts, the second is the steady state), the
 //! offline check, a `/metrics` render (and its size), device counts, the first and a deep page
-//! of the devices list and a prefix search, and reports the process's RSS after each.
+//! of the devices list and a prefix search, then p50/p99 of each page and API over HTTP, and reports the database's
+//! size and the process's RSS after each.
 
 use std::time::Instant;
 
@@ -130,6 +131,17 @@ pub async fn run(args: Args) -> Result<(), String> {
         // What autovacuum does soon after a bulk load: without statistics the planner guesses.
         run_sql(&state.db, "ANALYZE").await?;
     }
+    let (bytes, tables) = database_bytes(&state.db).await?;
+    let per_row: Vec<String> = tables
+        .iter()
+        .map(|(table, bytes)| format!("{table} {:.0} bytes a row", *bytes as f64 / args.devices as f64))
+        .collect();
+    println!(
+        "fleet | {backend} | {} devices | database size | {:.0} MiB | {} (one event per device, with indexes)",
+        args.devices,
+        bytes as f64 / 1_048_576.0,
+        per_row.join(", ")
+    );
 
     let report = |step: &str, took: std::time::Duration, detail: String| {
         let (rss, peak) = rss_mib();
@@ -267,10 +279,12 @@ async fn http_latencies(state: &telltale::app::AppState, args: &Args, backend: &
         format!("/devices?search={prefix}"),
         format!("/devices/{}", device.id),
         "/alerts".to_owned(),
+        "/webhooks".to_owned(),
         "/api/devices".to_owned(),
         format!("/api/devices?search={prefix}"),
         format!("/api/devices/{}", device.id),
         "/api/alerts".to_owned(),
+        "/api/webhooks/sources".to_owned(),
         "/metrics".to_owned(),
     ];
     for path in paths {
@@ -304,6 +318,45 @@ async fn http_latencies(state: &telltale::app::AppState, args: &Args, backend: &
     }
     handle.stop(true).await;
     Ok(())
+}
+
+/// The database's size on disk (pages in use on SQLite, `pg_database_size` on PostgreSQL), and
+/// that of the devices and events tables, each with its indexes.
+async fn database_bytes(db: &telltale::storage::Db) -> Result<(i64, Vec<(String, i64)>), String> {
+    #[derive(diesel::QueryableByName)]
+    struct Size {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        bytes: i64,
+    }
+    async fn read(db: &telltale::storage::Db) -> telltale::storage::StorageResult<Vec<Size>> {
+        use diesel_async::RunQueryDsl;
+        let sql = match db.pools() {
+            telltale::storage::Pools::Postgres(_) => {
+                "SELECT 'database' AS name, pg_database_size(current_database()) AS bytes \
+                 UNION ALL SELECT relname::text, pg_total_relation_size(oid) FROM pg_class \
+                 WHERE relname IN ('devices', 'webhook_events') AND relkind = 'r'"
+            }
+            // dbstat (compiled into the bundled SQLite) sizes each table and index b-tree.
+            telltale::storage::Pools::Sqlite(_) => {
+                "SELECT 'database' AS name, page_count * page_size AS bytes \
+                 FROM pragma_page_count(), pragma_page_size() \
+                 UNION ALL SELECT m.tbl_name, SUM(d.pgsize) FROM dbstat d \
+                 JOIN sqlite_master m ON m.name = d.name \
+                 WHERE m.tbl_name IN ('devices', 'webhook_events') GROUP BY m.tbl_name"
+            }
+        };
+        telltale::db_run!(db, |conn| Ok(diesel::sql_query(sql).load(conn).await?))
+    }
+    let sizes = read(db).await.map_err(|e| e.to_string())?;
+    let total = sizes.iter().find(|s| s.name == "database").map_or(0, |s| s.bytes);
+    let tables = sizes
+        .into_iter()
+        .filter(|s| s.name != "database")
+        .map(|s| (s.name, s.bytes))
+        .collect();
+    Ok((total, tables))
 }
 
 async fn run_sql(db: &telltale::storage::Db, sql: &str) -> Result<(), String> {
