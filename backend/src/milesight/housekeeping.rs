@@ -41,7 +41,7 @@ pub fn job_specs(config: &Config, db: &Db) -> Vec<JobSpec> {
 const RETENTION_BATCH: i64 = 10_000;
 
 /// Online devices are checked this many at a time.
-const DEVICE_CHUNK: i64 = 1000;
+pub const DEVICE_CHUNK: i64 = 1000;
 
 /// Marks devices offline that sent nothing within their expected interval × the factor (the
 /// database's offline policy, which `app.rs` builds from this section).

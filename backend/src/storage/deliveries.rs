@@ -307,31 +307,45 @@ pub struct SourceEventCounts {
     pub last_day: HashMap<i64, i64>,
 }
 
-/// One grouped count per window over the events received in it: its cost follows the day's
-/// traffic, so callers keep the result for a while (`metrics::kept`).
+/// One grouped pass over the day's events (both windows counted in it, along the
+/// `received_at` index): its cost follows the day's traffic, so callers keep the result for a
+/// while (`metrics::kept`).
 pub async fn source_event_counts(db: &Db, at: UtcTime) -> StorageResult<SourceEventCounts> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        source_id: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        last_hour: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        last_day: i64,
+    }
+    let (hour, day) = match db.pools {
+        super::Pools::Postgres(_) => ("$1", "$2"),
+        super::Pools::Sqlite(_) => ("?", "?"),
+    };
+    let sql = format!(
+        "SELECT source_id, SUM(CASE WHEN received_at >= {hour} THEN 1 ELSE 0 END) AS last_hour, \
+         COUNT(*) AS last_day FROM webhook_events WHERE received_at >= {day} GROUP BY source_id"
+    );
     let since = |span: chrono::Duration| UtcTime::new(at.0 - span);
+    let (hour_ago, day_ago) = (
+        since(chrono::Duration::hours(1)),
+        since(chrono::Duration::days(1)),
+    );
+    let rows: Vec<Row> = db_run!(db, |conn| {
+        Ok::<_, StorageError>(
+            diesel::sql_query(sql.as_str())
+                .bind::<super::fields::UtcTimestamp, _>(hour_ago)
+                .bind::<super::fields::UtcTimestamp, _>(day_ago)
+                .load(conn)
+                .await?,
+        )
+    })?;
     Ok(SourceEventCounts {
         at,
-        last_hour: event_counts_since(db, since(chrono::Duration::hours(1)))
-            .await?
-            .into_iter()
-            .collect(),
-        last_day: event_counts_since(db, since(chrono::Duration::days(1)))
-            .await?
-            .into_iter()
-            .collect(),
-    })
-}
-
-async fn event_counts_since(db: &Db, since: UtcTime) -> StorageResult<Vec<(i64, i64)>> {
-    db_run!(db, |conn| {
-        Ok(webhook_events::table
-            .filter(webhook_events::received_at.ge(since))
-            .group_by(webhook_events::source_id)
-            .select((webhook_events::source_id, diesel::dsl::count_star()))
-            .load(conn)
-            .await?)
+        last_hour: rows.iter().map(|r| (r.source_id, r.last_hour)).collect(),
+        last_day: rows.iter().map(|r| (r.source_id, r.last_day)).collect(),
     })
 }
 

@@ -498,48 +498,47 @@ pub fn learn_interval(previous: Option<i64>, gap_secs: i64) -> Option<i64> {
 /// policy's factor. Returns the serial numbers it changed, once each.
 ///
 /// The candidates are read `chunk` at a time along the `(status, offline_after)` index, so the
-/// cost follows the devices that went quiet, not the fleet. Each is a compare-and-set on the
-/// deadline read, so a reading that lands meanwhile (and moves the deadline) wins.
+/// cost follows the devices that went quiet, not the fleet. Each chunk is one compare-and-set
+/// `UPDATE` that checks status and deadline again as it writes, so a reading that lands
+/// meanwhile (and moves the deadline) wins, and of replicas racing each device changes once.
 pub async fn mark_silent_offline(db: &Db, at: UtcTime, chunk: i64) -> StorageResult<Vec<String>> {
     let chunk = chunk.max(1);
     apply_offline_policy(db, chunk).await?;
     let mut changed = Vec::new();
     loop {
-        let overdue: Vec<(i64, String, Option<UtcTime>)> = db_run!(db, |conn| {
+        let overdue: Vec<i64> = db_run!(db, |conn| {
             Ok::<_, super::StorageError>(
                 devices::table
                     .filter(devices::status.eq(DeviceStatus::Online))
                     .filter(devices::offline_after.le(at))
                     .order(devices::offline_after.asc())
                     .limit(chunk)
-                    .select((devices::id, devices::sn, devices::offline_after))
+                    .select(devices::id)
                     .load(conn)
                     .await?,
             )
         })?;
         let full = overdue.len() as i64 == chunk;
         let before = changed.len();
-        for (id, sn, deadline) in overdue {
-            let updated = db_run!(db, |conn| {
-                Ok::<_, super::StorageError>(
-                    diesel::update(
-                        devices::table
-                            .find(id)
-                            .filter(devices::status.eq(DeviceStatus::Online))
-                            .filter(devices::offline_after.eq(deadline)),
-                    )
-                    .set((
-                        devices::status.eq(DeviceStatus::Offline),
-                        devices::updated_at.eq(at),
-                    ))
-                    .execute(conn)
-                    .await?,
+        // One statement for the chunk, its conditions checked again row by row as it writes.
+        let went_offline: Vec<String> = db_run!(db, |conn| {
+            Ok::<_, super::StorageError>(
+                diesel::update(
+                    devices::table
+                        .filter(devices::id.eq_any(&overdue))
+                        .filter(devices::status.eq(DeviceStatus::Online))
+                        .filter(devices::offline_after.le(at)),
                 )
-            })?;
-            if updated == 1 {
-                changed.push(sn);
-            }
-        }
+                .set((
+                    devices::status.eq(DeviceStatus::Offline),
+                    devices::updated_at.eq(at),
+                ))
+                .returning(devices::sn)
+                .get_results(conn)
+                .await?,
+            )
+        })?;
+        changed.extend(went_offline);
         // The devices of a chunk left the online status or moved their deadline, so the next
         // read starts after them without a cursor. A full chunk in which every one moved its
         // deadline (readings racing the check) ends the run; the next run sees them.
