@@ -301,14 +301,7 @@ async fn the_fleet_summary_is_kept_for_its_max_age(backend: Backend) {
     let online = |text: &str| {
         telltale_e2e::metric_sample(text, "telltale_devices", &[("status", "online")]).unwrap_or(0.0)
     };
-    let kept = TestApp::on(&db)
-        .set("milesight.fleet_summary_max_age_secs", 3600)
-        .state()
-        .await;
-    let every_read = TestApp::on(&db)
-        .set("milesight.fleet_summary_max_age_secs", 0)
-        .state()
-        .await;
+    let (kept, every_read) = kept_and_every_read(&db).await;
     telltale_e2e::device_in(&kept.db, "6136D0000001", None, DeviceStatus::Online, now()).await;
     assert_eq!(online(&kept.metrics.render(&kept.db).await), 1.0);
     assert_eq!(online(&every_read.metrics.render(&every_read.db).await), 1.0);
@@ -333,14 +326,7 @@ async fn the_fleet_summary_is_kept_for_its_max_age(backend: Backend) {
 async fn the_webhook_event_counts_are_kept_for_their_max_age(backend: Backend) {
     use deliveries::{IncomingEvent, SourceEffect};
     let db = TestDb::new(backend).await;
-    let kept = TestApp::on(&db)
-        .set("milesight.fleet_summary_max_age_secs", 3600)
-        .state()
-        .await;
-    let every_read = TestApp::on(&db)
-        .set("milesight.fleet_summary_max_age_secs", 0)
-        .state()
-        .await;
+    let (kept, every_read) = kept_and_every_read(&db).await;
     let source = deliveries::ensure_source(&kept.db, "site-a", SourceTiming::default())
         .await
         .unwrap();
@@ -386,4 +372,18 @@ async fn the_webhook_event_counts_are_kept_for_their_max_age(backend: Backend) {
         "within the max age the counts read before are served"
     );
     assert_eq!(counts(&every_read).await, (Some(2), Some(3)));
+}
+
+/// Two services on one database: one keeping its summaries for an hour, one reading them on
+/// every call.
+async fn kept_and_every_read(db: &TestDb) -> (AppState, AppState) {
+    let kept = TestApp::on(db)
+        .set("milesight.fleet_summary_max_age_secs", 3600)
+        .state()
+        .await;
+    let every_read = TestApp::on(db)
+        .set("milesight.fleet_summary_max_age_secs", 0)
+        .state()
+        .await;
+    (kept, every_read)
 }
