@@ -29,6 +29,7 @@ both_backends!(
     quiet_devices_go_offline_and_old_events_expire,
     expired_staff_sessions_are_dropped_at_the_next_sign_in,
     offline_devices_are_counted_and_read_by_source,
+    alert_evaluation_reads_only_the_connections_and_polls_that_may_alert,
     the_deadline_migration_computes_what_ingest_writes,
 );
 
@@ -106,6 +107,92 @@ async fn offline_devices_are_counted_and_read_by_source(backend: Backend) {
         sns(devices::offline_of_source(&db, None, 100).await.unwrap()),
         ["loose"]
     );
+}
+
+/// Alert evaluation reads only the connections that can alert (re-authorisation, repeated
+/// refresh failures, a token inside the runway, or a failing poll to name) and the failing
+/// enabled poll pairs; healthy ones, and pairs below the threshold or disabled, stay unread.
+async fn alert_evaluation_reads_only_the_connections_and_polls_that_may_alert(backend: Backend) {
+    use telltale::storage::{ConnectionStatus, polling};
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.open_migrated().await;
+    let crypto = Crypto::new(&key(5), &[]);
+    let account = connections::create_account(&db, "acme", None).await.unwrap();
+    let at = now();
+    let mut ids = std::collections::HashMap::new();
+    for (name, expires_in) in [
+        ("healthy", 3600),
+        ("revoked", 3600),
+        ("failing", 3600),
+        ("expiring", 60),
+        ("polls-failing", 3600),
+        ("polls-disabled", 3600),
+        ("polls-once", 3600),
+    ] {
+        let new = NewConnection {
+            account_id: account.id,
+            provider: "spotify".into(),
+            name: name.into(),
+            access_token: Some("token".into()),
+            refresh_token: Some("refresh".into()),
+            expires_at: Some(UtcTime::new(at.0 + Duration::seconds(expires_in))),
+            ..Default::default()
+        };
+        let id = connections::create_connection(&db, &crypto, &new)
+            .await
+            .unwrap()
+            .id;
+        polling::ensure_pairs(&db, &[(id, "recently-played")])
+            .await
+            .unwrap();
+        ids.insert(name, id);
+    }
+    connections::record_refresh_failure(
+        &db,
+        ids["revoked"],
+        Some(ConnectionStatus::NeedsReauth),
+        "revoked",
+        at,
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        connections::record_refresh_failure(&db, ids["failing"], None, "timeout", at)
+            .await
+            .unwrap();
+    }
+    for (name, failures, enabled) in [
+        ("polls-failing", 3, true),
+        ("polls-disabled", 5, false),
+        ("polls-once", 1, true),
+    ] {
+        run_sql(
+            &db,
+            &format!(
+                "UPDATE poll_endpoint_state SET consecutive_failures = {failures}, enabled = {enabled} \
+                 WHERE connection_id = {}",
+                ids[name]
+            ),
+        )
+        .await
+        .unwrap();
+    }
+
+    let runway_until = UtcTime::new(at.0 + Duration::seconds(120));
+    let names: Vec<String> = connections::alert_candidates(&db, 3, runway_until, 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["revoked", "failing", "expiring", "polls-failing"]);
+    let failing: Vec<i64> = polling::failing_states(&db, 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.connection_id)
+        .collect();
+    assert_eq!(failing, [ids["polls-failing"]]);
 }
 
 fn key(byte: u8) -> [u8; 32] {

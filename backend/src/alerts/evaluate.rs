@@ -43,7 +43,9 @@ const LISTED_DEVICES: usize = 100;
 
 /// What the rules look at.
 pub struct Signals {
+    /// The connections that may alert (see `connections::alert_candidates`), not all of them.
     pub connections: Vec<Connection>,
+    /// The failing poll pairs.
     pub polls: Vec<PollState>,
     pub sources: Vec<WebhookSource>,
     /// The offline devices by source (online devices never alert), never the whole fleet.
@@ -405,9 +407,17 @@ pub fn reminder_after(config: &AlertsConfig, notified: i32) -> Option<std::time:
 /// One evaluation: every condition that holds opens or refreshes its alert; every open alert
 /// whose condition is gone resolves. Emails are queued in the same transactions.
 pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Evaluation> {
+    let alerts = &config.alerts;
+    let runway = chrono::Duration::from_std(alerts.runway_secs).unwrap_or_default();
     let signals = Signals {
-        connections: connections::list_connections(db).await?,
-        polls: poll_store::list_states(db, None).await?,
+        connections: connections::alert_candidates(
+            db,
+            alerts.refresh_failures,
+            UtcTime::new(at.0 + runway),
+            alerts.poll_failures,
+        )
+        .await?,
+        polls: poll_store::failing_states(db, alerts.poll_failures).await?,
         sources: deliveries::list_sources(db).await?,
         offline: offline_groups(db, &config.alerts).await?,
     };

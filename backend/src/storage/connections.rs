@@ -386,6 +386,39 @@ pub async fn record_refresh_failure(
     })
 }
 
+/// The connections alert evaluation must judge: waiting for re-authorisation, failing to
+/// refresh at least `refresh_failures` times, holding a token that expires by `runway_until`,
+/// or owning a poll pair that fails at least `poll_failures` times (its alert names the
+/// connection). Healthy connections never alert, so they are not read.
+pub async fn alert_candidates(
+    db: &Db,
+    refresh_failures: i32,
+    runway_until: UtcTime,
+    poll_failures: i32,
+) -> StorageResult<Vec<Connection>> {
+    use super::schema::poll_endpoint_state as polls;
+    db_run!(db, |conn| {
+        let failing_polls = polls::table
+            .filter(polls::enabled.eq(true))
+            .filter(polls::consecutive_failures.ge(poll_failures))
+            .select(polls::connection_id);
+        Ok(connections::table
+            .filter(
+                connections::status
+                    .eq(ConnectionStatus::NeedsReauth)
+                    .or(connections::consecutive_failures.ge(refresh_failures))
+                    .or(connections::access_token
+                        .is_not_null()
+                        .and(connections::expires_at.le(runway_until)))
+                    .or(connections::id.eq_any(failing_polls)),
+            )
+            .order(connections::id.asc())
+            .select(Connection::as_select())
+            .load(conn)
+            .await?)
+    })
+}
+
 /// Connections a refresh sweep should look at: not disabled, not waiting for re-authorisation,
 /// holding a token or a refresh token, optionally of one provider or one id. Whether each is
 /// due is decided by the caller (leads differ by provider).
