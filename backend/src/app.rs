@@ -184,7 +184,7 @@ pub fn job_specs(state: &AppState) -> Vec<JobSpec> {
 /// Brings the database up: connect and migrate, retrying with backoff until it works or
 /// shutdown begins. Until then `/readyz` answers 503 with the last reason. Returns whether
 /// the database is ready.
-async fn bring_up_database(state: &AppState) -> bool {
+async fn bring_up_database(state: &AppState, address: std::net::SocketAddr) -> bool {
     let max_delay = state.config.database.startup_retry_max_delay_secs;
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
@@ -217,6 +217,10 @@ async fn bring_up_database(state: &AppState) -> bool {
             if let Err(err) = crate::auth::bootstrap(&state.db, &state.config.auth).await {
                 tracing::error!(error = %format!("{err:#}"), "staff bootstrap failed");
             }
+            let setup_base = crate::auth::setup::link_base(&state.config, address);
+            if let Err(err) = crate::auth::setup::announce(&state.db, &state.crypto, &setup_base).await {
+                tracing::error!(error = %format!("{err:#}"), "cannot prepare the first-run setup");
+            }
             state.readiness.set(ReadyState::Ready);
             state.metrics.ready.set(1);
             true
@@ -247,7 +251,7 @@ pub async fn serve(
             (state.clone(), cancel.clone(), tasks.clone(), scheduler.clone());
         tasks.spawn(async move {
             let ready = tokio::select! {
-                ready = bring_up_database(&state) => ready,
+                ready = bring_up_database(&state, address) => ready,
                 () = cancel.cancelled() => {
                     tracing::info!("start-up database retries stopped by shutdown");
                     false

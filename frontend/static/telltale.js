@@ -69,6 +69,24 @@
   }
 
   document.addEventListener("click", async (event) => {
+    const copy = event.target.closest("button[data-copy]");
+    if (copy) {
+      const source = document.querySelector(copy.dataset.copy);
+      if (!source) return;
+      try {
+        await navigator.clipboard.writeText(source.textContent.trim());
+        copy.textContent = "Copied";
+      } catch (_) {
+        // No clipboard (plain http on another host): select the text for Ctrl+C instead.
+        const range = document.createRange();
+        range.selectNodeContents(source);
+        const selection = window.getSelection();
+        selection.removeAllRanges();
+        selection.addRange(range);
+        copy.textContent = "Selected: press Ctrl+C";
+      }
+      return;
+    }
     const button = event.target.closest("button[data-post], button[data-delete]");
     if (!button || button.disabled) return;
     event.preventDefault();

@@ -29,6 +29,14 @@ pub const TEST_ADMIN_PASSWORD: &str = "CANARY-admin-password";
 /// …and this API token for it, which `get_json`, `post_with_headers` and `api_client` send.
 pub const TEST_API_TOKEN: &str = "CANARY-api-token-0123456789abcdef";
 
+/// Added to a test server's environment, unsets the configured admin and API token: a blank
+/// install, as `cargo run` on a fresh machine starts.
+pub const FRESH_INSTALL: &[(&str, &str)] = &[
+    ("TELLTALE_ADMIN_EMAIL", ""),
+    ("TELLTALE_ADMIN_PASSWORD", ""),
+    ("TELLTALE_API_TOKEN", ""),
+];
+
 /// Every secret a test hands Telltale contains `CANARY` (or is `TEST_SECRET_KEY`), so one
 /// check finds any of them where none may appear. The harness applies it to everything a user
 /// could see: each test server's whole log (when the server is dropped), `/metrics`, every
@@ -512,6 +520,26 @@ impl TestServer {
     /// Everything the process printed so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The first-run setup URL the server logged, waiting for it up to `within`.
+    pub async fn setup_url(&self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.logs().iter().find_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["level"] == "WARN").then(|| v["setup_url"].as_str().map(str::to_owned))?
+            });
+            if let Some(url) = found {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no setup URL logged within {within:?}; output:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn log_text(&self) -> String {

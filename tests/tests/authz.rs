@@ -58,7 +58,7 @@ enum Access {
     Cron,
     /// The metrics token only (when one is configured).
     Metrics,
-    /// Off unless configured: 404 for everyone.
+    /// Off unless configured (or, for `/setup`, once the first admin exists): 404 for everyone.
     Disabled,
 }
 
@@ -110,6 +110,9 @@ fn routes() -> Vec<(Method, &'static str, Access)> {
         (get.clone(), "/healthz", Public),
         (get.clone(), "/readyz", Public),
         (get.clone(), "/login", Public),
+        // The matrix runs with staff users, so the first-run setup is gone.
+        (get.clone(), "/setup", Disabled),
+        (post.clone(), "/setup", Disabled),
         (get.clone(), "/static/app.css", Public),
         // Percent-encoded so the client sends it as is; only embedded assets are ever served.
         (get.clone(), "/static/..%2F..%2F..%2Fetc%2Fpasswd", Public),

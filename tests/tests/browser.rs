@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use telltale_e2e::{
-    Backend, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb, TestServer, free_port, mdp_reading,
-    milesight_headers, nonce, post_with_headers,
+    Backend, FRESH_INSTALL, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb, TestServer, free_port,
+    mdp_reading, milesight_headers, nonce, post_with_headers,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -125,6 +125,16 @@ impl Browser {
         self.click("form.card button[type=submit]").await;
         self.wait_text("h1", Duration::from_secs(10), |t| t == "Overview")
             .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("cannot type into {css}: {e}"));
     }
 
     async fn screenshot(&self, name: &str) {
@@ -370,4 +380,67 @@ async fn staff_use_the_ui_in_a_real_browser() {
     );
     browser.screenshot("scheduler-viewer").await;
     browser.client.clone().close().await.unwrap();
+}
+
+/// A new user on a blank install: every page leads to /setup, which without the logged link
+/// only says where to find it; the link's form creates the first admin, who lands on the
+/// overview and finds on the Webhooks page the URL to paste into MDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_sets_up_a_blank_install_in_a_real_browser() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::start(db.url(), FRESH_INSTALL).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let setup_url = server.setup_url(Duration::from_secs(10)).await;
+    let browser = Browser::start().await;
+
+    browser.client.goto(&server.url("/tokens")).await.unwrap();
+    let url = browser.client.current_url().await.unwrap();
+    assert_eq!(url.path(), "/setup", "a blank install leads to the setup");
+    assert!(browser.text("#setup-refused").await.contains("setup link"));
+    browser.screenshot("setup-without-link").await;
+
+    browser.client.goto(&setup_url).await.unwrap();
+    browser.type_into("#email", "owner@example.com").await;
+    browser.type_into("#password", "long enough pw").await;
+    browser.type_into("#confirm", "not the same pw").await;
+    browser.click("#setup button[type=submit]").await;
+    browser
+        .wait_text("#setup .error", Duration::from_secs(10), |t| t.contains("differ"))
+        .await;
+    browser.screenshot("setup-mistake").await;
+    browser.type_into("#password", "long enough pw").await;
+    browser.type_into("#confirm", "long enough pw").await;
+    browser.screenshot("setup-form").await;
+    browser.click("#setup button[type=submit]").await;
+    browser
+        .wait_text("h1", Duration::from_secs(10), |t| t == "Overview")
+        .await;
+    assert!(
+        browser
+            .text("header .who")
+            .await
+            .contains("owner@example.com (admin)")
+    );
+    browser.screenshot("setup-done-overview").await;
+
+    browser.client.goto(&server.url("/webhooks")).await.unwrap();
+    let help = browser.text("#connect-mdp").await;
+    assert!(
+        help.contains(&format!("http://{}/webhooks/milesight", server.addr)),
+        "{help}"
+    );
+    assert!(help.contains("waiting for the first request"), "{help}");
+    assert!(help.contains("no webhook secret yet"), "{help}");
+    browser.screenshot("webhooks-connect-mdp").await;
+
+    // The link is spent.
+    browser.client.goto(&setup_url).await.unwrap();
+    assert!(
+        !browser
+            .client
+            .source()
+            .await
+            .unwrap()
+            .contains("Create the first admin")
+    );
 }

@@ -28,6 +28,8 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
             ("MILESIGHT_BASE_URL", NOWHERE),
             ("MILESIGHT_CLIENT_ID", "pages-client"),
             ("MILESIGHT_CLIENT_SECRET", "CANARY-pages-client-secret"),
+            // The alerts below are made by hand; an evaluation at a minute's turn would resolve them.
+            ("TELLTALE_ALERT_EVALUATION_SCHEDULE", "0 0 3 1 1 *"),
         ],
     )
     .await;
@@ -191,4 +193,90 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
             assert!(html.contains(text), "{path} does not show {text:?}:\n{html}");
         }
     }
+}
+
+both_backends!(the_webhooks_page_says_what_to_paste_into_mdp);
+
+/// A new user's Webhooks page: the URL for MDP with a copy button, whether a secret is set, and
+/// "waiting for the first request" until MDP's Test arrives, then "verified". Empty pages say
+/// what to do next.
+async fn the_webhooks_page_says_what_to_paste_into_mdp(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start_with_config(
+        db.url(),
+        "[[milesight.webhooks]]\nuuid = \"uuid-a\"\nsecret = \"CANARY-site-a\"\nsource = \"site-a\"\n",
+        &[],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let (cookie, _) = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
+    let page = |path: &'static str, host: Option<&'static str>| {
+        let (server, cookie) = (&server, cookie.clone());
+        async move {
+            let mut request = browser().get(server.url(path)).header("cookie", cookie);
+            if let Some(host) = host {
+                request = request.header("host", host);
+            }
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            // Templates escape `/` in values; compare with what a reader sees.
+            resp.text().await.unwrap().replace("&#x2f;", "/")
+        }
+    };
+
+    let html = page("/webhooks", None).await;
+    let url = format!("http://{}/webhooks/milesight/site-a", server.addr);
+    assert!(
+        html.contains(&format!("<code id=\"url-1\">{url}</code>")),
+        "{html}"
+    );
+    assert!(html.contains("data-copy=\"#url-1\""), "a copy button");
+    assert!(html.contains("waiting for the first request"), "{html}");
+    assert!(html.contains("a webhook secret is configured"));
+    assert!(
+        html.contains("MDP delivers only to HTTPS"),
+        "plain http is flagged"
+    );
+    assert!(
+        html.contains("id=\"connect-mdp\" open"),
+        "open until MDP is heard from"
+    );
+    // The URL follows the host the browser used (behind a proxy, without a public URL set).
+    let html = page("/webhooks", Some("telltale.example.com")).await;
+    assert!(
+        html.contains("http://telltale.example.com/webhooks/milesight/site-a"),
+        "{html}"
+    );
+
+    // MDP's Test button: the source is verified, and the help folds away.
+    let created = chrono::Utc::now().timestamp().to_string();
+    let test = json!([{"eventId": "t-pages", "eventCreatedTime": created, "eventType": "WEBHOOK_TEST",
+        "data": "Test Milesight Webhook Successfully."}]);
+    let headers = milesight_headers(
+        "CANARY-site-a",
+        Some("uuid-a"),
+        chrono::Utc::now().timestamp(),
+        &nonce(),
+    );
+    let (status, body) = post_with_headers(
+        &server.url("/webhooks/milesight/site-a"),
+        &headers,
+        test.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let html = page("/webhooks", None).await;
+    assert!(html.contains(">verified</span>"), "{html}");
+    assert!(!html.contains("waiting for the first request"));
+    assert!(html.contains("id=\"connect-mdp\">"), "folded once heard from");
+
+    // Empty pages point at the next step.
+    assert!(
+        page("/devices", None)
+            .await
+            .contains("connect the Milesight Development Platform")
+    );
+    assert!(page("/tokens", None).await.contains("No connected platforms yet"));
+    assert!(page("/polling", None).await.contains("Nothing to poll yet"));
+    assert!(page("/alerts", None).await.contains("Send test email"));
 }

@@ -6,6 +6,7 @@
 //! browser session they also need the session's CSRF token in `X-CSRF-Token`.
 
 pub mod settings;
+pub mod setup;
 
 use std::num::NonZeroU32;
 
@@ -272,6 +273,13 @@ pub async fn login(
         tracing::warn!(%email, %client, "sign-in refused");
         return Err(LoginError::Refused);
     };
+    let session = open_session(db, settings, user).await?;
+    tracing::info!(email = %session.user.email, "signed in");
+    Ok(session)
+}
+
+/// Opens a session for `user` (after a sign-in or the first-run setup).
+pub async fn open_session(db: &Db, settings: &AuthConfig, user: StaffUser) -> StorageResult<NewSession> {
     let token = new_token();
     let csrf = new_token();
     let at = now();
@@ -279,7 +287,6 @@ pub async fn login(
     let expires_at = UtcTime::new(at.0 + lifetime);
     staff::create_session(db, user.id, &token_hash(&token), &csrf, at, expires_at).await?;
     staff::record_login(db, user.id, at).await?;
-    tracing::info!(email = %user.email, "signed in");
     Ok(NewSession {
         token,
         csrf,

@@ -7,7 +7,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::fields::{Role, UtcTime};
-use super::schema::{api_tokens, staff_sessions, staff_users};
+use super::schema::{api_tokens, app_settings, staff_sessions, staff_users};
 use super::{Db, StorageError, StorageResult};
 use crate::db_run;
 
@@ -68,6 +68,44 @@ pub async fn create_user(
             .returning(StaffUser::as_returning())
             .get_result(conn)
             .await?)
+    })
+}
+
+/// The first admin, created by the one caller that consumes the setup value `setup_value`
+/// stored under `setup_key` in `app_settings` (delete and insert in one transaction), so two
+/// setups racing on several replicas cannot both succeed. `NotFound`: the setup was already used.
+pub async fn create_first_admin(
+    db: &Db,
+    setup_key: &str,
+    setup_value: &str,
+    email: &str,
+    password_hash: &str,
+    at: UtcTime,
+) -> StorageResult<StaffUser> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let consumed = diesel::delete(
+                app_settings::table
+                    .filter(app_settings::key.eq(setup_key))
+                    .filter(app_settings::value.eq(setup_value)),
+            )
+            .execute(tx)
+            .await?;
+            if consumed != 1 {
+                return Err(StorageError::NotFound);
+            }
+            Ok(diesel::insert_into(staff_users::table)
+                .values((
+                    staff_users::email.eq(email),
+                    staff_users::password_hash.eq(password_hash),
+                    staff_users::role.eq(Role::Admin),
+                    staff_users::created_at.eq(at),
+                ))
+                .returning(StaffUser::as_returning())
+                .get_result(tx)
+                .await?)
+        })
+        .await
     })
 }
 

@@ -31,9 +31,25 @@ fn page(status: StatusCode, next: &str, email: &str, error: Option<&str>) -> Htt
         .body(body)
 }
 
-/// `GET /login`
-pub async fn login_page(query: web::Query<NextQuery>) -> HttpResponse {
-    page(StatusCode::OK, safe_next(query.next.as_deref()), "", None)
+/// `GET /login`; on a fresh install, where there is nobody to sign in as, `/setup`.
+pub async fn login_page(
+    state: web::Data<AppState>,
+    query: web::Query<NextQuery>,
+) -> Result<HttpResponse, ApiError> {
+    if crate::auth::setup::needed(&state.db).await? {
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/setup"))
+            .finish());
+    }
+    Ok(page(StatusCode::OK, safe_next(query.next.as_deref()), "", None))
+}
+
+/// Whether a request's body is JSON (else a form).
+pub(super) fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }
 
 #[derive(Deserialize)]
@@ -44,7 +60,7 @@ pub struct Credentials {
 }
 
 /// A cross-site form cannot sign a browser in as someone else (login CSRF).
-fn same_origin(req: &HttpRequest) -> bool {
+pub(super) fn same_origin(req: &HttpRequest) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return true;
     };
@@ -58,7 +74,7 @@ fn same_origin(req: &HttpRequest) -> bool {
     })
 }
 
-fn session_cookie(state: &AppState, value: String, max_age: time::Duration) -> Cookie<'static> {
+pub(super) fn session_cookie(state: &AppState, value: String, max_age: time::Duration) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, value)
         .path("/")
         .http_only(true)
@@ -70,11 +86,7 @@ fn session_cookie(state: &AppState, value: String, max_age: time::Duration) -> C
 
 /// `POST /login`: a form (redirects) or JSON (answers with the user and the CSRF token).
 pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+    let is_json = is_json(&req);
     let parsed: Option<Credentials> = if is_json {
         serde_json::from_slice(&body).ok()
     } else {

@@ -16,7 +16,7 @@ use crate::web::ApiError;
 fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/login" | "/webhooks/milesight" | "/bench/discard"
+        "/healthz" | "/readyz" | "/login" | "/setup" | "/webhooks/milesight" | "/bench/discard"
     ) || path.starts_with("/webhooks/milesight/")
         || path.starts_with("/api/cron/")
         || path.starts_with("/static/")
@@ -96,7 +96,24 @@ pub async fn guard(
             );
             return Ok(req.into_response(response));
         }
-        // A page: send the browser to sign in, and back here afterwards.
+        // A page: send the browser to sign in, and back here afterwards; on a fresh install,
+        // where there is nobody to sign in as, to the first-run setup.
+        let fresh = match crate::auth::setup::needed(&state.db).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check for staff users; answering 503");
+                return Ok(refuse(
+                    req,
+                    ApiError::unavailable("database_unavailable", "cannot check the caller; retry later"),
+                ));
+            }
+        };
+        if fresh {
+            let response = HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, "/setup"))
+                .finish();
+            return Ok(req.into_response(response));
+        }
         let target = match req.query_string() {
             "" => path.clone(),
             query => format!("{path}?{query}"),
@@ -150,6 +167,7 @@ mod tests {
             "/healthz",
             "/readyz",
             "/login",
+            "/setup",
             "/webhooks/milesight",
             "/webhooks/milesight/site-a",
             "/api/cron/token-refresh",
@@ -166,6 +184,7 @@ mod tests {
             "/webhooks",
             "/api/cronx",
             "/loginx",
+            "/setupx",
         ] {
             assert!(!is_public(path), "{path}");
         }

@@ -7,6 +7,7 @@ mod guard;
 mod health;
 mod intake;
 mod pages;
+mod setup;
 mod ui;
 
 use actix_web::dev::Server;
@@ -74,6 +75,8 @@ route_table! {
         get "/alerts/{id}" => pages::alert,
         get "/scheduler" => pages::scheduler,
         get "/settings" => pages::settings,
+        get "/setup" => setup::setup_page,
+        post "/setup" => setup::create_admin,
         get "/login" => auth::login_page,
         post "/login" => auth::login,
         post "/logout" => auth::logout,

@@ -123,6 +123,17 @@ pub fn login_page(next: &str, email: &str, error: Option<&str>) -> String {
         })
 }
 
+/// The first-run page (no layout): the admin form when `granted`, else how to find the link.
+pub fn setup_page(granted: bool, token: &str, email: &str, error: Option<&str>) -> String {
+    PAGES
+        .get_template("setup.html")
+        .and_then(|t| t.render(context! { granted, token, email, error }))
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot render the setup page");
+            "cannot render the setup page; the cause is in the service log".to_owned()
+        })
+}
+
 /// How many of `items` there are of each kind.
 fn count_by<K: Ord>(items: impl Iterator<Item = K>) -> BTreeMap<K, i64> {
     let mut counts = BTreeMap::new();
@@ -524,17 +535,90 @@ struct WebhooksPage {
     sources: Vec<SourceView>,
     events: Vec<WebhookEvent>,
     rejections: Vec<WebhookRejection>,
+    connect: ConnectHelp,
+}
+
+/// What to paste into the Milesight Development Platform, and whether it has been heard from.
+#[derive(Serialize)]
+struct ConnectHelp {
+    /// One callback URL per source (the plain intake URL when there is none yet).
+    urls: Vec<CallbackUrl>,
+    /// MDP delivers only to HTTPS with a valid certificate.
+    https: bool,
+    /// Whether any webhook secret is configured (else every request is refused).
+    secret_configured: bool,
+    /// Whether any request has arrived yet (the help stays open until one has).
+    heard: bool,
+}
+
+#[derive(Serialize)]
+struct CallbackUrl {
+    source: String,
+    url: String,
+    /// `waiting for the first request`, `receiving`, or `verified` (MDP's Test arrived).
+    state: &'static str,
+}
+
+/// The base URL staff reach Telltale at: `alerts.public_url` when it is set, else the host the
+/// browser asked for (the default public URL is the listen address, often `0.0.0.0`).
+pub(super) fn public_base(state: &AppState, req: &actix_web::HttpRequest) -> String {
+    let configured = &state.config.alerts.public_url;
+    if *configured != format!("http://{}", state.config.listen) {
+        return configured.clone();
+    }
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
+
+fn connect_help(base: &str, sources: &[SourceView]) -> ConnectHelp {
+    let mut urls: Vec<CallbackUrl> = sources
+        .iter()
+        .map(|s| CallbackUrl {
+            url: if s.name == "default" {
+                format!("{base}/webhooks/milesight")
+            } else {
+                format!("{base}/webhooks/milesight/{}", s.name)
+            },
+            state: if s.verified_at.is_some() {
+                "verified"
+            } else if s.last_event_at.is_some() {
+                "receiving"
+            } else {
+                "waiting for the first request"
+            },
+            source: s.name.clone(),
+        })
+        .collect();
+    if urls.is_empty() {
+        urls.push(CallbackUrl {
+            source: "default".into(),
+            url: format!("{base}/webhooks/milesight"),
+            state: "waiting for the first request",
+        });
+    }
+    ConnectHelp {
+        https: base.starts_with("https://"),
+        secret_configured: sources.iter().any(|s| s.secret_configured),
+        heard: sources
+            .iter()
+            .any(|s| s.last_event_at.is_some() || s.verified_at.is_some()),
+        urls,
+    }
 }
 
 /// `GET /webhooks`
 pub async fn webhooks_page(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
+    req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let sources = api::webhook_sources::sources_data(&state).await?;
+    let connect = connect_help(&public_base(&state, &req), &sources);
     let page = WebhooksPage {
-        sources: api::webhook_sources::sources_data(&state).await?,
+        sources,
         events: deliveries::list_events(&state.db, None, None, 25).await?,
         rejections: deliveries::recent_rejections(&state.db, 25).await?,
+        connect,
     };
     render("webhooks.html", "Webhooks", "/webhooks", &staff, &page)
 }
