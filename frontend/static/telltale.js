@@ -87,17 +87,43 @@
       }
       return;
     }
-    const button = event.target.closest("button[data-post], button[data-delete]");
+    const button = event.target.closest("button[data-post], button[data-delete], button[data-patch]");
     if (!button || button.disabled) return;
     event.preventDefault();
+    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
     button.disabled = true;
     const body = button.dataset.body ? JSON.parse(button.dataset.body) : undefined;
-    const result = button.dataset.post
-      ? await call("POST", button.dataset.post, body)
-      : await call("DELETE", button.dataset.delete);
+    const [method, url] = button.dataset.post ? ["POST", button.dataset.post]
+      : button.dataset.patch ? ["PATCH", button.dataset.patch] : ["DELETE", button.dataset.delete];
+    const result = await call(method, url, body);
+    if (result.ok && after(button, result)) return;
     flash(`${button.textContent.trim()}: ${describe(result)}`, !result.ok);
     await refresh();
   });
+
+  // After a success: go where `data-navigate` (a field of the answer) or `data-then` (a path,
+  // `{id}` taken from the answer) says. Returns whether the page is being left.
+  function after(element, result) {
+    const field = element.dataset.navigate;
+    if (field && result.data && result.data[field]) {
+      location.href = result.data[field];
+      return true;
+    }
+    const then = element.dataset.then;
+    if (then) {
+      location.href = then.replace("{id}", result.data && result.data.id);
+      return true;
+    }
+    return false;
+  }
+
+  // `settings.scope` → {settings: {scope: …}}: a form fills a nested JSON body.
+  function put(body, key, value) {
+    const parts = key.split(".");
+    let target = body;
+    for (const part of parts.slice(0, -1)) target = target[part] = target[part] || {};
+    target[parts[parts.length - 1]] = value;
+  }
 
   document.addEventListener("submit", async (event) => {
     const form = event.target;
@@ -117,11 +143,13 @@
       } else if (form.dataset.list === key) {
         body[key] = value ? [value] : [];
       } else if (value !== "") {
-        body[key] = value;
+        put(body, key, value);
       }
     });
     const result = await call(form.dataset.method || "POST", form.dataset.api, body);
-    const shown = form.dataset.show && result.ok && result.data ? ` ${form.dataset.show}: ${result.data[form.dataset.show]} (copy it now; it is not shown again)` : "";
+    if (result.ok && after(form, result)) return;
+    const once = form.dataset.secret !== undefined ? " (copy it now; it is not shown again)" : "";
+    const shown = form.dataset.show && result.ok && result.data ? ` ${form.dataset.show}: ${result.data[form.dataset.show]}${once}` : "";
     flash(`${describe(result)}${shown}`, !result.ok);
     if (result.ok) form.reset();
     if (document.activeElement) document.activeElement.blur();

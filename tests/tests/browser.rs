@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use telltale_e2e::{
-    Backend, FRESH_INSTALL, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb, TestServer, free_port,
-    mdp_reading, milesight_headers, nonce, post_with_headers,
+    Backend, FRESH_INSTALL, FakeAuthorizationServer, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb,
+    TestServer, free_port, mdp_reading, milesight_headers, nonce, post_with_headers,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -443,4 +443,239 @@ async fn a_new_user_sets_up_a_blank_install_in_a_real_browser() {
             .unwrap()
             .contains("Create the first admin")
     );
+}
+
+/// An admin sets everything up in the UI alone: the Milesight OpenAPI application (saved and
+/// tested against a fake MDP) and a webhook secret; a Spotify connection through the form and
+/// its consent screen (a fake authorization server), refreshed; a forged callback refused; the
+/// connection revoked and reconnected; its polls switched off; then a viewer finds every one
+/// of these actions disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sets_up_milesight_and_connects_a_platform_in_a_real_browser() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mdp = fake_mdp().await;
+    Mock::given(method("POST"))
+        .and(path("/device/openapi/v1/devices/search"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "data": {"pageSize": 1, "pageNumber": 1, "total": 3, "content": []}, "status": "Success", "requestId": "s"
+        })))
+        .mount(&mdp)
+        .await;
+    let auth = FakeAuthorizationServer::start().await;
+    let server = TestServer::start(db.url(), &[]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let browser = Browser::start().await;
+    browser
+        .sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        .await;
+
+    // Settings → Milesight: the application, saved, then tested.
+    browser.client.goto(&server.url("/settings")).await.unwrap();
+    browser.type_into("#ms-base", &mdp.uri()).await;
+    browser.type_into("#ms-client", "cid-1").await;
+    browser.type_into("#ms-secret", "CANARY-client-secret").await;
+    browser.click("#milesight-api button[type=submit]").await;
+    browser
+        .wait_text(".flash", Duration::from_secs(10), |t| t.contains("Done"))
+        .await;
+    browser.click("#milesight-test button[type=submit]").await;
+    let flash = browser
+        .wait_text(".flash", Duration::from_secs(15), |t| t.contains("device(s)"))
+        .await;
+    assert!(flash.contains("3 device(s) in the inventory"), "{flash}");
+    assert!(
+        browser.client.source().await.unwrap().contains("value=\"cid-1\""),
+        "the saved client id is shown"
+    );
+    // A webhook secret.
+    browser
+        .client
+        .find(Locator::Css("#wh-source"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    browser.type_into("#wh-source", "site-a").await;
+    browser.type_into("#wh-uuid", "uuid-site-a").await;
+    browser.type_into("#wh-secret", "CANARY-site-a-secret").await;
+    browser.click("#milesight-webhook button[type=submit]").await;
+    browser
+        .wait_text("#milesight-webhooks", Duration::from_secs(10), |t| {
+            t.contains("uuid-site-a")
+        })
+        .await;
+    browser.screenshot("settings-milesight").await;
+
+    // Tokens → Add a connection → Spotify → the form → the connection's page.
+    browser.client.goto(&server.url("/tokens")).await.unwrap();
+    browser.click("#add-connection").await;
+    browser.screenshot("connection-choices").await;
+    browser.click("#choice-spotify").await;
+    browser
+        .type_into("input[name='credentials.client_id']", auth.client_id)
+        .await;
+    browser
+        .type_into("input[name='credentials.client_secret']", auth.client_secret)
+        .await;
+    browser
+        .type_into("input[name='settings.authorize_url']", &auth.authorize_url())
+        .await;
+    browser
+        .type_into("input[name='base_url']", &auth.token_url())
+        .await;
+    browser.screenshot("connection-form").await;
+    browser.click("#connection-form button[type=submit]").await;
+    browser
+        .wait_text("h1", Duration::from_secs(10), |t| t == "Connection spotify")
+        .await;
+    assert!(browser.text("#connection-facts").await.contains("missing"));
+    assert!(
+        browser
+            .text("#connection-facts")
+            .await
+            .contains(&format!("http://{}/oauth/callback", server.addr)),
+        "the redirect URI to register"
+    );
+    browser.screenshot("connection-new").await;
+    let connection_page = browser.client.current_url().await.unwrap().path().to_owned();
+    let connection_id = connection_page.trim_start_matches("/connections/").to_owned();
+
+    // Connect: the consent screen (which consents at once) sends the browser back.
+    browser.click("#connect").await;
+    let result = browser
+        .wait_text("#connect-result", Duration::from_secs(15), |t| !t.is_empty())
+        .await;
+    assert!(result.contains("Connected spotify"), "{result}");
+    browser.screenshot("connection-connected").await;
+    browser.click("#connect-result a").await;
+    browser
+        .wait_text("#connection-facts", Duration::from_secs(10), |t| {
+            t.contains("active")
+        })
+        .await;
+    assert!(browser.text("#connection-log").await.contains("connect"));
+    assert!(browser.text("#connect").await.contains("Reconnect"));
+
+    // The stored refresh token works.
+    browser.click("#refresh").await;
+    browser
+        .wait_text(".flash", Duration::from_secs(10), |t| {
+            t.contains("Refresh now: Done")
+        })
+        .await;
+
+    // A callback whose state was tampered with is refused and stores nothing.
+    let mut forged = url::Url::parse(&server.url("/oauth/callback")).unwrap();
+    forged
+        .query_pairs_mut()
+        .append_pair("code", "CANARY-stolen-code")
+        .append_pair("state", "forged-state");
+    browser.client.goto(forged.as_str()).await.unwrap();
+    let refused = browser.text("#connect-result").await;
+    assert!(refused.contains("not valid"), "{refused}");
+    browser.screenshot("connection-wrong-state").await;
+
+    // Revoked at the platform: the page offers Reconnect, which mends it.
+    let (code, _) = post_with_headers(
+        &server.url(&format!("/api/tokens/{connection_id}/refresh")),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let revoke = telltale_e2e::api_client()
+        .patch(server.url(&format!("/api/connections/{connection_id}")))
+        .json(&json!({"refresh_token": "revoked-at-the-platform"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 200);
+    post_with_headers(
+        &server.url(&format!("/api/tokens/{connection_id}/refresh")),
+        &[],
+        "",
+    )
+    .await;
+    browser.client.goto(&server.url(&connection_page)).await.unwrap();
+    browser
+        .wait_text("#connection-facts", Duration::from_secs(10), |t| {
+            t.contains("needs_reauth")
+        })
+        .await;
+    browser.screenshot("connection-needs-reauth").await;
+    browser.click("#connect").await;
+    let result = browser
+        .wait_text("#connect-result", Duration::from_secs(15), |t| !t.is_empty())
+        .await;
+    assert!(result.contains("Connected spotify"), "{result}");
+    browser.click("#connect-result a").await;
+    browser
+        .wait_text("#connection-facts", Duration::from_secs(10), |t| {
+            t.contains("active")
+        })
+        .await;
+
+    // Its polls, switched off from the polling page.
+    browser.client.goto(&server.url("/polling")).await.unwrap();
+    let row = format!("#poll-{connection_id}-recently_played");
+    let row = row.as_str();
+    browser
+        .wait_text(row, Duration::from_secs(10), |t| t.contains("Switch off"))
+        .await;
+    browser.click(&format!("{row} button.toggle")).await;
+    browser
+        .wait_text(row, Duration::from_secs(10), |t| {
+            t.contains("(off)") && t.contains("Switch on")
+        })
+        .await;
+    browser.screenshot("polling-switched-off").await;
+
+    // A viewer: the same pages, every action disabled.
+    let (code, _) = post_with_headers(
+        &server.url("/api/users"),
+        &[("content-type".into(), "application/json".into())],
+        json!({"email": "viewer@example.com", "password": "viewer-password-1", "role": "viewer"}).to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    browser.click("form.signout button").await;
+    browser
+        .wait_text("h2", Duration::from_secs(10), |t| t == "Sign in")
+        .await;
+    browser
+        .sign_in(&server, "viewer@example.com", "viewer-password-1")
+        .await;
+    for (page, buttons) in [
+        (
+            "/connections/1",
+            "#connection-facts button:not([data-copy]), #connection-edit button",
+        ),
+        (
+            "/connections/new?kind=github",
+            "#connection-form button[type=submit]",
+        ),
+        ("/polling", "#polls button"),
+    ] {
+        browser.client.goto(&server.url(page)).await.unwrap();
+        let found = browser.client.find_all(Locator::Css(buttons)).await.unwrap();
+        assert!(!found.is_empty(), "{page}");
+        for button in &found {
+            assert!(
+                !button.is_enabled().await.unwrap(),
+                "{page}: a viewer's button is enabled"
+            );
+        }
+    }
+    browser.screenshot("connection-viewer").await;
+    browser.client.goto(&server.url("/tokens")).await.unwrap();
+    assert!(
+        browser
+            .client
+            .find(Locator::Css("a#add-connection"))
+            .await
+            .is_err(),
+        "no Add link for a viewer"
+    );
+    browser.client.clone().close().await.unwrap();
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::group_commit::GroupCommit;
 use super::payload::{self, ParsedEvent, Rejection, ReplayGuard};
 use super::settings::MilesightConfig;
+use super::ui_webhooks::{WebhookSaveError, WebhookSecrets};
 use crate::config::{WebhookConfig, valid_source_name};
 use crate::crypto::Crypto;
 use crate::storage::deliveries::{
@@ -78,6 +79,8 @@ pub struct Intake {
     replay: ReplayGuard,
     source_ids: Mutex<HashMap<String, i64>>,
     writer: GroupCommit,
+    /// The webhooks and their secrets: configured ones, then those entered in the UI.
+    pub webhooks: WebhookSecrets,
 }
 
 impl Intake {
@@ -93,6 +96,7 @@ impl Intake {
             replay: ReplayGuard::new(settings.timestamp_tolerance_secs.as_secs() as i64),
             source_ids: Mutex::new(HashMap::new()),
             writer: GroupCommit::start(db.clone(), writers.max(1), metrics.commit_requests.clone()),
+            webhooks: WebhookSecrets::new(db.clone(), crypto.clone(), settings.webhooks.clone()),
             db,
             crypto,
             settings: settings.clone(),
@@ -126,7 +130,7 @@ impl Intake {
                 self.record_rejection(request, body.len(), body, rejection).await;
             }
             Err(IntakeError::Storage(err)) => {
-                let source = known_source_label(&self.settings.webhooks, request);
+                let source = known_source_label(&self.webhooks.all().await, request);
                 self.metrics
                     .requests
                     .with_label_values(&[&source, "unavailable"])
@@ -154,7 +158,8 @@ impl Intake {
         ) else {
             return reject(Rejection::MissingSignature);
         };
-        let Some(hook) = select_webhook(&config.webhooks, request.header(payload::HEADER_UUID)) else {
+        let hooks = self.webhooks.all().await;
+        let Some(hook) = select_webhook(&hooks, request.header(payload::HEADER_UUID)) else {
             return reject(Rejection::UnknownWebhook);
         };
         if !payload::verify(hook.secret.expose_secret(), timestamp, nonce, signature) {
@@ -237,7 +242,7 @@ impl Intake {
         body_start: &[u8],
         rejection: &Rejection,
     ) {
-        let source = known_source_label(&self.settings.webhooks, request);
+        let source = known_source_label(&self.webhooks.all().await, request);
         self.metrics
             .requests
             .with_label_values(&[&source, rejection.code()])
@@ -295,6 +300,33 @@ impl Intake {
                 }
             }
         }
+    }
+}
+
+impl Intake {
+    /// Saves a webhook entered in the UI and records its source, so it is listed (with its
+    /// callback URL) before MDP sends anything.
+    pub async fn save_ui_webhook(
+        &self,
+        source: &str,
+        uuid: Option<&str>,
+        secret: &str,
+    ) -> Result<(), WebhookSaveError> {
+        self.webhooks.save(source, uuid, secret).await?;
+        let uuid = uuid.map(str::trim).filter(|u| !u.is_empty());
+        let recorded = deliveries::upsert_source(
+            &self.db,
+            &self.crypto,
+            source,
+            uuid,
+            Some(secret.trim()),
+            source_timing(&self.settings),
+        )
+        .await?;
+        if let Ok(mut ids) = self.source_ids.lock() {
+            ids.insert(recorded.name, recorded.id);
+        }
+        Ok(())
     }
 }
 

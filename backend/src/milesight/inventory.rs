@@ -24,9 +24,8 @@ pub fn job_specs(
     http: &reqwest::Client,
     keeper: &Arc<TokenKeeper>,
 ) -> Vec<JobSpec> {
-    if config.milesight.api().is_none() {
-        return Vec::new();
-    }
+    // Always scheduled: the OpenAPI may be set up later in the web UI (without it, a run
+    // says so and does nothing).
     vec![JobSpec {
         name: INVENTORY_JOB,
         schedule: config.milesight.inventory_schedule.clone(),
@@ -83,7 +82,7 @@ pub async fn sync(
     config: &MilesightConfig,
     keeper: &TokenKeeper,
 ) -> anyhow::Result<String> {
-    let Some(api) = config.api() else {
+    let Some((api, _)) = keeper.api().await? else {
         return Ok("OpenAPI not configured".into());
     };
     let (mut page, mut synced) = (1_i64, 0_usize);

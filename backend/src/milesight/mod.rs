@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod payload;
 pub mod settings;
 pub mod token;
+pub mod ui_webhooks;
 
 use std::time::Duration;
 

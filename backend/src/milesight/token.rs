@@ -71,6 +71,9 @@ pub struct TokenStatus {
     /// `valid`, `expiring` (within the lead time), `expired`, `invalid_credentials` or `missing`.
     pub status: &'static str,
     pub configured: bool,
+    /// Where the application's settings come from: `config` (file or environment, which win)
+    /// or `ui` (entered on the settings page); null when not configured.
+    pub origin: Option<ApiOrigin>,
     /// The connection in `/api/connections` and `/api/tokens/status`.
     pub connection_id: Option<i64>,
     pub base_url: Option<String>,
@@ -82,6 +85,34 @@ pub struct TokenStatus {
     pub consecutive_failures: i32,
     /// The token's last characters, to tell tokens apart.
     pub token_fingerprint: Option<String>,
+}
+
+/// Where the OpenAPI application's settings come from.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiOrigin {
+    /// The config file or the environment: these win, and the UI shows them read-only.
+    Config,
+    /// Entered in the web UI and kept (the secret sealed) in the Milesight connection's row,
+    /// which every replica reads, so a change applies everywhere without a restart.
+    Ui,
+}
+
+/// The `origin` setting that marks a Milesight connection entered in the UI (a row left by a
+/// config that has since been removed is not used).
+const UI_ORIGIN: &str = "ui";
+
+/// Why settings from the UI were not saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error(
+        "the OpenAPI application is set in the config or environment (MILESIGHT_BASE_URL, MILESIGHT_CLIENT_ID, MILESIGHT_CLIENT_SECRET), which wins; change it there"
+    )]
+    SetInConfig,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// Hands out the Milesight token. Keeps the last one read from the database, so callers do
@@ -148,9 +179,144 @@ impl TokenKeeper {
         Ok((expires_at.0 > now().0).then_some(access_token))
     }
 
-    /// The Milesight connection, created on first use and kept in step with the config.
+    /// The Milesight connection entered in the web UI, if there is one.
+    async fn ui_connection(&self) -> Result<Option<Connection>, TokenError> {
+        let found = connections::find_connection(&self.db, SYSTEM_ACCOUNT, KIND, CONNECTION_NAME).await?;
+        Ok(found.filter(|c| setting(c, "origin").as_deref() == Some(UI_ORIGIN)))
+    }
+
+    /// The OpenAPI application: from the config or environment when set there, else as
+    /// entered in the web UI.
+    pub async fn api(&self) -> Result<Option<(MilesightApi, ApiOrigin)>, TokenError> {
+        if let Some(api) = self.settings.api() {
+            return Ok(Some((api, ApiOrigin::Config)));
+        }
+        let Some(connection) = self.ui_connection().await? else {
+            return Ok(None);
+        };
+        let credentials = connections::secrets(&self.crypto, &connection)?
+            .credentials
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
+        let text = |key: &str| {
+            credentials
+                .as_ref()
+                .and_then(|c| c.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let (Some(base_url), Some(client_id), Some(client_secret)) = (
+            connection.base_url.clone(),
+            text("client_id"),
+            text("client_secret"),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            MilesightApi {
+                base_url,
+                client_id,
+                client_secret: client_secret.into(),
+            },
+            ApiOrigin::Ui,
+        )))
+    }
+
+    /// Saves the OpenAPI application entered in the web UI (refused while the config sets
+    /// it). Without `client_secret`, the stored one is kept. Forgets the cached token, so the
+    /// next caller fetches one with the new credentials.
+    pub async fn save_ui(
+        &self,
+        base_url: &str,
+        client_id: &str,
+        client_secret: Option<&str>,
+    ) -> Result<Connection, SaveError> {
+        if self.settings.api().is_some() {
+            return Err(SaveError::SetInConfig);
+        }
+        let base_url = base_url.trim().trim_end_matches('/');
+        match url::Url::parse(base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(SaveError::Invalid(
+                    "base_url: expected the regional OpenAPI URL, e.g. https://eu-openapi.milesight.com"
+                        .into(),
+                ));
+            }
+        }
+        let client_id = client_id.trim();
+        if client_id.is_empty() {
+            return Err(SaveError::Invalid(
+                "client_id: give the application's client id".into(),
+            ));
+        }
+        let kept = match self.api().await? {
+            Some((api, ApiOrigin::Ui)) => Some(api.client_secret),
+            _ => None,
+        };
+        let secret = match (client_secret.map(str::trim).filter(|s| !s.is_empty()), &kept) {
+            (Some(given), _) => given.to_owned(),
+            (None, Some(kept)) => kept.expose_secret().to_owned(),
+            (None, None) => {
+                return Err(SaveError::Invalid(
+                    "client_secret: give the application's client secret".into(),
+                ));
+            }
+        };
+        let settings = serde_json::json!({
+            "preset": MILESIGHT_PRESET,
+            "client_id": client_id,
+            "lead_secs": self.settings.token_lead_secs.as_secs(),
+            "max_attempts": self.settings.token_max_attempts,
+            "quota_key": PROVIDER,
+            "origin": UI_ORIGIN,
+        });
+        let connection = connections::ensure_connection(
+            &self.db,
+            SYSTEM_ACCOUNT,
+            KIND,
+            CONNECTION_NAME,
+            Some(base_url),
+            &settings,
+        )
+        .await
+        .map_err(TokenError::from)?;
+        let credentials = serde_json::json!({ "client_id": client_id, "client_secret": secret });
+        let update = ConnectionUpdate {
+            credentials: Some(credentials.to_string()),
+            ..Default::default()
+        };
+        let connection = connections::update_connection(&self.db, &self.crypto, connection.id, &update)
+            .await
+            .map_err(TokenError::from)?;
+        if let Ok(mut cached) = self.cached.write() {
+            *cached = None;
+        }
+        Ok(connection)
+    }
+
+    /// Forgets the OpenAPI application entered in the web UI (and its token).
+    pub async fn clear_ui(&self) -> Result<bool, SaveError> {
+        if self.settings.api().is_some() {
+            return Err(SaveError::SetInConfig);
+        }
+        let Some(connection) = self.ui_connection().await? else {
+            return Ok(false);
+        };
+        connections::delete_connection(&self.db, connection.id)
+            .await
+            .map_err(TokenError::from)?;
+        if let Ok(mut cached) = self.cached.write() {
+            *cached = None;
+        }
+        Ok(true)
+    }
+
+    /// The Milesight connection, created on first use and kept in step with the config (or,
+    /// without one, as entered in the web UI).
     pub async fn connection(&self) -> Result<Connection, TokenError> {
-        let api = self.settings.api().ok_or(TokenError::NotConfigured)?;
+        let Some(api) = self.settings.api() else {
+            return self.ui_connection().await?.ok_or(TokenError::NotConfigured);
+        };
         // The first caller syncs while the others wait for it, then they all just read.
         let mut synced = self.synced_id.lock().await;
         if let Some(id) = *synced {
@@ -231,10 +397,24 @@ impl TokenKeeper {
     }
 
     pub async fn status(&self, at: UtcTime) -> Result<TokenStatus, TokenError> {
-        let Some(api) = self.settings.api() else {
+        let found = match self.settings.api() {
+            Some(api) => Some((
+                self.ensure_connection(&api).await?,
+                api.base_url,
+                api.client_id,
+                ApiOrigin::Config,
+            )),
+            None => self.ui_connection().await?.map(|c| {
+                let base_url = c.base_url.clone().unwrap_or_default();
+                let client_id = setting(&c, "client_id").unwrap_or_default();
+                (c, base_url, client_id, ApiOrigin::Ui)
+            }),
+        };
+        let Some((c, base_url, client_id, origin)) = found else {
             return Ok(TokenStatus {
                 status: TokenHealth::Missing.as_str(),
                 configured: false,
+                origin: None,
                 connection_id: None,
                 base_url: None,
                 client_id: None,
@@ -246,7 +426,6 @@ impl TokenKeeper {
                 token_fingerprint: None,
             });
         };
-        let c = self.ensure_connection(&api).await?;
         let status = match crate::tokens::token_status(&c, self.settings.token_lead_secs, at) {
             TokenHealth::NeedsReauth => "invalid_credentials",
             TokenHealth::Active => "valid",
@@ -255,9 +434,10 @@ impl TokenKeeper {
         Ok(TokenStatus {
             status,
             configured: true,
+            origin: Some(origin),
             connection_id: Some(c.id),
-            base_url: Some(api.base_url.clone()),
-            client_id: Some(api.client_id.clone()),
+            base_url: Some(base_url),
+            client_id: Some(client_id),
             expires_at: c.expires_at,
             last_refreshed_at: c.last_refresh_success_at,
             last_attempt_at: c.last_refresh_attempt_at,
@@ -305,10 +485,8 @@ impl TokenKeeper {
     /// At start-up, before the engine's start-up sweep: bring the connection in step with the
     /// config and load the stored token (so a restart does not fetch a new one).
     pub async fn start_up(&self) {
-        if self.settings.api().is_none() {
-            return;
-        }
         match self.connection().await {
+            Err(TokenError::NotConfigured) => {}
             Ok(connection) => {
                 if let Err(err) = self.remember(&connection) {
                     tracing::warn!(error = %err, "could not load the stored Milesight token");
@@ -317,6 +495,15 @@ impl TokenKeeper {
             Err(err) => tracing::warn!(error = %err, "could not prepare the Milesight token"),
         }
     }
+}
+
+/// A text value from a connection's settings.
+fn setting(connection: &Connection, key: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(&connection.settings)
+        .ok()?
+        .get(key)?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Turns the engine's result into this module's terms: whether a new token was fetched.

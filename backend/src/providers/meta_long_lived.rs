@@ -15,7 +15,9 @@ use futures_core::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Answer, DerivedToken, Issued, Outcome, Provider, retry_after, unanswered};
+use super::{
+    Answer, Choice, Consent, DerivedToken, Field, Issued, Outcome, Provider, retry_after, unanswered,
+};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -83,9 +85,118 @@ async fn get(http: &reqwest::Client, url: &str, hide: &[&str]) -> Result<Value, 
     Err(classify(status, answer, wait, &body, hide))
 }
 
+/// The consent screen's permissions when the connection names none: the pages and their
+/// Instagram accounts, read only.
+const DEFAULT_SCOPES: &str = "pages_show_list,pages_read_engagement,instagram_basic";
+
+fn app_of(secrets: &ConnectionSecrets) -> Option<App> {
+    secrets
+        .credentials
+        .as_deref()
+        .and_then(|c| serde_json::from_str::<App>(c).ok())
+}
+
+fn setting(connection: &Connection, key: &str) -> Option<String> {
+    serde_json::from_str::<Value>(&connection.settings)
+        .ok()?
+        .get(key)?
+        .as_str()
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
 impl Provider for MetaLongLived {
     fn kind(&self) -> &'static str {
         "meta_long_lived"
+    }
+
+    fn choices(&self) -> Vec<Choice> {
+        vec![Choice {
+            id: "meta",
+            label: "Meta (Facebook pages, Instagram)",
+            provider: "meta_long_lived",
+            preset: None,
+            help: "Create a Meta app with Facebook Login, add the redirect URI shown after saving, then Connect: the user token is made long-lived at once and each page's token is kept.",
+            consent: true,
+            fields: vec![
+                Field::new("credentials.app_id", "App id", "text").required(),
+                Field::new("credentials.app_secret", "App secret", "password").required(),
+                Field::new("settings.graph_version", "Graph API version", "text")
+                    .placeholder(DEFAULT_VERSION),
+                Field::new("settings.scopes", "Permissions (comma-separated)", "text")
+                    .placeholder(DEFAULT_SCOPES),
+                Field::new("settings.authorize_url", "Login dialog URL", "url")
+                    .placeholder("https://www.facebook.com/{version}/dialog/oauth"),
+                Field::new("base_url", "Graph API URL", "url").placeholder(DEFAULT_BASE),
+                Field::new(
+                    "access_token",
+                    "User token (optional: or press Connect)",
+                    "password",
+                ),
+            ],
+        }]
+    }
+
+    fn consent(&self, connection: &Connection, secrets: &ConnectionSecrets) -> Option<Consent> {
+        let version = setting(connection, "graph_version").unwrap_or_else(|| DEFAULT_VERSION.into());
+        Some(Consent {
+            authorize_url: setting(connection, "authorize_url")
+                .unwrap_or_else(|| format!("https://www.facebook.com/{version}/dialog/oauth")),
+            client_id: app_of(secrets)?.app_id,
+            scopes: setting(connection, "scopes").unwrap_or_else(|| DEFAULT_SCOPES.into()),
+            extra: Vec::new(),
+        })
+    }
+
+    /// The code buys a short-lived user token, exchanged at once for a long-lived one (with
+    /// the page tokens), as a refresh does.
+    fn exchange_code<'a>(
+        &'a self,
+        http: &'a reqwest::Client,
+        connection: &'a Connection,
+        secrets: &'a ConnectionSecrets,
+        code: &'a str,
+        verifier: &'a str,
+        redirect_uri: &'a str,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let Some(app) = app_of(secrets) else {
+                return Outcome::Failed("credentials must be JSON with app_id and app_secret".into());
+            };
+            let version = setting(connection, "graph_version").unwrap_or_else(|| DEFAULT_VERSION.into());
+            let base = connection
+                .base_url
+                .as_deref()
+                .unwrap_or(DEFAULT_BASE)
+                .trim_end_matches('/');
+            let mut url = match url::Url::parse(&format!("{base}/{version}/oauth/access_token")) {
+                Ok(u) => u,
+                Err(e) => return Outcome::Failed(format!("bad base_url: {e}")),
+            };
+            url.query_pairs_mut()
+                .append_pair("client_id", &app.app_id)
+                .append_pair("client_secret", &app.app_secret)
+                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("code", code)
+                .append_pair("code_verifier", verifier);
+            let hide = [app.app_secret.as_str(), code, verifier];
+            let body = match get(http, url.as_str(), &hide).await {
+                Ok(body) => body,
+                Err(outcome) => return outcome,
+            };
+            let Some(short_lived) = body
+                .get("access_token")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            else {
+                return Outcome::Failed("the code exchange answered without an access_token".into());
+            };
+            let with_user_token = ConnectionSecrets {
+                access_token: Some(short_lived.to_owned()),
+                ..secrets.clone()
+            };
+            self.refresh(http, connection, &with_user_token).await
+        })
     }
 
     fn default_lead(&self) -> Duration {

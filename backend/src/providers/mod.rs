@@ -12,6 +12,7 @@ pub mod thingsboard;
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
+use serde::Serialize;
 
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -68,9 +69,103 @@ impl Outcome {
     }
 }
 
+/// One way to connect a platform, as the web UI offers it: a provider, maybe with a preset,
+/// and the fields a person fills in (besides the account and the connection's name).
+#[derive(Debug, Clone, Serialize)]
+pub struct Choice {
+    /// The form's id, e.g. `spotify`.
+    pub id: &'static str,
+    pub label: &'static str,
+    pub provider: &'static str,
+    /// `settings.preset`, when the choice is a preset.
+    pub preset: Option<&'static str>,
+    pub help: &'static str,
+    /// Whether its first tokens come from the platform's consent screen ("Connect").
+    pub consent: bool,
+    pub fields: Vec<Field>,
+}
+
+/// One input of a connection form. `key` says where the value goes: `base_url`,
+/// `settings.<name>`, `credentials.<name>` (sealed), `access_token` or `refresh_token` (sealed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Field {
+    pub key: &'static str,
+    pub label: &'static str,
+    /// `text`, `url` or `password` (secrets: never shown back, left empty to keep).
+    pub input: &'static str,
+    pub required: bool,
+    /// Shown as the placeholder: the value used when left empty.
+    pub placeholder: &'static str,
+    pub help: &'static str,
+}
+
+impl Field {
+    pub const fn new(key: &'static str, label: &'static str, input: &'static str) -> Field {
+        Field {
+            key,
+            label,
+            input,
+            required: false,
+            placeholder: "",
+            help: "",
+        }
+    }
+
+    pub const fn required(mut self) -> Field {
+        self.required = true;
+        self
+    }
+
+    pub const fn placeholder(mut self, placeholder: &'static str) -> Field {
+        self.placeholder = placeholder;
+        self
+    }
+
+    pub const fn help(mut self, help: &'static str) -> Field {
+        self.help = help;
+        self
+    }
+
+    /// Whether the value is a secret (write-only).
+    pub fn secret(&self) -> bool {
+        self.input == "password"
+    }
+}
+
+/// Where a provider's consent screen is, for the authorization-code flow (apis.md §6).
+pub struct Consent {
+    pub authorize_url: String,
+    pub client_id: String,
+    /// Space-separated (Meta: comma-separated, as it documents).
+    pub scopes: String,
+    /// Extra query parameters the platform needs (Google: a refresh token only with these).
+    pub extra: Vec<(&'static str, &'static str)>,
+}
+
 pub trait Provider: Send + Sync {
     /// The `provider` value of connections this handles.
     fn kind(&self) -> &'static str;
+    /// The ways to connect it that the web UI offers (none: created through the API only).
+    fn choices(&self) -> Vec<Choice> {
+        Vec::new()
+    }
+    /// Its consent screen, when its first tokens come from one (`None`: no "Connect").
+    fn consent(&self, _connection: &Connection, _secrets: &ConnectionSecrets) -> Option<Consent> {
+        None
+    }
+    /// Exchanges the authorization code the consent screen returned for tokens (PKCE
+    /// `verifier`, the same `redirect_uri`). Must not put secrets in any message it returns.
+    fn exchange_code<'a>(
+        &'a self,
+        _http: &'a reqwest::Client,
+        _connection: &'a Connection,
+        _secrets: &'a ConnectionSecrets,
+        _code: &'a str,
+        _verifier: &'a str,
+        _redirect_uri: &'a str,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async { Outcome::Failed("this provider has no consent screen".into()) })
+    }
     /// Refresh this long before expiry unless the connection's settings say otherwise.
     fn default_lead(&self) -> Duration;
     /// One attempt to get a fresh token. Must not put secrets in any message it returns.
@@ -100,6 +195,24 @@ const PROVIDERS: [&dyn Provider; 5] = [
 /// The provider for a connection's `provider` value.
 pub fn provider_for(kind: &str) -> Option<&'static dyn Provider> {
     PROVIDERS.into_iter().find(|p| p.kind() == kind)
+}
+
+/// Every way to connect a platform the web UI offers, in the order shown.
+pub fn choices() -> Vec<Choice> {
+    PROVIDERS.iter().flat_map(|p| p.choices()).collect()
+}
+
+/// The form a connection was made with: its provider's choice with the same preset.
+pub fn choice_of(connection: &Connection) -> Option<Choice> {
+    let preset = serde_json::from_str::<serde_json::Value>(&connection.settings)
+        .ok()
+        .and_then(|s| s.get("preset").and_then(|p| p.as_str()).map(str::to_owned));
+    let offered = provider_for(&connection.provider)?.choices();
+    offered
+        .iter()
+        .find(|c| c.preset == preset.as_deref())
+        .or_else(|| offered.iter().find(|c| c.preset.is_none()))
+        .cloned()
 }
 
 /// Every provider kind a connection can be created with.

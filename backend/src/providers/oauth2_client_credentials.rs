@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::oauth2_refresh::ClientCredentials;
-use super::{Issued, Outcome, Provider, jwt_expiry, unanswered};
+use super::{Choice, Field, Issued, Outcome, Provider, jwt_expiry, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -79,6 +79,23 @@ fn read_answer(body: &[u8]) -> Option<TokenBody> {
 impl Provider for OAuth2ClientCredentials {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn choices(&self) -> Vec<Choice> {
+        vec![Choice {
+            id: "client_credentials",
+            label: "OAuth 2.0 client credentials (machine to machine)",
+            provider: KIND,
+            preset: None,
+            help: "A token requested with the client id and secret alone; Telltale asks again before it expires.",
+            consent: false,
+            fields: vec![
+                Field::new("base_url", "Token URL", "url").required(),
+                Field::new("credentials.client_id", "Client id", "text").required(),
+                Field::new("credentials.client_secret", "Client secret", "password").required(),
+                Field::new("settings.scope", "Scope", "text"),
+            ],
+        }]
     }
 
     fn default_lead(&self) -> Duration {

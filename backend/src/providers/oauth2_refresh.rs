@@ -11,7 +11,7 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Answer, Issued, Outcome, Provider, unanswered};
+use super::{Answer, Choice, Consent, Field, Issued, Outcome, Provider, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -25,31 +25,52 @@ pub enum ClientAuth {
     Body,
 }
 
-/// A platform's token endpoint and how it wants the client to authenticate.
+/// A platform's token endpoint and how it wants the client to authenticate, and its consent
+/// screen (apis.md §6) with the scopes the polled endpoints need.
 pub struct Preset {
     pub name: &'static str,
+    pub label: &'static str,
     pub token_url: &'static str,
     pub client_auth: ClientAuth,
+    pub authorize_url: &'static str,
+    pub scopes: &'static str,
+    pub extra: &'static [(&'static str, &'static str)],
 }
 
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "spotify",
+        label: "Spotify",
+        authorize_url: "https://accounts.spotify.com/authorize",
+        scopes: "user-read-recently-played user-top-read",
+        extra: &[],
         token_url: "https://accounts.spotify.com/api/token",
         client_auth: ClientAuth::Basic,
     },
     Preset {
         name: "google",
+        label: "Google",
+        authorize_url: "https://accounts.google.com/o/oauth2/v2/auth",
+        scopes: "https://www.googleapis.com/auth/youtube.readonly https://www.googleapis.com/auth/gmail.readonly https://www.googleapis.com/auth/calendar.readonly",
+        extra: &[("access_type", "offline"), ("prompt", "consent")],
         token_url: "https://oauth2.googleapis.com/token",
         client_auth: ClientAuth::Body,
     },
     Preset {
         name: "github",
+        label: "GitHub",
+        authorize_url: "https://github.com/login/oauth/authorize",
+        scopes: "read:user repo",
+        extra: &[],
         token_url: "https://github.com/login/oauth/access_token",
         client_auth: ClientAuth::Body,
     },
     Preset {
         name: "discord",
+        label: "Discord",
+        authorize_url: "https://discord.com/oauth2/authorize",
+        scopes: "identify guilds",
+        extra: &[],
         token_url: "https://discord.com/api/oauth2/token",
         client_auth: ClientAuth::Basic,
     },
@@ -60,6 +81,70 @@ struct Settings {
     preset: Option<String>,
     client_auth: Option<String>,
     scope: Option<String>,
+    /// The consent screen, when not the preset's.
+    authorize_url: Option<String>,
+    /// The scopes asked for on the consent screen, when not the preset's.
+    scopes: Option<String>,
+}
+
+impl Settings {
+    fn of(connection: &Connection) -> Settings {
+        serde_json::from_str(&connection.settings).unwrap_or_default()
+    }
+
+    fn preset(&self) -> Option<&'static Preset> {
+        self.preset
+            .as_deref()
+            .and_then(|p| PRESETS.iter().find(|x| x.name == p))
+    }
+
+    fn client_auth(&self) -> ClientAuth {
+        match self.client_auth.as_deref() {
+            Some("basic") => ClientAuth::Basic,
+            Some("body") => ClientAuth::Body,
+            _ => self.preset().map_or(ClientAuth::Body, |p| p.client_auth),
+        }
+    }
+}
+
+fn client_of(secrets: &ConnectionSecrets) -> Option<ClientCredentials> {
+    secrets
+        .credentials
+        .as_deref()
+        .and_then(|c| serde_json::from_str::<ClientCredentials>(c).ok())
+}
+
+/// The fields every form of this provider has.
+fn fields(preset: Option<&Preset>) -> Vec<Field> {
+    let mut fields = vec![
+        Field::new("credentials.client_id", "Client id", "text").required(),
+        Field::new("credentials.client_secret", "Client secret", "password").required(),
+        Field::new("settings.scopes", "Scopes (space-separated)", "text")
+            .placeholder(preset.map_or("", |p| p.scopes)),
+        Field::new(
+            "settings.authorize_url",
+            "Authorize URL (the consent screen)",
+            "url",
+        )
+        .placeholder(preset.map_or("", |p| p.authorize_url)),
+        Field::new("base_url", "Token URL", "url").placeholder(preset.map_or("", |p| p.token_url)),
+        Field::new(
+            "refresh_token",
+            "Refresh token (optional: or press Connect)",
+            "password",
+        )
+        .help(
+            "Paste one obtained elsewhere, or leave empty and connect through the platform's consent screen.",
+        ),
+    ];
+    if preset.is_none() {
+        for field in &mut fields {
+            if matches!(field.key, "settings.authorize_url" | "base_url") {
+                field.required = true;
+            }
+        }
+    }
+    fields
 }
 
 /// The sealed credentials of an OAuth2 client.
@@ -89,9 +174,173 @@ const REAUTH_ERRORS: &[&str] = &[
     "incorrect_client_credentials",
 ];
 
+/// Posts a token request (`form` plus the client's authentication) and reads the answer.
+async fn token_request(
+    http: &reqwest::Client,
+    token_url: &str,
+    auth: ClientAuth,
+    client: &ClientCredentials,
+    mut form: Vec<(&str, &str)>,
+    hide: &[&str],
+) -> Outcome {
+    let mut request = http
+        .post(token_url)
+        .header(reqwest::header::ACCEPT, "application/json");
+    match auth {
+        ClientAuth::Basic => request = request.basic_auth(&client.client_id, client.client_secret.as_deref()),
+        ClientAuth::Body => {
+            form.push(("client_id", &client.client_id));
+            if let Some(secret) = client.client_secret.as_deref() {
+                form.push(("client_secret", secret));
+            }
+        }
+    }
+    let mut hide = hide.to_vec();
+    hide.extend(client.client_secret.as_deref());
+    let response = match request.form(&form).send().await {
+        Ok(r) => r,
+        Err(e) => return unanswered(e, &hide),
+    };
+    let status = response.status();
+    let answer = Answer::of(&response);
+    let body = response.bytes().await.unwrap_or_default();
+    let parsed: Option<TokenResponse> = serde_json::from_slice(&body).ok();
+    if let Some(retry) = answer.retry(|| format!("HTTP {}", status.as_u16())) {
+        return retry;
+    }
+    let Some(parsed) = parsed else {
+        return Outcome::Transient {
+            message: format!("HTTP {} with an unreadable body", status.as_u16()),
+            retry_after: None,
+        };
+    };
+    if let Some(error) = parsed.error.as_deref() {
+        let described = redact(
+            &format!(
+                "HTTP {} {error}{}",
+                status.as_u16(),
+                parsed
+                    .error_description
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ),
+            &hide,
+        );
+        return if REAUTH_ERRORS.contains(&error) {
+            Outcome::NeedsReauth(described)
+        } else {
+            Outcome::Failed(described)
+        };
+    }
+    match (status.is_success(), parsed.access_token) {
+        (true, Some(access_token)) if !access_token.is_empty() => Outcome::Refreshed(Issued {
+            access_token,
+            refresh_token: parsed.refresh_token.filter(|t| !t.is_empty()),
+            expires_in: parsed.expires_in,
+            refresh_expires_in: parsed.refresh_token_expires_in,
+            expires_at: None,
+            refresh_expires_at: None,
+            derived: Vec::new(),
+        }),
+        (true, _) => Outcome::Transient {
+            message: "success without an access_token".into(),
+            retry_after: None,
+        },
+        (false, _) if status == StatusCode::UNAUTHORIZED => {
+            Outcome::NeedsReauth(format!("HTTP {}", status.as_u16()))
+        }
+        (false, _) => Outcome::Failed(format!("HTTP {}", status.as_u16())),
+    }
+}
+
 impl Provider for OAuth2Refresh {
     fn kind(&self) -> &'static str {
         "oauth2_refresh"
+    }
+
+    fn choices(&self) -> Vec<Choice> {
+        let mut choices: Vec<Choice> = PRESETS
+            .iter()
+            .map(|p| Choice {
+                id: p.name,
+                label: p.label,
+                provider: "oauth2_refresh",
+                preset: Some(p.name),
+                help: "Register an OAuth app at the platform with the redirect URI shown after saving, then Connect.",
+                consent: true,
+                fields: fields(Some(p)),
+            })
+            .collect();
+        choices.push(Choice {
+            id: "oauth2",
+            label: "Other OAuth 2.0 platform",
+            provider: "oauth2_refresh",
+            preset: None,
+            help: "Any platform with an authorization-code consent screen and refresh tokens.",
+            consent: true,
+            fields: fields(None),
+        });
+        choices
+    }
+
+    fn consent(&self, connection: &Connection, secrets: &ConnectionSecrets) -> Option<Consent> {
+        let settings = Settings::of(connection);
+        let preset = settings.preset();
+        Some(Consent {
+            authorize_url: settings
+                .authorize_url
+                .clone()
+                .filter(|u| !u.is_empty())
+                .or(preset.map(|p| p.authorize_url.to_owned()))?,
+            client_id: client_of(secrets)?.client_id,
+            scopes: settings
+                .scopes
+                .clone()
+                .filter(|s| !s.is_empty())
+                .or(preset.map(|p| p.scopes.to_owned()))
+                .unwrap_or_default(),
+            extra: preset.map(|p| p.extra.to_vec()).unwrap_or_default(),
+        })
+    }
+
+    fn exchange_code<'a>(
+        &'a self,
+        http: &'a reqwest::Client,
+        connection: &'a Connection,
+        secrets: &'a ConnectionSecrets,
+        code: &'a str,
+        verifier: &'a str,
+        redirect_uri: &'a str,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let settings = Settings::of(connection);
+            let Some(token_url) = connection
+                .base_url
+                .as_deref()
+                .or(settings.preset().map(|p| p.token_url))
+            else {
+                return Outcome::Failed("no token URL: set the connection's base_url or a preset".into());
+            };
+            let Some(client) = client_of(secrets) else {
+                return Outcome::Failed("credentials must be JSON with client_id and client_secret".into());
+            };
+            let form = vec![
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier),
+            ];
+            token_request(
+                http,
+                token_url,
+                settings.client_auth(),
+                &client,
+                form,
+                &[code, verifier],
+            )
+            .await
+        })
     }
 
     fn default_lead(&self) -> Duration {
@@ -105,106 +354,33 @@ impl Provider for OAuth2Refresh {
         secrets: &'a ConnectionSecrets,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let settings: Settings = serde_json::from_str(&connection.settings).unwrap_or_default();
-            let preset = settings
-                .preset
+            let settings = Settings::of(connection);
+            let Some(token_url) = connection
+                .base_url
                 .as_deref()
-                .and_then(|p| PRESETS.iter().find(|x| x.name == p));
-            let Some(token_url) = connection.base_url.as_deref().or(preset.map(|p| p.token_url)) else {
+                .or(settings.preset().map(|p| p.token_url))
+            else {
                 return Outcome::Failed("no token URL: set the connection's base_url or a preset".into());
             };
             let Some(refresh_token) = secrets.refresh_token.as_deref() else {
                 return Outcome::NeedsReauth("no refresh token stored".into());
             };
-            let Some(client) = secrets
-                .credentials
-                .as_deref()
-                .and_then(|c| serde_json::from_str::<ClientCredentials>(c).ok())
-            else {
+            let Some(client) = client_of(secrets) else {
                 return Outcome::Failed("credentials must be JSON with client_id and client_secret".into());
-            };
-            let auth = match settings.client_auth.as_deref() {
-                Some("basic") => ClientAuth::Basic,
-                Some("body") => ClientAuth::Body,
-                _ => preset.map_or(ClientAuth::Body, |p| p.client_auth),
             };
             let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
             if let Some(scope) = settings.scope.as_deref() {
                 form.push(("scope", scope));
             }
-            let mut request = http
-                .post(token_url)
-                .header(reqwest::header::ACCEPT, "application/json");
-            match auth {
-                ClientAuth::Basic => {
-                    request = request.basic_auth(&client.client_id, client.client_secret.as_deref())
-                }
-                ClientAuth::Body => {
-                    form.push(("client_id", &client.client_id));
-                    if let Some(secret) = client.client_secret.as_deref() {
-                        form.push(("client_secret", secret));
-                    }
-                }
-            }
-            let hide: Vec<&str> = [Some(refresh_token), client.client_secret.as_deref()]
-                .into_iter()
-                .flatten()
-                .collect();
-            let response = match request.form(&form).send().await {
-                Ok(r) => r,
-                Err(e) => return unanswered(e, &hide),
-            };
-            let status = response.status();
-            let answer = Answer::of(&response);
-            let body = response.bytes().await.unwrap_or_default();
-            let parsed: Option<TokenResponse> = serde_json::from_slice(&body).ok();
-            if let Some(retry) = answer.retry(|| format!("HTTP {}", status.as_u16())) {
-                return retry;
-            }
-            let Some(parsed) = parsed else {
-                return Outcome::Transient {
-                    message: format!("HTTP {} with an unreadable body", status.as_u16()),
-                    retry_after: None,
-                };
-            };
-            if let Some(error) = parsed.error.as_deref() {
-                let described = redact(
-                    &format!(
-                        "HTTP {} {error}{}",
-                        status.as_u16(),
-                        parsed
-                            .error_description
-                            .as_deref()
-                            .map(|d| format!(": {d}"))
-                            .unwrap_or_default()
-                    ),
-                    &hide,
-                );
-                return if REAUTH_ERRORS.contains(&error) {
-                    Outcome::NeedsReauth(described)
-                } else {
-                    Outcome::Failed(described)
-                };
-            }
-            match (status.is_success(), parsed.access_token) {
-                (true, Some(access_token)) if !access_token.is_empty() => Outcome::Refreshed(Issued {
-                    access_token,
-                    refresh_token: parsed.refresh_token.filter(|t| !t.is_empty()),
-                    expires_in: parsed.expires_in,
-                    refresh_expires_in: parsed.refresh_token_expires_in,
-                    expires_at: None,
-                    refresh_expires_at: None,
-                    derived: Vec::new(),
-                }),
-                (true, _) => Outcome::Transient {
-                    message: "success without an access_token".into(),
-                    retry_after: None,
-                },
-                (false, _) if status == StatusCode::UNAUTHORIZED => {
-                    Outcome::NeedsReauth(format!("HTTP {}", status.as_u16()))
-                }
-                (false, _) => Outcome::Failed(format!("HTTP {}", status.as_u16())),
-            }
+            token_request(
+                http,
+                token_url,
+                settings.client_auth(),
+                &client,
+                form,
+                &[refresh_token],
+            )
+            .await
         })
     }
 }

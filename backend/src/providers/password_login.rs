@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Answer, Issued, Outcome, Provider, jwt_expiry, unanswered};
+use super::{Answer, Choice, Field, Issued, Outcome, Provider, jwt_expiry, unanswered};
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
 pub struct PasswordLogin;
@@ -71,6 +71,28 @@ fn expires_in(body: &Value) -> Option<i64> {
 impl Provider for PasswordLogin {
     fn kind(&self) -> &'static str {
         "password_login"
+    }
+
+    fn choices(&self) -> Vec<Choice> {
+        vec![Choice {
+            id: "password_login",
+            label: "Login service (username and password)",
+            provider: "password_login",
+            preset: None,
+            help: "An in-house API that issues a token for a username and password: Telltale logs in again before the token expires.",
+            consent: false,
+            fields: vec![
+                Field::new("base_url", "Login URL", "url")
+                    .required()
+                    .placeholder("https://api.example.com/api/auth/login"),
+                Field::new("credentials.username", "Username", "text").required(),
+                Field::new("credentials.password", "Password", "password").required(),
+                Field::new("settings.body", "Body format (json or form)", "text").placeholder("json"),
+                Field::new("settings.username_field", "Username field name", "text").placeholder("username"),
+                Field::new("settings.token_field", "Token field in the answer", "text")
+                    .placeholder("access_token, token, jwt or accessToken"),
+            ],
+        }]
     }
 
     fn default_lead(&self) -> Duration {

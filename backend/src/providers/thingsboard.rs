@@ -11,7 +11,7 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Answer, Issued, Outcome, Provider, jwt_expiry, unanswered};
+use super::{Answer, Choice, Field, Issued, Outcome, Provider, jwt_expiry, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -48,6 +48,24 @@ enum Call {
 impl Provider for ThingsBoard {
     fn kind(&self) -> &'static str {
         "thingsboard"
+    }
+
+    fn choices(&self) -> Vec<Choice> {
+        vec![Choice {
+            id: "thingsboard",
+            label: "ThingsBoard (a customer's server)",
+            provider: "thingsboard",
+            preset: None,
+            help: "One connection per customer: their ThingsBoard URL and a user of theirs. Telltale logs in, keeps the JWT fresh, and polls their devices.",
+            consent: false,
+            fields: vec![
+                Field::new("base_url", "ThingsBoard URL", "url")
+                    .required()
+                    .placeholder("https://thingsboard.example.com"),
+                Field::new("credentials.username", "Username (email)", "text").required(),
+                Field::new("credentials.password", "Password", "password").required(),
+            ],
+        }]
     }
 
     fn default_lead(&self) -> Duration {

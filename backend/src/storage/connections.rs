@@ -192,6 +192,26 @@ pub async fn get_connection(db: &Db, id: i64) -> StorageResult<Connection> {
     })
 }
 
+/// The connection `name` of `provider` owned by account `account`, if there is one.
+pub async fn find_connection(
+    db: &Db,
+    account: &str,
+    provider: &str,
+    name: &str,
+) -> StorageResult<Option<Connection>> {
+    db_run!(db, |conn| {
+        Ok(connections::table
+            .inner_join(accounts::table)
+            .filter(accounts::name.eq(account))
+            .filter(connections::provider.eq(provider))
+            .filter(connections::name.eq(name))
+            .select(Connection::as_select())
+            .first(conn)
+            .await
+            .optional()?)
+    })
+}
+
 pub async fn list_connections(db: &Db) -> StorageResult<Vec<Connection>> {
     db_run!(db, |conn| {
         Ok(connections::table
@@ -502,6 +522,17 @@ pub async fn delete_connection(db: &Db, id: i64) -> StorageResult<()> {
             0 => Err(StorageError::NotFound),
             _ => Ok(()),
         }
+    })
+}
+
+/// An account's name.
+pub async fn account_name(db: &Db, id: i64) -> StorageResult<String> {
+    db_run!(db, |conn| {
+        Ok(accounts::table
+            .find(id)
+            .select(accounts::name)
+            .first(conn)
+            .await?)
     })
 }
 

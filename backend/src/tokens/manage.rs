@@ -27,7 +27,8 @@ pub struct ConnectionSpec {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Changes to a connection; absent fields stay as they are.
+/// Changes to a connection; absent fields stay as they are. `settings` and `credentials` are
+/// merged into the stored ones key by key (a key set to null is removed).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionChange {
@@ -144,10 +145,30 @@ pub async fn update(
     if change.settings.as_ref().is_some_and(|s| !s.is_object()) {
         return Err(invalid("settings must be a JSON object"));
     }
+    if change.credentials.as_ref().is_some_and(|c| !c.is_object()) {
+        return Err(invalid("credentials must be a JSON object"));
+    }
+    // Settings and credentials are merged into what is stored (RFC 7396: a key set to null
+    // is removed), so a form can change one field without repeating, or knowing, the others.
+    let (settings, credentials) = if change.settings.is_some() || change.credentials.is_some() {
+        let current = connections::get_connection(db, id).await.map_err(storage(id))?;
+        let stored_settings = serde_json::from_str::<Value>(&current.settings).unwrap_or_else(|_| json!({}));
+        let stored_credentials = connections::secrets(crypto, &current)
+            .map_err(storage(id))?
+            .credentials
+            .and_then(|c| serde_json::from_str::<Value>(&c).ok())
+            .unwrap_or_else(|| json!({}));
+        (
+            change.settings.map(|s| merged(stored_settings, s)),
+            change.credentials.map(|c| merged(stored_credentials, c)),
+        )
+    } else {
+        (None, None)
+    };
     let update = ConnectionUpdate {
         base_url: change.base_url.map(|u| Some(u).filter(|u| !u.is_empty())),
-        settings: change.settings,
-        credentials: credentials_text(change.credentials)?,
+        settings,
+        credentials: credentials_text(credentials)?,
         access_token: non_empty(change.access_token),
         refresh_token: non_empty(change.refresh_token),
         expires_at: change.expires_at.map(|t| Some(UtcTime::new(t))),
@@ -156,6 +177,21 @@ pub async fn update(
     connections::update_connection(db, crypto, id, &update)
         .await
         .map_err(storage(id))
+}
+
+/// `patch` applied to `stored`, key by key; a null removes the key.
+fn merged(stored: Value, patch: Value) -> Value {
+    let (Value::Object(mut stored), Value::Object(patch)) = (stored, patch.clone()) else {
+        return patch;
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            stored.remove(&key);
+        } else {
+            stored.insert(key, value);
+        }
+    }
+    Value::Object(stored)
 }
 
 pub async fn delete(db: &Db, id: i64) -> Result<(), ManageError> {

@@ -6,6 +6,7 @@
 //! The scheduled sweep, manual refreshes and (later) the CLI and cron endpoint all call
 //! `RefreshEngine` so they behave the same.
 
+pub mod connect;
 pub mod manage;
 pub mod settings;
 
@@ -430,6 +431,64 @@ impl RefreshEngine {
             }
         };
         Ok(result)
+    }
+
+    /// Records the tokens a consent screen's code was exchanged for (trigger `connect`): one
+    /// refresh-log row either way; tokens (and derived page tokens) stored only on success,
+    /// which also clears `needs_reauth`. A failed exchange changes nothing else.
+    pub async fn connected(
+        &self,
+        connection: &Connection,
+        outcome: Outcome,
+        actor: &str,
+        took: Duration,
+    ) -> StorageResult<ConnectionResult> {
+        let request = SweepRequest {
+            trigger: "connect",
+            actor: actor.into(),
+            dry_run: false,
+            provider: None,
+            connection_id: Some(connection.id),
+        };
+        self.metrics
+            .attempts
+            .with_label_values(&[connection.provider.as_str(), "connect", outcome.label()])
+            .inc();
+        match outcome {
+            Outcome::Refreshed(issued) => {
+                self.log(connection, &request, false, Ok(Some(issued.clone())), took)
+                    .await;
+                let at = now();
+                let stored = connections::store_refreshed_token(
+                    &self.db,
+                    &self.crypto,
+                    connection.id,
+                    &to_refreshed(&issued, at),
+                    at,
+                )
+                .await?;
+                for derived in &issued.derived {
+                    connections::upsert_derived_token(
+                        &self.db,
+                        &self.crypto,
+                        connection,
+                        derived.provider,
+                        &derived.name,
+                        &derived.settings,
+                        &derived.access_token,
+                    )
+                    .await?;
+                }
+                tracing::info!(connection = connection.id, provider = %connection.provider, "connected through the consent screen");
+                Ok(result_of(&stored, RefreshOutcome::Refreshed, None))
+            }
+            Outcome::Transient { message, .. } | Outcome::NeedsReauth(message) | Outcome::Failed(message) => {
+                self.log(connection, &request, false, Err(message.clone()), took)
+                    .await;
+                tracing::warn!(connection = connection.id, provider = %connection.provider, error = %message, "connecting through the consent screen failed");
+                Ok(result_of(connection, RefreshOutcome::Failed, Some(message)))
+            }
+        }
     }
 
     async fn log(

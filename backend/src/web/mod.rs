@@ -2,6 +2,7 @@
 
 mod api;
 mod auth;
+mod connect;
 pub mod error;
 mod guard;
 mod health;
@@ -75,6 +76,10 @@ route_table! {
         get "/alerts/{id}" => pages::alert,
         get "/scheduler" => pages::scheduler,
         get "/settings" => pages::settings,
+        get "/connections/new" => pages::new_connection,
+        get "/connections/{id}" => pages::connection,
+        get "/oauth/callback" => connect::callback,
+        post "/api/connections/{id}/authorize" => connect::authorize,
         get "/setup" => setup::setup_page,
         post "/setup" => setup::create_admin,
         get "/login" => auth::login_page,
@@ -132,6 +137,39 @@ fn security_headers() -> actix_web::middleware::DefaultHeaders {
         .add(("referrer-policy", "same-origin"))
 }
 
+/// Request spans without the query string: a caller may put a secret there (the code of an
+/// OAuth callback), and every log line written inside a request carries its span.
+pub struct PathOnlySpans;
+
+impl tracing_actix_web::RootSpanBuilder for PathOnlySpans {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        let route = request.match_pattern().unwrap_or_else(|| "default".into());
+        let client = request
+            .connection_info()
+            .realip_remote_addr()
+            .unwrap_or_default()
+            .to_owned();
+        tracing::info_span!(
+            "HTTP request",
+            http.method = %request.method(),
+            http.route = %route,
+            http.target = %request.path(),
+            http.client_ip = %client,
+            http.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
 pub fn http_server(state: AppState, listener: std::net::TcpListener) -> anyhow::Result<Server> {
     let shutdown_timeout = state.config.shutdown_timeout_secs.as_secs();
     let server = HttpServer::new(move || {
@@ -147,7 +185,7 @@ pub fn http_server(state: AppState, listener: std::net::TcpListener) -> anyhow::
             .wrap(ErrorHandlers::new().default_handler(error::jsonify_error))
             .wrap(NormalizePath::new(TrailingSlash::Trim))
             .wrap(state.metrics.http.clone())
-            .wrap(tracing_actix_web::TracingLogger::default())
+            .wrap(tracing_actix_web::TracingLogger::<PathOnlySpans>::new())
     })
     // Signals are ours (see `app::shutdown_signal`), so shutdown also stops jobs and the pool.
     .disable_signals()

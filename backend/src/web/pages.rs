@@ -79,6 +79,25 @@ fn render(
     staff: &Staff,
     page: &impl Serialize,
 ) -> Result<HttpResponse, ApiError> {
+    render_with_status(
+        actix_web::http::StatusCode::OK,
+        template,
+        title,
+        active,
+        staff,
+        page,
+    )
+}
+
+/// `render`, answering with `status`.
+pub(super) fn render_with_status(
+    status: actix_web::http::StatusCode,
+    template: &str,
+    title: &str,
+    active: &str,
+    staff: &Staff,
+    page: &impl Serialize,
+) -> Result<HttpResponse, ApiError> {
     let nav: Vec<NavItem> = NAV
         .iter()
         .filter(|(href, _)| *href != "/settings" || staff.is_admin())
@@ -106,7 +125,7 @@ fn render(
                 "the page could not be rendered",
             )
         })?;
-    Ok(HttpResponse::Ok()
+    Ok(HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header(("cache-control", "no-store"))
         .body(html))
@@ -806,6 +825,7 @@ struct SettingsPage {
     users: Vec<StaffUser>,
     tokens: Vec<ApiToken>,
     outbox_pending: i64,
+    milesight: api::milesight::MilesightSettings,
 }
 
 /// `GET /settings` (admin)
@@ -824,8 +844,149 @@ pub async fn settings(
         users: staff::list_users(&state.db).await?,
         tokens: staff::list_api_tokens(&state.db).await?,
         outbox_pending: outbox::pending_count(&state.db).await?,
+        milesight: api::milesight::settings_data(&state).await?,
     };
     render("settings.html", "Settings", "/settings", &staff, &page)
+}
+
+#[derive(Deserialize)]
+pub struct NewConnectionQuery {
+    kind: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NewConnectionPage {
+    choices: Vec<crate::providers::Choice>,
+    chosen: Option<crate::providers::Choice>,
+    redirect_uri: String,
+}
+
+/// `GET /connections/new?kind=`: the platforms to choose from, then the chosen one's form.
+pub async fn new_connection(
+    state: web::Data<AppState>,
+    staff: web::ReqData<Staff>,
+    query: web::Query<NewConnectionQuery>,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let choices = crate::providers::choices();
+    let chosen = query
+        .kind
+        .as_deref()
+        .and_then(|k| choices.iter().find(|c| c.id == k).cloned());
+    let page = NewConnectionPage {
+        redirect_uri: super::connect::redirect_uri(&state, &req),
+        choices,
+        chosen,
+    };
+    render(
+        "connection_new.html",
+        "Add a connection",
+        "/tokens",
+        &staff,
+        &page,
+    )
+}
+
+/// One input of a connection's edit form, with its current value (never a secret's).
+#[derive(Serialize)]
+struct EditField {
+    key: &'static str,
+    label: &'static str,
+    input: &'static str,
+    placeholder: &'static str,
+    value: String,
+    /// For a secret: whether one is stored.
+    set: bool,
+}
+
+#[derive(Serialize)]
+struct ConnectionPage {
+    c: ConnectionView,
+    label: String,
+    account: String,
+    consent: bool,
+    redirect_uri: String,
+    fields: Vec<EditField>,
+    log: Vec<RefreshLogEntry>,
+}
+
+/// `GET /connections/{id}`: facts, Connect / Reconnect, refresh, disable, delete, edit.
+pub async fn connection(
+    state: web::Data<AppState>,
+    staff: web::ReqData<Staff>,
+    id: web::Path<i64>,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let c = crate::storage::connections::get_connection(&state.db, *id)
+        .await
+        .map_err(|e| match e {
+            StorageError::NotFound => ApiError::not_found(format!("no connection with id {id}")),
+            other => other.into(),
+        })?;
+    let secrets = crate::storage::connections::secrets(&state.crypto, &c)?;
+    let credentials: serde_json::Value = secrets
+        .credentials
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
+    let settings: serde_json::Value = serde_json::from_str(&c.settings).unwrap_or_default();
+    let choice = crate::providers::choice_of(&c);
+    let fields = choice
+        .as_ref()
+        .map(|choice| {
+            choice
+                .fields
+                .iter()
+                .map(|f| {
+                    let (value, set) = match f.key.split_once('.') {
+                        _ if f.key == "base_url" => (c.base_url.clone().unwrap_or_default(), false),
+                        _ if f.key == "access_token" => (String::new(), secrets.access_token.is_some()),
+                        _ if f.key == "refresh_token" => (String::new(), secrets.refresh_token.is_some()),
+                        Some(("settings", key)) => (text_of(&settings, key), false),
+                        Some(("credentials", key)) if f.secret() => {
+                            (String::new(), credentials.get(key).is_some())
+                        }
+                        Some(("credentials", key)) => (text_of(&credentials, key), false),
+                        _ => (String::new(), false),
+                    };
+                    EditField {
+                        key: f.key,
+                        label: f.label,
+                        input: f.input,
+                        placeholder: f.placeholder,
+                        value,
+                        set,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let filter = LogFilter {
+        connection_id: Some(c.id),
+        ..Default::default()
+    };
+    let page = ConnectionPage {
+        label: choice
+            .as_ref()
+            .map_or_else(|| c.provider.clone(), |ch| ch.label.to_owned()),
+        consent: choice.as_ref().is_some_and(|ch| ch.consent),
+        account: crate::storage::connections::account_name(&state.db, c.account_id).await?,
+        redirect_uri: super::connect::redirect_uri(&state, &req),
+        fields,
+        log: refresh_log::query(&state.db, &filter, 20).await?,
+        c: crate::tokens::manage::view(&c, now()),
+    };
+    let title = format!("Connection {}", page.c.name);
+    render("connection.html", &title, "/tokens", &staff, &page)
+}
+
+/// A JSON value's text form (strings without quotes), empty when absent.
+fn text_of(object: &serde_json::Value, key: &str) -> String {
+    match object.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -49,8 +49,25 @@ pub async fn list_data(state: &AppState) -> Result<Vec<PairView>, ApiError> {
             .map(|c| (c.id, c))
             .collect();
     let at = now();
+    // A connection made moments ago is listed with its endpoints before the first poll sweep
+    // gives them state rows (the same rows the sweep would add, due at once).
+    let mut states = store::list_states(&state.db, None).await?;
+    let known: std::collections::HashSet<(i64, &str)> = states
+        .iter()
+        .map(|s| (s.connection_id, s.endpoint.as_str()))
+        .collect();
+    let missing: Vec<(i64, &'static str)> = by_id
+        .values()
+        .filter_map(|c| catalogue::platform_of(c).map(|p| (c.id, p)))
+        .flat_map(|(id, platform)| catalogue::endpoints_of(platform).map(move |e| (id, e.name)))
+        .filter(|pair| !known.contains(pair))
+        .collect();
+    if !missing.is_empty() {
+        store::ensure_pairs(&state.db, &missing).await?;
+        states = store::list_states(&state.db, None).await?;
+    }
     let mut items = Vec::new();
-    for pair in store::list_states(&state.db, None).await? {
+    for pair in states {
         let Some(connection) = by_id.get(&pair.connection_id) else {
             continue;
         };

@@ -1,0 +1,181 @@
+//! Connecting a platform through its consent screen, from the web UI: `POST
+//! /api/connections/{id}/authorize` hands the browser the consent screen's URL, and the
+//! platform sends it back to `GET /oauth/callback` (the flow is in `crate::tokens::connect`).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::ApiError;
+use super::pages::{public_base, render_with_status};
+use crate::app::AppState;
+use crate::auth::{Staff, Via};
+use crate::storage::{RefreshOutcome, StorageError, connections, now};
+use crate::tokens::connect::{self, ConnectError};
+
+/// The redirect URI to register at the platform: one for every connection.
+pub fn redirect_uri(state: &AppState, req: &HttpRequest) -> String {
+    format!("{}/oauth/callback", public_base(state, req))
+}
+
+fn connect_error(err: ConnectError) -> ApiError {
+    match err {
+        ConnectError::NotFound(_) => ApiError::not_found(err.to_string()),
+        ConnectError::Storage(e) => e.into(),
+        e @ (ConnectError::NoConsent | ConnectError::MissingClient) => {
+            ApiError::new(StatusCode::CONFLICT, "cannot_connect", e.to_string())
+        }
+        e => ApiError::bad_request("cannot_connect", e.to_string()),
+    }
+}
+
+/// `POST /api/connections/{id}/authorize` (admin, from a browser session): where to send the
+/// browser, with the state bound to this session.
+pub async fn authorize(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    staff: web::ReqData<Staff>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let Via::Session { token_hash, .. } = &staff.via else {
+        return Err(connect_error(ConnectError::NeedsSession));
+    };
+    let connection = connections::get_connection(&state.db, *id)
+        .await
+        .map_err(|e| match e {
+            StorageError::NotFound => ApiError::not_found(format!("no connection with id {id}")),
+            other => other.into(),
+        })?;
+    let redirect_uri = redirect_uri(&state, &req);
+    let authorize_url = connect::start(&state.crypto, &connection, token_hash, &redirect_uri, now())
+        .map_err(connect_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "authorize_url": authorize_url,
+        "redirect_uri": redirect_uri,
+        "expires_in": connect::STATE_LIFETIME_SECS,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ResultPage {
+    ok: bool,
+    message: String,
+    connection_id: Option<i64>,
+}
+
+/// `GET /oauth/callback`: the platform sends the browser back here with a code (or why not).
+/// Only an admin's session that started the flow gets anything stored.
+pub async fn callback(
+    state: web::Data<AppState>,
+    staff: web::ReqData<Staff>,
+    query: web::Query<CallbackQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let show = |status: StatusCode, ok: bool, message: String, connection_id: Option<i64>| {
+        let page = ResultPage {
+            ok,
+            message,
+            connection_id,
+        };
+        render_with_status(status, "connect.html", "Connect", "/tokens", &staff, &page)
+    };
+    if !staff.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "connecting a platform needs the admin role",
+        ));
+    }
+    let Via::Session { token_hash, .. } = &staff.via else {
+        return show(
+            StatusCode::BAD_REQUEST,
+            false,
+            ConnectError::NeedsSession.to_string(),
+            None,
+        );
+    };
+    let flow = match query
+        .state
+        .as_deref()
+        .ok_or(ConnectError::BadState)
+        .and_then(|s| connect::open(&state.crypto, s, token_hash, now()))
+    {
+        Ok(flow) => flow,
+        Err(e) => {
+            tracing::warn!(reason = %e, "consent callback refused");
+            return show(StatusCode::BAD_REQUEST, false, e.to_string(), None);
+        }
+    };
+    let id = Some(flow.connection_id);
+    if let Some(error) = &query.error {
+        // The platform's own words, shortened: they come from the browser's address bar.
+        let reason: String = match &query.error_description {
+            Some(d) => format!("{error}: {d}"),
+            None => error.clone(),
+        }
+        .chars()
+        .take(200)
+        .collect();
+        tracing::warn!(connection = flow.connection_id, "consent refused at the platform");
+        return show(
+            StatusCode::BAD_REQUEST,
+            false,
+            ConnectError::Denied(reason).to_string(),
+            id,
+        );
+    }
+    let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
+        return show(
+            StatusCode::BAD_REQUEST,
+            false,
+            ConnectError::BadState.to_string(),
+            id,
+        );
+    };
+    let result = connect::finish(
+        &state.db,
+        &state.crypto,
+        &state.http,
+        &state.token_engine,
+        &flow,
+        code,
+        &staff.actor(),
+    )
+    .await;
+    match result {
+        Ok(r) if r.outcome == RefreshOutcome::Refreshed => {
+            let until = r
+                .expires_at
+                .map(|t| format!(", valid until {t}"))
+                .unwrap_or_default();
+            show(
+                StatusCode::OK,
+                true,
+                format!(
+                    "Connected {}: tokens stored{until}. Telltale refreshes them from now on.",
+                    r.name
+                ),
+                id,
+            )
+        }
+        Ok(r) => show(
+            StatusCode::BAD_GATEWAY,
+            false,
+            format!(
+                "The platform did not accept the code: {}. Nothing was stored; try Connect again.",
+                r.detail.unwrap_or_default()
+            ),
+            id,
+        ),
+        Err(ConnectError::Storage(e)) => Err(e.into()),
+        Err(e) => show(StatusCode::BAD_REQUEST, false, e.to_string(), id),
+    }
+}
