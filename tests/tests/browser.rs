@@ -127,6 +127,23 @@ impl Browser {
             .await;
     }
 
+    /// Adds a viewer through the API, signs the current user out and the viewer in.
+    async fn switch_to_new_viewer(&self, server: &TestServer) {
+        let (code, _) = post_with_headers(
+            &server.url("/api/users"),
+            &[("content-type".into(), "application/json".into())],
+            json!({"email": "viewer@example.com", "password": "viewer-password-1", "role": "viewer"})
+                .to_string(),
+        )
+        .await;
+        assert_eq!(code, 201);
+        self.click("form.signout button").await;
+        self.wait_text("h2", Duration::from_secs(10), |t| t == "Sign in")
+            .await;
+        self.sign_in(server, "viewer@example.com", "viewer-password-1")
+            .await;
+    }
+
     async fn type_into(&self, css: &str, text: &str) {
         self.client
             .find(Locator::Css(css))
@@ -347,20 +364,7 @@ async fn staff_use_the_ui_in_a_real_browser() {
     browser.client.set_window_size(1280, 900).await.unwrap();
 
     // A viewer sees the same pages with every admin button disabled.
-    let (code, _) = post_with_headers(
-        &server.url("/api/users"),
-        &[("content-type".into(), "application/json".into())],
-        json!({"email": "viewer@example.com", "password": "viewer-password-1", "role": "viewer"}).to_string(),
-    )
-    .await;
-    assert_eq!(code, 201);
-    browser.click("form.signout button").await;
-    browser
-        .wait_text("h2", Duration::from_secs(10), |t| t == "Sign in")
-        .await;
-    browser
-        .sign_in(&server, "viewer@example.com", "viewer-password-1")
-        .await;
+    browser.switch_to_new_viewer(&server).await;
     browser.client.goto(&server.url("/scheduler")).await.unwrap();
     let buttons = browser
         .client
@@ -632,20 +636,7 @@ async fn an_admin_sets_up_milesight_and_connects_a_platform_in_a_real_browser() 
     browser.screenshot("polling-switched-off").await;
 
     // A viewer: the same pages, every action disabled.
-    let (code, _) = post_with_headers(
-        &server.url("/api/users"),
-        &[("content-type".into(), "application/json".into())],
-        json!({"email": "viewer@example.com", "password": "viewer-password-1", "role": "viewer"}).to_string(),
-    )
-    .await;
-    assert_eq!(code, 201);
-    browser.click("form.signout button").await;
-    browser
-        .wait_text("h2", Duration::from_secs(10), |t| t == "Sign in")
-        .await;
-    browser
-        .sign_in(&server, "viewer@example.com", "viewer-password-1")
-        .await;
+    browser.switch_to_new_viewer(&server).await;
     for (page, buttons) in [
         (
             "/connections/1",

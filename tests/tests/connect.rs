@@ -59,16 +59,26 @@ impl Session {
         (status, text.replace("&#x2f;", "/"))
     }
 
+    /// `POST /api/connections` with `body`.
+    async fn create(&self, server: &TestServer, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, server.url("/api/connections"), Some(body))
+            .await
+    }
+
+    /// `POST /api/connections/{id}/authorize`: starts Connect.
+    async fn authorize(&self, server: &TestServer, id: i64) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            server.url(&format!("/api/connections/{id}/authorize")),
+            None,
+        )
+        .await
+    }
+
     /// Starts Connect for `id` and follows the platform's consent (no browser: the redirect
     /// is read by hand); returns the callback URL the platform sent the browser to.
     async fn consent(&self, server: &TestServer, id: i64, extra: &str) -> String {
-        let (status, started) = self
-            .send(
-                reqwest::Method::POST,
-                server.url(&format!("/api/connections/{id}/authorize")),
-                None,
-            )
-            .await;
+        let (status, started) = self.authorize(server, id).await;
         assert_eq!(status, 200, "{started}");
         let authorize = format!("{}{extra}", started["authorize_url"].as_str().unwrap());
         let resp = browser().get(&authorize).send().await.unwrap();
@@ -96,30 +106,19 @@ async fn a_platform_is_connected_through_its_consent_screen(backend: Backend) {
     let admin = Session::admin(&server).await;
 
     // A Spotify connection pointed at the fake, as the form sends it (no tokens yet).
-    let (status, created) = admin
-        .send(
-            reqwest::Method::POST,
-            server.url("/api/connections"),
-            Some(json!({
+    let (status, created) = admin.create(&server, json!({
                 "account": "acme", "provider": "oauth2_refresh", "name": "spotify-acme",
                 "base_url": auth.token_url(),
                 "settings": {"preset": "spotify", "authorize_url": auth.authorize_url(), "scopes": "user-top-read"},
                 "credentials": {"client_id": auth.client_id, "client_secret": auth.client_secret},
-            })),
-        )
+            }))
         .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_i64().unwrap();
     assert_eq!(created["status"], "missing");
 
     // The consent screen's URL: PKCE S256, the redirect URI on this server, the scopes.
-    let (status, started) = admin
-        .send(
-            reqwest::Method::POST,
-            server.url(&format!("/api/connections/{id}/authorize")),
-            None,
-        )
-        .await;
+    let (status, started) = admin.authorize(&server, id).await;
     assert_eq!(status, 200, "{started}");
     let url = url::Url::parse(started["authorize_url"].as_str().unwrap()).unwrap();
     let query: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
@@ -235,13 +234,7 @@ async fn a_platform_is_connected_through_its_consent_screen(backend: Backend) {
         .unwrap();
     let (cookie, csrf) = sign_in(&server, "viewer@example.com", "viewer-password").await;
     let viewer = Session { cookie, csrf };
-    let (status, _) = viewer
-        .send(
-            reqwest::Method::POST,
-            server.url(&format!("/api/connections/{id}/authorize")),
-            None,
-        )
-        .await;
+    let (status, _) = viewer.authorize(&server, id).await;
     assert_eq!(status, 403);
     let (status, _) = viewer.page(&callback).await;
     assert_eq!(status, 403);
@@ -284,26 +277,19 @@ async fn meta_connects_and_keeps_a_long_lived_token_with_its_pages(backend: Back
     server.wait_ready(Duration::from_secs(30)).await;
     let admin = Session::admin(&server).await;
     let (status, created) = admin
-        .send(
-            reqwest::Method::POST,
-            server.url("/api/connections"),
-            Some(json!({
+        .create(
+            &server,
+            json!({
                 "account": "acme", "provider": "meta_long_lived", "name": "meta-acme",
                 "base_url": graph.uri(),
                 "settings": {"authorize_url": format!("{}/dialog/oauth", graph.uri())},
                 "credentials": {"app_id": "app-1", "app_secret": "CANARY-app-secret"},
-            })),
+            }),
         )
         .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_i64().unwrap();
-    let (status, started) = admin
-        .send(
-            reqwest::Method::POST,
-            server.url(&format!("/api/connections/{id}/authorize")),
-            None,
-        )
-        .await;
+    let (status, started) = admin.authorize(&server, id).await;
     assert_eq!(status, 200);
     let url = url::Url::parse(started["authorize_url"].as_str().unwrap()).unwrap();
     assert_eq!(url.path(), "/dialog/oauth");
@@ -384,16 +370,15 @@ async fn connection_pages_edit_disable_and_delete(backend: Backend) {
     );
 
     let (_, created) = admin
-        .send(
-            reqwest::Method::POST,
-            server.url("/api/connections"),
-            Some(json!({
+        .create(
+            &server,
+            json!({
                 "account": "acme", "provider": "oauth2_refresh", "name": "github-acme",
                 "base_url": auth.token_url(),
                 "settings": {"preset": "github", "authorize_url": auth.authorize_url()},
                 "credentials": {"client_id": "old-id", "client_secret": auth.client_secret},
                 "refresh_token": "CANARY-fake-refresh-0",
-            })),
+            }),
         )
         .await;
     let id = created["id"].as_i64().unwrap();

@@ -56,6 +56,16 @@ async fn send(method: reqwest::Method, url: String, body: Option<Value>) -> (u16
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Presses Test: `POST /api/milesight/settings/test`.
+async fn test_settings(server: &TestServer) -> (u16, Value) {
+    send(
+        reqwest::Method::POST,
+        server.url("/api/milesight/settings/test"),
+        None,
+    )
+    .await
+}
+
 async fn webhook(server: &TestServer, secret: &str, uuid: &str, event_id: &str) -> u16 {
     let event = json!([{"eventId": event_id, "eventCreatedTime": chrono::Utc::now().timestamp().to_string(),
         "eventType": "WEBHOOK_TEST", "data": "Test Milesight Webhook Successfully."}]);
@@ -80,12 +90,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     assert_eq!(status, 200);
     assert_eq!(body["origin"], Value::Null, "{body}");
     assert_eq!(body["webhooks"], json!([]));
-    let (status, body) = send(
-        reqwest::Method::POST,
-        server.url("/api/milesight/settings/test"),
-        None,
-    )
-    .await;
+    let (status, body) = test_settings(&server).await;
     assert_eq!(status, 409, "nothing to test yet: {body}");
 
     // Refused: no secret yet, a base URL that is not one.
@@ -121,12 +126,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     assert_eq!(body["origin"], "ui");
     assert_eq!(body["client_id"], "cid-ui");
     assert_eq!(body["client_secret_set"], true);
-    let (status, body) = send(
-        reqwest::Method::POST,
-        server.url("/api/milesight/settings/test"),
-        None,
-    )
-    .await;
+    let (status, body) = test_settings(&server).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "invalid_credentials");
 
@@ -138,12 +138,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, body) = send(
-        reqwest::Method::POST,
-        server.url("/api/milesight/settings/test"),
-        None,
-    )
-    .await;
+    let (status, body) = test_settings(&server).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ok"], true);
     assert_eq!(body["devices"], 7);
@@ -164,12 +159,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, body) = send(
-        reqwest::Method::POST,
-        server.url("/api/milesight/settings/test"),
-        None,
-    )
-    .await;
+    let (status, body) = test_settings(&server).await;
     assert_eq!(status, 200, "{body}");
 
     // The secret is sealed in the database, never in plain text.
@@ -321,12 +311,7 @@ async fn the_config_wins_over_the_ui(backend: Backend) {
     .await;
     assert_eq!(status, 409, "a configured webhook cannot be shadowed");
     // The Test works on configured settings too.
-    let (status, body) = send(
-        reqwest::Method::POST,
-        server.url("/api/milesight/settings/test"),
-        None,
-    )
-    .await;
+    let (status, body) = test_settings(&server).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["devices"], 7);
 }

@@ -174,6 +174,35 @@ const REAUTH_ERRORS: &[&str] = &[
     "incorrect_client_credentials",
 ];
 
+/// Where a connection asks for tokens, and as which client.
+struct TokenEndpoint {
+    url: String,
+    auth: ClientAuth,
+    client: ClientCredentials,
+}
+
+impl TokenEndpoint {
+    /// The endpoint, or why the connection is misconfigured.
+    fn of(connection: &Connection, secrets: &ConnectionSecrets) -> Result<TokenEndpoint, String> {
+        let settings = Settings::of(connection);
+        let url = connection
+            .base_url
+            .clone()
+            .or(settings.preset().map(|p| p.token_url.to_owned()))
+            .ok_or("no token URL: set the connection's base_url or a preset")?;
+        let client = client_of(secrets).ok_or("credentials must be JSON with client_id and client_secret")?;
+        Ok(TokenEndpoint {
+            url,
+            auth: settings.client_auth(),
+            client,
+        })
+    }
+
+    async fn request(&self, http: &reqwest::Client, form: Vec<(&str, &str)>, hide: &[&str]) -> Outcome {
+        token_request(http, &self.url, self.auth, &self.client, form, hide).await
+    }
+}
+
 /// Posts a token request (`form` plus the client's authentication) and reads the answer.
 async fn token_request(
     http: &reqwest::Client,
@@ -314,16 +343,9 @@ impl Provider for OAuth2Refresh {
         redirect_uri: &'a str,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let settings = Settings::of(connection);
-            let Some(token_url) = connection
-                .base_url
-                .as_deref()
-                .or(settings.preset().map(|p| p.token_url))
-            else {
-                return Outcome::Failed("no token URL: set the connection's base_url or a preset".into());
-            };
-            let Some(client) = client_of(secrets) else {
-                return Outcome::Failed("credentials must be JSON with client_id and client_secret".into());
+            let endpoint = match TokenEndpoint::of(connection, secrets) {
+                Ok(endpoint) => endpoint,
+                Err(problem) => return Outcome::Failed(problem),
             };
             let form = vec![
                 ("grant_type", "authorization_code"),
@@ -331,15 +353,7 @@ impl Provider for OAuth2Refresh {
                 ("redirect_uri", redirect_uri),
                 ("code_verifier", verifier),
             ];
-            token_request(
-                http,
-                token_url,
-                settings.client_auth(),
-                &client,
-                form,
-                &[code, verifier],
-            )
-            .await
+            endpoint.request(http, form, &[code, verifier]).await
         })
     }
 
@@ -354,33 +368,19 @@ impl Provider for OAuth2Refresh {
         secrets: &'a ConnectionSecrets,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let settings = Settings::of(connection);
-            let Some(token_url) = connection
-                .base_url
-                .as_deref()
-                .or(settings.preset().map(|p| p.token_url))
-            else {
-                return Outcome::Failed("no token URL: set the connection's base_url or a preset".into());
-            };
             let Some(refresh_token) = secrets.refresh_token.as_deref() else {
                 return Outcome::NeedsReauth("no refresh token stored".into());
             };
-            let Some(client) = client_of(secrets) else {
-                return Outcome::Failed("credentials must be JSON with client_id and client_secret".into());
+            let endpoint = match TokenEndpoint::of(connection, secrets) {
+                Ok(endpoint) => endpoint,
+                Err(problem) => return Outcome::Failed(problem),
             };
+            let scope = Settings::of(connection).scope;
             let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
-            if let Some(scope) = settings.scope.as_deref() {
+            if let Some(scope) = scope.as_deref() {
                 form.push(("scope", scope));
             }
-            token_request(
-                http,
-                token_url,
-                settings.client_auth(),
-                &client,
-                form,
-                &[refresh_token],
-            )
-            .await
+            endpoint.request(http, form, &[refresh_token]).await
         })
     }
 }

@@ -387,26 +387,7 @@ impl RefreshEngine {
         let at = now();
         let result = match result {
             Ok(issued) => {
-                let stored = connections::store_refreshed_token(
-                    &self.db,
-                    &self.crypto,
-                    connection.id,
-                    &to_refreshed(&issued, at),
-                    at,
-                )
-                .await?;
-                for derived in &issued.derived {
-                    connections::upsert_derived_token(
-                        &self.db,
-                        &self.crypto,
-                        connection,
-                        derived.provider,
-                        &derived.name,
-                        &derived.settings,
-                        &derived.access_token,
-                    )
-                    .await?;
-                }
+                let stored = self.store_issued(connection, &issued).await?;
                 result_of(&stored, RefreshOutcome::Refreshed, None)
             }
             Err(Outcome::NeedsReauth(message)) => {
@@ -458,27 +439,7 @@ impl RefreshEngine {
             Outcome::Refreshed(issued) => {
                 self.log(connection, &request, false, Ok(Some(issued.clone())), took)
                     .await;
-                let at = now();
-                let stored = connections::store_refreshed_token(
-                    &self.db,
-                    &self.crypto,
-                    connection.id,
-                    &to_refreshed(&issued, at),
-                    at,
-                )
-                .await?;
-                for derived in &issued.derived {
-                    connections::upsert_derived_token(
-                        &self.db,
-                        &self.crypto,
-                        connection,
-                        derived.provider,
-                        &derived.name,
-                        &derived.settings,
-                        &derived.access_token,
-                    )
-                    .await?;
-                }
+                let stored = self.store_issued(connection, &issued).await?;
                 tracing::info!(connection = connection.id, provider = %connection.provider, "connected through the consent screen");
                 Ok(result_of(&stored, RefreshOutcome::Refreshed, None))
             }
@@ -489,6 +450,33 @@ impl RefreshEngine {
                 Ok(result_of(connection, RefreshOutcome::Failed, Some(message)))
             }
         }
+    }
+
+    /// Stores what a platform issued: the tokens of `connection`, and the tokens derived from
+    /// them (Meta's pages) as connections of their own.
+    async fn store_issued(&self, connection: &Connection, issued: &Issued) -> StorageResult<Connection> {
+        let at = now();
+        let stored = connections::store_refreshed_token(
+            &self.db,
+            &self.crypto,
+            connection.id,
+            &to_refreshed(issued, at),
+            at,
+        )
+        .await?;
+        for derived in &issued.derived {
+            connections::upsert_derived_token(
+                &self.db,
+                &self.crypto,
+                connection,
+                derived.provider,
+                &derived.name,
+                &derived.settings,
+                &derived.access_token,
+            )
+            .await?;
+        }
+        Ok(stored)
     }
 
     async fn log(

@@ -44,6 +44,13 @@ pub async fn login_page(
     Ok(page(StatusCode::OK, safe_next(query.next.as_deref()), "", None))
 }
 
+/// One field of a form-encoded body.
+pub(super) fn form_field(body: &[u8], name: &str) -> Option<String> {
+    url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// Whether a request's body is JSON (else a form).
 pub(super) fn is_json(req: &HttpRequest) -> bool {
     req.headers()
@@ -90,11 +97,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
     let parsed: Option<Credentials> = if is_json {
         serde_json::from_slice(&body).ok()
     } else {
-        let field = |name: &str| {
-            url::form_urlencoded::parse(&body)
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        };
+        let field = |name: &str| form_field(&body, name);
         match (field("email"), field("password")) {
             (Some(email), Some(password)) => Some(Credentials {
                 email,

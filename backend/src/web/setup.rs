@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiError;
-use super::auth::{is_json, same_origin, session_cookie};
+use super::auth::{form_field, is_json, same_origin, session_cookie};
 use crate::app::AppState;
 use crate::auth::setup::{self, SetupAccess, SetupError};
 
@@ -59,11 +59,7 @@ pub async fn create_admin(state: web::Data<AppState>, req: HttpRequest, body: we
     let parsed: Option<SetupForm> = if json {
         serde_json::from_slice(&body).ok()
     } else {
-        let field = |name: &str| {
-            url::form_urlencoded::parse(&body)
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        };
+        let field = |name: &str| form_field(&body, name);
         match (field("email"), field("password")) {
             (Some(email), Some(password)) => Some(SetupForm {
                 token: field("token"),
