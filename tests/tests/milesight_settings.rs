@@ -245,6 +245,12 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     .await;
     assert_eq!(status, 204);
     assert_eq!(webhook(&server, "CANARY-wh-2", "uuid-a", "t-gone").await, 401);
+    let (_, sources) = get_json(&server.url("/api/webhooks/sources")).await;
+    assert_eq!(sources["items"][0]["secret_configured"], false, "{sources}");
+    assert!(
+        sources["items"][0]["verified_at"].is_string(),
+        "its history stays"
+    );
     let (status, _) = send(
         reqwest::Method::DELETE,
         server.url("/api/milesight/webhooks/site-a"),

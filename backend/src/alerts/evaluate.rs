@@ -419,9 +419,9 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         .await?,
         polls: poll_store::failing_states(db, alerts.poll_failures).await?,
         sources: deliveries::list_sources(db).await?,
-        offline: offline_groups(db, &config.alerts).await?,
+        offline: offline_groups(db, alerts).await?,
     };
-    let holding = conditions(&signals, &config.alerts, at);
+    let holding = conditions(&signals, alerts, at);
     let silences: Vec<_> = store::silences(db, at)
         .await?
         .into_iter()

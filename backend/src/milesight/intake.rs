@@ -330,6 +330,27 @@ impl Intake {
     }
 }
 
+impl Intake {
+    /// Removes the UI's webhooks of `source`; its events stay, and it no longer shows a secret.
+    pub async fn remove_ui_webhook(&self, source: &str) -> Result<bool, WebhookSaveError> {
+        if !self.webhooks.remove(source).await? {
+            return Ok(false);
+        }
+        if !self.settings.webhooks.iter().any(|h| h.source == source) {
+            deliveries::upsert_source(
+                &self.db,
+                &self.crypto,
+                source,
+                None,
+                None,
+                source_timing(&self.settings),
+            )
+            .await?;
+        }
+        Ok(true)
+    }
+}
+
 /// The webhook whose secret applies: the one configured for this uuid, else the default.
 fn select_webhook<'a>(hooks: &'a [WebhookConfig], uuid: Option<&str>) -> Option<&'a WebhookConfig> {
     hooks

@@ -418,10 +418,7 @@ pub async fn alert_candidates(
 ) -> StorageResult<Vec<Connection>> {
     use super::schema::poll_endpoint_state as polls;
     db_run!(db, |conn| {
-        let failing_polls = polls::table
-            .filter(polls::enabled.eq(true))
-            .filter(polls::consecutive_failures.ge(poll_failures))
-            .select(polls::connection_id);
+        let failing_polls = super::polling::failing(poll_failures).select(polls::connection_id);
         Ok(connections::table
             .filter(
                 connections::status

@@ -101,13 +101,20 @@ pub async fn list_states(db: &Db, connection_id: Option<i64>) -> StorageResult<V
     })
 }
 
+/// The poll alert's condition as a query: enabled pairs that failed at least `min_failures`
+/// times in a row (one definition for the pairs and for the connections owning them).
+#[diesel::dsl::auto_type]
+pub(super) fn failing(min_failures: i32) -> _ {
+    poll_endpoint_state::table
+        .filter(poll_endpoint_state::enabled.eq(true))
+        .filter(poll_endpoint_state::consecutive_failures.ge(min_failures))
+}
+
 /// The enabled pairs that failed at least `min_failures` times in a row: the only ones alert
 /// evaluation needs.
 pub async fn failing_states(db: &Db, min_failures: i32) -> StorageResult<Vec<PollState>> {
     db_run!(db, |conn| {
-        Ok(poll_endpoint_state::table
-            .filter(poll_endpoint_state::enabled.eq(true))
-            .filter(poll_endpoint_state::consecutive_failures.ge(min_failures))
+        Ok(failing(min_failures)
             .order((poll_endpoint_state::connection_id, poll_endpoint_state::endpoint))
             .select(PollState::as_select())
             .load(conn)

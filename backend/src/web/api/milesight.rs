@@ -184,8 +184,7 @@ pub async fn delete_webhook(
 ) -> Result<HttpResponse, ApiError> {
     if state
         .intake
-        .webhooks
-        .remove(&source)
+        .remove_ui_webhook(&source)
         .await
         .map_err(webhook_error)?
     {
