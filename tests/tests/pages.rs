@@ -270,6 +270,14 @@ async fn the_webhooks_page_says_what_to_paste_into_mdp(backend: Backend) {
     assert!(!html.contains("waiting for the first request"));
     assert!(html.contains("id=\"connect-mdp\">"), "folded once heard from");
 
+    // Settings shows the configured webhook read-only, naming where it is set.
+    let settings = page("/settings", None).await;
+    assert!(
+        settings.contains("<code>uuid-a</code>")
+            && settings.contains("<code>[[milesight.webhooks]]</code> (read-only)"),
+        "{settings}"
+    );
+
     // Empty pages point at the next step.
     assert!(
         page("/devices", None)
