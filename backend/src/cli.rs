@@ -157,6 +157,34 @@ struct SecretsInput {
     refresh_token: Option<String>,
 }
 
+/// Each job schedule as it runs (six fields) and its next three runs, as TOML comments.
+fn schedule_summary(config: &Config, at: crate::storage::UtcTime) -> String {
+    let tz = config.scheduler.timezone;
+    let mut out = format!(
+        "\n# job schedules as they run (six fields, seconds first) and their next three runs in {tz}\n"
+    );
+    for (key, expression) in config.schedules() {
+        let runs: Vec<String> = crate::scheduler::next_runs(expression, tz, at, 3)
+            .iter()
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .collect();
+        out.push_str(&format!("# {key} = {expression:?}: {}\n", runs.join(", ")));
+    }
+    for (target, expression) in &config.polling.schedules {
+        let normalised =
+            crate::scheduler::normalize_schedule(expression).unwrap_or_else(|_| expression.clone());
+        let runs: Vec<String> = crate::scheduler::next_runs(expression, tz, at, 3)
+            .iter()
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .collect();
+        out.push_str(&format!(
+            "# polling.schedules.{target} = {normalised:?}: {}\n",
+            runs.join(", ")
+        ));
+    }
+    out
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
@@ -173,6 +201,7 @@ pub fn main() -> ExitCode {
             "# effective configuration (secrets masked)\n{}",
             config.to_masked_toml()
         );
+        print!("{}", schedule_summary(&config, crate::storage::now()));
         return ExitCode::SUCCESS;
     }
     telemetry::init(config.log_format);

@@ -177,3 +177,30 @@ fn the_readme_configuration_table_is_generated_from_the_settings() {
          TELLTALE_UPDATE_README=1 cargo test -p telltale --test cli"
     );
 }
+
+#[test]
+fn check_config_shows_schedules_as_they_run_with_their_next_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = telltale(
+        &["check-config"],
+        &[
+            // The original Milesight job's schedule, in standard crontab syntax.
+            ("TELLTALE_TOKEN_SWEEP_SCHEDULE", "*/30 * * * *"),
+            ("TELLTALE_SCHEDULER_TIMEZONE", "Europe/Berlin"),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("sweep_schedule = \"0 */30 * * * *\""), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("# tokens.sweep_schedule = \"0 */30 * * * *\": "))
+        .unwrap_or_else(|| panic!("no schedule line: {text}"));
+    let runs: Vec<&str> = line.split(": ").nth(1).unwrap_or_default().split(", ").collect();
+    assert_eq!(runs.len(), 3, "{line}");
+    for run in runs {
+        assert!(run.ends_with(":00:00") || run.ends_with(":30:00"), "{line}");
+    }
+    assert!(text.contains("next three runs in Europe/Berlin"), "{text}");
+}

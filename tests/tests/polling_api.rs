@@ -145,6 +145,12 @@ async fn the_service_polls_on_schedule_and_on_request(backend: Backend) {
         .unwrap();
     let changed: Value = resp.json().await.unwrap();
     assert_eq!(changed["schedule"], "0 0 * * * *");
+    // Standard crontab syntax, as the original scripts wrote it, runs at second 0.
+    let resp = patch("recently_played", json!({"schedule": "*/20 * * * *"}))
+        .await
+        .unwrap();
+    let changed: Value = resp.json().await.unwrap();
+    assert_eq!(changed["schedule"], "0 */20 * * * *");
     let resp = patch("recently_played", json!({"schedule": "every minute"}))
         .await
         .unwrap();

@@ -27,7 +27,15 @@ fn job<'a>(response: &'a Value, name: &str) -> &'a Value {
 }
 
 async fn start(db: &TestDb) -> TestServer {
-    let server = TestServer::start(db.url(), &[("MILESIGHT_DEVICE_CHECK_SCHEDULE", "* * * * * *")]).await;
+    let server = TestServer::start(
+        db.url(),
+        &[
+            ("MILESIGHT_DEVICE_CHECK_SCHEDULE", "* * * * * *"),
+            // Standard crontab syntax, as the original Milesight job's schedule was written.
+            ("TELLTALE_TOKEN_SWEEP_SCHEDULE", "*/30 * * * *"),
+        ],
+    )
+    .await;
     server.wait_ready(Duration::from_secs(30)).await;
     server
 }
@@ -42,6 +50,14 @@ async fn jobs_are_stopped_started_and_run_on_request(backend: Backend) {
     }
     assert_eq!(job(&status, JOB)["schedule"], "* * * * * *");
     assert_eq!(job(&status, JOB)["timezone"], "UTC");
+    let sweep = job(&status, "token-refresh-sweep");
+    assert_eq!(sweep["schedule"], "0 */30 * * * *", "{sweep}");
+    let next = sweep["next_run_at"].as_str().unwrap_or_else(|| panic!("{sweep}"));
+    let next = chrono::DateTime::parse_from_rfc3339(next).unwrap();
+    assert!(
+        next.format("%M:%S").to_string() == "00:00" || next.format("%M:%S").to_string() == "30:00",
+        "runs on the half hour: {next}"
+    );
 
     let (code, stopped) = command(&server, json!({"action": "stop", "job": JOB})).await;
     assert_eq!(

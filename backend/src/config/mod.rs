@@ -161,6 +161,23 @@ impl<const N: usize> Env for [(&str, &str); N] {
 }
 
 impl Config {
+    /// Every job schedule setting with its value (normalised to six fields when read).
+    pub fn schedules(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("tokens.sweep_schedule", &self.tokens.sweep_schedule),
+            ("polling.sweep_schedule", &self.polling.sweep_schedule),
+            ("polling.retention_schedule", &self.polling.retention_schedule),
+            (
+                "milesight.device_check_schedule",
+                &self.milesight.device_check_schedule,
+            ),
+            ("milesight.retention_schedule", &self.milesight.retention_schedule),
+            ("milesight.inventory_schedule", &self.milesight.inventory_schedule),
+            ("email.outbox_schedule", &self.email.outbox_schedule),
+            ("alerts.evaluation_schedule", &self.alerts.evaluation_schedule),
+        ]
+    }
+
     /// Loads the configuration: the file (if a path is given) overlaid by the environment.
     pub fn load(file: Option<&Path>, env: &impl Env) -> Result<Config, ConfigError> {
         match file {
@@ -389,12 +406,25 @@ mod tests {
         let config = Config::from_toml("[scheduler]\ntimezone = \"Europe/Berlin\"\n", &NO_ENV).unwrap();
         assert_eq!(config.scheduler.timezone.name(), "Europe/Berlin");
         assert_eq!(config.milesight.device_check_schedule, "0 * * * * *");
-        let err = Config::from_toml("", &[("MILESIGHT_RETENTION_SCHEDULE", "30 3 * * *")]).unwrap_err();
+        // Standard crontab (five fields, as the original scripts wrote it) is kept with second 0.
+        let config = Config::from_toml(
+            "[tokens]\nsweep_schedule = \"*/30 * * * *\"\n",
+            &[("MILESIGHT_RETENTION_SCHEDULE", "30 3 * * 1-5")],
+        )
+        .unwrap();
+        assert_eq!(config.tokens.sweep_schedule, "0 */30 * * * *");
+        assert_eq!(config.milesight.retention_schedule, "0 30 3 * * 1-5");
+        let err = Config::from_toml("", &[("MILESIGHT_RETENTION_SCHEDULE", "3 * * *")]).unwrap_err();
         assert_eq!(
             err.key,
             "milesight.retention_schedule (MILESIGHT_RETENTION_SCHEDULE)"
         );
-        assert!(err.message.contains("six fields"), "{err}");
+        assert!(err.message.contains("expected five as in crontab"), "{err}");
+        let err = Config::from_toml("", &[("TELLTALE_TOKEN_SWEEP_SCHEDULE", "61 * * * *")]).unwrap_err();
+        assert!(
+            err.message.contains("\"61 * * * *\""),
+            "names what was given: {err}"
+        );
         let err = Config::from_toml("", &[("TELLTALE_SCHEDULER_TIMEZONE", "Mars/Olympus")]).unwrap_err();
         assert_eq!(err.key, "scheduler.timezone (TELLTALE_SCHEDULER_TIMEZONE)");
     }

@@ -52,15 +52,57 @@ pub struct JobSpec {
     pub run: JobFn,
 }
 
-/// Parses a six-field cron expression the way tokio-cron-scheduler will (seconds required,
-/// day-of-month AND day-of-week), so configuration errors surface at start-up.
+/// A schedule in the six-field form the scheduler runs (second minute hour day-of-month month
+/// day-of-week). A standard five-field crontab expression (minute precision, as cron and the
+/// scripts Telltale replaces write them, e.g. `*/30 * * * *`) fires at second 0.
+pub fn normalize_schedule(expression: &str) -> Result<String, String> {
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let six = match fields.len() {
+        5 => format!("0 {}", fields.join(" ")),
+        6 => fields.join(" "),
+        n => {
+            return Err(format!(
+                "{n} field(s); expected five as in crontab (min hour day month weekday) or six with seconds first"
+            ));
+        }
+    };
+    parse_six(&six)?;
+    Ok(six)
+}
+
+/// Parses a cron expression (five or six fields, see `normalize_schedule`) the way
+/// tokio-cron-scheduler will (day-of-month AND day-of-week), so configuration errors surface
+/// at start-up.
 pub fn parse_schedule(expression: &str) -> Result<croner::Cron, String> {
+    parse_six(&normalize_schedule(expression)?)
+}
+
+fn parse_six(expression: &str) -> Result<croner::Cron, String> {
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .dom_and_dow(true)
         .build()
         .parse(expression)
-        .map_err(|e| format!("{e}; expected six fields: sec min hour day-of-month month day-of-week"))
+        .map_err(|e| e.to_string())
+}
+
+/// The next `n` times `expression` fires after `after`, in `timezone` (for `check-config`).
+pub fn next_runs(expression: &str, timezone: Tz, after: UtcTime, n: usize) -> Vec<chrono::DateTime<Tz>> {
+    let Ok(cron) = parse_schedule(expression) else {
+        return Vec::new();
+    };
+    let mut at = after.0.with_timezone(&timezone);
+    let mut runs = Vec::new();
+    while runs.len() < n {
+        match cron.find_next_occurrence(&at, false) {
+            Ok(next) => {
+                at = next;
+                runs.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    runs
 }
 
 pub fn parse_timezone(name: &str) -> Result<Tz, String> {
@@ -234,7 +276,9 @@ fn build_job(
         tasks.clone(),
         cancel.clone(),
     );
-    let job = Job::new_async_tz(spec.schedule.clone(), spec.timezone, move |_id, _lock| {
+    // Settings are normalised when read; a schedule built elsewhere is normalised here.
+    let schedule = normalize_schedule(&spec.schedule).unwrap_or_else(|_| spec.schedule.clone());
+    let job = Job::new_async_tz(schedule, spec.timezone, move |_id, _lock| {
         let (runner, spec, running, tasks, cancel) = (
             runner.clone(),
             spec_for_job.clone(),
@@ -428,9 +472,33 @@ mod tests {
     }
 
     #[test]
-    fn five_field_expressions_are_refused() {
-        assert!(parse_schedule("*/5 * * * *").unwrap_err().contains("six fields"));
-        assert!(parse_schedule("0 */5 * * * *").is_ok());
+    fn crontab_expressions_run_at_second_zero() {
+        assert_eq!(
+            normalize_schedule("*/30 * * * *").as_deref(),
+            Ok("0 */30 * * * *")
+        );
+        assert_eq!(
+            normalize_schedule(" 0  */5 * * * * ").as_deref(),
+            Ok("0 */5 * * * *")
+        );
+        let at = UtcTime::new(
+            chrono::DateTime::parse_from_rfc3339("2026-12-04T01:42:10Z")
+                .unwrap()
+                .to_utc(),
+        );
+        let runs: Vec<String> = next_runs("*/30 * * * *", Tz::UTC, at, 3)
+            .iter()
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .collect();
+        assert_eq!(runs, ["02:00:00", "02:30:00", "03:00:00"]);
+        for bad in ["* * * *", "0 0 0 * * * * *", "61 * * * *", "every minute"] {
+            assert!(normalize_schedule(bad).is_err(), "{bad}");
+        }
+        assert!(
+            normalize_schedule("* * * *")
+                .unwrap_err()
+                .contains("expected five as in crontab")
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 
 use chrono_tz::Tz;
 
-use crate::config::setting::{Kind, parsed, settings, text};
+use crate::config::setting::{Kind, parsed, settings};
 
 settings! {
     /// Where job schedules are read.
@@ -12,12 +12,17 @@ settings! {
     }
 }
 
-/// A job schedule: a cron expression, checked when the configuration is read so a typo fails
-/// at start-up, not at the first tick.
+/// A job schedule: a cron expression, five fields as in crontab or six with seconds first,
+/// checked when the configuration is read (so a typo fails at start-up, not at the first tick)
+/// and kept in the six-field form.
 pub fn schedule(default: &str) -> Kind<String> {
-    text(default).check("a cron schedule (sec min hour day month weekday)", |expression| {
-        super::parse_schedule(expression)
-            .map(|_| ())
-            .map_err(|m| format!("{expression:?}: {m}"))
-    })
+    parsed(
+        default,
+        "a cron schedule: `min hour day month weekday` as in crontab, or six fields with seconds first",
+        normalize,
+    )
+}
+
+fn normalize(expression: &str) -> Result<String, String> {
+    super::normalize_schedule(expression).map_err(|m| format!("{expression:?}: {m}"))
 }

@@ -138,7 +138,8 @@ pub async fn run(
 #[serde(deny_unknown_fields)]
 pub struct PairChange {
     enabled: Option<bool>,
-    /// This pair's own schedule (six-field cron); `null` goes back to the default.
+    /// This pair's own schedule (five-field crontab or six fields with seconds); `null` goes
+    /// back to the default.
     #[serde(default, deserialize_with = "double_option")]
     schedule: Option<Option<String>>,
 }
@@ -163,12 +164,16 @@ pub async fn update(
         return Err(unknown_pair(connection_id, &endpoint));
     };
     let body = body.into_inner();
-    if let Some(Some(schedule)) = &body.schedule {
-        crate::scheduler::parse_schedule(schedule)
-            .map_err(|m| ApiError::bad_request("invalid_schedule", format!("{schedule:?}: {m}")))?;
-    }
+    // Kept as it runs: a five-field crontab expression gets second 0.
+    let schedule = match body.schedule {
+        Some(Some(given)) => Some(Some(
+            crate::scheduler::normalize_schedule(&given)
+                .map_err(|m| ApiError::bad_request("invalid_schedule", format!("{given:?}: {m}")))?,
+        )),
+        other => other,
+    };
     store::ensure_pairs(&state.db, &[(connection_id, known.name)]).await?;
-    let pair = store::configure(&state.db, connection_id, known.name, body.enabled, body.schedule).await?;
+    let pair = store::configure(&state.db, connection_id, known.name, body.enabled, schedule).await?;
     Ok(HttpResponse::Ok().json(json!({
         "connection_id": connection_id,
         "endpoint": known.name,
