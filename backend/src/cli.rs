@@ -146,6 +146,9 @@ enum ConnectionsCommand {
     Enable { id: i64 },
     /// Delete a connection and its tokens.
     Delete { id: i64 },
+    /// Forget a connection's stored tokens (credentials and settings stay), so the next
+    /// refresh logs in anew.
+    ClearToken { id: i64 },
 }
 
 /// What `--secrets` files hold.
@@ -494,6 +497,12 @@ async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyho
         ConnectionsCommand::Delete { id } => manage::delete(&state.db, id)
             .await
             .map(|()| println!("deleted connection {id}")),
+        ConnectionsCommand::ClearToken { id } => manage::clear_token(&state.db, id, "cli").await.map(|c| {
+            println!(
+                "cleared the tokens of connection {id} ({}); the next refresh logs in anew",
+                c.name
+            )
+        }),
     };
     state.db.close();
     Ok(result?)

@@ -166,6 +166,7 @@ fn routes() -> Vec<(Method, &'static str, Access)> {
         (get.clone(), "/api/connections/999999", StaffRead),
         (patch.clone(), "/api/connections/999999", AdminWrite),
         (delete.clone(), "/api/connections/999999", AdminWrite),
+        (delete.clone(), "/api/connections/999999/token", AdminWrite),
         (get.clone(), "/api/tokens/status", StaffRead),
         (post.clone(), "/api/tokens/999999/refresh", AdminWrite),
         (get.clone(), "/api/refresh-log", StaffRead),

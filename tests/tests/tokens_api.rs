@@ -14,6 +14,7 @@ both_backends!(
     the_cron_endpoint_needs_its_secret,
     the_cli_sweeps_and_reports,
     connections_are_reauthorised_disabled_and_enabled,
+    a_cleared_token_is_fetched_anew,
 );
 
 fn json_headers() -> Vec<(String, String)> {
@@ -419,4 +420,87 @@ async fn connections_are_reauthorised_disabled_and_enabled(backend: Backend) {
         assert_eq!(patch(&server, id, body.clone()).await.0, code, "{body}");
     }
     assert_eq!(patch(&server, 999_999, json!({"disabled": true})).await.0, 404);
+}
+
+/// `DELETE /api/connections/{id}/token` and `telltale connections clear-token` forget the stored
+/// tokens but keep the credentials, so the next refresh logs in anew; each is in the refresh log.
+async fn a_cleared_token_is_fetched_anew(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let provider = MockServer::start().await;
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=client_credentials"))
+        .respond_with(move |_: &wiremock::Request| {
+            let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": format!("CANARY-cc-token-{n}"), "expires_in": 3600}))
+        })
+        .mount(&provider)
+        .await;
+    let server = TestServer::start(db.url(), &[]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let (code, created) = create(
+        &server,
+        json!({"account": "acme", "provider": "oauth2_client_credentials", "name": "machine",
+               "base_url": format!("{}/token", provider.uri()),
+               "credentials": {"client_id": "m", "client_secret": "CANARY-m-secret"}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let refresh = server.url(&format!("/api/tokens/{id}/refresh"));
+    let (code, _) = post_with_headers(&refresh, &[], "").await;
+    assert_eq!(code, 200);
+    let (_, before) = get_json(&server.url(&format!("/api/connections/{id}"))).await;
+    assert!(before["token_fingerprint"].is_string(), "{before}");
+
+    let cleared = telltale_e2e::api_client()
+        .delete(server.url(&format!("/api/connections/{id}/token")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 200);
+    let cleared: Value = cleared.json().await.unwrap();
+    assert_eq!(cleared["status"], "missing", "{cleared}");
+    assert!(cleared["token_fingerprint"].is_null() && cleared["expires_at"].is_null());
+    assert_eq!(cleared["has_credentials"], true, "credentials kept");
+    let (_, log) = get_json(&server.url(&format!("/api/refresh-log?connection={id}"))).await;
+    let row = &log["items"][0];
+    assert_eq!(
+        (row["trigger"].as_str(), row["success"].as_bool()),
+        (Some("clear"), Some(true)),
+        "{log}"
+    );
+    assert_eq!(row["actor"], "admin@example.com (token configured)");
+
+    // The next refresh logs in anew with the kept credentials.
+    let (code, _) = post_with_headers(&refresh, &[], "").await;
+    assert_eq!(code, 200);
+    let (_, after) = get_json(&server.url(&format!("/api/connections/{id}"))).await;
+    assert!(
+        after["token_fingerprint"].is_string() && after["token_fingerprint"] != before["token_fingerprint"],
+        "a new token: {after}"
+    );
+    assert_eq!(after["status"], "active");
+
+    let missing = telltale_e2e::api_client()
+        .delete(server.url("/api/connections/999999/token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The CLI does the same (with the service stopped: SQLite serves one process).
+    drop(server);
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("TELLTALE_SECRET_KEY", telltale_e2e::TEST_SECRET_KEY),
+    ];
+    let out = run_cli(&["connections", "clear-token", &id.to_string()], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the next refresh logs in anew"));
+    let out = run_cli(&["connections", "show", &id.to_string()], &env);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(shown["status"], "missing", "{shown}");
 }

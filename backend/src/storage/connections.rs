@@ -522,6 +522,31 @@ pub async fn delete_connection(db: &Db, id: i64) -> StorageResult<()> {
     })
 }
 
+/// Forgets a connection's access and refresh tokens (credentials and settings stay), so the
+/// next refresh logs in anew; a disabled connection stays disabled.
+pub async fn clear_tokens(db: &Db, id: i64, at: UtcTime) -> StorageResult<Connection> {
+    let current = get_connection(db, id).await?;
+    let changeset = ConnectionChangeset {
+        access_token: Some(None),
+        token_fingerprint: Some(None),
+        refresh_token: Some(None),
+        expires_at: Some(None),
+        refresh_expires_at: Some(None),
+        status: (current.status != ConnectionStatus::Disabled).then_some(ConnectionStatus::Missing),
+        consecutive_failures: Some(0),
+        last_error: Some(None),
+        updated_at: Some(at),
+        ..Default::default()
+    };
+    db_run!(db, |conn| {
+        Ok(diesel::update(connections::table.find(id))
+            .set(&changeset)
+            .returning(Connection::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+}
+
 /// An account's name.
 pub async fn account_name(db: &Db, id: i64) -> StorageResult<String> {
     db_run!(db, |conn| {

@@ -9,6 +9,7 @@ use super::{lead_for, token_status};
 use crate::crypto::Crypto;
 use crate::providers;
 use crate::storage::connections::{self, Connection, ConnectionUpdate, NewConnection};
+use crate::storage::refresh_log::{self, NewRefreshLogEntry};
 use crate::storage::{Db, StorageError, TokenHealth, UtcTime};
 
 /// A new connection, as `POST /api/connections` and `telltale connections add` take it.
@@ -192,6 +193,30 @@ fn merged(stored: Value, patch: Value) -> Value {
         }
     }
     Value::Object(stored)
+}
+
+/// Forgets the stored tokens (not the credentials or settings) so the next refresh logs in
+/// anew; recorded in the refresh log with trigger `clear`.
+pub async fn clear_token(db: &Db, id: i64, actor: &str) -> Result<Connection, ManageError> {
+    let before = connections::get_connection(db, id).await.map_err(storage(id))?;
+    let at = crate::storage::now();
+    let cleared = connections::clear_tokens(db, id, at).await.map_err(storage(id))?;
+    let entry = NewRefreshLogEntry {
+        connection_id: Some(id),
+        provider: before.provider.clone(),
+        trigger: "clear".into(),
+        actor: Some(actor.to_owned()),
+        dry_run: false,
+        success: true,
+        error: None,
+        old_expires_at: before.expires_at,
+        new_expires_at: None,
+        duration_ms: 0,
+        attempted_at: at,
+    };
+    refresh_log::append(db, &entry).await.map_err(storage(id))?;
+    tracing::info!(connection = id, provider = %before.provider, name = %before.name, %actor, "stored tokens cleared; the next refresh logs in anew");
+    Ok(cleared)
 }
 
 pub async fn delete(db: &Db, id: i64) -> Result<(), ManageError> {

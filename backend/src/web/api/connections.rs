@@ -215,6 +215,19 @@ pub async fn stats_data(state: &AppState, hours: i64) -> Result<RefreshStats, Ap
     })
 }
 
+/// `DELETE /api/connections/{id}/token` (admin): forgets the stored tokens, keeps the
+/// credentials and settings; the next refresh logs in anew.
+pub async fn clear_token(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    staff: web::ReqData<crate::auth::Staff>,
+) -> Result<HttpResponse, ApiError> {
+    let cleared = manage::clear_token(&state.db, *id, &staff.actor())
+        .await
+        .map_err(manage_error)?;
+    Ok(HttpResponse::Ok().json(view(&cleared, now())))
+}
+
 /// `PATCH /api/connections/{id}`: change settings, rotate credentials or paste new tokens
 /// (which re-authorises a `needs_reauth` connection), or disable / enable it.
 pub async fn update(

@@ -34,6 +34,7 @@ super::route_table! {
         get "/api/connections/{id}" => connections::detail,
         delete "/api/connections/{id}" => connections::delete,
         patch "/api/connections/{id}" => connections::update,
+        delete "/api/connections/{id}/token" => connections::clear_token,
         get "/api/tokens/status" => connections::status,
         post "/api/tokens/{id}/refresh" => connections::refresh,
         get "/api/refresh-log" => connections::log,
