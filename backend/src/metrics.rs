@@ -72,6 +72,12 @@ instruments! {
         "telltale_startup_database_failures_total",
         "Failed attempts to reach or migrate the database while starting",
     ),
+    /// Refused calls to `/api/cron/*` (missing or wrong secret), by endpoint.
+    cron_refused: IntCounterVec = counter_vec(
+        "telltale_cron_requests_refused_total",
+        "Calls to the cron endpoints refused for a missing or wrong secret, by endpoint",
+        &["endpoint"],
+    ),
     /// Pool connections by state, set at scrape time.
     db_pool: IntGaugeVec = gauge_vec(
         "telltale_db_pool_connections",

@@ -226,6 +226,11 @@ async fn the_cron_endpoint_and_cli_poll(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+    let refused: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (refused["success"].as_bool(), refused["error"]["code"].as_str()),
+        (Some(false), Some("unauthorized"))
+    );
     let cron = || async {
         let resp = client
             .get(server.url("/api/cron/platform-polling"))
@@ -250,6 +255,19 @@ async fn the_cron_endpoint_and_cli_poll(backend: Backend) {
         "{report}"
     );
     assert!(report["timestamp"].is_string());
+    // The original polling script's fields, for callers written against it.
+    assert_eq!(report["cronType"], "platform-polling");
+    assert_eq!(report["success"], false, "one poll failed: {report}");
+    assert_eq!(
+        (
+            report["userCount"].as_i64(),
+            report["platformCount"].as_i64(),
+            report["pollsSuccessful"].as_i64(),
+            report["pollsFailed"].as_i64()
+        ),
+        (Some(1), Some(1), Some(1), Some(1)),
+        "{report}"
+    );
     let ok = report["results"]
         .as_array()
         .unwrap()

@@ -224,7 +224,15 @@ async fn the_cron_endpoint_needs_its_secret(backend: Backend) {
     assert_eq!(code, 404, "disabled without a configured secret");
     drop(without);
 
-    let server = TestServer::start(db.url(), &[("CRON_SECRET", CRON)]).await;
+    // The service's own sweep stays out of the way (once a year), so the cron call refreshes.
+    let server = TestServer::start(
+        db.url(),
+        &[
+            ("CRON_SECRET", CRON),
+            ("TELLTALE_TOKEN_SWEEP_SCHEDULE", "0 0 0 1 1 *"),
+        ],
+    )
+    .await;
     server.wait_ready(Duration::from_secs(30)).await;
     let client = telltale_e2e::api_client();
     for auth in [
@@ -241,7 +249,24 @@ async fn the_cron_endpoint_needs_its_secret(backend: Backend) {
         assert_eq!(resp.status(), 401, "{auth:?}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(body["success"], false, "as the original endpoint answered");
     }
+    // Each refusal is logged with the client's address (never what it presented) and counted.
+    let refusals = server
+        .logs()
+        .iter()
+        .filter(|l| l.contains("cron call refused") && l.contains("127.0.0.1"))
+        .count();
+    assert_eq!(refusals, 4, "{}", server.log_text());
+    let metrics = server.metrics().await;
+    assert_eq!(
+        telltale_e2e::metric_sample(
+            &metrics,
+            "telltale_cron_requests_refused_total",
+            &[("endpoint", "token-refresh")]
+        ),
+        Some(4.0)
+    );
     for method in [reqwest::Method::GET, reqwest::Method::POST] {
         let resp = client
             .request(method.clone(), server.url("/api/cron/token-refresh"))
@@ -263,7 +288,55 @@ async fn the_cron_endpoint_needs_its_secret(backend: Backend) {
             report["timestamp"].is_string() && report["results"].is_array(),
             "{report}"
         );
+        // The original token-refresh script's fields.
+        assert_eq!(report["cronType"], "token-refresh");
+        assert_eq!(report["success"], true);
+        assert_eq!(
+            (
+                report["tokensChecked"].as_i64(),
+                report["tokensRefreshed"].as_i64()
+            ),
+            (Some(0), Some(0))
+        );
     }
+    // With a connection to refresh, each result carries the original per-token fields.
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "CANARY-cron-token", "expires_in": 3600})),
+        )
+        .mount(&provider)
+        .await;
+    let (code, created) = create(
+        &server,
+        json!({"account": "acme", "provider": "oauth2_client_credentials", "name": "cron-machine",
+               "base_url": format!("{}/token", provider.uri()),
+               "credentials": {"client_id": "m", "client_secret": "CANARY-m-secret"}}),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let resp = client
+        .post(server.url("/api/cron/token-refresh"))
+        .bearer_auth(CRON)
+        .send()
+        .await
+        .unwrap();
+    let report: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            report["tokensChecked"].as_i64(),
+            report["tokensRefreshed"].as_i64()
+        ),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    let result = &report["results"][0];
+    assert_eq!(result["platform"], "oauth2_client_credentials");
+    assert_eq!(result["userId"], created["account_id"]);
+    assert_eq!(result["success"], true);
+    assert!(result["newExpiry"].is_string(), "{result}");
     assert!(!server.log_text().contains(CRON), "the secret is never logged");
 }
 

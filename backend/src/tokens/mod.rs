@@ -34,6 +34,9 @@ pub const SWEEP_JOB: &str = "token-refresh-sweep";
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ConnectionResult {
     pub id: i64,
+    /// The account (customer or user) the connection belongs to; unknown when its row could
+    /// not be read.
+    pub account_id: Option<i64>,
     pub provider: String,
     pub name: String,
     /// `refreshed`, `would_refresh` (dry run), `needs_reauth`, `failed`, or `skipped`.
@@ -156,6 +159,7 @@ impl RefreshEngine {
                 self.log(c, request, true, Ok(None), Duration::ZERO).await;
                 results.push(ConnectionResult {
                     id: c.id,
+                    account_id: Some(c.account_id),
                     provider: c.provider.clone(),
                     name: c.name.clone(),
                     outcome: RefreshOutcome::WouldRefresh,
@@ -243,6 +247,7 @@ impl RefreshEngine {
                 tracing::warn!(connection = id, error = %err, "refresh could not complete");
                 ConnectionResult {
                     id,
+                    account_id: None,
                     provider: String::new(),
                     name: String::new(),
                     outcome: RefreshOutcome::Failed,
@@ -530,6 +535,7 @@ fn to_refreshed(issued: &Issued, at: UtcTime) -> RefreshedToken {
 fn result_of(connection: &Connection, outcome: RefreshOutcome, detail: Option<String>) -> ConnectionResult {
     ConnectionResult {
         id: connection.id,
+        account_id: Some(connection.account_id),
         provider: connection.provider.clone(),
         name: connection.name.clone(),
         outcome,
