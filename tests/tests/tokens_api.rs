@@ -21,6 +21,17 @@ fn json_headers() -> Vec<(String, String)> {
     vec![("content-type".into(), "application/json".into())]
 }
 
+/// The newest JSON log line whose message starts with `start`.
+fn log_line(server: &TestServer, start: &str) -> Value {
+    server
+        .logs()
+        .iter()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"].as_str().is_some_and(|m| m.starts_with(start)))
+        .unwrap_or_else(|| panic!("no {start:?} line in:\n{}", server.log_text()))
+}
+
 async fn create(server: &TestServer, body: Value) -> (u16, Value) {
     post_with_headers(&server.url("/api/connections"), &json_headers(), body.to_string()).await
 }
@@ -444,6 +455,25 @@ async fn connections_are_reauthorised_disabled_and_enabled(backend: Backend) {
         (c["status"].as_str(), c["consecutive_failures"].as_i64()),
         (Some("needs_reauth"), Some(1))
     );
+    // One warn line says so, with the reason class and the HTTP status.
+    let line = log_line(&server, "token refresh refused");
+    assert_eq!(
+        (
+            line["level"].as_str(),
+            line["reason"].as_str(),
+            line["http_status"].as_u64(),
+            line["name"].as_str()
+        ),
+        (Some("WARN"), Some("needs_reauth"), Some(400), Some("g")),
+        "{line}"
+    );
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs re-authorisation"),
+        "{line}"
+    );
 
     // A person re-authorises: new refresh token in, failures cleared, refreshable again.
     let (code, c) = patch(
@@ -550,6 +580,25 @@ async fn a_cleared_token_is_fetched_anew(backend: Backend) {
     // The next refresh logs in anew with the kept credentials.
     let (code, _) = post_with_headers(&refresh, &[], "").await;
     assert_eq!(code, 200);
+    // Each refresh is one info line with the new expiry and how long the token is valid.
+    let line = log_line(&server, "token refreshed");
+    assert_eq!(
+        (line["level"].as_str(), line["name"].as_str()),
+        (Some("INFO"), Some("machine")),
+        "{line}"
+    );
+    let valid_for = line["valid_for_secs"].as_i64().unwrap_or_default();
+    assert!((3500..=3600).contains(&valid_for), "{line}");
+    assert!(
+        line["expires_at"].is_string() && line["message"].as_str().unwrap().contains("valid for"),
+        "{line}"
+    );
+    // And each sweep one line, with the soonest expiry.
+    let sweep = log_line(&server, "token sweep");
+    assert!(
+        sweep["checked"].is_u64() && sweep["soonest_expiry"].is_string(),
+        "{sweep}"
+    );
     let (_, after) = get_json(&server.url(&format!("/api/connections/{id}"))).await;
     assert!(
         after["token_fingerprint"].is_string() && after["token_fingerprint"] != before["token_fingerprint"],

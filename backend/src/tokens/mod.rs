@@ -149,6 +149,8 @@ impl RefreshEngine {
         let candidates =
             connections::refresh_candidates(&self.db, request.provider.as_deref(), request.connection_id)
                 .await?;
+        let considered = candidates.len();
+        let soonest_expiry = candidates.iter().filter_map(|c| c.expires_at).min();
         let due: Vec<Connection> = candidates
             .into_iter()
             .filter(|c| providers::provider_for(&c.provider).is_some_and(|p| is_due(c, p, at, idle)))
@@ -178,7 +180,7 @@ impl RefreshEngine {
         };
         let mut results = results;
         results.sort_by_key(|r| r.id);
-        Ok(SweepReport {
+        let report = SweepReport {
             checked: due.len(),
             refreshed: results
                 .iter()
@@ -191,7 +193,22 @@ impl RefreshEngine {
             dry_run: request.dry_run,
             timestamp: now(),
             results,
-        })
+        };
+        // One line a sweep, so a log viewer shows it ran and what is coming up.
+        tracing::info!(
+            trigger = request.trigger,
+            checked = considered,
+            due = report.checked,
+            refreshed = report.refreshed,
+            failed = report.failed,
+            dry_run = request.dry_run,
+            soonest_expiry = %soonest_expiry.map_or_else(|| "none".to_owned(), |t| t.to_string()),
+            "token sweep: {considered} checked, {} due, {} refreshed, {} failed",
+            report.checked,
+            report.refreshed,
+            report.failed
+        );
+        Ok(report)
     }
 
     /// Refreshes one connection now, whether due or not (the manual button).
@@ -393,6 +410,19 @@ impl RefreshEngine {
         let result = match result {
             Ok(issued) => {
                 let stored = self.store_issued(connection, &issued).await?;
+                let valid_for = stored.expires_at.map(|e| (e.0 - at.0).num_seconds());
+                tracing::info!(
+                    connection = connection.id,
+                    provider = %connection.provider,
+                    name = %connection.name,
+                    trigger = request.trigger,
+                    expires_at = %stored.expires_at.map_or_else(|| "unknown".to_owned(), |t| t.to_string()),
+                    valid_for_secs = valid_for,
+                    "token refreshed: {} ({}), valid for {} s",
+                    connection.name,
+                    connection.provider,
+                    valid_for.map_or_else(|| "an unknown time".to_owned(), |s| s.to_string())
+                );
                 result_of(&stored, RefreshOutcome::Refreshed, None)
             }
             Err(Outcome::NeedsReauth(message)) => {
@@ -404,19 +434,62 @@ impl RefreshEngine {
                     at,
                 )
                 .await?;
-                tracing::warn!(connection = connection.id, provider = %connection.provider, error = %message, "grant no longer accepted; connection needs re-authorisation");
+                tracing::warn!(
+                    connection = connection.id,
+                    provider = %connection.provider,
+                    name = %connection.name,
+                    trigger = request.trigger,
+                    reason = "needs_reauth",
+                    http_status = http_status_of(&message),
+                    error = %message,
+                    "token refresh refused: {} ({}) needs re-authorisation; no further attempts until then",
+                    connection.name,
+                    connection.provider
+                );
                 result_of(&stored, RefreshOutcome::NeedsReauth, Some(message))
             }
-            Err(Outcome::Transient { message, .. } | Outcome::Failed(message)) => {
-                let stored =
-                    connections::record_refresh_failure(&self.db, connection.id, None, &message, at).await?;
-                result_of(&stored, RefreshOutcome::Failed, Some(message))
+            Err(Outcome::Transient { message, .. }) => {
+                self.record_failure(connection, request, "transient", message, at)
+                    .await?
+            }
+            Err(Outcome::Failed(message)) => {
+                self.record_failure(connection, request, "refused", message, at)
+                    .await?
             }
             Err(Outcome::Refreshed(_)) => {
                 result_of(connection, RefreshOutcome::Failed, Some("unreachable".into()))
             }
         };
         Ok(result)
+    }
+
+    /// Stores a failed refresh (the failure count grows; a later sweep tries again) and says so
+    /// in the log, with its reason class (`transient` or `refused`) and HTTP status.
+    async fn record_failure(
+        &self,
+        connection: &Connection,
+        request: &SweepRequest,
+        reason: &'static str,
+        message: String,
+        at: UtcTime,
+    ) -> StorageResult<ConnectionResult> {
+        let stored = connections::record_refresh_failure(&self.db, connection.id, None, &message, at).await?;
+        tracing::warn!(
+            connection = connection.id,
+            provider = %connection.provider,
+            name = %connection.name,
+            trigger = request.trigger,
+            reason,
+            http_status = http_status_of(&message),
+            failures_in_a_row = stored.consecutive_failures,
+            next_attempt = "the next sweep (tokens.sweep_schedule)",
+            error = %message,
+            "token refresh failed: {} ({}), {} failure(s) in a row; tried again at the next sweep",
+            connection.name,
+            connection.provider,
+            stored.consecutive_failures
+        );
+        Ok(result_of(&stored, RefreshOutcome::Failed, Some(message)))
     }
 
     /// Records the tokens a consent screen's code was exchanged for (trigger `connect`): one
@@ -514,6 +587,12 @@ impl RefreshEngine {
             tracing::warn!(error = %err, "could not write the refresh log");
         }
     }
+}
+
+/// The HTTP status a provider's failure message names (`HTTP 401 …`), if any.
+fn http_status_of(message: &str) -> Option<u16> {
+    let after = &message[message.find("HTTP ")? + 5..];
+    after.get(..3)?.parse().ok()
 }
 
 fn absolute(unix_secs: Option<i64>) -> Option<UtcTime> {
