@@ -204,3 +204,52 @@ fn check_config_shows_schedules_as_they_run_with_their_next_runs() {
     }
     assert!(text.contains("next three runs in Europe/Berlin"), "{text}");
 }
+
+/// Every command the deployment units and the deployment guide run exists: a renamed
+/// subcommand would otherwise fail only on a production host.
+#[test]
+fn the_deployment_units_run_real_commands() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo.join("deployment")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("service") {
+            continue;
+        }
+        let unit = std::fs::read_to_string(&path).unwrap();
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{} has no ExecStart", path.display()));
+        let words: Vec<&str> = exec.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"/usr/local/bin/telltale"), "{exec}");
+        let config_at = words
+            .iter()
+            .position(|w| *w == "--config")
+            .unwrap_or_else(|| panic!("{exec}"));
+        let subcommand: Vec<&str> = words[config_at + 2..].to_vec();
+        let mut args = subcommand.clone();
+        args.push("--help");
+        let out = telltale(&args, &[], dir.path());
+        assert!(
+            out.status.success(),
+            "{}: `telltale {}` is not a command: {}",
+            path.display(),
+            subcommand.join(" "),
+            stderr(&out)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "the service, refresh and poll units");
+    let guide = std::fs::read_to_string(repo.join("deployment/README.md")).unwrap();
+    for command in ["refresh-tokens", "poll", "check-config", "migrate", "gen-key"] {
+        assert!(
+            guide.contains(&format!("telltale {command}"))
+                || guide.contains(&format!("telltale.toml {command}")),
+            "{command}"
+        );
+        let out = telltale(&[command, "--help"], &[], dir.path());
+        assert!(out.status.success(), "`telltale {command}`: {}", stderr(&out));
+    }
+}
