@@ -248,7 +248,7 @@ async fn meta_connects_and_keeps_a_long_lived_token_with_its_pages(backend: Back
     let db = TestDb::new(backend).await;
     let graph = MockServer::start().await;
     Mock::given(method("GET"))
-        .and(path("/v19.0/oauth/access_token"))
+        .and(path("/v25.0/oauth/access_token"))
         .and(query_param("code", "CANARY-meta-code"))
         .and(query_param("client_id", "app-1"))
         .and(query_param("client_secret", "CANARY-app-secret"))
@@ -258,7 +258,7 @@ async fn meta_connects_and_keeps_a_long_lived_token_with_its_pages(backend: Back
         .mount(&graph)
         .await;
     Mock::given(method("GET"))
-        .and(path("/v19.0/oauth/access_token"))
+        .and(path("/v25.0/oauth/access_token"))
         .and(query_param("grant_type", "fb_exchange_token"))
         .and(query_param("fb_exchange_token", "CANARY-short"))
         .respond_with(ResponseTemplate::new(200).set_body_json(
@@ -267,7 +267,7 @@ async fn meta_connects_and_keeps_a_long_lived_token_with_its_pages(backend: Back
         .mount(&graph)
         .await;
     Mock::given(method("GET"))
-        .and(path("/v19.0/me/accounts"))
+        .and(path("/v25.0/me/accounts"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
             {"id": "page-1", "name": "Shop", "category": "Retail", "access_token": "CANARY-page-1"}
         ]})))

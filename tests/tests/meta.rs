@@ -11,7 +11,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 both_backends!(
     the_user_token_is_extended_and_page_tokens_stored,
-    graph_errors_are_classified
+    graph_errors_are_classified,
+    a_pasted_token_without_expiry_is_exchanged_at_once
 );
 
 async fn app(db: &TestDb) -> AppState {
@@ -178,5 +179,59 @@ async fn graph_errors_are_classified(backend: Backend) {
     assert!(
         error.contains("code 190 subcode 460") && !error.contains("CANARY") && !error.contains("LL-1"),
         "{error}"
+    );
+}
+
+/// A user token pasted without an expiry may be a short-lived one (about an hour): the next
+/// sweep exchanges it for a long-lived one, on the default Graph API version, rather than
+/// waiting for it to fail.
+async fn a_pasted_token_without_expiry_is_exchanged_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let graph = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v25.0/oauth/access_token"))
+        .and(query_param("fb_exchange_token", "CANARY-pasted-short"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "CANARY-long-7777", "expires_in": 5183944})),
+        )
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v25.0/me/accounts"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&graph)
+        .await;
+    let state = app(&db).await;
+    let account = connections::create_account(&state.db, "brand", None)
+        .await
+        .unwrap();
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "meta_long_lived".into(),
+        name: "facebook".into(),
+        base_url: Some(graph.uri()),
+        settings: json!({}),
+        credentials: Some(json!({"app_id": "app-1", "app_secret": "CANARY-app-secret"}).to_string()),
+        access_token: Some("CANARY-pasted-short".into()),
+        expires_at: None,
+        ..Default::default()
+    };
+    let id = connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .unwrap()
+        .id;
+    let report = sweep_all(&state).await;
+    assert_eq!((report.checked, report.refreshed), (1, 1), "{report:?}");
+    let c = connections::get_connection(&state.db, id).await.unwrap();
+    assert_eq!(c.token_fingerprint.as_deref(), Some("…7777"));
+    assert!(
+        c.expires_at.is_some_and(|e| (e.0 - now().0).num_days() >= 59),
+        "about 60 days"
+    );
+    assert_eq!(
+        sweep_all(&state).await.checked,
+        0,
+        "then left alone until its lead time"
     );
 }

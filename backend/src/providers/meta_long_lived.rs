@@ -6,7 +6,7 @@
 //! stored per page as `meta_page` connections (they do not expire while the user token lives).
 //!
 //! Connection fields used: `base_url` (default `https://graph.facebook.com`); settings
-//! `{"graph_version": "v19.0"}`; credentials (sealed) `{"app_id": "…", "app_secret": "…"}`;
+//! `{"graph_version": "v25.0"}` (the default); credentials (sealed) `{"app_id": "…", "app_secret": "…"}`;
 //! the sealed access token (the user token to exchange).
 
 use std::time::Duration;
@@ -24,7 +24,9 @@ use crate::storage::connections::{Connection, ConnectionSecrets};
 pub struct MetaLongLived;
 
 const DEFAULT_BASE: &str = "https://graph.facebook.com";
-const DEFAULT_VERSION: &str = "v19.0";
+/// Released 2026-02-18, available until 2028-07-29 (Meta's Graph API changelog); v19.0, the
+/// earlier default, stopped working on 2026-05-21. A connection's `graph_version` overrides it.
+const DEFAULT_VERSION: &str = "v25.0";
 /// Pages of `/me/accounts` followed at most.
 const MAX_ACCOUNT_PAGES: usize = 20;
 
@@ -201,6 +203,10 @@ impl Provider for MetaLongLived {
 
     fn default_lead(&self) -> Duration {
         Duration::from_secs(7 * 86_400)
+    }
+
+    fn refresh_unknown_expiry_at_once(&self) -> bool {
+        true
     }
 
     fn refresh<'a>(

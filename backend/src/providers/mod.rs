@@ -149,6 +149,11 @@ pub trait Provider: Send + Sync {
     fn choices(&self) -> Vec<Choice> {
         Vec::new()
     }
+    /// Whether a token of unknown expiry that Telltale never refreshed is due at once (Meta:
+    /// a pasted token may be a short-lived one, which dies within hours unless exchanged).
+    fn refresh_unknown_expiry_at_once(&self) -> bool {
+        false
+    }
     /// Its consent screen, when its first tokens come from one (`None`: no "Connect").
     fn consent(&self, _connection: &Connection, _secrets: &ConnectionSecrets) -> Option<Consent> {
         None

@@ -99,6 +99,12 @@ pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idl
     if connection.access_token.is_none() {
         return true;
     }
+    if connection.expires_at.is_none()
+        && connection.last_refresh_success_at.is_none()
+        && provider.refresh_unknown_expiry_at_once()
+    {
+        return true;
+    }
     let near_expiry = connection.expires_at.is_some_and(|exp| exp.0 - lead <= at.0);
     let idle_too_long = connection
         .last_refresh_success_at
