@@ -192,9 +192,10 @@ async fn pages_are_followed_stored_once_and_not_repeated_until_due(backend: Back
 
 async fn each_platform_shape_is_polled(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let state = app(&db).state().await;
     let api = MockServer::start().await;
     let uri = api.uri();
+    // The ThingsBoard connection names no server: THINGSBOARD_URL's is polled.
+    let state = app(&db).set("tokens.thingsboard_url", uri.clone()).state().await;
     // GitHub: Link header pagination.
     Mock::given(method("GET"))
         .and(path("/user/repos"))
@@ -340,7 +341,7 @@ async fn each_platform_shape_is_polled(backend: Backend) {
         "tb",
         "thingsboard",
         json!({"customer_id": "cust-1"}),
-        Some(uri.clone()),
+        None,
         "tb-token",
     )
     .await;

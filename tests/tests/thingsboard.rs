@@ -14,6 +14,7 @@ both_backends!(
     each_customer_logs_in_at_its_own_server,
     a_valid_refresh_token_is_used_and_an_expired_one_falls_back_to_login,
     a_wrong_password_needs_reauth,
+    connections_without_a_url_use_thingsboard_url,
 );
 
 /// A JWT with the given `exp` and scopes, as ThingsBoard issues (signature not checked by us).
@@ -187,4 +188,52 @@ async fn a_wrong_password_needs_reauth(backend: Backend) {
         error.contains("errorCode 10") && !error.contains("CANARY"),
         "{error}"
     );
+}
+
+/// `THINGSBOARD_URL` (`tokens.thingsboard_url`) serves connections that name no server; one
+/// that names its own keeps it.
+async fn connections_without_a_url_use_thingsboard_url(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (shared, own) = (MockServer::start().await, MockServer::start().await);
+    let exp = now().0.timestamp() + 9000;
+    for (server, who) in [(&shared, "alpha"), (&own, "beta")] {
+        Mock::given(method("POST"))
+            .and(path("/api/auth/login"))
+            .and(body_json(
+                json!({"username": format!("{who}@customer.test"), "password": "CANARY-pw"}),
+            ))
+            .respond_with(pair(
+                &jwt(exp, "CUSTOMER_USER"),
+                &jwt(exp + 600_000, "REFRESH_TOKEN"),
+            ))
+            .expect(1)
+            .mount(server)
+            .await;
+    }
+    let state = TestApp::on(&db)
+        .set("tokens.max_attempts", 1)
+        .set("tokens.thingsboard_url", format!("{}/", shared.uri()))
+        .state()
+        .await;
+    let alpha = customer(&state, "alpha", "unused", None).await;
+    connections::update_connection(
+        &state.db,
+        &state.crypto,
+        alpha,
+        &connections::ConnectionUpdate {
+            base_url: Some(None),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let beta = customer(&state, "beta", &own.uri(), None).await;
+    let report = sweep_all(&state).await;
+    assert_eq!((report.refreshed, report.failed), (2, 0), "{report:?}");
+    for id in [alpha, beta] {
+        let c = connections::get_connection(&state.db, id).await.unwrap();
+        assert_eq!(c.expires_at.map(|t| t.timestamp()), Some(exp));
+    }
+    let c = connections::get_connection(&state.db, alpha).await.unwrap();
+    assert!(c.base_url.is_none(), "the default is applied, not written");
 }

@@ -86,10 +86,12 @@ pub async fn poll(
         endpoint.default_base,
     ) {
         (Some(own), _) => own.to_owned(),
-        (None, "") => connection
+        (None, "") => engine
+            .tokens
+            .with_defaults(connection)
             .base_url
             .clone()
-            .ok_or_else(|| failed("the connection has no base_url".into()))?,
+            .ok_or_else(|| failed("the connection has no base_url (nor THINGSBOARD_URL)".into()))?,
         (None, default) => default.to_owned(),
     };
     let path = fill_path(endpoint.path, &settings, &token).map_err(failed)?;

@@ -60,8 +60,8 @@ impl Provider for ThingsBoard {
             consent: false,
             fields: vec![
                 Field::new("base_url", "ThingsBoard URL", "url")
-                    .required()
-                    .placeholder("https://thingsboard.example.com"),
+                    .placeholder("https://thingsboard.example.com")
+                    .help("Leave empty to use the server set in THINGSBOARD_URL."),
                 Field::new("credentials.username", "Username (email)", "text").required(),
                 Field::new("credentials.password", "Password", "password").required(),
             ],
@@ -80,7 +80,9 @@ impl Provider for ThingsBoard {
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let Some(base) = connection.base_url.as_deref().map(|b| b.trim_end_matches('/')) else {
-                return Outcome::Failed("a ThingsBoard connection needs the customer's base_url".into());
+                return Outcome::Failed(
+                    "a ThingsBoard connection needs the customer's base_url (or THINGSBOARD_URL)".into(),
+                );
             };
             let now = chrono::Utc::now().timestamp();
             let refresh_usable = secrets

@@ -149,6 +149,19 @@ impl RefreshEngine {
         }
     }
 
+    /// `connection` as its provider should see it: a ThingsBoard connection without a base URL
+    /// gets `tokens.thingsboard_url` (`THINGSBOARD_URL`).
+    pub fn with_defaults<'c>(&self, connection: &'c Connection) -> std::borrow::Cow<'c, Connection> {
+        match (&connection.base_url, &self.settings.thingsboard_url) {
+            (None, Some(default)) if connection.provider == "thingsboard" => {
+                let mut filled = connection.clone();
+                filled.base_url = Some(default.trim_end_matches('/').to_owned());
+                std::borrow::Cow::Owned(filled)
+            }
+            _ => std::borrow::Cow::Borrowed(connection),
+        }
+    }
+
     /// Refreshes every due connection (or reports what would be refreshed, for a dry run).
     pub async fn sweep(&self, request: &SweepRequest, at: UtcTime) -> StorageResult<SweepReport> {
         let idle = self.settings.idle_refresh_days;
@@ -374,7 +387,9 @@ impl RefreshEngine {
                 }
             }
             let started = Instant::now();
-            let outcome = provider.refresh(&self.http, connection, &secrets).await;
+            let outcome = provider
+                .refresh(&self.http, &self.with_defaults(connection), &secrets)
+                .await;
             // Only transient failures mean the upstream is unwell; a refusal is an answer.
             match outcome {
                 Outcome::Transient { .. } => breaker.on_error(),

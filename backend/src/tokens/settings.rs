@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::setting::{count, days, secs, settings};
+use crate::config::setting::{count, days, optional_text, secs, settings};
 use crate::scheduler::settings::schedule;
 
 settings! {
@@ -24,5 +24,17 @@ settings! {
         circuit_failures: u32 = count(5, 1..=1000), env "TELLTALE_TOKEN_CIRCUIT_FAILURES";
         /// How long an opened circuit pauses calls; doubles each time it re-opens, up to 10×.
         circuit_open_secs: Duration = secs(30, 1..=3600), env "TELLTALE_TOKEN_CIRCUIT_OPEN_SECS";
+        /// The ThingsBoard server of connections that name none (one shared server for every
+        /// customer, as the original service had); a connection's own `base_url` wins.
+        thingsboard_url: Option<String> = optional_text().check("an http(s) URL", check_url), env "THINGSBOARD_URL";
+    }
+}
+
+fn check_url(url: &Option<String>) -> Result<(), String> {
+    match url {
+        Some(u) if !url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https")) => {
+            Err(format!("{u:?} is not an http(s) URL"))
+        }
+        _ => Ok(()),
     }
 }
