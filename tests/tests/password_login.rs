@@ -11,7 +11,9 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 both_backends!(
     logins_of_every_shape_yield_tokens,
-    refused_logins_and_pasted_tokens
+    refused_logins_and_pasted_tokens,
+    the_login_path_is_found_and_kept,
+    discovery_stops_at_a_refusal_and_a_token_set_by_hand_stays_in_use
 );
 
 async fn app(db: &TestDb) -> AppState {
@@ -141,4 +143,120 @@ async fn refused_logins_and_pasted_tokens(backend: Backend) {
     assert_eq!(report.results[0].id, refused);
     assert_eq!(report.results[0].outcome.as_str(), "needs_reauth");
     assert_eq!(token_of(&state, pasted).await.0.as_deref(), Some("pasted-token"));
+}
+
+/// A service that serves only `/auth/login`, only JSON, only with `email`, and puts the token
+/// at `data.auth.jwt`: discovery finds it, keeps it in the settings, and goes straight there
+/// afterwards.
+async fn the_login_path_is_found_and_kept(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let service = MockServer::start().await;
+    let expires = now().0.timestamp() + 7200;
+    Mock::given(method("POST"))
+        .and(path("/auth/login"))
+        .and(header("content-type", "application/json"))
+        .and(body_json(json!({"email": "ops@acme.test", "password": "CANARY-pw"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "ok": true, "data": {"user": {"id": 7}, "auth": {"jwt": "CANARY-found-5555", "expires_at": expires}}
+        })))
+        .mount(&service)
+        .await;
+    // Everything else: not a login endpoint.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&service)
+        .await;
+    let state = app(&db).await;
+    let id = login(&state, "bare", Some(service.uri()), json!({}), true).await;
+    let report = sweep_all(&state).await;
+    assert_eq!(report.refreshed, 1, "{report:?}");
+    let c = connections::get_connection(&state.db, id).await.unwrap();
+    assert_eq!(c.token_fingerprint.as_deref(), Some("…5555"));
+    assert_eq!(
+        c.expires_at.map(|t| t.timestamp()),
+        Some(expires),
+        "expires_at read"
+    );
+    let settings: serde_json::Value = serde_json::from_str(&c.settings).unwrap();
+    assert_eq!(
+        settings,
+        json!({"login_path": "/auth/login", "body": "json", "username_field": "email"}),
+        "kept, and shown in the API and UI"
+    );
+    // /api/auth/login and /api/login (JSON and form, email and username each), then /auth/login.
+    let tried = service.received_requests().await.unwrap().len();
+    assert_eq!(tried, 9, "found in order");
+    state
+        .token_engine
+        .refresh_now(id, "manual", "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        service.received_requests().await.unwrap().len(),
+        tried + 1,
+        "straight to the kept path"
+    );
+}
+
+/// A definite refusal (401 with a body) stops discovery at once; a token set by hand that is
+/// still unexpired stays in use, and the connection says so.
+async fn discovery_stops_at_a_refusal_and_a_token_set_by_hand_stays_in_use(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let service = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/auth/login"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"message": "Invalid credentials"})))
+        .mount(&service)
+        .await;
+    let state = app(&db).await;
+    let refused = login(&state, "refused", Some(service.uri()), json!({}), true).await;
+    let report = sweep_all(&state).await;
+    assert_eq!(report.results[0].outcome.as_str(), "needs_reauth", "{report:?}");
+    assert_eq!(
+        service.received_requests().await.unwrap().len(),
+        1,
+        "no other path tried"
+    );
+    let c = connections::get_connection(&state.db, refused).await.unwrap();
+    assert!(
+        c.last_error
+            .unwrap_or_default()
+            .contains("login refused at /api/auth/login")
+    );
+
+    // The same refusal with a token set by hand that still holds: it stays in use.
+    let account = connections::account_by_name(&state.db, "acme").await.unwrap();
+    let until = now().0 + chrono::Duration::minutes(5);
+    let new = NewConnection {
+        account_id: account.id,
+        provider: "password_login".into(),
+        name: "with-manual-token".into(),
+        base_url: Some(service.uri()),
+        settings: json!({}),
+        credentials: Some(json!({"username": "ops@acme.test", "password": "CANARY-pw"}).to_string()),
+        access_token: Some("CANARY-set-by-hand".into()),
+        expires_at: Some(until.into()),
+        ..Default::default()
+    };
+    let id = connections::create_connection(&state.db, &state.crypto, &new)
+        .await
+        .unwrap()
+        .id;
+    let result = state
+        .token_engine
+        .refresh_now(id, "manual", "test")
+        .await
+        .unwrap();
+    assert_eq!(result.outcome.as_str(), "failed", "{result:?}");
+    let c = connections::get_connection(&state.db, id).await.unwrap();
+    assert_eq!(c.status.as_str(), "active", "still usable");
+    assert!(
+        c.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("using the token set by hand until it expires"),
+        "the connection says so"
+    );
+    let secrets = connections::secrets(&state.crypto, &c).unwrap();
+    assert_eq!(secrets.access_token.as_deref(), Some("CANARY-set-by-hand"));
 }

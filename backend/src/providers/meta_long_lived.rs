@@ -309,6 +309,7 @@ impl Provider for MetaLongLived {
                 expires_at: None,
                 refresh_expires_at: None,
                 derived,
+                learned: None,
             })
         })
     }

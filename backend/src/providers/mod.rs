@@ -30,6 +30,8 @@ pub struct Issued {
     pub refresh_expires_at: Option<i64>,
     /// Tokens derived from this one and stored as connections of their own (Meta page tokens).
     pub derived: Vec<DerivedToken>,
+    /// Settings the provider learned (a discovered login path), merged into the connection's.
+    pub learned: Option<serde_json::Value>,
 }
 
 /// A token issued alongside the refreshed one, e.g. a Facebook page's token.

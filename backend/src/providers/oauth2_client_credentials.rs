@@ -214,6 +214,7 @@ impl Provider for OAuth2ClientCredentials {
                 expires_at,
                 refresh_expires_at: None,
                 derived: Vec::new(),
+                learned: None,
             })
         })
     }

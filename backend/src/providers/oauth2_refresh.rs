@@ -271,6 +271,7 @@ async fn token_request(
             expires_at: None,
             refresh_expires_at: None,
             derived: Vec::new(),
+            learned: None,
         }),
         (true, _) => Outcome::Transient {
             message: "success without an access_token".into(),

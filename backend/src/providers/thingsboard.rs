@@ -134,6 +134,7 @@ fn issued(token: String, refresh: Option<String>) -> Outcome {
         access_token: token,
         refresh_token: refresh,
         derived: Vec::new(),
+        learned: None,
     })
 }
 

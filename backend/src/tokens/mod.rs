@@ -563,6 +563,10 @@ impl RefreshEngine {
             at,
         )
         .await?;
+        let stored = match &issued.learned {
+            Some(learned) => self.remember_learned(&stored, learned).await?,
+            None => stored,
+        };
         for derived in &issued.derived {
             connections::upsert_derived_token(
                 &self.db,
@@ -576,6 +580,28 @@ impl RefreshEngine {
             .await?;
         }
         Ok(stored)
+    }
+
+    /// Merges what a provider learned (e.g. the login path it found) into the connection's
+    /// settings, so the next refresh goes straight there.
+    async fn remember_learned(
+        &self,
+        connection: &Connection,
+        learned: &serde_json::Value,
+    ) -> StorageResult<Connection> {
+        let mut settings: serde_json::Value =
+            serde_json::from_str(&connection.settings).unwrap_or_else(|_| serde_json::json!({}));
+        if let (Some(settings), Some(learned)) = (settings.as_object_mut(), learned.as_object()) {
+            for (key, value) in learned {
+                settings.insert(key.clone(), value.clone());
+            }
+        }
+        tracing::info!(connection = connection.id, provider = %connection.provider, learned = %learned, "remembered how to reach the provider");
+        let update = connections::ConnectionUpdate {
+            settings: Some(settings),
+            ..Default::default()
+        };
+        connections::update_connection(&self.db, &self.crypto, connection.id, &update).await
     }
 
     async fn log(
