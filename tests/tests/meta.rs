@@ -19,8 +19,26 @@ async fn app(db: &TestDb) -> AppState {
     TestApp::on(db).set("tokens.max_attempts", 2).state().await
 }
 
-/// A Meta connection whose user token expires in `days`.
+/// A Meta connection on Graph API v19.0 whose user token expires in `days`.
 async fn meta(state: &AppState, graph: &MockServer, days: i64) -> i64 {
+    let expires_at = Some((now().0 + chrono::Duration::days(days)).into());
+    meta_with(
+        state,
+        graph,
+        json!({"graph_version": "v19.0"}),
+        "LL-1",
+        expires_at,
+    )
+    .await
+}
+
+async fn meta_with(
+    state: &AppState,
+    graph: &MockServer,
+    settings: serde_json::Value,
+    user_token: &str,
+    expires_at: Option<telltale::storage::UtcTime>,
+) -> i64 {
     let account = connections::create_account(&state.db, "brand", None)
         .await
         .unwrap();
@@ -29,10 +47,10 @@ async fn meta(state: &AppState, graph: &MockServer, days: i64) -> i64 {
         provider: "meta_long_lived".into(),
         name: "facebook".into(),
         base_url: Some(graph.uri()),
-        settings: json!({"graph_version": "v19.0"}),
+        settings,
         credentials: Some(json!({"app_id": "app-1", "app_secret": "CANARY-app-secret"}).to_string()),
-        access_token: Some("LL-1".into()),
-        expires_at: Some((now().0 + chrono::Duration::days(days)).into()),
+        access_token: Some(user_token.into()),
+        expires_at,
         ..Default::default()
     };
     connections::create_connection(&state.db, &state.crypto, &new)
@@ -203,24 +221,7 @@ async fn a_pasted_token_without_expiry_is_exchanged_at_once(backend: Backend) {
         .mount(&graph)
         .await;
     let state = app(&db).await;
-    let account = connections::create_account(&state.db, "brand", None)
-        .await
-        .unwrap();
-    let new = NewConnection {
-        account_id: account.id,
-        provider: "meta_long_lived".into(),
-        name: "facebook".into(),
-        base_url: Some(graph.uri()),
-        settings: json!({}),
-        credentials: Some(json!({"app_id": "app-1", "app_secret": "CANARY-app-secret"}).to_string()),
-        access_token: Some("CANARY-pasted-short".into()),
-        expires_at: None,
-        ..Default::default()
-    };
-    let id = connections::create_connection(&state.db, &state.crypto, &new)
-        .await
-        .unwrap()
-        .id;
+    let id = meta_with(&state, &graph, json!({}), "CANARY-pasted-short", None).await;
     let report = sweep_all(&state).await;
     assert_eq!((report.checked, report.refreshed), (1, 1), "{report:?}");
     let c = connections::get_connection(&state.db, id).await.unwrap();

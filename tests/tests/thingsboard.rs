@@ -54,6 +54,23 @@ async fn customer(state: &AppState, name: &str, url: &str, refresh_token: Option
         .id
 }
 
+/// `who`'s customer server: one login with their credentials, answered with a token pair
+/// expiring at `exp`.
+async fn expect_one_login(server: &MockServer, who: &str, exp: i64) {
+    Mock::given(method("POST"))
+        .and(path("/api/auth/login"))
+        .and(body_json(
+            json!({"username": format!("{who}@customer.test"), "password": "CANARY-pw"}),
+        ))
+        .respond_with(pair(
+            &jwt(exp, "CUSTOMER_USER"),
+            &jwt(exp + 600_000, "REFRESH_TOKEN"),
+        ))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
 fn pair(token: &str, refresh: &str) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({"token": token, "refreshToken": refresh}))
 }
@@ -63,18 +80,7 @@ async fn each_customer_logs_in_at_its_own_server(backend: Backend) {
     let (a, b) = (MockServer::start().await, MockServer::start().await);
     let exp = now().0.timestamp() + 9000;
     for (server, who) in [(&a, "alpha"), (&b, "beta")] {
-        Mock::given(method("POST"))
-            .and(path("/api/auth/login"))
-            .and(body_json(
-                json!({"username": format!("{who}@customer.test"), "password": "CANARY-pw"}),
-            ))
-            .respond_with(pair(
-                &jwt(exp, "CUSTOMER_USER"),
-                &jwt(exp + 600_000, "REFRESH_TOKEN"),
-            ))
-            .expect(1)
-            .mount(server)
-            .await;
+        expect_one_login(server, who, exp).await;
     }
     let state = app(&db).await;
     let alpha = customer(&state, "alpha", &a.uri(), None).await;
@@ -197,18 +203,7 @@ async fn connections_without_a_url_use_thingsboard_url(backend: Backend) {
     let (shared, own) = (MockServer::start().await, MockServer::start().await);
     let exp = now().0.timestamp() + 9000;
     for (server, who) in [(&shared, "alpha"), (&own, "beta")] {
-        Mock::given(method("POST"))
-            .and(path("/api/auth/login"))
-            .and(body_json(
-                json!({"username": format!("{who}@customer.test"), "password": "CANARY-pw"}),
-            ))
-            .respond_with(pair(
-                &jwt(exp, "CUSTOMER_USER"),
-                &jwt(exp + 600_000, "REFRESH_TOKEN"),
-            ))
-            .expect(1)
-            .mount(server)
-            .await;
+        expect_one_login(server, who, exp).await;
     }
     let state = TestApp::on(&db)
         .set("tokens.max_attempts", 1)

@@ -369,13 +369,7 @@ pub async fn store_refreshed_token(
         updated_at: Some(at),
         ..Default::default()
     };
-    db_run!(db, |conn| {
-        Ok(diesel::update(connections::table.find(id))
-            .set(&changeset)
-            .returning(Connection::as_returning())
-            .get_result(conn)
-            .await?)
-    })
+    apply(db, id, &changeset).await
 }
 
 /// A failed refresh: counted, with its (sanitised) error; `status` set when the failure
@@ -538,13 +532,7 @@ pub async fn clear_tokens(db: &Db, id: i64, at: UtcTime) -> StorageResult<Connec
         updated_at: Some(at),
         ..Default::default()
     };
-    db_run!(db, |conn| {
-        Ok(diesel::update(connections::table.find(id))
-            .set(&changeset)
-            .returning(Connection::as_returning())
-            .get_result(conn)
-            .await?)
-    })
+    apply(db, id, &changeset).await
 }
 
 /// An account's name.
@@ -694,9 +682,14 @@ pub async fn update_connection(
         updated_at: Some(now()),
         ..Default::default()
     };
+    apply(db, id, &changeset).await
+}
+
+/// Writes `changeset` to connection `id` in one statement; returns the row as it now is.
+async fn apply(db: &Db, id: i64, changeset: &ConnectionChangeset) -> StorageResult<Connection> {
     db_run!(db, |conn| {
         Ok(diesel::update(connections::table.find(id))
-            .set(&changeset)
+            .set(changeset)
             .returning(Connection::as_returning())
             .get_result(conn)
             .await?)
