@@ -32,8 +32,8 @@ pub enum SetupAccess {
 /// Where the logged setup link points: `alerts.public_url` when it is set, else the address
 /// the server is bound to (the configured one may say port 0 or 0.0.0.0).
 pub fn link_base(config: &Config, bound: SocketAddr) -> String {
-    if config.alerts.public_url != format!("http://{}", config.listen) {
-        return config.alerts.public_url.clone();
+    if let Some(configured) = config.configured_public_url() {
+        return configured.to_owned();
     }
     let ip = match bound.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),

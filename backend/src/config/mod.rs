@@ -161,6 +161,12 @@ impl<const N: usize> Env for [(&str, &str); N] {
 }
 
 impl Config {
+    /// `alerts.public_url` when it was set, not defaulted from `listen` (which may say port 0
+    /// or 0.0.0.0, so callers building links for people look elsewhere then).
+    pub fn configured_public_url(&self) -> Option<&str> {
+        Some(self.alerts.public_url.as_str()).filter(|url| *url != format!("http://{}", self.listen))
+    }
+
     /// Every job schedule setting with its value (normalised to six fields when read).
     pub fn schedules(&self) -> Vec<(&'static str, &str)> {
         vec![

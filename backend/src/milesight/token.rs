@@ -182,7 +182,7 @@ impl TokenKeeper {
     /// The Milesight connection entered in the web UI, if there is one.
     async fn ui_connection(&self) -> Result<Option<Connection>, TokenError> {
         let found = connections::find_connection(&self.db, SYSTEM_ACCOUNT, KIND, CONNECTION_NAME).await?;
-        Ok(found.filter(|c| setting(c, "origin").as_deref() == Some(UI_ORIGIN)))
+        Ok(found.filter(|c| c.text_setting("origin").as_deref() == Some(UI_ORIGIN)))
     }
 
     /// The OpenAPI application: from the config or environment when set there, else as
@@ -406,7 +406,7 @@ impl TokenKeeper {
             )),
             None => self.ui_connection().await?.map(|c| {
                 let base_url = c.base_url.clone().unwrap_or_default();
-                let client_id = setting(&c, "client_id").unwrap_or_default();
+                let client_id = c.text_setting("client_id").unwrap_or_default();
                 (c, base_url, client_id, ApiOrigin::Ui)
             }),
         };
@@ -495,15 +495,6 @@ impl TokenKeeper {
             Err(err) => tracing::warn!(error = %err, "could not prepare the Milesight token"),
         }
     }
-}
-
-/// A text value from a connection's settings.
-fn setting(connection: &Connection, key: &str) -> Option<String> {
-    serde_json::from_str::<serde_json::Value>(&connection.settings)
-        .ok()?
-        .get(key)?
-        .as_str()
-        .map(str::to_owned)
 }
 
 /// Turns the engine's result into this module's terms: whether a new token was fetched.

@@ -98,13 +98,22 @@ fn app_of(secrets: &ConnectionSecrets) -> Option<App> {
         .and_then(|c| serde_json::from_str::<App>(c).ok())
 }
 
-fn setting(connection: &Connection, key: &str) -> Option<String> {
-    serde_json::from_str::<Value>(&connection.settings)
-        .ok()?
-        .get(key)?
-        .as_str()
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
+/// The Graph API version a connection calls: its own `graph_version`, else the default.
+fn version_of(connection: &Connection) -> String {
+    connection
+        .text_setting("graph_version")
+        .unwrap_or_else(|| DEFAULT_VERSION.into())
+}
+
+/// `{base_url}/{version}/{path}` on the connection's Graph API.
+fn graph_url(connection: &Connection, path: &str) -> Result<url::Url, String> {
+    let base = connection
+        .base_url
+        .as_deref()
+        .unwrap_or(DEFAULT_BASE)
+        .trim_end_matches('/');
+    url::Url::parse(&format!("{base}/{}/{path}", version_of(connection)))
+        .map_err(|e| format!("bad base_url: {e}"))
 }
 
 impl Provider for MetaLongLived {
@@ -140,12 +149,15 @@ impl Provider for MetaLongLived {
     }
 
     fn consent(&self, connection: &Connection, secrets: &ConnectionSecrets) -> Option<Consent> {
-        let version = setting(connection, "graph_version").unwrap_or_else(|| DEFAULT_VERSION.into());
+        let version = version_of(connection);
         Some(Consent {
-            authorize_url: setting(connection, "authorize_url")
+            authorize_url: connection
+                .text_setting("authorize_url")
                 .unwrap_or_else(|| format!("https://www.facebook.com/{version}/dialog/oauth")),
             client_id: app_of(secrets)?.app_id,
-            scopes: setting(connection, "scopes").unwrap_or_else(|| DEFAULT_SCOPES.into()),
+            scopes: connection
+                .text_setting("scopes")
+                .unwrap_or_else(|| DEFAULT_SCOPES.into()),
             extra: Vec::new(),
         })
     }
@@ -165,15 +177,9 @@ impl Provider for MetaLongLived {
             let Some(app) = app_of(secrets) else {
                 return Outcome::Failed("credentials must be JSON with app_id and app_secret".into());
             };
-            let version = setting(connection, "graph_version").unwrap_or_else(|| DEFAULT_VERSION.into());
-            let base = connection
-                .base_url
-                .as_deref()
-                .unwrap_or(DEFAULT_BASE)
-                .trim_end_matches('/');
-            let mut url = match url::Url::parse(&format!("{base}/{version}/oauth/access_token")) {
+            let mut url = match graph_url(connection, "oauth/access_token") {
                 Ok(u) => u,
-                Err(e) => return Outcome::Failed(format!("bad base_url: {e}")),
+                Err(problem) => return Outcome::Failed(problem),
             };
             url.query_pairs_mut()
                 .append_pair("client_id", &app.app_id)
@@ -219,28 +225,14 @@ impl Provider for MetaLongLived {
             let Some(user_token) = secrets.access_token.as_deref() else {
                 return Outcome::NeedsReauth("no user token to exchange: connect the account again".into());
             };
-            let Some(app) = secrets
-                .credentials
-                .as_deref()
-                .and_then(|c| serde_json::from_str::<App>(c).ok())
-            else {
+            let Some(app) = app_of(secrets) else {
                 return Outcome::Failed("credentials must be JSON with app_id and app_secret".into());
             };
-            let settings: Value = serde_json::from_str(&connection.settings).unwrap_or(Value::Null);
-            let version = settings
-                .get("graph_version")
-                .and_then(Value::as_str)
-                .unwrap_or(DEFAULT_VERSION);
-            let base = connection
-                .base_url
-                .as_deref()
-                .unwrap_or(DEFAULT_BASE)
-                .trim_end_matches('/');
             let hide = [user_token, app.app_secret.as_str()];
 
-            let mut exchange = match url::Url::parse(&format!("{base}/{version}/oauth/access_token")) {
+            let mut exchange = match graph_url(connection, "oauth/access_token") {
                 Ok(u) => u,
-                Err(e) => return Outcome::Failed(format!("bad base_url: {e}")),
+                Err(problem) => return Outcome::Failed(problem),
             };
             exchange
                 .query_pairs_mut()
@@ -266,12 +258,10 @@ impl Provider for MetaLongLived {
 
             // The pages this user manages, with their tokens, following the paging links.
             let mut derived = Vec::new();
-            let mut next = url::Url::parse(&format!("{base}/{version}/me/accounts"))
-                .ok()
-                .map(|mut u| {
-                    u.query_pairs_mut().append_pair("access_token", long_lived);
-                    u.to_string()
-                });
+            let mut next = graph_url(connection, "me/accounts").ok().map(|mut u| {
+                u.query_pairs_mut().append_pair("access_token", long_lived);
+                u.to_string()
+            });
             for _ in 0..MAX_ACCOUNT_PAGES {
                 let Some(url) = next.take() else { break };
                 let page = match get(http, &url, &hide).await {

@@ -72,6 +72,18 @@ pub struct Connection {
     pub updated_at: UtcTime,
 }
 
+impl Connection {
+    /// A text value of its settings, when set and not empty.
+    pub fn text_setting(&self, key: &str) -> Option<String> {
+        serde_json::from_str::<serde_json::Value>(&self.settings)
+            .ok()?
+            .get(key)?
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+}
+
 /// A connection to create, with its secrets in plaintext (sealed before they are written).
 /// Holds plaintext secrets until they are sealed: `Debug` shows only whether each is set.
 #[derive(Clone, Default)]

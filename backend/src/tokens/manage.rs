@@ -181,7 +181,7 @@ pub async fn update(
 }
 
 /// `patch` applied to `stored`, key by key; a null removes the key.
-fn merged(stored: Value, patch: Value) -> Value {
+pub(crate) fn merged(stored: Value, patch: Value) -> Value {
     let (Value::Object(mut stored), Value::Object(patch)) = (stored, patch.clone()) else {
         return patch;
     };

@@ -589,13 +589,8 @@ impl RefreshEngine {
         connection: &Connection,
         learned: &serde_json::Value,
     ) -> StorageResult<Connection> {
-        let mut settings: serde_json::Value =
-            serde_json::from_str(&connection.settings).unwrap_or_else(|_| serde_json::json!({}));
-        if let (Some(settings), Some(learned)) = (settings.as_object_mut(), learned.as_object()) {
-            for (key, value) in learned {
-                settings.insert(key.clone(), value.clone());
-            }
-        }
+        let stored = serde_json::from_str(&connection.settings).unwrap_or_else(|_| serde_json::json!({}));
+        let settings = manage::merged(stored, learned.clone());
         tracing::info!(connection = connection.id, provider = %connection.provider, learned = %learned, "remembered how to reach the provider");
         let update = connections::ConnectionUpdate {
             settings: Some(settings),

@@ -44,6 +44,29 @@ pub async fn login_page(
     Ok(page(StatusCode::OK, safe_next(query.next.as_deref()), "", None))
 }
 
+/// The answer to a sign-in (or the first-run setup) that opened `session`: its cookie, and
+/// JSON with the user and the CSRF token (with `json_status`), or else a redirect to `location`.
+pub(super) fn signed_in(
+    state: &AppState,
+    session: auth::NewSession,
+    json_status: Option<StatusCode>,
+    location: &str,
+) -> HttpResponse {
+    let lifetime = time::Duration::seconds(state.config.auth.session_hours.as_secs() as i64);
+    let cookie = session_cookie(state, session.token, lifetime);
+    match json_status {
+        Some(status) => HttpResponse::build(status).cookie(cookie).json(json!({
+            "user": session.user,
+            "csrf_token": session.csrf,
+            "expires_at": session.expires_at,
+        })),
+        None => HttpResponse::SeeOther()
+            .cookie(cookie)
+            .insert_header((header::LOCATION, location.to_owned()))
+            .finish(),
+    }
+}
+
 /// One field of a form-encoded body.
 pub(super) fn form_field(body: &[u8], name: &str) -> Option<String> {
     url::form_urlencoded::parse(body)
@@ -81,7 +104,7 @@ pub(super) fn same_origin(req: &HttpRequest) -> bool {
     })
 }
 
-pub(super) fn session_cookie(state: &AppState, value: String, max_age: time::Duration) -> Cookie<'static> {
+fn session_cookie(state: &AppState, value: String, max_age: time::Duration) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, value)
         .path("/")
         .http_only(true)
@@ -144,22 +167,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
     )
     .await
     {
-        Ok(session) => {
-            let lifetime = time::Duration::seconds(state.config.auth.session_hours.as_secs() as i64);
-            let cookie = session_cookie(&state, session.token, lifetime);
-            if is_json {
-                HttpResponse::Ok().cookie(cookie).json(json!({
-                    "user": session.user,
-                    "csrf_token": session.csrf,
-                    "expires_at": session.expires_at,
-                }))
-            } else {
-                HttpResponse::SeeOther()
-                    .cookie(cookie)
-                    .insert_header((header::LOCATION, next))
-                    .finish()
-            }
-        }
+        Ok(session) => signed_in(&state, session, is_json.then_some(StatusCode::OK), &next),
         Err(LoginError::Refused) => fail(
             StatusCode::UNAUTHORIZED,
             "login_refused",

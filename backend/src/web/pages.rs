@@ -581,9 +581,8 @@ struct CallbackUrl {
 /// The base URL staff reach Telltale at: `alerts.public_url` when it is set, else the host the
 /// browser asked for (the default public URL is the listen address, often `0.0.0.0`).
 pub(super) fn public_base(state: &AppState, req: &actix_web::HttpRequest) -> String {
-    let configured = &state.config.alerts.public_url;
-    if *configured != format!("http://{}", state.config.listen) {
-        return configured.clone();
+    if let Some(configured) = state.config.configured_public_url() {
+        return configured.to_owned();
     }
     let info = req.connection_info();
     format!("{}://{}", info.scheme(), info.host())

@@ -1,13 +1,11 @@
 //! `/setup`: the first admin, on a fresh install (the rules are in `crate::auth::setup`).
 
-use actix_web::cookie::time;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::ApiError;
-use super::auth::{form_field, is_json, same_origin, session_cookie};
+use super::auth::{form_field, is_json, same_origin, signed_in};
 use crate::app::AppState;
 use crate::auth::setup::{self, SetupAccess, SetupError};
 
@@ -123,22 +121,7 @@ pub async fn create_admin(state: web::Data<AppState>, req: HttpRequest, body: we
     )
     .await;
     match result {
-        Ok(session) => {
-            let lifetime = time::Duration::seconds(state.config.auth.session_hours.as_secs() as i64);
-            let cookie = session_cookie(&state, session.token, lifetime);
-            if json {
-                HttpResponse::Created().cookie(cookie).json(json!({
-                    "user": session.user,
-                    "csrf_token": session.csrf,
-                    "expires_at": session.expires_at,
-                }))
-            } else {
-                HttpResponse::SeeOther()
-                    .cookie(cookie)
-                    .insert_header((header::LOCATION, "/"))
-                    .finish()
-            }
-        }
+        Ok(session) => signed_in(&state, session, json.then_some(StatusCode::CREATED), "/"),
         Err(e @ SetupError::Refused) => {
             fail(StatusCode::FORBIDDEN, "setup_refused", e.to_string(), Some(&form))
         }
