@@ -100,6 +100,7 @@ fn run_blocking(target: &DatabaseTarget) -> anyhow::Result<Vec<String>> {
             result
         }
         DatabaseTarget::Sqlite(path) => {
+            super::create_sqlite_directory(path)?;
             let mut conn = SqliteConnection::establish(path)?;
             // WAL is a property of the file, set once here; busy_timeout lets a second process
             // wait for the write lock rather than fail.

@@ -166,13 +166,7 @@ impl Db {
                 Pools::Postgres(pool)
             }
             DatabaseTarget::Sqlite(path) => {
-                if let Some(parent) = std::path::Path::new(path).parent()
-                    && !parent.as_os_str().is_empty()
-                {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        anyhow::anyhow!("cannot create the directory for SQLite database {path}: {e}")
-                    })?;
-                }
+                create_sqlite_directory(path)?;
                 let busy_ms = settings.sqlite_busy_timeout.as_millis();
                 let mut config = ManagerConfig::<SqliteConn>::default();
                 // An in-process file handle: nothing for a checkout query to find out.
@@ -326,4 +320,16 @@ pub(crate) fn reseal(
         }
         _ => Ok(None),
     }
+}
+
+/// Creates the directory a SQLite database file goes in, so that the first command on a fresh
+/// machine (the service, `migrate`, or a one-shot command) finds it.
+pub(crate) fn create_sqlite_directory(path: &str) -> anyhow::Result<()> {
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("cannot create the directory for SQLite database {path}: {e}"))?;
+    }
+    Ok(())
 }
