@@ -139,6 +139,8 @@ impl AppState {
         ));
         let mailer = Arc::new(Mailer::new(
             &config.email,
+            &config.alerts,
+            http.clone(),
             instance.clone(),
             db.clone(),
             metrics.mailer(),

@@ -65,6 +65,14 @@ enum Command {
     /// Send a test email through the outbox (to the on-call list when no address is given);
     /// exits 1 when the SMTP server did not take it (it stays queued for the service to retry).
     SendTestEmail { to: Vec<String> },
+    /// Send a test notification to each alert webhook endpoint (or the one named) through the
+    /// outbox; exits 1 when an endpoint did not accept it (it stays queued for the service to
+    /// retry).
+    SendTestNotification {
+        /// Only this endpoint (`default` is `alerts.webhook_url`).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
     /// Manage connected-platform connections (output never contains a secret).
     Connections {
         #[command(subcommand)]
@@ -227,6 +235,7 @@ pub fn main() -> ExitCode {
             } => refresh_tokens(config, dry_run, provider, connection).await,
             Command::Connections { action } => manage_connections(config, action).await,
             Command::SendTestEmail { to } => send_test_email(config, to).await,
+            Command::SendTestNotification { endpoint } => send_test_notification(config, endpoint).await,
             Command::User { action } => manage_users(config, action).await,
             Command::ApiToken { user, name } => create_api_token(config, &user, &name).await,
             Command::Poll {
@@ -616,6 +625,42 @@ async fn create_api_token(config: Config, email: &str, name: &str) -> anyhow::Re
     );
     println!("{token}");
     Ok(())
+}
+
+async fn send_test_notification(config: Config, endpoint: Option<String>) -> anyhow::Result<()> {
+    let known: Vec<String> = config.alerts.webhooks.iter().map(|w| w.name.clone()).collect();
+    if known.is_empty() {
+        anyhow::bail!(
+            "no alert webhook is configured (alerts.webhook_url / TELLTALE_ALERT_WEBHOOK_URL, or [[alerts.webhooks]] in the config file)"
+        );
+    }
+    if let Some(name) = endpoint.as_deref().filter(|n| !known.iter().any(|k| k == n)) {
+        anyhow::bail!(
+            "no alert webhook named {name:?}; configured: {}",
+            known.join(", ")
+        );
+    }
+    let state = one_shot_state(config).await?;
+    let results = state.mailer.send_test_notification(endpoint.as_deref()).await?;
+    state.db.close();
+    let mut failed = Vec::new();
+    for (row, result) in &results {
+        match result {
+            Ok(()) => println!("sent test notification {} to endpoint {}", row.id, row.recipients),
+            Err(error) => {
+                eprintln!(
+                    "test notification {} to endpoint {} not delivered: {error}; it stays in the outbox and the service retries it",
+                    row.id, row.recipients
+                );
+                failed.push(row.recipients.clone());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("not delivered to {}", failed.join(", "))
+    }
 }
 
 async fn send_test_email(config: Config, to: Vec<String>) -> anyhow::Result<()> {

@@ -187,6 +187,18 @@ instruments! {
         "telltale_email_failures_total",
         "Failed email delivery attempts (each is retried later)",
     ),
+    /// Alert webhook deliveries accepted, by endpoint name.
+    alert_webhooks_sent: IntCounterVec = counter_vec(
+        "telltale_alert_webhooks_sent_total",
+        "Alert notifications delivered to a webhook endpoint (a 2xx answer), by endpoint",
+        &["endpoint"],
+    ),
+    /// Failed alert webhook delivery attempts, by endpoint name.
+    alert_webhook_failures: IntCounterVec = counter_vec(
+        "telltale_alert_webhook_failures_total",
+        "Failed alert webhook delivery attempts (each is retried later), by endpoint",
+        &["endpoint"],
+    ),
 }
 
 /// The process's registry and everything in it. Field access reaches the instruments
@@ -257,6 +269,8 @@ impl Metrics {
         crate::alerts::email::MailerMetrics {
             sent: self.emails_sent.clone(),
             failures: self.email_failures.clone(),
+            webhooks_sent: self.alert_webhooks_sent.clone(),
+            webhook_failures: self.alert_webhook_failures.clone(),
         }
     }
 }

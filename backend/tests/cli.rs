@@ -253,3 +253,81 @@ fn the_deployment_units_run_real_commands() {
         assert!(out.status.success(), "`telltale {command}`: {}", stderr(&out));
     }
 }
+
+#[test]
+fn alert_webhook_endpoints_are_checked_and_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |toml: &str, env: &[(&str, &str)]| {
+        std::fs::write(dir.path().join("hooks.toml"), toml).unwrap();
+        telltale(&["--config", "hooks.toml", "check-config"], env, dir.path())
+    };
+    let hook = "[[alerts.webhooks]]\nname = \"ops\"\nurl = \"https://hooks.example.com/T0/hunter2-path\"\n";
+    let cases: &[(String, &str)] = &[
+        (
+            format!("{hook}secret = \"hunter2\"\n"),
+            "entry 1: secret: expected whsec_",
+        ),
+        (
+            format!("{hook}secret = \"whsec_c2hvcnQ=\"\n"),
+            "entry 1: secret: the key is 5 bytes",
+        ),
+        (
+            format!("{hook}rules = [\"nope\"]\n"),
+            "entry 1: unknown rule \"nope\"",
+        ),
+        (format!("{hook}{hook}"), "entry 2: name \"ops\" is listed twice"),
+        (hook.replace("\"ops\"", "\"default\""), "not \"default\""),
+        (
+            hook.replace("https://hooks", "ftp://hooks"),
+            "entry 1: url is not an http(s) URL",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let out = check(toml, &[]);
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("alerts.webhooks") && err.contains(expected),
+            "{toml}: {err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    let lone_secret = check(
+        "",
+        &[(
+            "TELLTALE_ALERT_WEBHOOK_SECRET",
+            "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=",
+        )],
+    );
+    assert_eq!(lone_secret.status.code(), Some(2));
+    assert!(stderr(&lone_secret).contains("set only together with alerts.webhook_url"));
+
+    let out = check(
+        &format!("{hook}secret = \"whsec_aHVudGVyMi1odW50ZXIyLWh1bnRlcjI=\"\nrules = [\"device_offline\"]\n"),
+        &[(
+            "TELLTALE_ALERT_WEBHOOK_URL",
+            "https://hooks.slack.com/services/hunter2",
+        )],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(r#"webhooks = [{ name = "ops", url = "********", secret = "********", rules = ["device_offline"] }]"#),
+        "{shown}"
+    );
+    assert!(shown.contains("webhook_url = \"********\""), "{shown}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("aHVudGVy"),
+        "{shown}"
+    );
+}
+
+/// On a fresh machine a one-shot command may come before the service ever ran: the default
+/// SQLite database's directory is created, not reported as "unable to open database file".
+#[test]
+fn one_shot_commands_create_the_default_database_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = telltale(&["migrate"], &[], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("data/telltale.db").exists());
+}

@@ -6,6 +6,7 @@
 //! - `TestServer`: the real `telltale` binary, started on a free port with its logs captured.
 //! - `TcpProxy`: a loopback proxy that can cut and restore a connection to the database.
 //! - `load`: a closed-loop HTTP load generator for the benchmarks.
+//! - `WebhookReceiver`: an alert webhook receiver that verifies Standard Webhooks signatures.
 //! - `both_backends!`: turns one async test function into a SQLite test and a PostgreSQL test.
 
 use std::io::{BufRead, BufReader};
@@ -19,6 +20,9 @@ use std::time::{Duration, Instant};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 pub mod load;
+pub mod webhook_receiver;
+
+pub use webhook_receiver::{Received, WEBHOOK_SECRET, WebhookReceiver};
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// A fixed key so tests can decrypt what the binary stored.

@@ -174,6 +174,7 @@ fn routes() -> Vec<(Method, &'static str, Access)> {
         (post.clone(), "/api/scheduler", AdminWrite),
         (get.clone(), "/api/alerts", StaffRead),
         (post.clone(), "/api/alerts/test-email", AdminWrite),
+        (post.clone(), "/api/alerts/test-notification", AdminWrite),
         (get.clone(), "/api/alerts/999999", StaffRead),
         (post.clone(), "/api/alerts/999999/ack", AdminWrite),
         (get.clone(), "/api/outbox", StaffRead),

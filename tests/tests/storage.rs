@@ -204,7 +204,7 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        11,
+        12,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
@@ -221,7 +221,8 @@ async fn migrations_run_twice_without_change(backend: Backend) {
             "20261123000008".to_owned(),
             "20261203000009".to_owned(),
             "20261203000010".to_owned(),
-            "20261203000011".to_owned()
+            "20261203000011".to_owned(),
+            "20261204000012".to_owned()
         ]
     );
     let second = migrate::run(&target).await.unwrap();

@@ -1,10 +1,12 @@
-//! Email delivery: every email is written to the outbox first, then the `email-outbox` job (or
-//! an immediate attempt) claims it and sends it with lettre. A failed attempt is retried later
-//! with a growing delay, so an SMTP outage delays mail but loses none.
+//! Notification delivery: every email and alert webhook is written to the outbox first, then
+//! the `email-outbox` job (or an immediate attempt) claims it and sends it, emails with
+//! lettre, webhooks with reqwest (`webhook.rs`). A failed attempt is retried later with a
+//! growing delay, so an SMTP or receiver outage delays notifications but loses none.
 //!
-//! Grouping: when an alert email falls due, every other unsent alert email for the same
-//! recipients joins it, and they go out as one digest. Alert emails are queued
-//! `alerts.group_wait_secs` ahead, so alerts changing within that window share one email.
+//! Grouping: when an alert notification falls due, every other unsent one for the same
+//! recipients (or webhook endpoint) joins it, and they go out as one digest. Alert
+//! notifications are queued `alerts.group_wait_secs` ahead, so alerts changing within that
+//! window share one message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,18 +17,19 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::templates::{self, Part};
-use crate::alerts::settings::EmailConfig;
+use super::webhook::{self, AlertWebhook};
+use crate::alerts::settings::{AlertsConfig, EmailConfig};
 use crate::config::Config;
 use crate::scheduler::{JobSpec, run_with};
-use crate::storage::outbox::{self, NewEmail, OutboxEmail};
+use crate::storage::outbox::{self, EMAIL, NewEmail, OutboxEmail, WEBHOOK};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 
 pub const OUTBOX_JOB: &str = "email-outbox";
 /// Emails attempted per outbox run.
 const BATCH: i64 = 100;
 
-/// Delivers the outbox. Built from exactly what it uses: the database, its `[email]` section,
-/// its two instruments and the process's lease name.
+/// Delivers the outbox. Built from exactly what it uses: the database, its `[email]` section
+/// and the webhook endpoints, an HTTP client, its instruments and the process's lease name.
 pub struct Mailer {
     transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: Mailbox,
@@ -41,12 +44,20 @@ pub struct Mailer {
     on_call: Vec<String>,
     sent: prometheus::IntCounterVec,
     failures: prometheus::IntCounter,
+    http: reqwest::Client,
+    webhooks: Vec<AlertWebhook>,
+    webhook_timeout: Duration,
+    webhooks_sent: prometheus::IntCounterVec,
+    webhook_failures: prometheus::IntCounterVec,
 }
 
 /// The instruments the mailer counts with.
 pub struct MailerMetrics {
     pub sent: prometheus::IntCounterVec,
     pub failures: prometheus::IntCounter,
+    /// Webhook deliveries that the endpoint accepted, and failed attempts, by endpoint.
+    pub webhooks_sent: prometheus::IntCounterVec,
+    pub webhook_failures: prometheus::IntCounterVec,
 }
 
 /// What one outbox run did.
@@ -64,6 +75,8 @@ impl Mailer {
     /// `instance` names this process in outbox leases (one name per process, shared by every engine).
     pub fn new(
         config: &EmailConfig,
+        alerts: &AlertsConfig,
+        http: reqwest::Client,
         instance: String,
         db: Db,
         metrics: MailerMetrics,
@@ -99,6 +112,11 @@ impl Mailer {
             on_call: config.on_call.clone(),
             sent: metrics.sent,
             failures: metrics.failures,
+            http,
+            webhooks: alerts.webhooks.clone(),
+            webhook_timeout: alerts.webhook_timeout_secs,
+            webhooks_sent: metrics.webhooks_sent,
+            webhook_failures: metrics.webhook_failures,
         })
     }
 
@@ -125,6 +143,11 @@ impl Mailer {
             .map(|_| ())
             .map_err(|e| crate::redact::redact(&e.to_string(), &hide))
     }
+}
+
+/// The number of the attempt being made on these rows.
+fn attempt(rows: &[OutboxEmail]) -> i32 {
+    rows.iter().map(|e| e.attempts).max().unwrap_or(0) + 1
 }
 
 /// The delay before attempt `attempts + 1`: `base` doubling up to an hour.
@@ -159,6 +182,9 @@ impl Mailer {
         let Some(first) = emails.first() else {
             return Ok(Ok(()));
         };
+        if first.channel == WEBHOOK {
+            return self.post_together(emails).await;
+        }
         let (kind, result) = if let [email] = emails {
             let result = self
                 .send(
@@ -191,15 +217,57 @@ impl Mailer {
                 tracing::info!(emails = ?ids, kind, "email sent");
             }
             Err(error) => {
-                let attempts = emails.iter().map(|e| e.attempts).max().unwrap_or(0);
-                let delay =
-                    chrono::Duration::from_std(retry_delay(self.retry_base, attempts)).unwrap_or_default();
-                outbox::mark_failed(&self.db, &ids, error, UtcTime::new(now().0 + delay)).await?;
+                self.retry_later(emails, error).await?;
                 self.failures.inc();
-                tracing::warn!(emails = ?ids, kind, attempt = attempts + 1, error = %error, "email not sent; will retry");
+                tracing::warn!(emails = ?ids, kind, attempt = attempt(emails), error = %error, "email not sent; will retry");
             }
         }
         Ok(result)
+    }
+
+    /// Posts claimed webhook notifications for one endpoint as one request (a digest when there
+    /// are several) and records the outcome on every one of them.
+    async fn post_together(&self, rows: &[OutboxEmail]) -> StorageResult<Result<(), String>> {
+        let Some(first) = rows.first() else {
+            return Ok(Ok(()));
+        };
+        let endpoint_name = first.recipients.as_str();
+        let ids: Vec<i64> = rows.iter().map(|e| e.id).collect();
+        let result = match self.webhooks.iter().find(|w| w.name == endpoint_name) {
+            Some(endpoint) => {
+                let title = match rows {
+                    [one] => one.subject.clone(),
+                    _ => digest_subject(rows),
+                };
+                let body = webhook::message(rows, &title, now());
+                let id = webhook::delivery_id(rows);
+                webhook::deliver(&self.http, endpoint, &id, body, self.webhook_timeout).await
+            }
+            None => Err(format!(
+                "no webhook endpoint {endpoint_name:?} is configured any more (alerts.webhooks)"
+            )),
+        };
+        match &result {
+            Ok(()) => {
+                outbox::mark_sent(&self.db, &ids, now()).await?;
+                self.webhooks_sent.with_label_values(&[endpoint_name]).inc();
+                tracing::info!(notifications = ?ids, endpoint = endpoint_name, "webhook notification delivered");
+            }
+            Err(error) => {
+                self.retry_later(rows, error).await?;
+                self.webhook_failures.with_label_values(&[endpoint_name]).inc();
+                tracing::warn!(notifications = ?ids, endpoint = endpoint_name, attempt = attempt(rows), error = %error, "webhook notification not delivered; will retry");
+            }
+        }
+        Ok(result)
+    }
+
+    /// Records a failed attempt on every row; the next waits `retry_delay` after the most tried.
+    async fn retry_later(&self, rows: &[OutboxEmail], error: &str) -> StorageResult<()> {
+        let ids: Vec<i64> = rows.iter().map(|e| e.id).collect();
+        let attempts = rows.iter().map(|e| e.attempts).max().unwrap_or(0);
+        let delay = chrono::Duration::from_std(retry_delay(self.retry_base, attempts)).unwrap_or_default();
+        outbox::mark_failed(&self.db, &ids, error, UtcTime::new(now().0 + delay)).await
     }
 
     /// Tries to send one outbox email now (if no other process holds it). Returns the error of a
@@ -216,20 +284,24 @@ impl Mailer {
         let instance = &self.instance;
         let mut delivery = Delivery::default();
         let mut alone = Vec::new();
-        let mut grouped: std::collections::BTreeMap<String, Vec<OutboxEmail>> = Default::default();
+        // Keyed by channel and recipients (addresses, or the webhook endpoint's name).
+        let mut grouped: std::collections::BTreeMap<(String, String), Vec<OutboxEmail>> = Default::default();
         for id in outbox::due(&self.db, now(), BATCH).await? {
             let Some(email) = outbox::claim(&self.db, id, instance, now(), lease_until()).await? else {
                 continue;
             };
             if email.alert_id.is_some() {
-                grouped.entry(email.recipients.clone()).or_default().push(email);
+                grouped
+                    .entry((email.channel.clone(), email.recipients.clone()))
+                    .or_default()
+                    .push(email);
             } else {
                 alone.push(vec![email]);
             }
         }
-        for (recipients, group) in &mut grouped {
-            // Alert emails still waiting out their group window join the one that fell due.
-            for id in outbox::waiting_alert_emails(&self.db, recipients, BATCH).await? {
+        for ((channel, recipients), group) in &mut grouped {
+            // Alert notifications still waiting out their group window join the one that fell due.
+            for id in outbox::waiting_alert_emails(&self.db, channel, recipients, BATCH).await? {
                 if group.iter().any(|e| e.id == id) {
                     continue;
                 }
@@ -263,6 +335,7 @@ impl Mailer {
             &self.db,
             &NewEmail {
                 alert_id: None,
+                channel: EMAIL,
                 kind: "test",
                 recipients: &recipients,
                 subject: "[Telltale] Test email",
@@ -277,6 +350,52 @@ impl Mailer {
             None => Err("taken by another process".into()),
         };
         Ok((outbox::get(&self.db, queued.id).await?, result))
+    }
+}
+
+impl Mailer {
+    /// Queues a test notification to each webhook endpoint (or the one named) and tries each
+    /// at once; the result per endpoint. Empty when no endpoint matches.
+    pub async fn send_test_notification(
+        &self,
+        endpoint: Option<&str>,
+    ) -> StorageResult<Vec<(OutboxEmail, Result<(), String>)>> {
+        let text = format!(
+            "If you can read this, Telltale on {} reaches this endpoint; alert notifications will arrive here.",
+            hostname()
+        );
+        let mut results = Vec::new();
+        for hook in self
+            .webhooks
+            .iter()
+            .filter(|w| endpoint.is_none_or(|name| w.name == name))
+        {
+            let queued = outbox::enqueue(
+                &self.db,
+                &NewEmail {
+                    alert_id: None,
+                    channel: WEBHOOK,
+                    kind: "test",
+                    recipients: std::slice::from_ref(&hook.name),
+                    subject: "[Telltale] Test notification",
+                    body_text: &text,
+                    body_html: "",
+                },
+                now(),
+            )
+            .await?;
+            let result = match self.deliver(queued.id).await? {
+                Some(result) => result,
+                None => Err("taken by another process".into()),
+            };
+            results.push((outbox::get(&self.db, queued.id).await?, result));
+        }
+        Ok(results)
+    }
+
+    /// The names of the configured webhook endpoints.
+    pub fn webhook_endpoints(&self) -> Vec<&str> {
+        self.webhooks.iter().map(|w| w.name.as_str()).collect()
     }
 }
 

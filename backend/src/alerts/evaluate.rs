@@ -16,7 +16,7 @@ use crate::alerts::settings::AlertsConfig;
 use crate::config::Config;
 use crate::milesight::token::is_milesight;
 use crate::scheduler::{JobSpec, run_with};
-use crate::storage::alerts::{self as store, Alert, Email, Firing};
+use crate::storage::alerts::{self as store, Alert, Firing, Notification};
 use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
@@ -337,14 +337,23 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
     firing
 }
 
-/// The email for an alert change; `None` when nobody is to be told.
-pub fn email_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Email> {
+/// The email and webhook deliveries for an alert change; `None` when nobody is to be told.
+pub fn notification_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Notification> {
     let recipients = config
         .alerts
         .recipients
         .get(&alert.rule)
         .unwrap_or(&config.email.on_call);
-    if recipients.is_empty() || (notice == Notice::Resolved && !config.alerts.notify_resolved) {
+    let webhooks: Vec<String> = config
+        .alerts
+        .webhooks
+        .iter()
+        .filter(|w| w.wants(&alert.rule))
+        .map(|w| w.name.clone())
+        .collect();
+    if (recipients.is_empty() && webhooks.is_empty())
+        || (notice == Notice::Resolved && !config.alerts.notify_resolved)
+    {
         return None;
     }
     let look = format!("{}/api/alerts/{}", config.alerts.public_url, alert.id);
@@ -385,12 +394,19 @@ pub fn email_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Email
         subject: &alert.subject,
         link: &look,
     });
-    Some(Email {
+    let payload = if webhooks.is_empty() {
+        String::new()
+    } else {
+        super::webhook::alert_json(alert, name, &config.alerts.public_url).to_string()
+    };
+    Some(Notification {
         kind,
         recipients: recipients.join(", "),
         subject,
         text,
         html,
+        webhooks,
+        payload,
         // Others changing within the wait join this one in a single email.
         due_at: UtcTime::new(
             now().0 + chrono::Duration::from_std(config.alerts.group_wait_secs).unwrap_or_default(),
@@ -441,7 +457,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
     for firing in &holding {
         let hold = hold_for(&firing.key, &firing.rule, &firing.subject);
         let (alert, opened) = store::fire(db, firing, at, hold.as_deref(), |alert| {
-            email_for(config, alert, Notice::Firing)
+            notification_for(config, alert, Notice::Firing)
         })
         .await?;
         if opened {
@@ -451,7 +467,10 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         if hold.is_some() && matches!(alert.state, AlertState::Firing | AlertState::Acknowledged) {
             store::set_silenced(db, alert.id, hold.as_deref(), at, |_| None).await?;
         } else if hold.is_none() && alert.state == AlertState::Silenced {
-            store::set_silenced(db, alert.id, None, at, |a| email_for(config, a, Notice::Firing)).await?;
+            store::set_silenced(db, alert.id, None, at, |a| {
+                notification_for(config, a, Notice::Firing)
+            })
+            .await?;
         } else if !opened
             && alert.state == AlertState::Firing
             && alert.notify_count > 0
@@ -461,7 +480,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
             )
             && last.0 + chrono::Duration::from_std(after).unwrap_or_default() <= at.0
             && store::remind(db, alert.id, alert.notify_count, at, hold.as_deref(), |a| {
-                email_for(config, a, Notice::Reminder)
+                notification_for(config, a, Notice::Reminder)
             })
             .await?
             .is_some()
@@ -476,7 +495,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         }
         let hold = hold_for(&open.alert_key, &open.rule, &open.subject);
         if store::resolve(db, open.id, at, hold.as_deref(), |alert| {
-            email_for(config, alert, Notice::Resolved)
+            notification_for(config, alert, Notice::Resolved)
         })
         .await?
         .is_some()

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::check_mailbox;
-use crate::config::setting::{FileType, Kind, comma_list, count, flag, secret, secs, settings, text};
+use super::webhook::{AlertWebhook, DEFAULT_ENDPOINT, signing_key};
+use crate::config::setting::{
+    FileType, Kind, comma_list, count, flag, secret, secs, settings, table_array, text,
+};
+use crate::config::{ConfigError, check_mailbox, valid_source_name};
 use crate::scheduler::settings::schedule;
 
 settings! {
@@ -55,6 +58,17 @@ settings! {
         group_wait_secs: Duration = secs(30, 0..=3600), env "TELLTALE_ALERT_GROUP_WAIT_SECS";
         /// Recipients by rule (`device_offline = "a@x.com, b@x.com"`) instead of `email.on_call`.
         recipients: BTreeMap<String, Vec<String>> = recipients();
+        /// A webhook endpoint (named `default`) that gets every alert notification as JSON, e.g.
+        /// a Slack incoming webhook or your own receiver; the URL is treated as a secret.
+        webhook_url: Option<SecretString> = secret(1).check("an http(s) URL", check_webhook_url), env "TELLTALE_ALERT_WEBHOOK_URL";
+        /// Signing secret of the `default` endpoint (Standard Webhooks: `whsec_` + base64);
+        /// without one its requests are unsigned.
+        webhook_secret: Option<SecretString> = secret(1).check("`whsec_` + base64 of 16-64 bytes", check_webhook_secret), env "TELLTALE_ALERT_WEBHOOK_SECRET";
+        /// `[[alerts.webhooks]]` entries (`name`, `url`, `secret`, `rules`): more endpoints, each
+        /// with its own secret and optionally only some rules; the `default` endpoint joins them.
+        webhooks: Vec<AlertWebhook> = table_array("an array of tables", show_webhooks);
+        /// Timeout of each webhook delivery (a failed one is retried like an email).
+        webhook_timeout_secs: Duration = secs(10, 1..=60), env "TELLTALE_ALERT_WEBHOOK_TIMEOUT_SECS";
     }
 }
 
@@ -66,6 +80,93 @@ impl AlertsConfig {
         }
         self.public_url = self.public_url.trim_end_matches('/').to_owned();
     }
+
+    /// Checks the webhook endpoints and adds the `default` one (from `webhook_url`) to them.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            let at = |problem: String| Self::key_error("webhooks", format!("entry {}: {problem}", i + 1));
+            if !valid_source_name(&hook.name) || hook.name == DEFAULT_ENDPOINT {
+                return Err(at(format!(
+                    "name must be 1-64 letters, digits, '-' or '_', and not {DEFAULT_ENDPOINT:?} (that is alerts.webhook_url)"
+                )));
+            }
+            if seen.contains(&hook.name.as_str()) {
+                return Err(at(format!("name {:?} is listed twice", hook.name)));
+            }
+            seen.push(&hook.name);
+            check_webhook_url(&Some(hook.url.clone())).map_err(at)?;
+            if let Some(secret) = &hook.secret {
+                signing_key(secret.expose_secret()).map_err(|m| at(format!("secret: {m}")))?;
+            }
+            if let Some(rule) = hook
+                .rules
+                .iter()
+                .find(|r| !super::evaluate::RULES.contains(&r.as_str()))
+            {
+                return Err(at(format!(
+                    "unknown rule {rule:?}; the rules are {}",
+                    super::evaluate::RULES.join(", ")
+                )));
+            }
+        }
+        match (&self.webhook_url, &self.webhook_secret) {
+            (Some(url), secret) => self.webhooks.push(AlertWebhook {
+                name: DEFAULT_ENDPOINT.into(),
+                url: url.clone(),
+                secret: secret.clone(),
+                rules: Vec::new(),
+            }),
+            (None, Some(_)) => {
+                return Err(Self::key_error(
+                    "webhook_secret",
+                    "set only together with alerts.webhook_url",
+                ));
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// The endpoint named `name`, if configured.
+    pub fn webhook(&self, name: &str) -> Option<&AlertWebhook> {
+        self.webhooks.iter().find(|w| w.name == name)
+    }
+}
+
+fn check_webhook_url(url: &Option<SecretString>) -> Result<(), String> {
+    let Some(url) = url else { return Ok(()) };
+    // The message never repeats the URL: a Slack webhook URL is itself the credential.
+    match url::Url::parse(url.expose_secret()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err("url is not an http(s) URL".into()),
+    }
+}
+
+fn check_webhook_secret(secret: &Option<SecretString>) -> Result<(), String> {
+    secret
+        .as_ref()
+        .map_or(Ok(()), |s| signing_key(s.expose_secret()).map(|_| ()))
+}
+
+fn show_webhooks(hooks: &[AlertWebhook]) -> String {
+    let entries: Vec<String> = hooks
+        .iter()
+        .filter(|h| h.name != DEFAULT_ENDPOINT)
+        .map(|h| {
+            format!(
+                "{{ name = {:?}, url = \"********\", {}rules = {:?} }}",
+                h.name,
+                if h.secret.is_some() {
+                    "secret = \"********\", "
+                } else {
+                    ""
+                },
+                h.rules
+            )
+        })
+        .collect();
+    format!("[{}]", entries.join(", "))
 }
 
 fn check_smtp_url(url: &Option<SecretString>) -> Result<(), String> {

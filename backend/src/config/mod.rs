@@ -215,6 +215,7 @@ impl Config {
         config.milesight.validate()?;
         config.polling.validate()?;
         config.alerts.resolve(config.listen);
+        config.alerts.validate()?;
         config.auth.validate(&config.alerts.public_url)?;
         Ok(config)
     }
@@ -530,6 +531,8 @@ mod tests {
                 "milesight.webhook_previous_secret",
                 "milesight.client_secret",
                 "email.smtp_url",
+                "alerts.webhook_url",
+                "alerts.webhook_secret",
                 "auth.admin_password",
                 "auth.api_token",
                 "auth.metrics_token",

@@ -715,6 +715,20 @@ pub fn string_table(accepts: &str) -> Kind<BTreeMap<String, String>> {
     kind
 }
 
+/// Deserializes a secret in an array-of-tables entry (`#[serde(deserialize_with)]`).
+pub fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(SecretString::from)
+}
+
+/// Like `secret_text`, for an optional secret; empty counts as absent.
+pub fn optional_secret_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SecretString>, D::Error> {
+    Ok(<Option<String> as serde::Deserialize>::deserialize(d)?
+        .filter(|s| !s.is_empty())
+        .map(SecretString::from))
+}
+
 /// A file-only array of tables, deserialized into `T` and shown by `show`.
 pub fn table_array<T>(accepts: &str, show: fn(&[T]) -> String) -> Kind<Vec<T>>
 where

@@ -86,23 +86,13 @@ pub struct MilesightApi {
 pub struct WebhookConfig {
     #[serde(default)]
     pub uuid: Option<String>,
-    #[serde(deserialize_with = "secret_text")]
+    #[serde(deserialize_with = "crate::config::setting::secret_text")]
     pub secret: SecretString,
     /// Still accepted while a rotation is under way (MDP signs with the new secret once it
     /// is regenerated there; requests in flight or retried may carry the old one).
-    #[serde(default, deserialize_with = "optional_secret_text")]
+    #[serde(default, deserialize_with = "crate::config::setting::optional_secret_text")]
     pub previous_secret: Option<SecretString>,
     pub source: String,
-}
-
-fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
-    String::deserialize(d).map(SecretString::from)
-}
-
-fn optional_secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?
-        .filter(|s| !s.is_empty())
-        .map(SecretString::from))
 }
 
 fn show_webhooks(hooks: &[WebhookConfig]) -> String {

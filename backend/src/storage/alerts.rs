@@ -56,15 +56,19 @@ pub struct Firing {
     pub details: String,
 }
 
-/// An email to queue with a state change.
+/// A notification to queue with a state change: an email, webhook deliveries, or both.
 #[derive(Debug, Clone)]
-pub struct Email {
+pub struct Notification {
     pub kind: &'static str,
+    /// Email addresses, comma-separated; empty when no one is emailed.
     pub recipients: String,
     pub subject: String,
     pub text: String,
     pub html: String,
-    /// When the outbox may send it (a later time lets others join it in one email).
+    /// The webhook endpoints told, and the alert as they are shown it (JSON).
+    pub webhooks: Vec<String>,
+    pub payload: String,
+    /// When the outbox may send it (a later time lets others join it in one message).
     pub due_at: UtcTime,
 }
 
@@ -84,15 +88,20 @@ macro_rules! record_event {
     };
 }
 
-/// Inside a transaction: queues an alert's email in the outbox and counts the notification,
-/// or, when `$hold` names a reason (a silence), records that it was held back.
-macro_rules! queue_email {
+/// Inside a transaction: queues an alert's email and webhook deliveries in the outbox and
+/// counts the notification, or, when `$hold` names a reason (a silence), records that it was
+/// held back.
+macro_rules! queue_notification {
     ($tx:expr, $alert:expr, $email:expr, $hold:expr, $at:expr) => {{
         let alert: Alert = $alert;
         let hold: Option<&str> = $hold;
         match $email {
             Some(email) if hold.is_some() => {
-                let detail = format!("{} email held back: {}", email.kind, hold.unwrap_or_default());
+                let detail = format!(
+                    "{} notification held back: {}",
+                    email.kind,
+                    hold.unwrap_or_default()
+                );
                 record_event!(
                     $tx,
                     alert.id,
@@ -103,19 +112,38 @@ macro_rules! queue_email {
                 alert
             }
             Some(email) => {
-                diesel::insert_into(outbox::table)
-                    .values((
-                        outbox::alert_id.eq(alert.id),
-                        outbox::kind.eq(email.kind),
-                        outbox::recipients.eq(&email.recipients),
-                        outbox::subject.eq(&email.subject),
-                        outbox::body_text.eq(&email.text),
-                        outbox::body_html.eq(&email.html),
-                        outbox::next_attempt_at.eq(email.due_at),
-                        outbox::created_at.eq(super::now()),
-                    ))
-                    .execute($tx)
-                    .await?;
+                if !email.recipients.is_empty() {
+                    diesel::insert_into(outbox::table)
+                        .values((
+                            outbox::alert_id.eq(alert.id),
+                            outbox::channel.eq(super::outbox::EMAIL),
+                            outbox::kind.eq(email.kind),
+                            outbox::recipients.eq(&email.recipients),
+                            outbox::subject.eq(&email.subject),
+                            outbox::body_text.eq(&email.text),
+                            outbox::body_html.eq(&email.html),
+                            outbox::next_attempt_at.eq(email.due_at),
+                            outbox::created_at.eq(super::now()),
+                        ))
+                        .execute($tx)
+                        .await?;
+                }
+                for endpoint in &email.webhooks {
+                    diesel::insert_into(outbox::table)
+                        .values((
+                            outbox::alert_id.eq(alert.id),
+                            outbox::channel.eq(super::outbox::WEBHOOK),
+                            outbox::kind.eq(email.kind),
+                            outbox::recipients.eq(endpoint),
+                            outbox::subject.eq(&email.subject),
+                            outbox::body_text.eq(&email.payload),
+                            outbox::body_html.eq(""),
+                            outbox::next_attempt_at.eq(email.due_at),
+                            outbox::created_at.eq(super::now()),
+                        ))
+                        .execute($tx)
+                        .await?;
+                }
                 record_event!($tx, alert.id, AlertEventKind::Notified, Some(email.kind), $at);
                 diesel::update(alerts::table.find(alert.id))
                     .set((
@@ -138,7 +166,7 @@ pub async fn fire(
     firing: &Firing,
     at: UtcTime,
     hold: Option<&str>,
-    email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
+    email: impl Fn(&Alert) -> Option<Notification> + Send + Sync,
 ) -> StorageResult<(Alert, bool)> {
     db_run!(db, |conn| {
         conn.transaction::<_, StorageError, _>(async |tx| {
@@ -206,7 +234,7 @@ pub async fn fire(
                 at
             );
             let draft = email(&opened);
-            let opened = queue_email!(tx, opened, draft, hold, at);
+            let opened = queue_notification!(tx, opened, draft, hold, at);
             Ok((opened, true))
         })
         .await
@@ -220,7 +248,7 @@ pub async fn resolve(
     id: i64,
     at: UtcTime,
     hold: Option<&str>,
-    email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
+    email: impl Fn(&Alert) -> Option<Notification> + Send + Sync,
 ) -> StorageResult<Option<Alert>> {
     db_run!(db, |conn| {
         conn.transaction::<_, StorageError, _>(async |tx| {
@@ -241,7 +269,7 @@ pub async fn resolve(
             };
             record_event!(tx, id, AlertEventKind::Resolved, None::<&str>, at);
             let draft = email(&resolved);
-            Ok(Some(queue_email!(tx, resolved, draft, hold, at)))
+            Ok(Some(queue_notification!(tx, resolved, draft, hold, at)))
         })
         .await
     })
@@ -255,7 +283,7 @@ pub async fn remind(
     notified: i32,
     at: UtcTime,
     hold: Option<&str>,
-    email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
+    email: impl Fn(&Alert) -> Option<Notification> + Send + Sync,
 ) -> StorageResult<Option<Alert>> {
     db_run!(db, |conn| {
         conn.transaction::<_, StorageError, _>(async |tx| {
@@ -279,7 +307,7 @@ pub async fn remind(
                     .execute(tx)
                     .await?;
             }
-            Ok(Some(queue_email!(tx, current, draft, hold, at)))
+            Ok(Some(queue_notification!(tx, current, draft, hold, at)))
         })
         .await
     })
@@ -293,7 +321,7 @@ pub async fn set_silenced(
     id: i64,
     reason: Option<&str>,
     at: UtcTime,
-    email: impl Fn(&Alert) -> Option<Email> + Send + Sync,
+    email: impl Fn(&Alert) -> Option<Notification> + Send + Sync,
 ) -> StorageResult<Option<Alert>> {
     db_run!(db, |conn| {
         conn.transaction::<_, StorageError, _>(async |tx| {
@@ -330,7 +358,7 @@ pub async fn set_silenced(
                 } else {
                     None
                 };
-                return Ok(Some(queue_email!(tx, alert, draft, None, at)));
+                return Ok(Some(queue_notification!(tx, alert, draft, None, at)));
             };
             let silenced: Option<Alert> = diesel::update(alerts::table)
                 .filter(alerts::id.eq(id))

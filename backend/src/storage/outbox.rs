@@ -1,5 +1,6 @@
-//! The email outbox: every email is a row first, delivered by a worker that claims due rows
-//! with a lease, so an SMTP outage delays mail but never loses it, and replicas send each once.
+//! The notification outbox: every email and alert webhook is a row first, delivered by a
+//! worker that claims due rows with a lease, so an SMTP or receiver outage delays a
+//! notification but never loses it, and replicas send each once.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -33,10 +34,18 @@ pub struct OutboxEmail {
     #[serde(skip)]
     pub lease_expires_at: Option<UtcTime>,
     pub created_at: UtcTime,
+    /// `email` (to `recipients`) or `webhook` (to the endpoint `recipients` names).
+    pub channel: String,
 }
+
+/// The channel of a webhook notification.
+pub const WEBHOOK: &str = "webhook";
+/// The channel of an email.
+pub const EMAIL: &str = "email";
 
 pub struct NewEmail<'a> {
     pub alert_id: Option<i64>,
+    pub channel: &'a str,
     pub kind: &'a str,
     pub recipients: &'a [String],
     pub subject: &'a str,
@@ -50,6 +59,7 @@ pub async fn enqueue(db: &Db, email: &NewEmail<'_>, at: UtcTime) -> StorageResul
         Ok(diesel::insert_into(outbox::table)
             .values((
                 outbox::alert_id.eq(email.alert_id),
+                outbox::channel.eq(email.channel),
                 outbox::kind.eq(email.kind),
                 outbox::recipients.eq(&recipients),
                 outbox::subject.eq(email.subject),
@@ -109,12 +119,19 @@ pub async fn claim(
     })
 }
 
-/// Unsent alert emails for `recipients` that nobody holds, due or not (they may join a digest).
-pub async fn waiting_alert_emails(db: &Db, recipients: &str, limit: i64) -> StorageResult<Vec<i64>> {
+/// Unsent alert notifications on `channel` for `recipients` that nobody holds, due or not
+/// (they may join a digest).
+pub async fn waiting_alert_emails(
+    db: &Db,
+    channel: &str,
+    recipients: &str,
+    limit: i64,
+) -> StorageResult<Vec<i64>> {
     db_run!(db, |conn| {
         Ok(outbox::table
             .filter(outbox::sent_at.is_null())
             .filter(outbox::alert_id.is_not_null())
+            .filter(outbox::channel.eq(channel))
             .filter(outbox::recipients.eq(recipients))
             .filter(outbox::lease_expires_at.is_null())
             .select(outbox::id)

@@ -272,6 +272,7 @@ diesel::table! {
         lease_owner -> Nullable<Text>,
         lease_expires_at -> Nullable<UtcTimestamp>,
         created_at -> UtcTimestamp,
+        channel -> Text,
     }
 }
 

@@ -825,6 +825,15 @@ struct SettingsPage {
     tokens: Vec<ApiToken>,
     outbox_pending: i64,
     milesight: api::milesight::MilesightSettings,
+    alert_webhooks: Vec<AlertWebhookRow>,
+}
+
+/// An alert webhook endpoint as Settings shows it: never its URL or secret.
+#[derive(Serialize)]
+struct AlertWebhookRow {
+    name: String,
+    signed: bool,
+    rules: String,
 }
 
 /// `GET /settings` (admin)
@@ -844,6 +853,21 @@ pub async fn settings(
         tokens: staff::list_api_tokens(&state.db).await?,
         outbox_pending: outbox::pending_count(&state.db).await?,
         milesight: api::milesight::settings_data(&state).await?,
+        alert_webhooks: state
+            .config
+            .alerts
+            .webhooks
+            .iter()
+            .map(|w| AlertWebhookRow {
+                name: w.name.clone(),
+                signed: w.secret.is_some(),
+                rules: if w.rules.is_empty() {
+                    "every rule".into()
+                } else {
+                    w.rules.join(", ")
+                },
+            })
+            .collect(),
     };
     render("settings.html", "Settings", "/settings", &staff, &page)
 }

@@ -1,4 +1,5 @@
-//! Email: the outbox and the test email that checks the path to on-call.
+//! Alerts, silences, the outbox, and the test email and test webhook notification that check
+//! the paths to on-call.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
@@ -48,6 +49,65 @@ pub async fn test_email(
     })
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestNotification {
+    /// One endpoint by name; every configured one when absent.
+    #[serde(default)]
+    endpoint: Option<String>,
+}
+
+/// `POST /api/alerts/test-notification`: queue a test notification to each webhook endpoint
+/// (or the one named) and try each at once. 200 when every endpoint accepted it; 502 when one
+/// did not (it stays queued and is retried).
+pub async fn test_notification(
+    state: web::Data<AppState>,
+    body: Option<web::Json<TestNotification>>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = body.and_then(|b| b.into_inner().endpoint);
+    let known = state.mailer.webhook_endpoints();
+    if known.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_webhooks",
+            "no alert webhook is configured (alerts.webhook_url / TELLTALE_ALERT_WEBHOOK_URL, or [[alerts.webhooks]])",
+        ));
+    }
+    if let Some(name) = endpoint.as_deref().filter(|n| !known.contains(n)) {
+        return Err(ApiError::not_found(format!(
+            "no alert webhook named {name:?}; configured: {}",
+            known.join(", ")
+        )));
+    }
+    let results = state.mailer.send_test_notification(endpoint.as_deref()).await?;
+    let all_sent = results.iter().all(|(_, r)| r.is_ok());
+    let items: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(row, result)| {
+            json!({
+                "endpoint": row.recipients,
+                "sent": result.is_ok(),
+                "error": result.as_ref().err(),
+                "notification": row,
+            })
+        })
+        .collect();
+    if all_sent {
+        return Ok(HttpResponse::Ok().json(json!({ "sent": true, "endpoints": items })));
+    }
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(row, result)| Some(format!("{}: {}", row.recipients, result.as_ref().err()?)))
+        .collect();
+    Ok(HttpResponse::build(StatusCode::BAD_GATEWAY).json(json!({
+        "sent": false,
+        "error": {
+            "code": "webhook_failed",
+            "message": format!("not delivered ({}); it stays queued and is retried", failures.join("; ")),
+        },
+        "endpoints": items,
+    })))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxQuery {
@@ -55,7 +115,8 @@ pub struct OutboxQuery {
     limit: Option<i64>,
 }
 
-/// `GET /api/outbox`: emails newest first (without bodies), and how many are waiting.
+/// `GET /api/outbox`: emails and webhook notifications newest first (without bodies), and how
+/// many are waiting.
 pub async fn outbox(
     state: web::Data<AppState>,
     query: web::Query<OutboxQuery>,

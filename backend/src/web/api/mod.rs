@@ -42,6 +42,7 @@ super::route_table! {
         post "/api/scheduler" => scheduler::control,
         get "/api/alerts" => alerts::alerts,
         post "/api/alerts/test-email" => alerts::test_email,
+        post "/api/alerts/test-notification" => alerts::test_notification,
         get "/api/alerts/{id}" => alerts::alert,
         post "/api/alerts/{id}/ack" => alerts::acknowledge,
         get "/api/outbox" => alerts::outbox,
