@@ -922,6 +922,41 @@ pub async fn spotify_connection(
         .id
 }
 
+/// Records `times` failed refreshes ("HTTP 503") of connection `id`, as sweeps would.
+pub async fn fail_refresh(state: &telltale::app::AppState, id: i64, times: usize) {
+    for _ in 0..times {
+        telltale::storage::connections::record_refresh_failure(
+            &state.db,
+            id,
+            None,
+            "HTTP 503",
+            telltale::storage::now(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Stores a fresh token for connection `id` (valid for an hour), as a successful refresh would.
+pub async fn refresh_succeeded(state: &telltale::app::AppState, id: i64) {
+    use telltale::storage::connections::{self, RefreshedToken};
+    let now = telltale::storage::now();
+    connections::store_refreshed_token(
+        &state.db,
+        &state.crypto,
+        id,
+        &RefreshedToken {
+            access_token: "fresh".into(),
+            refresh_token: None,
+            expires_at: Some((now.0 + chrono::Duration::hours(1)).into()),
+            refresh_expires_at: None,
+        },
+        now,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A device (created when new, in `source_id`) left in `status`, last heard from at `seen`, as
 /// its reading would leave it: the fixture the alert and storage suites share.
 pub async fn device_in(

@@ -9,12 +9,11 @@ use chrono::Duration as Span;
 use serde_json::{Value, json};
 use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
-use telltale::storage::connections::{self, RefreshedToken};
 use telltale::storage::{DeviceStatus, UtcTime, alerts, now, outbox};
 use telltale_e2e::{
     Backend, SmtpSink, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TEST_SECRET_KEY, TestApp, TestDb, TestServer,
-    WEBHOOK_SECRET, WebhookReceiver, assert_no_canary, both_backends, browser, device_in, get_json,
-    metric_sample, post_with_headers, run_cli, sign_in,
+    WEBHOOK_SECRET, WebhookReceiver, assert_no_canary, both_backends, browser, device_in, fail_refresh,
+    get_json, metric_sample, post_with_headers, refresh_succeeded, run_cli, sign_in,
 };
 
 both_backends!(
@@ -40,29 +39,8 @@ fn endpoint(name: &str, url: &str, secret: Option<&str>, rules: &[&str]) -> toml
 
 async fn failing_connection(state: &AppState, name: &str) -> i64 {
     let id = telltale_e2e::spotify_connection(state, name, Span::hours(1)).await;
-    for _ in 0..3 {
-        connections::record_refresh_failure(&state.db, id, None, "HTTP 503", now())
-            .await
-            .unwrap();
-    }
+    fail_refresh(state, id, 3).await;
     id
-}
-
-async fn recover(state: &AppState, id: i64) {
-    connections::store_refreshed_token(
-        &state.db,
-        &state.crypto,
-        id,
-        &RefreshedToken {
-            access_token: "fresh".into(),
-            refresh_token: None,
-            expires_at: Some((now().0 + Span::hours(1)).into()),
-            refresh_expires_at: None,
-        },
-        now(),
-    )
-    .await
-    .unwrap();
 }
 
 /// The one alert a request carries.
@@ -163,7 +141,7 @@ async fn alert_notifications_reach_signed_webhooks_beside_email(backend: Backend
     assert_eq!(ops.wait_for_accepted(2, Duration::from_secs(10)).await.len(), 2);
 
     // Recovery is told too, with when it resolved.
-    recover(&state, id).await;
+    refresh_succeeded(&state, id).await;
     assert_eq!(
         evaluate(&state.db, &state.config, now()).await.unwrap().resolved,
         1
@@ -272,11 +250,7 @@ async fn silences_and_the_group_window_apply_to_webhooks(backend: Backend) {
     )
     .await
     .unwrap();
-    for _ in 0..3 {
-        connections::record_refresh_failure(&state.db, quiet, None, "HTTP 503", now())
-            .await
-            .unwrap();
-    }
+    fail_refresh(&state, quiet, 3).await;
     failing_connection(&state, "spotify-main").await;
     failing_connection(&state, "spotify-backup").await;
     assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 3);

@@ -14,7 +14,8 @@ use telltale::storage::devices;
 use telltale::storage::polling::{self as poll_store, Finished};
 use telltale::storage::{DeviceStatus, PollStatus, UtcTime, alerts, now};
 use telltale_e2e::{
-    Backend, SmtpSink, TestApp, TestDb, TestServer, both_backends, device_in, get_json, post_with_headers,
+    Backend, SmtpSink, TestApp, TestDb, TestServer, both_backends, device_in, fail_refresh, get_json,
+    post_with_headers, refresh_succeeded,
 };
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -251,14 +252,6 @@ async fn connection(state: &AppState, name: &str) -> i64 {
     telltale_e2e::spotify_connection(state, name, Span::hours(1)).await
 }
 
-async fn fail_refresh(state: &AppState, id: i64, times: usize) {
-    for _ in 0..times {
-        connections::record_refresh_failure(&state.db, id, None, "HTTP 503", now())
-            .await
-            .unwrap();
-    }
-}
-
 async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Backend) {
     let db = TestDb::new(backend).await;
     let smtp = SmtpSink::start().await;
@@ -306,20 +299,7 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
     assert!(!firing.contains("CANARY"), "no secret in an email");
 
     // Recovery: one more email, and the alert's history tells the story.
-    connections::store_refreshed_token(
-        &state.db,
-        &state.crypto,
-        id,
-        &RefreshedToken {
-            access_token: "fresh".into(),
-            refresh_token: None,
-            expires_at: Some((now().0 + Span::hours(1)).into()),
-            refresh_expires_at: None,
-        },
-        now(),
-    )
-    .await
-    .unwrap();
+    refresh_succeeded(&state, id).await;
     let recovered = evaluate(&state.db, &state.config, now()).await.unwrap();
     assert_eq!((recovered.firing, recovered.resolved), (0, 1));
     assert_eq!(
