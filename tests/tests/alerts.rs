@@ -8,7 +8,7 @@ use chrono::Duration as Span;
 use serde_json::json;
 use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
-use telltale::storage::connections::{self, RefreshedToken};
+use telltale::storage::connections;
 use telltale::storage::deliveries::{self, SourceTiming};
 use telltale::storage::devices;
 use telltale::storage::polling::{self as poll_store, Finished};
