@@ -16,6 +16,8 @@ use telltale::storage::schema::webhook_events;
 use telltale_e2e::load::{self, LoadReport, Request, Workload};
 use telltale_e2e::{Backend, TestDb, TestServer};
 
+use crate::cpu;
+
 const SECRET: &str = "bench-webhook-secret";
 /// Sensors the events are spread over (a large site).
 const DEVICES: u64 = 2000;
@@ -287,9 +289,9 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
     let bin = server_binary()?;
     let mut failures = Vec::new();
     println!(
-        "| backend | scenario | events/request | requests/s | events/s | p50 ms | p99 ms | max ms | of ceiling | requests/commit | peak RSS MiB | check |"
+        "| backend | scenario | events/request | requests/s | events/s | p50 ms | p99 ms | max ms | of ceiling | requests/commit | CPU µs/request: HTTP + rest + PostgreSQL + load = total | peak RSS MiB | check |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for backend in &args.backends {
         let db = TestDb::new(*backend).await;
         // Settings under test (say TELLTALE_DB_INGEST_WRITERS) pass through to the server.
@@ -329,6 +331,7 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
             }
             let commits_before = commit_counts(&server).await;
             let peak_tracked = reset_peak(pid);
+            let cpu_before = cpu::sample(pid);
             let report = drive(
                 &server,
                 scenario,
@@ -336,6 +339,7 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
                 Duration::from_secs(args.seconds),
             )
             .await?;
+            let cpu = cpu::PerRequest::between(cpu_before, cpu::sample(pid), report.answered);
             let peak = if peak_tracked {
                 memory_mib(pid, "VmHWM")
             } else {
@@ -351,7 +355,7 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
             };
             let events: u64 = report.tallies.iter().map(|t| t.events_acknowledged).sum();
             println!(
-                "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |",
                 backend_name(*backend),
                 scenario.name,
                 scenario.events_per_request,
@@ -370,6 +374,7 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
                 } else {
                     format!("{per_commit:.1}")
                 },
+                cpu.show(*backend == Backend::Postgres),
                 peak.map_or("n/a".to_owned(), |p| format!("{p:.1}")),
                 match &check {
                     Ok(summary) => summary.clone(),
@@ -381,7 +386,7 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
             }
         }
         println!(
-            "| {} | idle | | | | | | | | | {idle:.1} (RSS after start) | |",
+            "| {} | idle | | | | | | | | | | {idle:.1} (RSS after start) | |",
             backend_name(*backend)
         );
     }

@@ -14,6 +14,7 @@
 //!
 //! Run with `scripts/bench` (builds the release binaries first).
 
+mod cpu;
 mod fleet;
 mod ingest;
 
