@@ -628,18 +628,7 @@ async fn create_api_token(config: Config, email: &str, name: &str) -> anyhow::Re
 }
 
 async fn send_test_notification(config: Config, endpoint: Option<String>) -> anyhow::Result<()> {
-    let known: Vec<String> = config.alerts.webhooks.iter().map(|w| w.name.clone()).collect();
-    if known.is_empty() {
-        anyhow::bail!(
-            "no alert webhook is configured (alerts.webhook_url / TELLTALE_ALERT_WEBHOOK_URL, or [[alerts.webhooks]] in the config file)"
-        );
-    }
-    if let Some(name) = endpoint.as_deref().filter(|n| !known.iter().any(|k| k == n)) {
-        anyhow::bail!(
-            "no alert webhook named {name:?}; configured: {}",
-            known.join(", ")
-        );
-    }
+    crate::alerts::webhook::check_test_target(&config.alerts.webhooks, endpoint.as_deref())?;
     let state = one_shot_state(config).await?;
     let results = state.mailer.send_test_notification(endpoint.as_deref()).await?;
     state.db.close();

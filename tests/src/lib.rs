@@ -922,6 +922,22 @@ pub async fn spotify_connection(
         .id
 }
 
+/// Silences `subject` (`connection:5`, `source:site-a`, …) from now for two hours.
+pub async fn silence_two_hours(state: &telltale::app::AppState, subject: &str, reason: &str) {
+    let now = telltale::storage::now();
+    telltale::storage::alerts::add_silence(
+        &state.db,
+        subject,
+        reason,
+        Some("ops"),
+        now,
+        (now.0 + chrono::Duration::hours(2)).into(),
+        now,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Records `times` failed refreshes ("HTTP 503") of connection `id`, as sweeps would.
 pub async fn fail_refresh(state: &telltale::app::AppState, id: i64, times: usize) {
     for _ in 0..times {

@@ -13,7 +13,7 @@ use telltale::storage::{DeviceStatus, UtcTime, alerts, now, outbox};
 use telltale_e2e::{
     Backend, SmtpSink, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TEST_SECRET_KEY, TestApp, TestDb, TestServer,
     WEBHOOK_SECRET, WebhookReceiver, assert_no_canary, both_backends, browser, device_in, fail_refresh,
-    get_json, metric_sample, post_with_headers, refresh_succeeded, run_cli, sign_in,
+    get_json, metric_sample, post_with_headers, refresh_succeeded, run_cli, sign_in, silence_two_hours,
 };
 
 both_backends!(
@@ -238,18 +238,7 @@ async fn silences_and_the_group_window_apply_to_webhooks(backend: Backend) {
         .state()
         .await;
     let quiet = telltale_e2e::spotify_connection(&state, "under-maintenance", Span::hours(1)).await;
-    let until: UtcTime = (now().0 + Span::hours(2)).into();
-    alerts::add_silence(
-        &state.db,
-        &format!("connection:{quiet}"),
-        "provider maintenance",
-        Some("ops"),
-        now(),
-        until,
-        now(),
-    )
-    .await
-    .unwrap();
+    silence_two_hours(&state, &format!("connection:{quiet}"), "provider maintenance").await;
     fail_refresh(&state, quiet, 3).await;
     failing_connection(&state, "spotify-main").await;
     failing_connection(&state, "spotify-backup").await;

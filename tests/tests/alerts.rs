@@ -15,7 +15,7 @@ use telltale::storage::polling::{self as poll_store, Finished};
 use telltale::storage::{DeviceStatus, PollStatus, UtcTime, alerts, now};
 use telltale_e2e::{
     Backend, SmtpSink, TestApp, TestDb, TestServer, both_backends, device_in, fail_refresh, get_json,
-    post_with_headers, refresh_succeeded,
+    post_with_headers, refresh_succeeded, silence_two_hours,
 };
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -636,18 +636,7 @@ async fn silences_hold_back_notifications(backend: Backend) {
     let state = app(&db, &smtp).await;
     let quiet = connection(&state, "under-maintenance").await;
     let loud = connection(&state, "production").await;
-    let until: UtcTime = (now().0 + Span::hours(2)).into();
-    alerts::add_silence(
-        &state.db,
-        &format!("connection:{quiet}"),
-        "provider maintenance",
-        Some("ops"),
-        now(),
-        until,
-        now(),
-    )
-    .await
-    .unwrap();
+    silence_two_hours(&state, &format!("connection:{quiet}"), "provider maintenance").await;
     fail_refresh(&state, quiet, 3).await;
     fail_refresh(&state, loud, 3).await;
     let evaluation = evaluate(&state.db, &state.config, now()).await.unwrap();

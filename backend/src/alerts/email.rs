@@ -265,8 +265,8 @@ impl Mailer {
     /// Records a failed attempt on every row; the next waits `retry_delay` after the most tried.
     async fn retry_later(&self, rows: &[OutboxEmail], error: &str) -> StorageResult<()> {
         let ids: Vec<i64> = rows.iter().map(|e| e.id).collect();
-        let attempts = rows.iter().map(|e| e.attempts).max().unwrap_or(0);
-        let delay = chrono::Duration::from_std(retry_delay(self.retry_base, attempts)).unwrap_or_default();
+        let delay =
+            chrono::Duration::from_std(retry_delay(self.retry_base, attempt(rows) - 1)).unwrap_or_default();
         outbox::mark_failed(&self.db, &ids, error, UtcTime::new(now().0 + delay)).await
     }
 
@@ -331,29 +331,29 @@ impl Mailer {
         };
         let host = hostname();
         let (text, html) = templates::test(&host);
-        let queued = outbox::enqueue(
-            &self.db,
-            &NewEmail {
-                alert_id: None,
-                channel: EMAIL,
-                kind: "test",
-                recipients: &recipients,
-                subject: "[Telltale] Test email",
-                body_text: &text,
-                body_html: &html,
-            },
-            now(),
-        )
-        .await?;
+        self.queue_and_try(&NewEmail {
+            alert_id: None,
+            channel: EMAIL,
+            kind: "test",
+            recipients: &recipients,
+            subject: "[Telltale] Test email",
+            body_text: &text,
+            body_html: &html,
+        })
+        .await
+    }
+
+    /// Queues one outbox row and tries it at once; the row as it then stands, and the attempt's
+    /// result (a failed one waits in the outbox for its retry).
+    async fn queue_and_try(&self, row: &NewEmail<'_>) -> StorageResult<(OutboxEmail, Result<(), String>)> {
+        let queued = outbox::enqueue(&self.db, row, now()).await?;
         let result = match self.deliver(queued.id).await? {
             Some(result) => result,
             None => Err("taken by another process".into()),
         };
         Ok((outbox::get(&self.db, queued.id).await?, result))
     }
-}
 
-impl Mailer {
     /// Queues a test notification to each webhook endpoint (or the one named) and tries each
     /// at once; the result per endpoint. Empty when no endpoint matches.
     pub async fn send_test_notification(
@@ -370,9 +370,8 @@ impl Mailer {
             .iter()
             .filter(|w| endpoint.is_none_or(|name| w.name == name))
         {
-            let queued = outbox::enqueue(
-                &self.db,
-                &NewEmail {
+            let outcome = self
+                .queue_and_try(&NewEmail {
                     alert_id: None,
                     channel: WEBHOOK,
                     kind: "test",
@@ -380,22 +379,11 @@ impl Mailer {
                     subject: "[Telltale] Test notification",
                     body_text: &text,
                     body_html: "",
-                },
-                now(),
-            )
-            .await?;
-            let result = match self.deliver(queued.id).await? {
-                Some(result) => result,
-                None => Err("taken by another process".into()),
-            };
-            results.push((outbox::get(&self.db, queued.id).await?, result));
+                })
+                .await?;
+            results.push(outcome);
         }
         Ok(results)
-    }
-
-    /// The names of the configured webhook endpoints.
-    pub fn webhook_endpoints(&self) -> Vec<&str> {
-        self.webhooks.iter().map(|w| w.name.as_str()).collect()
     }
 }
 

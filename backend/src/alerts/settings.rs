@@ -95,7 +95,7 @@ impl AlertsConfig {
                 return Err(at(format!("name {:?} is listed twice", hook.name)));
             }
             seen.push(&hook.name);
-            check_webhook_url(&Some(hook.url.clone())).map_err(at)?;
+            check_http_url(&hook.url).map_err(at)?;
             if let Some(secret) = &hook.secret {
                 signing_key(secret.expose_secret()).map_err(|m| at(format!("secret: {m}")))?;
             }
@@ -127,15 +127,13 @@ impl AlertsConfig {
         }
         Ok(())
     }
-
-    /// The endpoint named `name`, if configured.
-    pub fn webhook(&self, name: &str) -> Option<&AlertWebhook> {
-        self.webhooks.iter().find(|w| w.name == name)
-    }
 }
 
 fn check_webhook_url(url: &Option<SecretString>) -> Result<(), String> {
-    let Some(url) = url else { return Ok(()) };
+    url.as_ref().map_or(Ok(()), check_http_url)
+}
+
+fn check_http_url(url: &SecretString) -> Result<(), String> {
     // The message never repeats the URL: a Slack webhook URL is itself the credential.
     match url::Url::parse(url.expose_secret()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),

@@ -45,6 +45,46 @@ impl AlertWebhook {
     }
 }
 
+/// Why a test notification has nowhere to go.
+#[derive(Debug)]
+pub enum NoTestTarget {
+    NoneConfigured,
+    Unknown { name: String, configured: String },
+}
+
+impl std::fmt::Display for NoTestTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoTestTarget::NoneConfigured => f.write_str(
+                "no alert webhook is configured (alerts.webhook_url / TELLTALE_ALERT_WEBHOOK_URL, or [[alerts.webhooks]] in the config file)",
+            ),
+            NoTestTarget::Unknown { name, configured } => {
+                write!(f, "no alert webhook named {name:?}; configured: {configured}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NoTestTarget {}
+
+/// Checks that a test notification to `endpoint` (every endpoint when `None`) reaches one.
+pub fn check_test_target(webhooks: &[AlertWebhook], endpoint: Option<&str>) -> Result<(), NoTestTarget> {
+    if webhooks.is_empty() {
+        return Err(NoTestTarget::NoneConfigured);
+    }
+    match endpoint {
+        Some(name) if !webhooks.iter().any(|w| w.name == name) => Err(NoTestTarget::Unknown {
+            name: name.to_owned(),
+            configured: webhooks
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The HMAC key of a Standard Webhooks secret (`whsec_` + base64 of 16 to 64 bytes).
 pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
     let Some(encoded) = secret.strip_prefix(SECRET_PREFIX) else {

@@ -112,35 +112,39 @@ macro_rules! queue_notification {
                 alert
             }
             Some(email) => {
-                if !email.recipients.is_empty() {
-                    diesel::insert_into(outbox::table)
-                        .values((
+                // One row for the email (when anyone is emailed) and one per webhook endpoint;
+                // each row says its channel and whom it goes to. (One statement a row: diesel
+                // has no multi-row insert for SQLite through diesel_async.)
+                let queued_at = super::now();
+                let email_row = (!email.recipients.is_empty()).then_some((
+                    super::outbox::EMAIL,
+                    &email.recipients,
+                    &email.text,
+                    email.html.as_str(),
+                ));
+                let webhook_rows = email
+                    .webhooks
+                    .iter()
+                    .map(|endpoint| (super::outbox::WEBHOOK, endpoint, &email.payload, ""));
+                let rows = email_row
+                    .into_iter()
+                    .chain(webhook_rows)
+                    .map(|(channel, to, body, html)| {
+                        (
                             outbox::alert_id.eq(alert.id),
-                            outbox::channel.eq(super::outbox::EMAIL),
+                            outbox::channel.eq(channel),
                             outbox::kind.eq(email.kind),
-                            outbox::recipients.eq(&email.recipients),
+                            outbox::recipients.eq(to),
                             outbox::subject.eq(&email.subject),
-                            outbox::body_text.eq(&email.text),
-                            outbox::body_html.eq(&email.html),
+                            outbox::body_text.eq(body),
+                            outbox::body_html.eq(html),
                             outbox::next_attempt_at.eq(email.due_at),
-                            outbox::created_at.eq(super::now()),
-                        ))
-                        .execute($tx)
-                        .await?;
-                }
-                for endpoint in &email.webhooks {
+                            outbox::created_at.eq(queued_at),
+                        )
+                    });
+                for row in rows {
                     diesel::insert_into(outbox::table)
-                        .values((
-                            outbox::alert_id.eq(alert.id),
-                            outbox::channel.eq(super::outbox::WEBHOOK),
-                            outbox::kind.eq(email.kind),
-                            outbox::recipients.eq(endpoint),
-                            outbox::subject.eq(&email.subject),
-                            outbox::body_text.eq(&email.payload),
-                            outbox::body_html.eq(""),
-                            outbox::next_attempt_at.eq(email.due_at),
-                            outbox::created_at.eq(super::now()),
-                        ))
+                        .values(row)
                         .execute($tx)
                         .await?;
                 }

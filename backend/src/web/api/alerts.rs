@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::page_limit;
+use crate::alerts::webhook::{NoTestTarget, check_test_target};
 use crate::app::AppState;
 use crate::storage::{AlertState, outbox};
 use crate::web::ApiError;
@@ -65,18 +66,12 @@ pub async fn test_notification(
     body: Option<web::Json<TestNotification>>,
 ) -> Result<HttpResponse, ApiError> {
     let endpoint = body.and_then(|b| b.into_inner().endpoint);
-    let known = state.mailer.webhook_endpoints();
-    if known.is_empty() {
-        return Err(ApiError::bad_request(
-            "no_webhooks",
-            "no alert webhook is configured (alerts.webhook_url / TELLTALE_ALERT_WEBHOOK_URL, or [[alerts.webhooks]])",
-        ));
-    }
-    if let Some(name) = endpoint.as_deref().filter(|n| !known.contains(n)) {
-        return Err(ApiError::not_found(format!(
-            "no alert webhook named {name:?}; configured: {}",
-            known.join(", ")
-        )));
+    match check_test_target(&state.config.alerts.webhooks, endpoint.as_deref()) {
+        Err(missing @ NoTestTarget::NoneConfigured) => {
+            return Err(ApiError::bad_request("no_webhooks", missing.to_string()));
+        }
+        Err(unknown) => return Err(ApiError::not_found(unknown.to_string())),
+        Ok(()) => {}
     }
     let results = state.mailer.send_test_notification(endpoint.as_deref()).await?;
     let all_sent = results.iter().all(|(_, r)| r.is_ok());
