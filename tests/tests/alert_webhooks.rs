@@ -9,7 +9,7 @@ use chrono::Duration as Span;
 use serde_json::{Value, json};
 use telltale::alerts::evaluate::evaluate;
 use telltale::app::AppState;
-use telltale::storage::{DeviceStatus, UtcTime, alerts, now, outbox};
+use telltale::storage::{DeviceStatus, alerts, now, outbox};
 use telltale_e2e::{
     Backend, SmtpSink, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TEST_SECRET_KEY, TestApp, TestDb, TestServer,
     WEBHOOK_SECRET, WebhookReceiver, assert_no_canary, both_backends, browser, device_in, fail_refresh,
