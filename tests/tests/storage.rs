@@ -34,8 +34,9 @@ both_backends!(
 );
 
 /// Devices stored before the offline deadline existed get it from the migration's SQL; that
-/// SQL must give, to the microsecond and in the stored form, what ingest computes in Rust, or
-/// the first offline check after an upgrade would judge them by a wrong deadline.
+/// SQL must give, to the microsecond and in the stored form, the exact deadline Rust computes,
+/// or the first offline check after an upgrade would judge them by a wrong deadline. (Ingest
+/// stores it rounded up to the next 10 s; an exact one is at most that much earlier.)
 async fn the_deadline_migration_computes_what_ingest_writes(backend: Backend) {
     let test_db = TestDb::new(backend).await;
     let db = test_db.open_migrated().await;
@@ -60,12 +61,12 @@ async fn the_deadline_migration_computes_what_ingest_writes(backend: Backend) {
     let policy = devices::OfflinePolicy::default();
     assert_eq!(
         devices::get(&db, learned.id).await.unwrap().offline_after,
-        policy.deadline(Some(seen), Some(400)),
+        policy.exact_deadline(Some(seen), Some(400)),
         "a learned interval: seen + 400 s × 2, across midnight"
     );
     assert_eq!(
         devices::get(&db, fresh.id).await.unwrap().offline_after,
-        policy.deadline(Some(seen), None),
+        policy.exact_deadline(Some(seen), None),
         "none learned: seen + 600 s × 2"
     );
     assert_eq!(
@@ -563,6 +564,64 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
     assert_eq!(
         without_touch_time(devices::list(&db, 10, 0).await.unwrap()),
         without_touch_time(all)
+    );
+
+    // Later groups write only what changed (a rename, a status, a reading): every index
+    // still finds the devices by their new values, none by the old.
+    let mut renamed_x = reading("X", at(1200), DeviceStatus::Offline);
+    if let Some(device) = renamed_x.as_mut() {
+        device.profile.name = Some("Freezer".into());
+    }
+    let later = [
+        event("d1", at(1200), renamed_x),
+        event("d2", at(1200), reading("Y", at(1200), DeviceStatus::Online)),
+    ];
+    deliveries::ingest(&db, site, at(1200), &later).await.unwrap();
+    let find = |search: &str, status: Option<DeviceStatus>| {
+        let filter = devices::DeviceFilter {
+            search: Some(search.into()),
+            status,
+            ..Default::default()
+        };
+        let db = &db;
+        async move {
+            let (found, _) = devices::search(db, &filter, 10, 0).await.unwrap();
+            found
+                .into_iter()
+                .map(|d| (d.sn, d.name, d.status.as_str().to_owned(), d.last_seen_at))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        find("freez", Some(DeviceStatus::Offline)).await,
+        vec![(
+            "X".to_owned(),
+            Some("Freezer".to_owned()),
+            "offline".to_owned(),
+            Some(at(1200))
+        )]
+    );
+    assert!(find("cold", Some(DeviceStatus::Offline)).await.is_empty());
+    assert_eq!(
+        find("cold", Some(DeviceStatus::Online)).await,
+        vec![(
+            "Y".to_owned(),
+            Some("Cold room".to_owned()),
+            "online".to_owned(),
+            Some(at(1200))
+        )]
+    );
+    let y = devices::list(&db, 10, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.sn == "Y")
+        .unwrap();
+    assert_eq!(
+        y.offline_after,
+        db.offline_policy()
+            .deadline(Some(at(1200)), y.expected_interval_secs),
+        "a reading alone moves the deadline"
     );
 }
 

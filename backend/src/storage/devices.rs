@@ -36,6 +36,9 @@ pub struct Device {
 /// When a device that stops reporting counts as offline: its learned interval (else the
 /// default) times the factor after its last reading. Ingest writes the resulting deadline into
 /// `devices.offline_after`, so the offline check reads only the devices past it.
+/// The granularity of stored offline deadlines (see `OfflinePolicy::deadline`).
+pub const DEADLINE_STEP_SECS: i64 = 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OfflinePolicy {
     pub default_interval_secs: i64,
@@ -53,9 +56,27 @@ impl Default for OfflinePolicy {
 }
 
 impl OfflinePolicy {
-    /// The deadline of a device last seen at `last_seen` with `interval` learned; none for a
-    /// device never heard from.
+    /// The deadline stored for a device last seen at `last_seen` with `interval` learned (none
+    /// for a device never heard from): `exact_deadline` rounded up to the next whole
+    /// `DEADLINE_STEP_SECS`. A device reporting more often than that keeps the same deadline
+    /// across its readings, so on PostgreSQL most of its updates leave every indexed column as
+    /// it was and are HOT updates (no new entry in any of the table's eight indexes), and on
+    /// SQLite they touch no index at all. Offline is decided at most one step later, well
+    /// within the once-a-minute check.
     pub fn deadline(&self, last_seen: Option<UtcTime>, interval: Option<i64>) -> Option<UtcTime> {
+        let exact = self.exact_deadline(last_seen, interval)?.0;
+        let step = DEADLINE_STEP_SECS;
+        let secs = exact.timestamp();
+        let rounded = if exact.timestamp_subsec_nanos() == 0 && secs.rem_euclid(step) == 0 {
+            secs
+        } else {
+            (secs.div_euclid(step) + 1).saturating_mul(step)
+        };
+        Some(chrono::DateTime::from_timestamp(rounded, 0).map_or(UtcTime(exact), UtcTime))
+    }
+
+    /// Last seen + the interval (learned, else the default) × the factor, to the microsecond.
+    pub fn exact_deadline(&self, last_seen: Option<UtcTime>, interval: Option<i64>) -> Option<UtcTime> {
         let allowed = interval
             .unwrap_or(self.default_interval_secs)
             .saturating_mul(self.factor);
@@ -607,7 +628,36 @@ pub async fn apply_offline_policy(db: &Db, chunk: i64) -> StorageResult<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::learn_interval;
+    use super::{OfflinePolicy, UtcTime, learn_interval};
+
+    #[test]
+    fn stored_deadlines_round_up_to_the_next_ten_seconds() {
+        let policy = OfflinePolicy::default();
+        let at = |s: &str| Some(UtcTime::new(s.parse().unwrap()));
+        assert_eq!(
+            policy.deadline(at("2026-12-04T10:00:00Z"), None),
+            at("2026-12-04T10:20:00Z"),
+            "600 s × 2, already on a step"
+        );
+        assert_eq!(
+            policy.deadline(at("2026-12-04T10:00:00.000001Z"), None),
+            at("2026-12-04T10:20:10Z")
+        );
+        assert_eq!(
+            policy.deadline(at("2026-12-04T10:00:09.5Z"), None),
+            at("2026-12-04T10:20:10Z")
+        );
+        assert_eq!(
+            policy.deadline(at("2026-12-04T23:59:54Z"), Some(30)),
+            at("2026-12-05T00:01:00Z"),
+            "30 s × 2 learned, across midnight"
+        );
+        assert_eq!(
+            policy.exact_deadline(at("2026-12-04T10:00:09.5Z"), None),
+            at("2026-12-04T10:20:09.5Z")
+        );
+        assert_eq!(policy.deadline(None, Some(30)), None, "never heard from");
+    }
 
     #[test]
     fn learned_interval_follows_the_gaps_within_bounds() {

@@ -349,7 +349,31 @@ mod sqlite {
 
         let outcomes = outcomes(requests, &is_new);
         for device in &plan_devices(requests, &touches, &locked, &is_new, policy) {
-            WriteDevice(device).execute(tx)?;
+            let Some(before) = locked.get(&device.sn) else {
+                continue;
+            };
+            let identity = (
+                &device.source_id,
+                &device.dev_eui,
+                &device.mdp_device_id,
+                &device.name,
+                &device.model,
+            ) != (
+                &before.source_id,
+                &before.dev_eui,
+                &before.mdp_device_id,
+                &before.name,
+                &before.model,
+            );
+            let status = device.status != before.status;
+            let deadline = device.offline_after != before.offline_after;
+            match (identity, status, deadline) {
+                (true, _, _) => WriteDevice::<true, true, true>(device).execute(tx)?,
+                (false, true, true) => WriteDevice::<false, true, true>(device).execute(tx)?,
+                (false, true, false) => WriteDevice::<false, true, false>(device).execute(tx)?,
+                (false, false, true) => WriteDevice::<false, false, true>(device).execute(tx)?,
+                (false, false, false) => WriteDevice::<false, false, false>(device).execute(tx)?,
+            };
         }
         for (source_id, changes) in plan_sources(requests, &is_new) {
             match changes.last_event_only() {

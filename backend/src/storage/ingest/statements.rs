@@ -373,29 +373,32 @@ impl QueryFragment<Pg> for WriteDevices<'_> {
     }
 }
 
-/// Writes one device's final state on SQLite.
-pub(super) struct WriteDevice<'a>(pub &'a Device);
-fixed_sql!(WriteDevice);
+/// Writes one device's final state on SQLite. SQLite rewrites every index on a column named in
+/// the `SET` list, whether or not its value changed, and `devices` has eight: so the write
+/// names only what changed since the row was read. `IDENTITY`: the profile fields (serial
+/// number search, name, EUI and source indexes; everything else is then written too);
+/// `STATUS`: the status (in two indexes); `DEADLINE`: `offline_after` (its index). A reading
+/// that leaves the deadline where it was touches no index. Each combination is its own
+/// statement with fixed SQL, prepared once per connection.
+pub(super) struct WriteDevice<'a, const IDENTITY: bool, const STATUS: bool, const DEADLINE: bool>(
+    pub &'a Device,
+);
 
-impl QueryFragment<Sqlite> for WriteDevice<'_> {
+impl<const I: bool, const S: bool, const D: bool> QueryId for WriteDevice<'_, I, S, D> {
+    type QueryId = WriteDevice<'static, I, S, D>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+impl<Conn, const I: bool, const S: bool, const D: bool> diesel::RunQueryDsl<Conn>
+    for WriteDevice<'_, I, S, D>
+{
+}
+
+impl<const IDENTITY: bool, const STATUS: bool, const DEADLINE: bool> QueryFragment<Sqlite>
+    for WriteDevice<'_, IDENTITY, STATUS, DEADLINE>
+{
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         let d = self.0;
-        out.push_sql("UPDATE devices SET source_id = ");
-        out.push_bind_param::<Nullable<BigInt>, _>(&d.source_id)?;
-        for (column, value) in [
-            ("dev_eui", &d.dev_eui),
-            ("mdp_device_id", &d.mdp_device_id),
-            ("name", &d.name),
-            ("model", &d.model),
-        ] {
-            out.push_sql(", ");
-            out.push_sql(column);
-            out.push_sql(" = ");
-            out.push_bind_param::<Nullable<Text>, _>(value)?;
-        }
-        out.push_sql(", status = ");
-        out.push_bind_param::<Text, _>(&d.status)?;
-        out.push_sql(", last_seen_at = ");
+        out.push_sql("UPDATE devices SET last_seen_at = ");
         out.push_bind_param::<Nullable<UtcTimestamp>, _>(&d.last_seen_at)?;
         out.push_sql(", last_event_type = ");
         out.push_bind_param::<Nullable<Text>, _>(&d.last_event_type)?;
@@ -405,10 +408,31 @@ impl QueryFragment<Sqlite> for WriteDevice<'_> {
         out.push_bind_param::<Nullable<Integer>, _>(&d.battery)?;
         out.push_sql(", expected_interval_secs = ");
         out.push_bind_param::<Nullable<BigInt>, _>(&d.expected_interval_secs)?;
-        out.push_sql(", offline_after = ");
-        out.push_bind_param::<Nullable<UtcTimestamp>, _>(&d.offline_after)?;
         out.push_sql(", updated_at = ");
         out.push_bind_param::<UtcTimestamp, _>(&d.updated_at)?;
+        if DEADLINE || IDENTITY {
+            out.push_sql(", offline_after = ");
+            out.push_bind_param::<Nullable<UtcTimestamp>, _>(&d.offline_after)?;
+        }
+        if STATUS || IDENTITY {
+            out.push_sql(", status = ");
+            out.push_bind_param::<Text, _>(&d.status)?;
+        }
+        if IDENTITY {
+            out.push_sql(", source_id = ");
+            out.push_bind_param::<Nullable<BigInt>, _>(&d.source_id)?;
+            for (column, value) in [
+                ("dev_eui", &d.dev_eui),
+                ("mdp_device_id", &d.mdp_device_id),
+                ("name", &d.name),
+                ("model", &d.model),
+            ] {
+                out.push_sql(", ");
+                out.push_sql(column);
+                out.push_sql(" = ");
+                out.push_bind_param::<Nullable<Text>, _>(value)?;
+            }
+        }
         out.push_sql(" WHERE id = ");
         out.push_bind_param::<BigInt, _>(&d.id)?;
         Ok(())
