@@ -1077,3 +1077,45 @@ async fn a_failed_group_leaves_nothing_and_the_connection_clean_postgres() {
         .collect();
     assert_eq!(ids, vec!["good".to_owned()]);
 }
+
+/// SQLite: new data reaches the database file while the service runs, copied there by the
+/// checkpoint thread, not inside a commit: 2 MB of events stays far below the commits' own
+/// checkpoint (a backstop at 10,000 pages, 40 MB), so without the thread the file would not
+/// grow until the last connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_log_reaches_the_database_file_in_the_background() {
+    let test_db = TestDb::new(Backend::Sqlite).await;
+    let db = test_db.open_migrated().await;
+    let path = test_db.url().trim_start_matches("sqlite://").to_owned();
+    let file_size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let source = deliveries::ensure_source(&db, "site", Default::default())
+        .await
+        .unwrap();
+    let before = file_size();
+    let at = now();
+    for request in 0..20 {
+        let events: Vec<IncomingEvent> = (0..100)
+            .map(|i| IncomingEvent {
+                payload: format!(
+                    r#"{{"eventId":"{request}-{i}","padding":"{}"}}"#,
+                    "x".repeat(1000)
+                ),
+                ..event(&format!("{request}-{i}"), at, None)
+            })
+            .collect();
+        deliveries::ingest(&db, source, at, &events).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while file_size() < before + 2_000_000 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        file_size() >= before + 2_000_000,
+        "the database file grew from {before} to only {} bytes in 10 s",
+        file_size()
+    );
+    assert_eq!(
+        deliveries::recent_events(&db, source, 5000).await.unwrap().len(),
+        2000
+    );
+}

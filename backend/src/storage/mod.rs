@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod app_settings;
+mod checkpoint;
 pub mod connections;
 pub mod deliveries;
 pub mod devices;
@@ -101,6 +102,8 @@ pub struct Db {
     pub(crate) pool_wait: prometheus::Histogram,
     /// When a quiet device counts as offline; ingest writes each device's deadline from it.
     pub(crate) offline_policy: devices::OfflinePolicy,
+    /// SQLite only: the thread that checkpoints the write-ahead log (stops with the last clone).
+    _checkpointer: Option<std::sync::Arc<checkpoint::Checkpointer>>,
 }
 
 /// The pool of whichever backend the URL named.
@@ -148,6 +151,7 @@ impl Db {
             )
             .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
         )?;
+        let mut checkpointer = None;
         let pools = match target {
             DatabaseTarget::Postgres(url) => {
                 let mut config = ManagerConfig::<AsyncPgConnection>::default();
@@ -180,11 +184,13 @@ impl Db {
                         // for the lock instead of failing at once; foreign keys are off by default.
                         // A page cache of 8 MiB (SQLite's default is 2 MiB) holds the indexes that
                         // ingest touches, which were otherwise read back from the OS with a
-                        // system call per page for every group.
+                        // system call per page for every group. Checkpoints are the
+                        // checkpoint thread's (`checkpoint.rs`); a commit's only a backstop.
                         conn.batch_execute(&format!(
                             "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {busy_ms}; \
                              PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
-                             PRAGMA cache_size = -8192;"
+                             PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = {};",
+                            checkpoint::BACKSTOP_PAGES
                         ))
                         .await
                         .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
@@ -194,6 +200,7 @@ impl Db {
                 let manager =
                     AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path.clone(), config);
                 let pool = with_limits(Pool::builder(manager), settings).build()?;
+                checkpointer = Some(std::sync::Arc::new(checkpoint::start(path)));
                 Pools::Sqlite(pool)
             }
         };
@@ -201,6 +208,7 @@ impl Db {
             pools,
             pool_wait,
             offline_policy: Default::default(),
+            _checkpointer: checkpointer,
         })
     }
 
