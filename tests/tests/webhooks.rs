@@ -562,6 +562,59 @@ async fn database_outage_answers_503_and_loses_nothing_postgres() {
     );
 }
 
+/// SQLite: another process (a backup, the sqlite3 shell) holds the write lock past the busy
+/// timeout. Requests get 503 (so MDP retries) and nothing is half-stored; once the lock is
+/// released, the webhook writer carries on and the retry is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_answers_503_and_loses_nothing_sqlite() {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+
+    let test_db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::start_with_config(
+        test_db.url(),
+        CONFIG,
+        &[
+            ("MILESIGHT_WEBHOOK_SECRET", DEFAULT_SECRET),
+            ("TELLTALE_SQLITE_BUSY_TIMEOUT_MS", "300"),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let t = now_secs() * 1000;
+    let first = json!([reading("l-0", "SN-L", "PROPERTY", t - 1, json!({}))]);
+    assert_eq!(post_signed(&server, "/webhooks/milesight", &first).await.0, 200);
+
+    let path = test_db.url().trim_start_matches("sqlite://").to_owned();
+    let mut holder = diesel::SqliteConnection::establish(&path).unwrap();
+    holder.batch_execute("BEGIN IMMEDIATE").unwrap();
+    let batch = json!([
+        reading("l-1", "SN-L", "PROPERTY", t, json!({"t": 1})),
+        reading("l-2", "SN-L", "PROPERTY", t + 1, json!({"t": 2})),
+    ]);
+    let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("database_unavailable")),
+        "{body}"
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+    drop(holder);
+
+    let (status, body) = post_signed(&server, "/webhooks/milesight", &batch).await;
+    assert_eq!((status, body["stored"].as_u64()), (200, Some(2)), "{body}");
+    let direct = test_db.open_migrated().await;
+    let source = deliveries::source_by_name(&direct, "default").await.unwrap();
+    let mut ids: Vec<String> = deliveries::recent_events(&direct, source.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["l-0", "l-1", "l-2"], "each once");
+}
+
 /// Acknowledged means committed: after a 200, even SIGKILL loses nothing, and a restarted
 /// service knows every device's state.
 async fn acknowledged_events_survive_a_killed_process(backend: Backend) {

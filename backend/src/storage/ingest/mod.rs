@@ -114,16 +114,15 @@ pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult
             let borrowed: Vec<IngestRequest<'_>> = requests.iter().map(SharedRequest::as_request).collect();
             ingest_group_postgres(db, pool, &borrowed).await
         }
-        Pools::Sqlite(pool) => {
-            // The whole transaction in one blocking call: the async wrapper would hand each
-            // statement to the blocking pool separately, two thread switches a statement.
+        Pools::Sqlite(_) => {
+            let Some(writer) = &db.sqlite_writer else {
+                return Err(super::StorageError::Unavailable("no SQLite writer".into()));
+            };
             let owned = requests.to_vec();
             let policy = db.offline_policy;
-            let waited = db.pool_wait.start_timer();
-            let mut conn = pool.get().await?;
-            drop(waited);
-            Ok(conn
-                .spawn_blocking(move |conn| {
+            // The whole transaction in one blocking call, on the writer's own connection.
+            writer
+                .run(move |conn| {
                     // BEGIN IMMEDIATE: the write lock first (waiting on busy_timeout), so the
                     // reads that start the group can never meet a newer snapshot at the first
                     // write, which SQLite refuses without waiting.
@@ -133,7 +132,7 @@ pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult
                         sqlite::ingest_group(tx, &borrowed, policy)
                     })
                 })
-                .await?)
+                .await
         }
     }
 }
