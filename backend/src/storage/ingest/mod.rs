@@ -252,7 +252,8 @@ mod postgres {
                 locked.insert(device.sn.clone(), device);
             }
         }
-        let stored = stored.into_iter().collect();
+        let stored: std::collections::HashSet<(i64, &str)> =
+            stored.iter().map(|(source, id)| (*source, id.as_str())).collect();
         let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
         let outcomes = outcomes(requests, &is_new);
@@ -333,16 +334,16 @@ mod sqlite {
         }
 
         let new_events = new_events(requests, &firsts, &locked);
-        let mut stored: HashSet<(i64, String)> = HashSet::with_capacity(new_events.len());
+        let mut stored: HashSet<(i64, &str)> = HashSet::with_capacity(new_events.len());
         for event in &new_events {
-            let key: Option<(i64, String)> = diesel::insert_into(webhook_events::table)
+            let inserted = diesel::insert_into(webhook_events::table)
                 .values(event)
                 .on_conflict((webhook_events::source_id, webhook_events::event_id))
                 .do_nothing()
-                .returning((webhook_events::source_id, webhook_events::event_id))
-                .get_result(tx)
-                .optional()?;
-            stored.extend(key);
+                .execute(tx)?;
+            if inserted == 1 {
+                stored.insert((event.source_id, event.event_id));
+            }
         }
         let is_new = |request: usize, index: usize| stored_first(requests, &firsts, &stored, request, index);
 
@@ -401,14 +402,14 @@ mod sqlite {
 fn stored_first(
     requests: &[IngestRequest<'_>],
     firsts: &BTreeMap<(i64, &str), (usize, usize)>,
-    stored: &HashSet<(i64, String)>,
+    stored: &HashSet<(i64, &str)>,
     request: usize,
     index: usize,
 ) -> bool {
     let r = &requests[request];
     let event_id = r.events[index].event_id.as_str();
     firsts.get(&(r.source_id, event_id)) == Some(&(request, index))
-        && stored.contains(&(r.source_id, event_id.to_owned()))
+        && stored.contains(&(r.source_id, event_id))
 }
 
 /// The event rows to insert: each distinct (source, event id) once, in key order, linked to
