@@ -5,7 +5,7 @@
 //! read their state; insert the events, skipping (source, event id) pairs already stored;
 //! write each changed device's final state once; move each touched source's clock. On
 //! PostgreSQL they go in two pipelined flights (two round trips a group); on SQLite they are
-//! calls inside one blocking task. What the
+//! calls inside one job on the SQLite writer thread (`storage::SqliteWriter`). What the
 //! events mean for their devices and sources is worked out in memory between the statements
 //! (`plan_devices`, `plan_sources`), in the order the events arrived, so the result is the
 //! same as storing the requests one by one. The statements themselves (`statements.rs`) have
@@ -99,7 +99,7 @@ pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageRes
 }
 
 /// One request's events, owned and cheap to share: how group commit hands them over, so the
-/// SQLite writer's blocking task can take them without copying every event.
+/// SQLite writer's thread can take them without copying every event.
 #[derive(Debug, Clone)]
 pub struct SharedRequest {
     pub source_id: i64,
@@ -120,7 +120,7 @@ pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult
             };
             let owned = requests.to_vec();
             let policy = db.offline_policy;
-            // The whole transaction in one blocking call, on the writer's own connection.
+            // The whole transaction in one job on the writer thread and its own connection.
             writer
                 .run(move |conn| {
                     // BEGIN IMMEDIATE: the write lock first (waiting on busy_timeout), so the
