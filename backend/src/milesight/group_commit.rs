@@ -6,9 +6,9 @@
 //!
 //! The group size adapts to load: a small group (under `SMALL_GROUP_EVENTS`) starts its commit
 //! only while fewer than `SMALL_COMMITS` small groups are committing, and takes the requests
-//! that queued while it waited. Each commit has a fixed cost (statements, a flush), so under a stream of
-//! 1-event requests fewer, larger commits cost the database a quarter less CPU a request; large
-//! groups (many events a request) gain nothing from waiting and use every writer.
+//! that queued while it waited. Each commit has a fixed cost (statements, a flush), so under a
+//! stream of 1-event requests fewer, larger commits cost the database a quarter less CPU a
+//! request; large groups (many events a request) gain nothing from waiting and use every writer.
 
 use std::sync::Arc;
 
@@ -93,14 +93,6 @@ async fn write_groups(
             };
             let mut events = first.request.events.len();
             let mut group = vec![first];
-            let take_queued =
-                |group: &mut Vec<Pending>, events: &mut usize, receiver: &mut mpsc::Receiver<Pending>| {
-                    while *events < GROUP_MAX_EVENTS {
-                        let Ok(next) = receiver.try_recv() else { break };
-                        *events += next.request.events.len();
-                        group.push(next);
-                    }
-                };
             take_queued(&mut group, &mut events, &mut receiver);
             // A small group waits for a turn, then takes what queued meanwhile (the receiver
             // stays locked: the other writers would find nothing to take anyway).
@@ -113,6 +105,15 @@ async fn write_groups(
         };
         commit_sizes.observe(group.len() as f64);
         commit(&db, group).await;
+    }
+}
+
+/// Adds the requests already queued to `group`, up to `GROUP_MAX_EVENTS` events in all.
+fn take_queued(group: &mut Vec<Pending>, events: &mut usize, receiver: &mut mpsc::Receiver<Pending>) {
+    while *events < GROUP_MAX_EVENTS {
+        let Ok(next) = receiver.try_recv() else { break };
+        *events += next.request.events.len();
+        group.push(next);
     }
 }
 

@@ -33,12 +33,12 @@ pub struct Device {
     pub updated_at: UtcTime,
 }
 
+/// The granularity of stored offline deadlines (see `OfflinePolicy::deadline`).
+const DEADLINE_STEP_SECS: i64 = 10;
+
 /// When a device that stops reporting counts as offline: its learned interval (else the
 /// default) times the factor after its last reading. Ingest writes the resulting deadline into
 /// `devices.offline_after`, so the offline check reads only the devices past it.
-/// The granularity of stored offline deadlines (see `OfflinePolicy::deadline`).
-pub const DEADLINE_STEP_SECS: i64 = 10;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OfflinePolicy {
     pub default_interval_secs: i64,

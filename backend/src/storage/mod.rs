@@ -102,9 +102,8 @@ pub struct Db {
     pub(crate) pool_wait: prometheus::Histogram,
     /// When a quiet device counts as offline; ingest writes each device's deadline from it.
     pub(crate) offline_policy: devices::OfflinePolicy,
-    /// SQLite only: the thread that checkpoints the write-ahead log (stops with the last clone).
-    _checkpointer: Option<std::sync::Arc<checkpoint::Checkpointer>>,
-    /// SQLite only: the connection webhook events are stored through (`SqliteWriter`).
+    /// SQLite only: the thread webhook events are stored through, and the checkpoint thread
+    /// beside it (`SqliteWriter`); both stop with the last clone.
     pub(crate) sqlite_writer: Option<std::sync::Arc<SqliteWriter>>,
 }
 
@@ -134,8 +133,10 @@ fn sqlite_pragmas(busy_ms: u128, cache_kib: u32) -> String {
 /// once borrowed grew one), and the memory a group needs is reused from one thread's malloc
 /// arena (run on the blocking pool, each group's peak settled in the arena of whichever
 /// thread ran it: 13 arenas, 170 MiB).
+/// The checkpoint thread (`checkpoint.rs`) lives and stops with it.
 pub(crate) struct SqliteWriter {
     jobs: std::sync::mpsc::Sender<WriterJob>,
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 /// A job gets the writer's connection, or why it could not be opened; it returns whether the
@@ -143,10 +144,11 @@ pub(crate) struct SqliteWriter {
 type WriterJob = Box<dyn FnOnce(Result<&mut SqliteConnection, String>) -> bool + Send>;
 
 impl SqliteWriter {
-    /// Starts the thread; it opens its connection at the first job (again after a failure)
-    /// and stops with the last clone of the `Db`.
+    /// Starts the thread (and the checkpoint thread); it opens its connection at the first job
+    /// (again after a failure) and stops with the last clone of the `Db`.
     fn start(path: &str, busy_ms: u128) -> anyhow::Result<SqliteWriter> {
         let (jobs, queue) = std::sync::mpsc::channel::<WriterJob>();
+        let checkpointer = checkpoint::start(path);
         let path = path.to_owned();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -170,7 +172,10 @@ impl SqliteWriter {
                     }
                 }
             })?;
-        Ok(SqliteWriter { jobs })
+        Ok(SqliteWriter {
+            jobs,
+            _checkpointer: checkpointer,
+        })
     }
 
     /// Runs `write` on the writer's connection and returns its result; calls queue in order.
@@ -251,7 +256,6 @@ impl Db {
             )
             .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
         )?;
-        let mut checkpointer = None;
         let mut sqlite_writer = None;
         let pools = match target {
             DatabaseTarget::Postgres(url) => {
@@ -281,8 +285,6 @@ impl Db {
                     let path = path.to_owned();
                     on_runtime(&runtime, async move {
                         let mut conn = SqliteConn::establish(&path).await?;
-                        // WAL lets readers run beside the writer; busy_timeout makes a writer wait
-                        // for the lock instead of failing at once; foreign keys are off by default.
                         conn.batch_execute(&sqlite_pragmas(busy_ms, SQLITE_POOL_CACHE_KIB))
                             .await
                             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
@@ -292,7 +294,6 @@ impl Db {
                 let manager =
                     AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path.clone(), config);
                 let pool = with_limits(Pool::builder(manager), settings).build()?;
-                checkpointer = Some(std::sync::Arc::new(checkpoint::start(path)));
                 sqlite_writer = Some(std::sync::Arc::new(SqliteWriter::start(path, busy_ms)?));
                 Pools::Sqlite(pool)
             }
@@ -301,7 +302,6 @@ impl Db {
             pools,
             pool_wait,
             offline_policy: Default::default(),
-            _checkpointer: checkpointer,
             sqlite_writer,
         })
     }
