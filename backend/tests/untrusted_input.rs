@@ -60,7 +60,182 @@ fn mdp_event() -> impl Strategy<Value = Value> {
         })
 }
 
+/// A value for one of an event's fields: mostly what MDP sends, sometimes any other JSON.
+fn field_value(usual: impl Strategy<Value = Value> + 'static) -> impl Strategy<Value = Value> {
+    prop_oneof![4 => usual, 1 => any_json()]
+}
+
+/// An object shaped like an MDP event, each field present or not, of the usual type or any
+/// other, keys in any order: the shapes the parser's leniency rules are about.
+fn event_like() -> impl Strategy<Value = Value> {
+    let text = || "[A-Za-z0-9 _\\\"\u{e9}-]{0,12}".prop_map(Value::String);
+    let number = || {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            (0f64..200.0).prop_map(Value::from)
+        ]
+    };
+    let profile = prop::collection::btree_map(
+        prop::sample::select(vec!["sn", "devEUI", "deviceId", "name", "model", "other"]),
+        field_value(prop_oneof![text(), number()]),
+        0..6,
+    );
+    let payload = prop::collection::btree_map(
+        prop::sample::select(vec!["battery", "temperature", "humidity"]),
+        field_value(number()),
+        0..3,
+    );
+    let data = (
+        prop::option::of(field_value(number())),
+        prop::option::of(field_value(text())),
+        prop::option::of(field_value(profile.prop_map(|m| json!(m)))),
+        prop::option::of(field_value(payload.prop_map(|m| json!(m)))),
+        prop::option::of(any_json()),
+    )
+        .prop_map(|(ts, kind, profile, payload, message)| {
+            let mut data = serde_json::Map::new();
+            for (key, value) in [
+                ("ts", ts),
+                ("type", kind),
+                ("deviceProfile", profile),
+                ("payload", payload),
+                ("message", message),
+            ] {
+                if let Some(value) = value {
+                    data.insert(key.into(), value);
+                }
+            }
+            Value::Object(data)
+        });
+    (
+        prop::option::of(field_value(prop_oneof![text(), number()])),
+        prop::option::of(field_value(prop_oneof![text(), number()])),
+        prop::option::of(field_value(
+            prop::sample::select(vec!["DEVICE_DATA", "SYSTEM_MESSAGES", "WEBHOOK_TEST", ""])
+                .prop_map(Value::from),
+        )),
+        prop::option::of(field_value(prop_oneof![text(), number()])),
+        prop::option::of(field_value(data)),
+    )
+        .prop_map(|(id, id_upper, kind, created, data)| {
+            let mut event = serde_json::Map::new();
+            for (key, value) in [
+                ("eventId", id),
+                ("eventID", id_upper),
+                ("eventType", kind),
+                ("eventCreatedTime", created),
+                ("data", data),
+            ] {
+                if let Some(value) = value {
+                    event.insert(key.into(), value);
+                }
+            }
+            Value::Object(event)
+        })
+}
+
+/// What the parser should read from one event, worked out the plain way: the event read whole
+/// into a `serde_json::Value`, fields looked up in it. The parser reads the text directly
+/// instead (faster, and nothing is built that is not used); this is its reference.
+fn reference_reading(event: &Value) -> Result<Value, String> {
+    let object = event.as_object().ok_or("not an object")?;
+    let field = |names: &[&str]| names.iter().find_map(|n| object.get(*n)).filter(|v| !v.is_null());
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let event_id = field(&["eventId", "eventID"])
+        .and_then(scalar)
+        .filter(|s| !s.is_empty() && s.len() <= 200)
+        .ok_or("no id")?;
+    let event_type = field(&["eventType"])
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .ok_or("no type")?;
+    let created = field(&["eventCreatedTime"])
+        .and_then(scalar)
+        .and_then(|s| s.parse::<i64>().ok());
+    let data = object.get("data").and_then(Value::as_object);
+    let event_time = match (data.and_then(|d| d.get("ts")).and_then(Value::as_i64), created) {
+        (Some(ms), _) => Utc
+            .timestamp_millis_opt(ms)
+            .single()
+            .map(|t| t.timestamp_millis()),
+        (None, Some(secs)) => Utc.timestamp_opt(secs, 0).single().map(|t| t.timestamp_millis()),
+        (None, None) => None,
+    };
+    let device = data
+        .and_then(|d| d.get("deviceProfile"))
+        .and_then(Value::as_object)
+        .and_then(|p| {
+            let text = |name: &str| p.get(name).and_then(scalar).filter(|s| !s.is_empty());
+            Some(json!([
+                text("sn")?,
+                text("devEUI"),
+                text("deviceId"),
+                text("name"),
+                text("model")
+            ]))
+        });
+    let payload = data.and_then(|d| d.get("payload")).filter(|p| !p.is_null());
+    let battery = payload
+        .and_then(|p| p.get("battery"))
+        .and_then(Value::as_f64)
+        .filter(|v| (0.0..=100.0).contains(v))
+        .map(|v| v.round() as i32);
+    let message = (event_type == "SYSTEM_MESSAGES")
+        .then(|| data.and_then(|d| d.get("message")).map(Value::to_string))
+        .flatten();
+    Ok(json!({
+        "id": event_id, "type": event_type, "time": event_time,
+        "data_type": data.and_then(|d| d.get("type")).and_then(Value::as_str),
+        "device": device, "payload": payload, "battery": battery, "message": message, "raw": event,
+    }))
+}
+
+/// The same summary of what `parse_body` read.
+fn reading(event: &telltale::milesight::payload::ParsedEvent) -> Value {
+    // Text that is not JSON stays a string, which no reference reading equals.
+    let json_text = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| Value::from(text));
+    json!({
+        "id": event.event_id, "type": event.event_type,
+        "time": event.event_time.map(|t| t.0.timestamp_millis()),
+        "data_type": event.data_type,
+        "device": event.device.as_ref().map(|d| json!([d.sn, d.dev_eui, d.device_id, d.name, d.model])),
+        "payload": event.payload.as_deref().map(json_text), "battery": event.battery,
+        "message": event.system_message, "raw": json_text(&event.raw),
+    })
+}
+
 proptest! {
+    /// The parser reads every field exactly as looking it up in the whole parsed event would:
+    /// the same ids, times, device identity, battery and notice, the same payload and event
+    /// JSON, and the same events refused.
+    #[test]
+    fn the_body_parser_reads_what_a_full_json_reading_reads(
+        events in prop::collection::vec(event_like(), 1..6),
+        pretty in any::<bool>(),
+    ) {
+        let body = if pretty {
+            serde_json::to_string_pretty(&events).unwrap()
+        } else {
+            Value::Array(events.clone()).to_string()
+        };
+        // Read back from the text, as the parser reads it (serde_json reads a float to within
+        // one unit in the last place, the same way both times).
+        let sent: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let expected: Result<Vec<Value>, String> = sent.iter().map(reference_reading).collect();
+        match (parse_body(body.as_bytes()), expected) {
+            (Ok(parsed), Ok(expected)) => {
+                let got: Vec<Value> = parsed.iter().map(reading).collect();
+                prop_assert_eq!(got, expected);
+            }
+            (Err(Rejection::InvalidEvent(_)), Err(_)) => {}
+            (got, expected) => prop_assert!(false, "parser {got:?}, reference {expected:?}"),
+        }
+    }
+
     /// No byte string crashes the parser: it answers events or a rejection.
     #[test]
     fn the_body_parser_never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -385,7 +385,7 @@ fn known_source_label(hooks: &[WebhookConfig], request: &WebhookRequest<'_>) -> 
 /// Moves a parsed event into what storage takes: its strings change hands, none is copied
 /// (a 50-event request would otherwise copy every id, name and raw event once more).
 fn into_incoming(event: ParsedEvent, source_id: i64, received: UtcTime) -> IncomingEvent {
-    let battery = event.battery();
+    let battery = event.battery;
     let is_device_data = event.event_type == "DEVICE_DATA";
     let effect = match (event.event_type.as_str(), event.system_message) {
         ("WEBHOOK_TEST", _) => SourceEffect::Verified,
@@ -403,9 +403,7 @@ fn into_incoming(event: ParsedEvent, source_id: i64, received: UtcTime) -> Incom
             DeviceActivity {
                 status,
                 last_seen_at: event.event_time.map_or(received, |t| t.min(received)),
-                last_payload: carries_reading
-                    .then(|| payload.as_ref().map(|p| p.to_string()))
-                    .flatten(),
+                last_payload: carries_reading.then_some(payload).flatten(),
                 last_event_type: data_type,
                 battery,
                 expected_interval_secs: None,

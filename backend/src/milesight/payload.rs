@@ -1,15 +1,22 @@
 //! Milesight (MDP) webhook requests: signature, freshness, replay, and body parsing.
 //! Pure functions and types; storing is `intake`'s job. Shapes follow `apis.md` §1.5.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 use chrono::{DateTime, TimeZone, Utc};
 use hmac::{Hmac, KeyInit, Mac};
+use serde::de::IgnoredAny;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::Sha256;
 
 use crate::storage::UtcTime;
+
+mod fields;
+
+use fields::{BatteryField, EventFields, Loose, MaybeObject};
 
 pub const HEADER_UUID: &str = "x-msc-webhook-uuid";
 pub const HEADER_TIMESTAMP: &str = "x-msc-request-timestamp";
@@ -225,36 +232,38 @@ pub struct ParsedEvent {
     /// `data.type` for DEVICE_DATA (PROPERTY, EVENT, SERVICE, ONLINE, OFFLINE) and TASK_DATA.
     pub data_type: Option<String>,
     pub device: Option<DeviceIdentity>,
-    pub payload: Option<Value>,
+    /// `data.payload` as received (JSON text), unless absent or null.
+    pub payload: Option<String>,
+    /// Battery percentage when the payload reports one (`payload.battery`, 0-100).
+    pub battery: Option<i32>,
     /// `data.message` of a SYSTEM_MESSAGES event, as compact JSON.
     pub system_message: Option<String>,
-    /// The whole event as received (compact JSON), which is what gets stored.
+    /// The whole event as received (JSON text), which is what gets stored.
     pub raw: String,
 }
 
-impl ParsedEvent {
-    /// Battery percentage when the payload reports one.
-    pub fn battery(&self) -> Option<i32> {
-        let value = self.payload.as_ref()?.get("battery")?;
-        value
-            .as_f64()
-            .filter(|v| (0.0..=100.0).contains(v))
-            .map(|v| v.round() as i32)
-    }
-}
+/// How deep a body's arrays and objects may nest: serde_json's own limit when it builds values,
+/// so every stored event can be read back.
+const MAX_NESTING: usize = 128;
 
 /// Parses a body: a JSON array of events, or one event object.
 pub fn parse_body(body: &[u8]) -> Result<Vec<ParsedEvent>, Rejection> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
-    let events = match value {
-        Value::Array(items) => items,
-        object @ Value::Object(_) => vec![object],
+    let malformed = |e: serde_json::Error| Rejection::Malformed(e.to_string());
+    let events: Vec<&RawValue> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body).map_err(malformed)?,
+        Some(b'{') => vec![serde_json::from_slice(body).map_err(malformed)?],
         _ => {
+            serde_json::from_slice::<IgnoredAny>(body).map_err(malformed)?;
             return Err(Rejection::Malformed(
                 "expected an array of events or one event object".into(),
             ));
         }
     };
+    if !fields::nesting_within(body, MAX_NESTING) {
+        return Err(Rejection::Malformed(format!(
+            "arrays and objects nest deeper than {MAX_NESTING} levels"
+        )));
+    }
     events
         .iter()
         .enumerate()
@@ -262,73 +271,68 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<ParsedEvent>, Rejection> {
         .collect()
 }
 
-fn parse_event(event: &Value) -> Result<ParsedEvent, String> {
-    let object = event.as_object().ok_or("not an object")?;
-    let field = |names: &[&str]| names.iter().find_map(|n| object.get(*n)).filter(|v| !v.is_null());
-    let event_id = field(&["eventId", "eventID"])
-        .and_then(scalar_string)
+fn parse_event(raw: &RawValue) -> Result<ParsedEvent, String> {
+    let event = serde_json::from_str::<MaybeObject<EventFields>>(raw.get())
+        .map_err(|e| e.to_string())?
+        .0
+        .ok_or("not an object")?;
+    let event_id = if event.event_id.is_null() {
+        event.event_id_upper
+    } else {
+        event.event_id
+    };
+    let event_id = event_id
+        .scalar_text()
         .filter(|s| !s.is_empty() && s.len() <= 200)
         .ok_or("eventId is missing or not a short string")?;
-    let event_type = field(&["eventType"])
-        .and_then(Value::as_str)
+    let event_type = event
+        .event_type
+        .text()
         .filter(|s| !s.is_empty() && s.len() <= 64)
         .ok_or("eventType is missing")?
-        .to_owned();
-    let created = field(&["eventCreatedTime"])
-        .and_then(scalar_string)
-        .and_then(|s| s.parse::<i64>().ok());
-    let data = object.get("data");
-    let data_object = data.and_then(Value::as_object);
-    let ts_ms = data_object.and_then(|d| d.get("ts")).and_then(Value::as_i64);
-    let event_time = match (ts_ms, created) {
+        .into_owned();
+    let created = event.created.scalar_text().and_then(|s| s.parse::<i64>().ok());
+    let data = event.data.unwrap_or_default();
+    let event_time = match (data.ts.as_i64(), created) {
         (Some(ms), _) => Utc.timestamp_millis_opt(ms).single(),
         (None, Some(secs)) => Utc.timestamp_opt(secs, 0).single(),
         (None, None) => None,
     }
     .map(UtcTime::new);
-    let data_type = data_object
-        .and_then(|d| d.get("type"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let device = data_object
-        .and_then(|d| d.get("deviceProfile"))
-        .and_then(Value::as_object)
-        .and_then(|p| {
-            let text = |name: &str| p.get(name).and_then(scalar_string).filter(|s| !s.is_empty());
-            Some(DeviceIdentity {
-                sn: text("sn")?,
-                dev_eui: text("devEUI"),
-                device_id: text("deviceId"),
-                name: text("name"),
-                model: text("model"),
-            })
-        });
-    let payload = data_object
-        .and_then(|d| d.get("payload"))
-        .cloned()
-        .filter(|p| !p.is_null());
+    let device = data.profile.and_then(|p| {
+        let text = |value: Loose| value.scalar_text().filter(|s| !s.is_empty());
+        Some(DeviceIdentity {
+            sn: text(p.sn)?,
+            dev_eui: text(p.dev_eui),
+            device_id: text(p.device_id),
+            name: text(p.name),
+            model: text(p.model),
+        })
+    });
+    let payload = data.payload.filter(|p| p.get() != "null");
+    let battery = payload
+        .and_then(|p| serde_json::from_str::<MaybeObject<BatteryField>>(p.get()).ok())
+        .and_then(|p| p.0)
+        .and_then(|p| p.battery.as_f64())
+        .filter(|v| (0.0..=100.0).contains(v))
+        .map(|v| v.round() as i32);
+    // Rare (SYSTEM_MESSAGES only), so simply read whole and written back compact.
     let system_message = (event_type == "SYSTEM_MESSAGES")
-        .then(|| data_object.and_then(|d| d.get("message")).map(Value::to_string))
-        .flatten();
+        .then_some(data.message)
+        .flatten()
+        .and_then(|m| serde_json::from_str::<Value>(m.get()).ok())
+        .map(|m| m.to_string());
     Ok(ParsedEvent {
         event_id,
         event_type,
         event_time,
-        data_type,
+        data_type: data.data_type.text().map(Cow::into_owned),
         device,
-        payload,
+        payload: payload.map(|p| p.get().to_owned()),
+        battery,
         system_message,
-        raw: event.to_string(),
+        raw: raw.get().to_owned(),
     })
-}
-
-/// Strings stay strings; numbers (64-bit ids, Unix times) become their decimal text.
-fn scalar_string(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -423,7 +427,7 @@ mod tests {
         let device = e.device.as_ref().unwrap();
         assert_eq!(device.sn, "6707E0461016XXXX");
         assert_eq!(device.device_id.as_deref(), Some("1904371063669395457"));
-        assert_eq!(e.battery(), Some(91));
+        assert_eq!(e.battery, Some(91));
 
         let single = br#"{"eventID":"b2","eventCreatedTime":1742872448,"eventType":"DEVICE_DATA",
             "data":{"deviceProfile":{"deviceId":1904371063669395457,"sn":"S2"},"type":"ONLINE","tslID":""}}"#;
@@ -478,6 +482,23 @@ mod tests {
         assert!(
             matches!(parse_body(deep.as_bytes()), Err(Rejection::Malformed(_))),
             "recursion is bounded"
+        );
+        let deep_payload = format!(
+            r#"{{"eventId":"d","eventType":"DEVICE_DATA","data":{{"payload":{}1{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(
+            matches!(parse_body(deep_payload.as_bytes()), Err(Rejection::Malformed(_))),
+            "a payload nested too deep to be read back is refused, not stored"
+        );
+        let brackets_in_strings = format!(
+            r#"{{"eventId":"s","eventType":"DEVICE_DATA","data":{{"payload":{{"note":"{}"}}}}}}"#,
+            "[{".repeat(200)
+        );
+        assert!(
+            parse_body(brackets_in_strings.as_bytes()).is_ok(),
+            "brackets inside strings do not count as nesting"
         );
         assert!(matches!(
             parse_body(br#"[{"eventType":"DEVICE_DATA"}]"#),
