@@ -327,9 +327,44 @@ impl ToSql<UtcTimestamp, Sqlite> for UtcTime {
 }
 
 impl FromSql<UtcTimestamp, Sqlite> for UtcTime {
-    fn from_sql(bytes: <Sqlite as diesel::backend::Backend>::RawValue<'_>) -> deserialize::Result<Self> {
+    fn from_sql(mut bytes: <Sqlite as diesel::backend::Backend>::RawValue<'_>) -> deserialize::Result<Self> {
+        // What `sqlite_text` wrote is read field by field; anything else (text written by
+        // SQL, older rows) by diesel, which tries chrono's patterns one after another.
+        if bytes.value_type() == Some(diesel::sqlite::SqliteType::Text)
+            && let Some(at) = parse_sqlite_text(bytes.read_text())
+        {
+            return Ok(UtcTime(at));
+        }
         <DateTime<Utc> as FromSql<TimestamptzSqlite, Sqlite>>::from_sql(bytes).map(UtcTime)
     }
+}
+
+/// Reads exactly the text `sqlite_text` writes for years 0-9999
+/// (`YYYY-MM-DD HH:MM:SS.ffffff+00:00`); `None` for any other text.
+fn parse_sqlite_text(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    if b.len() != 32 || &b[26..] != b"+00:00" {
+        return None;
+    }
+    let punctuation = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b' '),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ];
+    if punctuation.iter().any(|&(i, c)| b[i] != c) {
+        return None;
+    }
+    let number = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(number(0, 4)? as i32, number(5, 7)?, number(8, 10)?)?;
+    let time = date.and_hms_micro_opt(number(11, 13)?, number(14, 16)?, number(17, 19)?, number(20, 26)?)?;
+    Some(time.and_utc())
 }
 
 /// `SQLITE_FORMAT`, written field by field: chrono's `format` parses its pattern on every
@@ -365,7 +400,7 @@ pub fn now() -> UtcTime {
 mod tests {
     use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 
-    use super::{SQLITE_FORMAT, sqlite_text};
+    use super::{SQLITE_FORMAT, parse_sqlite_text, sqlite_text};
 
     #[test]
     fn sqlite_text_is_chronos_format() {
@@ -387,5 +422,33 @@ mod tests {
             .unwrap()
             .and_utc();
         assert_eq!(sqlite_text(&leap), leap.format(SQLITE_FORMAT).to_string());
+    }
+
+    #[test]
+    fn sqlite_text_reads_back_as_chrono_reads_it() {
+        let mut at = NaiveDate::from_ymd_opt(1, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        let step = TimeDelta::microseconds(7_919_000_123_457);
+        while at.year() <= 9999 {
+            let text = sqlite_text(&at);
+            assert_eq!(parse_sqlite_text(&text), Some(at), "{text}");
+            let by_chrono = DateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f%:z").unwrap();
+            assert_eq!(by_chrono.to_utc(), at, "{text}");
+            at += step;
+        }
+        // Other text goes to diesel's reader: not ours to guess.
+        for other in [
+            "2026-12-04 10:00:00",
+            "2026-12-04T10:00:00.000000+00:00",
+            "2026-12-04 10:00:00.000000+01:00",
+            "2026-13-04 10:00:00.000000+00:00",
+            "2026-12-04 10:00:6x.000000+00:00",
+            "2459000.5",
+        ] {
+            assert_eq!(parse_sqlite_text(other), None, "{other}");
+        }
     }
 }
