@@ -65,8 +65,18 @@ fn field_value(usual: impl Strategy<Value = Value> + 'static) -> impl Strategy<V
     prop_oneof![4 => usual, 1 => any_json()]
 }
 
+/// An object of the fields that are present.
+fn object_of<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+            .collect(),
+    )
+}
+
 /// An object shaped like an MDP event, each field present or not, of the usual type or any
-/// other, keys in any order: the shapes the parser's leniency rules are about.
+/// other: the shapes the parser's leniency rules are about.
 fn event_like() -> impl Strategy<Value = Value> {
     let text = || "[A-Za-z0-9 _\\\"\u{e9}-]{0,12}".prop_map(Value::String);
     let number = || {
@@ -93,19 +103,13 @@ fn event_like() -> impl Strategy<Value = Value> {
         prop::option::of(any_json()),
     )
         .prop_map(|(ts, kind, profile, payload, message)| {
-            let mut data = serde_json::Map::new();
-            for (key, value) in [
+            object_of([
                 ("ts", ts),
                 ("type", kind),
                 ("deviceProfile", profile),
                 ("payload", payload),
                 ("message", message),
-            ] {
-                if let Some(value) = value {
-                    data.insert(key.into(), value);
-                }
-            }
-            Value::Object(data)
+            ])
         });
     (
         prop::option::of(field_value(prop_oneof![text(), number()])),
@@ -118,19 +122,13 @@ fn event_like() -> impl Strategy<Value = Value> {
         prop::option::of(field_value(data)),
     )
         .prop_map(|(id, id_upper, kind, created, data)| {
-            let mut event = serde_json::Map::new();
-            for (key, value) in [
+            object_of([
                 ("eventId", id),
                 ("eventID", id_upper),
                 ("eventType", kind),
                 ("eventCreatedTime", created),
                 ("data", data),
-            ] {
-                if let Some(value) = value {
-                    event.insert(key.into(), value);
-                }
-            }
-            Value::Object(event)
+            ])
         })
 }
 
