@@ -322,7 +322,7 @@ pub async fn source_event_counts(db: &Db, at: UtcTime) -> StorageResult<SourceEv
     }
     let (hour, day) = match db.pools {
         super::Pools::Postgres(_) => ("$1", "$2"),
-        super::Pools::Sqlite(_) => ("?", "?"),
+        super::Pools::Sqlite(..) => ("?", "?"),
     };
     let sql = format!(
         "SELECT source_id, SUM(CASE WHEN received_at >= {hour} THEN 1 ELSE 0 END) AS last_hour, \

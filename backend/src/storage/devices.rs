@@ -261,7 +261,7 @@ pub async fn fleet_summary(db: &Db, at: UtcTime) -> StorageResult<FleetSummary> 
     let never = SEEN_WITHIN_SECS.len() + 1;
     let placeholder = |i: usize| match db.pools {
         super::Pools::Postgres(_) => format!("${}", i + 1),
-        super::Pools::Sqlite(_) => "?".into(),
+        super::Pools::Sqlite(..) => "?".into(),
     };
     let mut bucket = format!("CASE WHEN last_seen_at IS NULL THEN {never}");
     for i in 0..windows.len() {
@@ -436,14 +436,14 @@ pub async fn search(
         // Lowercased as each backend's `lower()` does: SQLite's folds ASCII letters only.
         let low = match db.pools {
             super::Pools::Postgres(_) => s.to_lowercase(),
-            super::Pools::Sqlite(_) => s.to_ascii_lowercase(),
+            super::Pools::Sqlite(..) => s.to_ascii_lowercase(),
         };
         let high = format!("{low}{}", char::MAX);
         (low, high)
     });
     let collate = match db.pools {
         super::Pools::Postgres(_) => " COLLATE \"C\"",
-        super::Pools::Sqlite(_) => "",
+        super::Pools::Sqlite(..) => "",
     };
     let starts = |column: &str, op: &str| format!("lower({column}){collate} {op} ");
     macro_rules! filtered {

@@ -102,9 +102,6 @@ pub struct Db {
     pub(crate) pool_wait: prometheus::Histogram,
     /// When a quiet device counts as offline; ingest writes each device's deadline from it.
     pub(crate) offline_policy: devices::OfflinePolicy,
-    /// SQLite only: the thread webhook events are stored through, and the checkpoint thread
-    /// beside it (`SqliteWriter`); both stop with the last clone.
-    pub(crate) sqlite_writer: Option<std::sync::Arc<SqliteWriter>>,
 }
 
 /// SQLite's page cache for pooled connections, in KiB (SQLite's default). Each connection has
@@ -134,7 +131,7 @@ fn sqlite_pragmas(busy_ms: u128, cache_kib: u32) -> String {
 /// arena (run on the blocking pool, each group's peak settled in the arena of whichever
 /// thread ran it: 13 arenas, 170 MiB).
 /// The checkpoint thread (`checkpoint.rs`) lives and stops with it.
-pub(crate) struct SqliteWriter {
+pub struct SqliteWriter {
     jobs: std::sync::mpsc::Sender<WriterJob>,
     _checkpointer: checkpoint::Checkpointer,
 }
@@ -215,7 +212,9 @@ fn open_sqlite_writer(path: &str, busy_ms: u128) -> anyhow::Result<SqliteConnect
 #[derive(Clone)]
 pub enum Pools {
     Postgres(Pool<AsyncPgConnection>),
-    Sqlite(Pool<SqliteConn>),
+    /// The pool, and the thread webhook events are stored through with the checkpoint thread
+    /// beside it (`SqliteWriter`); both threads stop with the last clone.
+    Sqlite(Pool<SqliteConn>, std::sync::Arc<SqliteWriter>),
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever backend `$db` uses.
@@ -232,7 +231,7 @@ macro_rules! db_run {
                 let $conn = &mut *pooled;
                 $body
             }
-            $crate::storage::Pools::Sqlite(pool) => {
+            $crate::storage::Pools::Sqlite(pool, _) => {
                 let waited = db.pool_wait().start_timer();
                 let mut pooled = pool.get().await.map_err($crate::storage::StorageError::from)?;
                 drop(waited);
@@ -256,7 +255,6 @@ impl Db {
             )
             .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
         )?;
-        let mut sqlite_writer = None;
         let pools = match target {
             DatabaseTarget::Postgres(url) => {
                 let mut config = ManagerConfig::<AsyncPgConnection>::default();
@@ -294,15 +292,14 @@ impl Db {
                 let manager =
                     AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path.clone(), config);
                 let pool = with_limits(Pool::builder(manager), settings).build()?;
-                sqlite_writer = Some(std::sync::Arc::new(SqliteWriter::start(path, busy_ms)?));
-                Pools::Sqlite(pool)
+                let writer = SqliteWriter::start(path, busy_ms)?;
+                Pools::Sqlite(pool, std::sync::Arc::new(writer))
             }
         };
         Ok(Db {
             pools,
             pool_wait,
             offline_policy: Default::default(),
-            sqlite_writer,
         })
     }
 
@@ -329,7 +326,7 @@ impl Db {
     pub fn backend_name(&self) -> &'static str {
         match self.pools {
             Pools::Postgres(_) => "postgres",
-            Pools::Sqlite(_) => "sqlite",
+            Pools::Sqlite(..) => "sqlite",
         }
     }
 
@@ -345,7 +342,7 @@ impl Db {
     pub fn pool_status(&self) -> deadpool::Status {
         match &self.pools {
             Pools::Postgres(pool) => pool.status(),
-            Pools::Sqlite(pool) => pool.status(),
+            Pools::Sqlite(pool, _) => pool.status(),
         }
     }
 
@@ -353,7 +350,7 @@ impl Db {
     pub fn close(&self) {
         match &self.pools {
             Pools::Postgres(pool) => pool.close(),
-            Pools::Sqlite(pool) => pool.close(),
+            Pools::Sqlite(pool, _) => pool.close(),
         }
     }
 }

@@ -404,7 +404,7 @@ pub async fn prune(db: &Db, cutoff: UtcTime, keep: Option<u32>) -> StorageResult
         super::Pools::Postgres(_) => {
             format!("DELETE FROM platform_data WHERE fetched_at < $1 AND id NOT IN ({NEWEST})")
         }
-        super::Pools::Sqlite(_) => {
+        super::Pools::Sqlite(..) => {
             format!("DELETE FROM platform_data WHERE fetched_at < ? AND id NOT IN ({NEWEST})")
         }
     };

@@ -84,7 +84,7 @@ pub async fn ingest(
 pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
     match &db.pools {
         Pools::Postgres(pool) => ingest_group_postgres(db, pool, requests).await,
-        Pools::Sqlite(_) => {
+        Pools::Sqlite(..) => {
             let shared: Vec<SharedRequest> = requests
                 .iter()
                 .map(|r| SharedRequest {
@@ -114,10 +114,7 @@ pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult
             let borrowed: Vec<IngestRequest<'_>> = requests.iter().map(SharedRequest::as_request).collect();
             ingest_group_postgres(db, pool, &borrowed).await
         }
-        Pools::Sqlite(_) => {
-            let Some(writer) = &db.sqlite_writer else {
-                return Err(super::StorageError::Unavailable("no SQLite writer".into()));
-            };
+        Pools::Sqlite(_, writer) => {
             let owned = requests.to_vec();
             let policy = db.offline_policy;
             // The whole transaction in one job on the writer thread and its own connection.

@@ -354,7 +354,7 @@ async fn database_bytes(db: &telltale::storage::Db) -> Result<(i64, Vec<(String,
                  WHERE relname IN ('devices', 'webhook_events') AND relkind = 'r'"
             }
             // dbstat (compiled into the bundled SQLite) sizes each table and index b-tree.
-            telltale::storage::Pools::Sqlite(_) => {
+            telltale::storage::Pools::Sqlite(..) => {
                 "SELECT 'database' AS name, page_count * page_size AS bytes \
                  FROM pragma_page_count(), pragma_page_size() \
                  UNION ALL SELECT m.tbl_name, SUM(d.pgsize) FROM dbstat d \
