@@ -216,6 +216,8 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init(config.log_format);
+    // Pages, emails and notifications show local times in the zone jobs are scheduled in.
+    crate::present::set_zone(config.scheduler.timezone);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

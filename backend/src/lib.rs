@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod metrics;
 pub mod milesight;
 pub mod polling;
+pub mod present;
 pub mod providers;
 pub mod redact;
 pub mod scheduler;

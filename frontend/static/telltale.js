@@ -4,10 +4,12 @@
   "use strict";
   const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 
+  // The same wording as the server's (backend/src/present.rs), kept current between refreshes.
   function ago(iso) {
     const seconds = Math.round((Date.now() - Date.parse(iso)) / 1000);
     if (isNaN(seconds)) return iso;
     const abs = Math.abs(seconds);
+    if (abs < 5) return "just now";
     const [n, unit] = abs < 60 ? [abs, "s"] : abs < 3600 ? [Math.floor(abs / 60), "min"]
       : abs < 86400 ? [Math.floor(abs / 3600), "h"] : [Math.floor(abs / 86400), "d"];
     return seconds >= 0 ? `${n} ${unit} ago` : `in ${n} ${unit}`;
@@ -15,12 +17,8 @@
 
   function decorate(root) {
     root.querySelectorAll("time[data-ago]").forEach((t) => {
-      const iso = t.getAttribute("datetime");
-      t.title = new Date(iso).toString();
-      t.textContent = ago(iso);
-    });
-    root.querySelectorAll("time[data-clock]").forEach((t) => {
-      t.textContent = new Date(t.getAttribute("datetime")).toLocaleTimeString();
+      // The tooltip is the server's local time with the site's zone named; keep it.
+      t.textContent = ago(t.getAttribute("datetime"));
     });
   }
 

@@ -15,6 +15,7 @@ use super::templates::{self, AlertView};
 use crate::alerts::settings::AlertsConfig;
 use crate::config::Config;
 use crate::milesight::token::is_milesight;
+use crate::present;
 use crate::scheduler::{JobSpec, run_with};
 use crate::storage::alerts::{self as store, Alert, Firing, Notification};
 use crate::storage::connections::{self, Connection};
@@ -102,8 +103,10 @@ pub enum Notice {
     Resolved,
 }
 
+/// A time in an alert's stored text: local with the zone named (a relative time would be
+/// stale by the time someone reads it).
 fn when(t: Option<UtcTime>) -> String {
-    t.map(|t| t.to_string()).unwrap_or_else(|| "never".into())
+    t.map_or_else(|| "never".into(), |t| present::local(t, present::zone()))
 }
 
 /// The conditions that hold at `at`.
@@ -214,12 +217,18 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
                 subject: format!("connection:{}", c.id),
                 severity: severity.into(),
                 summary: if left > 0 {
-                    format!("token of {} connection {} expires in {left} s", c.provider, c.name)
+                    format!(
+                        "token of {} connection {} expires in {}",
+                        c.provider,
+                        c.name,
+                        present::duration(left)
+                    )
                 } else {
                     format!("token of {} connection {} has expired", c.provider, c.name)
                 },
                 details: format!(
-                    "Expires: {expires}\nLast refresh attempt: {}\nThe refresh is overdue: it should have happened within the lead time.\nLook here: {look}",
+                    "Expires: {}\nLast refresh attempt: {}\nThe refresh is overdue: it should have happened within the lead time.\nLook here: {look}",
+                    when(Some(expires)),
                     when(c.last_refresh_attempt_at)
                 ),
             });
@@ -247,9 +256,9 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
                 severity: "high".into(),
                 summary: format!("no Milesight webhook from source {} since {}", s.name, when(s.last_event_at)),
                 details: format!(
-                    "Expected at least every {} s (+{} s grace).\n{quiet} offline device(s) of this source are folded into this alert.\nCheck the webhook in the Milesight Development Platform and Telltale's rejected requests.\nLook here: {}",
-                    s.period_secs,
-                    s.grace_secs,
+                    "Expected at least every {} (+{} grace).\n{quiet} offline device(s) of this source are folded into this alert.\nCheck the webhook in the Milesight Development Platform and Telltale's rejected requests.\nLook here: {}",
+                    present::duration(s.period_secs),
+                    present::duration(s.grace_secs),
                     link("/api/webhooks/sources".into())
                 ),
             });
@@ -264,7 +273,8 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
                 severity: "high".into(),
                 summary: format!("Milesight sent a system notice for source {}", s.name),
                 details: format!(
-                    "Notice at {notice_at}: {}\nMDP may have stopped pushing or hit its daily limit.\nLook here: {}",
+                    "Notice at {}: {}\nMDP may have stopped pushing or hit its daily limit.\nLook here: {}",
+                    when(Some(notice_at)),
                     s.last_system_notice.as_deref().unwrap_or("-"),
                     link("/api/webhooks/sources".into())
                 ),
@@ -325,10 +335,10 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
                     d.sn
                 ),
                 details: format!(
-                    "Last seen: {}\nExpected interval: {} s\nLook here: {}",
+                    "Last seen: {}\nExpected interval: {}\nLook here: {}",
                     when(d.last_seen_at),
                     d.expected_interval_secs
-                        .map_or_else(|| "-".into(), |s| s.to_string()),
+                        .map_or_else(|| "-".into(), present::duration),
                     link(format!("/api/devices/{}", d.id))
                 ),
             });
@@ -365,7 +375,7 @@ pub fn notification_for(config: &Config, alert: &Alert, notice: Notice) -> Optio
             format!(
                 "Recovered at {} (firing since {})",
                 when(alert.resolved_at),
-                alert.first_seen_at
+                when(Some(alert.first_seen_at))
             ),
         ),
         Notice::Reminder => (
@@ -374,14 +384,18 @@ pub fn notification_for(config: &Config, alert: &Alert, notice: Notice) -> Optio
             format!("[Telltale] STILL FIRING ({}): {}", alert.severity, alert.summary),
             format!(
                 "Still firing since {} (reminder {})",
-                alert.first_seen_at, alert.notify_count
+                present::when(alert.first_seen_at, now(), present::zone()),
+                alert.notify_count
             ),
         ),
         Notice::Firing => (
             "alert_firing",
             "firing",
             format!("[Telltale] FIRING ({}): {}", alert.severity, alert.summary),
-            format!("Since {}", alert.first_seen_at),
+            format!(
+                "Since {}",
+                present::when(alert.first_seen_at, now(), present::zone())
+            ),
         ),
     };
     let (text, html) = templates::alert(&AlertView {
@@ -447,7 +461,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         silences
             .iter()
             .find(|s| s.matches(key, rule, subject))
-            .map(|s| format!("silenced until {}: {}", s.ends_at, s.reason))
+            .map(|s| format!("silenced until {}: {}", when(Some(s.ends_at)), s.reason))
     };
     let mut evaluation = Evaluation {
         firing: holding.len(),

@@ -7,7 +7,7 @@ use crate::config::setting::{Kind, parsed, settings};
 settings! {
     /// Where job schedules are read.
     pub struct SchedulerConfig in "scheduler" {
-        /// Time zone of every job schedule (an IANA name).
+        /// Time zone of every job schedule, and of the local times pages and emails show (an IANA name).
         timezone: Tz = parsed("UTC", "an IANA time zone", super::parse_timezone), env "TELLTALE_SCHEDULER_TIMEZONE";
     }
 }

@@ -17,7 +17,7 @@ use diesel::sqlite::Sqlite;
 macro_rules! text_enum {
     ($(#[$meta:meta])* pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
         #[diesel(sql_type = diesel::sql_types::Text)]
         pub enum $name {
             $( $(#[$vmeta])* $variant ),+

@@ -4,11 +4,11 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiError;
-use super::pages::{public_base, render_with_status};
+use super::pages::{Base, ConnectResultPage, public_base, render_with_status};
 use crate::app::AppState;
 use crate::auth::{Staff, Via};
 use crate::storage::{RefreshOutcome, StorageError, connections, now};
@@ -65,13 +65,6 @@ pub struct CallbackQuery {
     error_description: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ResultPage {
-    ok: bool,
-    message: String,
-    connection_id: Option<i64>,
-}
-
 /// `GET /oauth/callback`: the platform sends the browser back here with a code (or why not).
 /// Only an admin's session that started the flow gets anything stored.
 pub async fn callback(
@@ -80,12 +73,13 @@ pub async fn callback(
     query: web::Query<CallbackQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let show = |status: StatusCode, ok: bool, message: String, connection_id: Option<i64>| {
-        let page = ResultPage {
+        let page = ConnectResultPage {
+            base: Base::new("Connect", "/tokens", &staff),
             ok,
             message,
             connection_id,
         };
-        render_with_status(status, "connect.html", "Connect", "/tokens", &staff, &page)
+        render_with_status(status, &page)
     };
     if !staff.is_admin() {
         return Err(ApiError::new(
