@@ -1,0 +1,105 @@
+//! `SmtpSink`: a real SMTP server (aiosmtpd) on 127.0.0.1 that keeps what it receives.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::assert_no_canary;
+
+/// A real SMTP server on 127.0.0.1: Python's aiosmtpd (installed by `scripts/test`) storing
+/// every message it accepts in a maildir. Killed on drop.
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+/// A port nothing listens on now (for an SMTP server that is down, or started later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        SmtpSink::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> SmtpSink {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // aiosmtpd's Mailbox creates the maildir itself; it must not exist beforehand.
+        let dir = root.path().join("maildir");
+        let child = Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start aiosmtpd (python3 -m pip install aiosmtpd): {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "aiosmtpd did not start on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        SmtpSink {
+            child,
+            port,
+            dir,
+            _root: root,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, as RFC 5322 text with folded header lines unfolded
+    /// (long subjects arrive split over lines).
+    pub fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("new")) else {
+            return Vec::new();
+        };
+        let mut messages: Vec<(std::time::SystemTime, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let modified = e.metadata().ok()?.modified().ok()?;
+                Some((modified, std::fs::read_to_string(e.path()).ok()?))
+            })
+            .collect();
+        messages.sort_by_key(|(t, _)| *t);
+        let messages: Vec<String> = messages
+            .into_iter()
+            .map(|(_, m)| m.replace("\r\n", "\n").replace("\n ", " ").replace("\n\t", " "))
+            .collect();
+        for message in &messages {
+            assert_no_canary("an email", message);
+        }
+        messages
+    }
+
+    /// Waits until `n` messages have arrived, and returns them.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n || std::time::Instant::now() >= deadline {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
