@@ -132,8 +132,9 @@ pub fn check_freshness(timestamp: &str, now: DateTime<Utc>, tolerance_secs: i64)
 }
 
 /// Remembers nonces for at least one freshness window, so a captured request cannot be
-/// replayed while its timestamp is still accepted. Two generations bound the memory: a nonce
-/// is forgotten between one and two windows after it was seen, by when its timestamp has expired.
+/// replayed while its timestamp is still accepted. Two generations bound the memory, each
+/// spanning two windows (a timestamp is accepted that far either side of now): a nonce is
+/// forgotten between two and four windows after it was seen, by when its timestamp has expired.
 ///
 /// Nonces are kept as 64-bit keyed hashes (8 bytes, not a string), and a generation holds at
 /// most `GENERATION_CAP` of them: under a flood the generations turn over early, which

@@ -3,7 +3,7 @@
 //! with bounded concurrency through the connection's provider, retries transient failures
 //! with backoff, parks revoked grants as `needs_reauth`, and logs every attempt.
 //!
-//! The scheduled sweep, manual refreshes and (later) the CLI and cron endpoint all call
+//! The scheduled sweep, manual refreshes, the CLI and the cron endpoint all call
 //! `RefreshEngine` so they behave the same.
 
 pub mod connect;
@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::providers::{self, Issued, Outcome, Provider, circuit};
 use crate::scheduler::{JobSpec, run_with};
-use crate::storage::connections::{self, Connection, RefreshedToken};
+use crate::storage::connections::{self, Connection, ConnectionSecrets, RefreshedToken};
 use crate::storage::refresh_log::{self, NewRefreshLogEntry};
 use crate::storage::{ConnectionStatus, RefreshOutcome, TokenHealth};
 use crate::storage::{Db, StorageResult, UtcTime, now};
@@ -277,7 +277,7 @@ impl RefreshEngine {
         let asked_at = now();
         let lock = self.lock_for(id);
         let _serial = lock.lock().await;
-        match self.claimed_refresh(id, request, due_at, asked_at).await {
+        match self.claim_and_refresh(id, request, due_at, asked_at).await {
             Ok(result) => result,
             Err(err) => {
                 tracing::warn!(connection = id, error = %err, "refresh could not complete");
@@ -294,7 +294,9 @@ impl RefreshEngine {
         }
     }
 
-    async fn claimed_refresh(
+    /// Claims the connection's lease (so no other process refreshes it meanwhile), refreshes
+    /// it if still due, and gives the lease back.
+    async fn claim_and_refresh(
         &self,
         id: i64,
         request: &SweepRequest,
@@ -311,13 +313,17 @@ impl RefreshEngine {
                 Some("being refreshed by another process".into()),
             ));
         };
-        let outcome = self.refresh_claimed(&connection, request, due_at, asked_at).await;
-        // Always give the lease back, also after a failure.
-        connections::release(&self.db, id, &self.instance).await?;
+        let outcome = self.refresh_if_due(&connection, request, due_at, asked_at).await;
+        // Always give the lease back, also after a failure. A refresh already stored is
+        // reported as it happened even if the release fails: the lease then runs out by itself.
+        if let Err(err) = connections::release(&self.db, id, &self.instance).await {
+            tracing::warn!(connection = id, error = %err, "cannot release the refresh lease; it expires by itself");
+        }
         outcome
     }
 
-    async fn refresh_claimed(
+    /// Judges the claimed row as it is now, then attempts the refresh and records the result.
+    async fn refresh_if_due(
         &self,
         connection: &Connection,
         request: &SweepRequest,
@@ -358,6 +364,19 @@ impl RefreshEngine {
             ));
         }
         let secrets = connections::secrets(&self.crypto, connection)?;
+        let result = self.attempt(connection, provider, &secrets, request).await;
+        self.record(connection, request, result).await
+    }
+
+    /// Asks the provider for a new token, retrying transient failures with backoff (a
+    /// `Retry-After` wins) unless the upstream's circuit is open; every attempt is logged.
+    async fn attempt(
+        &self,
+        connection: &Connection,
+        provider: &'static dyn Provider,
+        secrets: &ConnectionSecrets,
+        request: &SweepRequest,
+    ) -> Result<Issued, Outcome> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(30))
@@ -388,7 +407,7 @@ impl RefreshEngine {
             }
             let started = Instant::now();
             let outcome = provider
-                .refresh(&self.http, &self.with_defaults(connection), &secrets)
+                .refresh(&self.http, &self.with_defaults(connection), secrets)
                 .await;
             // Only transient failures mean the upstream is unwell; a refusal is an answer.
             match outcome {
@@ -416,7 +435,7 @@ impl RefreshEngine {
                 other => Err(other),
             }
         };
-        let result = attempt
+        attempt
             .retry(backoff)
             .when(|o: &Outcome| matches!(o, Outcome::Transient { .. }))
             .adjust(|o: &Outcome, delay| match o {
@@ -426,7 +445,16 @@ impl RefreshEngine {
                 } => Some((*wait).min(Duration::from_secs(300))),
                 _ => delay,
             })
-            .await;
+            .await
+    }
+
+    /// Stores what the attempt ended with and says so in the log.
+    async fn record(
+        &self,
+        connection: &Connection,
+        request: &SweepRequest,
+        result: Result<Issued, Outcome>,
+    ) -> StorageResult<ConnectionResult> {
         let at = now();
         let result = match result {
             Ok(issued) => {
