@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use telltale::storage::alerts::{self, Firing};
-use telltale::storage::now;
+use telltale::storage::{AlertRule, Severity, now};
 use telltale_e2e::{
     Backend, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb, TestServer, api_client, both_backends, browser,
     mdp_reading, milesight_headers, nonce, post_with_headers, sign_in,
@@ -91,9 +91,9 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
     let store = db.open().await;
     let fire = |key: &str, summary: &str| Firing {
         key: key.into(),
-        rule: "device_offline".into(),
+        rule: AlertRule::DeviceOffline,
         subject: format!("device:{key}"),
-        severity: "warning".into(),
+        severity: Severity::Warning,
         summary: summary.into(),
         details: "last seen 2 hours ago".into(),
     };

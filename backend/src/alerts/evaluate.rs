@@ -1,46 +1,30 @@
-//! The alert rules: plain functions from the signals the other loops wrote (connections,
-//! poll state, webhook sources, devices) to the conditions that hold now, and the evaluation
-//! that opens, refreshes and resolves alerts from them, queuing one email per change.
-//!
-//! Cause mutes effect: while a connection's token is failing, its poll failures are held back
-//! and named in the token alert; while a webhook source is down, its quiet devices are folded
-//! into the source alert.
+//! Alert evaluation: reads the signals the other loops wrote, asks the rules (`rules.rs`)
+//! which conditions hold now, and opens, refreshes and resolves alerts from them, queuing one
+//! notification per change.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::rules::{conditions, when};
 use super::templates::{self, AlertView};
 use crate::alerts::settings::AlertsConfig;
 use crate::config::Config;
-use crate::milesight::token::is_milesight;
 use crate::present;
 use crate::scheduler::{JobSpec, run_with};
-use crate::storage::alerts::{self as store, Alert, Firing, Notification};
+use crate::storage::AlertState;
+use crate::storage::alerts::{self as store, Alert, Notification};
 use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
 use crate::storage::polling::{self as poll_store, PollState};
-use crate::storage::{AlertState, ConnectionStatus, SourceStatus};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
 
-/// Every rule `conditions` knows (for per-rule recipients and silences).
-pub const RULES: &[&str] = &[
-    "token_refresh_failing",
-    "token_needs_reauth",
-    "token_runway",
-    "poll_failing",
-    "webhook_source_stale",
-    "milesight_system_notice",
-    "device_offline",
-    "devices_offline",
-];
-
 /// How many serial numbers a grouped `devices_offline` alert lists (the rest are counted).
-const LISTED_DEVICES: usize = 100;
+const LISTED_DEVICES: usize = super::rules::LISTED_DEVICES;
 
 /// What the rules look at.
 pub struct Signals {
@@ -101,250 +85,6 @@ pub enum Notice {
     Firing,
     Reminder,
     Resolved,
-}
-
-/// A time in an alert's stored text: local with the zone named (a relative time would be
-/// stale by the time someone reads it).
-fn when(t: Option<UtcTime>) -> String {
-    t.map_or_else(|| "never".into(), |t| present::local(t, present::zone()))
-}
-
-/// The conditions that hold at `at`.
-pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<Firing> {
-    let mut firing = Vec::new();
-    let link = |path: String| format!("{}{path}", config.public_url);
-
-    // Polls first, so a failing token can name the poll failures it holds back.
-    let token_failing: HashSet<i64> = signals
-        .connections
-        .iter()
-        .filter(|c| {
-            c.status == ConnectionStatus::NeedsReauth
-                || (c.status != ConnectionStatus::Disabled
-                    && c.consecutive_failures >= config.refresh_failures)
-        })
-        .map(|c| c.id)
-        .collect();
-    let mut held_back: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-    for poll in signals
-        .polls
-        .iter()
-        .filter(|p| p.enabled && p.consecutive_failures >= config.poll_failures)
-    {
-        if token_failing.contains(&poll.connection_id) {
-            held_back
-                .entry(poll.connection_id)
-                .or_default()
-                .push(poll.endpoint.clone());
-            continue;
-        }
-        let name = signals
-            .connections
-            .iter()
-            .find(|c| c.id == poll.connection_id)
-            .map_or_else(
-                || format!("connection {}", poll.connection_id),
-                |c| c.name.clone(),
-            );
-        firing.push(Firing {
-            key: format!("poll_failing:connection:{}:{}", poll.connection_id, poll.endpoint),
-            rule: "poll_failing".into(),
-            subject: format!("connection:{}:{}", poll.connection_id, poll.endpoint),
-            severity: "warning".into(),
-            summary: format!("polling {} of {name} has failed {} times in a row", poll.endpoint, poll.consecutive_failures),
-            details: format!(
-                "Last error: {}\nLast success: {}\nTelltale retried each poll with backoff and keeps the last good data.\nLook here: {}",
-                poll.last_error.as_deref().unwrap_or("-"),
-                when(poll.last_success_at),
-                link("/api/polling".into())
-            ),
-        });
-    }
-
-    for c in signals
-        .connections
-        .iter()
-        .filter(|c| c.status != ConnectionStatus::Disabled)
-    {
-        let held = held_back
-            .get(&c.id)
-            .map(|e| format!("\nHeld back (caused by this): failing polls of {}.", e.join(", ")))
-            .unwrap_or_default();
-        let look = link(format!("/api/connections/{}", c.id));
-        let severity = if is_milesight(c) { "high" } else { "warning" };
-        if c.status == ConnectionStatus::NeedsReauth {
-            firing.push(Firing {
-                key: format!("token_needs_reauth:connection:{}", c.id),
-                rule: "token_needs_reauth".into(),
-                subject: format!("connection:{}", c.id),
-                severity: severity.into(),
-                summary: if is_milesight(c) {
-                    "Milesight refuses the configured OpenAPI client credentials".into()
-                } else {
-                    format!("{} connection {} needs re-authorisation", c.provider, c.name)
-                },
-                details: format!(
-                    "The provider refused the grant: {}\nSince: {}\nTelltale stopped refreshing it; a person must supply new credentials or tokens.{held}\nLook here: {look}",
-                    c.last_error.as_deref().unwrap_or("-"),
-                    when(c.last_refresh_attempt_at)
-                ),
-            });
-        } else if c.consecutive_failures >= config.refresh_failures {
-            firing.push(Firing {
-                key: format!("token_refresh_failing:connection:{}", c.id),
-                rule: "token_refresh_failing".into(),
-                subject: format!("connection:{}", c.id),
-                severity: severity.into(),
-                summary: format!(
-                    "token refresh of {} connection {} failed {} times in a row",
-                    c.provider, c.name, c.consecutive_failures
-                ),
-                details: format!(
-                    "Last error: {}\nLast success: {}\nToken expires: {}\nTelltale retries on every sweep with backoff.{held}\nLook here: {look}",
-                    c.last_error.as_deref().unwrap_or("-"),
-                    when(c.last_refresh_success_at),
-                    when(c.expires_at)
-                ),
-            });
-        } else if c.access_token.is_some()
-            && let Some(expires) = c.expires_at
-            && expires.0 - chrono::Duration::from_std(config.runway_secs).unwrap_or_default() <= at.0
-        {
-            let left = (expires.0 - at.0).num_seconds();
-            firing.push(Firing {
-                key: format!("token_runway:connection:{}", c.id),
-                rule: "token_runway".into(),
-                subject: format!("connection:{}", c.id),
-                severity: severity.into(),
-                summary: if left > 0 {
-                    format!(
-                        "token of {} connection {} expires in {}",
-                        c.provider,
-                        c.name,
-                        present::duration(left)
-                    )
-                } else {
-                    format!("token of {} connection {} has expired", c.provider, c.name)
-                },
-                details: format!(
-                    "Expires: {}\nLast refresh attempt: {}\nThe refresh is overdue: it should have happened within the lead time.\nLook here: {look}",
-                    when(Some(expires)),
-                    when(c.last_refresh_attempt_at)
-                ),
-            });
-        }
-    }
-
-    let mut stale_sources: HashSet<i64> = HashSet::new();
-    for s in &signals.sources {
-        let period = std::time::Duration::from_secs(s.period_secs.max(0) as u64);
-        let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
-        // A source that never delivered is judged from when it was set up.
-        let baseline = s.last_event_at.or(Some(s.created_at));
-        if crate::milesight::source_status(baseline, period, grace, at) == SourceStatus::Stale {
-            stale_sources.insert(s.id);
-            let quiet: usize = signals
-                .offline
-                .iter()
-                .filter(|g| g.source_id == Some(s.id))
-                .map(|g| g.count)
-                .sum();
-            firing.push(Firing {
-                key: format!("webhook_source_stale:source:{}", s.name),
-                rule: "webhook_source_stale".into(),
-                subject: format!("source:{}", s.name),
-                severity: "high".into(),
-                summary: format!("no Milesight webhook from source {} since {}", s.name, when(s.last_event_at)),
-                details: format!(
-                    "Expected at least every {} (+{} grace).\n{quiet} offline device(s) of this source are folded into this alert.\nCheck the webhook in the Milesight Development Platform and Telltale's rejected requests.\nLook here: {}",
-                    present::duration(s.period_secs),
-                    present::duration(s.grace_secs),
-                    link("/api/webhooks/sources".into())
-                ),
-            });
-        }
-        if let Some(notice_at) = s.last_system_notice_at
-            && at.0 - notice_at.0 < chrono::Duration::hours(24)
-        {
-            firing.push(Firing {
-                key: format!("milesight_system_notice:source:{}", s.name),
-                rule: "milesight_system_notice".into(),
-                subject: format!("source:{}", s.name),
-                severity: "high".into(),
-                summary: format!("Milesight sent a system notice for source {}", s.name),
-                details: format!(
-                    "Notice at {}: {}\nMDP may have stopped pushing or hit its daily limit.\nLook here: {}",
-                    when(Some(notice_at)),
-                    s.last_system_notice.as_deref().unwrap_or("-"),
-                    link("/api/webhooks/sources".into())
-                ),
-            });
-        }
-    }
-
-    // Offline devices by source; a dead source already folds its own.
-    let source_names: HashMap<i64, &str> = signals.sources.iter().map(|s| (s.id, s.name.as_str())).collect();
-    for group in signals
-        .offline
-        .iter()
-        .filter(|g| !g.source_id.is_some_and(|id| stale_sources.contains(&id)))
-    {
-        if group.count > config.device_offline_group_threshold {
-            // Many at once is one incident (a gateway, a network, power): one alert for the
-            // source, not one email per device.
-            let source = group
-                .source_id
-                .and_then(|id| source_names.get(&id).copied())
-                .unwrap_or("none");
-            let listed: Vec<&str> = group
-                .devices
-                .iter()
-                .take(LISTED_DEVICES)
-                .map(|d| d.sn.as_str())
-                .collect();
-            let more = group.count.saturating_sub(listed.len());
-            firing.push(Firing {
-                key: format!("devices_offline:source:{source}"),
-                rule: "devices_offline".into(),
-                subject: format!("source:{source}"),
-                severity: "warning".into(),
-                summary: format!("{} devices of source {source} are offline", group.count),
-                details: format!(
-                    "Offline: {}{}\nMore than {} at once, so they share this alert.\nLook here: {}",
-                    listed.join(", "),
-                    if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    },
-                    config.device_offline_group_threshold,
-                    link("/devices?status=offline".into())
-                ),
-            });
-            continue;
-        }
-        for d in &group.devices {
-            firing.push(Firing {
-                key: format!("device_offline:device:{}", d.sn),
-                rule: "device_offline".into(),
-                subject: format!("device:{}", d.sn),
-                severity: "warning".into(),
-                summary: format!(
-                    "device {} ({}) is offline",
-                    d.name.as_deref().unwrap_or(&d.sn),
-                    d.sn
-                ),
-                details: format!(
-                    "Last seen: {}\nExpected interval: {}\nLook here: {}",
-                    when(d.last_seen_at),
-                    d.expected_interval_secs
-                        .map_or_else(|| "-".into(), present::duration),
-                    link(format!("/api/devices/{}", d.id))
-                ),
-            });
-        }
-    }
-    firing
 }
 
 /// The email and webhook deliveries for an alert change; `None` when nobody is to be told.
@@ -469,7 +209,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
     };
     let mut active = HashSet::new();
     for firing in &holding {
-        let hold = hold_for(&firing.key, &firing.rule, &firing.subject);
+        let hold = hold_for(&firing.key, firing.rule.as_str(), &firing.subject);
         let (alert, opened) = store::fire(db, firing, at, hold.as_deref(), |alert| {
             notification_for(config, alert, Notice::Firing)
         })

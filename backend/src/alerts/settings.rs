@@ -12,6 +12,7 @@ use crate::config::setting::{
 };
 use crate::config::{ConfigError, check_mailbox, valid_source_name};
 use crate::scheduler::settings::schedule;
+use crate::storage::AlertRule;
 
 settings! {
     /// Outgoing email (alerts, test emails), delivered through the outbox.
@@ -99,14 +100,10 @@ impl AlertsConfig {
             if let Some(secret) = &hook.secret {
                 signing_key(secret.expose_secret()).map_err(|m| at(format!("secret: {m}")))?;
             }
-            if let Some(rule) = hook
-                .rules
-                .iter()
-                .find(|r| !super::evaluate::RULES.contains(&r.as_str()))
-            {
+            if let Some(rule) = hook.rules.iter().find(|r| r.parse::<AlertRule>().is_err()) {
                 return Err(at(format!(
                     "unknown rule {rule:?}; the rules are {}",
-                    super::evaluate::RULES.join(", ")
+                    rule_names()
                 )));
             }
         }
@@ -249,11 +246,8 @@ fn recipients() -> Kind<BTreeMap<String, Vec<String>>> {
             .ok_or_else(|| "invalid type: expected a table of rule = \"addresses\"".to_owned())?;
         let mut map = BTreeMap::new();
         for (rule, list) in table {
-            if !super::evaluate::RULES.contains(&rule.as_str()) {
-                return Err(format!(
-                    "unknown rule {rule:?}; the rules are {}",
-                    super::evaluate::RULES.join(", ")
-                ));
+            if rule.parse::<AlertRule>().is_err() {
+                return Err(format!("unknown rule {rule:?}; the rules are {}", rule_names()));
             }
             let list = list
                 .as_str()
@@ -273,4 +267,13 @@ fn recipients() -> Kind<BTreeMap<String, Vec<String>>> {
         }
         Ok(map)
     })
+}
+
+/// Every rule's name, for error messages.
+fn rule_names() -> String {
+    AlertRule::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::fields::UtcTime;
 use super::schema::{alert_events, alerts, outbox, silences};
-use super::{AlertEventKind, AlertState, Db, StorageError, StorageResult};
+use super::{AlertEventKind, AlertRule, AlertState, Db, Severity, StorageError, StorageResult};
 use crate::db_run;
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, PartialEq)]
@@ -49,9 +49,9 @@ pub struct AlertEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Firing {
     pub key: String,
-    pub rule: String,
+    pub rule: AlertRule,
     pub subject: String,
-    pub severity: String,
+    pub severity: Severity,
     pub summary: String,
     pub details: String,
 }
@@ -177,9 +177,9 @@ pub async fn fire(
             let inserted: Option<Alert> = diesel::insert_into(alerts::table)
                 .values((
                     alerts::alert_key.eq(&firing.key),
-                    alerts::rule.eq(&firing.rule),
+                    alerts::rule.eq(firing.rule.as_str()),
                     alerts::subject.eq(&firing.subject),
-                    alerts::severity.eq(&firing.severity),
+                    alerts::severity.eq(firing.severity.as_str()),
                     alerts::state.eq(AlertState::Firing),
                     alerts::summary.eq(&firing.summary),
                     alerts::details.eq(&firing.details),
@@ -202,7 +202,7 @@ pub async fn fire(
                         alerts::state.eq(AlertState::Firing),
                         alerts::summary.eq(&firing.summary),
                         alerts::details.eq(&firing.details),
-                        alerts::severity.eq(&firing.severity),
+                        alerts::severity.eq(firing.severity.as_str()),
                         alerts::occurrences.eq(alerts::occurrences + 1),
                         alerts::first_seen_at.eq(at),
                         alerts::last_seen_at.eq(at),

@@ -121,6 +121,29 @@ impl ConnectionStatus {
 }
 
 text_enum! {
+    /// The rule an alert fired under (`alerts.rule`); `alerts::rules` has one function each.
+    pub enum AlertRule {
+        TokenRefreshFailing = "token_refresh_failing",
+        TokenNeedsReauth = "token_needs_reauth",
+        TokenRunway = "token_runway",
+        PollFailing = "poll_failing",
+        WebhookSourceStale = "webhook_source_stale",
+        MilesightSystemNotice = "milesight_system_notice",
+        DeviceOffline = "device_offline",
+        /// Many devices of one source at once, as one alert.
+        DevicesOffline = "devices_offline",
+    }
+}
+
+text_enum! {
+    /// How urgent an alert is (`alerts.severity`).
+    pub enum Severity {
+        Warning = "warning",
+        High = "high",
+    }
+}
+
+text_enum! {
     /// Where an alert stands (`alerts.state`).
     pub enum AlertState {
         Firing = "firing",

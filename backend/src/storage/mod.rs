@@ -33,8 +33,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 
 pub use error::{StorageError, StorageResult};
 pub use fields::{
-    AlertEventKind, AlertState, ConnectionStatus, DeviceStatus, PollOutcome, PollStatus, RefreshOutcome,
-    Role, SourceStatus, TokenHealth, UtcTime, now,
+    AlertEventKind, AlertRule, AlertState, ConnectionStatus, DeviceStatus, PollOutcome, PollStatus,
+    RefreshOutcome, Role, Severity, SourceStatus, TokenHealth, UtcTime, now,
 };
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
