@@ -23,6 +23,7 @@ both_backends!(
     concurrent_manual_and_scheduled_refresh_make_one_call,
     two_engines_on_one_database_refresh_each_connection_once,
     a_failing_upstream_opens_its_circuit_and_spares_the_others,
+    the_sweep_reads_what_is_due_and_notices_changed_tokens,
 );
 
 async fn app(db: &TestDb) -> AppState {
@@ -529,4 +530,61 @@ async fn a_failing_upstream_opens_its_circuit_and_spares_the_others(backend: Bac
         ),
         Some(0.0)
     );
+}
+
+/// The sweep writes when a connection not yet due will be, reads only due or changed
+/// connections afterwards, and a token changed by hand (due sooner) is refreshed on time.
+async fn the_sweep_reads_what_is_due_and_notices_changed_tokens(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    let url = format!("{}/token", server.uri());
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(issued("at-new", None))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let id = connection(&state, "later", &url, None, 120).await;
+    let stored = connections::get_connection(&state.db, id).await.unwrap();
+    assert_eq!(stored.next_refresh_at, None, "not judged yet");
+
+    let report = state
+        .token_engine
+        .sweep(&sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!(report.checked, 0, "two hours of runway: not due");
+    let judged = connections::get_connection(&state.db, id).await.unwrap();
+    let next = judged.next_refresh_at.expect("the sweep wrote when it is due");
+    let expires = judged.expires_at.unwrap();
+    assert!(
+        next < expires && next.0 > now().0 + Span::minutes(60),
+        "{next:?} before {expires:?}"
+    );
+    let candidates = connections::refresh_candidates(&state.db, None, None, now())
+        .await
+        .unwrap();
+    assert!(candidates.is_empty(), "later sweeps do not read it until then");
+    // Due at that time, and not a moment before.
+    let at = |t: telltale::storage::UtcTime| connections::refresh_candidates(&state.db, None, None, t);
+    assert_eq!(at(next).await.unwrap().len(), 1);
+    let just_before = telltale::storage::UtcTime::new(next.0 - Span::seconds(1));
+    assert!(at(just_before).await.unwrap().is_empty());
+
+    // Someone pastes a token that expires in two minutes: the next sweep refreshes it.
+    let update = connections::ConnectionUpdate {
+        access_token: Some("at-pasted".into()),
+        expires_at: Some(Some((now().0 + Span::minutes(2)).into())),
+        ..Default::default()
+    };
+    connections::update_connection(&state.db, &state.crypto, id, &update)
+        .await
+        .unwrap();
+    let report = state
+        .token_engine
+        .sweep(&sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!((report.checked, report.refreshed), (1, 1), "{report:?}");
 }

@@ -336,6 +336,7 @@ pub async fn ensure_connection(
                     connections::base_url.eq(base_url),
                     connections::settings.eq(&settings),
                     connections::updated_at.eq(at),
+                    connections::next_refresh_at.eq(None::<UtcTime>),
                 ))
                 .returning(Connection::as_returning())
                 .get_result(tx)
@@ -443,15 +444,23 @@ pub async fn alert_candidates(
 }
 
 /// Connections a refresh sweep should look at: not disabled, not waiting for re-authorisation,
-/// holding a token or a refresh token, optionally of one provider or one id. Whether each is
-/// due is decided by the caller (leads differ by provider).
+/// holding a token or a refresh token, due by `at` (`next_refresh_at`) or not yet scheduled
+/// (`NULL`: new or changed since), optionally of one provider or one id. Both backends answer
+/// from the `next_refresh_at` index, so the sweep reads what is due, not every connection.
+/// Whether each is really due is decided by the caller (leads differ by provider).
 pub async fn refresh_candidates(
     db: &Db,
     provider: Option<&str>,
     id: Option<i64>,
+    at: UtcTime,
 ) -> StorageResult<Vec<Connection>> {
     db_run!(db, |conn| {
         let mut query = connections::table
+            .filter(
+                connections::next_refresh_at
+                    .is_null()
+                    .or(connections::next_refresh_at.le(at)),
+            )
             .filter(connections::status.ne_all([ConnectionStatus::Disabled, ConnectionStatus::NeedsReauth]))
             .filter(
                 connections::refresh_token
@@ -466,9 +475,42 @@ pub async fn refresh_candidates(
         if let Some(id) = id {
             query = query.filter(connections::id.eq(id));
         }
-        Ok(query.order(connections::id.asc()).load(conn).await?)
+        // Sorted here, not by the query: an ORDER BY id leads SQLite to scan the table in id
+        // order instead of reading the `next_refresh_at` index.
+        let mut due: Vec<Connection> = query.load(conn).await?;
+        due.sort_by_key(|c| c.id);
+        Ok(due)
     })
 }
+
+/// Records when each connection `(id, next due, updated_at as judged)` is next due, for
+/// connections a sweep found not due yet; a connection changed since it was judged (its
+/// `updated_at` moved) keeps `NULL`, to be judged again. Written a few hundred rows a
+/// transaction, so a first sweep over many connections never holds their rows (or SQLite's
+/// one writer) for long.
+pub async fn schedule_refreshes(db: &Db, due: &[(i64, UtcTime, UtcTime)]) -> StorageResult<()> {
+    for chunk in due.chunks(SCHEDULE_CHUNK) {
+        db_run!(db, |conn| {
+            conn.transaction::<_, StorageError, _>(async |tx| {
+                for (id, next, judged_version) in chunk {
+                    diesel::update(
+                        connections::table
+                            .find(*id)
+                            .filter(connections::updated_at.eq(*judged_version)),
+                    )
+                    .set(connections::next_refresh_at.eq(Some(*next)))
+                    .execute(tx)
+                    .await?;
+                }
+                Ok(())
+            })
+            .await
+        })?;
+    }
+    Ok(())
+}
+
+const SCHEDULE_CHUNK: usize = 500;
 
 /// Takes the refresh lease on a connection for `owner` until `until`, unless another owner
 /// holds an unexpired one. A single conditional UPDATE: on PostgreSQL the row lock makes a
@@ -607,6 +649,7 @@ pub async fn upsert_derived_token(
                 connections::status.eq(ConnectionStatus::Active),
                 connections::last_refresh_success_at.eq(Some(at)),
                 connections::updated_at.eq(at),
+                connections::next_refresh_at.eq(None::<UtcTime>),
             ))
             .returning(Connection::as_returning())
             .get_result(conn)
@@ -698,10 +741,12 @@ pub async fn update_connection(
 }
 
 /// Writes `changeset` to connection `id` in one statement; returns the row as it now is.
+/// Every such change (tokens, expiry, settings, status) may move when the connection is due,
+/// so its `next_refresh_at` is cleared for the next sweep to work out again.
 async fn apply(db: &Db, id: i64, changeset: &ConnectionChangeset) -> StorageResult<Connection> {
     db_run!(db, |conn| {
         Ok(diesel::update(connections::table.find(id))
-            .set(changeset)
+            .set((changeset, connections::next_refresh_at.eq(None::<UtcTime>)))
             .returning(Connection::as_returning())
             .get_result(conn)
             .await?)

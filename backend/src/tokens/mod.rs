@@ -90,29 +90,40 @@ pub struct RefreshEngine {
     circuits: circuit::Circuits,
 }
 
-/// When a connection should be refreshed: no token yet, within its lead time of expiry, or
-/// not refreshed for the idle window (so unused grants are not revoked).
-pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idle: Duration) -> bool {
-    let lead = own_lead(connection).unwrap_or_else(|| provider.default_lead());
-    let lead = chrono::Duration::from_std(lead).unwrap_or_default();
-    let idle = chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::MAX);
+/// When a connection is next due for a refresh: at once with no token yet (or an unknown
+/// expiry its provider refreshes at once), else the earlier of its lead time before expiry
+/// and the idle window after its last refresh (so unused grants are not revoked).
+pub fn next_refresh_at(connection: &Connection, provider: &dyn Provider, idle: Duration) -> UtcTime {
+    // Any time in the past: "at once" must hold for a sweep judged at any time.
+    let at_once = UtcTime::new(chrono::DateTime::UNIX_EPOCH);
     if connection.access_token.is_none() {
-        return true;
+        return at_once;
     }
     if connection.expires_at.is_none()
         && connection.last_refresh_success_at.is_none()
         && provider.refresh_unknown_expiry_at_once()
     {
-        return true;
+        return at_once;
     }
-    let near_expiry = connection.expires_at.is_some_and(|exp| exp.0 - lead <= at.0);
-    let idle_too_long = connection
+    let lead = own_lead(connection).unwrap_or_else(|| provider.default_lead());
+    let lead = chrono::Duration::from_std(lead).unwrap_or_default();
+    let idle = chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::MAX);
+    let idle_due = connection
         .last_refresh_success_at
         .unwrap_or(connection.created_at)
         .0
-        + idle
-        <= at.0;
-    near_expiry || idle_too_long
+        .checked_add_signed(idle)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    let due = match connection.expires_at {
+        Some(expires) => idle_due.min(expires.0 - lead),
+        None => idle_due,
+    };
+    UtcTime::new(due)
+}
+
+/// Whether a connection is due at `at` (see [`next_refresh_at`]).
+pub fn is_due(connection: &Connection, provider: &dyn Provider, at: UtcTime, idle: Duration) -> bool {
+    next_refresh_at(connection, provider, idle) <= at
 }
 
 impl RefreshEngine {
@@ -166,14 +177,25 @@ impl RefreshEngine {
     pub async fn sweep(&self, request: &SweepRequest, at: UtcTime) -> StorageResult<SweepReport> {
         let idle = self.settings.idle_refresh_days;
         let candidates =
-            connections::refresh_candidates(&self.db, request.provider.as_deref(), request.connection_id)
+            connections::refresh_candidates(&self.db, request.provider.as_deref(), request.connection_id, at)
                 .await?;
         let considered = candidates.len();
         let soonest_expiry = candidates.iter().filter_map(|c| c.expires_at).min();
-        let due: Vec<Connection> = candidates
-            .into_iter()
-            .filter(|c| providers::provider_for(&c.provider).is_some_and(|p| is_due(c, p, at, idle)))
-            .collect();
+        // Candidates not due yet (new or changed since their last sweep) get their time
+        // written, so later sweeps skip them until then.
+        let mut due = Vec::new();
+        let mut later = Vec::new();
+        for c in candidates {
+            match providers::provider_for(&c.provider).map(|p| next_refresh_at(&c, p, idle)) {
+                Some(next) if next > at => later.push((c.id, next, c.updated_at)),
+                Some(_) => due.push(c),
+                // A provider this build does not know: nothing to refresh it with.
+                None => {}
+            }
+        }
+        if !request.dry_run {
+            connections::schedule_refreshes(&self.db, &later).await?;
+        }
         let results: Vec<ConnectionResult> = if request.dry_run {
             let mut results = Vec::new();
             for c in &due {

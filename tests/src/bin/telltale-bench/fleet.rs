@@ -51,7 +51,7 @@ pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
 }
 
 /// Resident and peak resident memory of this process, in MiB (Linux `/proc/self/status`).
-fn rss_mib() -> (f64, f64) {
+pub fn rss_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let read = |key: &str| {
         status

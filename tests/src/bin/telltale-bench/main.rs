@@ -12,11 +12,15 @@
 //! - `telltale-bench fleet [--backend sqlite|postgres] [--devices N] [--offline-percent P]`:
 //!   what the jobs and reads that run whatever the traffic cost at N devices (see `fleet.rs`).
 //!
+//! - `telltale-bench sweep [--backend sqlite|postgres] [--connections N] [--due D]`: the token
+//!   sweep's due-selection and memory with N connections, D due (see `sweep.rs`).
+//!
 //! Run with `scripts/bench` (builds the release binaries first).
 
 mod cpu;
 mod fleet;
 mod ingest;
+mod sweep;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -84,11 +88,15 @@ async fn main() -> ExitCode {
             Ok(args) => fleet::run(args).await,
             Err(e) => Err(e),
         },
+        Some("sweep") => match sweep::parse(argv) {
+            Ok(args) => sweep::run(args).await,
+            Err(e) => Err(e),
+        },
         Some("ingest") => match ingest::parse(argv) {
             Ok(args) => ingest::run(args).await,
             Err(e) => Err(e),
         },
-        _ => Err("usage: telltale-bench refresh|poll [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]\n       telltale-bench ingest [--backend sqlite|postgres|both] [--seconds S] [--connections C]\n       telltale-bench fleet [--backend sqlite|postgres] [--devices N] [--offline-percent P]".into()),
+        _ => Err("usage: telltale-bench refresh|poll [--backend sqlite|postgres] [--connections N] [--latency-ms MS] [--concurrency C]\n       telltale-bench ingest [--backend sqlite|postgres|both] [--seconds S] [--connections C]\n       telltale-bench fleet [--backend sqlite|postgres] [--devices N] [--offline-percent P]\n       telltale-bench sweep [--backend sqlite|postgres] [--connections N] [--due D]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
