@@ -24,6 +24,8 @@ use crate::tokens::RefreshEngine;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// Every background task shutdown waits for: the webhook writers, start-up work, jobs.
+    pub tasks: TaskTracker,
     pub db: Db,
     pub crypto: Arc<Crypto>,
     pub metrics: Metrics,
@@ -106,12 +108,14 @@ impl AppState {
         // operators, the uuid keeps a reused pid from inheriting a dead process's leases).
         let instance = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let crypto = Arc::new(crypto);
+        let tasks = TaskTracker::new();
         let intake = Arc::new(Intake::new(
             db.clone(),
             crypto.clone(),
             &config.milesight,
             config.database.pool().ingest_writers,
             metrics.intake(),
+            &tasks,
         ));
         // Each engine is built from what it uses; the web layer holds them all here.
         let token_engine = Arc::new(RefreshEngine::new(
@@ -149,6 +153,7 @@ impl AppState {
         let login_throttle = Arc::new(LoginThrottle::new(config.auth.login_attempts_per_minute));
         Ok(AppState {
             config: Arc::new(config),
+            tasks,
             db,
             crypto,
             metrics,
@@ -244,7 +249,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
+    let tasks = state.tasks.clone();
 
     // The scheduler starts once the database is ready; shutdown stops it if it did.
     let scheduler: Arc<tokio::sync::Mutex<Option<Scheduler>>> = Arc::default();
@@ -301,6 +306,7 @@ pub async fn serve(
         }
         result = server_task => {
             // The server ended on its own: that is a failure, not a shutdown.
+            state.intake.stop_writers();
             cancel.cancel();
             if let Some(scheduler) = scheduler.lock().await.take() {
                 scheduler.shutdown().await;
@@ -312,13 +318,15 @@ pub async fn serve(
         }
     }
 
+    // No request comes in any more: the webhook writers commit what is queued, then end.
+    state.intake.stop_writers();
     cancel.cancel();
     if let Some(scheduler) = scheduler.lock().await.take() {
         scheduler.shutdown().await;
     }
     tasks.close();
     tasks.wait().await;
-    tracing::info!("background jobs stopped");
+    tracing::info!("background jobs stopped; webhook writers drained");
     state.db.close();
     tracing::info!("database pool closed; shutdown complete");
     Ok(())

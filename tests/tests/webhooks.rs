@@ -17,6 +17,7 @@ both_backends!(
     acknowledged_events_survive_a_killed_process,
     a_concurrent_burst_is_stored_exactly_once,
     a_rotated_secret_accepts_the_previous_one_meanwhile,
+    shutdown_under_webhook_load_stores_every_acknowledged_event,
 );
 
 const SITE_A_SECRET: &str = "site-a-secret";
@@ -885,4 +886,73 @@ async fn database_outage_under_load_loses_nothing_postgres() {
         &[("outcome", "unavailable"), ("source", "default")],
     );
     assert_eq!(unavailable, Some(refused as f64), "every 503 counted");
+}
+
+/// SIGTERM while senders keep webhooks in flight: the server stops taking requests, the
+/// writers commit what was queued before ending, and every event answered 200 is stored.
+async fn shutdown_under_webhook_load_stores_every_acknowledged_event(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let mut server = start(&test_db).await;
+    let url = server.url("/webhooks/milesight");
+    let mut senders = Vec::new();
+    for sender in 0..8 {
+        let url = url.clone();
+        senders.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0.. {
+                let id = format!("drain-{sender}-{n}");
+                let event = reading(
+                    &id,
+                    &format!("SN-D{sender}"),
+                    "PROPERTY",
+                    now_secs() * 1000,
+                    json!({"n": n}),
+                );
+                let headers = milesight_headers(DEFAULT_SECRET, None, now_secs(), &nonce());
+                let client = reqwest::Client::new();
+                let mut request = client.post(&url).body(json!([event]).to_string());
+                for (k, v) in &headers {
+                    request = request.header(k, v);
+                }
+                // Refused or reset: the server stopped taking requests. Not acknowledged.
+                match request.send().await {
+                    Ok(resp) if resp.status() == 200 => acknowledged.push(id),
+                    _ => return acknowledged,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = server.signal_and_wait("TERM", Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        server.log_text()
+    );
+    assert!(
+        server.log_text().contains("webhook writers drained"),
+        "{}",
+        server.log_text()
+    );
+    let mut acknowledged = Vec::new();
+    for sender in senders {
+        acknowledged.extend(sender.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 8,
+        "requests were answered before the shutdown"
+    );
+    drop(server);
+
+    let db = open_db(&test_db).await;
+    let source = deliveries::source_by_name(&db, "default").await.unwrap();
+    let stored: std::collections::HashSet<String> = deliveries::recent_events(&db, source.id, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    let lost: Vec<&String> = acknowledged.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
 }

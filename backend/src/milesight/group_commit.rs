@@ -13,6 +13,8 @@
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::storage::deliveries::{IncomingEvent, InsertOutcome, SharedRequest, ingest_shared};
 use crate::storage::{Db, StorageError, StorageResult, UtcTime};
@@ -37,24 +39,40 @@ struct Pending {
 /// The queue in front of the writers; cheap to share.
 pub struct GroupCommit {
     queue: mpsc::Sender<Pending>,
+    /// Tells the writers to commit what is queued and stop (shutdown).
+    stop: CancellationToken,
 }
 
 impl GroupCommit {
-    /// Starts `writers` writers on the current tokio runtime; while some commit, the next
-    /// group gathers. `commit_sizes` observes the number of requests in each commit.
-    pub fn start(db: Db, writers: usize, commit_sizes: prometheus::Histogram) -> GroupCommit {
+    /// Starts `writers` writers on `tasks` (the process's shutdown tracker, so shutdown waits
+    /// for them); while some commit, the next group gathers. `commit_sizes` observes the number
+    /// of requests in each commit.
+    pub fn start(
+        db: Db,
+        writers: usize,
+        commit_sizes: prometheus::Histogram,
+        tasks: &TaskTracker,
+    ) -> GroupCommit {
         let (queue, receiver) = mpsc::channel(QUEUE_REQUESTS);
         let receiver = Arc::new(Mutex::new(receiver));
         let small_commits = Arc::new(Semaphore::new(SMALL_COMMITS));
+        let stop = CancellationToken::new();
         for _ in 0..writers {
-            tokio::spawn(write_groups(
+            tasks.spawn(write_groups(
                 db.clone(),
                 receiver.clone(),
                 small_commits.clone(),
                 commit_sizes.clone(),
+                stop.clone(),
             ));
         }
-        GroupCommit { queue }
+        GroupCommit { queue, stop }
+    }
+
+    /// Stops the writers once everything queued is committed and answered (shutdown, after the
+    /// HTTP server stopped taking requests); the tracker they run on says when they are done.
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 
     /// Stores one request's events; returns once they are committed (or were not).
@@ -84,11 +102,19 @@ async fn write_groups(
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     small_commits: Arc<Semaphore>,
     commit_sizes: prometheus::Histogram,
+    stop: CancellationToken,
 ) {
     loop {
         let (group, _turn) = {
             let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else {
+            // Once stopping, take only what is already queued: every acknowledged request is
+            // committed, and then the writer ends.
+            let first = tokio::select! {
+                biased;
+                first = receiver.recv() => first,
+                () = stop.cancelled() => receiver.try_recv().ok(),
+            };
+            let Some(first) = first else {
                 return;
             };
             let mut events = first.request.events.len();

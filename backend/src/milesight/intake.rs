@@ -19,6 +19,7 @@ use crate::storage::deliveries::{
 };
 use crate::storage::devices::{DeviceActivity, DeviceProfile};
 use crate::storage::{Db, DeviceStatus, StorageError, UtcTime, now};
+use tokio_util::task::TaskTracker;
 
 /// How much of a rejected body is kept for inspection.
 const REJECTED_BODY_EXCERPT: usize = 2048;
@@ -84,24 +85,30 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Starts the group-commit writers on the current tokio runtime.
+    /// Starts the group-commit writers on `tasks` (the shutdown tracker).
     pub fn new(
         db: Db,
         crypto: Arc<Crypto>,
         settings: &MilesightConfig,
         writers: usize,
         metrics: IntakeMetrics,
+        tasks: &TaskTracker,
     ) -> Intake {
         Intake {
             replay: ReplayGuard::new(settings.timestamp_tolerance_secs.as_secs() as i64),
             source_ids: Mutex::new(HashMap::new()),
-            writer: GroupCommit::start(db.clone(), writers.max(1), metrics.commit_requests.clone()),
+            writer: GroupCommit::start(db.clone(), writers.max(1), metrics.commit_requests.clone(), tasks),
             webhooks: WebhookSecrets::new(db.clone(), crypto.clone(), settings.webhooks.clone()),
             db,
             crypto,
             settings: settings.clone(),
             metrics,
         }
+    }
+
+    /// Commits what is queued and stops the writers (shutdown, once no request comes in).
+    pub fn stop_writers(&self) {
+        self.writer.stop();
     }
 
     /// Verifies and stores one request. A rejection is recorded before it is returned.
