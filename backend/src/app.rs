@@ -31,7 +31,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     pub intake: Arc<Intake>,
-    /// Outbound HTTP (third-party APIs), with the configured timeout.
+    /// Outbound HTTP to the Milesight OpenAPI (`milesight.request_timeout_secs`); the token
+    /// and poll engines and the mailer hold clients with their own sections' timeouts.
     pub http: reqwest::Client,
     pub milesight_token: Arc<TokenKeeper>,
     pub token_engine: Arc<RefreshEngine>,
@@ -99,11 +100,8 @@ impl AppState {
             config.milesight.per_device_metrics,
             config.milesight.fleet_summary_max_age_secs,
         )?;
-        let http = reqwest::Client::builder()
-            .timeout(config.milesight.request_timeout_secs)
-            .connect_timeout(config.milesight.request_timeout_secs)
-            .user_agent(concat!("telltale/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        // One client per section, each with that section's timeout.
+        let http = http_client(config.milesight.request_timeout_secs)?;
         // One name for this process in every database lease (`pid-uuid`: the pid helps
         // operators, the uuid keeps a reused pid from inheriting a dead process's leases).
         let instance = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
@@ -121,7 +119,7 @@ impl AppState {
         let token_engine = Arc::new(RefreshEngine::new(
             db.clone(),
             crypto.clone(),
-            http.clone(),
+            http_client(config.tokens.request_timeout_secs)?,
             &config.tokens,
             metrics.refresh(),
             instance.clone(),
@@ -135,7 +133,7 @@ impl AppState {
         let poll_engine = Arc::new(PollEngine::new(
             db.clone(),
             crypto.clone(),
-            http.clone(),
+            http_client(config.polling.request_timeout_secs)?,
             &config,
             token_engine.clone(),
             metrics.polling(),
@@ -144,7 +142,7 @@ impl AppState {
         let mailer = Arc::new(Mailer::new(
             &config.email,
             &config.alerts,
-            http.clone(),
+            http_client(config.alerts.webhook_timeout_secs)?,
             instance.clone(),
             db.clone(),
             metrics.mailer(),
@@ -169,6 +167,15 @@ impl AppState {
             instance,
         })
     }
+}
+
+/// An HTTP client for third-party calls that gives up after `timeout`.
+fn http_client(timeout: std::time::Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("telltale/", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 /// Every scheduled job the service runs, each over the engine or data it uses.

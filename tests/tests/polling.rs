@@ -661,9 +661,9 @@ async fn retention_keeps_the_newest_payload(backend: Backend) {
 
 async fn a_slow_platform_times_out_and_is_retried(backend: Backend) {
     let db = TestDb::new(backend).await;
-    // The outbound HTTP timeout is `milesight.request_timeout_secs`, shared by every call out.
+    // The poll engine's HTTP timeout is `polling.request_timeout_secs`.
     let state = app(&db)
-        .set("milesight.request_timeout_secs", 1)
+        .set("polling.request_timeout_secs", 1)
         .set("polling.max_attempts", 2)
         .state()
         .await;

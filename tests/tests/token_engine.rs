@@ -24,6 +24,7 @@ both_backends!(
     two_engines_on_one_database_refresh_each_connection_once,
     a_failing_upstream_opens_its_circuit_and_spares_the_others,
     the_sweep_reads_what_is_due_and_notices_changed_tokens,
+    token_requests_time_out_after_their_own_section_s_timeout,
 );
 
 async fn app(db: &TestDb) -> AppState {
@@ -587,4 +588,41 @@ async fn the_sweep_reads_what_is_due_and_notices_changed_tokens(backend: Backend
         .await
         .unwrap();
     assert_eq!((report.checked, report.refreshed), (1, 1), "{report:?}");
+}
+
+/// A token endpoint slower than `tokens.request_timeout_secs` fails the refresh as a timeout,
+/// bounded by that setting and not by the other sections' (Milesight's stays at 10 s).
+async fn token_requests_time_out_after_their_own_section_s_timeout(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(issued("late", None).set_delay(Duration::from_secs(4)))
+        .mount(&server)
+        .await;
+    let state = TestApp::on(&db)
+        .set("tokens.request_timeout_secs", 1)
+        .set("tokens.max_attempts", 1)
+        .state()
+        .await;
+    let id = connection(&state, "slow", &format!("{}/token", server.uri()), None, 1).await;
+    let started = Instant::now();
+    let result = state
+        .token_engine
+        .refresh_now(id, "manual", "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        result.outcome,
+        telltale::storage::RefreshOutcome::Failed,
+        "{result:?}"
+    );
+    assert!(
+        result.detail.as_deref().unwrap_or_default().contains("timed out"),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the tokens timeout"
+    );
 }

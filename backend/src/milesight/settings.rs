@@ -58,7 +58,8 @@ settings! {
         client_secret: Option<SecretString> = secret(1), env "MILESIGHT_CLIENT_SECRET";
         /// Refresh when the token expires within this much time.
         token_lead_secs: Duration = secs(300, 1..=86_400), env "MILESIGHT_TOKEN_LEAD_SECS";
-        /// Timeout of each outbound call (MDP and connected platforms).
+        /// Timeout of each call to the Milesight OpenAPI (its token, the device inventory, the
+        /// settings test).
         request_timeout_secs: Duration = secs(10, 1..=600), env "MILESIGHT_REQUEST_TIMEOUT_SECS";
         /// Upstream attempts per refresh (transient failures are retried with backoff).
         token_max_attempts: u32 = count(3, 1..=20), env "MILESIGHT_TOKEN_MAX_ATTEMPTS";

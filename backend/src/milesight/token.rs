@@ -267,6 +267,7 @@ impl TokenKeeper {
             "client_id": client_id,
             "lead_secs": self.settings.token_lead_secs.as_secs(),
             "max_attempts": self.settings.token_max_attempts,
+            "request_timeout_secs": self.settings.request_timeout_secs.as_secs(),
             "quota_key": PROVIDER,
             "origin": UI_ORIGIN,
         });
@@ -457,6 +458,7 @@ impl TokenKeeper {
             "client_id": api.client_id,
             "lead_secs": config.token_lead_secs.as_secs(),
             "max_attempts": config.token_max_attempts,
+            "request_timeout_secs": config.request_timeout_secs.as_secs(),
             "quota_key": PROVIDER,
         });
         let connection = connections::ensure_connection(

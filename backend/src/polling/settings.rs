@@ -26,6 +26,8 @@ settings! {
         lease_secs: Duration = secs(300, 1..=3600), env "TELLTALE_POLL_LEASE_SECS";
         /// Longest `Retry-After` a poll waits for; longer ones fail the poll and pause the platform.
         max_retry_wait_secs: Duration = secs(60, 1..=3600), env "TELLTALE_POLL_MAX_RETRY_WAIT_SECS";
+        /// Timeout of each request for a platform's data.
+        request_timeout_secs: Duration = secs(10, 1..=600), env "TELLTALE_POLL_REQUEST_TIMEOUT_SECS";
         /// Stored payloads and poll runs are kept this long.
         retention_days: u32 = count(30, 1..=3650), env "TELLTALE_POLL_RETENTION_DAYS";
         /// Payloads kept per (connection, endpoint).

@@ -173,6 +173,12 @@ impl RefreshEngine {
         }
     }
 
+    /// The HTTP client token requests go out on (`tokens.request_timeout_secs`), also for
+    /// the code exchange after a consent screen.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Refreshes every due connection (or reports what would be refreshed, for a dry run).
     pub async fn sweep(&self, request: &SweepRequest, at: UtcTime) -> StorageResult<SweepReport> {
         let idle = self.settings.idle_refresh_days;
@@ -428,9 +434,21 @@ impl RefreshEngine {
                 }
             }
             let started = Instant::now();
-            let outcome = provider
-                .refresh(&self.http, &self.with_defaults(connection), secrets)
-                .await;
+            let with_defaults = self.with_defaults(connection);
+            let call = provider.refresh(&self.http, &with_defaults, secrets);
+            // The client's timeout is `tokens.request_timeout_secs`; a connection's own (the
+            // Milesight one's) bounds the whole call instead.
+            let outcome = match own_request_timeout(connection) {
+                Some(limit) => {
+                    tokio::time::timeout(limit, call)
+                        .await
+                        .unwrap_or_else(|_| Outcome::Transient {
+                            message: format!("timed out: no answer within {} s", limit.as_secs()),
+                            retry_after: None,
+                        })
+                }
+                None => call.await,
+            };
             // Only transient failures mean the upstream is unwell; a refusal is an answer.
             match outcome {
                 Outcome::Transient { .. } => breaker.on_error(),
@@ -774,6 +792,14 @@ fn own_setting(connection: &Connection, key: &str) -> Option<serde_json::Value> 
 fn own_lead(connection: &Connection) -> Option<Duration> {
     own_setting(connection, "lead_secs")
         .and_then(|v| v.as_u64())
+        .map(Duration::from_secs)
+}
+
+/// A connection's own `request_timeout_secs` (each token request), if it has one.
+fn own_request_timeout(connection: &Connection) -> Option<Duration> {
+    own_setting(connection, "request_timeout_secs")
+        .and_then(|v| v.as_u64())
+        .filter(|n| *n > 0)
         .map(Duration::from_secs)
 }
 

@@ -19,6 +19,9 @@ settings! {
         /// Refresh a token not refreshed for this long even if it is not near expiry, so idle
         /// grants are not revoked.
         idle_refresh_days: Duration = days(7, 1..=365), env "TELLTALE_TOKEN_IDLE_REFRESH_DAYS";
+        /// Timeout of each token request to a platform (refresh, code exchange, login); the
+        /// Milesight token takes `milesight.request_timeout_secs` instead.
+        request_timeout_secs: Duration = secs(10, 1..=600), env "TELLTALE_TOKEN_REQUEST_TIMEOUT_SECS";
         /// Transient failures in a row from one upstream (provider kind and host) that open its
         /// circuit: refreshes against it are then refused locally until it closes.
         circuit_failures: u32 = count(5, 1..=1000), env "TELLTALE_TOKEN_CIRCUIT_FAILURES";

@@ -137,7 +137,7 @@ pub async fn callback(
     let result = connect::finish(
         &state.db,
         &state.crypto,
-        &state.http,
+        state.token_engine.http(),
         &state.token_engine,
         &flow,
         code,
