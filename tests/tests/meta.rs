@@ -129,7 +129,7 @@ async fn the_user_token_is_extended_and_page_tokens_stored(backend: Backend) {
     let mut named: Vec<(String, String)> = pages
         .iter()
         .map(|p| {
-            let settings: serde_json::Value = serde_json::from_str(&p.settings).unwrap();
+            let settings: serde_json::Value = p.settings.to_value();
             (
                 p.name.clone(),
                 connections::secrets(&state.crypto, p)

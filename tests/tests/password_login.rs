@@ -177,7 +177,7 @@ async fn the_login_path_is_found_and_kept(backend: Backend) {
         Some(expires),
         "expires_at read"
     );
-    let settings: serde_json::Value = serde_json::from_str(&c.settings).unwrap();
+    let settings: serde_json::Value = c.settings.to_value();
     assert_eq!(
         settings,
         json!({"login_path": "/auth/login", "body": "json", "username_field": "email"}),

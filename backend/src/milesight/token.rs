@@ -130,15 +130,7 @@ pub struct TokenKeeper {
 
 /// Whether a connection is the Milesight OpenAPI token.
 pub fn is_milesight(connection: &Connection) -> bool {
-    connection.provider == KIND
-        && serde_json::from_str::<serde_json::Value>(&connection.settings)
-            .ok()
-            .and_then(|s| {
-                s.get("preset")
-                    .and_then(|p| p.as_str())
-                    .map(|p| p == MILESIGHT_PRESET)
-            })
-            .unwrap_or(false)
+    connection.provider == KIND && connection.settings.text("preset") == Some(MILESIGHT_PRESET)
 }
 
 impl TokenKeeper {

@@ -215,7 +215,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
 /// The platform a connection's data comes from: `settings.platform`, else the OAuth preset,
 /// else the provider kind. `None` when nothing is pollable for it.
 pub fn platform_of(connection: &Connection) -> Option<&'static str> {
-    let settings: serde_json::Value = serde_json::from_str(&connection.settings).ok()?;
+    let settings = &connection.settings;
     let named = settings
         .get("platform")
         .or_else(|| settings.get("preset"))

@@ -13,7 +13,7 @@ use super::PollEngine;
 use super::catalogue::{Auth, Endpoint, Pagination};
 use crate::providers::Answer;
 use crate::redact::redact;
-use crate::storage::connections::{self, Connection};
+use crate::storage::connections::{self, Connection, Settings};
 use crate::storage::{ConnectionStatus, RefreshOutcome, now};
 
 /// Everything a successful poll fetched.
@@ -80,7 +80,7 @@ pub async fn poll(
         return Err(Failure::Skipped(connection.status));
     }
     let token = usable_token(engine, connection).await?;
-    let settings: Value = serde_json::from_str(&connection.settings).unwrap_or(Value::Null);
+    let settings = &connection.settings;
     let base = match (
         settings.get("api_base_url").and_then(Value::as_str),
         endpoint.default_base,
@@ -94,7 +94,7 @@ pub async fn poll(
             .ok_or_else(|| failed("the connection has no base_url (nor THINGSBOARD_URL)".into()))?,
         (None, default) => default.to_owned(),
     };
-    let path = fill_path(endpoint.path, &settings, &token).map_err(failed)?;
+    let path = fill_path(endpoint.path, settings, &token).map_err(failed)?;
     let mut url = build_url(&base, &path, endpoint.query).map_err(failed)?;
     let mut session = Session {
         engine,
@@ -375,7 +375,7 @@ impl Session<'_> {
 
 /// The endpoint path with `{login}` and `{customer_id}` filled in from the connection's settings
 /// (ThingsBoard's customer id also from its token's `customerId` claim).
-fn fill_path(path: &str, settings: &Value, token: &str) -> Result<String, String> {
+fn fill_path(path: &str, settings: &Settings, token: &str) -> Result<String, String> {
     let mut filled = path.to_owned();
     if filled.contains("{login}") {
         let login = settings
@@ -499,7 +499,7 @@ mod tests {
         );
         let again = with_param(&with_param(&url, "page", "1"), "page", "2");
         assert_eq!(again.as_str(), "http://h/a?limit=50&page=2");
-        let settings = serde_json::json!({"login": "octo/cat"});
+        let settings = Settings::from_text(r#"{"login": "octo/cat"}"#);
         assert_eq!(
             fill_path("/users/{login}/events", &settings, "").unwrap(),
             "/users/octo%2Fcat/events"

@@ -211,9 +211,7 @@ pub fn choices() -> Vec<Choice> {
 
 /// The form a connection was made with: its provider's choice with the same preset.
 pub fn choice_of(connection: &Connection) -> Option<Choice> {
-    let preset = serde_json::from_str::<serde_json::Value>(&connection.settings)
-        .ok()
-        .and_then(|s| s.get("preset").and_then(|p| p.as_str()).map(str::to_owned));
+    let preset = connection.settings.text("preset").map(str::to_owned);
     let offered = provider_for(&connection.provider)?.choices();
     offered
         .iter()

@@ -109,7 +109,7 @@ impl Provider for OAuth2ClientCredentials {
         secrets: &'a ConnectionSecrets,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let settings: Settings = serde_json::from_str(&connection.settings).unwrap_or_default();
+            let settings: Settings = connection.settings.parse();
             let Some(url) = token_url(connection, &settings) else {
                 return Outcome::Failed("no token URL: set the connection's base_url or token_url".into());
             };

@@ -89,7 +89,7 @@ struct Settings {
 
 impl Settings {
     fn of(connection: &Connection) -> Settings {
-        serde_json::from_str(&connection.settings).unwrap_or_default()
+        connection.settings.parse()
     }
 
     fn preset(&self) -> Option<&'static Preset> {

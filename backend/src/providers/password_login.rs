@@ -270,7 +270,7 @@ impl Provider for PasswordLogin {
                     "a password_login connection needs base_url = the service or its login URL".into(),
                 );
             };
-            let settings: Settings = serde_json::from_str(&connection.settings).unwrap_or_default();
+            let settings: Settings = connection.settings.parse();
             let outcome = login(http, base, &settings, &credentials).await;
             keep_manual_token(outcome, connection, secrets)
         })

@@ -39,6 +39,70 @@ pub async fn create_account(db: &Db, name: &str, email: Option<&str>) -> Storage
     })
 }
 
+/// A connection's `settings` column (a JSON object), parsed once when the row is read rather
+/// than at every lookup. Text that is not a JSON object reads as no settings, as every reader
+/// treated it before.
+#[derive(Debug, Clone, Default, PartialEq, diesel::deserialize::FromSqlRow)]
+pub struct Settings(serde_json::Map<String, serde_json::Value>);
+
+impl Settings {
+    pub fn from_text(text: &str) -> Settings {
+        match serde_json::from_str(text) {
+            Ok(serde_json::Value::Object(map)) => Settings(map),
+            _ => Settings::default(),
+        }
+    }
+
+    /// One setting, if present.
+    pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
+        self.0.get(key)
+    }
+
+    /// One setting's text, if it is a string.
+    pub fn text(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(serde_json::Value::as_str)
+    }
+
+    /// The settings as one JSON object.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.0.clone())
+    }
+
+    /// The settings read as `T` (a provider's own settings struct); `T::default()` when
+    /// they do not fit it.
+    pub fn parse<T: serde::de::DeserializeOwned + Default>(&self) -> T {
+        serde_json::from_value(self.to_value()).unwrap_or_default()
+    }
+}
+
+impl Serialize for Settings {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for Settings {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let text =
+            <String as diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg>>::from_sql(
+                bytes,
+            )?;
+        Ok(Settings::from_text(&text))
+    }
+}
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::sqlite::Sqlite> for Settings {
+    fn from_sql(
+        bytes: <diesel::sqlite::Sqlite as diesel::backend::Backend>::RawValue<'_>,
+    ) -> diesel::deserialize::Result<Self> {
+        let text = <String as diesel::deserialize::FromSql<
+            diesel::sql_types::Text,
+            diesel::sqlite::Sqlite,
+        >>::from_sql(bytes)?;
+        Ok(Settings::from_text(&text))
+    }
+}
+
 /// A stored connection. The secret columns are ciphertext and never serialised; the
 /// fingerprint (last characters of the access token) is what people may see.
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -49,7 +113,7 @@ pub struct Connection {
     pub provider: String,
     pub name: String,
     pub base_url: Option<String>,
-    pub settings: String,
+    pub settings: Settings,
     #[serde(skip)]
     pub credentials: Option<Vec<u8>>,
     #[serde(skip)]
@@ -75,10 +139,8 @@ pub struct Connection {
 impl Connection {
     /// A text value of its settings, when set and not empty.
     pub fn text_setting(&self, key: &str) -> Option<String> {
-        serde_json::from_str::<serde_json::Value>(&self.settings)
-            .ok()?
-            .get(key)?
-            .as_str()
+        self.settings
+            .text(key)
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
     }

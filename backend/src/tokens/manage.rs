@@ -153,7 +153,7 @@ pub async fn update(
     // is removed), so a form can change one field without repeating, or knowing, the others.
     let (settings, credentials) = if change.settings.is_some() || change.credentials.is_some() {
         let current = connections::get_connection(db, id).await.map_err(storage(id))?;
-        let stored_settings = serde_json::from_str::<Value>(&current.settings).unwrap_or_else(|_| json!({}));
+        let stored_settings = current.settings.to_value();
         let stored_credentials = connections::secrets(crypto, &current)
             .map_err(storage(id))?
             .credentials
@@ -254,8 +254,7 @@ pub fn view(c: &Connection, at: UtcTime) -> ConnectionView {
         provider: c.provider.clone(),
         name: c.name.clone(),
         base_url: c.base_url.clone(),
-        settings: serde_json::from_str::<Value>(&c.settings)
-            .unwrap_or_else(|_| Value::String(c.settings.clone())),
+        settings: c.settings.to_value(),
         status: token_status(c, lead_for(c), at),
         expires_at: c.expires_at,
         runway_secs: c.expires_at.map(|e| (e.0 - at.0).num_seconds()),

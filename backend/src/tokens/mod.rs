@@ -657,7 +657,7 @@ impl RefreshEngine {
         connection: &Connection,
         learned: &serde_json::Value,
     ) -> StorageResult<Connection> {
-        let stored = serde_json::from_str(&connection.settings).unwrap_or_else(|_| serde_json::json!({}));
+        let stored = connection.settings.to_value();
         let settings = manage::merged(stored, learned.clone());
         tracing::info!(connection = connection.id, provider = %connection.provider, learned = %learned, "remembered how to reach the provider");
         let update = connections::ConnectionUpdate {
@@ -783,9 +783,7 @@ pub fn lead_for(connection: &Connection) -> Duration {
 
 /// One of a connection's settings, if it has it.
 fn own_setting(connection: &Connection, key: &str) -> Option<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(&connection.settings)
-        .ok()
-        .and_then(|mut s| s.get_mut(key).map(serde_json::Value::take))
+    connection.settings.get(key).cloned()
 }
 
 /// A connection's own `lead_secs` setting, if it has one.

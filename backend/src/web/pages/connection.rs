@@ -82,7 +82,7 @@ fn edit_fields(choice: &Choice, c: &Connection, secrets: &ConnectionSecrets) -> 
         .as_deref()
         .and_then(|t| serde_json::from_str(t).ok())
         .unwrap_or_default();
-    let settings: serde_json::Value = serde_json::from_str(&c.settings).unwrap_or_default();
+    let settings = c.settings.to_value();
     choice
         .fields
         .iter()
