@@ -281,7 +281,7 @@ pub async fn serve(
                 tasks_for_jobs.spawn(async move {
                     state.milesight_token.start_up().await;
                     let request = crate::tokens::SweepRequest {
-                        trigger: "startup",
+                        trigger: crate::storage::RefreshTrigger::Startup,
                         actor: "telltale".into(),
                         dry_run: false,
                         provider: None,

@@ -346,7 +346,7 @@ async fn refresh_tokens(
 ) -> anyhow::Result<()> {
     let state = one_shot_state(config).await?;
     let request = crate::tokens::SweepRequest {
-        trigger: "cli",
+        trigger: crate::storage::RefreshTrigger::Cli,
         actor: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
         dry_run,
         provider,

@@ -11,7 +11,7 @@ pub async fn sweep_at(
     at: telltale::storage::UtcTime,
 ) -> telltale::tokens::SweepReport {
     let request = telltale::tokens::SweepRequest {
-        trigger: "scheduled",
+        trigger: telltale::storage::RefreshTrigger::Scheduled,
         actor: "test".into(),
         dry_run: false,
         provider: None,

@@ -188,7 +188,7 @@ async fn the_login_path_is_found_and_kept(backend: Backend) {
     assert_eq!(tried, 9, "found in order");
     state
         .token_engine
-        .refresh_now(id, "manual", "test")
+        .refresh_now(id, telltale::storage::RefreshTrigger::Manual, "test")
         .await
         .unwrap();
     assert_eq!(
@@ -244,7 +244,7 @@ async fn discovery_stops_at_a_refusal_and_a_token_set_by_hand_stays_in_use(backe
         .id;
     let result = state
         .token_engine
-        .refresh_now(id, "manual", "test")
+        .refresh_now(id, telltale::storage::RefreshTrigger::Manual, "test")
         .await
         .unwrap();
     assert_eq!(result.outcome.as_str(), "failed", "{result:?}");

@@ -73,7 +73,7 @@ async fn connection(
 
 fn sweep_request(dry_run: bool) -> SweepRequest {
     SweepRequest {
-        trigger: "scheduled",
+        trigger: telltale::storage::RefreshTrigger::Scheduled,
         actor: "test".into(),
         dry_run,
         provider: None,
@@ -160,7 +160,11 @@ async fn due_connections_refresh_and_rotated_tokens_are_kept(backend: Backend) {
     // Forced refresh where the server does not rotate: the refresh token is kept, never nulled.
     let result = state
         .token_engine
-        .refresh_now(soon, "manual", "ops@example.test")
+        .refresh_now(
+            soon,
+            telltale::storage::RefreshTrigger::Manual,
+            "ops@example.test",
+        )
         .await
         .unwrap();
     assert_eq!(result.outcome.as_str(), "refreshed");
@@ -375,7 +379,12 @@ async fn concurrent_manual_and_scheduled_refresh_make_one_call(backend: Backend)
     let scheduled =
         tokio::spawn(async move { s1.token_engine.sweep(&sweep_request(false), now()).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let manual = tokio::spawn(async move { s2.token_engine.refresh_now(id, "manual", "ops").await.unwrap() });
+    let manual = tokio::spawn(async move {
+        s2.token_engine
+            .refresh_now(id, telltale::storage::RefreshTrigger::Manual, "ops")
+            .await
+            .unwrap()
+    });
     let (scheduled, manual) = (scheduled.await.unwrap(), manual.await.unwrap());
     assert_eq!(scheduled.results[0].outcome.as_str(), "refreshed");
     assert_eq!(manual.outcome.as_str(), "refreshed");
@@ -609,7 +618,7 @@ async fn token_requests_time_out_after_their_own_section_s_timeout(backend: Back
     let started = Instant::now();
     let result = state
         .token_engine
-        .refresh_now(id, "manual", "test")
+        .refresh_now(id, telltale::storage::RefreshTrigger::Manual, "test")
         .await
         .unwrap();
     assert_eq!(

@@ -27,25 +27,7 @@ pub const SYSTEM_ACCOUNT: &str = "telltale";
 pub const CONNECTION_NAME: &str = "milesight";
 
 /// Why a refresh was attempted (recorded in the refresh log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Startup,
-    Scheduled,
-    Manual,
-    /// A caller needed a token and the cached one was within the lead time.
-    OnDemand,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Startup => "startup",
-            Trigger::Scheduled => "scheduled",
-            Trigger::Manual => "manual",
-            Trigger::OnDemand => "on_demand",
-        }
-    }
-}
+pub use crate::storage::RefreshTrigger as Trigger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -365,7 +347,7 @@ impl TokenKeeper {
         }
         let result = self
             .engine
-            .refresh_due(connection.id, trigger.as_str(), "telltale", at)
+            .refresh_due(connection.id, trigger, "telltale", at)
             .await?;
         Ok((judge(result)?, connection.id))
     }
@@ -379,10 +361,7 @@ impl TokenKeeper {
         } else {
             "telltale"
         };
-        let result = self
-            .engine
-            .refresh_now(connection.id, trigger.as_str(), actor)
-            .await?;
+        let result = self.engine.refresh_now(connection.id, trigger, actor).await?;
         judge(result)?;
         self.reload(connection.id)
             .await?

@@ -14,7 +14,7 @@ use super::catalogue::{Auth, Endpoint, Pagination};
 use crate::providers::Answer;
 use crate::redact::redact;
 use crate::storage::connections::{self, Connection, Settings};
-use crate::storage::{ConnectionStatus, RefreshOutcome, now};
+use crate::storage::{ConnectionStatus, RefreshOutcome, RefreshTrigger, now};
 
 /// Everything a successful poll fetched.
 pub struct Fetched {
@@ -178,7 +178,7 @@ async fn usable_token(engine: &PollEngine, connection: &Connection) -> Result<St
     if connection.access_token.is_none() || connection.expires_at.is_some_and(|e| e.0 <= soon) {
         let result = engine
             .tokens
-            .refresh_due(connection.id, "poll", "poller", now())
+            .refresh_due(connection.id, RefreshTrigger::Poll, "poller", now())
             .await
             .map_err(|e| Failure::Failed {
                 message: format!("storage: {e}"),
@@ -255,7 +255,7 @@ impl Session<'_> {
         let result = self
             .engine
             .tokens
-            .refresh_now(self.connection_id, "poll_401", "poller")
+            .refresh_now(self.connection_id, RefreshTrigger::PollUnauthorized, "poller")
             .await
             .map_err(|e| Failure::Failed {
                 message: format!("storage: {e}"),

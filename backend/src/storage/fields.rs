@@ -121,6 +121,32 @@ impl ConnectionStatus {
 }
 
 text_enum! {
+    /// What started a token refresh (`refresh_log.trigger`, the metrics' `trigger` label).
+    pub enum RefreshTrigger {
+        /// The scheduled sweep.
+        Scheduled = "scheduled",
+        /// The sweep at start-up.
+        Startup = "startup",
+        /// A person: the Refresh button or `POST /api/tokens/{id}/refresh`.
+        Manual = "manual",
+        /// A caller needed the Milesight token and the cached one was within its lead time.
+        OnDemand = "on_demand",
+        /// An external scheduler through `/api/cron/token-refresh`.
+        CronEndpoint = "cron_endpoint",
+        /// `telltale refresh-tokens`.
+        Cli = "cli",
+        /// Tokens forgotten by hand (Clear token).
+        Clear = "clear",
+        /// Tokens from a platform's consent screen.
+        Connect = "connect",
+        /// A poll found the token missing or about to expire.
+        Poll = "poll",
+        /// A poll's request was refused with 401: the token is refreshed once and retried.
+        PollUnauthorized = "poll_401",
+    }
+}
+
+text_enum! {
     /// The rule an alert fired under (`alerts.rule`); `alerts::rules` has one function each.
     pub enum AlertRule {
         TokenRefreshFailing = "token_refresh_failing",

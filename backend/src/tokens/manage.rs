@@ -204,7 +204,7 @@ pub async fn clear_token(db: &Db, id: i64, actor: &str) -> Result<Connection, Ma
     let entry = NewRefreshLogEntry {
         connection_id: Some(id),
         provider: before.provider.clone(),
-        trigger: "clear".into(),
+        trigger: crate::storage::RefreshTrigger::Clear.as_str().into(),
         actor: Some(actor.to_owned()),
         dry_run: false,
         success: true,

@@ -24,7 +24,7 @@ use crate::providers::{self, Issued, Outcome, Provider, circuit};
 use crate::scheduler::{JobSpec, run_with};
 use crate::storage::connections::{self, Connection, ConnectionSecrets, RefreshedToken};
 use crate::storage::refresh_log::{self, NewRefreshLogEntry};
-use crate::storage::{ConnectionStatus, RefreshOutcome, TokenHealth};
+use crate::storage::{ConnectionStatus, RefreshOutcome, RefreshTrigger, TokenHealth};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 use settings::TokensConfig;
 
@@ -57,8 +57,7 @@ pub struct SweepReport {
 
 #[derive(Debug, Clone)]
 pub struct SweepRequest {
-    /// `scheduled`, `startup`, `cron_endpoint`, `cli`, …
-    pub trigger: &'static str,
+    pub trigger: RefreshTrigger,
     pub actor: String,
     pub dry_run: bool,
     pub provider: Option<String>,
@@ -243,7 +242,7 @@ impl RefreshEngine {
         };
         // One line a sweep, so a log viewer shows it ran and what is coming up.
         tracing::info!(
-            trigger = request.trigger,
+            trigger = request.trigger.as_str(),
             checked = considered,
             due = report.checked,
             refreshed = report.refreshed,
@@ -262,7 +261,7 @@ impl RefreshEngine {
     pub async fn refresh_now(
         &self,
         id: i64,
-        trigger: &'static str,
+        trigger: RefreshTrigger,
         actor: &str,
     ) -> StorageResult<ConnectionResult> {
         connections::get_connection(&self.db, id).await?;
@@ -280,7 +279,7 @@ impl RefreshEngine {
     pub async fn refresh_due(
         &self,
         id: i64,
-        trigger: &'static str,
+        trigger: RefreshTrigger,
         actor: &str,
         at: UtcTime,
     ) -> StorageResult<ConnectionResult> {
@@ -456,7 +455,7 @@ impl RefreshEngine {
             }
             self.metrics
                 .attempts
-                .with_label_values(&[provider.kind(), request.trigger, outcome.label()])
+                .with_label_values(&[provider.kind(), request.trigger.as_str(), outcome.label()])
                 .inc();
             self.metrics
                 .attempt_seconds
@@ -504,7 +503,7 @@ impl RefreshEngine {
                     connection = connection.id,
                     provider = %connection.provider,
                     name = %connection.name,
-                    trigger = request.trigger,
+                    trigger = request.trigger.as_str(),
                     expires_at = %stored.expires_at.map_or_else(|| "unknown".to_owned(), |t| t.to_string()),
                     valid_for_secs = valid_for,
                     "token refreshed: {} ({}), valid for {} s",
@@ -527,7 +526,7 @@ impl RefreshEngine {
                     connection = connection.id,
                     provider = %connection.provider,
                     name = %connection.name,
-                    trigger = request.trigger,
+                    trigger = request.trigger.as_str(),
                     reason = "needs_reauth",
                     http_status = http_status_of(&message),
                     error = %message,
@@ -567,7 +566,7 @@ impl RefreshEngine {
             connection = connection.id,
             provider = %connection.provider,
             name = %connection.name,
-            trigger = request.trigger,
+            trigger = request.trigger.as_str(),
             reason,
             http_status = http_status_of(&message),
             failures_in_a_row = stored.consecutive_failures,
@@ -592,7 +591,7 @@ impl RefreshEngine {
         took: Duration,
     ) -> StorageResult<ConnectionResult> {
         let request = SweepRequest {
-            trigger: "connect",
+            trigger: RefreshTrigger::Connect,
             actor: actor.into(),
             dry_run: false,
             provider: None,
@@ -679,7 +678,7 @@ impl RefreshEngine {
         let entry = NewRefreshLogEntry {
             connection_id: Some(connection.id),
             provider: connection.provider.clone(),
-            trigger: request.trigger.into(),
+            trigger: request.trigger.as_str().into(),
             actor: Some(request.actor.clone()),
             dry_run,
             success: result.is_ok(),
@@ -742,7 +741,7 @@ pub fn job_specs(config: &Config, engine: &Arc<RefreshEngine>) -> Vec<JobSpec> {
         exclusive: false,
         run: run_with(engine.clone(), |engine| async move {
             let request = SweepRequest {
-                trigger: "scheduled",
+                trigger: RefreshTrigger::Scheduled,
                 actor: "scheduler".into(),
                 dry_run: false,
                 provider: None,

@@ -114,7 +114,7 @@ pub async fn status_data(state: &AppState) -> Result<TokensStatus, ApiError> {
 pub async fn refresh(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let result = state
         .token_engine
-        .refresh_now(*id, "manual", "api")
+        .refresh_now(*id, crate::storage::RefreshTrigger::Manual, "api")
         .await
         .map_err(not_found(*id))?;
     let code = match result.outcome {

@@ -59,7 +59,7 @@ pub async fn token_refresh(state: web::Data<AppState>, req: HttpRequest) -> Resu
         return Ok(refused);
     }
     let request = SweepRequest {
-        trigger: "cron_endpoint",
+        trigger: crate::storage::RefreshTrigger::CronEndpoint,
         actor: "cron".into(),
         dry_run: false,
         provider: None,

@@ -156,7 +156,7 @@ async fn refresh(args: Args) -> Result<(), String> {
     );
 
     let request = SweepRequest {
-        trigger: "scheduled",
+        trigger: telltale::storage::RefreshTrigger::Scheduled,
         actor: "bench".into(),
         dry_run: false,
         provider: None,

@@ -53,7 +53,7 @@ const ROUNDS: usize = 20;
 
 fn request() -> SweepRequest {
     SweepRequest {
-        trigger: "scheduled",
+        trigger: telltale::storage::RefreshTrigger::Scheduled,
         actor: "bench".into(),
         dry_run: false,
         provider: None,
