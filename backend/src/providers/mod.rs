@@ -4,6 +4,7 @@
 
 pub mod circuit;
 pub mod meta_long_lived;
+pub mod oauth2;
 pub mod oauth2_client_credentials;
 pub mod oauth2_refresh;
 pub mod password_login;

@@ -12,8 +12,8 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::oauth2_refresh::ClientCredentials;
-use super::{Choice, Field, Issued, Outcome, Provider, jwt_expiry, unanswered};
+use super::oauth2::{ClientAuth, ClientCredentials, TokenAnswer, post_token_form};
+use super::{Choice, Field, Issued, Outcome, Provider, jwt_expiry};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -126,98 +126,95 @@ impl Provider for OAuth2ClientCredentials {
             if let Some(scope) = settings.scope.as_deref() {
                 form.push(("scope", scope));
             }
-            let mut request = http
-                .post(&url)
-                .header(reqwest::header::ACCEPT, "application/json");
-            match settings.client_auth.as_deref() {
-                Some("basic") => {
-                    request = request.basic_auth(&client.client_id, client.client_secret.as_deref())
-                }
-                _ => {
-                    form.push(("client_id", &client.client_id));
-                    if let Some(secret) = client.client_secret.as_deref() {
-                        form.push(("client_secret", secret));
-                    }
-                }
-            }
+            let auth = match settings.client_auth.as_deref() {
+                Some("basic") => ClientAuth::Basic,
+                _ => ClientAuth::Body,
+            };
             let hide: Vec<&str> = client.client_secret.as_deref().into_iter().collect();
-            let response = match request.form(&form).send().await {
-                Ok(r) => r,
-                Err(e) => return unanswered(e, &hide),
-            };
-            let status = response.status();
-            let http_answer = super::Answer::of(&response);
-            let body = response.bytes().await.unwrap_or_default();
-            let answer = read_answer(&body);
-            let described = redact(
-                &match &answer {
-                    Some(a) => format!(
-                        "HTTP {} {}{}",
-                        status.as_u16(),
-                        a.error.as_deref().unwrap_or("(no error code)"),
-                        a.description
-                            .as_deref()
-                            .map(|d| format!(": {d}"))
-                            .unwrap_or_default()
-                    ),
-                    None => format!("HTTP {} with an unreadable body", status.as_u16()),
-                },
-                &hide,
-            );
-            if let Some(retry) = http_answer.retry(|| described.clone()) {
-                return retry;
+            match post_token_form(http, &url, auth, &client, form, &hide).await {
+                Ok(answered) => read_token_answer(answered, &settings, &hide),
+                Err(unanswered) => unanswered,
             }
-            let Some(answer) = answer else {
-                // A proxy's HTML page or a truncated body: the next attempt may be answered properly.
-                return Outcome::Transient {
-                    message: described,
-                    retry_after: None,
-                };
-            };
-            let refused = answer
-                .error
-                .as_deref()
-                .is_some_and(|e| REFUSED_CLIENT.contains(&e));
-            if refused || status == StatusCode::UNAUTHORIZED {
-                if settings.preset.as_deref() == Some(MILESIGHT_PRESET) {
-                    // Every Milesight API call stops with this token: worth an error line of its
-                    // own (the gauge and the alert read the connection's status).
-                    tracing::error!(
-                        "Milesight refused the client credentials; token refresh stops until they are fixed"
-                    );
-                }
-                return Outcome::NeedsReauth(described);
-            }
-            if !status.is_success() || answer.failed || answer.error.is_some() {
-                return Outcome::Failed(described);
-            }
-            let Some(access_token) = answer.access_token else {
-                return Outcome::Transient {
-                    message: "token response without a usable token".into(),
-                    retry_after: None,
-                };
-            };
-            // `expires_in` is the documented source; a JWT's `exp` covers servers that omit it.
-            let expires_in = answer.expires_in.filter(|s| *s > 0);
-            let expires_at = expires_in.is_none().then(|| jwt_expiry(&access_token)).flatten();
-            if expires_in.is_none() && expires_at.is_none() {
-                return Outcome::Transient {
-                    message: "token response without a usable expiry".into(),
-                    retry_after: None,
-                };
-            }
-            Outcome::Refreshed(Issued {
-                access_token,
-                refresh_token: answer.refresh_token,
-                expires_in,
-                refresh_expires_in: answer.refresh_expires_in,
-                expires_at,
-                refresh_expires_at: None,
-                derived: Vec::new(),
-                learned: None,
-            })
         })
     }
+}
+
+/// What a client-credentials token endpoint's answer means: a token (expiry from
+/// `expires_in`, else the JWT's `exp`), a refused client (`needs_reauth`), or a failure.
+fn read_token_answer(answered: TokenAnswer, settings: &Settings, hide: &[&str]) -> Outcome {
+    let TokenAnswer {
+        status,
+        answer: http_answer,
+        body,
+    } = answered;
+    let answer = read_answer(&body);
+    let described = redact(
+        &match &answer {
+            Some(a) => format!(
+                "HTTP {} {}{}",
+                status.as_u16(),
+                a.error.as_deref().unwrap_or("(no error code)"),
+                a.description
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ),
+            None => format!("HTTP {} with an unreadable body", status.as_u16()),
+        },
+        hide,
+    );
+    if let Some(retry) = http_answer.retry(|| described.clone()) {
+        return retry;
+    }
+    let Some(answer) = answer else {
+        // A proxy's HTML page or a truncated body: the next attempt may be answered properly.
+        return Outcome::Transient {
+            message: described,
+            retry_after: None,
+        };
+    };
+    let refused = answer
+        .error
+        .as_deref()
+        .is_some_and(|e| REFUSED_CLIENT.contains(&e));
+    if refused || status == StatusCode::UNAUTHORIZED {
+        if settings.preset.as_deref() == Some(MILESIGHT_PRESET) {
+            // Every Milesight API call stops with this token: worth an error line of its
+            // own (the gauge and the alert read the connection's status).
+            tracing::error!(
+                "Milesight refused the client credentials; token refresh stops until they are fixed"
+            );
+        }
+        return Outcome::NeedsReauth(described);
+    }
+    if !status.is_success() || answer.failed || answer.error.is_some() {
+        return Outcome::Failed(described);
+    }
+    let Some(access_token) = answer.access_token else {
+        return Outcome::Transient {
+            message: "token response without a usable token".into(),
+            retry_after: None,
+        };
+    };
+    // `expires_in` is the documented source; a JWT's `exp` covers servers that omit it.
+    let expires_in = answer.expires_in.filter(|s| *s > 0);
+    let expires_at = expires_in.is_none().then(|| jwt_expiry(&access_token)).flatten();
+    if expires_in.is_none() && expires_at.is_none() {
+        return Outcome::Transient {
+            message: "token response without a usable expiry".into(),
+            retry_after: None,
+        };
+    }
+    Outcome::Refreshed(Issued {
+        access_token,
+        refresh_token: answer.refresh_token,
+        expires_in,
+        refresh_expires_in: answer.refresh_expires_in,
+        expires_at,
+        refresh_expires_at: None,
+        derived: Vec::new(),
+        learned: None,
+    })
 }
 
 #[cfg(test)]

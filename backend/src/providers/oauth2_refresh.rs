@@ -11,19 +11,13 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Answer, Choice, Consent, Field, Issued, Outcome, Provider, unanswered};
+pub use super::oauth2::{ClientAuth, ClientCredentials};
+use super::oauth2::{TokenAnswer, post_token_form};
+use super::{Choice, Consent, Field, Issued, Outcome, Provider};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
 pub struct OAuth2Refresh;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// HTTP Basic with client id and secret.
-    Basic,
-    /// `client_id` and `client_secret` in the form body.
-    Body,
-}
 
 /// A platform's token endpoint and how it wants the client to authenticate, and its consent
 /// screen (apis.md §6) with the scopes the polled endpoints need.
@@ -147,13 +141,6 @@ fn fields(preset: Option<&Preset>) -> Vec<Field> {
     fields
 }
 
-/// The sealed credentials of an OAuth2 client.
-#[derive(Deserialize)]
-pub struct ClientCredentials {
-    pub client_id: String,
-    pub client_secret: Option<String>,
-}
-
 /// A token response, success and error fields together: GitHub answers some errors with 200.
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -209,30 +196,16 @@ async fn token_request(
     token_url: &str,
     auth: ClientAuth,
     client: &ClientCredentials,
-    mut form: Vec<(&str, &str)>,
+    form: Vec<(&str, &str)>,
     hide: &[&str],
 ) -> Outcome {
-    let mut request = http
-        .post(token_url)
-        .header(reqwest::header::ACCEPT, "application/json");
-    match auth {
-        ClientAuth::Basic => request = request.basic_auth(&client.client_id, client.client_secret.as_deref()),
-        ClientAuth::Body => {
-            form.push(("client_id", &client.client_id));
-            if let Some(secret) = client.client_secret.as_deref() {
-                form.push(("client_secret", secret));
-            }
-        }
-    }
     let mut hide = hide.to_vec();
     hide.extend(client.client_secret.as_deref());
-    let response = match request.form(&form).send().await {
-        Ok(r) => r,
-        Err(e) => return unanswered(e, &hide),
-    };
-    let status = response.status();
-    let answer = Answer::of(&response);
-    let body = response.bytes().await.unwrap_or_default();
+    let TokenAnswer { status, answer, body } =
+        match post_token_form(http, token_url, auth, client, form, &hide).await {
+            Ok(answered) => answered,
+            Err(unanswered) => return unanswered,
+        };
     let parsed: Option<TokenResponse> = serde_json::from_slice(&body).ok();
     if let Some(retry) = answer.retry(|| format!("HTTP {}", status.as_u16())) {
         return retry;
