@@ -43,6 +43,9 @@ fn refuse(req: ServiceRequest, error: ApiError) -> ServiceResponse {
     req.into_response(response)
 }
 
+/// Lets a request through, or answers it: public routes pass; `/metrics` needs its bearer
+/// token when one is set; everything else needs a staff identity (a session or an API token),
+/// and a change also the session's CSRF token and the admin role.
 pub async fn guard(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -55,106 +58,105 @@ pub async fn guard(
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     if path == "/metrics" {
-        let allowed = match &state.config.auth.metrics_token {
-            None => true,
-            Some(token) => bearer(&req).is_some_and(|given| same(&given, token.expose_secret())),
-        };
-        if !allowed {
-            return Ok(refuse(
-                req,
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "send the metrics bearer token",
-                ),
-            ));
+        if !metrics_allowed(&state, &req) {
+            let refused = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the metrics bearer token",
+            );
+            return Ok(refuse(req, refused));
         }
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
-
     let cookie = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
     let staff = match authenticate(&state.db, cookie.as_deref(), bearer(&req).as_deref()).await {
-        Ok(staff) => staff,
+        Ok(Some(staff)) => staff,
+        Ok(None) => {
+            let response = anonymous(&state, &req, &path).await;
+            return Ok(req.into_response(response));
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot check the caller; answering 503");
-            return Ok(refuse(
-                req,
-                ApiError::unavailable("database_unavailable", "cannot check the caller; retry later"),
-            ));
+            return Ok(refuse(req, caller_unknown()));
         }
     };
-    let Some(staff) = staff else {
-        if path.starts_with("/api/") || !is_safe(req.method()) {
-            let mut response = actix_web::ResponseError::error_response(&ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "sign in, or send an API token as Authorization: Bearer",
-            ));
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return Ok(req.into_response(response));
-        }
-        // A page: send the browser to sign in, and back here afterwards; on a fresh install,
-        // where there is nobody to sign in as, to the first-run setup.
-        let fresh = match crate::auth::setup::needed(&state.db).await {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check for staff users; answering 503");
-                return Ok(refuse(
-                    req,
-                    ApiError::unavailable("database_unavailable", "cannot check the caller; retry later"),
-                ));
-            }
-        };
-        if fresh {
-            let response = HttpResponse::SeeOther()
-                .insert_header((header::LOCATION, "/setup"))
-                .finish();
-            return Ok(req.into_response(response));
-        }
-        let target = match req.query_string() {
-            "" => path.clone(),
-            query => format!("{path}?{query}"),
-        };
-        let location = format!(
-            "/login?next={}",
-            url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>()
-        );
-        let response = HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, location))
-            .finish();
-        return Ok(req.into_response(response));
-    };
-
-    if !is_safe(req.method()) {
-        if let Some(expected) = staff.csrf() {
-            let given = req
-                .headers()
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if !same(given, expected) {
-                return Ok(refuse(
-                    req,
-                    ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "csrf_failed",
-                        "missing or wrong X-CSRF-Token; reload the page",
-                    ),
-                ));
-            }
-        }
-        if !staff.is_admin() && path != "/logout" {
-            return Ok(refuse(
-                req,
-                ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs the admin role"),
-            ));
-        }
+    if !is_safe(req.method())
+        && let Some(refused) = change_refused(&req, &staff, &path)
+    {
+        return Ok(refuse(req, refused));
     }
     req.extensions_mut().insert::<Staff>(staff);
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+fn metrics_allowed(state: &AppState, req: &ServiceRequest) -> bool {
+    match &state.config.auth.metrics_token {
+        None => true,
+        Some(token) => bearer(req).is_some_and(|given| same(&given, token.expose_secret())),
+    }
+}
+
+fn caller_unknown() -> ApiError {
+    ApiError::unavailable("database_unavailable", "cannot check the caller; retry later")
+}
+
+/// The answer to a caller with no identity: 401 for the API and for changes; a page sends
+/// the browser to sign in and back afterwards, or on a fresh install, where there is nobody to
+/// sign in as, to the first-run setup.
+async fn anonymous(state: &AppState, req: &ServiceRequest, path: &str) -> HttpResponse {
+    if path.starts_with("/api/") || !is_safe(req.method()) {
+        let mut response = actix_web::ResponseError::error_response(&ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "sign in, or send an API token as Authorization: Bearer",
+        ));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    let location = match crate::auth::setup::needed(&state.db).await {
+        Ok(true) => "/setup".to_owned(),
+        Ok(false) => {
+            let target = match req.query_string() {
+                "" => path.to_owned(),
+                query => format!("{path}?{query}"),
+            };
+            format!(
+                "/login?next={}",
+                url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>()
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check for staff users; answering 503");
+            return actix_web::ResponseError::error_response(&caller_unknown());
+        }
+    };
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .finish()
+}
+
+/// Why a change may not be made: a session's change without its CSRF token, or a viewer's
+/// change (signing out excepted).
+fn change_refused(req: &ServiceRequest, staff: &Staff, path: &str) -> Option<ApiError> {
+    if let Some(expected) = staff.csrf() {
+        let given = req
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !same(given, expected) {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "missing or wrong X-CSRF-Token; reload the page",
+            ));
+        }
+    }
+    (!staff.is_admin() && path != "/logout")
+        .then(|| ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs the admin role"))
 }
 
 #[cfg(test)]
