@@ -296,6 +296,7 @@ impl PollEngine {
         ))
     }
 
+    /// Claims the pair, polls it, records the run and counts it: claim → fetch → record.
     async fn poll_pair(
         &self,
         connection: Connection,
@@ -307,26 +308,11 @@ impl PollEngine {
         let connection = &connection;
         let slots = self.slots_for(endpoint.platform);
         let _slot = slots.acquire().await;
-        let lease = chrono::Duration::from_std(self.settings.lease_secs).unwrap_or_default();
-        let claimed = match store::claim(
-            &self.db,
-            state_id,
-            &self.instance,
-            now(),
-            UtcTime::new(now().0 + lease),
-            due_at,
-        )
-        .await
-        {
-            Ok(Some(claimed)) => claimed,
-            Ok(None) => {
-                let mut r = result_of(connection, endpoint, PollOutcome::Skipped);
-                r.detail = Some("polled by another process, or no longer due".into());
-                return r;
-            }
-            Err(err) => {
-                let mut r = result_of(connection, endpoint, PollOutcome::Failed);
-                r.detail = Some(format!("storage: {err}"));
+        let claimed = match self.claim_pair(state_id, due_at).await {
+            Ok(claimed) => claimed,
+            Err((outcome, detail)) => {
+                let mut r = result_of(connection, endpoint, outcome);
+                r.detail = Some(detail);
                 return r;
             }
         };
@@ -336,7 +322,6 @@ impl PollEngine {
         let took = clock.elapsed();
         let finished_at = now();
         let schedule = schedule_for(&self.settings, endpoint, claimed.schedule.as_deref());
-        let next_due_at = next_due(&schedule, self.timezone, finished_at);
         let mut finished = Finished {
             state_id,
             last_content_hash: claimed.last_content_hash.clone(),
@@ -351,37 +336,14 @@ impl PollEngine {
             duration_ms: took.as_millis() as i64,
             started_at,
             finished_at,
-            next_due_at,
+            next_due_at: next_due(&schedule, self.timezone, finished_at),
             payload: None,
             record_run: true,
         };
-        let mut result = result_of(connection, endpoint, PollOutcome::Ok);
-        match fetched {
-            Ok(fetched) => {
-                finished.items = i64::try_from(fetched.items.len()).unwrap_or(i64::MAX);
-                let payload = serde_json::Value::Array(fetched.items).to_string();
-                let hash = hex::encode(sha2::Sha256::digest(payload.as_bytes()));
-                finished.pages = fetched.pages;
-                finished.http_status = fetched.http_status;
-                finished.payload = Some((hash, payload));
-            }
-            Err(Failure::Skipped(why)) => {
-                finished.status = match why {
-                    ConnectionStatus::Disabled => PollStatus::Disabled,
-                    _ => PollStatus::NeedsReauth,
-                };
-                finished.error = Some(format!("skipped: the connection is {why}"));
-                finished.record_run = false;
-                result.outcome = PollOutcome::Skipped;
-            }
-            Err(Failure::Failed { message, http_status }) => {
-                tracing::warn!(connection = connection.id, platform = endpoint.platform, endpoint = endpoint.name, error = %message, "poll failed");
-                finished.status = PollStatus::Failed;
-                finished.error = Some(message);
-                finished.http_status = http_status;
-                result.outcome = PollOutcome::Failed;
-            }
+        if let Err(Failure::Failed { message, .. }) = &fetched {
+            tracing::warn!(connection = connection.id, platform = endpoint.platform, endpoint = endpoint.name, error = %message, "poll failed");
         }
+        let mut result = result_of(connection, endpoint, record_fetch(&mut finished, fetched));
         result.items = finished.items;
         result.pages = finished.pages;
         result.http_status = finished.http_status;
@@ -395,6 +357,30 @@ impl PollEngine {
                 result.detail = Some(format!("storage: {err}"));
             }
         }
+        self.count(endpoint, &result, took);
+        result
+    }
+
+    /// Takes the pair's lease (only while still due, when `due_at` is given); the outcome
+    /// and why when it cannot be taken.
+    async fn claim_pair(
+        &self,
+        state_id: i64,
+        due_at: Option<UtcTime>,
+    ) -> Result<PollState, (PollOutcome, String)> {
+        let lease = chrono::Duration::from_std(self.settings.lease_secs).unwrap_or_default();
+        let until = UtcTime::new(now().0 + lease);
+        match store::claim(&self.db, state_id, &self.instance, now(), until, due_at).await {
+            Ok(Some(claimed)) => Ok(claimed),
+            Ok(None) => Err((
+                PollOutcome::Skipped,
+                "polled by another process, or no longer due".into(),
+            )),
+            Err(err) => Err((PollOutcome::Failed, format!("storage: {err}"))),
+        }
+    }
+
+    fn count(&self, endpoint: &Endpoint, result: &PollResult, took: std::time::Duration) {
         let labels = [endpoint.platform, endpoint.name, result.outcome.as_str()];
         self.metrics.runs.with_label_values(&labels).inc();
         if result.outcome == PollOutcome::Ok {
@@ -407,7 +393,37 @@ impl PollEngine {
             .seconds
             .with_label_values(&[endpoint.platform])
             .observe(took.as_secs_f64());
-        result
+    }
+}
+
+/// Writes what a fetch brought (items and their payload, or why not) into the run to record;
+/// the poll's outcome.
+fn record_fetch(finished: &mut Finished, fetched: Result<fetch::Fetched, Failure>) -> PollOutcome {
+    match fetched {
+        Ok(fetched) => {
+            finished.items = i64::try_from(fetched.items.len()).unwrap_or(i64::MAX);
+            let payload = serde_json::Value::Array(fetched.items).to_string();
+            let hash = hex::encode(sha2::Sha256::digest(payload.as_bytes()));
+            finished.pages = fetched.pages;
+            finished.http_status = fetched.http_status;
+            finished.payload = Some((hash, payload));
+            PollOutcome::Ok
+        }
+        Err(Failure::Skipped(why)) => {
+            finished.status = match why {
+                ConnectionStatus::Disabled => PollStatus::Disabled,
+                _ => PollStatus::NeedsReauth,
+            };
+            finished.error = Some(format!("skipped: the connection is {why}"));
+            finished.record_run = false;
+            PollOutcome::Skipped
+        }
+        Err(Failure::Failed { message, http_status }) => {
+            finished.status = PollStatus::Failed;
+            finished.error = Some(message);
+            finished.http_status = http_status;
+            PollOutcome::Failed
+        }
     }
 }
 
