@@ -72,6 +72,13 @@ pub async fn callback(
     staff: web::ReqData<Staff>,
     query: web::Query<CallbackQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    if !staff.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "connecting a platform needs the admin role",
+        ));
+    }
     let show = |status: StatusCode, ok: bool, message: String, connection_id: Option<i64>| {
         let page = ConnectResultPage {
             base: Base::new("Connect", "/tokens", &staff),
@@ -81,36 +88,54 @@ pub async fn callback(
         };
         render_with_status(status, &page)
     };
-    if !staff.is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "connecting a platform needs the admin role",
-        ));
-    }
-    let Via::Session { token_hash, .. } = &staff.via else {
-        return show(
-            StatusCode::BAD_REQUEST,
-            false,
-            ConnectError::NeedsSession.to_string(),
-            None,
-        );
+    let flow = match opened_flow(&state, &staff, &query) {
+        Ok(flow) => flow,
+        Err(e) => return show(StatusCode::BAD_REQUEST, false, e.to_string(), None),
     };
-    let flow = match query
+    let id = Some(flow.connection_id);
+    let code = match code_of(&query, flow.connection_id) {
+        Ok(code) => code,
+        Err(e) => return show(StatusCode::BAD_REQUEST, false, e.to_string(), id),
+    };
+    let engine = &state.token_engine;
+    let result = connect::finish(
+        &state.db,
+        &state.crypto,
+        engine.http(),
+        engine,
+        &flow,
+        code,
+        &staff.actor(),
+    )
+    .await;
+    if let Err(ConnectError::Storage(e)) = result {
+        return Err(e.into());
+    }
+    let (status, ok, message) = exchange_answer(result);
+    show(status, ok, message, id)
+}
+
+/// The flow this callback's `state` belongs to, if it is this session's and unexpired.
+fn opened_flow(
+    state: &AppState,
+    staff: &Staff,
+    query: &CallbackQuery,
+) -> Result<connect::Flow, ConnectError> {
+    let Via::Session { token_hash, .. } = &staff.via else {
+        return Err(ConnectError::NeedsSession);
+    };
+    query
         .state
         .as_deref()
         .ok_or(ConnectError::BadState)
         .and_then(|s| connect::open(&state.crypto, s, token_hash, now()))
-    {
-        Ok(flow) => flow,
-        Err(e) => {
-            tracing::warn!(reason = %e, "consent callback refused");
-            return show(StatusCode::BAD_REQUEST, false, e.to_string(), None);
-        }
-    };
-    let id = Some(flow.connection_id);
+        .inspect_err(|e| tracing::warn!(reason = %e, "consent callback refused"))
+}
+
+/// The code the platform sent, or why there is none (the platform's own words, shortened:
+/// they come from the browser's address bar).
+fn code_of(query: &CallbackQuery, connection_id: i64) -> Result<&str, ConnectError> {
     if let Some(error) = &query.error {
-        // The platform's own words, shortened: they come from the browser's address bar.
         let reason: String = match &query.error_description {
             Some(d) => format!("{error}: {d}"),
             None => error.clone(),
@@ -118,58 +143,48 @@ pub async fn callback(
         .chars()
         .take(200)
         .collect();
-        tracing::warn!(connection = flow.connection_id, "consent refused at the platform");
-        return show(
-            StatusCode::BAD_REQUEST,
-            false,
-            ConnectError::Denied(reason).to_string(),
-            id,
-        );
+        tracing::warn!(connection = connection_id, "consent refused at the platform");
+        return Err(ConnectError::Denied(reason));
     }
-    let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
-        return show(
-            StatusCode::BAD_REQUEST,
-            false,
-            ConnectError::BadState.to_string(),
-            id,
-        );
-    };
-    let result = connect::finish(
-        &state.db,
-        &state.crypto,
-        state.token_engine.http(),
-        &state.token_engine,
-        &flow,
-        code,
-        &staff.actor(),
-    )
-    .await;
+    query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or(ConnectError::BadState)
+}
+
+/// What the result page says about the code exchange: (status, success, message).
+fn exchange_answer(
+    result: Result<crate::tokens::ConnectionResult, ConnectError>,
+) -> (StatusCode, bool, String) {
     match result {
         Ok(r) if r.outcome == RefreshOutcome::Refreshed => {
             let until = r
                 .expires_at
-                .map(|t| format!(", valid until {t}"))
+                .map(|t| {
+                    format!(
+                        ", valid until {}",
+                        crate::present::when(t, now(), crate::present::zone())
+                    )
+                })
                 .unwrap_or_default();
-            show(
+            (
                 StatusCode::OK,
                 true,
                 format!(
                     "Connected {}: tokens stored{until}. Telltale refreshes them from now on.",
                     r.name
                 ),
-                id,
             )
         }
-        Ok(r) => show(
+        Ok(r) => (
             StatusCode::BAD_GATEWAY,
             false,
             format!(
                 "The platform did not accept the code: {}. Nothing was stored; try Connect again.",
                 r.detail.unwrap_or_default()
             ),
-            id,
         ),
-        Err(ConnectError::Storage(e)) => Err(e.into()),
-        Err(e) => show(StatusCode::BAD_REQUEST, false, e.to_string(), id),
+        Err(e) => (StatusCode::BAD_REQUEST, false, e.to_string()),
     }
 }
