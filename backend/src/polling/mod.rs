@@ -8,7 +8,7 @@ pub mod catalogue;
 mod fetch;
 pub mod settings;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -169,9 +169,54 @@ impl PollEngine {
 
     /// Polls every due pair (or, for a dry run, reports what would be polled).
     pub async fn sweep(&self, request: &PollRequest, at: UtcTime) -> StorageResult<PollReport> {
+        let pairs = self.pairs(request).await?;
+        let states = self.states_of(&pairs, request.connection_id).await?;
+        let due: Vec<Due> = pairs
+            .into_iter()
+            .filter_map(|(connection, endpoint)| {
+                let s = states.get(&(connection.id, endpoint.name.to_owned()))?;
+                (s.enabled && s.next_due_at.is_none_or(|d| d.0 <= at.0)).then_some(Due {
+                    connection,
+                    endpoint,
+                    state_id: s.id,
+                })
+            })
+            .collect();
+        let due = spread_by_account(due);
+        let count_distinct = |key: fn(&Due) -> i64| due.iter().map(key).collect::<HashSet<_>>().len();
+        let users = count_distinct(|d| d.connection.account_id);
+        let connections_due = count_distinct(|d| d.connection.id);
+        let mut results: Vec<PollResult> = if request.dry_run {
+            due.iter()
+                .map(|d| would_poll(&d.connection, d.endpoint))
+                .collect()
+        } else {
+            futures_util::stream::iter(due)
+                .map(|d: Due| self.poll_pair(d.connection, d.endpoint, d.state_id, request.trigger, Some(at)))
+                .buffer_unordered(self.settings.concurrency.max(1))
+                .collect()
+                .await
+        };
+        results.sort_by(|a, b| (a.connection_id, &a.endpoint).cmp(&(b.connection_id, &b.endpoint)));
+        let counted = |outcome: PollOutcome| results.iter().filter(|r| r.outcome == outcome).count();
+        Ok(PollReport {
+            users,
+            connections: connections_due,
+            polls: results.len(),
+            succeeded: counted(PollOutcome::Ok),
+            failed: counted(PollOutcome::Failed),
+            skipped: counted(PollOutcome::Skipped),
+            dry_run: request.dry_run,
+            timestamp: now(),
+            results,
+        })
+    }
+
+    /// Every (connection, endpoint) pair the request covers.
+    async fn pairs(&self, request: &PollRequest) -> StorageResult<Vec<(Connection, &'static Endpoint)>> {
         let mut all = connections::list_connections(&self.db).await?;
         all.retain(|c| request.connection_id.is_none_or(|id| c.id == id));
-        let mut pairs: Vec<(Connection, &'static Endpoint)> = Vec::new();
+        let mut pairs = Vec::new();
         for connection in all {
             let Some(platform) = catalogue::platform_of(&connection) else {
                 continue;
@@ -187,9 +232,19 @@ impl PollEngine {
                 pairs.push((connection.clone(), endpoint));
             }
         }
-        let mut states: HashMap<(i64, String), PollState> = HashMap::new();
+        Ok(pairs)
+    }
+
+    /// The pairs' stored state by (connection, endpoint); a pair without one gets it (due at
+    /// once) and the list is read again.
+    async fn states_of(
+        &self,
+        pairs: &[(Connection, &'static Endpoint)],
+        connection_id: Option<i64>,
+    ) -> StorageResult<HashMap<(i64, String), PollState>> {
+        let mut states = HashMap::new();
         for _ in 0..2 {
-            states = store::list_states(&self.db, request.connection_id)
+            states = store::list_states(&self.db, connection_id)
                 .await?
                 .into_iter()
                 .map(|s| ((s.connection_id, s.endpoint.clone()), s))
@@ -202,79 +257,9 @@ impl PollEngine {
             if missing.is_empty() {
                 break;
             }
-            // New pairs get a state row (due at once), then the list is read again.
             store::ensure_pairs(&self.db, &missing).await?;
         }
-        let due: Vec<Due> = pairs
-            .into_iter()
-            .filter_map(|(connection, endpoint)| {
-                let s = states.get(&(connection.id, endpoint.name.to_owned()))?;
-                (s.enabled && s.next_due_at.is_none_or(|d| d.0 <= at.0)).then_some(Due {
-                    connection,
-                    endpoint,
-                    state_id: s.id,
-                })
-            })
-            .collect();
-        let due = spread_by_account(due);
-        let users = due
-            .iter()
-            .map(|d| d.connection.account_id)
-            .collect::<std::collections::HashSet<_>>()
-            .len();
-        let connections_due = due
-            .iter()
-            .map(|d| d.connection.id)
-            .collect::<std::collections::HashSet<_>>()
-            .len();
-        let mut results: Vec<PollResult> = if request.dry_run {
-            due.iter()
-                .map(
-                    |Due {
-                         connection: c,
-                         endpoint: e,
-                         ..
-                     }| {
-                        let usable = !c.status.waits_for_a_person();
-                        let mut r = result_of(
-                            c,
-                            e,
-                            if usable {
-                                PollOutcome::WouldPoll
-                            } else {
-                                PollOutcome::Skipped
-                            },
-                        );
-                        r.detail = (!usable).then(|| c.status.to_string());
-                        r
-                    },
-                )
-                .collect()
-        } else {
-            futures_util::stream::iter(due)
-                .map(|d: Due| self.poll_pair(d.connection, d.endpoint, d.state_id, request.trigger, Some(at)))
-                .buffer_unordered(self.settings.concurrency.max(1))
-                .collect()
-                .await
-        };
-        results.sort_by(|a, b| (a.connection_id, &a.endpoint).cmp(&(b.connection_id, &b.endpoint)));
-        Ok(PollReport {
-            users,
-            connections: connections_due,
-            polls: results.len(),
-            succeeded: results.iter().filter(|r| r.outcome == PollOutcome::Ok).count(),
-            failed: results
-                .iter()
-                .filter(|r| r.outcome == PollOutcome::Failed)
-                .count(),
-            skipped: results
-                .iter()
-                .filter(|r| r.outcome == PollOutcome::Skipped)
-                .count(),
-            dry_run: request.dry_run,
-            timestamp: now(),
-            results,
-        })
+        Ok(states)
     }
 
     /// Polls one pair now, due or not ("Poll now").
@@ -425,6 +410,20 @@ fn record_fetch(finished: &mut Finished, fetched: Result<fetch::Fetched, Failure
             PollOutcome::Failed
         }
     }
+}
+
+/// What a dry run reports for a due pair: it would be polled, unless its connection waits
+/// for a person.
+fn would_poll(c: &Connection, e: &Endpoint) -> PollResult {
+    let usable = !c.status.waits_for_a_person();
+    let outcome = if usable {
+        PollOutcome::WouldPoll
+    } else {
+        PollOutcome::Skipped
+    };
+    let mut r = result_of(c, e, outcome);
+    r.detail = (!usable).then(|| c.status.to_string());
+    r
 }
 
 fn result_of(connection: &Connection, endpoint: &Endpoint, outcome: PollOutcome) -> PollResult {
