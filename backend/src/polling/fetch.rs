@@ -81,19 +81,7 @@ pub async fn poll(
     }
     let token = usable_token(engine, connection).await?;
     let settings = &connection.settings;
-    let base = match (
-        settings.get("api_base_url").and_then(Value::as_str),
-        endpoint.default_base,
-    ) {
-        (Some(own), _) => own.to_owned(),
-        (None, "") => engine
-            .tokens
-            .with_defaults(connection)
-            .base_url
-            .clone()
-            .ok_or_else(|| failed("the connection has no base_url (nor THINGSBOARD_URL)".into()))?,
-        (None, default) => default.to_owned(),
-    };
+    let base = base_url(engine, connection, endpoint).map_err(failed)?;
     let path = fill_path(endpoint.path, settings, &token).map_err(failed)?;
     let mut url = build_url(&base, &path, endpoint.query).map_err(failed)?;
     let mut session = Session {
@@ -115,37 +103,8 @@ pub async fn poll(
                 message: format!("unexpected response shape: no item array at {:?}", endpoint.items),
                 http_status: last_status,
             })?;
-        let count = listed.len();
-        let last_id = listed
-            .last()
-            .and_then(|item| match endpoint.pagination {
-                Pagination::AfterLastId { id, .. } => item.pointer(id).map(id_text),
-                _ => None,
-            })
-            .flatten();
+        let next = next_page(endpoint, &page, listed, &url, pages);
         items.extend(listed.iter().cloned());
-        let next = match endpoint.pagination {
-            Pagination::None => None,
-            Pagination::NextUrl(field) => page
-                .body
-                .pointer(field)
-                .and_then(Value::as_str)
-                .and_then(|u| url::Url::parse(u).ok()),
-            Pagination::PageToken { field, param } => page
-                .body
-                .pointer(field)
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-                .map(|t| with_param(&url, param, t)),
-            Pagination::LinkHeader => next_link(&page.headers),
-            Pagination::AfterLastId { param, limit, .. } => last_id
-                .filter(|_| count >= limit)
-                .map(|id| with_param(&url, param, &id)),
-            Pagination::PageNumber { param, has_next } => {
-                (page.body.pointer(has_next).and_then(Value::as_bool) == Some(true))
-                    .then(|| with_param(&url, param, &pages.to_string()))
-            }
-        };
         match next {
             Some(next) => url = next,
             None => break,
@@ -169,6 +128,56 @@ pub async fn poll(
         pages,
         http_status: last_status,
     })
+}
+
+/// Where the endpoint's API lives: the connection's own `api_base_url`, the endpoint's
+/// fixed base, or (ThingsBoard) the connection's server.
+fn base_url(engine: &PollEngine, connection: &Connection, endpoint: &Endpoint) -> Result<String, String> {
+    match (connection.settings.text("api_base_url"), endpoint.default_base) {
+        (Some(own), _) => Ok(own.to_owned()),
+        (None, "") => engine
+            .tokens
+            .with_defaults(connection)
+            .base_url
+            .clone()
+            .ok_or_else(|| "the connection has no base_url (nor THINGSBOARD_URL)".into()),
+        (None, default) => Ok(default.to_owned()),
+    }
+}
+
+/// The next page's URL as the endpoint pages (`None`: this was the last), from the page just
+/// read (`listed` its items, `pages` how many were read so far).
+fn next_page(
+    endpoint: &Endpoint,
+    page: &Page,
+    listed: &[Value],
+    url: &url::Url,
+    pages: i32,
+) -> Option<url::Url> {
+    match endpoint.pagination {
+        Pagination::None => None,
+        Pagination::NextUrl(field) => page
+            .body
+            .pointer(field)
+            .and_then(Value::as_str)
+            .and_then(|u| url::Url::parse(u).ok()),
+        Pagination::PageToken { field, param } => page
+            .body
+            .pointer(field)
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(|t| with_param(url, param, t)),
+        Pagination::LinkHeader => next_link(&page.headers),
+        Pagination::AfterLastId { id, param, limit } => listed
+            .last()
+            .and_then(|item| item.pointer(id))
+            .and_then(id_text)
+            .filter(|_| listed.len() >= limit)
+            .map(|last| with_param(url, param, &last)),
+        Pagination::PageNumber { param, has_next } => (page.body.pointer(has_next).and_then(Value::as_bool)
+            == Some(true))
+        .then(|| with_param(url, param, &pages.to_string())),
+    }
 }
 
 /// The stored access token, refreshed first when it is missing or about to expire.
