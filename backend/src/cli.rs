@@ -411,6 +411,8 @@ fn parse_settings(text: Option<&str>) -> anyhow::Result<Option<serde_json::Value
         .transpose()
 }
 
+/// `telltale connections …`: one arm per subcommand, each a call and its printout (a
+/// dispatch table, long because the subcommands are many).
 async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyhow::Result<()> {
     use crate::tokens::manage::{self, ConnectionChange, ConnectionSpec, view};
     let state = one_shot_state(config).await?;

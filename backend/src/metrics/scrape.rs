@@ -67,6 +67,8 @@ fn seconds_between(later: UtcTime, earlier: UtcTime) -> f64 {
 }
 
 impl DbGauges {
+    /// Registers every gauge read at scrape time: one declaration each, in a row, so the
+    /// list is read (and checked against docs/metrics.md) in one place; hence its length.
     pub fn new(registry: &Registry, per_device_limit: usize) -> prometheus::Result<DbGauges> {
         let outbox_oldest_age = prometheus::Gauge::new(
             "telltale_outbox_oldest_pending_age_seconds",

@@ -432,43 +432,12 @@ impl RefreshEngine {
                     tracing::debug!(error = %err, "could not count a token request");
                 }
             }
-            let started = Instant::now();
-            let with_defaults = self.with_defaults(connection);
-            let call = provider.refresh(&self.http, &with_defaults, secrets);
-            // The client's timeout is `tokens.request_timeout_secs`; a connection's own (the
-            // Milesight one's) bounds the whole call instead.
-            let outcome = match own_request_timeout(connection) {
-                Some(limit) => {
-                    tokio::time::timeout(limit, call)
-                        .await
-                        .unwrap_or_else(|_| Outcome::Transient {
-                            message: format!("timed out: no answer within {} s", limit.as_secs()),
-                            retry_after: None,
-                        })
-                }
-                None => call.await,
-            };
+            let outcome = self.call_provider(connection, provider, secrets, request).await;
             // Only transient failures mean the upstream is unwell; a refusal is an answer.
             match outcome {
                 Outcome::Transient { .. } => breaker.on_error(),
                 _ => breaker.on_success(),
             }
-            self.metrics
-                .attempts
-                .with_label_values(&[provider.kind(), request.trigger.as_str(), outcome.label()])
-                .inc();
-            self.metrics
-                .attempt_seconds
-                .with_label_values(&[provider.kind()])
-                .observe(started.elapsed().as_secs_f64());
-            let logged = match &outcome {
-                Outcome::Refreshed(issued) => Ok(Some(issued.clone())),
-                Outcome::Transient { message, .. }
-                | Outcome::NeedsReauth(message)
-                | Outcome::Failed(message) => Err(message.clone()),
-            };
-            self.log(connection, request, false, logged, started.elapsed())
-                .await;
             match outcome {
                 Outcome::Refreshed(issued) => Ok(issued),
                 other => Err(other),
@@ -485,6 +454,46 @@ impl RefreshEngine {
                 _ => delay,
             })
             .await
+    }
+
+    /// One call to the provider, bounded by the connection's own timeout when it has one
+    /// (the client's is `tokens.request_timeout_secs`), counted in the metrics and logged.
+    async fn call_provider(
+        &self,
+        connection: &Connection,
+        provider: &'static dyn Provider,
+        secrets: &ConnectionSecrets,
+        request: &SweepRequest,
+    ) -> Outcome {
+        let started = Instant::now();
+        let with_defaults = self.with_defaults(connection);
+        let call = provider.refresh(&self.http, &with_defaults, secrets);
+        let outcome = match own_request_timeout(connection) {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or_else(|_| Outcome::Transient {
+                    message: format!("timed out: no answer within {} s", limit.as_secs()),
+                    retry_after: None,
+                }),
+            None => call.await,
+        };
+        self.metrics
+            .attempts
+            .with_label_values(&[provider.kind(), request.trigger.as_str(), outcome.label()])
+            .inc();
+        self.metrics
+            .attempt_seconds
+            .with_label_values(&[provider.kind()])
+            .observe(started.elapsed().as_secs_f64());
+        let logged = match &outcome {
+            Outcome::Refreshed(issued) => Ok(Some(issued.clone())),
+            Outcome::Transient { message, .. } | Outcome::NeedsReauth(message) | Outcome::Failed(message) => {
+                Err(message.clone())
+            }
+        };
+        self.log(connection, request, false, logged, started.elapsed())
+            .await;
+        outcome
     }
 
     /// Stores what the attempt ended with and says so in the log.

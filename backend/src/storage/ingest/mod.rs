@@ -199,7 +199,9 @@ mod postgres {
     };
 
     /// Runs the group inside a transaction it opens and commits itself. On an error the
-    /// transaction may still be open: the caller rolls it back.
+    /// transaction may still be open: the caller rolls it back. Longer than most: it is one
+    /// transaction's statements in the order the locks must be taken, each step's arrays
+    /// borrowed by the next, on the hot path of every webhook.
     pub(super) async fn ingest_group(
         conn: &AsyncPgConnection,
         requests: &[IngestRequest<'_>],
@@ -307,6 +309,8 @@ mod sqlite {
         stored_first, webhook_events, webhook_sources,
     };
 
+    /// Runs the group in the writer's open transaction. Longer than most, as PostgreSQL's:
+    /// one transaction's statements in order, each step's rows used by the next.
     pub(super) fn ingest_group(
         tx: &mut diesel::SqliteConnection,
         requests: &[IngestRequest<'_>],
