@@ -529,7 +529,7 @@ async fn poll(
 ) -> anyhow::Result<()> {
     let state = one_shot_state(config).await?;
     let request = crate::polling::PollRequest {
-        trigger: "cli",
+        trigger: crate::storage::PollTrigger::Cli,
         dry_run,
         platform,
         connection_id: connection,

@@ -84,7 +84,7 @@ async fn spotify(state: &AppState, api: &MockServer, account: &str, name: &str) 
 
 fn request(platform: Option<&str>) -> PollRequest {
     PollRequest {
-        trigger: "scheduled",
+        trigger: telltale::storage::PollTrigger::Scheduled,
         platform: platform.map(str::to_owned),
         ..Default::default()
     }
@@ -410,7 +410,7 @@ async fn a_401_refreshes_the_token_once_and_retries(backend: Backend) {
     let id = spotify(&state, &api, "acme", "sp").await;
     let result = state
         .poll_engine
-        .poll_now(id, "recently_played", "manual")
+        .poll_now(id, "recently_played", telltale::storage::PollTrigger::Manual)
         .await
         .unwrap()
         .unwrap();
@@ -422,7 +422,7 @@ async fn a_401_refreshes_the_token_once_and_retries(backend: Backend) {
     assert!(
         state
             .poll_engine
-            .poll_now(id, "nope", "manual")
+            .poll_now(id, "nope", telltale::storage::PollTrigger::Manual)
             .await
             .unwrap()
             .is_none()
@@ -500,7 +500,7 @@ async fn a_failing_poll_keeps_the_last_good_data(backend: Backend) {
     let poll = || async {
         state
             .poll_engine
-            .poll_now(id, "recently_played", "manual")
+            .poll_now(id, "recently_played", telltale::storage::PollTrigger::Manual)
             .await
             .unwrap()
             .unwrap()
@@ -631,7 +631,7 @@ async fn retention_keeps_the_newest_payload(backend: Backend) {
     for _ in 0..4 {
         state
             .poll_engine
-            .poll_now(id, "top_tracks", "manual")
+            .poll_now(id, "top_tracks", telltale::storage::PollTrigger::Manual)
             .await
             .unwrap();
     }
@@ -680,7 +680,7 @@ async fn a_slow_platform_times_out_and_is_retried(backend: Backend) {
     let started = Instant::now();
     let result = state
         .poll_engine
-        .poll_now(id, "top_tracks", "manual")
+        .poll_now(id, "top_tracks", telltale::storage::PollTrigger::Manual)
         .await
         .unwrap()
         .unwrap();

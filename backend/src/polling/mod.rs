@@ -24,7 +24,9 @@ use crate::polling::settings::PollingConfig;
 use crate::scheduler::{JobSpec, run_with};
 use crate::storage::connections::{self, Connection};
 use crate::storage::polling::{self as store, Finished, PollState};
-use crate::storage::{ConnectionStatus, Db, PollOutcome, PollStatus, StorageResult, UtcTime, now};
+use crate::storage::{
+    ConnectionStatus, Db, PollOutcome, PollStatus, PollTrigger, StorageResult, UtcTime, now,
+};
 use crate::tokens::RefreshEngine;
 
 pub const SWEEP_JOB: &str = "platform-polling";
@@ -63,8 +65,7 @@ pub struct PollReport {
 
 #[derive(Debug, Clone, Default)]
 pub struct PollRequest {
-    /// `scheduled`, `manual`, `cron_endpoint`, `cli`.
-    pub trigger: &'static str,
+    pub trigger: PollTrigger,
     pub dry_run: bool,
     /// A platform (`spotify`) or provider kind (`thingsboard`).
     pub platform: Option<String>,
@@ -267,7 +268,7 @@ impl PollEngine {
         &self,
         connection_id: i64,
         endpoint: &str,
-        trigger: &'static str,
+        trigger: PollTrigger,
     ) -> StorageResult<Option<PollResult>> {
         let connection = connections::get_connection(&self.db, connection_id).await?;
         let Some(endpoint) = catalogue::platform_of(&connection).and_then(|p| catalogue::find(p, endpoint))
@@ -287,7 +288,7 @@ impl PollEngine {
         connection: Connection,
         endpoint: &'static Endpoint,
         state_id: i64,
-        trigger: &'static str,
+        trigger: PollTrigger,
         due_at: Option<UtcTime>,
     ) -> PollResult {
         let connection = &connection;
@@ -312,7 +313,7 @@ impl PollEngine {
             last_content_hash: claimed.last_content_hash.clone(),
             connection_id: connection.id,
             endpoint: endpoint.name.to_owned(),
-            trigger: trigger.to_owned(),
+            trigger: trigger.as_str().to_owned(),
             status: PollStatus::Ok,
             items: 0,
             pages: 0,
@@ -496,7 +497,7 @@ pub fn job_specs(config: &crate::config::Config, engine: &Arc<PollEngine>) -> Ve
             exclusive: false,
             run: run_with(engine.clone(), |engine| async move {
                 let request = PollRequest {
-                    trigger: "scheduled",
+                    trigger: PollTrigger::Scheduled,
                     ..Default::default()
                 };
                 let report = engine.sweep(&request, now()).await?;

@@ -147,6 +147,29 @@ text_enum! {
 }
 
 text_enum! {
+    /// What started a poll (`poll_runs.trigger`).
+    pub enum PollTrigger {
+        /// The scheduled sweep.
+        Scheduled = "scheduled",
+        /// A person: Poll now, or `POST /api/polling/{connection}/{endpoint}/run`.
+        Manual = "manual",
+        /// An external scheduler through `/api/cron/platform-polling`.
+        CronEndpoint = "cron_endpoint",
+        /// `telltale poll`.
+        Cli = "cli",
+    }
+}
+
+// By hand: `text_enum!` declares the derives, and only this state needs a default (a
+// `PollRequest` built with `..Default::default()` is the scheduled sweep's).
+#[allow(clippy::derivable_impls)]
+impl Default for PollTrigger {
+    fn default() -> PollTrigger {
+        PollTrigger::Scheduled
+    }
+}
+
+text_enum! {
     /// The rule an alert fired under (`alerts.rule`); `alerts::rules` has one function each.
     pub enum AlertRule {
         TokenRefreshFailing = "token_refresh_failing",

@@ -34,7 +34,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 pub use error::{StorageError, StorageResult};
 pub use fields::{
     AlertEventKind, AlertRule, AlertState, ConnectionStatus, DeviceStatus, PollOutcome, PollStatus,
-    RefreshOutcome, RefreshTrigger, Role, Severity, SourceStatus, TokenHealth, UtcTime, now,
+    PollTrigger, RefreshOutcome, RefreshTrigger, Role, Severity, SourceStatus, TokenHealth, UtcTime, now,
 };
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;

@@ -100,7 +100,7 @@ pub async fn platform_polling(
         return Ok(refused);
     }
     let request = crate::polling::PollRequest {
-        trigger: "cron_endpoint",
+        trigger: crate::storage::PollTrigger::CronEndpoint,
         ..Default::default()
     };
     let report = state.poll_engine.sweep(&request, now()).await?;

@@ -119,7 +119,7 @@ pub async fn run(
     let (connection, endpoint) = path.into_inner();
     let result = state
         .poll_engine
-        .poll_now(connection, &endpoint, "manual")
+        .poll_now(connection, &endpoint, crate::storage::PollTrigger::Manual)
         .await
         .map_err(|e| match e {
             StorageError::NotFound => unknown_pair(connection, &endpoint),

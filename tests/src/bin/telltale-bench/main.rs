@@ -255,7 +255,7 @@ async fn poll(args: Args) -> Result<(), String> {
     // The first sweep creates the pairs' state rows; time that too, as a real first sweep would.
     eprintln!("set up {connection_count} connections in {:.1?}", setup.elapsed());
     let request = telltale::polling::PollRequest {
-        trigger: "scheduled",
+        trigger: telltale::storage::PollTrigger::Scheduled,
         ..Default::default()
     };
     let started = Instant::now();
