@@ -89,10 +89,9 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
 
     // A firing alert, an acknowledged one (with history), and a silence.
     let store = db.open().await;
-    let fire = |key: &str, summary: &str| Firing {
-        key: key.into(),
+    let fire = |device: &str, summary: &str| Firing {
         rule: AlertRule::DeviceOffline,
-        subject: format!("device:{key}"),
+        subject: format!("device:{device}"),
         severity: Severity::Warning,
         summary: summary.into(),
         details: "last seen 2 hours ago".into(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::rules::{conditions, when};
+use super::rules::{LISTED_DEVICES, conditions, when};
 use super::templates::{self, AlertView};
 use crate::alerts::settings::AlertsConfig;
 use crate::config::Config;
@@ -22,9 +22,6 @@ use crate::storage::polling::{self as poll_store, PollState};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
-
-/// How many serial numbers a grouped `devices_offline` alert lists (the rest are counted).
-const LISTED_DEVICES: usize = super::rules::LISTED_DEVICES;
 
 /// What the rules look at.
 pub struct Signals {
@@ -209,14 +206,15 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
     };
     let mut active = HashSet::new();
     for firing in &holding {
-        let hold = hold_for(&firing.key, firing.rule.as_str(), &firing.subject);
+        let key = firing.key();
+        let hold = hold_for(&key, firing.rule.as_str(), &firing.subject);
         let (alert, opened) = store::fire(db, firing, at, hold.as_deref(), |alert| {
             notification_for(config, alert, Notice::Firing)
         })
         .await?;
         if opened {
             evaluation.opened += 1;
-            tracing::warn!(alert = %firing.key, summary = %firing.summary, "alert firing");
+            tracing::warn!(alert = %key, summary = %firing.summary, "alert firing");
         }
         if hold.is_some() && matches!(alert.state, AlertState::Firing | AlertState::Acknowledged) {
             store::set_silenced(db, alert.id, hold.as_deref(), at, |_| None).await?;
@@ -241,7 +239,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         {
             evaluation.reminded += 1;
         }
-        active.insert(firing.key.clone());
+        active.insert(key);
     }
     for open in store::open_alerts(db).await? {
         if active.contains(&open.alert_key) {

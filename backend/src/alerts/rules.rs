@@ -116,7 +116,6 @@ fn poll_failing(signals: &Signals, config: &AlertsConfig) -> (Vec<Firing>, BTree
 
 fn poll_alert(poll: &PollState, name: &str, config: &AlertsConfig) -> Firing {
     Firing {
-        key: format!("poll_failing:connection:{}:{}", poll.connection_id, poll.endpoint),
         rule: AlertRule::PollFailing,
         subject: format!("connection:{}:{}", poll.connection_id, poll.endpoint),
         severity: Severity::Warning,
@@ -163,7 +162,6 @@ fn token_condition(c: &Connection, held: &[String], config: &AlertsConfig, at: U
 fn token_needs_reauth(c: &Connection, severity: Severity, held: &str, config: &AlertsConfig) -> Firing {
     let look = link(config, &format!("/api/connections/{}", c.id));
     Firing {
-        key: format!("token_needs_reauth:connection:{}", c.id),
         rule: AlertRule::TokenNeedsReauth,
         subject: format!("connection:{}", c.id),
         severity,
@@ -183,7 +181,6 @@ fn token_needs_reauth(c: &Connection, severity: Severity, held: &str, config: &A
 fn token_refresh_failing(c: &Connection, severity: Severity, held: &str, config: &AlertsConfig) -> Firing {
     let look = link(config, &format!("/api/connections/{}", c.id));
     Firing {
-        key: format!("token_refresh_failing:connection:{}", c.id),
         rule: AlertRule::TokenRefreshFailing,
         subject: format!("connection:{}", c.id),
         severity,
@@ -209,7 +206,6 @@ fn token_runway(c: &Connection, severity: Severity, config: &AlertsConfig, at: U
     let left = (expires.0 - at.0).num_seconds();
     let look = link(config, &format!("/api/connections/{}", c.id));
     Some(Firing {
-        key: format!("token_runway:connection:{}", c.id),
         rule: AlertRule::TokenRunway,
         subject: format!("connection:{}", c.id),
         severity,
@@ -251,7 +247,6 @@ fn webhook_source_stale(
         .map(|g| g.count)
         .sum();
     Some(Firing {
-        key: format!("webhook_source_stale:source:{}", s.name),
         rule: AlertRule::WebhookSourceStale,
         subject: format!("source:{}", s.name),
         severity: Severity::High,
@@ -275,7 +270,6 @@ fn milesight_system_notice(s: &WebhookSource, config: &AlertsConfig, at: UtcTime
         .last_system_notice_at
         .filter(|t| at.0 - t.0 < chrono::Duration::hours(24))?;
     Some(Firing {
-        key: format!("milesight_system_notice:source:{}", s.name),
         rule: AlertRule::MilesightSystemNotice,
         subject: format!("source:{}", s.name),
         severity: Severity::High,
@@ -300,7 +294,6 @@ fn devices_offline(group: &OfflineGroup, source: &str, config: &AlertsConfig) ->
         .collect();
     let more = group.count.saturating_sub(listed.len());
     Firing {
-        key: format!("devices_offline:source:{source}"),
         rule: AlertRule::DevicesOffline,
         subject: format!("source:{source}"),
         severity: Severity::Warning,
@@ -322,7 +315,6 @@ fn devices_offline(group: &OfflineGroup, source: &str, config: &AlertsConfig) ->
 /// `device_offline`: one device missed its deadline.
 fn device_offline(d: &Device, config: &AlertsConfig) -> Firing {
     Firing {
-        key: format!("device_offline:device:{}", d.sn),
         rule: AlertRule::DeviceOffline,
         subject: format!("device:{}", d.sn),
         severity: Severity::Warning,

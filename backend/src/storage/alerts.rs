@@ -48,12 +48,19 @@ pub struct AlertEvent {
 /// A condition that holds now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Firing {
-    pub key: String,
     pub rule: AlertRule,
     pub subject: String,
     pub severity: Severity,
     pub summary: String,
     pub details: String,
+}
+
+impl Firing {
+    /// What identifies the alert across evaluations: its rule and subject
+    /// (`device_offline:device:6136A…`), so one condition is one alert.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.rule.as_str(), self.subject)
+    }
 }
 
 /// A notification to queue with a state change: an email, webhook deliveries, or both.
@@ -172,11 +179,12 @@ pub async fn fire(
     hold: Option<&str>,
     email: impl Fn(&Alert) -> Option<Notification> + Send + Sync,
 ) -> StorageResult<(Alert, bool)> {
+    let key = firing.key();
     db_run!(db, |conn| {
         conn.transaction::<_, StorageError, _>(async |tx| {
             let inserted: Option<Alert> = diesel::insert_into(alerts::table)
                 .values((
-                    alerts::alert_key.eq(&firing.key),
+                    alerts::alert_key.eq(&key),
                     alerts::rule.eq(firing.rule.as_str()),
                     alerts::subject.eq(&firing.subject),
                     alerts::severity.eq(firing.severity.as_str()),
@@ -196,7 +204,7 @@ pub async fn fire(
             let opened = match inserted {
                 Some(alert) => Some(alert),
                 None => diesel::update(alerts::table)
-                    .filter(alerts::alert_key.eq(&firing.key))
+                    .filter(alerts::alert_key.eq(&key))
                     .filter(alerts::state.eq(AlertState::Resolved))
                     .set((
                         alerts::state.eq(AlertState::Firing),
@@ -218,7 +226,7 @@ pub async fn fire(
             };
             let Some(opened) = opened else {
                 let alert = diesel::update(alerts::table)
-                    .filter(alerts::alert_key.eq(&firing.key))
+                    .filter(alerts::alert_key.eq(&key))
                     .set((
                         alerts::last_seen_at.eq(at),
                         alerts::summary.eq(&firing.summary),
