@@ -110,6 +110,19 @@ pub struct TokenKeeper {
     synced_id: tokio::sync::Mutex<Option<i64>>,
 }
 
+/// The Milesight connection's settings: the preset, the client id, and the `[milesight]`
+/// values the refresh engine reads from the connection (lead time, attempts, timeout, quota).
+fn connection_settings(config: &MilesightConfig, client_id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "preset": MILESIGHT_PRESET,
+        "client_id": client_id,
+        "lead_secs": config.token_lead_secs.as_secs(),
+        "max_attempts": config.token_max_attempts,
+        "request_timeout_secs": config.request_timeout_secs.as_secs(),
+        "quota_key": PROVIDER,
+    })
+}
+
 /// Whether a connection is the Milesight OpenAPI token.
 pub fn is_milesight(connection: &Connection) -> bool {
     connection.provider == KIND && connection.settings.text("preset") == Some(MILESIGHT_PRESET)
@@ -236,15 +249,8 @@ impl TokenKeeper {
                 ));
             }
         };
-        let settings = serde_json::json!({
-            "preset": MILESIGHT_PRESET,
-            "client_id": client_id,
-            "lead_secs": self.settings.token_lead_secs.as_secs(),
-            "max_attempts": self.settings.token_max_attempts,
-            "request_timeout_secs": self.settings.request_timeout_secs.as_secs(),
-            "quota_key": PROVIDER,
-            "origin": UI_ORIGIN,
-        });
+        let mut settings = connection_settings(&self.settings, client_id);
+        settings["origin"] = UI_ORIGIN.into();
         let connection = connections::ensure_connection(
             &self.db,
             SYSTEM_ACCOUNT,
@@ -423,15 +429,7 @@ impl TokenKeeper {
     /// time, attempts) follow the config; its sealed credentials are replaced when the configured
     /// ones change, which also lifts a `needs_reauth` left by the old ones.
     async fn ensure_connection(&self, api: &MilesightApi) -> Result<Connection, TokenError> {
-        let config = &self.settings;
-        let settings = serde_json::json!({
-            "preset": MILESIGHT_PRESET,
-            "client_id": api.client_id,
-            "lead_secs": config.token_lead_secs.as_secs(),
-            "max_attempts": config.token_max_attempts,
-            "request_timeout_secs": config.request_timeout_secs.as_secs(),
-            "quota_key": PROVIDER,
-        });
+        let settings = connection_settings(&self.settings, &api.client_id);
         let connection = connections::ensure_connection(
             &self.db,
             SYSTEM_ACCOUNT,

@@ -790,8 +790,8 @@ pub fn lead_for(connection: &Connection) -> Duration {
 }
 
 /// One of a connection's settings, if it has it.
-fn own_setting(connection: &Connection, key: &str) -> Option<serde_json::Value> {
-    connection.settings.get(key).cloned()
+fn own_setting<'c>(connection: &'c Connection, key: &str) -> Option<&'c serde_json::Value> {
+    connection.settings.get(key)
 }
 
 /// A connection's own `lead_secs` setting, if it has one.

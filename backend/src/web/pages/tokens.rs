@@ -30,7 +30,7 @@ struct TokensPage {
     base: Base,
     milesight: TokenStatus,
     /// The summary's counts, labelled.
-    summary: Vec<(&'static str, usize)>,
+    summary: Vec<(String, usize)>,
     connections: Vec<ConnectionView>,
     windows: Vec<RateWindow>,
     log: Vec<RefreshLogEntry>,
@@ -88,16 +88,20 @@ pub async fn tokens(
     })
 }
 
-fn summary_counts(s: &TokenSummary) -> Vec<(&'static str, usize)> {
-    vec![
+/// The summary's counts, each under its state's words (`needs_reauth` → `needs re-authorisation`).
+fn summary_counts(s: &TokenSummary) -> Vec<(String, usize)> {
+    [
         ("total", s.total),
         ("valid", s.valid),
-        ("expiring soon", s.expiring_soon),
+        ("expiring_soon", s.expiring_soon),
         ("expired", s.expired),
         ("missing", s.missing),
-        ("needs re-authorisation", s.needs_reauth),
+        ("needs_reauth", s.needs_reauth),
         ("disabled", s.disabled),
     ]
+    .into_iter()
+    .map(|(code, n)| (crate::present::state_label(code), n))
+    .collect()
 }
 
 /// Refresh success per provider over the last day and the last week.
