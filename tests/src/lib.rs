@@ -69,6 +69,28 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// `sqlite` or `postgres`, as the benchmarks' `--backend` takes and prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Backend, String> {
+        match name {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" => Ok(Backend::Postgres),
+            other => Err(format!("unknown backend {other}")),
+        }
+    }
+}
+
 /// Generates `mod NAME { sqlite, postgres }` tests from `async fn NAME(backend: Backend)`.
 #[macro_export]
 macro_rules! both_backends {

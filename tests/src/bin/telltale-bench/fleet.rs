@@ -33,13 +33,7 @@ pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--backend" => {
-                args.backend = match value()?.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => return Err(format!("unknown backend {other}")),
-                }
-            }
+            "--backend" => args.backend = value()?.parse()?,
             "--devices" => args.devices = value()?.parse().map_err(|e| format!("--devices: {e}"))?,
             "--offline-percent" => {
                 args.offline_percent = value()?.parse().map_err(|e| format!("--offline-percent: {e}"))?
@@ -65,10 +59,7 @@ pub fn rss_mib() -> (f64, f64) {
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
-    let backend = match args.backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
+    let backend = args.backend.name();
     let db = TestDb::new(args.backend).await;
     let state = db.app_state("").await;
     let at = now();

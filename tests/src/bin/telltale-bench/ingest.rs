@@ -306,10 +306,7 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
         let pid = server.pid();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = memory_mib(pid, "VmRSS").unwrap_or(f64::NAN);
-        eprintln!(
-            "{}: idle RSS {idle:.1} MiB after start-up",
-            backend_name(*backend)
-        );
+        eprintln!("{}: idle RSS {idle:.1} MiB after start-up", backend.name());
         let store = db.open_migrated().await;
         // Warm up connections, allocator and the database's caches.
         let warm = Scenario {
@@ -356,7 +353,7 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
             let events: u64 = report.tallies.iter().map(|t| t.events_acknowledged).sum();
             println!(
                 "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |",
-                backend_name(*backend),
+                backend.name(),
                 scenario.name,
                 scenario.events_per_request,
                 report.requests_per_second(),
@@ -382,12 +379,12 @@ pub async fn run(args: IngestArgs) -> Result<(), String> {
                 }
             );
             if let Err(problem) = check {
-                failures.push(format!("{} {}: {problem}", backend_name(*backend), scenario.name));
+                failures.push(format!("{} {}: {problem}", backend.name(), scenario.name));
             }
         }
         println!(
             "| {} | idle | | | | | | | | | | {idle:.1} (RSS after start) | |",
-            backend_name(*backend)
+            backend.name()
         );
     }
     if failures.is_empty() {
@@ -484,11 +481,4 @@ async fn verify(
         ));
     }
     Ok(summary)
-}
-
-fn backend_name(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    }
 }

@@ -49,13 +49,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--backend" => {
-                parsed.backend = match value()?.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => return Err(format!("unknown backend {other}")),
-                }
-            }
+            "--backend" => parsed.backend = value()?.parse()?,
             "--connections" => {
                 parsed.connections = value()?.parse().map_err(|e| format!("--connections: {e}"))?
             }
@@ -195,10 +189,7 @@ fn report_rate(bench: &str, units: &str, done: &str, args: &Args, took: Duration
     let ceiling = args.concurrency as f64 / args.latency.as_secs_f64();
     println!(
         "{bench} | {} | {} {units} | latency {} ms | concurrency {} | {:.1} s | {:.1} {done}/s | ceiling {:.1}/s | {:.0} % of ceiling",
-        match args.backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        },
+        args.backend.name(),
         args.connections,
         args.latency.as_millis(),
         args.concurrency,

@@ -32,13 +32,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<SweepArgs, String
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--backend" => {
-                parsed.backend = match value()?.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => return Err(format!("--backend: {other:?} is not sqlite or postgres")),
-                }
-            }
+            "--backend" => parsed.backend = value()?.parse()?,
             "--connections" => {
                 parsed.connections = value()?.parse().map_err(|e| format!("--connections: {e}"))?
             }
@@ -170,10 +164,7 @@ pub async fn run(args: SweepArgs) -> Result<(), String> {
     let (sweep_p50, sweep_max) = summary(sweeps);
     println!(
         "sweep | {} | {total} connections, {} due | due-selection p50 {select_p50:.2} ms, max {select_max:.2} ms (right after the first sweep {fresh_p50:.2} ms) | sweep with none due p50 {sweep_p50:.2} ms, max {sweep_max:.2} ms | first sweep (judges all, refreshes {}) {:.2} s | reading every connection {:.0} ms | RSS before the first sweep {rss_before:.1} MiB, after it {rss_steady:.1}, after {ROUNDS} more {rss_after:.1} (peak {peak:.1})",
-        match args.backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        },
+        args.backend.name(),
         args.due,
         args.due,
         first_took.as_secs_f64(),
