@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Answer, Choice, Consent, DerivedToken, Field, Issued, Outcome, Provider, retry_after, unanswered,
+    Answer, Choice, Consent, DerivedToken, Failure, Field, Issued, Outcome, Provider, retry_after, unanswered,
 };
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
@@ -50,22 +50,25 @@ fn classify(status: u16, answer: Answer, wait: Option<Duration>, body: &Value, h
         .get("error")
         .and_then(|e| serde_json::from_value(e.clone()).ok());
     let code = error.as_ref().and_then(|e| e.code);
-    let message = redact(
-        &format!(
-            "HTTP {status} code {} subcode {}: {}",
-            code.map_or("-".into(), |c| c.to_string()),
-            error
-                .as_ref()
-                .and_then(|e| e.error_subcode)
-                .map_or("-".into(), |c| c.to_string()),
-            error.as_ref().and_then(|e| e.message.clone()).unwrap_or_default()
+    let message = Failure::answered(
+        status,
+        redact(
+            &format!(
+                "HTTP {status} code {} subcode {}: {}",
+                code.map_or("-".into(), |c| c.to_string()),
+                error
+                    .as_ref()
+                    .and_then(|e| e.error_subcode)
+                    .map_or("-".into(), |c| c.to_string()),
+                error.as_ref().and_then(|e| e.message.clone()).unwrap_or_default()
+            ),
+            hide,
         ),
-        hide,
     );
     match code {
         Some(190) => Outcome::NeedsReauth(message),
         Some(1 | 2 | 4 | 17 | 32 | 613) => Outcome::Transient {
-            message,
+            failure: message,
             // Graph throttles inside a 200 or 400 too; its Retry-After counts whatever the status.
             retry_after: wait,
         },
@@ -179,7 +182,7 @@ impl Provider for MetaLongLived {
             };
             let mut url = match graph_url(connection, "oauth/access_token") {
                 Ok(u) => u,
-                Err(problem) => return Outcome::Failed(problem),
+                Err(problem) => return Outcome::Failed(problem.into()),
             };
             url.query_pairs_mut()
                 .append_pair("client_id", &app.app_id)
@@ -232,7 +235,7 @@ impl Provider for MetaLongLived {
 
             let mut exchange = match graph_url(connection, "oauth/access_token") {
                 Ok(u) => u,
-                Err(problem) => return Outcome::Failed(problem),
+                Err(problem) => return Outcome::Failed(problem.into()),
             };
             exchange
                 .query_pairs_mut()
@@ -249,10 +252,7 @@ impl Provider for MetaLongLived {
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
             else {
-                return Outcome::Transient {
-                    message: "exchange answered without an access_token".into(),
-                    retry_after: None,
-                };
+                return Outcome::transient("exchange answered without an access_token");
             };
             let hide = [user_token, app.app_secret.as_str(), long_lived];
 

@@ -52,14 +52,55 @@ pub enum Outcome {
     Refreshed(Issued),
     /// Worth retrying: timeouts, 5xx, 429 (with the server's `Retry-After`), garbage.
     Transient {
-        message: String,
+        failure: Failure,
         retry_after: Option<Duration>,
     },
     /// The grant is gone (revoked, expired refresh token, refused client): a person must
     /// re-authorise. Never retried.
-    NeedsReauth(String),
+    NeedsReauth(Failure),
     /// Refused for another reason (bad request, misconfiguration); not retried.
-    Failed(String),
+    Failed(Failure),
+}
+
+/// Why an attempt did not get a token: what people read (secrets already redacted) and, when
+/// the platform answered, its HTTP status, kept as a value so logs and alerts need not parse
+/// it back out of the words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub http_status: Option<u16>,
+}
+
+impl Failure {
+    /// A failure the platform answered with `status`.
+    pub fn answered(status: u16, message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            http_status: Some(status),
+        }
+    }
+}
+
+/// A failure without an HTTP answer (no answer at all, or Telltale's own refusal).
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            http_status: None,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_owned())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl Outcome {
@@ -68,6 +109,24 @@ impl Outcome {
             Outcome::Refreshed(_) => "success",
             Outcome::Transient { .. } => "transient_failure",
             Outcome::NeedsReauth(_) | Outcome::Failed(_) => "permanent_failure",
+        }
+    }
+
+    /// A failure worth retrying at the engine's own pace (no `Retry-After`).
+    pub fn transient(failure: impl Into<Failure>) -> Outcome {
+        Outcome::Transient {
+            failure: failure.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Why it failed; `None` when it refreshed.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Outcome::Refreshed(_) => None,
+            Outcome::Transient { failure, .. } | Outcome::NeedsReauth(failure) | Outcome::Failed(failure) => {
+                Some(failure)
+            }
         }
     }
 }
@@ -234,10 +293,10 @@ pub fn unanswered(err: reqwest::Error, hide: &[&str]) -> Outcome {
     } else {
         "request failed"
     };
-    Outcome::Transient {
-        message: crate::redact::redact(&format!("{kind}: {}", err.without_url()), hide),
-        retry_after: None,
-    }
+    Outcome::transient(crate::redact::redact(
+        &format!("{kind}: {}", err.without_url()),
+        hide,
+    ))
 }
 
 /// What an upstream's HTTP status means, before the body says more: the one place that decides
@@ -277,11 +336,11 @@ impl Answer {
 
     /// For a 429 or 5xx, the transient outcome a refresh reports (the engine retries it with
     /// backoff, or after the server's `Retry-After`); `None` for answers the body must explain.
-    pub fn retry(self, message: impl FnOnce() -> String) -> Option<Outcome> {
+    pub fn retry(self, failure: impl FnOnce() -> Failure) -> Option<Outcome> {
         match self {
             Answer::RateLimited { retry_after } | Answer::Unavailable { retry_after } => {
                 Some(Outcome::Transient {
-                    message: message(),
+                    failure: failure(),
                     retry_after,
                 })
             }
@@ -320,7 +379,7 @@ pub fn jwt_claims(token: &str) -> Option<serde_json::Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Answer, Outcome, jwt_expiry};
+    use super::{Answer, Failure, Outcome, jwt_expiry};
     use reqwest::StatusCode;
     use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
     use std::time::Duration;
@@ -352,7 +411,7 @@ mod tests {
             assert_eq!(Answer::classify(refused, &wait), Answer::Refused, "{refused}");
         }
         assert!(matches!(
-            Answer::classify(StatusCode::TOO_MANY_REQUESTS, &wait).retry(|| "HTTP 429".into()),
+            Answer::classify(StatusCode::TOO_MANY_REQUESTS, &wait).retry(|| Failure::answered(429, "HTTP 429")),
             Some(Outcome::Transient { retry_after, .. }) if retry_after == seven
         ));
         assert!(Answer::Refused.retry(|| unreachable!()).is_none());

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::oauth2::{ClientAuth, ClientCredentials, TokenAnswer, post_token_form};
-use super::{Choice, Field, Issued, Outcome, Provider, jwt_expiry};
+use super::{Choice, Failure, Field, Issued, Outcome, Provider, jwt_expiry};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -148,30 +148,31 @@ fn read_token_answer(answered: TokenAnswer, settings: &Settings, hide: &[&str]) 
         body,
     } = answered;
     let answer = read_answer(&body);
-    let described = redact(
-        &match &answer {
-            Some(a) => format!(
-                "HTTP {} {}{}",
-                status.as_u16(),
-                a.error.as_deref().unwrap_or("(no error code)"),
-                a.description
-                    .as_deref()
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default()
-            ),
-            None => format!("HTTP {} with an unreadable body", status.as_u16()),
-        },
-        hide,
+    let code = status.as_u16();
+    let described = Failure::answered(
+        code,
+        redact(
+            &match &answer {
+                Some(a) => format!(
+                    "HTTP {} {}{}",
+                    status.as_u16(),
+                    a.error.as_deref().unwrap_or("(no error code)"),
+                    a.description
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
+                None => format!("HTTP {} with an unreadable body", status.as_u16()),
+            },
+            hide,
+        ),
     );
     if let Some(retry) = http_answer.retry(|| described.clone()) {
         return retry;
     }
     let Some(answer) = answer else {
         // A proxy's HTML page or a truncated body: the next attempt may be answered properly.
-        return Outcome::Transient {
-            message: described,
-            retry_after: None,
-        };
+        return Outcome::transient(described);
     };
     let refused = answer
         .error
@@ -191,19 +192,13 @@ fn read_token_answer(answered: TokenAnswer, settings: &Settings, hide: &[&str]) 
         return Outcome::Failed(described);
     }
     let Some(access_token) = answer.access_token else {
-        return Outcome::Transient {
-            message: "token response without a usable token".into(),
-            retry_after: None,
-        };
+        return Outcome::transient(Failure::answered(code, "token response without a usable token"));
     };
     // `expires_in` is the documented source; a JWT's `exp` covers servers that omit it.
     let expires_in = answer.expires_in.filter(|s| *s > 0);
     let expires_at = expires_in.is_none().then(|| jwt_expiry(&access_token)).flatten();
     if expires_in.is_none() && expires_at.is_none() {
-        return Outcome::Transient {
-            message: "token response without a usable expiry".into(),
-            retry_after: None,
-        };
+        return Outcome::transient(Failure::answered(code, "token response without a usable expiry"));
     }
     Outcome::Refreshed(Issued {
         access_token,
@@ -219,7 +214,44 @@ fn read_token_answer(answered: TokenAnswer, settings: &Settings, hide: &[&str]) 
 
 #[cfg(test)]
 mod tests {
-    use super::read_answer;
+    use super::{Settings, read_answer, read_token_answer};
+    use crate::providers::oauth2::TokenAnswer;
+    use crate::providers::{Answer, Failure, Outcome};
+    use reqwest::StatusCode;
+    use reqwest::header::HeaderMap;
+
+    fn answered(status: StatusCode, body: &str) -> Outcome {
+        let answer = TokenAnswer {
+            status,
+            answer: Answer::classify(status, &HeaderMap::new()),
+            body: body.as_bytes().to_vec(),
+        };
+        read_token_answer(answer, &Settings::default(), &["s3cret"])
+    }
+
+    #[test]
+    fn failures_carry_the_platforms_status_beside_its_words() {
+        match answered(StatusCode::TOO_MANY_REQUESTS, r#"{"error":"slow_down"}"#) {
+            Outcome::Transient { failure, .. } => {
+                assert_eq!(failure, Failure::answered(429, "HTTP 429 slow_down"));
+            }
+            _ => panic!("a 429 is worth retrying"),
+        }
+        match answered(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"invalid_client","error_description":"bad s3cret"}"#,
+        ) {
+            Outcome::NeedsReauth(failure) => {
+                assert_eq!(failure.http_status, Some(401));
+                assert_eq!(failure.message, "HTTP 401 invalid_client: bad ****");
+            }
+            _ => panic!("a refused client needs re-authorisation"),
+        }
+        match answered(StatusCode::BAD_GATEWAY, "<html>proxy</html>") {
+            Outcome::Transient { failure, .. } => assert_eq!(failure.http_status, Some(502)),
+            _ => panic!("a 502 is worth retrying"),
+        }
+    }
 
     #[test]
     fn reads_plain_and_wrapped_answers() {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 pub use super::oauth2::{ClientAuth, ClientCredentials};
 use super::oauth2::{TokenAnswer, post_token_form};
-use super::{Choice, Consent, Field, Issued, Outcome, Provider};
+use super::{Choice, Consent, Failure, Field, Issued, Outcome, Provider};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -207,27 +207,30 @@ async fn token_request(
             Err(unanswered) => return unanswered,
         };
     let parsed: Option<TokenResponse> = serde_json::from_slice(&body).ok();
-    if let Some(retry) = answer.retry(|| format!("HTTP {}", status.as_u16())) {
+    let code = status.as_u16();
+    if let Some(retry) = answer.retry(|| Failure::answered(code, format!("HTTP {code}"))) {
         return retry;
     }
     let Some(parsed) = parsed else {
-        return Outcome::Transient {
-            message: format!("HTTP {} with an unreadable body", status.as_u16()),
-            retry_after: None,
-        };
+        return Outcome::transient(Failure::answered(
+            code,
+            format!("HTTP {code} with an unreadable body"),
+        ));
     };
     if let Some(error) = parsed.error.as_deref() {
-        let described = redact(
-            &format!(
-                "HTTP {} {error}{}",
-                status.as_u16(),
-                parsed
-                    .error_description
-                    .as_deref()
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default()
+        let described = Failure::answered(
+            code,
+            redact(
+                &format!(
+                    "HTTP {code} {error}{}",
+                    parsed
+                        .error_description
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
+                &hide,
             ),
-            &hide,
         );
         return if REAUTH_ERRORS.contains(&error) {
             Outcome::NeedsReauth(described)
@@ -246,14 +249,11 @@ async fn token_request(
             derived: Vec::new(),
             learned: None,
         }),
-        (true, _) => Outcome::Transient {
-            message: "success without an access_token".into(),
-            retry_after: None,
-        },
+        (true, _) => Outcome::transient(Failure::answered(code, "success without an access_token")),
         (false, _) if status == StatusCode::UNAUTHORIZED => {
-            Outcome::NeedsReauth(format!("HTTP {}", status.as_u16()))
+            Outcome::NeedsReauth(Failure::answered(code, format!("HTTP {code}")))
         }
-        (false, _) => Outcome::Failed(format!("HTTP {}", status.as_u16())),
+        (false, _) => Outcome::Failed(Failure::answered(code, format!("HTTP {code}"))),
     }
 }
 
@@ -319,7 +319,7 @@ impl Provider for OAuth2Refresh {
         Box::pin(async move {
             let endpoint = match TokenEndpoint::of(connection, secrets) {
                 Ok(endpoint) => endpoint,
-                Err(problem) => return Outcome::Failed(problem),
+                Err(problem) => return Outcome::Failed(problem.into()),
             };
             let form = vec![
                 ("grant_type", "authorization_code"),
@@ -347,7 +347,7 @@ impl Provider for OAuth2Refresh {
             };
             let endpoint = match TokenEndpoint::of(connection, secrets) {
                 Ok(endpoint) => endpoint,
-                Err(problem) => return Outcome::Failed(problem),
+                Err(problem) => return Outcome::Failed(problem.into()),
             };
             let scope = Settings::of(connection).scope;
             let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)];

@@ -23,7 +23,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Answer, Choice, Field, Issued, Outcome, Provider, jwt_expiry, unanswered};
+use super::{Answer, Choice, Failure, Field, Issued, Outcome, Provider, jwt_expiry, unanswered};
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
 pub struct PasswordLogin;
@@ -132,9 +132,9 @@ struct Attempt<'a> {
 enum Tried {
     Token(Issued),
     /// 401/403 with a body: the service refused these credentials; no other path will take them.
-    Refused(String),
+    Refused(Failure),
     /// Not a login endpoint (404, 405, 400, …), or a login answer without a token.
-    NotHere(String),
+    NotHere(Failure),
     Transient(Outcome),
 }
 
@@ -176,15 +176,16 @@ async fn try_login(
         .map(|v| v.trim_start_matches("Bearer ").trim().to_owned())
         .filter(|t| !t.is_empty());
     let text = response.text().await.unwrap_or_default();
-    if let Some(retry) = answer.retry(|| format!("HTTP {}", status.as_u16())) {
+    let code = status.as_u16();
+    if let Some(retry) = answer.retry(|| Failure::answered(code, format!("HTTP {code}"))) {
         return Tried::Transient(retry);
     }
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if !text.trim().is_empty() => {
-            return Tried::Refused(format!("HTTP {}: login refused", status.as_u16()));
+            return Tried::Refused(Failure::answered(code, format!("HTTP {code}: login refused")));
         }
-        s if !s.is_success() => return Tried::NotHere(format!("HTTP {}", s.as_u16())),
+        s if !s.is_success() => return Tried::NotHere(Failure::answered(code, format!("HTTP {code}"))),
         _ => {}
     }
     let token = if settings.token_header.is_some() {
@@ -193,7 +194,10 @@ async fn try_login(
         find_token(&body, settings.token_field.as_deref()).or(from_header)
     };
     let Some(token) = token else {
-        return Tried::NotHere("the login answer held no token (set token_field or token_header)".into());
+        return Tried::NotHere(Failure::answered(
+            code,
+            "the login answer held no token (set token_field or token_header)",
+        ));
     };
     let expires_in = expires_in(&body);
     Tried::Token(Issued {
@@ -317,8 +321,11 @@ async fn login(
                         }));
                         return Outcome::Refreshed(issued);
                     }
-                    Tried::Refused(message) => {
-                        return Outcome::NeedsReauth(format!("{message} at {path}"));
+                    Tried::Refused(failure) => {
+                        return Outcome::NeedsReauth(Failure {
+                            message: format!("{} at {path}", failure.message),
+                            ..failure
+                        });
                     }
                     Tried::NotHere(_) => {}
                     Tried::Transient(outcome) => last_transient = Some(outcome),
@@ -327,10 +334,13 @@ async fn login(
         }
     }
     last_transient.unwrap_or_else(|| {
-        Outcome::Failed(format!(
-            "no login path answered with a token (tried {}); set settings.login_path",
-            CANDIDATE_PATHS.join(", ")
-        ))
+        Outcome::Failed(
+            format!(
+                "no login path answered with a token (tried {}); set settings.login_path",
+                CANDIDATE_PATHS.join(", ")
+            )
+            .into(),
+        )
     })
 }
 
@@ -342,9 +352,13 @@ fn keep_manual_token(outcome: Outcome, connection: &Connection, secrets: &Connec
         .filter(|e| e.0 > chrono::Utc::now())
         .filter(|_| secrets.access_token.is_some());
     match (outcome, unexpired) {
-        (Outcome::NeedsReauth(message) | Outcome::Failed(message), Some(until)) => Outcome::Failed(format!(
-            "{message}; using the token set by hand until it expires at {until}"
-        )),
+        (Outcome::NeedsReauth(failure) | Outcome::Failed(failure), Some(until)) => Outcome::Failed(Failure {
+            message: format!(
+                "{}; using the token set by hand until it expires at {until}",
+                failure.message
+            ),
+            ..failure
+        }),
         (outcome, _) => outcome,
     }
 }

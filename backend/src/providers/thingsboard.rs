@@ -11,7 +11,7 @@ use futures_core::future::BoxFuture;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Answer, Choice, Field, Issued, Outcome, Provider, jwt_expiry, unanswered};
+use super::{Answer, Choice, Failure, Field, Issued, Outcome, Provider, jwt_expiry, unanswered};
 use crate::redact::redact;
 use crate::storage::connections::{Connection, ConnectionSecrets};
 
@@ -41,7 +41,7 @@ struct TbError {
 enum Call {
     Pair(String, Option<String>),
     /// 401: the refresh token (errorCode 11, expired) or the credentials (10) were refused.
-    Refused(String),
+    Refused(Failure),
     Other(Outcome),
 }
 
@@ -152,24 +152,27 @@ async fn call(http: &reqwest::Client, url: &str, body: &serde_json::Value, hide:
                 token: Some(token),
                 refresh_token,
             }) if !token.is_empty() => Call::Pair(token, refresh_token),
-            _ => Call::Other(Outcome::Transient {
-                message: "login answered without a token".into(),
-                retry_after: None,
-            }),
+            _ => Call::Other(Outcome::transient(Failure::answered(
+                status.as_u16(),
+                "login answered without a token",
+            ))),
         };
     }
     let error: Option<TbError> = serde_json::from_slice(&bytes).ok();
-    let described = redact(
-        &format!(
-            "HTTP {} errorCode {}: {}",
-            status.as_u16(),
-            error
-                .as_ref()
-                .and_then(|e| e.error_code)
-                .map_or("-".into(), |c| c.to_string()),
-            error.as_ref().and_then(|e| e.message.clone()).unwrap_or_default()
+    let described = Failure::answered(
+        status.as_u16(),
+        redact(
+            &format!(
+                "HTTP {} errorCode {}: {}",
+                status.as_u16(),
+                error
+                    .as_ref()
+                    .and_then(|e| e.error_code)
+                    .map_or("-".into(), |c| c.to_string()),
+                error.as_ref().and_then(|e| e.message.clone()).unwrap_or_default()
+            ),
+            hide,
         ),
-        hide,
     );
     if status == StatusCode::UNAUTHORIZED {
         return Call::Refused(described);

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::crypto::Crypto;
-use crate::providers::{self, Issued, Outcome, Provider, circuit};
+use crate::providers::{self, Failure, Issued, Outcome, Provider, circuit};
 use crate::scheduler::{JobSpec, run_with};
 use crate::storage::connections::{self, Connection, ConnectionSecrets, RefreshedToken};
 use crate::storage::refresh_log::{self, NewRefreshLogEntry};
@@ -423,7 +423,7 @@ impl RefreshEngine {
                     .await;
                 // Not retried now (retrying would only wait out backoff against an open
                 // circuit); stored like any failure, and the next sweep asks again.
-                return Err(Outcome::Failed(message));
+                return Err(Outcome::Failed(message.into()));
             }
             if let Some(key) = quota_key.as_deref() {
                 // Counted towards the platform's daily quota, but never refused for it: a lapsed
@@ -469,12 +469,9 @@ impl RefreshEngine {
         let with_defaults = self.with_defaults(connection);
         let call = provider.refresh(&self.http, &with_defaults, secrets);
         let outcome = match own_request_timeout(connection) {
-            Some(limit) => tokio::time::timeout(limit, call)
-                .await
-                .unwrap_or_else(|_| Outcome::Transient {
-                    message: format!("timed out: no answer within {} s", limit.as_secs()),
-                    retry_after: None,
-                }),
+            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                Outcome::transient(format!("timed out: no answer within {} s", limit.as_secs()))
+            }),
             None => call.await,
         };
         self.metrics
@@ -485,11 +482,9 @@ impl RefreshEngine {
             .attempt_seconds
             .with_label_values(&[provider.kind()])
             .observe(started.elapsed().as_secs_f64());
-        let logged = match &outcome {
-            Outcome::Refreshed(issued) => Ok(Some(issued.clone())),
-            Outcome::Transient { message, .. } | Outcome::NeedsReauth(message) | Outcome::Failed(message) => {
-                Err(message.clone())
-            }
+        let logged = match (&outcome, outcome.failure()) {
+            (Outcome::Refreshed(issued), _) => Ok(Some(issued.clone())),
+            (_, failure) => Err(failure.map(|f| f.message.clone()).unwrap_or_default()),
         };
         self.log(connection, request, false, logged, started.elapsed())
             .await;
@@ -522,12 +517,12 @@ impl RefreshEngine {
                 );
                 result_of(&stored, RefreshOutcome::Refreshed, None)
             }
-            Err(Outcome::NeedsReauth(message)) => {
+            Err(Outcome::NeedsReauth(failure)) => {
                 let stored = connections::record_refresh_failure(
                     &self.db,
                     connection.id,
                     Some(ConnectionStatus::NeedsReauth),
-                    &message,
+                    &failure.message,
                     at,
                 )
                 .await?;
@@ -537,20 +532,20 @@ impl RefreshEngine {
                     name = %connection.name,
                     trigger = request.trigger.as_str(),
                     reason = "needs_reauth",
-                    http_status = http_status_of(&message),
-                    error = %message,
+                    http_status = failure.http_status,
+                    error = %failure,
                     "token refresh refused: {} ({}) needs re-authorisation; no further attempts until then",
                     connection.name,
                     connection.provider
                 );
-                result_of(&stored, RefreshOutcome::NeedsReauth, Some(message))
+                result_of(&stored, RefreshOutcome::NeedsReauth, Some(failure.message))
             }
-            Err(Outcome::Transient { message, .. }) => {
-                self.record_failure(connection, request, "transient", message, at)
+            Err(Outcome::Transient { failure, .. }) => {
+                self.record_failure(connection, request, "transient", failure, at)
                     .await?
             }
-            Err(Outcome::Failed(message)) => {
-                self.record_failure(connection, request, "refused", message, at)
+            Err(Outcome::Failed(failure)) => {
+                self.record_failure(connection, request, "refused", failure, at)
                     .await?
             }
             Err(Outcome::Refreshed(_)) => {
@@ -567,26 +562,27 @@ impl RefreshEngine {
         connection: &Connection,
         request: &SweepRequest,
         reason: &'static str,
-        message: String,
+        failure: Failure,
         at: UtcTime,
     ) -> StorageResult<ConnectionResult> {
-        let stored = connections::record_refresh_failure(&self.db, connection.id, None, &message, at).await?;
+        let stored =
+            connections::record_refresh_failure(&self.db, connection.id, None, &failure.message, at).await?;
         tracing::warn!(
             connection = connection.id,
             provider = %connection.provider,
             name = %connection.name,
             trigger = request.trigger.as_str(),
             reason,
-            http_status = http_status_of(&message),
+            http_status = failure.http_status,
             failures_in_a_row = stored.consecutive_failures,
             next_attempt = "the next sweep (tokens.sweep_schedule)",
-            error = %message,
+            error = %failure,
             "token refresh failed: {} ({}), {} failure(s) in a row; tried again at the next sweep",
             connection.name,
             connection.provider,
             stored.consecutive_failures
         );
-        Ok(result_of(&stored, RefreshOutcome::Failed, Some(message)))
+        Ok(result_of(&stored, RefreshOutcome::Failed, Some(failure.message)))
     }
 
     /// Records the tokens a consent screen's code was exchanged for (trigger `connect`): one
@@ -618,7 +614,8 @@ impl RefreshEngine {
                 tracing::info!(connection = connection.id, provider = %connection.provider, "connected through the consent screen");
                 Ok(result_of(&stored, RefreshOutcome::Refreshed, None))
             }
-            Outcome::Transient { message, .. } | Outcome::NeedsReauth(message) | Outcome::Failed(message) => {
+            Outcome::Transient { failure, .. } | Outcome::NeedsReauth(failure) | Outcome::Failed(failure) => {
+                let message = failure.message;
                 self.log(connection, &request, false, Err(message.clone()), took)
                     .await;
                 tracing::warn!(connection = connection.id, provider = %connection.provider, error = %message, "connecting through the consent screen failed");
@@ -705,12 +702,6 @@ impl RefreshEngine {
             tracing::warn!(error = %err, "could not write the refresh log");
         }
     }
-}
-
-/// The HTTP status a provider's failure message names (`HTTP 401 …`), if any.
-fn http_status_of(message: &str) -> Option<u16> {
-    let after = &message[message.find("HTTP ")? + 5..];
-    after.get(..3)?.parse().ok()
 }
 
 fn absolute(unix_secs: Option<i64>) -> Option<UtcTime> {
