@@ -93,8 +93,7 @@ impl Default for Readiness {
 
 impl AppState {
     pub fn new(config: Config, crypto: Crypto) -> anyhow::Result<AppState> {
-        let db = Db::open(&config.database_url, &config.database.pool())?
-            .with_offline_policy(config.milesight.offline_policy());
+        let db = Db::open(&config.database_url, &config.database.pool())?;
         let metrics = Metrics::new(
             &db,
             config.milesight.per_device_metrics,

@@ -107,6 +107,19 @@ pub async fn refresh_succeeded(state: &telltale::app::AppState, id: i64) {
 
 /// A device (created when new, in `source_id`) left in `status`, last heard from at `seen`, as
 /// its reading would leave it: the fixture the alert and storage suites share.
+/// Stores one request's events as webhook intake does, with the default offline policy.
+pub async fn store_events(
+    db: &telltale::storage::Db,
+    source_id: i64,
+    received_at: telltale::storage::UtcTime,
+    events: &[telltale::storage::ingest::IncomingEvent],
+) -> telltale::storage::StorageResult<telltale::storage::ingest::InsertOutcome> {
+    use telltale::storage::ingest::{IngestRequest, ingest};
+    let policy = telltale::milesight::offline::OfflinePolicy::default();
+    let request = IngestRequest::new(source_id, received_at, events.to_vec());
+    Ok(ingest(db, policy, &[request]).await?.pop().unwrap_or_default())
+}
+
 pub async fn device_in(
     db: &telltale::storage::Db,
     sn: &str,
@@ -130,7 +143,9 @@ pub async fn device_in(
         battery: None,
         expected_interval_secs: None,
     };
-    devices::record_activity(db, device.id, &activity)
+    // The `[milesight]` defaults' policy, which every test server runs with.
+    let policy = telltale::milesight::offline::OfflinePolicy::default();
+    devices::record_activity(db, policy, device.id, &activity)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }

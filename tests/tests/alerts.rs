@@ -145,7 +145,11 @@ async fn three_replicas_alert_every_overdue_device_once(backend: Backend) {
 
     let check = |r: &Arc<AppState>| {
         let r = r.clone();
-        async move { devices::mark_silent_offline(&r.db, at, 2).await.unwrap() }
+        async move {
+            devices::mark_silent_offline(&r.db, r.config.milesight.offline_policy(), at, 2)
+                .await
+                .unwrap()
+        }
     };
     let (a, b, c) = tokio::join!(check(&replicas[0]), check(&replicas[1]), check(&replicas[2]));
     let mut went_offline = [a, b, c].concat();

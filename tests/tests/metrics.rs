@@ -73,9 +73,14 @@ async fn populate(state: &AppState) -> (i64, i64) {
             battery: None,
             expected_interval_secs: None,
         };
-        devices::record_activity(&state.db, device.id, &activity)
-            .await
-            .unwrap();
+        devices::record_activity(
+            &state.db,
+            state.config.milesight.offline_policy(),
+            device.id,
+            &activity,
+        )
+        .await
+        .unwrap();
     }
 
     poll_store::ensure_pairs(&state.db, &[(healthy, "recently_played")])
@@ -324,7 +329,7 @@ async fn the_fleet_summary_is_kept_for_its_max_age(backend: Backend) {
 /// The webhooks page's events per source over the last hour and day are kept the same way:
 /// an event stored within the max age shows at the next read, and with 0 at once.
 async fn the_webhook_event_counts_are_kept_for_their_max_age(backend: Backend) {
-    use deliveries::{IncomingEvent, SourceEffect};
+    use telltale::storage::ingest::{IncomingEvent, SourceEffect};
     let db = TestDb::new(backend).await;
     let (kept, every_read) = kept_and_every_read(&db).await;
     let source = deliveries::ensure_source(&kept.db, "site-a", SourceTiming::default())
@@ -341,7 +346,7 @@ async fn the_webhook_event_counts_are_kept_for_their_max_age(backend: Backend) {
                 device: None,
                 effect: SourceEffect::None,
             };
-            deliveries::ingest(&db, source, (now().0 - received).into(), &[event])
+            telltale_e2e::store_events(&db, source, (now().0 - received).into(), &[event])
                 .await
                 .unwrap();
         }

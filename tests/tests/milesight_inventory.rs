@@ -3,8 +3,9 @@
 use serde_json::json;
 use telltale::app::AppState;
 use telltale::milesight::inventory;
-use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, SourceEffect};
+use telltale::storage::deliveries;
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
+use telltale::storage::ingest::{IncomingDevice, IncomingEvent, SourceEffect};
 use telltale::storage::{DeviceStatus, now, usage};
 use telltale_e2e::{Backend, TestApp, TestDb, both_backends};
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -120,7 +121,7 @@ async fn every_page_is_synced_and_fresher_webhook_state_wins(backend: Backend) {
         }),
         effect: SourceEffect::None,
     };
-    deliveries::ingest(&state.db, source, seen, &[reading])
+    telltale_e2e::store_events(&state.db, source, seen, &[reading])
         .await
         .unwrap();
 

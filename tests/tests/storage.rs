@@ -6,11 +6,11 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use telltale::crypto::Crypto;
 use telltale::db_run;
+use telltale::milesight::offline::OfflinePolicy;
 use telltale::storage::connections::{self, NewConnection};
-use telltale::storage::deliveries::{
-    self, IncomingDevice, IncomingEvent, NewWebhookRejection, SourceEffect, SourceTiming,
-};
+use telltale::storage::deliveries::{self, NewWebhookRejection, SourceTiming};
 use telltale::storage::devices::{self, DeviceActivity, DeviceProfile};
+use telltale::storage::ingest::{IncomingDevice, IncomingEvent, IngestRequest, SourceEffect, ingest};
 use telltale::storage::refresh_log::{self, NewRefreshLogEntry};
 use telltale::storage::schema;
 use telltale::storage::{DatabaseTarget, DeviceStatus, StorageError, StorageResult, UtcTime, migrate, now};
@@ -58,7 +58,7 @@ async fn the_deadline_migration_computes_what_ingest_writes(backend: Backend) {
         .expect("the migration fills the deadlines");
     let fill = &up[start..start + up[start..].find(';').unwrap()];
     run_sql(&db, fill).await.unwrap();
-    let policy = devices::OfflinePolicy::default();
+    let policy = OfflinePolicy::default();
     assert_eq!(
         devices::get(&db, learned.id).await.unwrap().offline_after,
         policy.exact_deadline(Some(seen), Some(400)),
@@ -70,7 +70,9 @@ async fn the_deadline_migration_computes_what_ingest_writes(backend: Backend) {
         "none learned: seen + 600 s × 2"
     );
     assert_eq!(
-        devices::apply_offline_policy(&db, 100).await.unwrap(),
+        devices::apply_offline_policy(&db, OfflinePolicy::default(), 100)
+            .await
+            .unwrap(),
         0,
         "the migration remembers the default policy, so a default service rewrites nothing"
     );
@@ -271,7 +273,7 @@ async fn devices_upsert_by_serial_and_keep_activity(backend: Backend) {
         battery: Some(87),
         expected_interval_secs: None,
     };
-    devices::record_activity(&db, created.id, &activity)
+    devices::record_activity(&db, OfflinePolicy::default(), created.id, &activity)
         .await
         .unwrap();
     let stored = devices::get(&db, created.id).await.unwrap();
@@ -352,14 +354,16 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
         event("e2", t0, None),
         event("e1", t0, None),
     ];
-    let outcome = deliveries::ingest(&db, source.id, t0, &batch).await.unwrap();
+    let outcome = telltale_e2e::store_events(&db, source.id, t0, &batch)
+        .await
+        .unwrap();
     assert_eq!(
         (outcome.stored, outcome.duplicates),
         (2, 1),
         "a repeat inside one batch is a duplicate"
     );
 
-    let outcome = deliveries::ingest(
+    let outcome = telltale_e2e::store_events(
         &db,
         source.id,
         later,
@@ -391,7 +395,7 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
 
     // An older reading arriving late is stored, but does not roll the device state back.
     let earlier: UtcTime = (t0.0 - Duration::minutes(10)).into();
-    deliveries::ingest(
+    telltale_e2e::store_events(
         &db,
         source.id,
         later,
@@ -410,7 +414,7 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
     );
 
     // A duplicate does not change device state either.
-    deliveries::ingest(
+    telltale_e2e::store_events(
         &db,
         source.id,
         later,
@@ -434,7 +438,7 @@ async fn webhook_events_are_stored_exactly_once(backend: Backend) {
         other_id,
         "ensure_source is idempotent"
     );
-    let outcome = deliveries::ingest(&db, other_id, t0, &[event("e1", t0, None)])
+    let outcome = telltale_e2e::store_events(&db, other_id, t0, &[event("e1", t0, None)])
         .await
         .unwrap();
     assert_eq!(outcome.stored, 1);
@@ -453,7 +457,7 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
         .unwrap();
     let t0 = now();
     let at = |secs: i64| -> UtcTime { (t0.0 + Duration::seconds(secs)).into() };
-    deliveries::ingest(
+    telltale_e2e::store_events(
         &db,
         site,
         at(0),
@@ -488,28 +492,12 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
     // Same event ids in another source are other events.
     let fourth = [event("a1", at(300), None), test_delivery];
     let requests = [
-        deliveries::IngestRequest {
-            source_id: site,
-            received_at: at(1000),
-            events: &first,
-        },
-        deliveries::IngestRequest {
-            source_id: site,
-            received_at: at(1001),
-            events: &second,
-        },
-        deliveries::IngestRequest {
-            source_id: site,
-            received_at: at(1002),
-            events: &third,
-        },
-        deliveries::IngestRequest {
-            source_id: other,
-            received_at: at(1003),
-            events: &fourth,
-        },
+        IngestRequest::new(site, at(1000), first.to_vec()),
+        IngestRequest::new(site, at(1001), second.to_vec()),
+        IngestRequest::new(site, at(1002), third.to_vec()),
+        IngestRequest::new(other, at(1003), fourth.to_vec()),
     ];
-    let outcomes = deliveries::ingest_group(&db, &requests).await.unwrap();
+    let outcomes = ingest(&db, OfflinePolicy::default(), &requests).await.unwrap();
     let counts: Vec<(usize, usize)> = outcomes.iter().map(|o| (o.stored, o.duplicates)).collect();
     assert_eq!(counts, vec![(2, 0), (1, 2), (2, 0), (2, 0)]);
 
@@ -554,7 +542,9 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
     );
 
     // A group of nothing but repeats changes nothing and stores nothing.
-    let outcomes = deliveries::ingest_group(&db, &requests[..2]).await.unwrap();
+    let outcomes = ingest(&db, OfflinePolicy::default(), &requests[..2])
+        .await
+        .unwrap();
     assert_eq!(outcomes.iter().map(|o| o.stored).sum::<usize>(), 0);
     let without_touch_time = |list: Vec<devices::Device>| {
         list.into_iter()
@@ -576,7 +566,9 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
         event("d1", at(1200), renamed_x),
         event("d2", at(1200), reading("Y", at(1200), DeviceStatus::Online)),
     ];
-    deliveries::ingest(&db, site, at(1200), &later).await.unwrap();
+    telltale_e2e::store_events(&db, site, at(1200), &later)
+        .await
+        .unwrap();
     let find = |search: &str, status: Option<DeviceStatus>| {
         let filter = devices::DeviceFilter {
             search: Some(search.into()),
@@ -619,8 +611,7 @@ async fn a_group_of_requests_is_stored_as_if_one_by_one(backend: Backend) {
         .unwrap();
     assert_eq!(
         y.offline_after,
-        db.offline_policy()
-            .deadline(Some(at(1200)), y.expected_interval_secs),
+        OfflinePolicy::default().deadline(Some(at(1200)), y.expected_interval_secs),
         "a reading alone moves the deadline"
     );
 }
@@ -877,9 +868,11 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
             mins(*m),
             reading("steady", mins(*m), DeviceStatus::Online),
         );
-        deliveries::ingest(&db, source, mins(*m), &[e]).await.unwrap();
+        telltale_e2e::store_events(&db, source, mins(*m), &[e])
+            .await
+            .unwrap();
     }
-    deliveries::ingest(
+    telltale_e2e::store_events(
         &db,
         source,
         mins(10),
@@ -891,7 +884,7 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     )
     .await
     .unwrap();
-    deliveries::ingest(
+    telltale_e2e::store_events(
         &db,
         source,
         mins(0),
@@ -918,12 +911,14 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     // At +21 min with default 10 min × 2: "quiet" (21 min silent) is offline; "fresh" (11 min) is not;
     // "steady" (11 min silent, learned 5 min × 2 = 10) is offline too. One device per chunk:
     // every chunk boundary is crossed.
-    let changed = devices::mark_silent_offline(&db, mins(21), 1).await.unwrap();
+    let changed = devices::mark_silent_offline(&db, OfflinePolicy::default(), mins(21), 1)
+        .await
+        .unwrap();
     let mut changed_sorted = changed.clone();
     changed_sorted.sort();
     assert_eq!(changed_sorted, vec!["quiet", "steady"]);
     assert!(
-        devices::mark_silent_offline(&db, mins(21), 2)
+        devices::mark_silent_offline(&db, OfflinePolicy::default(), mins(21), 2)
             .await
             .unwrap()
             .is_empty(),
@@ -945,7 +940,7 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     assert_eq!(status("quiet").await.as_str(), "offline");
 
     // A reading brings a device back online.
-    deliveries::ingest(
+    telltale_e2e::store_events(
         &db,
         source,
         mins(22),
@@ -962,12 +957,14 @@ async fn quiet_devices_go_offline_and_old_events_expire(backend: Backend) {
     // A changed policy applies to the devices already stored: under 1 min × 1, "fresh" (last
     // heard from at +10, nothing learned) is overdue at +12, where 10 min × 2 gave it until +30;
     // "quiet" learned 22 min from its gap and stays.
-    let strict = db.clone().with_offline_policy(devices::OfflinePolicy {
+    let strict = OfflinePolicy {
         default_interval_secs: 60,
         factor: 1,
-    });
+    };
     assert_eq!(
-        devices::mark_silent_offline(&strict, mins(12), 1).await.unwrap(),
+        devices::mark_silent_offline(&db, strict, mins(12), 1)
+            .await
+            .unwrap(),
         vec!["fresh"]
     );
     assert_eq!(status("quiet").await.as_str(), "online");
@@ -1045,7 +1042,7 @@ async fn a_failed_group_leaves_nothing_and_the_connection_clean_postgres() {
         at(0),
         reading("NEW-1", at(0), DeviceStatus::Online),
     )];
-    let result = deliveries::ingest(&db, site, at(0), &refused).await;
+    let result = telltale_e2e::store_events(&db, site, at(0), &refused).await;
     assert!(result.is_err(), "the group fails: {result:?}");
 
     let good = [event(
@@ -1053,7 +1050,7 @@ async fn a_failed_group_leaves_nothing_and_the_connection_clean_postgres() {
         at(1),
         reading("NEW-2", at(1), DeviceStatus::Online),
     )];
-    let outcome = deliveries::ingest(&db, site, at(1), &good).await.unwrap();
+    let outcome = telltale_e2e::store_events(&db, site, at(1), &good).await.unwrap();
     assert_eq!(outcome.stored, 1);
 
     // Read through another pool: only a committed group is visible there.
@@ -1103,7 +1100,9 @@ async fn sqlite_log_reaches_the_database_file_in_the_background() {
                 ..event(&format!("{request}-{i}"), at, None)
             })
             .collect();
-        deliveries::ingest(&db, source, at, &events).await.unwrap();
+        telltale_e2e::store_events(&db, source, at, &events)
+            .await
+            .unwrap();
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while file_size() < before + 2_000_000 && std::time::Instant::now() < deadline {

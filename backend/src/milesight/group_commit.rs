@@ -16,7 +16,8 @@ use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::storage::deliveries::{IncomingEvent, InsertOutcome, SharedRequest, ingest_shared};
+use super::offline::OfflinePolicy;
+use crate::storage::ingest::{IncomingEvent, IngestRequest, InsertOutcome, ingest};
 use crate::storage::{Db, StorageError, StorageResult, UtcTime};
 
 /// Requests waiting for a writer beyond this make new requests wait to enqueue (backpressure
@@ -32,7 +33,7 @@ const SMALL_GROUP_EVENTS: usize = 200;
 const SMALL_COMMITS: usize = 2;
 
 struct Pending {
-    request: SharedRequest,
+    request: IngestRequest,
     reply: oneshot::Sender<StorageResult<InsertOutcome>>,
 }
 
@@ -45,10 +46,11 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Starts `writers` writers on `tasks` (the process's shutdown tracker, so shutdown waits
-    /// for them); while some commit, the next group gathers. `commit_sizes` observes the number
-    /// of requests in each commit.
+    /// for them); while some commit, the next group gathers. `policy` sets the devices'
+    /// offline deadlines; `commit_sizes` observes the number of requests in each commit.
     pub fn start(
         db: Db,
+        policy: OfflinePolicy,
         writers: usize,
         commit_sizes: prometheus::Histogram,
         tasks: &TaskTracker,
@@ -60,6 +62,7 @@ impl GroupCommit {
         for _ in 0..writers {
             tasks.spawn(write_groups(
                 db.clone(),
+                policy,
                 receiver.clone(),
                 small_commits.clone(),
                 commit_sizes.clone(),
@@ -84,11 +87,7 @@ impl GroupCommit {
     ) -> StorageResult<InsertOutcome> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
-            request: SharedRequest {
-                source_id,
-                received_at,
-                events: events.into(),
-            },
+            request: IngestRequest::new(source_id, received_at, events),
             reply,
         };
         let stopped = || StorageError::Unavailable("the webhook writer has stopped".into());
@@ -99,6 +98,7 @@ impl GroupCommit {
 
 async fn write_groups(
     db: Db,
+    policy: OfflinePolicy,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     small_commits: Arc<Semaphore>,
     commit_sizes: prometheus::Histogram,
@@ -130,7 +130,7 @@ async fn write_groups(
             (group, turn)
         };
         commit_sizes.observe(group.len() as f64);
-        commit(&db, group).await;
+        commit(&db, policy, group).await;
     }
 }
 
@@ -146,9 +146,9 @@ fn take_queued(group: &mut Vec<Pending>, events: &mut usize, receiver: &mut mpsc
 /// Commits a group and answers its requests. If the group fails for a reason other than the
 /// database being unavailable, each request is retried alone, so one bad request cannot fail
 /// the others.
-async fn commit(db: &Db, group: Vec<Pending>) {
-    let requests: Vec<SharedRequest> = group.iter().map(|p| p.request.clone()).collect();
-    match ingest_shared(db, &requests).await {
+async fn commit(db: &Db, policy: OfflinePolicy, group: Vec<Pending>) {
+    let requests: Vec<IngestRequest> = group.iter().map(|p| p.request.clone()).collect();
+    match ingest(db, policy, &requests).await {
         Ok(outcomes) => {
             for (pending, outcome) in group.into_iter().zip(outcomes) {
                 let _ = pending.reply.send(Ok(outcome));
@@ -170,7 +170,7 @@ async fn commit(db: &Db, group: Vec<Pending>) {
         Err(err) => {
             tracing::warn!(error = %err, requests = group.len(), "a webhook group failed; storing its requests one by one");
             for pending in group {
-                let result = ingest_shared(db, std::slice::from_ref(&pending.request))
+                let result = ingest(db, policy, std::slice::from_ref(&pending.request))
                     .await
                     .map(|mut outcomes| outcomes.pop().unwrap_or_default());
                 let _ = pending.reply.send(result);

@@ -23,7 +23,9 @@ pub fn job_specs(config: &Config, db: &Db) -> Vec<JobSpec> {
             schedule: config.milesight.device_check_schedule.clone(),
             timezone: config.scheduler.timezone,
             exclusive: true,
-            run: run_with(db.clone(), |db| async move { check_devices(&db).await }),
+            run: run_with(with(&settings), |(db, settings)| async move {
+                check_devices(&db, &settings).await
+            }),
         },
         JobSpec {
             name: RETENTION_JOB,
@@ -44,9 +46,9 @@ const RETENTION_BATCH: i64 = 10_000;
 pub const DEVICE_CHUNK: i64 = 1000;
 
 /// Marks devices offline that sent nothing within their expected interval × the factor (the
-/// database's offline policy, which `app.rs` builds from this section).
-pub async fn check_devices(db: &Db) -> anyhow::Result<String> {
-    let went_offline = devices::mark_silent_offline(db, now(), DEVICE_CHUNK).await?;
+/// section's offline policy, `milesight::offline`).
+pub async fn check_devices(db: &Db, config: &MilesightConfig) -> anyhow::Result<String> {
+    let went_offline = devices::mark_silent_offline(db, config.offline_policy(), now(), DEVICE_CHUNK).await?;
     for sn in &went_offline {
         tracing::warn!(device = %sn, "device went quiet; marked offline");
     }

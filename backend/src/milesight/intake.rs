@@ -14,10 +14,9 @@ use super::settings::MilesightConfig;
 use super::ui_webhooks::{WebhookSaveError, WebhookSecrets};
 use crate::config::{WebhookConfig, valid_source_name};
 use crate::crypto::Crypto;
-use crate::storage::deliveries::{
-    self, IncomingDevice, IncomingEvent, InsertOutcome, NewWebhookRejection, SourceEffect, SourceTiming,
-};
+use crate::storage::deliveries::{self, NewWebhookRejection, SourceTiming};
 use crate::storage::devices::{DeviceActivity, DeviceProfile};
+use crate::storage::ingest::{IncomingDevice, IncomingEvent, InsertOutcome, SourceEffect};
 use crate::storage::{Db, DeviceStatus, StorageError, UtcTime, now};
 use tokio_util::task::TaskTracker;
 
@@ -97,7 +96,13 @@ impl Intake {
         Intake {
             replay: ReplayGuard::new(settings.timestamp_tolerance_secs.as_secs() as i64),
             source_ids: Mutex::new(HashMap::new()),
-            writer: GroupCommit::start(db.clone(), writers.max(1), metrics.commit_requests.clone(), tasks),
+            writer: GroupCommit::start(
+                db.clone(),
+                settings.offline_policy(),
+                writers.max(1),
+                metrics.commit_requests.clone(),
+                tasks,
+            ),
             webhooks: WebhookSecrets::new(db.clone(), crypto.clone(), settings.webhooks.clone()),
             db,
             crypto,

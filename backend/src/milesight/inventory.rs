@@ -114,7 +114,7 @@ pub async fn sync(
                 continue;
             };
             let (profile, inventory) = to_update(device);
-            devices::apply_inventory(db, sn, &profile, &inventory).await?;
+            devices::apply_inventory(db, config.offline_policy(), sn, &profile, &inventory).await?;
             synced += 1;
         }
         let total = listing.total.unwrap_or(0);

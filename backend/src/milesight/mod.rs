@@ -5,6 +5,7 @@ pub mod group_commit;
 pub mod housekeeping;
 pub mod intake;
 pub mod inventory;
+pub mod offline;
 pub mod payload;
 pub mod settings;
 pub mod token;

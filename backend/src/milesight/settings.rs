@@ -129,8 +129,8 @@ fn check_base_url(url: &Option<String>) -> Result<(), String> {
 
 impl MilesightConfig {
     /// When a quiet device counts as offline, as the database applies it.
-    pub fn offline_policy(&self) -> crate::storage::devices::OfflinePolicy {
-        crate::storage::devices::OfflinePolicy {
+    pub fn offline_policy(&self) -> crate::milesight::offline::OfflinePolicy {
+        crate::milesight::offline::OfflinePolicy {
             default_interval_secs: self.device_interval_secs.as_secs() as i64,
             factor: i64::from(self.offline_factor),
         }

@@ -6,9 +6,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::devices::{DeviceActivity, DeviceProfile};
 use super::fields::UtcTime;
-pub use super::ingest::{IngestRequest, SharedRequest, ingest, ingest_group, ingest_shared};
 use super::schema::{webhook_events, webhook_rejections, webhook_sources};
 use super::{Db, StorageError, StorageResult, now, open_secret, reseal};
 use crate::crypto::Crypto;
@@ -130,42 +128,6 @@ pub struct WebhookEvent {
     pub event_time: Option<UtcTime>,
     pub received_at: UtcTime,
     pub payload: String,
-}
-
-/// An event to store, with what it says about its device and its source.
-#[derive(Debug, Clone)]
-pub struct IncomingEvent {
-    pub event_id: String,
-    pub event_type: String,
-    pub event_time: Option<UtcTime>,
-    /// The event as received (JSON).
-    pub payload: String,
-    pub device: Option<IncomingDevice>,
-    pub effect: SourceEffect,
-}
-
-#[derive(Debug, Clone)]
-pub struct IncomingDevice {
-    pub sn: String,
-    pub profile: DeviceProfile,
-    /// Applied only when the event is new and not older than what the device last reported.
-    pub activity: Option<DeviceActivity>,
-}
-
-/// What an event changes on its source besides `last_event_at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceEffect {
-    None,
-    /// A WEBHOOK_TEST arrived: the URL and secret work.
-    Verified,
-    /// A SYSTEM_MESSAGES notice (MDP stopped pushing or hit its daily limit), as JSON.
-    SystemNotice(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct InsertOutcome {
-    pub stored: usize,
-    pub duplicates: usize,
 }
 
 /// The id of the named source, creating it (without secret) if it is new.

@@ -10,6 +10,7 @@ use super::fields::{DeviceStatus, UtcTime};
 use super::schema::devices;
 use super::{Db, StorageResult, now};
 use crate::db_run;
+use crate::milesight::offline::OfflinePolicy;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize)]
 #[diesel(table_name = devices)]
@@ -27,66 +28,10 @@ pub struct Device {
     pub last_payload: Option<String>,
     pub battery: Option<i32>,
     pub expected_interval_secs: Option<i64>,
-    /// When the device counts as offline if nothing more arrives (see `OfflinePolicy`).
+    /// When the device counts as offline if nothing more arrives (see `milesight::offline`).
     pub offline_after: Option<UtcTime>,
     pub created_at: UtcTime,
     pub updated_at: UtcTime,
-}
-
-/// The granularity of stored offline deadlines (see `OfflinePolicy::deadline`).
-const DEADLINE_STEP_SECS: i64 = 10;
-
-/// When a device that stops reporting counts as offline: its learned interval (else the
-/// default) times the factor after its last reading. Ingest writes the resulting deadline into
-/// `devices.offline_after`, so the offline check reads only the devices past it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OfflinePolicy {
-    pub default_interval_secs: i64,
-    pub factor: i64,
-}
-
-impl Default for OfflinePolicy {
-    /// The `[milesight]` defaults: ten minutes, twice.
-    fn default() -> Self {
-        OfflinePolicy {
-            default_interval_secs: 600,
-            factor: 2,
-        }
-    }
-}
-
-impl OfflinePolicy {
-    /// The deadline stored for a device last seen at `last_seen` with `interval` learned (none
-    /// for a device never heard from): `exact_deadline` rounded up to the next whole
-    /// `DEADLINE_STEP_SECS`. A device reporting more often than that keeps the same deadline
-    /// across its readings, so on PostgreSQL most of its updates leave every indexed column as
-    /// it was and are HOT updates (no new entry in any of the table's eight indexes), and on
-    /// SQLite they touch no index at all. Offline is decided at most one step later, well
-    /// within the once-a-minute check.
-    pub fn deadline(&self, last_seen: Option<UtcTime>, interval: Option<i64>) -> Option<UtcTime> {
-        let exact = self.exact_deadline(last_seen, interval)?.0;
-        let step = DEADLINE_STEP_SECS;
-        let secs = exact.timestamp();
-        let rounded = if exact.timestamp_subsec_nanos() == 0 && secs.rem_euclid(step) == 0 {
-            secs
-        } else {
-            (secs.div_euclid(step) + 1).saturating_mul(step)
-        };
-        Some(chrono::DateTime::from_timestamp(rounded, 0).map_or(UtcTime(exact), UtcTime))
-    }
-
-    /// Last seen + the interval (learned, else the default) × the factor, to the microsecond.
-    pub fn exact_deadline(&self, last_seen: Option<UtcTime>, interval: Option<i64>) -> Option<UtcTime> {
-        let allowed = interval
-            .unwrap_or(self.default_interval_secs)
-            .saturating_mul(self.factor);
-        last_seen.map(|seen| (seen.0 + chrono::TimeDelta::seconds(allowed)).into())
-    }
-
-    /// How the policy is remembered in `app_settings`, to notice when it changed.
-    fn fingerprint(&self) -> String {
-        format!("{}s x{}", self.default_interval_secs, self.factor)
-    }
 }
 
 /// Identity fields from a device profile; `None` leaves a stored value unchanged on update.
@@ -167,8 +112,13 @@ pub async fn upsert_by_sn(db: &Db, sn: &str, profile: &DeviceProfile) -> Storage
     db_run!(db, |conn| Ok(upsert_device!(conn, sn, profile, now())?))
 }
 
-pub async fn record_activity(db: &Db, id: i64, activity: &DeviceActivity) -> StorageResult<Device> {
-    let policy = db.offline_policy;
+/// Applies one reading's activity to a device, its offline deadline by `policy`.
+pub async fn record_activity(
+    db: &Db,
+    policy: OfflinePolicy,
+    id: i64,
+    activity: &DeviceActivity,
+) -> StorageResult<Device> {
     db_run!(db, |conn| {
         conn.transaction::<_, super::StorageError, _>(async |tx| {
             let device: Device = diesel::update(devices::table.find(id))
@@ -498,22 +448,6 @@ pub async fn search(
     })
 }
 
-/// The interval a device is expected to report at, learned from the gaps between its
-/// readings: a moving average that follows a changed interval within a few readings, bounded
-/// so one long outage or a burst does not distort it.
-pub fn learn_interval(previous: Option<i64>, gap_secs: i64) -> Option<i64> {
-    const MIN: i64 = 30;
-    const MAX: i64 = 86_400;
-    if gap_secs <= 0 {
-        return previous;
-    }
-    let gap = gap_secs.clamp(MIN, MAX);
-    Some(match previous {
-        None => gap,
-        Some(p) => ((p * 3 + gap) / 4).clamp(MIN, MAX),
-    })
-}
-
 /// Marks online devices offline whose deadline (`offline_after`) has passed by `at`: nothing
 /// arrived within their expected interval (learned, else the policy's default) times the
 /// policy's factor. Returns the serial numbers it changed, once each.
@@ -522,9 +456,14 @@ pub fn learn_interval(previous: Option<i64>, gap_secs: i64) -> Option<i64> {
 /// cost follows the devices that went quiet, not the fleet. Each chunk is one compare-and-set
 /// `UPDATE` that checks status and deadline again as it writes, so a reading that lands
 /// meanwhile (and moves the deadline) wins, and of replicas racing each device changes once.
-pub async fn mark_silent_offline(db: &Db, at: UtcTime, chunk: i64) -> StorageResult<Vec<String>> {
+pub async fn mark_silent_offline(
+    db: &Db,
+    policy: OfflinePolicy,
+    at: UtcTime,
+    chunk: i64,
+) -> StorageResult<Vec<String>> {
     let chunk = chunk.max(1);
-    apply_offline_policy(db, chunk).await?;
+    apply_offline_policy(db, policy, chunk).await?;
     let mut changed = Vec::new();
     loop {
         let overdue: Vec<i64> = db_run!(db, |conn| {
@@ -571,12 +510,11 @@ pub async fn mark_silent_offline(db: &Db, at: UtcTime, chunk: i64) -> StorageRes
 
 const OFFLINE_POLICY_KEY: &str = "devices.offline_policy";
 
-/// Makes every device's deadline follow the database's offline policy: a no-op while the
+/// Makes every device's deadline follow the offline policy: a no-op while the
 /// policy the deadlines were written with (remembered in `app_settings`) is the current one;
 /// otherwise (a changed interval or factor, or the first start after the column was added)
 /// every device heard from is rewritten, `chunk` at a time in id order.
-pub async fn apply_offline_policy(db: &Db, chunk: i64) -> StorageResult<u64> {
-    let policy = db.offline_policy;
+pub async fn apply_offline_policy(db: &Db, policy: OfflinePolicy, chunk: i64) -> StorageResult<u64> {
     let fingerprint = policy.fingerprint();
     if super::app_settings::get(db, OFFLINE_POLICY_KEY).await?.as_deref() == Some(fingerprint.as_str()) {
         return Ok(0);
@@ -626,66 +564,6 @@ pub async fn apply_offline_policy(db: &Db, chunk: i64) -> StorageResult<u64> {
     Ok(rewritten)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{OfflinePolicy, UtcTime, learn_interval};
-
-    #[test]
-    fn stored_deadlines_round_up_to_the_next_ten_seconds() {
-        let policy = OfflinePolicy::default();
-        let at = |s: &str| Some(UtcTime::new(s.parse().unwrap()));
-        assert_eq!(
-            policy.deadline(at("2026-12-04T10:00:00Z"), None),
-            at("2026-12-04T10:20:00Z"),
-            "600 s × 2, already on a step"
-        );
-        assert_eq!(
-            policy.deadline(at("2026-12-04T10:00:00.000001Z"), None),
-            at("2026-12-04T10:20:10Z")
-        );
-        assert_eq!(
-            policy.deadline(at("2026-12-04T10:00:09.5Z"), None),
-            at("2026-12-04T10:20:10Z")
-        );
-        assert_eq!(
-            policy.deadline(at("2026-12-04T23:59:54Z"), Some(30)),
-            at("2026-12-05T00:01:00Z"),
-            "30 s × 2 learned, across midnight"
-        );
-        assert_eq!(
-            policy.exact_deadline(at("2026-12-04T10:00:09.5Z"), None),
-            at("2026-12-04T10:20:09.5Z")
-        );
-        assert_eq!(policy.deadline(None, Some(30)), None, "never heard from");
-    }
-
-    #[test]
-    fn learned_interval_follows_the_gaps_within_bounds() {
-        assert_eq!(learn_interval(None, 600), Some(600));
-        assert_eq!(learn_interval(Some(600), 600), Some(600));
-        assert_eq!(
-            learn_interval(Some(600), 200),
-            Some(500),
-            "moves a quarter of the way"
-        );
-        assert_eq!(
-            learn_interval(Some(600), 0),
-            Some(600),
-            "a same-instant reading teaches nothing"
-        );
-        assert_eq!(learn_interval(None, 5), Some(30), "bounded below");
-        assert_eq!(learn_interval(None, 10_000_000), Some(86_400), "bounded above");
-        let mut interval = Some(600);
-        for _ in 0..20 {
-            interval = learn_interval(interval, 60);
-        }
-        assert!(
-            interval.is_some_and(|i| i < 70),
-            "converges on a new interval: {interval:?}"
-        );
-    }
-}
-
 /// What MDP's device list says about a device's state.
 #[derive(Debug, Clone)]
 pub struct InventoryState {
@@ -700,12 +578,12 @@ pub struct InventoryState {
 /// seen unless a webhook reading newer than MDP's last update already says more.
 pub async fn apply_inventory(
     db: &Db,
+    policy: OfflinePolicy,
     sn: &str,
     profile: &DeviceProfile,
     state: &InventoryState,
 ) -> StorageResult<Device> {
     let at = now();
-    let policy = db.offline_policy;
     db_run!(db, |conn| {
         conn.transaction::<_, super::StorageError, _>(async |tx| {
             let device = upsert_device!(tx, sn, profile, at)?;

@@ -100,8 +100,6 @@ pub struct Db {
     pub(crate) pools: Pools,
     /// Time spent waiting for a pooled connection; `Metrics` registers it.
     pub(crate) pool_wait: prometheus::Histogram,
-    /// When a quiet device counts as offline; ingest writes each device's deadline from it.
-    pub(crate) offline_policy: devices::OfflinePolicy,
 }
 
 /// SQLite's page cache for pooled connections, in KiB (SQLite's default). Each connection has
@@ -296,21 +294,7 @@ impl Db {
                 Pools::Sqlite(pool, std::sync::Arc::new(writer))
             }
         };
-        Ok(Db {
-            pools,
-            pool_wait,
-            offline_policy: Default::default(),
-        })
-    }
-
-    /// The same database with `policy` deciding when quiet devices count as offline.
-    pub fn with_offline_policy(mut self, policy: devices::OfflinePolicy) -> Db {
-        self.offline_policy = policy;
-        self
-    }
-
-    pub fn offline_policy(&self) -> devices::OfflinePolicy {
-        self.offline_policy
+        Ok(Db { pools, pool_wait })
     }
 
     /// The backend's pool (for `db_run!` and the few statements whose SQL differs by backend).

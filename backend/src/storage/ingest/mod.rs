@@ -15,6 +15,7 @@
 //! so concurrent groups, on one replica or several, wait for each other but never deadlock.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use diesel::prelude::*;
 use diesel_async::AsyncPgConnection;
@@ -23,22 +24,76 @@ use diesel_async::pooled_connection::deadpool::Pool;
 
 mod statements;
 
-use super::deliveries::{IncomingEvent, InsertOutcome, SourceEffect};
-use super::devices::{Device, NewDevice, OfflinePolicy, learn_interval};
+use serde::Serialize;
+
+use super::devices::{Device, DeviceActivity, DeviceProfile, NewDevice};
 use super::schema::{devices, webhook_events, webhook_sources};
 use super::{Db, Pools, StorageResult, UtcTime};
+use crate::milesight::offline::{OfflinePolicy, learn_interval};
 
 /// How far a source's `last_event_at` may lag its newest event. Every group from one source
 /// would otherwise update the same row and wait for the previous group's commit to do it;
 /// staleness is judged in minutes, so a second is far below what anyone can see.
 const SOURCE_CLOCK_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
-/// One webhook request's events, as accepted from one source at one time.
-#[derive(Debug, Clone, Copy)]
-pub struct IngestRequest<'a> {
+/// One webhook request's events, as accepted from one source at one time. The events are
+/// shared, so group commit hands them to the SQLite writer's thread without copying them.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
     pub source_id: i64,
     pub received_at: UtcTime,
-    pub events: &'a [IncomingEvent],
+    pub events: Arc<[IncomingEvent]>,
+}
+
+impl IngestRequest {
+    pub fn new(
+        source_id: i64,
+        received_at: UtcTime,
+        events: impl Into<Arc<[IncomingEvent]>>,
+    ) -> IngestRequest {
+        IngestRequest {
+            source_id,
+            received_at,
+            events: events.into(),
+        }
+    }
+}
+
+/// An event to store, with what it says about its device and its source.
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub event_time: Option<UtcTime>,
+    /// The event as received (JSON).
+    pub payload: String,
+    pub device: Option<IncomingDevice>,
+    pub effect: SourceEffect,
+}
+
+#[derive(Debug, Clone)]
+pub struct IncomingDevice {
+    pub sn: String,
+    pub profile: DeviceProfile,
+    /// Applied only when the event is new and not older than what the device last reported.
+    pub activity: Option<DeviceActivity>,
+}
+
+/// What an event changes on its source besides `last_event_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEffect {
+    None,
+    /// A WEBHOOK_TEST arrived: the URL and secret work.
+    Verified,
+    /// A SYSTEM_MESSAGES notice (MDP stopped pushing or hit its daily limit), as JSON.
+    SystemNotice(String),
+}
+
+/// What became of one request's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct InsertOutcome {
+    pub stored: usize,
+    pub duplicates: usize,
 }
 
 type PooledPg = deadpool::managed::Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
@@ -62,61 +117,20 @@ impl Drop for OpenTransaction {
     }
 }
 
-/// Stores one request's events in one transaction; see `ingest_group`.
+/// Stores requests' events in one transaction, so all are durable before any sender is
+/// answered: each event once per (source, event id) (a repeat, in this group or stored before,
+/// is counted as a duplicate), each device's state and each source's health following the new
+/// events, device deadlines by `policy`. Returns one outcome per request, in order. The one way
+/// events are stored: group commit calls it with every request that queued meanwhile.
 pub async fn ingest(
     db: &Db,
-    source_id: i64,
-    received_at: UtcTime,
-    events: &[IncomingEvent],
-) -> StorageResult<InsertOutcome> {
-    let request = IngestRequest {
-        source_id,
-        received_at,
-        events,
-    };
-    Ok(ingest_group(db, &[request]).await?.pop().unwrap_or_default())
-}
-
-/// Stores several requests' events in one transaction, so all are durable before any sender
-/// is answered: each event once per (source, event id) (a repeat, in this group or stored
-/// before, is counted as a duplicate), each device's state and each source's health following
-/// the new events. Returns one outcome per request, in order.
-pub async fn ingest_group(db: &Db, requests: &[IngestRequest<'_>]) -> StorageResult<Vec<InsertOutcome>> {
+    policy: OfflinePolicy,
+    requests: &[IngestRequest],
+) -> StorageResult<Vec<InsertOutcome>> {
     match &db.pools {
-        Pools::Postgres(pool) => ingest_group_postgres(db, pool, requests).await,
-        Pools::Sqlite(..) => {
-            let shared: Vec<SharedRequest> = requests
-                .iter()
-                .map(|r| SharedRequest {
-                    source_id: r.source_id,
-                    received_at: r.received_at,
-                    events: r.events.into(),
-                })
-                .collect();
-            ingest_shared(db, &shared).await
-        }
-    }
-}
-
-/// One request's events, owned and cheap to share: how group commit hands them over, so the
-/// SQLite writer's thread can take them without copying every event.
-#[derive(Debug, Clone)]
-pub struct SharedRequest {
-    pub source_id: i64,
-    pub received_at: UtcTime,
-    pub events: std::sync::Arc<[IncomingEvent]>,
-}
-
-/// `ingest_group` for requests already shared.
-pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult<Vec<InsertOutcome>> {
-    match &db.pools {
-        Pools::Postgres(pool) => {
-            let borrowed: Vec<IngestRequest<'_>> = requests.iter().map(SharedRequest::as_request).collect();
-            ingest_group_postgres(db, pool, &borrowed).await
-        }
+        Pools::Postgres(pool) => ingest_group_postgres(db, pool, requests, policy).await,
         Pools::Sqlite(_, writer) => {
             let owned = requests.to_vec();
-            let policy = db.offline_policy;
             // The whole transaction in one job on the writer thread and its own connection.
             writer
                 .run(move |conn| {
@@ -124,9 +138,7 @@ pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult
                     // reads that start the group can never meet a newer snapshot at the first
                     // write, which SQLite refuses without waiting.
                     conn.immediate_transaction::<_, diesel::result::Error, _>(|tx| {
-                        let borrowed: Vec<IngestRequest<'_>> =
-                            owned.iter().map(SharedRequest::as_request).collect();
-                        sqlite::ingest_group(tx, &borrowed, policy)
+                        sqlite::ingest_group(tx, &owned, policy)
                     })
                 })
                 .await
@@ -134,20 +146,11 @@ pub async fn ingest_shared(db: &Db, requests: &[SharedRequest]) -> StorageResult
     }
 }
 
-impl SharedRequest {
-    pub fn as_request(&self) -> IngestRequest<'_> {
-        IngestRequest {
-            source_id: self.source_id,
-            received_at: self.received_at,
-            events: &self.events,
-        }
-    }
-}
-
 async fn ingest_group_postgres(
     db: &Db,
     pool: &Pool<AsyncPgConnection>,
-    requests: &[IngestRequest<'_>],
+    requests: &[IngestRequest],
+    policy: OfflinePolicy,
 ) -> StorageResult<Vec<InsertOutcome>> {
     let waited = db.pool_wait.start_timer();
     let conn = pool.get().await?;
@@ -159,7 +162,7 @@ async fn ingest_group_postgres(
     let Some(conn) = guard.0.as_ref() else {
         return Err(super::StorageError::Unavailable("no connection".into()));
     };
-    match postgres::ingest_group(conn, requests, db.offline_policy).await {
+    match postgres::ingest_group(conn, requests, policy).await {
         Ok(outcomes) => {
             guard.release();
             Ok(outcomes)
@@ -204,7 +207,7 @@ mod postgres {
     /// borrowed by the next, on the hot path of every webhook.
     pub(super) async fn ingest_group(
         conn: &AsyncPgConnection,
-        requests: &[IngestRequest<'_>],
+        requests: &[IngestRequest],
         policy: OfflinePolicy,
     ) -> QueryResult<Vec<InsertOutcome>> {
         let touches = device_touches(requests);
@@ -313,7 +316,7 @@ mod sqlite {
     /// one transaction's statements in order, each step's rows used by the next.
     pub(super) fn ingest_group(
         tx: &mut diesel::SqliteConnection,
-        requests: &[IngestRequest<'_>],
+        requests: &[IngestRequest],
         policy: OfflinePolicy,
     ) -> QueryResult<Vec<InsertOutcome>> {
         let touches = device_touches(requests);
@@ -401,7 +404,7 @@ mod sqlite {
 /// Whether event `index` of request `request` is the one copy of its (source, event id) that
 /// this group stored: its first occurrence in the group, and not stored before.
 fn stored_first(
-    requests: &[IngestRequest<'_>],
+    requests: &[IngestRequest],
     firsts: &BTreeMap<(i64, &str), (usize, usize)>,
     stored: &HashSet<(i64, &str)>,
     request: usize,
@@ -416,7 +419,7 @@ fn stored_first(
 /// The event rows to insert: each distinct (source, event id) once, in key order, linked to
 /// its device (by id where `locked` has it, and always by serial number).
 fn new_events<'a>(
-    requests: &[IngestRequest<'a>],
+    requests: &'a [IngestRequest],
     firsts: &BTreeMap<(i64, &'a str), (usize, usize)>,
     locked: &HashMap<String, Device>,
 ) -> Vec<NewEvent<'a>> {
@@ -444,7 +447,7 @@ fn new_events<'a>(
 
 /// The device rows to lock or create, one per serial number and sorted by it (the lock
 /// order): identity from the newest profile in the group, touched at its newest request.
-fn device_touches<'a>(requests: &[IngestRequest<'a>]) -> Vec<NewDevice<'a>> {
+fn device_touches<'a>(requests: &'a [IngestRequest]) -> Vec<NewDevice<'a>> {
     let mut touches: BTreeMap<&'a str, NewDevice<'a>> = BTreeMap::new();
     for request in requests {
         for device in request.events.iter().filter_map(|e| e.device.as_ref()) {
@@ -466,7 +469,7 @@ fn device_touches<'a>(requests: &[IngestRequest<'a>]) -> Vec<NewDevice<'a>> {
 
 /// Each distinct (source, event id) in the group with the request and position where it first
 /// appears, sorted by key (the lock order). Later repeats are duplicates.
-fn first_occurrences<'a>(requests: &[IngestRequest<'a>]) -> BTreeMap<(i64, &'a str), (usize, usize)> {
+fn first_occurrences(requests: &[IngestRequest]) -> BTreeMap<(i64, &str), (usize, usize)> {
     let mut firsts = BTreeMap::new();
     for (r, request) in requests.iter().enumerate() {
         for (i, event) in request.events.iter().enumerate() {
@@ -478,7 +481,7 @@ fn first_occurrences<'a>(requests: &[IngestRequest<'a>]) -> BTreeMap<(i64, &'a s
     firsts
 }
 
-fn outcomes(requests: &[IngestRequest<'_>], is_new: &impl Fn(usize, usize) -> bool) -> Vec<InsertOutcome> {
+fn outcomes(requests: &[IngestRequest], is_new: &impl Fn(usize, usize) -> bool) -> Vec<InsertOutcome> {
     requests
         .iter()
         .enumerate()
@@ -497,7 +500,7 @@ fn outcomes(requests: &[IngestRequest<'_>], is_new: &impl Fn(usize, usize) -> bo
 /// readings of new events not older than what the device last reported (learning the reporting
 /// interval from the gaps). Devices left as they were are not returned.
 fn plan_devices(
-    requests: &[IngestRequest<'_>],
+    requests: &[IngestRequest],
     touches: &[NewDevice<'_>],
     locked: &HashMap<String, Device>,
     is_new: &impl Fn(usize, usize) -> bool,
@@ -612,7 +615,7 @@ impl SourceChanges {
 /// Per touched source, sorted by id (the lock order): the newest request that stored an event,
 /// and what its new events said (a test delivery verifies it; a system notice is kept).
 fn plan_sources(
-    requests: &[IngestRequest<'_>],
+    requests: &[IngestRequest],
     is_new: &impl Fn(usize, usize) -> bool,
 ) -> BTreeMap<i64, SourceChanges> {
     let mut sources: BTreeMap<i64, SourceChanges> = BTreeMap::new();

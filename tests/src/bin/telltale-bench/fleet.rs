@@ -13,8 +13,10 @@
 
 use std::time::Instant;
 
-use telltale::storage::deliveries::{self, IncomingDevice, IncomingEvent, SourceEffect, SourceTiming};
+use telltale::milesight::offline::OfflinePolicy;
+use telltale::storage::deliveries::{self, SourceTiming};
 use telltale::storage::devices::{self, DeviceActivity, DeviceFilter, DeviceProfile};
+use telltale::storage::ingest::{IncomingDevice, IncomingEvent, SourceEffect};
 use telltale::storage::{DeviceStatus, UtcTime, now};
 use telltale_e2e::{Backend, TestDb};
 
@@ -111,7 +113,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             effect: SourceEffect::None,
         });
         if batch.len() == 1000 || i + 1 == args.devices || (i + 1) % 10_000 == 0 {
-            deliveries::ingest(&state.db, source, at, &batch)
+            telltale_e2e::store_events(&state.db, source, at, &batch)
                 .await
                 .map_err(|e| e.to_string())?;
             batch.clear();
@@ -162,7 +164,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         "offline check (steady)",
     ] {
         let started = Instant::now();
-        let summary = telltale::milesight::housekeeping::check_devices(&state.db)
+        let summary = telltale::milesight::housekeeping::check_devices(&state.db, &state.config.milesight)
             .await
             .map_err(|e| e.to_string())?;
         report(run, started.elapsed(), summary);
@@ -232,10 +234,14 @@ pub async fn run(args: Args) -> Result<(), String> {
     // when a gateway with that many devices goes quiet.
     let later = UtcTime::new(at.0 + chrono::Duration::seconds(309));
     let started = Instant::now();
-    let went =
-        devices::mark_silent_offline(&state.db, later, telltale::milesight::housekeeping::DEVICE_CHUNK)
-            .await
-            .map_err(|e| e.to_string())?;
+    let went = devices::mark_silent_offline(
+        &state.db,
+        OfflinePolicy::default(),
+        later,
+        telltale::milesight::housekeeping::DEVICE_CHUNK,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     report(
         "offline check (1 % newly silent)",
         started.elapsed(),
