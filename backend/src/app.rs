@@ -255,50 +255,15 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let cancel = CancellationToken::new();
-    let tasks = state.tasks.clone();
 
     // The scheduler starts once the database is ready; shutdown stops it if it did.
     let scheduler: Arc<tokio::sync::Mutex<Option<Scheduler>>> = Arc::default();
-    {
-        let (state, cancel, tasks_for_jobs, scheduler) =
-            (state.clone(), cancel.clone(), tasks.clone(), scheduler.clone());
-        tasks.spawn(async move {
-            let ready = tokio::select! {
-                ready = bring_up_database(&state, address) => ready,
-                () = cancel.cancelled() => {
-                    tracing::info!("start-up database retries stopped by shutdown");
-                    false
-                }
-            };
-            if !ready || cancel.is_cancelled() {
-                return;
-            }
-            {
-                // One sweep at start-up, so tokens that lapsed while the service was down are
-                // renewed now; on its own task, since a slow provider must not hold up the jobs.
-                let state = state.clone();
-                tasks_for_jobs.spawn(async move {
-                    state.milesight_token.start_up().await;
-                    let request = crate::tokens::SweepRequest {
-                        trigger: crate::storage::RefreshTrigger::Startup,
-                        actor: "telltale".into(),
-                        dry_run: false,
-                        provider: None,
-                        connection_id: None,
-                    };
-                    match state.token_engine.sweep(&request, crate::storage::now()).await {
-                        Ok(report) => tracing::info!(due = report.checked, refreshed = report.refreshed, failed = report.failed, "start-up token sweep"),
-                        Err(err) => tracing::warn!(error = %err, "start-up token sweep failed"),
-                    }
-                });
-            }
-            let specs = job_specs(&state);
-            match Scheduler::start(state.job_runner.clone(), specs, tasks_for_jobs, cancel).await {
-                Ok(started) => *scheduler.lock().await = Some(started),
-                Err(err) => tracing::error!(error = %format!("{err:#}"), "scheduler did not start; scheduled jobs will not run"),
-            }
-        });
-    }
+    state.tasks.spawn(start_background(
+        state.clone(),
+        address,
+        cancel.clone(),
+        scheduler.clone(),
+    ));
 
     let server = crate::web::http_server(state.clone(), listener)?;
     let handle = server.handle();
@@ -312,30 +277,84 @@ pub async fn serve(
         }
         result = server_task => {
             // The server ended on its own: that is a failure, not a shutdown.
-            state.intake.stop_writers();
-            cancel.cancel();
-            if let Some(scheduler) = scheduler.lock().await.take() {
-                scheduler.shutdown().await;
-            }
-            tasks.close();
-            tasks.wait().await;
+            stop_background(&state, &cancel, &scheduler).await;
             state.db.close();
             return Err(anyhow::anyhow!("HTTP server stopped unexpectedly: {result:?}"));
         }
     }
 
-    // No request comes in any more: the webhook writers commit what is queued, then end.
+    stop_background(&state, &cancel, &scheduler).await;
+    tracing::info!("background jobs stopped; webhook writers drained");
+    state.db.close();
+    tracing::info!("database pool closed; shutdown complete");
+    Ok(())
+}
+
+/// Once the database answers (retrying until it does, or until shutdown): the start-up token
+/// sweep, then the scheduler.
+async fn start_background(
+    state: AppState,
+    address: std::net::SocketAddr,
+    cancel: CancellationToken,
+    scheduler: Arc<tokio::sync::Mutex<Option<Scheduler>>>,
+) {
+    let ready = tokio::select! {
+        ready = bring_up_database(&state, address) => ready,
+        () = cancel.cancelled() => {
+            tracing::info!("start-up database retries stopped by shutdown");
+            false
+        }
+    };
+    if !ready || cancel.is_cancelled() {
+        return;
+    }
+    // On its own task, since a slow provider must not hold up the jobs.
+    state.tasks.spawn(startup_sweep(state.clone()));
+    let specs = job_specs(&state);
+    match Scheduler::start(state.job_runner.clone(), specs, state.tasks.clone(), cancel).await {
+        Ok(started) => *scheduler.lock().await = Some(started),
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "scheduler did not start; scheduled jobs will not run")
+        }
+    }
+}
+
+/// One sweep at start-up, so tokens that lapsed while the service was down are renewed now.
+async fn startup_sweep(state: AppState) {
+    state.milesight_token.start_up().await;
+    let request = crate::tokens::SweepRequest {
+        trigger: crate::storage::RefreshTrigger::Startup,
+        actor: "telltale".into(),
+        dry_run: false,
+        provider: None,
+        connection_id: None,
+    };
+    match state.token_engine.sweep(&request, crate::storage::now()).await {
+        Ok(report) => tracing::info!(
+            due = report.checked,
+            refreshed = report.refreshed,
+            failed = report.failed,
+            "start-up token sweep"
+        ),
+        Err(err) => tracing::warn!(error = %err, "start-up token sweep failed"),
+    }
+}
+
+/// Stops what runs beside the HTTP server, once no request comes in any more: the webhook
+/// writers commit what is queued and end, the scheduler stops, and every tracked task is
+/// waited for.
+async fn stop_background(
+    state: &AppState,
+    cancel: &CancellationToken,
+    scheduler: &tokio::sync::Mutex<Option<Scheduler>>,
+) {
     state.intake.stop_writers();
     cancel.cancel();
     if let Some(scheduler) = scheduler.lock().await.take() {
         scheduler.shutdown().await;
     }
-    tasks.close();
-    tasks.wait().await;
-    tracing::info!("background jobs stopped; webhook writers drained");
-    state.db.close();
-    tracing::info!("database pool closed; shutdown complete");
-    Ok(())
+    state.tasks.close();
+    state.tasks.wait().await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::present;
 use crate::scheduler::{JobSpec, run_with};
 use crate::storage::AlertState;
-use crate::storage::alerts::{self as store, Alert, Notification};
+use crate::storage::alerts::{self as store, Alert, Firing, Notification};
 use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
@@ -174,32 +174,9 @@ pub fn reminder_after(config: &AlertsConfig, notified: i32) -> Option<std::time:
 /// One evaluation: every condition that holds opens or refreshes its alert; every open alert
 /// whose condition is gone resolves. Emails are queued in the same transactions.
 pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Evaluation> {
-    let alerts = &config.alerts;
-    let runway = chrono::Duration::from_std(alerts.runway_secs).unwrap_or_default();
-    let signals = Signals {
-        connections: connections::alert_candidates(
-            db,
-            alerts.refresh_failures,
-            UtcTime::new(at.0 + runway),
-            alerts.poll_failures,
-        )
-        .await?,
-        polls: poll_store::failing_states(db, alerts.poll_failures).await?,
-        sources: deliveries::list_sources(db).await?,
-        offline: offline_groups(db, alerts).await?,
-    };
-    let holding = conditions(&signals, alerts, at);
-    let silences: Vec<_> = store::silences(db, at)
-        .await?
-        .into_iter()
-        .filter(|s| s.starts_at.0 <= at.0)
-        .collect();
-    let hold_for = |key: &str, rule: &str, subject: &str| {
-        silences
-            .iter()
-            .find(|s| s.matches(key, rule, subject))
-            .map(|s| format!("silenced until {}: {}", when(Some(s.ends_at)), s.reason))
-    };
+    let signals = gather(db, &config.alerts, at).await?;
+    let holding = conditions(&signals, &config.alerts, at);
+    let silences = Silences::in_force(db, at).await?;
     let mut evaluation = Evaluation {
         firing: holding.len(),
         ..Default::default()
@@ -207,45 +184,17 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
     let mut active = HashSet::new();
     for firing in &holding {
         let key = firing.key();
-        let hold = hold_for(&key, firing.rule.as_str(), &firing.subject);
-        let (alert, opened) = store::fire(db, firing, at, hold.as_deref(), |alert| {
-            notification_for(config, alert, Notice::Firing)
-        })
-        .await?;
-        if opened {
-            evaluation.opened += 1;
-            tracing::warn!(alert = %key, summary = %firing.summary, "alert firing");
-        }
-        if hold.is_some() && matches!(alert.state, AlertState::Firing | AlertState::Acknowledged) {
-            store::set_silenced(db, alert.id, hold.as_deref(), at, |_| None).await?;
-        } else if hold.is_none() && alert.state == AlertState::Silenced {
-            store::set_silenced(db, alert.id, None, at, |a| {
-                notification_for(config, a, Notice::Firing)
-            })
-            .await?;
-        } else if !opened
-            && alert.state == AlertState::Firing
-            && alert.notify_count > 0
-            && let (Some(last), Some(after)) = (
-                alert.last_notified_at,
-                reminder_after(&config.alerts, alert.notify_count),
-            )
-            && last.0 + chrono::Duration::from_std(after).unwrap_or_default() <= at.0
-            && store::remind(db, alert.id, alert.notify_count, at, hold.as_deref(), |a| {
-                notification_for(config, a, Notice::Reminder)
-            })
-            .await?
-            .is_some()
-        {
-            evaluation.reminded += 1;
-        }
+        let hold = silences.hold(&key, firing.rule.as_str(), &firing.subject);
+        let (opened, reminded) = keep_firing(db, config, firing, &key, hold.as_deref(), at).await?;
+        evaluation.opened += usize::from(opened);
+        evaluation.reminded += usize::from(reminded);
         active.insert(key);
     }
     for open in store::open_alerts(db).await? {
         if active.contains(&open.alert_key) {
             continue;
         }
-        let hold = hold_for(&open.alert_key, &open.rule, &open.subject);
+        let hold = silences.hold(&open.alert_key, &open.rule, &open.subject);
         if store::resolve(db, open.id, at, hold.as_deref(), |alert| {
             notification_for(config, alert, Notice::Resolved)
         })
@@ -257,6 +206,89 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         }
     }
     Ok(evaluation)
+}
+
+/// What the rules read: connections failing or near expiry, failing polls, the webhook
+/// sources, and the offline devices by group.
+async fn gather(db: &Db, alerts: &AlertsConfig, at: UtcTime) -> StorageResult<Signals> {
+    let runway = chrono::Duration::from_std(alerts.runway_secs).unwrap_or_default();
+    Ok(Signals {
+        connections: connections::alert_candidates(
+            db,
+            alerts.refresh_failures,
+            UtcTime::new(at.0 + runway),
+            alerts.poll_failures,
+        )
+        .await?,
+        polls: poll_store::failing_states(db, alerts.poll_failures).await?,
+        sources: deliveries::list_sources(db).await?,
+        offline: offline_groups(db, alerts).await?,
+    })
+}
+
+/// The silences that have started and not ended.
+struct Silences(Vec<store::Silence>);
+
+impl Silences {
+    async fn in_force(db: &Db, at: UtcTime) -> StorageResult<Silences> {
+        let started = store::silences(db, at)
+            .await?
+            .into_iter()
+            .filter(|s| s.starts_at.0 <= at.0)
+            .collect();
+        Ok(Silences(started))
+    }
+
+    /// Why an alert is held back, if a silence matches it.
+    fn hold(&self, key: &str, rule: &str, subject: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|s| s.matches(key, rule, subject))
+            .map(|s| format!("silenced until {}: {}", when(Some(s.ends_at)), s.reason))
+    }
+}
+
+/// Opens or refreshes one holding condition's alert, follows its silence (held back or let
+/// go), and sends a reminder when one is due. Returns (opened, reminded).
+async fn keep_firing(
+    db: &Db,
+    config: &Config,
+    firing: &Firing,
+    key: &str,
+    hold: Option<&str>,
+    at: UtcTime,
+) -> StorageResult<(bool, bool)> {
+    let (alert, opened) = store::fire(db, firing, at, hold, |alert| {
+        notification_for(config, alert, Notice::Firing)
+    })
+    .await?;
+    if opened {
+        tracing::warn!(alert = %key, summary = %firing.summary, "alert firing");
+    }
+    if hold.is_some() && matches!(alert.state, AlertState::Firing | AlertState::Acknowledged) {
+        store::set_silenced(db, alert.id, hold, at, |_| None).await?;
+    } else if hold.is_none() && alert.state == AlertState::Silenced {
+        store::set_silenced(db, alert.id, None, at, |a| {
+            notification_for(config, a, Notice::Firing)
+        })
+        .await?;
+    } else if !opened
+        && alert.state == AlertState::Firing
+        && alert.notify_count > 0
+        && let (Some(last), Some(after)) = (
+            alert.last_notified_at,
+            reminder_after(&config.alerts, alert.notify_count),
+        )
+        && last.0 + chrono::Duration::from_std(after).unwrap_or_default() <= at.0
+    {
+        let reminded = store::remind(db, alert.id, alert.notify_count, at, hold, |a| {
+            notification_for(config, a, Notice::Reminder)
+        })
+        .await?
+        .is_some();
+        return Ok((opened, reminded));
+    }
+    Ok((opened, false))
 }
 
 pub fn job_specs(config: &Arc<Config>, db: &Db) -> Vec<JobSpec> {

@@ -44,6 +44,13 @@ impl WebhookRequest<'_> {
     }
 }
 
+/// A request whose signature, source and freshness hold.
+struct Verified<'r> {
+    source: String,
+    nonce: &'r str,
+    received: UtcTime,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Accepted {
     pub source: String,
@@ -158,55 +165,11 @@ impl Intake {
         request: &WebhookRequest<'_>,
         body: &[u8],
     ) -> Result<Accepted, IntakeError> {
-        let config = &self.settings;
-        let reject = |r: Rejection| Err(IntakeError::Rejected(r));
-        if request.path_source.is_some_and(|s| !valid_source_name(s)) {
-            return reject(Rejection::InvalidSource);
-        }
-        let (Some(timestamp), Some(nonce), Some(signature)) = (
-            request.header(payload::HEADER_TIMESTAMP),
-            request.header(payload::HEADER_NONCE),
-            request.header(payload::HEADER_SIGNATURE),
-        ) else {
-            return reject(Rejection::MissingSignature);
-        };
-        let hooks = self.webhooks.all().await;
-        let Some(hook) = select_webhook(&hooks, request.header(payload::HEADER_UUID)) else {
-            return reject(Rejection::UnknownWebhook);
-        };
-        if !payload::verify(hook.secret.expose_secret(), timestamp, nonce, signature) {
-            let by_previous = hook.previous_secret.as_ref().is_some_and(|previous| {
-                payload::verify(previous.expose_secret(), timestamp, nonce, signature)
-            });
-            if !by_previous {
-                return reject(Rejection::BadSignature);
-            }
-            // Counted so operators can see when the old secret is no longer used and remove it.
-            self.metrics
-                .previous_secret
-                .with_label_values(&[hook.source.as_str()])
-                .inc();
-        }
-        let source = match (&hook.uuid, request.path_source) {
-            (Some(_), Some(path)) if path != hook.source => return reject(Rejection::WrongSource),
-            (Some(_), _) | (None, None) => hook.source.clone(),
-            (None, Some(path)) => path.to_owned(),
-        };
-        let received = now();
-        let tolerance = config.timestamp_tolerance_secs.as_secs() as i64;
-        if let Err(r) = payload::check_freshness(timestamp, received.0, tolerance) {
-            return reject(r);
-        }
-        if self.replay.seen(nonce, received.timestamp()) {
-            return reject(Rejection::Replayed);
-        }
-        if let Some(content_type) = request.header("content-type")
-            && !content_type.to_ascii_lowercase().starts_with("application/json")
-        {
-            return reject(Rejection::UnsupportedMediaType(
-                content_type.chars().take(100).collect(),
-            ));
-        }
+        let Verified {
+            source,
+            nonce,
+            received,
+        } = self.verify(request).await.map_err(IntakeError::Rejected)?;
         let parsed = payload::parse_body(body).map_err(IntakeError::Rejected)?;
 
         let source_id = self.source_id(&source).await.map_err(IntakeError::Storage)?;
@@ -240,6 +203,61 @@ impl Intake {
             );
         }
         Ok(Accepted { source, outcome })
+    }
+
+    /// Everything about a request but its body: the signature (by the current secret, or the
+    /// previous one while rotating), the source it names, freshness, replay, content type.
+    async fn verify<'r>(&self, request: &'r WebhookRequest<'_>) -> Result<Verified<'r>, Rejection> {
+        if request.path_source.is_some_and(|s| !valid_source_name(s)) {
+            return Err(Rejection::InvalidSource);
+        }
+        let (Some(timestamp), Some(nonce), Some(signature)) = (
+            request.header(payload::HEADER_TIMESTAMP),
+            request.header(payload::HEADER_NONCE),
+            request.header(payload::HEADER_SIGNATURE),
+        ) else {
+            return Err(Rejection::MissingSignature);
+        };
+        let hooks = self.webhooks.all().await;
+        let Some(hook) = select_webhook(&hooks, request.header(payload::HEADER_UUID)) else {
+            return Err(Rejection::UnknownWebhook);
+        };
+        if !payload::verify(hook.secret.expose_secret(), timestamp, nonce, signature) {
+            let by_previous = hook.previous_secret.as_ref().is_some_and(|previous| {
+                payload::verify(previous.expose_secret(), timestamp, nonce, signature)
+            });
+            if !by_previous {
+                return Err(Rejection::BadSignature);
+            }
+            // Counted so operators can see when the old secret is no longer used and remove it.
+            self.metrics
+                .previous_secret
+                .with_label_values(&[hook.source.as_str()])
+                .inc();
+        }
+        let source = match (&hook.uuid, request.path_source) {
+            (Some(_), Some(path)) if path != hook.source => return Err(Rejection::WrongSource),
+            (Some(_), _) | (None, None) => hook.source.clone(),
+            (None, Some(path)) => path.to_owned(),
+        };
+        let received = now();
+        let tolerance = self.settings.timestamp_tolerance_secs.as_secs() as i64;
+        payload::check_freshness(timestamp, received.0, tolerance)?;
+        if self.replay.seen(nonce, received.timestamp()) {
+            return Err(Rejection::Replayed);
+        }
+        if let Some(content_type) = request.header("content-type")
+            && !content_type.to_ascii_lowercase().starts_with("application/json")
+        {
+            return Err(Rejection::UnsupportedMediaType(
+                content_type.chars().take(100).collect(),
+            ));
+        }
+        Ok(Verified {
+            source,
+            nonce,
+            received,
+        })
     }
 
     async fn source_id(&self, name: &str) -> Result<i64, StorageError> {

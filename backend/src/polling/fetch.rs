@@ -296,6 +296,12 @@ impl Session<'_> {
     }
 
     async fn attempt(&self, url: &url::Url) -> Result<Page, Attempt> {
+        let response = self.send(url).await?;
+        self.read_page(response).await
+    }
+
+    /// Sends the request once the platform's rate-limit pause (if any) is over.
+    async fn send(&self, url: &url::Url) -> Result<reqwest::Response, Attempt> {
         let platform = self.endpoint.platform;
         let max_wait = self.engine.settings.max_retry_wait_secs;
         if let Err(left) = self.engine.wait_turn(platform, max_wait).await {
@@ -310,7 +316,7 @@ impl Session<'_> {
             Auth::XAuthorization => request.header("X-Authorization", format!("Bearer {}", self.token)),
         };
         let hide = [self.token.as_str()];
-        let response = request
+        request
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
@@ -329,7 +335,14 @@ impl Session<'_> {
                 ),
                 http_status: None,
                 retry_after: None,
-            })?;
+            })
+    }
+
+    /// What the platform answered, in the engine's terms: a page, or a failure worth retrying
+    /// (429 pauses the platform's polls), or a refusal.
+    async fn read_page(&self, response: reqwest::Response) -> Result<Page, Attempt> {
+        let platform = self.endpoint.platform;
+        let hide = [self.token.as_str()];
         let status = response.status();
         let code = Some(i32::from(status.as_u16()));
         let headers = response.headers().clone();

@@ -256,41 +256,10 @@ impl Provider for MetaLongLived {
             };
             let hide = [user_token, app.app_secret.as_str(), long_lived];
 
-            // The pages this user manages, with their tokens, following the paging links.
-            let mut derived = Vec::new();
-            let mut next = graph_url(connection, "me/accounts").ok().map(|mut u| {
-                u.query_pairs_mut().append_pair("access_token", long_lived);
-                u.to_string()
-            });
-            for _ in 0..MAX_ACCOUNT_PAGES {
-                let Some(url) = next.take() else { break };
-                let page = match get(http, &url, &hide).await {
-                    Ok(page) => page,
-                    Err(outcome) => return outcome,
-                };
-                for account in page.get("data").and_then(Value::as_array).into_iter().flatten() {
-                    let (Some(id), Some(token)) = (
-                        account.get("id").and_then(Value::as_str),
-                        account.get("access_token").and_then(Value::as_str),
-                    ) else {
-                        continue;
-                    };
-                    derived.push(DerivedToken {
-                        provider: "meta_page",
-                        name: id.to_owned(),
-                        access_token: token.to_owned(),
-                        settings: serde_json::json!({
-                            "page_name": account.get("name"),
-                            "category": account.get("category"),
-                            "user_connection_id": connection.id,
-                        }),
-                    });
-                }
-                next = page
-                    .pointer("/paging/next")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-            }
+            let derived = match page_tokens(http, connection, long_lived, &hide).await {
+                Ok(derived) => derived,
+                Err(outcome) => return outcome,
+            };
             Outcome::Refreshed(Issued {
                 access_token: long_lived.to_owned(),
                 refresh_token: None,
@@ -303,4 +272,46 @@ impl Provider for MetaLongLived {
             })
         })
     }
+}
+
+/// The pages the user manages, with their tokens, following the paging links (at most
+/// `MAX_ACCOUNT_PAGES` pages).
+async fn page_tokens(
+    http: &reqwest::Client,
+    connection: &Connection,
+    long_lived: &str,
+    hide: &[&str],
+) -> Result<Vec<DerivedToken>, Outcome> {
+    let mut derived = Vec::new();
+    let mut next = graph_url(connection, "me/accounts").ok().map(|mut u| {
+        u.query_pairs_mut().append_pair("access_token", long_lived);
+        u.to_string()
+    });
+    for _ in 0..MAX_ACCOUNT_PAGES {
+        let Some(url) = next.take() else { break };
+        let page = get(http, &url, hide).await?;
+        for account in page.get("data").and_then(Value::as_array).into_iter().flatten() {
+            let (Some(id), Some(token)) = (
+                account.get("id").and_then(Value::as_str),
+                account.get("access_token").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            derived.push(DerivedToken {
+                provider: "meta_page",
+                name: id.to_owned(),
+                access_token: token.to_owned(),
+                settings: serde_json::json!({
+                    "page_name": account.get("name"),
+                    "category": account.get("category"),
+                    "user_connection_id": connection.id,
+                }),
+            });
+        }
+        next = page
+            .pointer("/paging/next")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+    }
+    Ok(derived)
 }

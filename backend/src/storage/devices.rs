@@ -240,6 +240,27 @@ pub async fn fleet_summary(db: &Db, at: UtcTime) -> StorageResult<FleetSummary> 
         groups: Vec::new(),
         oldest: Vec::new(),
     };
+    let oldest = add_rows(&mut summary, rows, never);
+    for (source_id, seen) in oldest {
+        let sn: Option<String> = db_run!(db, |conn| {
+            let mut query = devices::table.filter(devices::last_seen_at.eq(seen)).into_boxed();
+            query = match source_id {
+                Some(id) => query.filter(devices::source_id.eq(id)),
+                None => query.filter(devices::source_id.is_null()),
+            };
+            Ok::<_, super::StorageError>(query.select(devices::sn).first(conn).await.optional()?)
+        })?;
+        // A reading between the two reads moved it on; the next summary names the new oldest.
+        if let Some(sn) = sn {
+            summary.oldest.push((source_id, sn, seen));
+        }
+    }
+    Ok(summary)
+}
+
+/// Adds the grouped rows to the summary's groups (one per source, model and status, with
+/// cumulative seen-within counts); returns each source's oldest last-seen time.
+fn add_rows(summary: &mut FleetSummary, rows: Vec<FleetRow>, never: usize) -> BTreeMap<Option<i64>, UtcTime> {
     let mut oldest: BTreeMap<Option<i64>, UtcTime> = BTreeMap::new();
     for row in rows {
         let known = summary
@@ -268,21 +289,7 @@ pub async fn fleet_summary(db: &Db, at: UtcTime) -> StorageResult<FleetSummary> 
             *entry = (*entry).min(seen);
         }
     }
-    for (source_id, seen) in oldest {
-        let sn: Option<String> = db_run!(db, |conn| {
-            let mut query = devices::table.filter(devices::last_seen_at.eq(seen)).into_boxed();
-            query = match source_id {
-                Some(id) => query.filter(devices::source_id.eq(id)),
-                None => query.filter(devices::source_id.is_null()),
-            };
-            Ok::<_, super::StorageError>(query.select(devices::sn).first(conn).await.optional()?)
-        })?;
-        // A reading between the two reads moved it on; the next summary names the new oldest.
-        if let Some(sn) = sn {
-            summary.oldest.push((source_id, sn, seen));
-        }
-    }
-    Ok(summary)
+    oldest
 }
 
 /// The `limit` devices heard from longest ago (the opt-in per-device metrics).

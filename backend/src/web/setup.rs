@@ -50,24 +50,25 @@ pub struct SetupForm {
     confirm: Option<String>,
 }
 
+/// The setup form, sent as JSON or as a form; `None` when the email or password is missing.
+fn read_setup_form(json: bool, body: &[u8]) -> Option<SetupForm> {
+    if json {
+        return serde_json::from_slice(body).ok();
+    }
+    let field = |name: &str| form_field(body, name);
+    Some(SetupForm {
+        token: field("token"),
+        email: field("email")?,
+        password: field("password")?,
+        confirm: field("confirm"),
+    })
+}
+
 /// `POST /setup`: a form (signs in and redirects to the overview) or JSON (answers with the
 /// user and the session's CSRF token).
 pub async fn create_admin(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let json = is_json(&req);
-    let parsed: Option<SetupForm> = if json {
-        serde_json::from_slice(&body).ok()
-    } else {
-        let field = |name: &str| form_field(&body, name);
-        match (field("email"), field("password")) {
-            (Some(email), Some(password)) => Some(SetupForm {
-                token: field("token"),
-                email,
-                password,
-                confirm: field("confirm"),
-            }),
-            _ => None,
-        }
-    };
+    let parsed = read_setup_form(json, &body);
     let fail = |status: StatusCode, code: &'static str, message: String, form: Option<&SetupForm>| {
         if json {
             actix_web::ResponseError::error_response(&ApiError::new(status, code, message))
