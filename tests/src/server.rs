@@ -237,6 +237,25 @@ impl TestServer {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// The log lines that match, once there are at least `count` of them (output is read from
+    /// the server's pipe as it comes, so a line may land just after the request it follows);
+    /// waits up to `within`, then returns what there is for the caller's assertion to show.
+    pub async fn logs_matching(
+        &self,
+        count: usize,
+        within: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let found: Vec<String> = self.logs().into_iter().filter(|l| matches(l)).collect();
+            if found.len() >= count || Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The first-run setup URL the server logged, waiting for it up to `within`.
     pub async fn setup_url(&self, within: Duration) -> String {
         let deadline = Instant::now() + within;

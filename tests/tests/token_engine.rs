@@ -572,12 +572,12 @@ async fn the_sweep_reads_what_is_due_and_notices_changed_tokens(backend: Backend
         next < expires && next.0 > now().0 + Span::minutes(60),
         "{next:?} before {expires:?}"
     );
-    let candidates = connections::refresh_candidates(&state.db, None, None, now())
+    let candidates = connections::refresh_candidate_ids(&state.db, None, None, now())
         .await
         .unwrap();
     assert!(candidates.is_empty(), "later sweeps do not read it until then");
     // Due at that time, and not a moment before.
-    let at = |t: telltale::storage::UtcTime| connections::refresh_candidates(&state.db, None, None, t);
+    let at = |t: telltale::storage::UtcTime| connections::refresh_candidate_ids(&state.db, None, None, t);
     assert_eq!(at(next).await.unwrap().len(), 1);
     let just_before = telltale::storage::UtcTime::new(next.0 - Span::seconds(1));
     assert!(at(just_before).await.unwrap().is_empty());

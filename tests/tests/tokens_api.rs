@@ -21,14 +21,18 @@ fn json_headers() -> Vec<(String, String)> {
     vec![("content-type".into(), "application/json".into())]
 }
 
-/// The newest JSON log line whose message starts with `start`.
-fn log_line(server: &TestServer, start: &str) -> Value {
+/// The newest JSON log line whose message starts with `start` (waiting a moment for it: the
+/// server's output is read as it comes).
+async fn log_line(server: &TestServer, start: &str) -> Value {
+    let starts = |line: &str| {
+        serde_json::from_str::<Value>(line)
+            .is_ok_and(|v| v["message"].as_str().is_some_and(|m| m.starts_with(start)))
+    };
     server
-        .logs()
-        .iter()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"].as_str().is_some_and(|m| m.starts_with(start)))
+        .logs_matching(1, Duration::from_secs(5), starts)
+        .await
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no {start:?} line in:\n{}", server.log_text()))
 }
 
@@ -264,10 +268,11 @@ async fn the_cron_endpoint_needs_its_secret(backend: Backend) {
     }
     // Each refusal is logged with the client's address (never what it presented) and counted.
     let refusals = server
-        .logs()
-        .iter()
-        .filter(|l| l.contains("cron call refused") && l.contains("127.0.0.1"))
-        .count();
+        .logs_matching(4, Duration::from_secs(5), |l| {
+            l.contains("cron call refused") && l.contains("127.0.0.1")
+        })
+        .await
+        .len();
     assert_eq!(refusals, 4, "{}", server.log_text());
     let metrics = server.metrics().await;
     assert_eq!(
@@ -456,7 +461,7 @@ async fn connections_are_reauthorised_disabled_and_enabled(backend: Backend) {
         (Some("needs_reauth"), Some(1))
     );
     // One warn line says so, with the reason class and the HTTP status.
-    let line = log_line(&server, "token refresh refused");
+    let line = log_line(&server, "token refresh refused").await;
     assert_eq!(
         (
             line["level"].as_str(),
@@ -581,7 +586,7 @@ async fn a_cleared_token_is_fetched_anew(backend: Backend) {
     let (code, _) = post_with_headers(&refresh, &[], "").await;
     assert_eq!(code, 200);
     // Each refresh is one info line with the new expiry and how long the token is valid.
-    let line = log_line(&server, "token refreshed");
+    let line = log_line(&server, "token refreshed").await;
     assert_eq!(
         (line["level"].as_str(), line["name"].as_str()),
         (Some("INFO"), Some("machine")),
@@ -594,7 +599,7 @@ async fn a_cleared_token_is_fetched_anew(backend: Backend) {
         "{line}"
     );
     // And each sweep one line, with the soonest expiry.
-    let sweep = log_line(&server, "token sweep");
+    let sweep = log_line(&server, "token sweep").await;
     assert!(
         sweep["checked"].is_u64() && sweep["soonest_expiry"].is_string(),
         "{sweep}"

@@ -510,12 +510,12 @@ pub async fn alert_candidates(
 /// (`NULL`: new or changed since), optionally of one provider or one id. Both backends answer
 /// from the `next_refresh_at` index, so the sweep reads what is due, not every connection.
 /// Whether each is really due is decided by the caller (leads differ by provider).
-pub async fn refresh_candidates(
+pub async fn refresh_candidate_ids(
     db: &Db,
     provider: Option<&str>,
     id: Option<i64>,
     at: UtcTime,
-) -> StorageResult<Vec<Connection>> {
+) -> StorageResult<Vec<i64>> {
     db_run!(db, |conn| {
         let mut query = connections::table
             .filter(
@@ -529,7 +529,7 @@ pub async fn refresh_candidates(
                     .is_not_null()
                     .or(connections::credentials.is_not_null()),
             )
-            .select(Connection::as_select())
+            .select(connections::id)
             .into_boxed();
         if let Some(provider) = provider {
             query = query.filter(connections::provider.eq(provider.to_owned()));
@@ -539,9 +539,23 @@ pub async fn refresh_candidates(
         }
         // Sorted here, not by the query: an ORDER BY id leads SQLite to scan the table in id
         // order instead of reading the `next_refresh_at` index.
-        let mut due: Vec<Connection> = query.load(conn).await?;
-        due.sort_by_key(|c| c.id);
+        let mut due: Vec<i64> = query.load(conn).await?;
+        due.sort_unstable();
         Ok(due)
+    })
+}
+
+/// The connections with these ids, in id order (the sweep reads its candidates a page at a
+/// time through this, so judging many never holds them all in memory).
+pub async fn connections_by_ids(db: &Db, ids: &[i64]) -> StorageResult<Vec<Connection>> {
+    db_run!(db, |conn| {
+        let mut rows: Vec<Connection> = connections::table
+            .filter(connections::id.eq_any(ids))
+            .select(Connection::as_select())
+            .load(conn)
+            .await?;
+        rows.sort_by_key(|c| c.id);
+        Ok(rows)
     })
 }
 

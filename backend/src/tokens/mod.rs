@@ -55,6 +55,15 @@ pub struct SweepReport {
     pub results: Vec<ConnectionResult>,
 }
 
+/// Candidates read and judged per page in a sweep.
+const JUDGE_PAGE: usize = 2000;
+
+/// One page of a sweep's candidates, judged.
+struct Judged {
+    due: Vec<Connection>,
+    soonest_expiry: Option<UtcTime>,
+}
+
 #[derive(Debug, Clone)]
 pub struct SweepRequest {
     pub trigger: RefreshTrigger,
@@ -178,19 +187,21 @@ impl RefreshEngine {
         &self.http
     }
 
-    /// Refreshes every due connection (or reports what would be refreshed, for a dry run).
-    pub async fn sweep(&self, request: &SweepRequest, at: UtcTime) -> StorageResult<SweepReport> {
-        let idle = self.settings.idle_refresh_days;
-        let candidates =
-            connections::refresh_candidates(&self.db, request.provider.as_deref(), request.connection_id, at)
-                .await?;
-        let considered = candidates.len();
-        let soonest_expiry = candidates.iter().filter_map(|c| c.expires_at).min();
-        // Candidates not due yet (new or changed since their last sweep) get their time
-        // written, so later sweeps skip them until then.
+    /// Splits one page of candidates into the due ones (returned) and the ones not due yet
+    /// (new or changed since their last sweep), whose time is written so later sweeps skip
+    /// them until then.
+    async fn judge(
+        &self,
+        request: &SweepRequest,
+        ids: &[i64],
+        at: UtcTime,
+        idle: Duration,
+    ) -> StorageResult<Judged> {
+        let page = connections::connections_by_ids(&self.db, ids).await?;
+        let soonest_expiry = page.iter().filter_map(|c| c.expires_at).min();
         let mut due = Vec::new();
         let mut later = Vec::new();
-        for c in candidates {
+        for c in page {
             match providers::provider_for(&c.provider).map(|p| next_refresh_at(&c, p, idle)) {
                 Some(next) if next > at => later.push((c.id, next, c.updated_at)),
                 Some(_) => due.push(c),
@@ -200,6 +211,29 @@ impl RefreshEngine {
         }
         if !request.dry_run {
             connections::schedule_refreshes(&self.db, &later).await?;
+        }
+        Ok(Judged { due, soonest_expiry })
+    }
+
+    /// Refreshes every due connection (or reports what would be refreshed, for a dry run).
+    pub async fn sweep(&self, request: &SweepRequest, at: UtcTime) -> StorageResult<SweepReport> {
+        let idle = self.settings.idle_refresh_days;
+        let candidates = connections::refresh_candidate_ids(
+            &self.db,
+            request.provider.as_deref(),
+            request.connection_id,
+            at,
+        )
+        .await?;
+        let considered = candidates.len();
+        let mut soonest_expiry = None;
+        let mut due = Vec::new();
+        // Judged a page at a time, so a sweep over many unjudged connections (the first after
+        // an upgrade, a bulk import) holds one page of rows, not all of them.
+        for page in candidates.chunks(JUDGE_PAGE) {
+            let judged = self.judge(request, page, at, idle).await?;
+            soonest_expiry = soonest_expiry.into_iter().chain(judged.soonest_expiry).min();
+            due.extend(judged.due);
         }
         let results: Vec<ConnectionResult> = if request.dry_run {
             let mut results = Vec::new();

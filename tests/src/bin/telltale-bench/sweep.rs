@@ -178,7 +178,7 @@ async fn selection_times(state: &telltale::app::AppState, rounds: usize) -> Resu
     let mut times = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
-        let due = connections::refresh_candidates(&state.db, None, None, now())
+        let due = connections::refresh_candidate_ids(&state.db, None, None, now())
             .await
             .map_err(|e| e.to_string())?;
         times.push(t.elapsed());
