@@ -90,6 +90,10 @@ pub fn state_label(code: &str) -> String {
         "needs_reauth" => "needs re-authorisation".to_owned(),
         "invalid_credentials" => "credentials refused".to_owned(),
         "held_back" => "held back".to_owned(),
+        // A webhook source's states (their codes are upper case in the API).
+        "ACTIVE" => "active".to_owned(),
+        "STALE" => "stale".to_owned(),
+        "WAITING" => "waiting for the first event".to_owned(),
         other => other.replace('_', " "),
     }
 }

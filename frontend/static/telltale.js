@@ -60,7 +60,13 @@
       const fresh = page.querySelector("main");
       if (!fresh) return;
       const note = main.querySelector(".flash");
+      // Panels a person opened or closed stay so (the fresh page has their initial state).
+      const opened = new Map([...main.querySelectorAll("details[id]")].map((d) => [d.id, d.open]));
       main.innerHTML = fresh.innerHTML;
+      for (const [id, open] of opened) {
+        const panel = document.getElementById(id);
+        if (panel && panel.tagName === "DETAILS") panel.open = open;
+      }
       if (note && !note.hidden) main.querySelector(".flash").replaceWith(note);
       decorate(main);
     } catch (_) { /* offline: keep what is shown */ }

@@ -211,7 +211,8 @@ async fn webhook_health_events_and_rejections(backend: Backend) {
     let quiet = by_name("quiet-site");
     assert_eq!(
         (quiet["status"].as_str(), quiet["events_last_day"].as_i64()),
-        (Some("STALE"), Some(0))
+        (Some("WAITING"), Some(0)),
+        "set up moments ago and never heard from: waiting for its first event, not stale"
     );
     assert_eq!(quiet["webhook_uuid"], "uuid-quiet");
     assert_eq!(

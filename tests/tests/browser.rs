@@ -436,6 +436,32 @@ async fn a_new_user_sets_up_a_blank_install_in_a_real_browser() {
     assert!(help.contains("waiting for the first request"), "{help}");
     assert!(help.contains("no webhook secret yet"), "{help}");
     browser.screenshot("webhooks-connect-mdp").await;
+    // Closed by hand, the panel stays closed across the page's live refresh.
+    let is_open = "return document.getElementById('connect-mdp').open;";
+    assert_eq!(
+        browser.client.execute(is_open, vec![]).await.unwrap(),
+        json!(true)
+    );
+    browser.click("#connect-mdp summary").await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('sources').dataset.before = 'refresh';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let refreshed = "return !document.getElementById('sources').dataset.before;";
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while browser.client.execute(refreshed, vec![]).await.unwrap() != json!(true) {
+        assert!(Instant::now() < deadline, "the page did not refresh itself");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        browser.client.execute(is_open, vec![]).await.unwrap(),
+        json!(false),
+        "the live refresh reopened the panel"
+    );
 
     // The link is spent.
     browser.client.goto(&setup_url).await.unwrap();

@@ -240,6 +240,15 @@ async fn the_webhooks_page_says_what_to_paste_into_mdp(backend: Backend) {
         html.contains("id=\"connect-mdp\" open"),
         "open until MDP is heard from"
     );
+    // A source set up moments ago that has not delivered yet waits, in neutral words.
+    assert!(
+        html.contains("<span class=\"status waiting\">waiting for the first event</span>"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("status stale"),
+        "not stale before its period and grace"
+    );
     // The URL follows the host the browser used (behind a proxy, without a public URL set).
     let html = page("/webhooks", Some("telltale.example.com")).await;
     assert!(

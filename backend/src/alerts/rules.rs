@@ -237,8 +237,9 @@ fn webhook_source_stale(
 ) -> Option<Firing> {
     let period = std::time::Duration::from_secs(s.period_secs.max(0) as u64);
     let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
-    let baseline = s.last_event_at.or(Some(s.created_at));
-    if crate::milesight::source_status(baseline, period, grace, at) != SourceStatus::Stale {
+    if crate::milesight::source_status(s.last_event_at, s.created_at, period, grace, at)
+        != SourceStatus::Stale
+    {
         return None;
     }
     let quiet: usize = offline

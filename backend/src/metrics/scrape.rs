@@ -301,8 +301,8 @@ impl DbGauges {
             self.webhook_stale_after
                 .with_label_values(&[&s.name])
                 .set((period + grace).as_secs_f64());
-            let stale =
-                crate::milesight::source_status(Some(baseline), period, grace, at) == SourceStatus::Stale;
+            let stale = crate::milesight::source_status(s.last_event_at, s.created_at, period, grace, at)
+                == SourceStatus::Stale;
             self.webhook_stale
                 .with_label_values(&[&s.name])
                 .set(i64::from(stale));

@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use crate::storage::{SourceStatus, UtcTime};
 
-/// `ACTIVE` while the source's last event is within `period + grace` of `now`, else `STALE`
-/// (also when nothing ever arrived).
+/// `ACTIVE` while the source's last event is within `period + grace` of `now`; a source that
+/// never delivered is `WAITING` until `period + grace` after it was set up (`created_at`);
+/// otherwise `STALE`.
 pub fn source_status(
     last_event_at: Option<UtcTime>,
+    created_at: UtcTime,
     period: Duration,
     grace: Duration,
     now: UtcTime,
@@ -26,6 +28,7 @@ pub fn source_status(
     let allowed = chrono::Duration::from_std(period + grace).unwrap_or(chrono::Duration::MAX);
     match last_event_at {
         Some(last) if now.0 - last.0 <= allowed => SourceStatus::Active,
+        None if now.0 - created_at.0 <= allowed => SourceStatus::Waiting,
         _ => SourceStatus::Stale,
     }
 }
@@ -40,8 +43,28 @@ mod tests {
         let now = UtcTime::new(chrono::Utc.timestamp_opt(10_000, 0).unwrap());
         let ago = |secs: i64| Some(UtcTime::new(now.0 - chrono::Duration::seconds(secs)));
         let (period, grace) = (Duration::from_secs(900), Duration::from_secs(300));
-        assert_eq!(source_status(ago(1200), period, grace, now), SourceStatus::Active);
-        assert_eq!(source_status(ago(1201), period, grace, now), SourceStatus::Stale);
-        assert_eq!(source_status(None, period, grace, now), SourceStatus::Stale);
+        let set_up = ago(5000).unwrap();
+        assert_eq!(
+            source_status(ago(1200), set_up, period, grace, now),
+            SourceStatus::Active
+        );
+        assert_eq!(
+            source_status(ago(1201), set_up, period, grace, now),
+            SourceStatus::Stale
+        );
+        assert_eq!(
+            source_status(None, set_up, period, grace, now),
+            SourceStatus::Stale
+        );
+        let new = ago(1200).unwrap();
+        assert_eq!(
+            source_status(None, new, period, grace, now),
+            SourceStatus::Waiting,
+            "set up within its period and grace, nothing yet: waiting, not stale"
+        );
+        assert_eq!(
+            source_status(None, ago(1201).unwrap(), period, grace, now),
+            SourceStatus::Stale
+        );
     }
 }

@@ -249,7 +249,11 @@ text_enum! {
     pub enum SourceStatus {
         /// Its last event is within its period plus grace.
         Active = "ACTIVE",
-        /// Nothing within its period plus grace (or nothing ever).
+        /// Nothing ever arrived, and it was set up less than its period plus grace ago: a new
+        /// source waiting for its first event, not a broken one.
+        Waiting = "WAITING",
+        /// Nothing within its period plus grace (for a source that never delivered: since it
+        /// was set up).
         Stale = "STALE",
     }
 }

@@ -50,7 +50,7 @@ pub async fn source_statuses(state: &AppState) -> Result<Vec<(String, SourceStat
 fn status_of(source: &WebhookSource, at: UtcTime) -> SourceStatus {
     let period = std::time::Duration::from_secs(source.period_secs.max(0) as u64);
     let grace = std::time::Duration::from_secs(source.grace_secs.max(0) as u64);
-    source_status(source.last_event_at, period, grace, at)
+    source_status(source.last_event_at, source.created_at, period, grace, at)
 }
 
 /// Every source with its status and event counts (the API and the webhooks page).

@@ -177,6 +177,11 @@ fn tiles(health: &Health) -> Vec<Tile> {
             tone: tone(sources_in(SourceStatus::Stale), 0),
             counts: vec![
                 tile_count(sources_in(SourceStatus::Stale), "stale", "bad"),
+                tile_count(
+                    sources_in(SourceStatus::Waiting),
+                    "waiting for the first event",
+                    "",
+                ),
                 tile_count(sources_in(SourceStatus::Active), "active", "good"),
             ],
         },
