@@ -18,6 +18,7 @@ both_backends!(
     due_connections_refresh_and_rotated_tokens_are_kept,
     a_revoked_grant_needs_reauth_and_is_not_retried,
     transient_errors_are_retried_honouring_retry_after,
+    rate_limits_never_add_attempts_and_long_waits_are_scheduled,
     presets_authenticate_the_client_their_way,
     a_dry_run_changes_nothing,
     concurrent_manual_and_scheduled_refresh_make_one_call,
@@ -282,6 +283,69 @@ async fn transient_errors_are_retried_honouring_retry_after(backend: Backend) {
     assert!(down_row.last_error.unwrap().contains("502"));
 }
 
+/// A platform that keeps answering 429 gets `max_attempts` requests, never more, however short
+/// its `Retry-After`; one asking for longer than `tokens.max_retry_wait_secs` gets one request,
+/// the refresh ends at once and the connection is next due when the platform said.
+async fn rate_limits_never_add_attempts_and_long_waits_are_scheduled(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/busy"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/closed-for-an-hour"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "3600"))
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let busy = connection(&state, "busy", &format!("{}/busy", server.uri()), None, 1).await;
+    let closed = connection(
+        &state,
+        "closed",
+        &format!("{}/closed-for-an-hour", server.uri()),
+        None,
+        1,
+    )
+    .await;
+    let report = state
+        .token_engine
+        .sweep(&sweep_request(false), now())
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 2, "{:?}", report.results);
+    let requests = server.received_requests().await.unwrap();
+    let to = |p: &str| requests.iter().filter(|r| r.url.path() == p).count();
+    assert_eq!(to("/busy"), 3, "tokens.max_attempts, Retry-After or not");
+    assert_eq!(
+        to("/closed-for-an-hour"),
+        1,
+        "an hour is past the wait a refresh allows"
+    );
+    let closed_row = connections::get_connection(&state.db, closed).await.unwrap();
+    let next = closed_row.next_refresh_at.expect("due when the platform said");
+    let in_an_hour = now().0 + Span::seconds(3600);
+    assert!(
+        next.0 > in_an_hour - Span::seconds(60) && next.0 <= in_an_hour,
+        "{next:?}"
+    );
+    assert!(closed_row.last_error.unwrap().contains("429"));
+    // The next sweep leaves it alone; the busy one is asked again.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(issued("at-ok", None))
+        .mount(&server)
+        .await;
+    let report = state
+        .token_engine
+        .sweep(&sweep_request(false), now())
+        .await
+        .unwrap();
+    let ids: Vec<i64> = report.results.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![busy], "{:?}", report.results);
+}
+
 async fn presets_authenticate_the_client_their_way(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = MockServer::start().await;
@@ -486,15 +550,42 @@ async fn a_failing_upstream_opens_its_circuit_and_spares_the_others(backend: Bac
         3,
         "requests stop once the circuit is open"
     );
-    // Every connection's failure is still logged and visible, with the reason.
-    let last = connections::get_connection(&state.db, on_down[5]).await.unwrap();
-    assert!(
-        last.last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("circuit is open"),
-        "{last:?}"
+    // The connections that reached the platform keep what it said; those the open circuit
+    // spared keep their facts (no failure in a row, no error of Telltale's own), and the
+    // sweep's result says why and what the platform last said.
+    for reached in &on_down[..2] {
+        let row = connections::get_connection(&state.db, *reached).await.unwrap();
+        assert_eq!(row.consecutive_failures, 1, "{row:?}");
+        assert!(
+            row.last_error.as_deref().unwrap_or("").contains("HTTP 503"),
+            "{row:?}"
+        );
+    }
+    let spared = connections::get_connection(&state.db, on_down[5]).await.unwrap();
+    assert_eq!(
+        (spared.consecutive_failures, spared.last_error.as_deref()),
+        (0, None),
+        "not attempted is not a failure of the platform's"
     );
+    let detail = report
+        .results
+        .iter()
+        .find(|r| r.id == on_down[5])
+        .and_then(|r| r.detail.clone())
+        .unwrap();
+    assert!(
+        detail.starts_with("not attempted: OAuth 2.0 failed repeatedly; its circuit is open since ")
+            && detail.ends_with("; the platform last said: nothing yet"),
+        "{detail}"
+    );
+    // The refresh log and the attempts metric count the requests made, the same three.
+    let failures = refresh_log::recent(&state.db, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e.success)
+        .count();
+    assert_eq!(failures, 3);
     let upstream = format!("oauth2_refresh {}", down.address());
     let metrics = state.metrics.render(&state.db).await;
     let sample =

@@ -8,7 +8,7 @@
 //! Per process: each replica learns an upstream's health from its own calls.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use failsafe::{Config, Instrument, StateMachine, backoff, failure_policy};
@@ -17,11 +17,20 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 type Policy = failure_policy::ConsecutiveFailures<backoff::Exponential>;
 pub type Breaker = StateMachine<Policy, Observer>;
 
+/// When each open circuit first opened (kept through half-open retries until it closes), so a
+/// refusal can say since when calls are paused.
+type OpenedAt = Arc<Mutex<HashMap<String, crate::storage::UtcTime>>>;
+
+fn lock(opened: &OpenedAt) -> std::sync::MutexGuard<'_, HashMap<String, crate::storage::UtcTime>> {
+    opened.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Logs and counts one upstream's circuit changes.
 pub struct Observer {
     upstream: String,
     open: IntGauge,
     refused: IntCounter,
+    opened_at: OpenedAt,
 }
 
 impl Instrument for Observer {
@@ -31,6 +40,9 @@ impl Instrument for Observer {
 
     fn on_open(&self) {
         self.open.set(1);
+        lock(&self.opened_at)
+            .entry(self.upstream.clone())
+            .or_insert_with(crate::storage::now);
         tracing::warn!(upstream = %self.upstream, "circuit opened: the upstream keeps failing; calls to it are paused");
     }
 
@@ -44,6 +56,7 @@ impl Instrument for Observer {
             tracing::info!(upstream = %self.upstream, "circuit closed: the upstream answers again");
         }
         self.open.set(0);
+        lock(&self.opened_at).remove(&self.upstream);
     }
 }
 
@@ -51,6 +64,7 @@ pub struct Circuits {
     failures: u32,
     open_for: Duration,
     breakers: Mutex<HashMap<String, Breaker>>,
+    opened_at: OpenedAt,
     open: IntGaugeVec,
     refused: IntCounterVec,
 }
@@ -61,6 +75,7 @@ impl Circuits {
             failures,
             open_for,
             breakers: Mutex::new(HashMap::new()),
+            opened_at: OpenedAt::default(),
             open,
             refused,
         }
@@ -80,6 +95,7 @@ impl Circuits {
                     upstream: upstream.to_owned(),
                     open: self.open.with_label_values(&[upstream]),
                     refused: self.refused.with_label_values(&[upstream]),
+                    opened_at: self.opened_at.clone(),
                 };
                 Config::new()
                     .failure_policy(failure_policy::consecutive_failures(
@@ -90,6 +106,11 @@ impl Circuits {
                     .build()
             })
             .clone()
+    }
+
+    /// Since when `upstream`'s circuit has been open (`None` while closed).
+    pub fn open_since(&self, upstream: &str) -> Option<crate::storage::UtcTime> {
+        lock(&self.opened_at).get(upstream).copied()
     }
 }
 
@@ -145,6 +166,8 @@ mod tests {
             "other upstreams unaffected"
         );
         assert_eq!(circuits.open.with_label_values(&["spotify"]).get(), 1);
+        assert!(circuits.open_since("spotify").is_some());
+        assert_eq!(circuits.open_since("github"), None);
         assert_eq!(circuits.refused.with_label_values(&["spotify"]).get(), 2);
 
         std::thread::sleep(Duration::from_millis(1100));
@@ -152,6 +175,7 @@ mod tests {
         a.on_success();
         assert!(a.is_call_permitted());
         assert_eq!(circuits.open.with_label_values(&["spotify"]).get(), 0);
+        assert_eq!(circuits.open_since("spotify"), None, "forgotten once closed");
     }
 
     #[test]

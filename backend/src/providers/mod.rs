@@ -48,6 +48,7 @@ pub struct DerivedToken {
 }
 
 /// The result of one refresh attempt, in the terms the engine acts on.
+#[derive(Clone)]
 pub enum Outcome {
     Refreshed(Issued),
     /// Worth retrying: timeouts, 5xx, 429 (with the server's `Retry-After`), garbage.

@@ -55,6 +55,14 @@ pub struct SweepReport {
     pub results: Vec<ConnectionResult>,
 }
 
+/// What a refresh's attempts came to.
+enum Attempted {
+    /// The platform answered (the last answer, when there were retries).
+    Answered(Result<Issued, Outcome>),
+    /// The upstream's circuit is open: no request was sent. Says since when.
+    NotAttempted(String),
+}
+
 /// Candidates read and judged per page in a sweep.
 const JUDGE_PAGE: usize = 2000;
 
@@ -425,8 +433,35 @@ impl RefreshEngine {
             ));
         }
         let secrets = connections::secrets(&self.crypto, connection)?;
-        let result = self.attempt(connection, provider, &secrets, request).await;
-        self.record(connection, request, result).await
+        match self.attempt(connection, provider, &secrets, request).await {
+            Attempted::Answered(result) => self.record(connection, request, result).await,
+            Attempted::NotAttempted(note) => Ok(self.not_attempted(connection, request, note)),
+        }
+    }
+
+    /// The upstream's circuit refused the refresh before any request: nothing about the
+    /// connection changes (its last error stays the platform's last real answer, and its
+    /// failures in a row count only requests that reached the platform); the result says both.
+    fn not_attempted(
+        &self,
+        connection: &Connection,
+        request: &SweepRequest,
+        note: String,
+    ) -> ConnectionResult {
+        let platform_said = connection
+            .last_error
+            .as_deref()
+            .map_or_else(|| "nothing yet".to_owned(), str::to_owned);
+        let detail = format!("{note}; the platform last said: {platform_said}");
+        tracing::warn!(
+            connection = connection.id,
+            provider = %connection.provider,
+            name = %connection.name,
+            trigger = request.trigger.as_str(),
+            reason = "circuit_open",
+            "token refresh not attempted: {detail}"
+        );
+        result_of(connection, RefreshOutcome::Failed, Some(detail))
     }
 
     /// Asks the provider for a new token, retrying transient failures with backoff (a
@@ -437,7 +472,7 @@ impl RefreshEngine {
         provider: &'static dyn Provider,
         secrets: &ConnectionSecrets,
         request: &SweepRequest,
-    ) -> Result<Issued, Outcome> {
+    ) -> Attempted {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(30))
@@ -450,14 +485,15 @@ impl RefreshEngine {
         let quota_key = own_setting(connection, "quota_key").and_then(|v| v.as_str().map(str::to_owned));
         let upstream = circuit::upstream_of(provider.kind(), connection.base_url.as_deref());
         let breaker = self.circuits.breaker(&upstream);
+        // The platform's last answer in this refresh, should the circuit open between attempts.
+        let last_answer: std::sync::Mutex<Option<Outcome>> = std::sync::Mutex::new(None);
+        let refused = std::sync::atomic::AtomicBool::new(false);
         let attempt = || async {
             if !breaker.is_call_permitted() {
-                let message = format!("not attempted: {upstream} failed repeatedly; its circuit is open");
-                self.log(connection, request, false, Err(message.clone()), Duration::ZERO)
-                    .await;
                 // Not retried now (retrying would only wait out backoff against an open
-                // circuit); stored like any failure, and the next sweep asks again.
-                return Err(Outcome::Failed(message.into()));
+                // circuit), and not an attempt: no request, no refresh-log row.
+                refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(Outcome::Failed("circuit open".into()));
             }
             if let Some(key) = quota_key.as_deref() {
                 // Counted towards the platform's daily quota, but never refused for it: a lapsed
@@ -472,22 +508,60 @@ impl RefreshEngine {
                 Outcome::Transient { .. } => breaker.on_error(),
                 _ => breaker.on_success(),
             }
+            if let Ok(mut last) = last_answer.lock() {
+                *last = outcome.failure().map(|_| outcome.clone());
+            }
             match outcome {
                 Outcome::Refreshed(issued) => Ok(issued),
                 other => Err(other),
             }
         };
-        attempt
+        let max_wait = self.settings.max_retry_wait_secs;
+        let result = attempt
             .retry(backoff)
             .when(|o: &Outcome| matches!(o, Outcome::Transient { .. }))
-            .adjust(|o: &Outcome, delay| match o {
-                Outcome::Transient {
-                    retry_after: Some(wait),
-                    ..
-                } => Some((*wait).min(Duration::from_secs(300))),
-                _ => delay,
+            .adjust(move |o: &Outcome, delay| {
+                // The attempts are spent: stop, whatever the platform asked for.
+                let delay = delay?;
+                match o {
+                    // Longer than a refresh may wait: stop now; `record` schedules the next
+                    // attempt for when the platform said.
+                    Outcome::Transient {
+                        retry_after: Some(wait),
+                        ..
+                    } if *wait > max_wait => None,
+                    Outcome::Transient {
+                        retry_after: Some(wait),
+                        ..
+                    } => Some(*wait),
+                    _ => Some(delay),
+                }
             })
-            .await
+            .await;
+        if !refused.load(std::sync::atomic::Ordering::Relaxed) {
+            return Attempted::Answered(result);
+        }
+        // Refused by the circuit: after a real answer in this refresh, that answer is the
+        // result; before any, nothing was asked.
+        match last_answer.into_inner().ok().flatten() {
+            Some(answer) => Attempted::Answered(Err(answer)),
+            None => {
+                let since = self
+                    .circuits
+                    .open_since(&upstream)
+                    .map(|at| {
+                        format!(
+                            " since {}",
+                            crate::present::when(at, now(), crate::present::zone())
+                        )
+                    })
+                    .unwrap_or_default();
+                Attempted::NotAttempted(format!(
+                    "not attempted: {} failed repeatedly; its circuit is open{since}",
+                    crate::present::provider_name(provider.kind())
+                ))
+            }
+        }
     }
 
     /// One call to the provider, bounded by the connection's own timeout when it has one
@@ -574,9 +648,14 @@ impl RefreshEngine {
                 );
                 result_of(&stored, RefreshOutcome::NeedsReauth, Some(failure.message))
             }
-            Err(Outcome::Transient { failure, .. }) => {
-                self.record_failure(connection, request, "transient", failure, at)
-                    .await?
+            Err(Outcome::Transient { failure, retry_after }) => {
+                let result = self
+                    .record_failure(connection, request, "transient", failure, at)
+                    .await?;
+                if let Some(wait) = retry_after.filter(|w| *w > self.settings.max_retry_wait_secs) {
+                    self.retry_when_asked(connection, wait).await?;
+                }
+                result
             }
             Err(Outcome::Failed(failure)) => {
                 self.record_failure(connection, request, "refused", failure, at)
@@ -617,6 +696,24 @@ impl RefreshEngine {
             stored.consecutive_failures
         );
         Ok(result_of(&stored, RefreshOutcome::Failed, Some(failure.message)))
+    }
+
+    /// A platform asked to wait longer than a refresh waits (`Retry-After` over
+    /// `tokens.max_retry_wait_secs`): the connection is next due when it said, not at the next
+    /// sweep.
+    async fn retry_when_asked(&self, connection: &Connection, wait: Duration) -> StorageResult<()> {
+        let stored = connections::get_connection(&self.db, connection.id).await?;
+        let next = UtcTime::new(now().0 + chrono::Duration::from_std(wait).unwrap_or_default());
+        connections::schedule_refreshes(&self.db, &[(stored.id, next, stored.updated_at)]).await?;
+        tracing::info!(
+            connection = connection.id,
+            name = %connection.name,
+            retry_after_secs = wait.as_secs(),
+            next_attempt = %next,
+            "the platform asked to wait {} s before the next token request; tried again then",
+            wait.as_secs()
+        );
+        Ok(())
     }
 
     /// Records the tokens a consent screen's code was exchanged for (trigger `connect`): one

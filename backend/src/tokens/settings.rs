@@ -22,6 +22,10 @@ settings! {
         /// Timeout of each token request to a platform (refresh, code exchange, login); the
         /// Milesight token takes `milesight.request_timeout_secs` instead.
         request_timeout_secs: Duration = secs(10, 1..=600), env "TELLTALE_TOKEN_REQUEST_TIMEOUT_SECS";
+        /// The longest `Retry-After` a refresh waits out before its next attempt; a platform
+        /// asking for longer ends the refresh at once, and the connection is tried again when
+        /// the platform said (so a sweep, the CLI and Refresh now return promptly).
+        max_retry_wait_secs: Duration = secs(30, 1..=3600), env "TELLTALE_TOKEN_MAX_RETRY_WAIT_SECS";
         /// Transient failures in a row from one upstream (provider kind and host) that open its
         /// circuit: refreshes against it are then refused locally until it closes.
         circuit_failures: u32 = count(5, 1..=1000), env "TELLTALE_TOKEN_CIRCUIT_FAILURES";
