@@ -512,8 +512,9 @@ async fn manage_connections(config: Config, action: ConnectionsCommand) -> anyho
             .map(|()| println!("deleted connection {id}")),
         ConnectionsCommand::ClearToken { id } => manage::clear_token(&state.db, id, "cli").await.map(|c| {
             println!(
-                "cleared the tokens of connection {id} ({}); the next refresh logs in anew",
-                c.name
+                "connection {id} ({}): tokens {}",
+                c.name,
+                manage::cleared_meaning(&c)
             )
         }),
     };

@@ -611,6 +611,38 @@ async fn a_cleared_token_is_fetched_anew(backend: Backend) {
     );
     assert_eq!(after["status"], "active");
 
+    // A refresh-token grant cannot log in anew: cleared, it needs Reconnect at once and says
+    // so, and no platform is asked for anything.
+    let (code, granted) = create(
+        &server,
+        json!({"account": "acme", "provider": "oauth2_refresh", "name": "granted",
+               "base_url": format!("{}/grant-token", provider.uri()),
+               "credentials": {"client_id": "g", "client_secret": "CANARY-g-secret"},
+               "access_token": "CANARY-granted-at", "refresh_token": "CANARY-granted-rt"}),
+    )
+    .await;
+    assert_eq!(code, 201, "{granted}");
+    let granted_id = granted["id"].as_i64().unwrap();
+    let cleared: Value = telltale_e2e::api_client()
+        .delete(server.url(&format!("/api/connections/{granted_id}/token")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cleared["status"], "needs_reauth", "{cleared}");
+    let why = cleared["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("Reconnect needed") && why.contains("no platform was asked"),
+        "{cleared}"
+    );
+    let asked = provider.received_requests().await.unwrap();
+    assert!(
+        asked.iter().all(|r| r.url.path() != "/grant-token"),
+        "no request for a cleared grant"
+    );
+
     let missing = telltale_e2e::api_client()
         .delete(server.url("/api/connections/999999/token"))
         .send()

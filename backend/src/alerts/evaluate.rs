@@ -103,7 +103,7 @@ pub fn notification_for(config: &Config, alert: &Alert, notice: Notice) -> Optio
     {
         return None;
     }
-    let look = format!("{}/api/alerts/{}", config.alerts.public_url, alert.id);
+    let look = format!("{}/alerts/{}", config.alerts.public_url, alert.id);
     let (kind, name, subject, headline) = match notice {
         Notice::Resolved => (
             "alert_resolved",

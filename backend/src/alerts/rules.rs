@@ -127,7 +127,7 @@ fn poll_alert(poll: &PollState, name: &str, config: &AlertsConfig) -> Firing {
             "Last error: {}\nLast success: {}\nTelltale retried each poll with backoff and keeps the last good data.\nLook here: {}",
             poll.last_error.as_deref().unwrap_or("-"),
             when(poll.last_success_at),
-            link(config, "/api/polling")
+            link(config, "/polling")
         ),
     }
 }
@@ -160,7 +160,7 @@ fn token_condition(c: &Connection, held: &[String], config: &AlertsConfig, at: U
 }
 
 fn token_needs_reauth(c: &Connection, severity: Severity, held: &str, config: &AlertsConfig) -> Firing {
-    let look = link(config, &format!("/api/connections/{}", c.id));
+    let look = link(config, &format!("/connections/{}", c.id));
     Firing {
         rule: AlertRule::TokenNeedsReauth,
         subject: format!("connection:{}", c.id),
@@ -171,7 +171,7 @@ fn token_needs_reauth(c: &Connection, severity: Severity, held: &str, config: &A
             format!("{} connection {} needs re-authorisation", c.provider, c.name)
         },
         details: format!(
-            "The provider refused the grant: {}\nSince: {}\nTelltale stopped refreshing it; a person must supply new credentials or tokens.{held}\nLook here: {look}",
+            "Why: {}\nSince: {}\nTelltale stopped refreshing it; a person must Reconnect it or supply new credentials or tokens.{held}\nLook here: {look}",
             c.last_error.as_deref().unwrap_or("-"),
             when(c.last_refresh_attempt_at)
         ),
@@ -179,7 +179,7 @@ fn token_needs_reauth(c: &Connection, severity: Severity, held: &str, config: &A
 }
 
 fn token_refresh_failing(c: &Connection, severity: Severity, held: &str, config: &AlertsConfig) -> Firing {
-    let look = link(config, &format!("/api/connections/{}", c.id));
+    let look = link(config, &format!("/connections/{}", c.id));
     Firing {
         rule: AlertRule::TokenRefreshFailing,
         subject: format!("connection:{}", c.id),
@@ -204,7 +204,7 @@ fn token_runway(c: &Connection, severity: Severity, config: &AlertsConfig, at: U
         return None;
     }
     let left = (expires.0 - at.0).num_seconds();
-    let look = link(config, &format!("/api/connections/{}", c.id));
+    let look = link(config, &format!("/connections/{}", c.id));
     Some(Firing {
         rule: AlertRule::TokenRunway,
         subject: format!("connection:{}", c.id),
@@ -260,7 +260,7 @@ fn webhook_source_stale(
             "Expected at least every {} (+{} grace).\n{quiet} offline device(s) of this source are folded into this alert.\nCheck the webhook in the Milesight Development Platform and Telltale's rejected requests.\nLook here: {}",
             present::duration(s.period_secs),
             present::duration(s.grace_secs),
-            link(config, "/api/webhooks/sources")
+            link(config, "/webhooks")
         ),
     })
 }
@@ -279,7 +279,7 @@ fn milesight_system_notice(s: &WebhookSource, config: &AlertsConfig, at: UtcTime
             "Notice at {}: {}\nMDP may have stopped pushing or hit its daily limit.\nLook here: {}",
             when(Some(notice_at)),
             s.last_system_notice.as_deref().unwrap_or("-"),
-            link(config, "/api/webhooks/sources")
+            link(config, "/webhooks")
         ),
     })
 }
@@ -329,7 +329,7 @@ fn device_offline(d: &Device, config: &AlertsConfig) -> Firing {
             when(d.last_seen_at),
             d.expected_interval_secs
                 .map_or_else(|| "-".into(), present::duration),
-            link(config, &format!("/api/devices/{}", d.id))
+            link(config, &format!("/devices/{}", d.id))
         ),
     }
 }

@@ -217,6 +217,12 @@ pub trait Provider: Send + Sync {
     fn refresh_unknown_expiry_at_once(&self) -> bool {
         false
     }
+    /// Whether stored credentials alone get a new token (client credentials, a login), so
+    /// tokens cleared by hand come back at the next refresh; otherwise (refresh-token grants,
+    /// Meta) only Reconnect or a pasted token brings them back.
+    fn logs_in_with_credentials(&self) -> bool {
+        false
+    }
     /// Its consent screen, when its first tokens come from one (`None`: no "Connect").
     fn consent(&self, _connection: &Connection, _secrets: &ConnectionSecrets) -> Option<Consent> {
         None

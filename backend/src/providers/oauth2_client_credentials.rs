@@ -98,6 +98,10 @@ impl Provider for OAuth2ClientCredentials {
         }]
     }
 
+    fn logs_in_with_credentials(&self) -> bool {
+        true
+    }
+
     fn default_lead(&self) -> Duration {
         Duration::from_secs(300)
     }

@@ -249,6 +249,10 @@ impl Provider for PasswordLogin {
         }]
     }
 
+    fn logs_in_with_credentials(&self) -> bool {
+        true
+    }
+
     fn default_lead(&self) -> Duration {
         Duration::from_secs(600)
     }

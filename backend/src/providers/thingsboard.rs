@@ -68,6 +68,10 @@ impl Provider for ThingsBoard {
         }]
     }
 
+    fn logs_in_with_credentials(&self) -> bool {
+        true
+    }
+
     fn default_lead(&self) -> Duration {
         Duration::from_secs(300)
     }

@@ -646,19 +646,30 @@ pub async fn delete_connection(db: &Db, id: i64) -> StorageResult<()> {
     })
 }
 
-/// Forgets a connection's access and refresh tokens (credentials and settings stay), so the
-/// next refresh logs in anew; a disabled connection stays disabled.
-pub async fn clear_tokens(db: &Db, id: i64, at: UtcTime) -> StorageResult<Connection> {
+/// Forgets a connection's access and refresh tokens (credentials and settings stay); a
+/// disabled connection stays disabled. With `reconnect_needed` (no way to log in anew without
+/// a person) the connection needs re-authorisation, saying why; else it is `missing`, and the
+/// next refresh logs in anew.
+pub async fn clear_tokens(
+    db: &Db,
+    id: i64,
+    at: UtcTime,
+    reconnect_needed: Option<&str>,
+) -> StorageResult<Connection> {
     let current = get_connection(db, id).await?;
+    let status = match reconnect_needed {
+        Some(_) => ConnectionStatus::NeedsReauth,
+        None => ConnectionStatus::Missing,
+    };
     let changeset = ConnectionChangeset {
         access_token: Some(None),
         token_fingerprint: Some(None),
         refresh_token: Some(None),
         expires_at: Some(None),
         refresh_expires_at: Some(None),
-        status: (current.status != ConnectionStatus::Disabled).then_some(ConnectionStatus::Missing),
+        status: (current.status != ConnectionStatus::Disabled).then_some(status),
         consecutive_failures: Some(0),
-        last_error: Some(None),
+        last_error: Some(reconnect_needed.map(str::to_owned)),
         updated_at: Some(at),
         ..Default::default()
     };

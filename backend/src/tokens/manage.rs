@@ -195,12 +195,35 @@ pub(crate) fn merged(stored: Value, patch: Value) -> Value {
     Value::Object(stored)
 }
 
-/// Forgets the stored tokens (not the credentials or settings) so the next refresh logs in
-/// anew; recorded in the refresh log with trigger `clear`.
+/// Whether a connection gets new tokens by itself once its tokens are cleared: its provider
+/// logs in with stored credentials, and it has some.
+pub fn logs_in_anew(connection: &Connection) -> bool {
+    connection.credentials.is_some()
+        && crate::providers::provider_for(&connection.provider).is_some_and(|p| p.logs_in_with_credentials())
+}
+
+/// What clearing a connection's tokens means, in words for the API, the CLI and the log.
+pub fn cleared_meaning(connection: &Connection) -> &'static str {
+    if logs_in_anew(connection) {
+        "cleared: the next refresh logs in anew"
+    } else {
+        "cleared: Reconnect needed (this platform issues new tokens only through its consent screen, or paste them)"
+    }
+}
+
+/// Forgets the stored tokens (not the credentials or settings); recorded in the refresh log
+/// with trigger `clear`. A connection that cannot log in anew by itself then needs
+/// re-authorisation at once, saying so, rather than failing at the next refresh as if the
+/// platform had refused it.
 pub async fn clear_token(db: &Db, id: i64, actor: &str) -> Result<Connection, ManageError> {
     let before = connections::get_connection(db, id).await.map_err(storage(id))?;
     let at = crate::storage::now();
-    let cleared = connections::clear_tokens(db, id, at).await.map_err(storage(id))?;
+    let meaning = cleared_meaning(&before);
+    let reconnect =
+        (!logs_in_anew(&before)).then(|| format!("tokens {meaning}; by {actor}, no platform was asked"));
+    let cleared = connections::clear_tokens(db, id, at, reconnect.as_deref())
+        .await
+        .map_err(storage(id))?;
     let entry = NewRefreshLogEntry {
         connection_id: Some(id),
         provider: before.provider.clone(),
@@ -215,7 +238,7 @@ pub async fn clear_token(db: &Db, id: i64, actor: &str) -> Result<Connection, Ma
         attempted_at: at,
     };
     refresh_log::append(db, &entry).await.map_err(storage(id))?;
-    tracing::info!(connection = id, provider = %before.provider, name = %before.name, %actor, "stored tokens cleared; the next refresh logs in anew");
+    tracing::info!(connection = id, provider = %before.provider, name = %before.name, %actor, "stored tokens {meaning}");
     Ok(cleared)
 }
 

@@ -33,6 +33,8 @@ struct ConnectionPage {
     label: String,
     account: String,
     consent: bool,
+    /// Whether cleared tokens come back by themselves (stored credentials log in anew).
+    logs_in_anew: bool,
     redirect_uri: String,
     fields: Vec<EditField>,
     log: Vec<RefreshLogEntry>,
@@ -64,6 +66,7 @@ pub async fn connection(
             .as_ref()
             .map_or_else(|| c.provider.clone(), |ch| ch.label.to_owned()),
         consent: choice.as_ref().is_some_and(|ch| ch.consent),
+        logs_in_anew: crate::tokens::manage::logs_in_anew(&c),
         fields: choice
             .as_ref()
             .map(|ch| edit_fields(ch, &c, &secrets))
