@@ -15,6 +15,7 @@ both_backends!(
     every_page_is_synced_and_fresher_webhook_state_wins,
     the_daily_request_budget_is_respected,
     a_refused_token_is_replaced_once,
+    an_unexpired_token_serves_while_its_renewal_fails,
 );
 
 async fn app(db: &TestDb, mdp: &MockServer, budget: u32) -> AppState {
@@ -218,4 +219,43 @@ async fn a_refused_token_is_replaced_once(backend: Backend) {
         .filter(|r| r.url.path() == "/oauth/token")
         .count();
     assert_eq!(tokens, 2, "the refused token was replaced once");
+}
+
+/// The token is due for renewal (within `milesight.token_lead_secs` of expiry) and MDP now
+/// refuses the client credentials: the sync goes on with the token in hand, still valid for
+/// minutes, while the connection reports the refusal.
+async fn an_unexpired_token_serves_while_its_renewal_fails(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mdp = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "data": {"access_token": "tok-1", "refresh_token": "r", "expires_in": 200, "refresh_token_expires_in": 2591999},
+            "status": "Success", "requestId": "t"
+        })))
+        .up_to_n_times(1)
+        .mount(&mdp)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+            "status": "Failed", "requestId": "t2", "errCode": "authentication_failed", "errMsg": "client secret changed"
+        })))
+        .mount(&mdp)
+        .await;
+    mount_page(&mdp, 1, 1, vec![device("SN-Y", "ONLINE", 50.0, 0)]).await;
+    let state = app(&db, &mdp, 1000).await;
+    assert_eq!(sync(&state).await.unwrap(), "1 device(s) synced from 1 page(s)");
+    // The second sync wants a new token (200 s left is inside the 300 s lead); MDP refuses.
+    assert_eq!(sync(&state).await.unwrap(), "1 device(s) synced from 1 page(s)");
+    let requests = mdp.received_requests().await.unwrap();
+    let count = |p: &str| requests.iter().filter(|r| r.url.path() == p).count();
+    assert_eq!(count("/oauth/token"), 2, "one fetch, one refused renewal");
+    assert_eq!(count("/device/openapi/v1/devices/search"), 2);
+    let status = state.milesight_token.status(now()).await.unwrap();
+    let shown = serde_json::to_string(&status).unwrap();
+    assert!(
+        shown.contains("needs_reauth") || shown.contains("invalid_credentials"),
+        "{shown}"
+    );
 }

@@ -536,10 +536,18 @@ async fn a_failing_poll_keeps_the_last_good_data(backend: Backend) {
     );
 }
 
+/// A revoked grant polls on with its token while that is unexpired (the refresh engine and its
+/// alert report the grant); once the token has expired, its polls are skipped and reported.
 async fn revoked_connections_are_skipped_and_reported(backend: Backend) {
     let db = TestDb::new(backend).await;
     let state = app(&db).state().await;
     let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"items": [], "next": null, "total": 0})),
+        )
+        .mount(&api)
+        .await;
     let id = spotify(&state, &api, "acme", "sp").await;
     connections::record_refresh_failure(
         &state.db,
@@ -551,6 +559,33 @@ async fn revoked_connections_are_skipped_and_reported(backend: Backend) {
     .await
     .unwrap();
     let report = sweep(&state, None, now()).await;
+    assert_eq!(
+        (report.polls, report.skipped, report.failed),
+        (2, 0, 0),
+        "the token in hand still works: {:?}",
+        report.results
+    );
+    assert_eq!(api.received_requests().await.unwrap().len(), 2);
+
+    // The token expires; the next due polls are skipped without a request.
+    api.reset().await;
+    let expired = connections::ConnectionUpdate {
+        expires_at: Some(Some((now().0 - Span::minutes(1)).into())),
+        ..Default::default()
+    };
+    connections::update_connection(&state.db, &state.crypto, id, &expired)
+        .await
+        .unwrap();
+    connections::record_refresh_failure(
+        &state.db,
+        id,
+        Some(telltale::storage::ConnectionStatus::NeedsReauth),
+        "invalid_grant",
+        now(),
+    )
+    .await
+    .unwrap();
+    let report = sweep(&state, None, later(24 * 60)).await;
     assert_eq!((report.polls, report.skipped, report.failed), (2, 2, 0));
     assert!(
         report

@@ -97,6 +97,10 @@ pub enum SaveError {
     Token(#[from] TokenError),
 }
 
+/// A token this close to expiry is not handed out while its renewal fails: a request sent with
+/// it could arrive after it lapsed.
+const STILL_USABLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Hands out the Milesight token. Keeps the last one read from the database, so callers do
 /// not decrypt it on every request; refreshes go through the refresh engine.
 pub struct TokenKeeper {
@@ -320,11 +324,33 @@ impl TokenKeeper {
         if let Some(token) = self.cached_fresh(now(), self.settings.token_lead_secs) {
             return Ok(token);
         }
-        let (_, id) = self.refresh_due(Trigger::OnDemand, now()).await?;
+        let id = match self.refresh_due(Trigger::OnDemand, now()).await {
+            Ok((_, id)) => id,
+            Err(err) => {
+                // The renewal failed (or the credentials were refused), but the token in hand
+                // still works until it expires: the inventory and polls go on with it, and the
+                // failure is for the refresh engine and its alert to report.
+                if let Some(token) = self.token_in_hand().await {
+                    tracing::warn!(error = %err, "Milesight token renewal failed; using the current token until it expires");
+                    return Ok(token);
+                }
+                return Err(err);
+            }
+        };
         // Refreshed by us or by whoever held the lock first: either way, read what is stored.
         self.reload(id)
             .await?
             .ok_or_else(|| TokenError::Upstream("no token available".into()))
+    }
+
+    /// The current token, cached or stored, while it has more than `STILL_USABLE_FOR` left.
+    async fn token_in_hand(&self) -> Option<String> {
+        if let Some(token) = self.cached_fresh(now(), STILL_USABLE_FOR) {
+            return Some(token);
+        }
+        let connection = self.connection().await.ok()?;
+        self.remember(&connection).ok()??;
+        self.cached_fresh(now(), STILL_USABLE_FOR)
     }
 
     /// Reads the stored token of connection `id` into the cache and returns it if usable.

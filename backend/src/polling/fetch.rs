@@ -76,7 +76,7 @@ pub async fn poll(
         http_status: None,
     };
     let connection_id = connection.id;
-    if connection.status.waits_for_a_person() {
+    if !can_poll(connection) {
         return Err(Failure::Skipped(connection.status));
     }
     let token = usable_token(engine, connection).await?;
@@ -181,6 +181,20 @@ fn next_page(
 }
 
 /// The stored access token, refreshed first when it is missing or about to expire.
+/// Whether a connection's polls run: not while it is disabled; while it needs
+/// re-authorisation only until its token in hand expires (the refresh engine and its alert
+/// report the grant meanwhile).
+pub fn can_poll(connection: &Connection) -> bool {
+    let token_expired = connection
+        .expires_at
+        .is_none_or(|e| e.0 <= now().0 + chrono::Duration::seconds(30));
+    match connection.status {
+        ConnectionStatus::Disabled => false,
+        ConnectionStatus::NeedsReauth => !token_expired,
+        _ => true,
+    }
+}
+
 async fn usable_token(engine: &PollEngine, connection: &Connection) -> Result<String, Failure> {
     let soon = now().0 + chrono::Duration::seconds(60);
     let mut connection = connection.clone();
@@ -194,7 +208,16 @@ async fn usable_token(engine: &PollEngine, connection: &Connection) -> Result<St
                 http_status: None,
             })?;
         if result.outcome == RefreshOutcome::NeedsReauth {
-            return Err(Failure::Skipped(ConnectionStatus::NeedsReauth));
+            // The grant is gone, but the token in hand works until it expires: poll with it
+            // while it does (the refresh engine and its alert report the grant).
+            let still_valid = connection
+                .expires_at
+                .is_some_and(|e| e.0 > now().0 + chrono::Duration::seconds(30));
+            let in_hand = connections::secrets(&engine.crypto, &connection)
+                .ok()
+                .and_then(|s| s.access_token)
+                .filter(|_| still_valid);
+            return in_hand.ok_or(Failure::Skipped(ConnectionStatus::NeedsReauth));
         }
         connection = connections::get_connection(&engine.db, connection.id)
             .await

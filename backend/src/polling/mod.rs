@@ -414,9 +414,9 @@ fn record_fetch(finished: &mut Finished, fetched: Result<fetch::Fetched, Failure
 }
 
 /// What a dry run reports for a due pair: it would be polled, unless its connection waits
-/// for a person.
+/// for a person (`fetch::can_poll`).
 fn would_poll(c: &Connection, e: &Endpoint) -> PollResult {
-    let usable = !c.status.waits_for_a_person();
+    let usable = fetch::can_poll(c);
     let outcome = if usable {
         PollOutcome::WouldPoll
     } else {
