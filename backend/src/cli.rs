@@ -643,7 +643,7 @@ async fn send_test_notification(config: Config, endpoint: Option<String>) -> any
             Ok(()) => println!("sent test notification {} to endpoint {}", row.id, row.recipients),
             Err(error) => {
                 eprintln!(
-                    "test notification {} to endpoint {} not delivered: {error}; it stays in the outbox and the service retries it",
+                    "test notification {} to endpoint {} not delivered: {error}",
                     row.id, row.recipients
                 );
                 failed.push(row.recipients.clone());
@@ -667,6 +667,12 @@ async fn send_test_email(config: Config, to: Vec<String>) -> anyhow::Result<()> 
         anyhow::bail!("{bad:?} is not an email address");
     }
     let state = one_shot_state(config).await?;
+    if !state.mailer.can_email() {
+        state.db.close();
+        anyhow::bail!(
+            "no SMTP server is configured: set email.smtp_url (SMTP_URL), e.g. smtp://user:password@mail.example.com:587"
+        );
+    }
     let (email, result) = state.mailer.send_test(&to).await?;
     state.db.close();
     match result {
@@ -675,7 +681,7 @@ async fn send_test_email(config: Config, to: Vec<String>) -> anyhow::Result<()> 
             Ok(())
         }
         Err(error) => anyhow::bail!(
-            "test email {} to {} not sent: {error}; it stays in the outbox and the service retries it",
+            "test email {} to {} not sent: {error}",
             email.id,
             email.recipients
         ),

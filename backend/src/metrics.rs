@@ -199,6 +199,12 @@ instruments! {
         "Failed alert webhook delivery attempts (each is retried later), by endpoint",
         &["endpoint"],
     ),
+    /// Notifications given up undelivered after `alerts.notification_max_age_secs`, by channel.
+    notifications_expired: IntCounterVec = counter_vec(
+        "telltale_notifications_expired_total",
+        "Notifications given up undelivered after alerts.notification_max_age_secs, by channel (email, webhook)",
+        &["channel"],
+    ),
 }
 
 /// The process's registry and everything in it. Field access reaches the instruments
@@ -271,6 +277,7 @@ impl Metrics {
             failures: self.email_failures.clone(),
             webhooks_sent: self.alert_webhooks_sent.clone(),
             webhook_failures: self.alert_webhook_failures.clone(),
+            expired: self.notifications_expired.clone(),
         }
     }
 }

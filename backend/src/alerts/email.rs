@@ -27,6 +27,8 @@ use crate::storage::{Db, StorageResult, UtcTime, now};
 pub const OUTBOX_JOB: &str = "email-outbox";
 /// Emails attempted per outbox run.
 const BATCH: i64 = 100;
+/// The outbox kind of a notice that another notification was given up.
+const NOTIFICATION_FAILED: &str = "notification_failed";
 
 /// Delivers the outbox. Built from exactly what it uses: the database, its `[email]` section
 /// and the webhook endpoints, an HTTP client, its instruments and the process's lease name.
@@ -49,6 +51,9 @@ pub struct Mailer {
     webhook_timeout: Duration,
     webhooks_sent: prometheus::IntCounterVec,
     webhook_failures: prometheus::IntCounterVec,
+    /// How long a notification is retried before it is given up.
+    max_age: Duration,
+    expired: prometheus::IntCounterVec,
 }
 
 /// The instruments the mailer counts with.
@@ -58,6 +63,8 @@ pub struct MailerMetrics {
     /// Webhook deliveries that the endpoint accepted, and failed attempts, by endpoint.
     pub webhooks_sent: prometheus::IntCounterVec,
     pub webhook_failures: prometheus::IntCounterVec,
+    /// Notifications given up undelivered, by channel.
+    pub expired: prometheus::IntCounterVec,
 }
 
 /// What one outbox run did.
@@ -69,6 +76,8 @@ pub struct Delivery {
     /// Messages handed to the SMTP server (a digest carries several emails).
     pub messages: usize,
     pub pending: i64,
+    /// Notifications given up in this run (older than `alerts.notification_max_age_secs`).
+    pub expired: usize,
 }
 
 impl Mailer {
@@ -117,6 +126,8 @@ impl Mailer {
             webhook_timeout: alerts.webhook_timeout_secs,
             webhooks_sent: metrics.webhooks_sent,
             webhook_failures: metrics.webhook_failures,
+            max_age: alerts.notification_max_age_secs,
+            expired: metrics.expired,
         })
     }
 
@@ -282,7 +293,10 @@ impl Mailer {
     /// Sends every due email (one outbox run); alert emails for the same recipients go together.
     pub async fn deliver_due(&self) -> StorageResult<Delivery> {
         let instance = &self.instance;
-        let mut delivery = Delivery::default();
+        let mut delivery = Delivery {
+            expired: self.give_up_old().await?,
+            ..Default::default()
+        };
         let mut alone = Vec::new();
         // Keyed by channel and recipients (addresses, or the webhook endpoint's name).
         let mut grouped: std::collections::BTreeMap<(String, String), Vec<OutboxEmail>> = Default::default();
@@ -322,6 +336,87 @@ impl Mailer {
         Ok(delivery)
     }
 
+    /// Gives up notifications not delivered within `alerts.notification_max_age_secs`: each is
+    /// marked failed with its last error, counted, written into its alert's history, and
+    /// announced through the other channel (so a dead SMTP server is reported by webhook, and
+    /// the other way round). Returns how many.
+    async fn give_up_old(&self) -> StorageResult<usize> {
+        let at = now();
+        let cutoff = UtcTime::new(at.0 - chrono::Duration::from_std(self.max_age).unwrap_or_default());
+        let expired = outbox::expire(&self.db, cutoff, at).await?;
+        for row in &expired {
+            self.expired.with_label_values(&[row.channel.as_str()]).inc();
+            let last_error = row.last_error.as_deref().unwrap_or("never attempted");
+            let fact = format!(
+                "{} to {} ({}) given up after {}: {last_error}",
+                row.channel,
+                row.recipients,
+                row.subject,
+                crate::present::duration(self.max_age.as_secs() as i64)
+            );
+            tracing::error!(outbox = row.id, channel = %row.channel, recipients = %row.recipients, "notification not delivered: {fact}");
+            if let Some(alert_id) = row.alert_id {
+                crate::storage::alerts::note(
+                    &self.db,
+                    alert_id,
+                    crate::storage::AlertEventKind::NotificationFailed,
+                    &fact,
+                    at,
+                )
+                .await?;
+            }
+            if row.kind != NOTIFICATION_FAILED {
+                self.announce_failure(row, &fact).await?;
+            }
+        }
+        Ok(expired.len())
+    }
+
+    /// Queues word of a given-up notification on the channels other than its own (never about
+    /// an announcement itself, so two dead channels do not feed each other).
+    async fn announce_failure(&self, row: &OutboxEmail, fact: &str) -> StorageResult<()> {
+        let subject = "[Telltale] A notification could not be delivered";
+        let text = format!(
+            "Telltale could not deliver a notification and gave it up: {fact}.\nCheck Settings → Notifications; the alert stays open in Telltale."
+        );
+        if row.channel != EMAIL && self.transport.is_some() && !self.on_call.is_empty() {
+            let (text_part, html_part) = templates::notice(&text);
+            outbox::enqueue(
+                &self.db,
+                &NewEmail {
+                    alert_id: None,
+                    channel: EMAIL,
+                    kind: NOTIFICATION_FAILED,
+                    recipients: &self.on_call,
+                    subject,
+                    body_text: &text_part,
+                    body_html: &html_part,
+                },
+                now(),
+            )
+            .await?;
+        }
+        if row.channel != WEBHOOK {
+            for hook in &self.webhooks {
+                outbox::enqueue(
+                    &self.db,
+                    &NewEmail {
+                        alert_id: None,
+                        channel: WEBHOOK,
+                        kind: NOTIFICATION_FAILED,
+                        recipients: std::slice::from_ref(&hook.name),
+                        subject,
+                        body_text: &text,
+                        body_html: "",
+                    },
+                    now(),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a test email to `to` (or the on-call list) and tries it at once.
     pub async fn send_test(&self, to: &[String]) -> StorageResult<(OutboxEmail, Result<(), String>)> {
         let recipients: Vec<String> = if to.is_empty() {
@@ -343,14 +438,23 @@ impl Mailer {
         .await
     }
 
-    /// Queues one outbox row and tries it at once; the row as it then stands, and the attempt's
-    /// result (a failed one waits in the outbox for its retry).
+    /// Whether an SMTP server is configured (without one, nothing is queued for email).
+    pub fn can_email(&self) -> bool {
+        self.transport.is_some()
+    }
+
+    /// Queues a test and tries it at once; the row as it then stands, and the attempt's result.
+    /// A test is a question answered within the request: a failed one is given up at once,
+    /// never retried.
     async fn queue_and_try(&self, row: &NewEmail<'_>) -> StorageResult<(OutboxEmail, Result<(), String>)> {
         let queued = outbox::enqueue(&self.db, row, now()).await?;
         let result = match self.deliver(queued.id).await? {
             Some(result) => result,
             None => Err("taken by another process".into()),
         };
+        if result.is_err() {
+            outbox::give_up(&self.db, queued.id, now()).await?;
+        }
         Ok((outbox::get(&self.db, queued.id).await?, result))
     }
 
@@ -401,8 +505,8 @@ pub fn job_specs(config: &Config, mailer: &Arc<Mailer>) -> Vec<JobSpec> {
         run: run_with(mailer.clone(), |mailer| async move {
             let delivery = mailer.deliver_due().await?;
             Ok(format!(
-                "{} sent, {} failed, {} pending",
-                delivery.sent, delivery.failed, delivery.pending
+                "{} sent, {} failed, {} pending, {} given up",
+                delivery.sent, delivery.failed, delivery.pending, delivery.expired
             ))
         }),
     }]

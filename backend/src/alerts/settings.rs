@@ -49,6 +49,10 @@ settings! {
         runway_secs: Duration = secs(120, 1..=30 * 86_400), env "TELLTALE_ALERT_RUNWAY_SECS";
         /// Email when an alert resolves.
         notify_resolved: bool = flag(true), env "TELLTALE_ALERT_NOTIFY_RESOLVED";
+        /// How long a notification (email or alert webhook) is retried; past it, it is given up
+        /// as failed, shown in the outbox and its alert's history, counted, and announced
+        /// through the other channels.
+        notification_max_age_secs: Duration = secs(86_400, 1..=30 * 86_400), env "TELLTALE_ALERT_NOTIFICATION_MAX_AGE_SECS";
         /// Reminders while an alert stays firing: after the first email, then after each
         /// reminder; the last delay repeats.
         reminders: Vec<Duration> = reminders("1h, 4h, 24h"), env "TELLTALE_ALERT_REMINDERS";

@@ -101,6 +101,17 @@ pub fn test(host: &str) -> (String, String) {
     (render(&TestText { host }), render(&TestHtml { host }))
 }
 
+#[derive(Template)]
+#[template(source = "<p>{{ text }}</p>", ext = "html")]
+struct NoticeHtml<'a> {
+    text: &'a str,
+}
+
+/// (text, html) fragments of a plain notice from Telltale itself (a given-up notification).
+pub fn notice(text: &str) -> (String, String) {
+    (text.to_owned(), render(&NoticeHtml { text }))
+}
+
 /// The complete bodies sent for stored fragments.
 pub fn layout(text: &str, html: &str) -> (String, String) {
     (

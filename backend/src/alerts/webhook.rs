@@ -139,6 +139,8 @@ pub fn alert_json(alert: &Alert, notice: &str, public_url: &str) -> Value {
 pub fn message(rows: &[OutboxEmail], title: &str, at: UtcTime) -> String {
     let test = rows.iter().all(|r| r.alert_id.is_none());
     let kind = match rows {
+        // A test, or Telltale's own notice (`notification_failed`): its kind as stored.
+        [one] if test => one.kind.clone(),
         _ if test => "test".to_owned(),
         [one] => one.kind.replacen("alert_", "alert.", 1),
         _ => "alert.digest".to_owned(),

@@ -390,6 +390,20 @@ pub async fn set_silenced(
 }
 
 /// Acknowledges an open alert (someone is on it); `None` when it is not open.
+/// Appends one line to an alert's history.
+pub async fn note(
+    db: &Db,
+    alert_id: i64,
+    kind: AlertEventKind,
+    detail: &str,
+    at: UtcTime,
+) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        record_event!(conn, alert_id, kind, Some(detail), at);
+        Ok(())
+    })
+}
+
 pub async fn acknowledge(db: &Db, id: i64, by: &str, at: UtcTime) -> StorageResult<Option<Alert>> {
     db_run!(db, |conn| {
         conn.transaction::<_, StorageError, _>(async |tx| {

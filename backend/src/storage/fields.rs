@@ -294,6 +294,8 @@ text_enum! {
         Silenced = "silenced",
         Unsilenced = "unsilenced",
         Resolved = "resolved",
+        /// A notification was given up undelivered (the detail says which, and its last error).
+        NotificationFailed = "notification_failed",
     }
 }
 

@@ -36,6 +36,9 @@ pub struct OutboxEmail {
     pub created_at: UtcTime,
     /// `email` (to `recipients`) or `webhook` (to the endpoint `recipients` names).
     pub channel: String,
+    /// When it was given up: not delivered within `alerts.notification_max_age`, or a test
+    /// that failed. Never retried after.
+    pub failed_at: Option<UtcTime>,
 }
 
 /// The channel of a webhook notification.
@@ -79,6 +82,7 @@ pub async fn due(db: &Db, at: UtcTime, limit: i64) -> StorageResult<Vec<i64>> {
     db_run!(db, |conn| {
         Ok(outbox::table
             .filter(outbox::sent_at.is_null())
+            .filter(outbox::failed_at.is_null())
             .filter(outbox::next_attempt_at.le(at))
             .filter(
                 outbox::lease_expires_at
@@ -105,6 +109,7 @@ pub async fn claim(
         Ok(diesel::update(outbox::table)
             .filter(outbox::id.eq(id))
             .filter(outbox::sent_at.is_null())
+            .filter(outbox::failed_at.is_null())
             .filter(
                 outbox::lease_expires_at
                     .is_null()
@@ -130,6 +135,7 @@ pub async fn waiting_alert_emails(
     db_run!(db, |conn| {
         Ok(outbox::table
             .filter(outbox::sent_at.is_null())
+            .filter(outbox::failed_at.is_null())
             .filter(outbox::alert_id.is_not_null())
             .filter(outbox::channel.eq(channel))
             .filter(outbox::recipients.eq(recipients))
@@ -191,7 +197,9 @@ pub async fn list(db: &Db, pending: bool, limit: i64) -> StorageResult<Vec<Outbo
     db_run!(db, |conn| {
         let mut query = outbox::table.select(OutboxEmail::as_select()).into_boxed();
         if pending {
-            query = query.filter(outbox::sent_at.is_null());
+            query = query
+                .filter(outbox::sent_at.is_null())
+                .filter(outbox::failed_at.is_null());
         }
         Ok(query.order(outbox::id.desc()).limit(limit).load(conn).await?)
     })
@@ -201,6 +209,7 @@ pub async fn pending_count(db: &Db) -> StorageResult<i64> {
     db_run!(db, |conn| {
         Ok(outbox::table
             .filter(outbox::sent_at.is_null())
+            .filter(outbox::failed_at.is_null())
             .count()
             .get_result(conn)
             .await?)
@@ -212,10 +221,40 @@ pub async fn oldest_pending(db: &Db) -> StorageResult<Option<UtcTime>> {
     db_run!(db, |conn| {
         Ok(outbox::table
             .filter(outbox::sent_at.is_null())
+            .filter(outbox::failed_at.is_null())
             .select(outbox::created_at)
             .order(outbox::created_at)
             .first(conn)
             .await
             .optional()?)
+    })
+}
+
+/// Gives up the notifications queued before `cutoff` and still undelivered: each is marked
+/// failed at `at`, keeping its last error. Returns them, once each (replicas racing mark each
+/// once).
+pub async fn expire(db: &Db, cutoff: UtcTime, at: UtcTime) -> StorageResult<Vec<OutboxEmail>> {
+    db_run!(db, |conn| {
+        Ok(diesel::update(
+            outbox::table
+                .filter(outbox::sent_at.is_null())
+                .filter(outbox::failed_at.is_null())
+                .filter(outbox::created_at.lt(cutoff)),
+        )
+        .set((outbox::failed_at.eq(at), outbox::lease_owner.eq(None::<String>)))
+        .returning(OutboxEmail::as_returning())
+        .get_results(conn)
+        .await?)
+    })
+}
+
+/// Gives up one notification now (a test whose one attempt failed).
+pub async fn give_up(db: &Db, id: i64, at: UtcTime) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        diesel::update(outbox::table.find(id).filter(outbox::sent_at.is_null()))
+            .set(outbox::failed_at.eq(at))
+            .execute(conn)
+            .await?;
+        Ok(())
     })
 }

@@ -273,6 +273,7 @@ diesel::table! {
         lease_expires_at -> Nullable<UtcTimestamp>,
         created_at -> UtcTimestamp,
         channel -> Text,
+        failed_at -> Nullable<UtcTimestamp>,
     }
 }
 

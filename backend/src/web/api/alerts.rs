@@ -20,13 +20,20 @@ pub struct TestEmail {
     to: Vec<String>,
 }
 
-/// `POST /api/alerts/test-email`: queue a test email and try it at once. 200 when the SMTP
-/// server took it; 502 when not (it stays queued and is retried).
+/// `POST /api/alerts/test-email`: send a test email at once. 200 when the SMTP server took it;
+/// 502 with what the server said when not (a test is not retried); 400 without an SMTP server
+/// or recipients (nothing is queued).
 pub async fn test_email(
     state: web::Data<AppState>,
     body: Option<web::Json<TestEmail>>,
 ) -> Result<HttpResponse, ApiError> {
     let to = body.map(|b| b.into_inner().to).unwrap_or_default();
+    if !state.mailer.can_email() {
+        return Err(ApiError::bad_request(
+            "no_smtp",
+            "no SMTP server is configured: set email.smtp_url (SMTP_URL), e.g. smtp://user:password@mail.example.com:587",
+        ));
+    }
     if to.is_empty() && state.config.email.on_call.is_empty() {
         return Err(ApiError::bad_request(
             "no_recipients",
