@@ -146,6 +146,15 @@ impl AppState {
             db.clone(),
             metrics.mailer(),
         )?);
+        let (email_channels, webhook_channels) = mailer.channels();
+        metrics
+            .notification_channels
+            .with_label_values(&["email"])
+            .set(email_channels as i64);
+        metrics
+            .notification_channels
+            .with_label_values(&["webhook"])
+            .set(webhook_channels as i64);
         let job_runner = Arc::new(Runner::new(db.clone(), instance.clone(), metrics.jobs()));
         let login_throttle = Arc::new(LoginThrottle::new(config.auth.login_attempts_per_minute));
         Ok(AppState {

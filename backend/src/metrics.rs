@@ -67,6 +67,13 @@ fn histogram_vec(
 instruments! {
     /// 1 once the database is reachable and migrated.
     ready: IntGauge = gauge("telltale_ready", "1 when the database is reachable and migrated, else 0"),
+    /// The notification channels that can deliver: `email` (an SMTP server and on-call
+    /// addresses: 1, else 0) and `webhook` (alert webhook endpoints configured).
+    notification_channels: IntGaugeVec = gauge_vec(
+        "telltale_notification_channels",
+        "Notification channels that can deliver alerts, by channel: email (1 with an SMTP server and on-call addresses, else 0) and webhook (endpoints configured)",
+        &["channel"],
+    ),
     /// Failed attempts to reach or migrate the database at start-up.
     startup_db_failures: IntCounter = counter(
         "telltale_startup_database_failures_total",

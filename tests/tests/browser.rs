@@ -425,6 +425,14 @@ async fn a_new_user_sets_up_a_blank_install_in_a_real_browser() {
             .await
             .contains("owner@example.com (admin)")
     );
+    // A blank install is not "All clear": it shows the steps to being watched and reachable.
+    let checklist = browser.text("#checklist").await;
+    assert!(
+        checklist.contains("Set a Milesight webhook secret")
+            && checklist.contains("Set up a notification channel"),
+        "{checklist}"
+    );
+    assert!(!browser.text("main").await.contains("All clear"));
     browser.screenshot("setup-done-overview").await;
 
     browser.client.goto(&server.url("/webhooks")).await.unwrap();

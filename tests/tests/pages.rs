@@ -12,7 +12,10 @@ use telltale_e2e::{
     mdp_reading, milesight_headers, nonce, post_with_headers, sign_in,
 };
 
-both_backends!(every_page_renders_a_row_of_everything);
+both_backends!(
+    every_page_renders_a_row_of_everything,
+    the_overview_says_all_clear_only_when_watching_and_reachable
+);
 
 const SECRET: &str = "CANARY-pages-secret";
 /// Nothing listens here: refreshes and polls fail fast, which fills the error columns.
@@ -143,7 +146,16 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
 
     let (cookie, _) = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
     let pages = [
-        ("/".to_owned(), vec!["Cold room is offline", "tile-devices"]),
+        (
+            "/".to_owned(),
+            vec![
+                "Cold room is offline",
+                "tile-devices",
+                // No SMTP server and no alert webhook here.
+                "These alerts reach nobody",
+                "Set up Telltale",
+            ],
+        ),
         (
             "/devices".to_owned(),
             vec!["6136PAGES01", "24D124707E04AAAA", "temperature"],
@@ -166,7 +178,12 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
         ),
         (
             "/alerts".to_owned(),
-            vec!["Cold room is offline", "Freezer is offline", "site-b maintenance"],
+            vec![
+                "Cold room is offline",
+                "Freezer is offline",
+                "site-b maintenance",
+                "These alerts reach nobody",
+            ],
         ),
         (
             format!("/alerts/{}", acked.id),
@@ -295,4 +312,82 @@ async fn the_webhooks_page_says_what_to_paste_into_mdp(backend: Backend) {
     assert!(page("/tokens", None).await.contains("No connected platforms yet"));
     assert!(page("/polling", None).await.contains("Nothing to poll yet"));
     assert!(page("/alerts", None).await.contains("Send test email"));
+}
+
+/// A blank install shows a checklist that ticks itself, never "All clear"; once an event has
+/// arrived and a notification channel has delivered a test, the overview says "All clear".
+async fn the_overview_says_all_clear_only_when_watching_and_reachable(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = telltale_e2e::SmtpSink::start().await;
+    let url = smtp.url();
+    let server = TestServer::start(
+        db.url(),
+        &[
+            ("MILESIGHT_WEBHOOK_SECRET", SECRET),
+            ("SMTP_URL", url.as_str()),
+            ("TELLTALE_ONCALL_EMAILS", "oncall@example.com"),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let (cookie, _) = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
+    let overview = || async {
+        let html = browser()
+            .get(server.url("/"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        html.replace("&#x2f;", "/")
+    };
+    let step = |html: &str, text: &str| {
+        let at = html
+            .find(text)
+            .unwrap_or_else(|| panic!("no step {text:?}: {html}"));
+        let item = &html[html[..at].rfind("<li").unwrap()..at];
+        item.contains("class=\"done\"")
+    };
+    let html = overview().await;
+    assert!(
+        html.contains("Set up Telltale") && !html.contains("All clear"),
+        "{html}"
+    );
+    assert!(
+        step(&html, "Set a Milesight webhook secret"),
+        "the secret is configured"
+    );
+    assert!(!step(&html, "Receive the first webhook event"));
+    assert!(!step(&html, "Set up a notification channel"), "not tested yet");
+    assert!(html.contains("href=\"/settings#notifications\""), "{html}");
+
+    let reading = mdp_reading(
+        "ev-clear-1",
+        "6136CLEAR01",
+        "PROPERTY",
+        chrono::Utc::now().timestamp_millis(),
+        json!({"temperature": 4.5}),
+    );
+    let headers = milesight_headers(SECRET, None, chrono::Utc::now().timestamp(), &nonce());
+    let (status, body) = post_with_headers(
+        &server.url("/webhooks/milesight"),
+        &headers,
+        json!([reading]).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (code, body) = post_with_headers(
+        &server.url("/api/alerts/test-email"),
+        &[("content-type".into(), "application/json".into())],
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let html = overview().await;
+    assert!(
+        html.contains("All clear") && !html.contains("Set up Telltale"),
+        "{html}"
+    );
 }

@@ -438,6 +438,13 @@ impl Mailer {
         .await
     }
 
+    /// The channels that can deliver an alert: email (an SMTP server and on-call addresses,
+    /// 0 or 1) and webhook endpoints.
+    pub fn channels(&self) -> (usize, usize) {
+        let email = usize::from(self.transport.is_some() && !self.on_call.is_empty());
+        (email, self.webhooks.len())
+    }
+
     /// Whether an SMTP server is configured (without one, nothing is queued for email).
     pub fn can_email(&self) -> bool {
         self.transport.is_some()

@@ -230,6 +230,20 @@ pub async fn oldest_pending(db: &Db) -> StorageResult<Option<UtcTime>> {
     })
 }
 
+/// Whether any test (email or notification) has been delivered: a channel proven to work.
+pub async fn a_test_was_delivered(db: &Db) -> StorageResult<bool> {
+    db_run!(db, |conn| {
+        let delivered: Option<i64> = outbox::table
+            .filter(outbox::kind.eq("test"))
+            .filter(outbox::sent_at.is_not_null())
+            .select(outbox::id)
+            .first(conn)
+            .await
+            .optional()?;
+        Ok(delivered.is_some())
+    })
+}
+
 /// Gives up the notifications queued before `cutoff` and still undelivered: each is marked
 /// failed at `at`, keeping its last error. Returns them, once each (replicas racing mark each
 /// once).

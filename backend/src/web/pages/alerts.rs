@@ -29,6 +29,8 @@ struct AlertsPage {
     tabs: [&'static str; 5],
     /// The tab shown: a state, or `open`.
     state: String,
+    /// Alerts are open and no channel can deliver them.
+    reaching_nobody: bool,
 }
 
 /// `GET /alerts?state=`
@@ -40,7 +42,10 @@ pub async fn alerts_page(
     let wanted = query.state.clone().unwrap_or_else(|| "open".into());
     // Anything unknown shows the open alerts, the page's default.
     let states = AlertState::selection(&wanted).unwrap_or_else(|_| AlertState::OPEN.to_vec());
+    let (email, webhooks) = state.mailer.channels();
+    let reaching_nobody = email + webhooks == 0 && !alerts::open_alerts(&state.db).await?.is_empty();
     render(&AlertsPage {
+        reaching_nobody,
         base: Base::new("Alerts", "/alerts", &staff),
         alerts: alerts::list(&state.db, &states, 200).await?,
         silences: alerts::silences(&state.db, now()).await?,

@@ -21,6 +21,18 @@ struct OverviewPage {
     base: Base,
     tiles: Vec<Tile>,
     problems: Vec<Problem>,
+    /// Until Telltale watches something and can reach someone, the steps that get it there.
+    checklist: Vec<Step>,
+    /// Alerts are open and no channel can deliver them.
+    reaching_nobody: bool,
+}
+
+/// One step of setting up a blank install, ticked once done.
+struct Step {
+    text: &'static str,
+    href: &'static str,
+    done: bool,
+    optional: bool,
 }
 
 /// One area's health on the overview.
@@ -54,6 +66,18 @@ struct Health {
     polls: i64,
     failing_polls: i64,
     open_alerts: Vec<Alert>,
+    setup: Setup,
+}
+
+/// How far a blank install has come.
+struct Setup {
+    webhook_secret: bool,
+    first_event: bool,
+    /// Email (an SMTP server and on-call addresses) or an alert webhook endpoint.
+    can_notify: bool,
+    channel_tested: bool,
+    openapi_tested: bool,
+    first_connection: bool,
 }
 
 /// How many of `items` there are of each kind.
@@ -89,10 +113,18 @@ pub async fn overview(
     staff: web::ReqData<Staff>,
 ) -> Result<HttpResponse, ApiError> {
     let health = gather(&state).await?;
+    let setup = &health.setup;
+    let watching = setup.first_event || setup.first_connection;
     render(&OverviewPage {
         base: Base::new("Overview", "/", &staff),
         problems: problems(&health),
         tiles: tiles(&health),
+        checklist: if watching && setup.can_notify {
+            Vec::new()
+        } else {
+            checklist(setup)
+        },
+        reaching_nobody: !setup.can_notify && !health.open_alerts.is_empty(),
     })
 }
 
@@ -105,7 +137,21 @@ async fn gather(state: &AppState) -> Result<Health, ApiError> {
         *devices.entry(g.status).or_default() += g.devices;
     }
     let polls = api::polling::list_data(state).await?;
+    let sources = crate::storage::deliveries::list_sources(&state.db).await?;
+    let (email, webhooks) = state.mailer.channels();
+    let is_milesight = |c: &ConnectionView| c.settings["preset"] == "milesight";
+    let setup = Setup {
+        webhook_secret: !state.intake.webhooks.all().await.is_empty(),
+        first_event: sources.iter().any(|s| s.last_event_at.is_some()),
+        can_notify: email + webhooks > 0,
+        channel_tested: crate::storage::outbox::a_test_was_delivered(&state.db).await?,
+        openapi_tested: connections
+            .iter()
+            .any(|c| is_milesight(c) && c.last_refresh_success_at.is_some()),
+        first_connection: connections.iter().any(|c| !is_milesight(c)),
+    };
     Ok(Health {
+        setup,
         tokens: summary,
         connections,
         sources: api::webhook_sources::source_statuses(state).await?,
@@ -114,6 +160,49 @@ async fn gather(state: &AppState) -> Result<Health, ApiError> {
         failing_polls: polls.iter().filter(|p| p.consecutive_failures > 0).count() as i64,
         open_alerts: alerts::open_alerts(&state.db).await?,
     })
+}
+
+/// The steps from a blank install to watched devices and a reachable on-call, each linking to
+/// where it is done.
+fn checklist(setup: &Setup) -> Vec<Step> {
+    let step = |text, href, done, optional| Step {
+        text,
+        href,
+        done,
+        optional,
+    };
+    vec![
+        step(
+            "Set a Milesight webhook secret",
+            "/settings#milesight",
+            setup.webhook_secret,
+            false,
+        ),
+        step(
+            "Receive the first webhook event from MDP",
+            "/webhooks",
+            setup.first_event,
+            false,
+        ),
+        step(
+            "Set up a notification channel (SMTP and on-call addresses, or an alert webhook) and send a test",
+            "/settings#notifications",
+            setup.can_notify && setup.channel_tested,
+            false,
+        ),
+        step(
+            "Test the Milesight OpenAPI application",
+            "/settings#milesight",
+            setup.openapi_tested,
+            true,
+        ),
+        step(
+            "Connect a first platform",
+            "/connections/new",
+            setup.first_connection,
+            true,
+        ),
+    ]
 }
 
 /// Firing alerts, stale sources and tokens a person must act on, in that order.
