@@ -111,6 +111,22 @@ pub fn provider_name(code: &str) -> &str {
     }
 }
 
+/// The product a connection is to its users: its preset's platform (Spotify, GitHub, the
+/// Milesight OpenAPI), else its provider's product ("other OAuth 2.0" for a plain refresh-token
+/// grant).
+pub fn product(provider: &str, preset: Option<&str>) -> String {
+    match (preset, provider) {
+        (Some("spotify"), _) => "Spotify".into(),
+        (Some("google"), _) => "Google".into(),
+        (Some("github"), _) => "GitHub".into(),
+        (Some("discord"), _) => "Discord".into(),
+        (Some("milesight"), _) => "Milesight OpenAPI".into(),
+        (_, "oauth2_refresh") => "other OAuth 2.0".into(),
+        (_, "meta_page") => "Facebook page".into(),
+        (_, code) => provider_name(code).to_owned(),
+    }
+}
+
 /// An optional instant, so the filters take `UtcTime` and `Option<UtcTime>` alike.
 pub trait Moment {
     fn instant(&self) -> Option<UtcTime>;
@@ -272,6 +288,19 @@ mod tests {
             when(at(11, 57, 0), now, Tz::Europe__Berlin),
             "2026-12-07 12:57:00 CET (3 min ago)"
         );
+    }
+
+    #[test]
+    fn connections_are_named_by_the_product_people_know() {
+        assert_eq!(product("oauth2_refresh", Some("spotify")), "Spotify");
+        assert_eq!(product("oauth2_refresh", Some("github")), "GitHub");
+        assert_eq!(product("oauth2_refresh", None), "other OAuth 2.0");
+        assert_eq!(
+            product("oauth2_client_credentials", Some("milesight")),
+            "Milesight OpenAPI"
+        );
+        assert_eq!(product("thingsboard", None), "ThingsBoard");
+        assert_eq!(product("meta_long_lived", None), "Meta");
     }
 
     #[test]

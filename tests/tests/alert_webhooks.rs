@@ -103,13 +103,13 @@ async fn alert_notifications_reach_signed_webhooks_beside_email(backend: Backend
     assert_eq!(alert["subject"], format!("connection:{id}"));
     assert_eq!(
         alert["summary"],
-        "token refresh of oauth2_refresh connection spotify-main failed 3 times in a row"
+        "Spotify connection 'spotify-main' cannot refresh its token (3 failed refreshes in a row)"
     );
     assert!(
         alert["details"]
             .as_str()
             .unwrap()
-            .contains("Last error: HTTP 503")
+            .contains("What the platform last said: HTTP 503")
     );
     let link = format!("{PUBLIC_URL}/alerts/{}", open[0].id);
     assert_eq!(alert["url"], link.as_str());
@@ -120,9 +120,8 @@ async fn alert_notifications_reach_signed_webhooks_beside_email(backend: Backend
     assert!(alert["first_seen_at"].is_string() && alert["resolved_at"].is_null());
     let text = body["text"].as_str().expect("a text for chat");
     assert!(
-        text.starts_with(
-            "[Telltale] FIRING (warning): token refresh of oauth2_refresh connection spotify-main"
-        ) && text.contains(&link),
+        text.starts_with("[Telltale] WARNING: Spotify connection 'spotify-main' cannot refresh its token")
+            && text.contains(&link),
         "{text}"
     );
     assert!(
@@ -160,7 +159,7 @@ async fn alert_notifications_reach_signed_webhooks_beside_email(backend: Backend
         resolved["text"]
             .as_str()
             .unwrap()
-            .starts_with("[Telltale] RESOLVED: token refresh")
+            .starts_with("[Telltale] RESOLVED: Spotify connection 'spotify-main'")
     );
     assert!(
         ops.received().iter().all(|r| r.accepted),
@@ -267,8 +266,8 @@ async fn silences_and_the_group_window_apply_to_webhooks(backend: Backend) {
     assert_eq!(
         summaries,
         [
-            "token refresh of oauth2_refresh connection spotify-backup failed 3 times in a row",
-            "token refresh of oauth2_refresh connection spotify-main failed 3 times in a row",
+            "Spotify connection 'spotify-backup' cannot refresh its token (3 failed refreshes in a row)",
+            "Spotify connection 'spotify-main' cannot refresh its token (3 failed refreshes in a row)",
         ],
         "the silenced one is held back"
     );

@@ -284,12 +284,22 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
     assert_eq!(messages.len(), 1, "one email per incident");
     let firing = &messages[0];
     assert!(
-        firing.contains("Subject: [Telltale] FIRING (warning): token refresh of oauth2_refresh connection spotify-main failed 3 times in a row"),
+        firing.contains("Subject: [Telltale] WARNING: Spotify connection 'spotify-main' cannot refresh its token (3 failed refreshes in a row)"),
         "{firing}"
     );
     assert!(firing.contains("To: oncall@example.com"));
-    assert!(firing.contains("Last error: HTTP 503"), "what broke: {firing}");
-    assert!(firing.contains("Since "), "since when: {firing}");
+    assert!(
+        firing.contains("What the platform last said: HTTP 503"),
+        "what broke: {firing}"
+    );
+    assert!(
+        firing.contains("Since ") && firing.contains(", for "),
+        "since when, and for how long: {firing}"
+    );
+    assert!(
+        !firing.contains("oauth2_refresh"),
+        "product names, not codes: {firing}"
+    );
     assert!(
         firing.contains("Telltale retries on every sweep"),
         "what was tried: {firing}"
@@ -317,12 +327,17 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
     assert_eq!(messages.len(), 2);
     assert!(
         messages[1].contains(
-            "Subject: [Telltale] RESOLVED: token refresh of oauth2_refresh connection spotify-main"
+            "Subject: [Telltale] RESOLVED: Spotify connection 'spotify-main' cannot refresh its token"
         ),
         "{}",
         messages[1]
     );
-    assert!(messages[1].contains("Recovered at"));
+    assert!(messages[1].contains("Recovered at") && messages[1].contains(", after "));
+    assert!(
+        !messages[1].contains("What the platform last said"),
+        "a recovery does not repeat the old error: {}",
+        messages[1]
+    );
     let (alert, history) = alerts::get(&state.db, open[0].id).await.unwrap();
     assert_eq!((alert.state.as_str(), alert.notify_count), ("resolved", 2));
     let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
@@ -461,7 +476,7 @@ async fn two_evaluators_open_and_email_each_incident_once(backend: Backend) {
     let messages = smtp.messages();
     assert_eq!(messages.len(), x.messages + y.messages);
     for i in 0..5 {
-        let needle = format!("connection c{i} failed");
+        let needle = format!("'c{i}'");
         assert_eq!(
             messages.iter().filter(|m| m.contains(&needle)).count(),
             1,
@@ -512,7 +527,9 @@ async fn the_service_alerts_on_call_end_to_end(backend: Backend) {
     let messages = smtp.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(messages.len(), 1, "on-call emailed:\n{}", server.log_text());
     assert!(
-        messages[0].contains("FIRING (warning): token refresh of oauth2_refresh connection spotify-main")
+        messages[0].contains("WARNING: other OAuth 2.0 connection 'spotify-main' cannot refresh its token"),
+        "no preset: the protocol, in words: {}",
+        messages[0]
     );
     assert!(messages[0].contains("HTTP 503"));
     assert!(!messages[0].contains("CANARY"));
@@ -626,10 +643,10 @@ async fn reminders_slow_down_while_an_alert_stays_open(backend: Backend) {
     state.mailer.deliver_due().await.unwrap();
     let messages = smtp.wait_for(5, Duration::from_secs(10)).await;
     assert_eq!(messages.len(), 5, "one firing email and four reminders");
-    assert!(messages[0].contains("Subject: [Telltale] FIRING"));
+    assert!(messages[0].contains("Subject: [Telltale] WARNING: "));
     for reminder in &messages[1..] {
         assert!(
-            reminder.contains("Subject: [Telltale] STILL FIRING (warning)"),
+            reminder.contains("Subject: [Telltale] WARNING, STILL FIRING:"),
             "{reminder}"
         );
     }
@@ -685,8 +702,7 @@ async fn silences_hold_back_notifications(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.messages().len(), 2);
     assert!(
-        messages[1]
-            .contains("FIRING (warning): token refresh of oauth2_refresh connection under-maintenance"),
+        messages[1].contains("WARNING: Spotify connection 'under-maintenance' cannot refresh its token"),
         "{}",
         messages[1]
     );
@@ -743,7 +759,7 @@ async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
         .expect("field team email");
     assert!(field.contains("lead@example.com"), "{field}");
     assert!(
-        field.contains("Subject: [Telltale] FIRING (warning): device 6136D000009 (6136D000009) is offline"),
+        field.contains("Subject: [Telltale] WARNING: device 6136D000009 (6136D000009) is offline"),
         "{field}"
     );
     assert!(!field.contains("spotify"));
@@ -793,7 +809,7 @@ async fn two_processes_on_one_postgres_email_each_incident_once() {
     // nobody sends one twice.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mentions = |messages: &[String], i: usize| {
-        let needle = format!("connection shared-{i} failed");
+        let needle = format!("'shared-{i}'");
         messages.iter().filter(|m| m.contains(&needle)).count()
     };
     loop {

@@ -104,21 +104,24 @@ pub fn notification_for(config: &Config, alert: &Alert, notice: Notice) -> Optio
         return None;
     }
     let look = format!("{}/alerts/{}", config.alerts.public_url, alert.id);
+    let severity = alert.severity.to_uppercase();
+    let lasted = |until: UtcTime| present::duration((until.0 - alert.first_seen_at.0).num_seconds());
     let (kind, name, subject, headline) = match notice {
         Notice::Resolved => (
             "alert_resolved",
             "resolved",
             format!("[Telltale] RESOLVED: {}", alert.summary),
             format!(
-                "Recovered at {} (firing since {})",
+                "Recovered at {}, after {} (firing since {})",
                 when(alert.resolved_at),
+                lasted(alert.resolved_at.unwrap_or_else(now)),
                 when(Some(alert.first_seen_at))
             ),
         ),
         Notice::Reminder => (
             "alert_reminder",
             "reminder",
-            format!("[Telltale] STILL FIRING ({}): {}", alert.severity, alert.summary),
+            format!("[Telltale] {severity}, STILL FIRING: {}", alert.summary),
             format!(
                 "Still firing since {} (reminder {})",
                 present::when(alert.first_seen_at, now(), present::zone()),
@@ -128,18 +131,25 @@ pub fn notification_for(config: &Config, alert: &Alert, notice: Notice) -> Optio
         Notice::Firing => (
             "alert_firing",
             "firing",
-            format!("[Telltale] FIRING ({}): {}", alert.severity, alert.summary),
+            format!("[Telltale] {severity}: {}", alert.summary),
             format!(
-                "Since {}",
-                present::when(alert.first_seen_at, now(), present::zone())
+                "Since {}, for {}",
+                present::when(alert.first_seen_at, now(), present::zone()),
+                lasted(now())
             ),
         ),
+    };
+    // A recovery does not repeat the facts it fired with (the old error, the old expiry).
+    let recovered = "The condition no longer holds. What it looks like now is on the page below; what happened is in the alert's history.";
+    let details = match notice {
+        Notice::Resolved => recovered,
+        Notice::Firing | Notice::Reminder => alert.details.as_str(),
     };
     let (text, html) = templates::alert(&AlertView {
         notice: name,
         summary: &alert.summary,
         headline: &headline,
-        details: &alert.details,
+        details,
         severity: &alert.severity,
         rule: &alert.rule,
         subject: &alert.subject,

@@ -30,6 +30,15 @@ fn link(config: &AlertsConfig, path: &str) -> String {
     format!("{}{path}", config.public_url)
 }
 
+/// A connection as people name it: `Spotify connection 'acme marketing'`.
+fn named(c: &Connection) -> String {
+    format!(
+        "{} connection '{}'",
+        present::product(&c.provider, c.settings.text("preset")),
+        c.name
+    )
+}
+
 /// The conditions that hold at `at`.
 pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<Firing> {
     let (mut firing, held_back) = poll_failing(signals, config);
@@ -168,7 +177,7 @@ fn token_needs_reauth(c: &Connection, severity: Severity, held: &str, config: &A
         summary: if is_milesight(c) {
             "Milesight refuses the configured OpenAPI client credentials".into()
         } else {
-            format!("{} connection {} needs re-authorisation", c.provider, c.name)
+            format!("{} needs to be reconnected", named(c))
         },
         details: format!(
             "Why: {}\nSince: {}\nTelltale stopped refreshing it; a person must Reconnect it or supply new credentials or tokens.{held}\nLook here: {look}",
@@ -185,11 +194,12 @@ fn token_refresh_failing(c: &Connection, severity: Severity, held: &str, config:
         subject: format!("connection:{}", c.id),
         severity,
         summary: format!(
-            "token refresh of {} connection {} failed {} times in a row",
-            c.provider, c.name, c.consecutive_failures
+            "{} cannot refresh its token ({} failed refreshes in a row)",
+            named(c),
+            c.consecutive_failures
         ),
         details: format!(
-            "Last error: {}\nLast success: {}\nToken expires: {}\nTelltale retries on every sweep with backoff.{held}\nLook here: {look}",
+            "What the platform last said: {}\nLast success: {}\nToken expires: {}\nTelltale retries on every sweep with backoff; if the error names the credentials, check them or Reconnect.{held}\nLook here: {look}",
             c.last_error.as_deref().unwrap_or("-"),
             when(c.last_refresh_success_at),
             when(c.expires_at)
@@ -210,14 +220,9 @@ fn token_runway(c: &Connection, severity: Severity, config: &AlertsConfig, at: U
         subject: format!("connection:{}", c.id),
         severity,
         summary: if left > 0 {
-            format!(
-                "token of {} connection {} expires in {}",
-                c.provider,
-                c.name,
-                present::duration(left)
-            )
+            format!("the token of {} expires in {}", named(c), present::duration(left))
         } else {
-            format!("token of {} connection {} has expired", c.provider, c.name)
+            format!("the token of {} has expired", named(c))
         },
         details: format!(
             "Expires: {}\nLast refresh attempt: {}\nThe refresh is overdue: it should have happened within the lead time.\nLook here: {look}",
@@ -251,11 +256,18 @@ fn webhook_source_stale(
         rule: AlertRule::WebhookSourceStale,
         subject: format!("source:{}", s.name),
         severity: Severity::High,
-        summary: format!(
-            "no Milesight webhook from source {} since {}",
-            s.name,
-            when(s.last_event_at)
-        ),
+        summary: match s.last_event_at {
+            Some(_) => format!(
+                "no Milesight webhook from source {} since {}",
+                s.name,
+                when(s.last_event_at)
+            ),
+            None => format!(
+                "no Milesight webhook from source {} yet, since it was set up {}",
+                s.name,
+                when(Some(s.created_at))
+            ),
+        },
         details: format!(
             "Expected at least every {} (+{} grace).\n{quiet} offline device(s) of this source are folded into this alert.\nCheck the webhook in the Milesight Development Platform and Telltale's rejected requests.\nLook here: {}",
             present::duration(s.period_secs),
