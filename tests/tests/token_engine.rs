@@ -19,6 +19,7 @@ both_backends!(
     a_revoked_grant_needs_reauth_and_is_not_retried,
     transient_errors_are_retried_honouring_retry_after,
     rate_limits_never_add_attempts_and_long_waits_are_scheduled,
+    a_connection_waiting_for_its_first_connect_is_left_alone,
     presets_authenticate_the_client_their_way,
     a_dry_run_changes_nothing,
     concurrent_manual_and_scheduled_refresh_make_one_call,
@@ -344,6 +345,63 @@ async fn rate_limits_never_add_attempts_and_long_waits_are_scheduled(backend: Ba
         .unwrap();
     let ids: Vec<i64> = report.results.iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![busy], "{:?}", report.results);
+}
+
+/// A consent-screen connection created but not yet connected has nothing to refresh with: the
+/// sweep leaves it waiting for a person (no request, no failure, no needs-reauth), while a
+/// client-credentials connection without a token logs in at once.
+async fn a_connection_waiting_for_its_first_connect_is_left_alone(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(issued("at-new", None))
+        .mount(&server)
+        .await;
+    let state = app(&db).await;
+    let account = connections::create_account(&state.db, "acme", None)
+        .await
+        .unwrap();
+    let credentials = Some(json!({"client_id": "c", "client_secret": "CANARY-secret"}).to_string());
+    let waiting = NewConnection {
+        account_id: account.id,
+        provider: "oauth2_refresh".into(),
+        name: "not-connected-yet".into(),
+        base_url: Some(format!("{}/token", server.uri())),
+        settings: json!({"preset": "spotify"}),
+        credentials: credentials.clone(),
+        ..Default::default()
+    };
+    let waiting = connections::create_connection(&state.db, &state.crypto, &waiting)
+        .await
+        .unwrap();
+    let machine = NewConnection {
+        provider: "oauth2_client_credentials".into(),
+        name: "machine".into(),
+        account_id: account.id,
+        base_url: Some(format!("{}/token", server.uri())),
+        settings: json!({}),
+        credentials,
+        ..Default::default()
+    };
+    let machine = connections::create_connection(&state.db, &state.crypto, &machine)
+        .await
+        .unwrap();
+    let report = state
+        .token_engine
+        .sweep(&sweep_request(false), now())
+        .await
+        .unwrap();
+    let ids: Vec<i64> = report.results.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![machine.id], "{:?}", report.results);
+    let row = connections::get_connection(&state.db, waiting.id).await.unwrap();
+    assert_eq!(
+        (
+            row.status.as_str(),
+            row.consecutive_failures,
+            row.last_error.as_deref()
+        ),
+        ("missing", 0, None)
+    );
 }
 
 async fn presets_authenticate_the_client_their_way(backend: Backend) {

@@ -210,6 +210,14 @@ impl RefreshEngine {
         let mut due = Vec::new();
         let mut later = Vec::new();
         for c in page {
+            // Nothing to refresh with yet (a consent-screen connection before its first
+            // Connect): waiting for a person, not failing.
+            let waiting_for_connect = c.access_token.is_none()
+                && c.refresh_token.is_none()
+                && providers::provider_for(&c.provider).is_some_and(|p| !p.logs_in_with_credentials());
+            if waiting_for_connect {
+                continue;
+            }
             match providers::provider_for(&c.provider).map(|p| next_refresh_at(&c, p, idle)) {
                 Some(next) if next > at => later.push((c.id, next, c.updated_at)),
                 Some(_) => due.push(c),
