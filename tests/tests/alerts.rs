@@ -478,7 +478,10 @@ async fn two_evaluators_open_and_email_each_incident_once(backend: Backend) {
     for i in 0..5 {
         let needle = format!("'c{i}'");
         assert_eq!(
-            messages.iter().filter(|m| m.contains(&needle)).count(),
+            messages
+                .iter()
+                .filter(|m| m.replace("=\n", "").contains(&needle))
+                .count(),
             1,
             "incident c{i} is in exactly one email"
         );
@@ -810,7 +813,10 @@ async fn two_processes_on_one_postgres_email_each_incident_once() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mentions = |messages: &[String], i: usize| {
         let needle = format!("'shared-{i}'");
-        messages.iter().filter(|m| m.contains(&needle)).count()
+        messages
+            .iter()
+            .filter(|m| m.replace("=\n", "").contains(&needle))
+            .count()
     };
     loop {
         let messages = smtp.messages();
