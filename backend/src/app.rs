@@ -364,6 +364,8 @@ async fn stop_background(
     }
     state.tasks.close();
     state.tasks.wait().await;
+    // A run stopped between a claim and its send leaves no outbox row held for its lease.
+    state.mailer.release_leases().await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

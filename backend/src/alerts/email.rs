@@ -445,6 +445,17 @@ impl Mailer {
         (email, self.webhooks.len())
     }
 
+    /// Gives back the outbox rows this process holds (shutdown, once its runs have ended).
+    pub async fn release_leases(&self) {
+        match outbox::release_leases(&self.db, &self.instance).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "outbox leases given back at shutdown"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not give back outbox leases; they expire by themselves")
+            }
+        }
+    }
+
     /// Whether an SMTP server is configured (without one, nothing is queued for email).
     pub fn can_email(&self) -> bool {
         self.transport.is_some()

@@ -262,6 +262,24 @@ pub async fn expire(db: &Db, cutoff: UtcTime, at: UtcTime) -> StorageResult<Vec<
     })
 }
 
+/// Gives back every unsent row `owner` holds (a clean shutdown: a run stopped between a claim
+/// and its send must not keep the row from the other replicas until the lease expires).
+pub async fn release_leases(db: &Db, owner: &str) -> StorageResult<usize> {
+    db_run!(db, |conn| {
+        Ok(diesel::update(
+            outbox::table
+                .filter(outbox::lease_owner.eq(owner))
+                .filter(outbox::sent_at.is_null()),
+        )
+        .set((
+            outbox::lease_owner.eq(None::<String>),
+            outbox::lease_expires_at.eq(None::<UtcTime>),
+        ))
+        .execute(conn)
+        .await?)
+    })
+}
+
 /// Gives up one notification now (a test whose one attempt failed).
 pub async fn give_up(db: &Db, id: i64, at: UtcTime) -> StorageResult<()> {
     db_run!(db, |conn| {
