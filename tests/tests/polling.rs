@@ -549,15 +549,19 @@ async fn revoked_connections_are_skipped_and_reported(backend: Backend) {
         .mount(&api)
         .await;
     let id = spotify(&state, &api, "acme", "sp").await;
-    connections::record_refresh_failure(
-        &state.db,
-        id,
-        Some(telltale::storage::ConnectionStatus::NeedsReauth),
-        "invalid_grant",
-        now(),
-    )
-    .await
-    .unwrap();
+    // The platform revokes the grant: the refresh engine records it as needing re-authorisation.
+    let revoke = || async {
+        connections::record_refresh_failure(
+            &state.db,
+            id,
+            Some(telltale::storage::ConnectionStatus::NeedsReauth),
+            "invalid_grant",
+            now(),
+        )
+        .await
+        .unwrap();
+    };
+    revoke().await;
     let report = sweep(&state, None, now()).await;
     assert_eq!(
         (report.polls, report.skipped, report.failed),
@@ -576,15 +580,7 @@ async fn revoked_connections_are_skipped_and_reported(backend: Backend) {
     connections::update_connection(&state.db, &state.crypto, id, &expired)
         .await
         .unwrap();
-    connections::record_refresh_failure(
-        &state.db,
-        id,
-        Some(telltale::storage::ConnectionStatus::NeedsReauth),
-        "invalid_grant",
-        now(),
-    )
-    .await
-    .unwrap();
+    revoke().await;
     let report = sweep(&state, None, later(24 * 60)).await;
     assert_eq!((report.polls, report.skipped, report.failed), (2, 2, 0));
     assert!(

@@ -379,40 +379,30 @@ impl Mailer {
         let text = format!(
             "Telltale could not deliver a notification and gave it up: {fact}.\nCheck Settings → Notifications; the alert stays open in Telltale."
         );
-        if row.channel != EMAIL && self.transport.is_some() && !self.on_call.is_empty() {
-            let (text_part, html_part) = templates::notice(&text);
-            outbox::enqueue(
-                &self.db,
-                &NewEmail {
-                    alert_id: None,
-                    channel: EMAIL,
-                    kind: NOTIFICATION_FAILED,
-                    recipients: &self.on_call,
-                    subject,
-                    body_text: &text_part,
-                    body_html: &html_part,
-                },
-                now(),
-            )
-            .await?;
+        let (text, html) = templates::notice(&text);
+        let mut targets: Vec<(&str, &[String])> = Vec::new();
+        if row.channel != EMAIL && self.emails_on_call() {
+            targets.push((EMAIL, &self.on_call));
         }
         if row.channel != WEBHOOK {
-            for hook in &self.webhooks {
-                outbox::enqueue(
-                    &self.db,
-                    &NewEmail {
-                        alert_id: None,
-                        channel: WEBHOOK,
-                        kind: NOTIFICATION_FAILED,
-                        recipients: std::slice::from_ref(&hook.name),
-                        subject,
-                        body_text: &text,
-                        body_html: "",
-                    },
-                    now(),
-                )
-                .await?;
-            }
+            targets.extend(
+                self.webhooks
+                    .iter()
+                    .map(|hook| (WEBHOOK, std::slice::from_ref(&hook.name))),
+            );
+        }
+        for (channel, recipients) in targets {
+            let email = NewEmail {
+                alert_id: None,
+                channel,
+                kind: NOTIFICATION_FAILED,
+                recipients,
+                subject,
+                body_text: &text,
+                // A webhook carries the text alone.
+                body_html: if channel == EMAIL { &html } else { "" },
+            };
+            outbox::enqueue(&self.db, &email, now()).await?;
         }
         Ok(())
     }
@@ -441,8 +431,12 @@ impl Mailer {
     /// The channels that can deliver an alert: email (an SMTP server and on-call addresses,
     /// 0 or 1) and webhook endpoints.
     pub fn channels(&self) -> (usize, usize) {
-        let email = usize::from(self.transport.is_some() && !self.on_call.is_empty());
-        (email, self.webhooks.len())
+        (usize::from(self.emails_on_call()), self.webhooks.len())
+    }
+
+    /// Whether email reaches on-call: an SMTP server and at least one on-call address.
+    fn emails_on_call(&self) -> bool {
+        self.transport.is_some() && !self.on_call.is_empty()
     }
 
     /// Gives back the outbox rows this process holds (shutdown, once its runs have ended).

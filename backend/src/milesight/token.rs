@@ -97,10 +97,6 @@ pub enum SaveError {
     Token(#[from] TokenError),
 }
 
-/// A token this close to expiry is not handed out while its renewal fails: a request sent with
-/// it could arrive after it lapsed.
-const STILL_USABLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Hands out the Milesight token. Keeps the last one read from the database, so callers do
 /// not decrypt it on every request; refreshes go through the refresh engine.
 pub struct TokenKeeper {
@@ -343,14 +339,14 @@ impl TokenKeeper {
             .ok_or_else(|| TokenError::Upstream("no token available".into()))
     }
 
-    /// The current token, cached or stored, while it has more than `STILL_USABLE_FOR` left.
+    /// The current token, cached or stored, while it is `tokens::still_usable`.
     async fn token_in_hand(&self) -> Option<String> {
-        if let Some(token) = self.cached_fresh(now(), STILL_USABLE_FOR) {
+        if let Some(token) = self.cached_fresh(now(), crate::tokens::STILL_USABLE_FOR) {
             return Some(token);
         }
         let connection = self.connection().await.ok()?;
         self.remember(&connection).ok()??;
-        self.cached_fresh(now(), STILL_USABLE_FOR)
+        self.cached_fresh(now(), crate::tokens::STILL_USABLE_FOR)
     }
 
     /// Reads the stored token of connection `id` into the cache and returns it if usable.

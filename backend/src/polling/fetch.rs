@@ -185,12 +185,9 @@ fn next_page(
 /// re-authorisation only until its token in hand expires (the refresh engine and its alert
 /// report the grant meanwhile).
 pub fn can_poll(connection: &Connection) -> bool {
-    let token_expired = connection
-        .expires_at
-        .is_none_or(|e| e.0 <= now().0 + chrono::Duration::seconds(30));
     match connection.status {
         ConnectionStatus::Disabled => false,
-        ConnectionStatus::NeedsReauth => !token_expired,
+        ConnectionStatus::NeedsReauth => crate::tokens::still_usable(connection.expires_at),
         _ => true,
     }
 }
@@ -210,13 +207,10 @@ async fn usable_token(engine: &PollEngine, connection: &Connection) -> Result<St
         if result.outcome == RefreshOutcome::NeedsReauth {
             // The grant is gone, but the token in hand works until it expires: poll with it
             // while it does (the refresh engine and its alert report the grant).
-            let still_valid = connection
-                .expires_at
-                .is_some_and(|e| e.0 > now().0 + chrono::Duration::seconds(30));
             let in_hand = connections::secrets(&engine.crypto, &connection)
                 .ok()
                 .and_then(|s| s.access_token)
-                .filter(|_| still_valid);
+                .filter(|_| crate::tokens::still_usable(connection.expires_at));
             return in_hand.ok_or(Failure::Skipped(ConnectionStatus::NeedsReauth));
         }
         connection = connections::get_connection(&engine.db, connection.id)

@@ -106,6 +106,16 @@ pub struct RefreshEngine {
     circuits: circuit::Circuits,
 }
 
+/// A token this close to expiry is not used while its renewal fails: a request sent with it
+/// could arrive after it lapsed. Shared by the Milesight token keeper and the poller.
+pub const STILL_USABLE_FOR: Duration = Duration::from_secs(30);
+
+/// Whether a token expiring at `expires_at` still has more than `STILL_USABLE_FOR` left.
+pub fn still_usable(expires_at: Option<UtcTime>) -> bool {
+    let margin = chrono::Duration::from_std(STILL_USABLE_FOR).unwrap_or_default();
+    expires_at.is_some_and(|e| e.0 > now().0 + margin)
+}
+
 /// When a connection is next due for a refresh: at once with no token yet (or an unknown
 /// expiry its provider refreshes at once), else the earlier of its lead time before expiry
 /// and the idle window after its last refresh (so unused grants are not revoked).
@@ -210,19 +220,20 @@ impl RefreshEngine {
         let mut due = Vec::new();
         let mut later = Vec::new();
         for c in page {
+            // A provider this build does not know: nothing to refresh it with.
+            let Some(provider) = providers::provider_for(&c.provider) else {
+                continue;
+            };
             // Nothing to refresh with yet (a consent-screen connection before its first
             // Connect): waiting for a person, not failing.
-            let waiting_for_connect = c.access_token.is_none()
-                && c.refresh_token.is_none()
-                && providers::provider_for(&c.provider).is_some_and(|p| !p.logs_in_with_credentials());
-            if waiting_for_connect {
+            if c.access_token.is_none() && c.refresh_token.is_none() && !provider.logs_in_with_credentials() {
                 continue;
             }
-            match providers::provider_for(&c.provider).map(|p| next_refresh_at(&c, p, idle)) {
-                Some(next) if next > at => later.push((c.id, next, c.updated_at)),
-                Some(_) => due.push(c),
-                // A provider this build does not know: nothing to refresh it with.
-                None => {}
+            let next = next_refresh_at(&c, provider, idle);
+            if next > at {
+                later.push((c.id, next, c.updated_at));
+            } else {
+                due.push(c);
             }
         }
         if !request.dry_run {

@@ -33,21 +33,8 @@ pub struct SourceView {
     pub last_system_notice_at: Option<UtcTime>,
 }
 
-/// Every source's name and status, without counting its events (the overview: cheap at any
-/// traffic, where `sources_data` counts the last day's events).
-pub async fn source_statuses(state: &AppState) -> Result<Vec<(String, SourceStatus)>, ApiError> {
-    let at = now();
-    Ok(deliveries::list_sources(&state.db)
-        .await?
-        .into_iter()
-        .map(|s| {
-            let status = status_of(&s, at);
-            (s.name, status)
-        })
-        .collect())
-}
-
-fn status_of(source: &WebhookSource, at: UtcTime) -> SourceStatus {
+/// A source's status at `at`, from its last event, its set-up time, period and grace.
+pub fn status_of(source: &WebhookSource, at: UtcTime) -> SourceStatus {
     let period = std::time::Duration::from_secs(source.period_secs.max(0) as u64);
     let grace = std::time::Duration::from_secs(source.grace_secs.max(0) as u64);
     source_status(source.last_event_at, source.created_at, period, grace, at)
