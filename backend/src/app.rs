@@ -8,6 +8,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::channels::NotificationChannels;
 use crate::alerts::email::Mailer;
 use crate::auth::LoginThrottle;
 use crate::config::Config;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub token_engine: Arc<RefreshEngine>,
     pub poll_engine: Arc<PollEngine>,
     pub mailer: Arc<Mailer>,
+    /// Where notifications go: the config's channels over those set in Settings → Notifications.
+    pub channels: Arc<NotificationChannels>,
     /// Runs scheduled jobs and records each run (the scheduler and "run now" share it).
     pub job_runner: Arc<Runner>,
     pub login_throttle: Arc<LoginThrottle>,
@@ -138,23 +141,22 @@ impl AppState {
             metrics.polling(),
             instance.clone(),
         ));
+        let channels = Arc::new(NotificationChannels::new(
+            db.clone(),
+            crypto.clone(),
+            &config.email,
+            &config.alerts,
+            metrics.notification_channels.clone(),
+        ));
         let mailer = Arc::new(Mailer::new(
             &config.email,
             &config.alerts,
+            channels.clone(),
             http_client(config.alerts.webhook_timeout_secs)?,
             instance.clone(),
             db.clone(),
             metrics.mailer(),
-        )?);
-        let (email_channels, webhook_channels) = mailer.channels();
-        metrics
-            .notification_channels
-            .with_label_values(&["email"])
-            .set(email_channels as i64);
-        metrics
-            .notification_channels
-            .with_label_values(&["webhook"])
-            .set(webhook_channels as i64);
+        ));
         let job_runner = Arc::new(Runner::new(db.clone(), instance.clone(), metrics.jobs()));
         let login_throttle = Arc::new(LoginThrottle::new(config.auth.login_attempts_per_minute));
         Ok(AppState {
@@ -170,6 +172,7 @@ impl AppState {
             token_engine,
             poll_engine,
             mailer,
+            channels,
             job_runner,
             login_throttle,
             instance,
@@ -199,7 +202,11 @@ pub fn job_specs(state: &AppState) -> Vec<JobSpec> {
     specs.extend(crate::tokens::job_specs(config, &state.token_engine));
     specs.extend(crate::polling::job_specs(config, &state.poll_engine));
     specs.extend(crate::alerts::email::job_specs(config, &state.mailer));
-    specs.extend(crate::alerts::evaluate::job_specs(config, &state.db));
+    specs.extend(crate::alerts::evaluate::job_specs(
+        config,
+        &state.db,
+        &state.channels,
+    ));
     specs
 }
 

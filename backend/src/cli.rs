@@ -633,8 +633,11 @@ async fn create_api_token(config: Config, email: &str, name: &str) -> anyhow::Re
 }
 
 async fn send_test_notification(config: Config, endpoint: Option<String>) -> anyhow::Result<()> {
-    crate::alerts::webhook::check_test_target(&config.alerts.webhooks, endpoint.as_deref())?;
     let state = one_shot_state(config).await?;
+    if let Some(refused) = state.mailer.refuse_test_notification(endpoint.as_deref()).await {
+        state.db.close();
+        anyhow::bail!(refused);
+    }
     let results = state.mailer.send_test_notification(endpoint.as_deref()).await?;
     state.db.close();
     let mut failed = Vec::new();
@@ -658,20 +661,10 @@ async fn send_test_notification(config: Config, endpoint: Option<String>) -> any
 }
 
 async fn send_test_email(config: Config, to: Vec<String>) -> anyhow::Result<()> {
-    if to.is_empty() && config.email.on_call.is_empty() {
-        anyhow::bail!(
-            "give an address, or configure the on-call list (email.on_call / TELLTALE_ONCALL_EMAILS)"
-        );
-    }
-    if let Some(bad) = to.iter().find(|a| a.parse::<lettre::message::Mailbox>().is_err()) {
-        anyhow::bail!("{bad:?} is not an email address");
-    }
     let state = one_shot_state(config).await?;
-    if !state.mailer.can_email() {
+    if let Some((_, refused)) = state.mailer.refuse_test_email(&to).await {
         state.db.close();
-        anyhow::bail!(
-            "no SMTP server is configured: set email.smtp_url (SMTP_URL), e.g. smtp://user:password@mail.example.com:587"
-        );
+        anyhow::bail!(refused);
     }
     let (email, result) = state.mailer.send_test(&to).await?;
     state.db.close();

@@ -98,6 +98,21 @@ pub fn state_label(code: &str) -> String {
     }
 }
 
+/// An alert rule as people read it: `token_refresh_failing` → "a token cannot be refreshed".
+pub fn rule_label(rule: &str) -> String {
+    match rule {
+        "token_refresh_failing" => "a token cannot be refreshed".into(),
+        "token_needs_reauth" => "a connection needs reconnecting".into(),
+        "token_runway" => "a token is about to expire".into(),
+        "poll_failing" => "polling a platform keeps failing".into(),
+        "webhook_source_stale" => "webhooks stopped arriving".into(),
+        "milesight_system_notice" => "Milesight sent a system notice".into(),
+        "device_offline" => "a device is offline".into(),
+        "devices_offline" => "many devices of one source are offline".into(),
+        other => other.replace('_', " "),
+    }
+}
+
 /// The product or protocol a provider code stands for, as its users know it.
 pub fn provider_name(code: &str) -> &str {
     match code {
@@ -237,6 +252,12 @@ pub mod filters {
     #[askama::filter_fn]
     pub fn state_label(code: impl std::fmt::Display, _: &dyn Values) -> Result<String> {
         Ok(super::state_label(&code.to_string()))
+    }
+
+    /// `{{ rule|rule_label }}`: `a device is offline`.
+    #[askama::filter_fn]
+    pub fn rule_label(rule: impl std::fmt::Display, _: &dyn Values) -> Result<String> {
+        Ok(super::rule_label(&rule.to_string()))
     }
 
     /// `{{ provider|provider_name }}`: `ThingsBoard`.

@@ -15,6 +15,23 @@ pub struct SmtpSink {
     _root: tempfile::TempDir,
 }
 
+/// aiosmtpd with an authenticator: `python3 -c WITH_LOGIN port maildir user password`.
+const WITH_LOGIN: &str = r#"
+import sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
+port, maildir, user, password = sys.argv[1], sys.argv[2], sys.argv[3].encode(), sys.argv[4].encode()
+def check(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login == user and data.password == password
+    return AuthResult(success=ok, handled=False)
+controller = Controller(Mailbox(maildir), hostname="127.0.0.1", port=int(port),
+                        authenticator=check, auth_required=True, auth_require_tls=False)
+controller.start()
+while True:
+    time.sleep(3600)
+"#;
+
 /// A port nothing listens on now (for an SMTP server that is down, or started later).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -29,13 +46,37 @@ impl SmtpSink {
     }
 
     pub async fn start_on(port: u16) -> SmtpSink {
+        SmtpSink::spawn(port, None).await
+    }
+
+    /// A server that asks for a sign-in (AUTH PLAIN or LOGIN, offered without TLS) and accepts
+    /// only `user` with `password`; anything else is answered "535 5.7.8 Authentication
+    /// credentials invalid", as a real provider does.
+    pub async fn start_with_login(user: &str, password: &str) -> SmtpSink {
+        SmtpSink::spawn(free_port(), Some((user, password))).await
+    }
+
+    async fn spawn(port: u16, login: Option<(&str, &str)>) -> SmtpSink {
         let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         // aiosmtpd's Mailbox creates the maildir itself; it must not exist beforehand.
         let dir = root.path().join("maildir");
-        let child = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&dir)
+        let mut command = Command::new("python3");
+        match login {
+            None => {
+                command
+                    .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+                    .args(["-c", "aiosmtpd.handlers.Mailbox"])
+                    .arg(&dir);
+            }
+            Some((user, password)) => {
+                command
+                    .args(["-c", WITH_LOGIN])
+                    .arg(port.to_string())
+                    .arg(&dir)
+                    .args([user, password]);
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

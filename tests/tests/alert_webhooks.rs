@@ -73,7 +73,13 @@ async fn alert_notifications_reach_signed_webhooks_beside_email(backend: Backend
         .await;
 
     let id = failing_connection(&state, "spotify-main").await;
-    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 1);
+    assert_eq!(
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .opened,
+        1
+    );
     let delivery = state.mailer.deliver_due().await.unwrap();
     assert_eq!(
         (delivery.sent, delivery.messages, delivery.pending),
@@ -131,7 +137,13 @@ async fn alert_notifications_reach_signed_webhooks_beside_email(backend: Backend
 
     // A device goes offline: both endpoints hear of it; the field team's unsigned.
     device_in(&state.db, "6136D000009", None, DeviceStatus::Offline, now()).await;
-    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 1);
+    assert_eq!(
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .opened,
+        1
+    );
     state.mailer.deliver_due().await.unwrap();
     let device_alert = field.wait_for_accepted(1, Duration::from_secs(10)).await;
     assert_eq!(device_alert.len(), 1);
@@ -142,7 +154,10 @@ async fn alert_notifications_reach_signed_webhooks_beside_email(backend: Backend
     // Recovery is told too, with when it resolved.
     refresh_succeeded(&state, id).await;
     assert_eq!(
-        evaluate(&state.db, &state.config, now()).await.unwrap().resolved,
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .resolved,
         1
     );
     state.mailer.deliver_due().await.unwrap();
@@ -195,7 +210,9 @@ async fn a_refused_delivery_is_retried_with_the_same_id(backend: Backend) {
         .await;
     down.refuse_next(1);
     failing_connection(&state, "spotify-main").await;
-    evaluate(&state.db, &state.config, now()).await.unwrap();
+    evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
 
     let first = state.mailer.deliver_due().await.unwrap();
     assert_eq!((first.sent, first.failed, first.pending), (0, 2, 2), "{first:?}");
@@ -204,10 +221,16 @@ async fn a_refused_delivery_is_retried_with_the_same_id(backend: Backend) {
         let row = rows.iter().find(|r| r.recipients == name).unwrap();
         (row.attempts, row.last_error.clone().unwrap_or_default())
     };
-    assert_eq!(error_of("ops"), (1, "HTTP 503: try later".to_owned()));
+    assert_eq!(
+        error_of("ops"),
+        (1, "HTTP 503 from the endpoint: try later".to_owned())
+    );
     assert_eq!(
         error_of("mismatched"),
-        (1, "HTTP 401: signature does not verify".to_owned())
+        (
+            1,
+            "HTTP 401 from the endpoint: signature does not verify".to_owned()
+        )
     );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -241,7 +264,13 @@ async fn silences_and_the_group_window_apply_to_webhooks(backend: Backend) {
     fail_refresh(&state, quiet, 3).await;
     failing_connection(&state, "spotify-main").await;
     failing_connection(&state, "spotify-backup").await;
-    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 3);
+    assert_eq!(
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .opened,
+        3
+    );
 
     let early = state.mailer.deliver_due().await.unwrap();
     assert_eq!(
@@ -323,13 +352,16 @@ async fn a_test_notification_checks_each_endpoint(backend: Backend) {
     ops.refuse_next(1);
     let (code, body) = post_with_headers(&server.url("/api/alerts/test-notification"), &headers, "{}").await;
     assert_eq!((code, body["sent"].as_bool()), (502, Some(false)), "{body}");
-    assert_eq!(body["endpoints"][0]["error"], "HTTP 503: try later");
+    assert_eq!(
+        body["endpoints"][0]["error"],
+        "HTTP 503 from the endpoint: try later"
+    );
     assert_eq!(body["error"]["code"], "webhook_failed");
     assert!(
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("default: HTTP 503: try later"),
+            .contains("default: HTTP 503 from the endpoint: try later"),
         "{body}"
     );
     let metrics = server.metrics().await;
@@ -370,8 +402,9 @@ async fn a_test_notification_checks_each_endpoint(backend: Backend) {
         .await
         .unwrap();
     assert!(
-        settings.contains("<tr><td>default</td><td>yes</td><td>every rule</td></tr>")
-            && settings.contains("Send test notification"),
+        settings.contains("<tr><td>default</td><td>yes</td><td>every alert</td>")
+            && settings.contains("config or environment (read-only)")
+            && settings.contains(r#"data-body='{"endpoint":"default"}'>Send test</button>"#),
         "{settings}"
     );
     assert_no_canary("the Settings page", &settings);
@@ -390,7 +423,10 @@ async fn a_test_notification_checks_each_endpoint(backend: Backend) {
     let failed = run_cli(&["send-test-notification", "--endpoint", "default"], &env);
     assert_eq!(failed.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&failed.stderr);
-    assert!(stderr.contains("not delivered: HTTP 503: try later"), "{stderr}");
+    assert!(
+        stderr.contains("not delivered: HTTP 503 from the endpoint: try later"),
+        "{stderr}"
+    );
     let unknown = run_cli(&["send-test-notification", "--endpoint", "nope"], &env);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("configured: default"));

@@ -56,7 +56,9 @@ async fn many_offline_devices_of_a_source_share_one_alert(backend: Backend) {
     set_status("B-1", site_b, DeviceStatus::Offline).await;
     set_status("B-2", site_b, DeviceStatus::Online).await;
 
-    evaluate(&state.db, &state.config, now()).await.unwrap();
+    evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
     let open = alerts::list(&state.db, &telltale::storage::AlertState::OPEN, 100)
         .await
         .unwrap();
@@ -84,7 +86,9 @@ async fn many_offline_devices_of_a_source_share_one_alert(backend: Backend) {
     // Two come back: one left is at the threshold, so it alerts on its own again.
     set_status("A-2", site_a, DeviceStatus::Online).await;
     set_status("A-3", site_a, DeviceStatus::Online).await;
-    let change = evaluate(&state.db, &state.config, now()).await.unwrap();
+    let change = evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
     assert_eq!((change.opened, change.resolved), (1, 1), "{change:?}");
     let open = alerts::list(&state.db, &telltale::storage::AlertState::OPEN, 100)
         .await
@@ -173,7 +177,7 @@ async fn three_replicas_alert_every_overdue_device_once(backend: Backend) {
 
     let run = |r: &Arc<AppState>| {
         let r = r.clone();
-        async move { evaluate(&r.db, &r.config, at).await.unwrap() }
+        async move { evaluate(&r.db, &r.config, &r.channels, at).await.unwrap() }
     };
     let (a, b, c) = tokio::join!(run(&replicas[0]), run(&replicas[1]), run(&replicas[2]));
     let opened = a.opened + b.opened + c.opened;
@@ -264,14 +268,21 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
 
     fail_refresh(&state, id, 2).await;
     assert_eq!(
-        evaluate(&state.db, &state.config, now()).await.unwrap().firing,
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .firing,
         0,
         "below the threshold of 3"
     );
     fail_refresh(&state, id, 1).await;
-    let first = evaluate(&state.db, &state.config, now()).await.unwrap();
+    let first = evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
     assert_eq!((first.firing, first.opened), (1, 1));
-    let again = evaluate(&state.db, &state.config, now()).await.unwrap();
+    let again = evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
     assert_eq!(
         (again.firing, again.opened),
         (1, 0),
@@ -315,10 +326,15 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
 
     // Recovery: one more email, and the alert's history tells the story.
     refresh_succeeded(&state, id).await;
-    let recovered = evaluate(&state.db, &state.config, now()).await.unwrap();
+    let recovered = evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
     assert_eq!((recovered.firing, recovered.resolved), (0, 1));
     assert_eq!(
-        evaluate(&state.db, &state.config, now()).await.unwrap().resolved,
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .resolved,
         0,
         "resolved once"
     );
@@ -345,7 +361,13 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
 
     // It breaks again: the same alert re-opens, counted as a second occurrence.
     fail_refresh(&state, id, 3).await;
-    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 1);
+    assert_eq!(
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .opened,
+        1
+    );
     let (alert, _) = alerts::get(&state.db, open[0].id).await.unwrap();
     assert_eq!((alert.state.as_str(), alert.occurrences), ("firing", 2));
 }
@@ -404,7 +426,9 @@ async fn causes_mute_their_effects(backend: Backend) {
 
     // Half an hour on, past the source's 15 + 5 minutes.
     let later: UtcTime = (now().0 + Span::minutes(30)).into();
-    evaluate(&state.db, &state.config, later).await.unwrap();
+    evaluate(&state.db, &state.config, &state.channels, later)
+        .await
+        .unwrap();
     let open = alerts::open_alerts(&state.db).await.unwrap();
     let mut rules: Vec<&str> = open.iter().map(|a| a.rule.as_str()).collect();
     rules.sort_unstable();
@@ -459,11 +483,11 @@ async fn two_evaluators_open_and_email_each_incident_once(backend: Backend) {
     let (a, b) = tokio::join!(
         {
             let s = first.clone();
-            async move { evaluate(&s.db, &s.config, at).await.unwrap() }
+            async move { evaluate(&s.db, &s.config, &s.channels, at).await.unwrap() }
         },
         {
             let s = second.clone();
-            async move { evaluate(&s.db, &s.config, at).await.unwrap() }
+            async move { evaluate(&s.db, &s.config, &s.channels, at).await.unwrap() }
         },
     );
     assert_eq!(a.opened + b.opened, 5, "{a:?} {b:?}");
@@ -618,7 +642,7 @@ async fn reminders_slow_down_while_an_alert_stays_open(backend: Backend) {
     let reminded = |minutes: i64| {
         let state = &state;
         async move {
-            let reminded = evaluate(&state.db, &state.config, at(minutes))
+            let reminded = evaluate(&state.db, &state.config, &state.channels, at(minutes))
                 .await
                 .unwrap()
                 .reminded;
@@ -626,7 +650,13 @@ async fn reminders_slow_down_while_an_alert_stays_open(backend: Backend) {
             reminded
         }
     };
-    assert_eq!(evaluate(&state.db, &state.config, at(0)).await.unwrap().opened, 1);
+    assert_eq!(
+        evaluate(&state.db, &state.config, &state.channels, at(0))
+            .await
+            .unwrap()
+            .opened,
+        1
+    );
     assert_eq!(reminded(30).await, 0);
     assert_eq!(reminded(61).await, 1, "first reminder after an hour");
     assert_eq!(reminded(62).await, 0);
@@ -664,7 +694,9 @@ async fn silences_hold_back_notifications(backend: Backend) {
     silence_two_hours(&state, &format!("connection:{quiet}"), "provider maintenance").await;
     fail_refresh(&state, quiet, 3).await;
     fail_refresh(&state, loud, 3).await;
-    let evaluation = evaluate(&state.db, &state.config, now()).await.unwrap();
+    let evaluation = evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
     assert_eq!(
         (evaluation.firing, evaluation.opened),
         (2, 2),
@@ -696,8 +728,12 @@ async fn silences_hold_back_notifications(backend: Backend) {
     // The maintenance ends early and the token still fails: now on-call hears of it, once.
     let silence = alerts::silences(&state.db, now()).await.unwrap();
     alerts::delete_silence(&state.db, silence[0].id).await.unwrap();
-    evaluate(&state.db, &state.config, now()).await.unwrap();
-    evaluate(&state.db, &state.config, now()).await.unwrap();
+    evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
+    evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
     let (alert, _) = alerts::get(&state.db, silenced.id).await.unwrap();
     assert_eq!(alert.state.as_str(), "firing");
     state.mailer.deliver_due().await.unwrap();
@@ -727,11 +763,23 @@ async fn alerts_within_the_group_window_share_one_email(backend: Backend) {
     let first = connection(&state, "spotify-main").await;
     let second = connection(&state, "spotify-backup").await;
     fail_refresh(&state, first, 3).await;
-    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 1);
+    assert_eq!(
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .opened,
+        1
+    );
     device_in(&state.db, "6136D000009", None, DeviceStatus::Offline, now()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fail_refresh(&state, second, 3).await;
-    assert_eq!(evaluate(&state.db, &state.config, now()).await.unwrap().opened, 2);
+    assert_eq!(
+        evaluate(&state.db, &state.config, &state.channels, now())
+            .await
+            .unwrap()
+            .opened,
+        2
+    );
 
     let early = state.mailer.deliver_due().await.unwrap();
     assert_eq!(

@@ -273,5 +273,5 @@ async fn the_cli_sends_a_test_email(backend: Backend) {
     ];
     let no_smtp = run_cli(&["send-test-email", "ops@example.com"], &env);
     assert_eq!(no_smtp.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&no_smtp.stderr).contains("no SMTP server is configured"));
+    assert!(String::from_utf8_lossy(&no_smtp.stderr).contains("no SMTP server is set"));
 }

@@ -17,6 +17,7 @@ mod metrics;
 mod milesight_inventory;
 mod milesight_settings;
 mod milesight_token;
+mod notifications;
 mod observability;
 mod pages;
 mod password_login;

@@ -111,7 +111,9 @@ async fn populate(state: &AppState) -> (i64, i64) {
 
     // The revoked token and the offline device open alerts, whose emails wait in the outbox
     // (no SMTP here).
-    evaluate(&state.db, &state.config, now()).await.unwrap();
+    evaluate(&state.db, &state.config, &state.channels, now())
+        .await
+        .unwrap();
     (healthy, revoked)
 }
 

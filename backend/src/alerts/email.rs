@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use secrecy::ExposeSecret;
+use lettre::{AsyncTransport, Message};
 use serde::Serialize;
 
+use super::channels::{Channels, NotificationChannels};
 use super::templates::{self, Part};
-use super::webhook::{self, AlertWebhook};
+use super::webhook;
 use crate::alerts::settings::{AlertsConfig, EmailConfig};
 use crate::config::Config;
 use crate::scheduler::{JobSpec, run_with};
@@ -30,24 +30,19 @@ const BATCH: i64 = 100;
 /// The outbox kind of a notice that another notification was given up.
 const NOTIFICATION_FAILED: &str = "notification_failed";
 
-/// Delivers the outbox. Built from exactly what it uses: the database, its `[email]` section
-/// and the webhook endpoints, an HTTP client, its instruments and the process's lease name.
+/// Delivers the outbox. Built from exactly what it uses: the database, its `[email]` section,
+/// the notification channels, an HTTP client, its instruments and the process's lease name.
 pub struct Mailer {
-    transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
-    from: Mailbox,
-    /// Parts of the SMTP URL that must never reach a message (password, whole URL).
-    hide: Vec<String>,
+    /// Where notifications go (re-read from the database every few seconds).
+    channels: Arc<NotificationChannels>,
     /// Names this process's outbox leases.
     instance: String,
     db: Db,
     /// First delay before a failed email is tried again.
     retry_base: Duration,
-    /// Where a test email goes when no address is given.
-    on_call: Vec<String>,
     sent: prometheus::IntCounterVec,
     failures: prometheus::IntCounter,
     http: reqwest::Client,
-    webhooks: Vec<AlertWebhook>,
     webhook_timeout: Duration,
     webhooks_sent: prometheus::IntCounterVec,
     webhook_failures: prometheus::IntCounterVec,
@@ -85,58 +80,35 @@ impl Mailer {
     pub fn new(
         config: &EmailConfig,
         alerts: &AlertsConfig,
+        channels: Arc<NotificationChannels>,
         http: reqwest::Client,
         instance: String,
         db: Db,
         metrics: MailerMetrics,
-    ) -> anyhow::Result<Mailer> {
-        let from = config
-            .from
-            .parse()
-            .map_err(|e| anyhow::anyhow!("email.from: {e}"))?;
-        let mut hide = Vec::new();
-        let transport = match &config.smtp_url {
-            Some(url) => {
-                let url = url.expose_secret();
-                hide.push(url.to_owned());
-                if let Some(password) = url::Url::parse(url)
-                    .ok()
-                    .and_then(|u| u.password().map(str::to_owned))
-                {
-                    hide.push(password);
-                }
-                let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|_| anyhow::anyhow!("email.smtp_url is not a usable SMTP URL"))?;
-                Some(builder.timeout(Some(config.timeout_secs)).build())
-            }
-            None => None,
-        };
-        Ok(Mailer {
-            transport,
-            from,
-            hide,
+    ) -> Mailer {
+        Mailer {
+            channels,
             instance,
             db,
             retry_base: config.retry_base_secs,
-            on_call: config.on_call.clone(),
             sent: metrics.sent,
             failures: metrics.failures,
             http,
-            webhooks: alerts.webhooks.clone(),
             webhook_timeout: alerts.webhook_timeout_secs,
             webhooks_sent: metrics.webhooks_sent,
             webhook_failures: metrics.webhook_failures,
             max_age: alerts.notification_max_age_secs,
             expired: metrics.expired,
-        })
+        }
     }
 
     /// Sends one message made of stored (text, html) fragments.
     async fn send(&self, recipients: &str, subject: &str, text: &str, html: &str) -> Result<(), String> {
-        let Some(transport) = &self.transport else {
-            return Err("no SMTP server configured (email.smtp_url / SMTP_URL)".into());
+        let channels = self.channels.current().await;
+        let Some(smtp) = &channels.smtp else {
+            return Err("no SMTP server is set (Settings → Notifications, or SMTP_URL)".into());
         };
-        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
+        let mut builder = Message::builder().from(channels.from.clone()).subject(subject);
         for address in recipients.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             let mailbox: Mailbox = address
                 .parse()
@@ -147,8 +119,8 @@ impl Mailer {
         let message = builder
             .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|e| format!("cannot build the message: {e}"))?;
-        let hide: Vec<&str> = self.hide.iter().map(String::as_str).collect();
-        transport
+        let hide: Vec<&str> = smtp.hide.iter().map(String::as_str).collect();
+        smtp.transport
             .send(message)
             .await
             .map(|_| ())
@@ -244,7 +216,8 @@ impl Mailer {
         };
         let endpoint_name = first.recipients.as_str();
         let ids: Vec<i64> = rows.iter().map(|e| e.id).collect();
-        let result = match self.webhooks.iter().find(|w| w.name == endpoint_name) {
+        let channels = self.channels.current().await;
+        let result = match channels.webhooks.iter().find(|w| w.name == endpoint_name) {
             Some(endpoint) => {
                 let title = match rows {
                     [one] => one.subject.clone(),
@@ -255,7 +228,7 @@ impl Mailer {
                 webhook::deliver(&self.http, endpoint, &id, body, self.webhook_timeout).await
             }
             None => Err(format!(
-                "no webhook endpoint {endpoint_name:?} is configured any more (alerts.webhooks)"
+                "no alert webhook named {endpoint_name:?} is set any more (Settings → Notifications)"
             )),
         };
         match &result {
@@ -380,13 +353,15 @@ impl Mailer {
             "Telltale could not deliver a notification and gave it up: {fact}.\nCheck Settings → Notifications; the alert stays open in Telltale."
         );
         let (text, html) = templates::notice(&text);
+        let channels = self.channels.current().await;
         let mut targets: Vec<(&str, &[String])> = Vec::new();
-        if row.channel != EMAIL && self.emails_on_call() {
-            targets.push((EMAIL, &self.on_call));
+        if row.channel != EMAIL && channels.emails_on_call() {
+            targets.push((EMAIL, &channels.on_call));
         }
         if row.channel != WEBHOOK {
             targets.extend(
-                self.webhooks
+                channels
+                    .webhooks
                     .iter()
                     .map(|hook| (WEBHOOK, std::slice::from_ref(&hook.name))),
             );
@@ -407,10 +382,36 @@ impl Mailer {
         Ok(())
     }
 
+    /// Why a test email to `to` (the on-call list when empty) cannot be sent, before anything
+    /// is queued: (error code, what to set).
+    pub async fn refuse_test_email(&self, to: &[String]) -> Option<(&'static str, String)> {
+        let channels = self.channels.current().await;
+        if channels.smtp.is_none() {
+            return Some((
+                "no_smtp",
+                "no SMTP server is set: enter one in Settings → Notifications, or set SMTP_URL (e.g. smtp://user:password@mail.example.com:587)".into(),
+            ));
+        }
+        if to.is_empty() && channels.on_call.is_empty() {
+            return Some((
+                "no_recipients",
+                "give an address, or set the on-call list in Settings → Notifications (or TELLTALE_ONCALL_EMAILS)".into(),
+            ));
+        }
+        to.iter()
+            .find(|a| a.parse::<Mailbox>().is_err())
+            .map(|bad| ("invalid_recipient", format!("{bad:?} is not an email address")))
+    }
+
+    /// Why a test notification to `endpoint` (every endpoint when `None`) has nowhere to go.
+    pub async fn refuse_test_notification(&self, endpoint: Option<&str>) -> Option<webhook::NoTestTarget> {
+        webhook::check_test_target(&self.channels.current().await.webhooks, endpoint).err()
+    }
+
     /// Queues a test email to `to` (or the on-call list) and tries it at once.
     pub async fn send_test(&self, to: &[String]) -> StorageResult<(OutboxEmail, Result<(), String>)> {
         let recipients: Vec<String> = if to.is_empty() {
-            self.on_call.clone()
+            self.channels.current().await.on_call.clone()
         } else {
             to.to_vec()
         };
@@ -428,15 +429,9 @@ impl Mailer {
         .await
     }
 
-    /// The channels that can deliver an alert: email (an SMTP server and on-call addresses,
-    /// 0 or 1) and webhook endpoints.
-    pub fn channels(&self) -> (usize, usize) {
-        (usize::from(self.emails_on_call()), self.webhooks.len())
-    }
-
-    /// Whether email reaches on-call: an SMTP server and at least one on-call address.
-    fn emails_on_call(&self) -> bool {
-        self.transport.is_some() && !self.on_call.is_empty()
+    /// Where notifications go now.
+    pub async fn channels(&self) -> Arc<Channels> {
+        self.channels.current().await
     }
 
     /// Gives back the outbox rows this process holds (shutdown, once its runs have ended).
@@ -448,11 +443,6 @@ impl Mailer {
                 tracing::warn!(error = %err, "could not give back outbox leases; they expire by themselves")
             }
         }
-    }
-
-    /// Whether an SMTP server is configured (without one, nothing is queued for email).
-    pub fn can_email(&self) -> bool {
-        self.transport.is_some()
     }
 
     /// Queues a test and tries it at once; the row as it then stands, and the attempt's result.
@@ -481,7 +471,8 @@ impl Mailer {
             hostname()
         );
         let mut results = Vec::new();
-        for hook in self
+        let channels = self.channels.current().await;
+        for hook in channels
             .webhooks
             .iter()
             .filter(|w| endpoint.is_none_or(|name| w.name == name))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::channels::{Channels, NotificationChannels};
 use super::rules::{LISTED_DEVICES, conditions, when};
 use super::templates::{self, AlertView};
 use crate::alerts::settings::AlertsConfig;
@@ -85,14 +86,14 @@ pub enum Notice {
 }
 
 /// The email and webhook deliveries for an alert change; `None` when nobody is to be told.
-pub fn notification_for(config: &Config, alert: &Alert, notice: Notice) -> Option<Notification> {
-    let recipients = config
-        .alerts
-        .recipients
-        .get(&alert.rule)
-        .unwrap_or(&config.email.on_call);
-    let webhooks: Vec<String> = config
-        .alerts
+pub fn notification_for(
+    config: &Config,
+    channels: &Channels,
+    alert: &Alert,
+    notice: Notice,
+) -> Option<Notification> {
+    let recipients = channels.recipients_of(&alert.rule);
+    let webhooks: Vec<String> = channels
         .webhooks
         .iter()
         .filter(|w| w.wants(&alert.rule))
@@ -183,7 +184,13 @@ pub fn reminder_after(config: &AlertsConfig, notified: i32) -> Option<std::time:
 
 /// One evaluation: every condition that holds opens or refreshes its alert; every open alert
 /// whose condition is gone resolves. Emails are queued in the same transactions.
-pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Evaluation> {
+pub async fn evaluate(
+    db: &Db,
+    config: &Config,
+    channels: &NotificationChannels,
+    at: UtcTime,
+) -> StorageResult<Evaluation> {
+    let channels = channels.current().await;
     let signals = gather(db, &config.alerts, at).await?;
     let holding = conditions(&signals, &config.alerts, at);
     let silences = Silences::in_force(db, at).await?;
@@ -195,7 +202,8 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
     for firing in &holding {
         let key = firing.key();
         let hold = silences.hold(&key, firing.rule.as_str(), &firing.subject);
-        let (opened, reminded) = keep_firing(db, config, firing, &key, hold.as_deref(), at).await?;
+        let (opened, reminded) =
+            keep_firing(db, config, &channels, firing, &key, hold.as_deref(), at).await?;
         evaluation.opened += usize::from(opened);
         evaluation.reminded += usize::from(reminded);
         active.insert(key);
@@ -206,7 +214,7 @@ pub async fn evaluate(db: &Db, config: &Config, at: UtcTime) -> StorageResult<Ev
         }
         let hold = silences.hold(&open.alert_key, &open.rule, &open.subject);
         if store::resolve(db, open.id, at, hold.as_deref(), |alert| {
-            notification_for(config, alert, Notice::Resolved)
+            notification_for(config, &channels, alert, Notice::Resolved)
         })
         .await?
         .is_some()
@@ -263,13 +271,14 @@ impl Silences {
 async fn keep_firing(
     db: &Db,
     config: &Config,
+    channels: &Channels,
     firing: &Firing,
     key: &str,
     hold: Option<&str>,
     at: UtcTime,
 ) -> StorageResult<(bool, bool)> {
     let (alert, opened) = store::fire(db, firing, at, hold, |alert| {
-        notification_for(config, alert, Notice::Firing)
+        notification_for(config, channels, alert, Notice::Firing)
     })
     .await?;
     if opened {
@@ -279,7 +288,7 @@ async fn keep_firing(
         store::set_silenced(db, alert.id, hold, at, |_| None).await?;
     } else if hold.is_none() && alert.state == AlertState::Silenced {
         store::set_silenced(db, alert.id, None, at, |a| {
-            notification_for(config, a, Notice::Firing)
+            notification_for(config, channels, a, Notice::Firing)
         })
         .await?;
     } else if !opened
@@ -292,7 +301,7 @@ async fn keep_firing(
         && last.0 + chrono::Duration::from_std(after).unwrap_or_default() <= at.0
     {
         let reminded = store::remind(db, alert.id, alert.notify_count, at, hold, |a| {
-            notification_for(config, a, Notice::Reminder)
+            notification_for(config, channels, a, Notice::Reminder)
         })
         .await?
         .is_some();
@@ -301,18 +310,21 @@ async fn keep_firing(
     Ok((opened, false))
 }
 
-pub fn job_specs(config: &Arc<Config>, db: &Db) -> Vec<JobSpec> {
+pub fn job_specs(config: &Arc<Config>, db: &Db, channels: &Arc<NotificationChannels>) -> Vec<JobSpec> {
     vec![JobSpec {
         name: EVALUATION_JOB,
         schedule: config.alerts.evaluation_schedule.clone(),
         timezone: config.scheduler.timezone,
         exclusive: true,
-        run: run_with((db.clone(), config.clone()), |(db, config)| async move {
-            let e = evaluate(&db, &config, now()).await?;
-            Ok(format!(
-                "{} firing, {} opened, {} reminded, {} resolved",
-                e.firing, e.opened, e.reminded, e.resolved
-            ))
-        }),
+        run: run_with(
+            (db.clone(), config.clone(), channels.clone()),
+            |(db, config, channels)| async move {
+                let e = evaluate(&db, &config, &channels, now()).await?;
+                Ok(format!(
+                    "{} firing, {} opened, {} reminded, {} resolved",
+                    e.firing, e.opened, e.reminded, e.resolved
+                ))
+            },
+        ),
     }]
 }

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::webhook::{AlertWebhook, DEFAULT_ENDPOINT, signing_key};
 use crate::config::setting::{
-    FileType, Kind, comma_list, count, flag, secret, secs, settings, table_array, text,
+    FileType, Kind, comma_list, count, flag, optional_text, secret, secs, settings, table_array, text,
 };
 use crate::config::{ConfigError, check_mailbox, valid_source_name};
 use crate::scheduler::settings::schedule;
@@ -18,11 +18,12 @@ settings! {
     /// Outgoing email (alerts, test emails), delivered through the outbox.
     pub struct EmailConfig in "email" {
         /// SMTP server as a lettre URL (`smtps://user:pass@host:465`, `smtp://host:587?tls=required`);
-        /// emails stay queued until one is set.
+        /// without one (here or in Settings → Notifications) nothing is sent by email.
         smtp_url: Option<SecretString> = secret(1).check("an SMTP URL", check_smtp_url), env "SMTP_URL";
         /// Sender address.
-        from: String = text("Telltale <telltale@localhost>").check("an email address", |a| check_mailbox(a)), env "TELLTALE_EMAIL_FROM";
-        /// The default on-call recipients.
+        from: Option<String> = optional_text().check("an email address", |a: &Option<String>| a.as_deref().map_or(Ok(()), check_mailbox))
+            .documented_default("`Telltale <telltale@localhost>`, or Settings → Notifications"), env "TELLTALE_EMAIL_FROM";
+        /// The default on-call recipients (when unset, Settings → Notifications can set them).
         on_call: Vec<String> = comma_list("", "comma-separated email addresses", check_mailbox), env "TELLTALE_ONCALL_EMAILS";
         /// SMTP connection and command timeout.
         timeout_secs: Duration = secs(30, 1..=600), env "TELLTALE_SMTP_TIMEOUT_SECS";
@@ -134,7 +135,7 @@ fn check_webhook_url(url: &Option<SecretString>) -> Result<(), String> {
     url.as_ref().map_or(Ok(()), check_http_url)
 }
 
-fn check_http_url(url: &SecretString) -> Result<(), String> {
+pub(crate) fn check_http_url(url: &SecretString) -> Result<(), String> {
     // The message never repeats the URL: a Slack webhook URL is itself the credential.
     match url::Url::parse(url.expose_secret()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),

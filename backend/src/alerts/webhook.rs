@@ -204,7 +204,7 @@ pub async fn deliver(
         .body(body)
         .send()
         .await
-        .map_err(|e| crate::redact::redact(&e.without_url().to_string(), &[url]))?;
+        .map_err(|e| unreachable_endpoint(&e, timeout, url))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -213,10 +213,23 @@ pub async fn deliver(
     let answer: String = answer.chars().take(ANSWER_KEPT).collect();
     let answer = crate::redact::redact(answer.trim(), &[url]);
     Err(if answer.is_empty() {
-        format!("HTTP {}", status.as_u16())
+        format!("HTTP {} from the endpoint", status.as_u16())
     } else {
-        format!("HTTP {}: {answer}", status.as_u16())
+        format!("HTTP {} from the endpoint: {answer}", status.as_u16())
     })
+}
+
+/// Why a request got no answer, in the words of its deepest cause ("connection refused"):
+/// reqwest's own text ("error sending request") leaves the cause out. Never the URL.
+fn unreachable_endpoint(error: &reqwest::Error, timeout: std::time::Duration, url: &str) -> String {
+    if error.is_timeout() {
+        return format!("the endpoint did not answer within {} s", timeout.as_secs());
+    }
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    crate::redact::redact(&format!("could not reach the endpoint: {cause}"), &[url])
 }
 
 /// The `webhook-id` of a delivery: the same for every attempt of the same rows, so a

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::page_limit;
-use crate::alerts::webhook::{NoTestTarget, check_test_target};
+use crate::alerts::webhook::NoTestTarget;
 use crate::app::AppState;
 use crate::storage::{AlertState, outbox};
 use crate::web::ApiError;
@@ -28,23 +28,8 @@ pub async fn test_email(
     body: Option<web::Json<TestEmail>>,
 ) -> Result<HttpResponse, ApiError> {
     let to = body.map(|b| b.into_inner().to).unwrap_or_default();
-    if !state.mailer.can_email() {
-        return Err(ApiError::bad_request(
-            "no_smtp",
-            "no SMTP server is configured: set email.smtp_url (SMTP_URL), e.g. smtp://user:password@mail.example.com:587",
-        ));
-    }
-    if to.is_empty() && state.config.email.on_call.is_empty() {
-        return Err(ApiError::bad_request(
-            "no_recipients",
-            "give \"to\" or configure the on-call list (email.on_call / TELLTALE_ONCALL_EMAILS)",
-        ));
-    }
-    if let Some(bad) = to.iter().find(|a| a.parse::<lettre::message::Mailbox>().is_err()) {
-        return Err(ApiError::bad_request(
-            "invalid_recipient",
-            format!("{bad:?} is not an email address"),
-        ));
+    if let Some((code, message)) = state.mailer.refuse_test_email(&to).await {
+        return Err(ApiError::bad_request(code, message));
     }
     let (email, result) = state.mailer.send_test(&to).await?;
     Ok(match result {
@@ -66,19 +51,19 @@ pub struct TestNotification {
 }
 
 /// `POST /api/alerts/test-notification`: queue a test notification to each webhook endpoint
-/// (or the one named) and try each at once. 200 when every endpoint accepted it; 502 when one
-/// did not (it stays queued and is retried).
+/// (or the one named) and try each at once. 200 when every endpoint accepted it; 502 with what
+/// the endpoint answered when one did not (a test is not retried).
 pub async fn test_notification(
     state: web::Data<AppState>,
     body: Option<web::Json<TestNotification>>,
 ) -> Result<HttpResponse, ApiError> {
     let endpoint = body.and_then(|b| b.into_inner().endpoint);
-    match check_test_target(&state.config.alerts.webhooks, endpoint.as_deref()) {
-        Err(missing @ NoTestTarget::NoneConfigured) => {
+    match state.mailer.refuse_test_notification(endpoint.as_deref()).await {
+        Some(missing @ NoTestTarget::NoneConfigured) => {
             return Err(ApiError::bad_request("no_webhooks", missing.to_string()));
         }
-        Err(unknown) => return Err(ApiError::not_found(unknown.to_string())),
-        Ok(()) => {}
+        Some(unknown) => return Err(ApiError::not_found(unknown.to_string())),
+        None => {}
     }
     let results = state.mailer.send_test_notification(endpoint.as_deref()).await?;
     let all_sent = results.iter().all(|(_, r)| r.is_ok());
@@ -104,7 +89,7 @@ pub async fn test_notification(
         "sent": false,
         "error": {
             "code": "webhook_failed",
-            "message": format!("not delivered ({}); it stays queued and is retried", failures.join("; ")),
+            "message": format!("not delivered: {}", failures.join("; ")),
         },
         "endpoints": items,
     })))

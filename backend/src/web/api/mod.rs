@@ -5,6 +5,7 @@ pub mod connections;
 pub mod cron;
 pub mod devices;
 pub mod milesight;
+pub mod notifications;
 pub mod polling;
 pub mod scheduler;
 pub mod webhook_sources;
@@ -41,6 +42,12 @@ super::route_table! {
         get "/api/refresh-stats" => connections::stats,
         post "/api/scheduler" => scheduler::control,
         get "/api/alerts" => alerts::alerts,
+        get "/api/notifications" => notifications::channels,
+        put "/api/notifications/smtp" => notifications::save_smtp,
+        delete "/api/notifications/smtp" => notifications::clear_smtp,
+        put "/api/notifications/recipients" => notifications::save_recipients,
+        put "/api/notifications/webhooks" => notifications::save_webhook,
+        delete "/api/notifications/webhooks/{name}" => notifications::delete_webhook,
         post "/api/alerts/test-email" => alerts::test_email,
         post "/api/alerts/test-notification" => alerts::test_notification,
         get "/api/alerts/{id}" => alerts::alert,

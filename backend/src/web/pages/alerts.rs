@@ -42,7 +42,7 @@ pub async fn alerts_page(
     let wanted = query.state.clone().unwrap_or_else(|| "open".into());
     // Anything unknown shows the open alerts, the page's default.
     let states = AlertState::selection(&wanted).unwrap_or_else(|_| AlertState::OPEN.to_vec());
-    let (email, webhooks) = state.mailer.channels();
+    let (email, webhooks) = state.channels.current().await.counts();
     let reaching_nobody = email + webhooks == 0 && !alerts::open_alerts(&state.db).await?.is_empty();
     render(&AlertsPage {
         reaching_nobody,

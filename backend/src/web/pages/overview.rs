@@ -138,7 +138,7 @@ async fn gather(state: &AppState) -> Result<Health, ApiError> {
     }
     let polls = api::polling::list_data(state).await?;
     let sources = crate::storage::deliveries::list_sources(&state.db).await?;
-    let (email, webhooks) = state.mailer.channels();
+    let (email, webhooks) = state.channels.current().await.counts();
     let is_milesight = |c: &ConnectionView| c.settings["preset"] == "milesight";
     let setup = Setup {
         webhook_secret: !state.intake.webhooks.all().await.is_empty(),

@@ -1,9 +1,12 @@
-//! `GET /settings` (admin): Milesight, email, alert webhooks, users and API tokens.
+//! `GET /settings` (admin): Milesight, notifications (email and alert webhooks), users and API
+//! tokens.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use askama::Template;
 
 use super::{Base, render};
+use crate::alerts::channels::{ChannelsView, Origin, TlsMode};
 use crate::app::AppState;
 use crate::auth::Staff;
 use crate::milesight::token::ApiOrigin;
@@ -23,14 +26,8 @@ struct SettingsPage {
     milesight: api::milesight::MilesightSettings,
     /// Whether the Milesight application is set in the config or environment (read-only here).
     milesight_from_config: bool,
-    alert_webhooks: Vec<AlertWebhookRow>,
-}
-
-/// An alert webhook endpoint as Settings shows it: never its URL or secret.
-struct AlertWebhookRow {
-    name: String,
-    signed: bool,
-    rules: String,
+    /// Every notification channel and where its values come from; never a secret.
+    notifications: ChannelsView,
 }
 
 /// `GET /settings` (admin)
@@ -40,7 +37,7 @@ pub async fn settings(
 ) -> Result<HttpResponse, ApiError> {
     if !staff.is_admin() {
         return Err(ApiError::new(
-            actix_web::http::StatusCode::FORBIDDEN,
+            StatusCode::FORBIDDEN,
             "forbidden",
             "this page needs the admin role",
         ));
@@ -53,20 +50,10 @@ pub async fn settings(
         users: staff::list_users(&state.db).await?,
         tokens: staff::list_api_tokens(&state.db).await?,
         outbox_pending: outbox::pending_count(&state.db).await?,
-        alert_webhooks: state
-            .config
-            .alerts
-            .webhooks
-            .iter()
-            .map(|w| AlertWebhookRow {
-                name: w.name.clone(),
-                signed: w.secret.is_some(),
-                rules: if w.rules.is_empty() {
-                    "every rule".into()
-                } else {
-                    w.rules.join(", ")
-                },
-            })
-            .collect(),
+        notifications: state
+            .channels
+            .view()
+            .await
+            .map_err(api::notifications::channels_error)?,
     })
 }

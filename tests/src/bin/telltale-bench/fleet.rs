@@ -147,7 +147,7 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     for run in ["alert evaluation (first: opens)", "alert evaluation (steady)"] {
         let started = Instant::now();
-        let e = telltale::alerts::evaluate::evaluate(&state.db, &state.config, now())
+        let e = telltale::alerts::evaluate::evaluate(&state.db, &state.config, &state.channels, now())
             .await
             .map_err(|e| e.to_string())?;
         report(
