@@ -30,6 +30,16 @@
     box.hidden = false;
   }
 
+  // The answer also shows beside what was pressed (the form's or table row's `output`), so a
+  // Send test far down the page is answered where the person is looking.
+  function answer(element, text, bad) {
+    const holder = element.closest("form, tr");
+    const out = holder && holder.querySelector("output[id]");
+    if (!out) return;
+    out.textContent = text;
+    out.className = "answer " + (bad ? "bad" : "good");
+  }
+
   async function call(method, url, body) {
     const response = await fetch(url, {
       method,
@@ -60,6 +70,8 @@
       const fresh = page.querySelector("main");
       if (!fresh) return;
       const note = main.querySelector(".flash");
+      const answers = [...main.querySelectorAll("output[id]")].filter((o) => o.textContent)
+        .map((o) => [o.id, o.textContent, o.className]);
       // Panels a person opened or closed stay so (the fresh page has their initial state).
       const opened = new Map([...main.querySelectorAll("details[id]")].map((d) => [d.id, d.open]));
       main.innerHTML = fresh.innerHTML;
@@ -68,6 +80,10 @@
         if (panel && panel.tagName === "DETAILS") panel.open = open;
       }
       if (note && !note.hidden) main.querySelector(".flash").replaceWith(note);
+      for (const [id, text, className] of answers) {
+        const out = document.getElementById(id);
+        if (out) Object.assign(out, { textContent: text, className });
+      }
       decorate(main);
     } catch (_) { /* offline: keep what is shown */ }
   }
@@ -102,6 +118,7 @@
     const result = await call(method, url, body);
     if (result.ok && after(button, result)) return;
     flash(`${button.textContent.trim()}: ${describe(result)}`, !result.ok);
+    answer(button, describe(result), !result.ok);
     await refresh();
   });
 
@@ -155,6 +172,7 @@
     const once = form.dataset.secret !== undefined ? " (copy it now; it is not shown again)" : "";
     const shown = form.dataset.show && result.ok && result.data ? ` ${form.dataset.show}: ${result.data[form.dataset.show]}${once}` : "";
     flash(`${describe(result)}${shown}`, !result.ok);
+    answer(form, `${describe(result)}${shown}`, !result.ok);
     if (result.ok) form.reset();
     if (document.activeElement) document.activeElement.blur();
     await refresh();

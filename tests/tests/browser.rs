@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use telltale_e2e::{
-    Backend, FRESH_INSTALL, FakeAuthorizationServer, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb,
-    TestServer, free_port, mdp_reading, milesight_headers, nonce, post_with_headers,
+    Backend, FRESH_INSTALL, FakeAuthorizationServer, SmtpSink, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb,
+    TestServer, WebhookReceiver, free_port, mdp_reading, milesight_headers, nonce, post_with_headers,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -144,14 +144,21 @@ impl Browser {
             .await;
     }
 
+    /// Types into the element; found again when the page's live refresh replaced it meanwhile.
     async fn type_into(&self, css: &str, text: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .send_keys(text)
-            .await
-            .unwrap_or_else(|e| panic!("cannot type into {css}: {e}"));
+        let mut tries = 0;
+        loop {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            match element.send_keys(text).await {
+                Ok(()) => return,
+                Err(e) if tries < 3 && e.to_string().contains("stale element") => tries += 1,
+                Err(e) => panic!("cannot type into {css}: {e}"),
+            }
+        }
     }
 
     async fn screenshot(&self, name: &str) {
@@ -480,6 +487,144 @@ async fn a_new_user_sets_up_a_blank_install_in_a_real_browser() {
             .await
             .unwrap()
             .contains("Create the first admin")
+    );
+}
+
+/// An admin makes a fresh install reach on-call from Settings → Notifications alone: an SMTP
+/// server that asks for a sign-in (real aiosmtpd), first with a wrong password (Send test shows
+/// the server's 535), then the right one (the test arrives and the overview's checklist ticks
+/// the step), and an alert webhook with its own Send test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sets_up_notifications_in_a_real_browser() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::start(db.url(), &[]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let smtp = SmtpSink::start_with_login("alerts@example.com", "CANARY-smtp-pw").await;
+    let receiver = WebhookReceiver::start(None).await;
+    let browser = Browser::start().await;
+    browser
+        .sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        .await;
+    assert!(
+        browser
+            .text("#checklist")
+            .await
+            .contains("Set up a notification channel")
+    );
+    browser
+        .client
+        .goto(&server.url("/settings#notifications"))
+        .await
+        .unwrap();
+    assert!(
+        browser
+            .text("#notifications-reach")
+            .await
+            .contains("reach nobody"),
+        "{}",
+        browser.text("#notifications-reach").await
+    );
+    let flash = |expect: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .wait_text(".flash", Duration::from_secs(15), |t| t.contains(expect))
+                .await
+        }
+    };
+
+    browser.type_into("#smtp-host", "127.0.0.1").await;
+    browser
+        .client
+        .find(Locator::Css("#smtp-tls"))
+        .await
+        .unwrap()
+        .select_by_value("none")
+        .await
+        .unwrap();
+    browser.type_into("#smtp-port", &smtp.port.to_string()).await;
+    browser.type_into("#smtp-user", "alerts@example.com").await;
+    browser.type_into("#smtp-password", "CANARY-wrong-pw").await;
+    browser.click("#smtp-server button[type=submit]").await;
+    flash("Done.").await;
+    browser.type_into("#on-call", "oncall@example.com").await;
+    browser.click("#recipients button[type=submit]").await;
+    browser
+        .wait_text("#notifications-reach", Duration::from_secs(15), |t| {
+            t.contains("reach on-call")
+        })
+        .await;
+    browser.click("#test-email button[type=submit]").await;
+    let refused = flash("535").await;
+    assert!(refused.contains("(502)"), "{refused}");
+    // The answer also stands beside the button that asked, across the page's live refresh.
+    let beside = browser
+        .wait_text("#test-email-answer", Duration::from_secs(5), |t| {
+            t.contains("535")
+        })
+        .await;
+    assert_eq!(beside, refused);
+    browser
+        .client
+        .execute("document.getElementById('test-email').scrollIntoView();", vec![])
+        .await
+        .unwrap();
+    browser.screenshot("settings-notifications-refused").await;
+    assert!(smtp.messages().is_empty());
+
+    // The form shows what is stored (never the password); the right password, then the test.
+    assert_eq!(
+        browser
+            .client
+            .find(Locator::Css("#smtp-user"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("alerts@example.com")
+    );
+    browser.type_into("#smtp-password", "CANARY-smtp-pw").await;
+    browser.click("#smtp-server button[type=submit]").await;
+    flash("Done.").await;
+    browser.click("#test-email button[type=submit]").await;
+    browser
+        .wait_text(".flash", Duration::from_secs(15), |t| t == "Done.")
+        .await;
+    let received = smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert!(received[0].contains("To: oncall@example.com"), "{}", received[0]);
+
+    browser.type_into("#awh-name", "ops-chat").await;
+    browser.type_into("#awh-url", &receiver.url()).await;
+    browser.click("#alert-webhook button[type=submit]").await;
+    browser
+        .wait_text("#alert-webhook-list", Duration::from_secs(15), |t| {
+            t.contains("ops-chat") && t.contains("this page")
+        })
+        .await;
+    browser.click("#alert-webhook-list button[data-post]").await;
+    flash("Send test: Done.").await;
+    assert_eq!(
+        receiver.wait_for_accepted(1, Duration::from_secs(10)).await.len(),
+        1
+    );
+    browser.screenshot("settings-notifications").await;
+    assert!(!browser.client.source().await.unwrap().contains("CANARY"));
+
+    browser.client.goto(&server.url("/")).await.unwrap();
+    let mut done = Vec::new();
+    for step in browser
+        .client
+        .find_all(Locator::Css("#checklist li.done"))
+        .await
+        .unwrap()
+    {
+        done.push(step.text().await.unwrap());
+    }
+    assert!(
+        done.iter().any(|s| s.contains("Set up a notification channel")),
+        "the step is ticked: {done:?}"
     );
 }
 
