@@ -125,6 +125,33 @@ impl SmtpSink {
         messages
     }
 
+    /// The HTML part of each message received so far, decoded as a mail client shows it.
+    pub fn html_parts(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("new")) else {
+            return Vec::new();
+        };
+        let mut raw: Vec<(std::time::SystemTime, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                Some((
+                    e.metadata().ok()?.modified().ok()?,
+                    std::fs::read_to_string(e.path()).ok()?,
+                ))
+            })
+            .collect();
+        raw.sort_by_key(|(t, _)| *t);
+        raw.into_iter()
+            .filter_map(|(_, m)| {
+                let m = m.replace("\r\n", "\n");
+                let part = &m[m.find("Content-Type: text/html")?..];
+                let body = &part[part.find("\n\n")? + 2..];
+                let body = &body[..body.find("\n--").unwrap_or(body.len())];
+                let html = quoted_printable::decode(body, quoted_printable::ParseMode::Robust).ok()?;
+                String::from_utf8(html).ok()
+            })
+            .collect()
+    }
+
     /// Waits until `n` messages have arrived, and returns them.
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<String> {
         let deadline = std::time::Instant::now() + within;

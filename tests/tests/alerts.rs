@@ -312,8 +312,8 @@ async fn a_failing_token_is_emailed_once_and_again_when_it_recovers(backend: Bac
         "product names, not codes: {firing}"
     );
     assert!(
-        firing.contains("Telltale retries on every sweep"),
-        "what was tried: {firing}"
+        firing.contains("Failed refreshes in a row: 3") && firing.contains("Next attempt: "),
+        "what was tried, and when next: {firing}"
     );
     let open = alerts::open_alerts(&state.db).await.unwrap();
     assert!(

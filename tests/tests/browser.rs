@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
+use telltale::storage::now;
 use telltale_e2e::{
-    Backend, FRESH_INSTALL, FakeAuthorizationServer, SmtpSink, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TestDb,
-    TestServer, WebhookReceiver, free_port, mdp_reading, milesight_headers, nonce, post_with_headers,
+    Backend, FRESH_INSTALL, FakeAuthorizationServer, SmtpSink, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD,
+    TestApp, TestDb, TestServer, WebhookReceiver, fail_refresh, free_port, mdp_reading, milesight_headers,
+    nonce, post_with_headers, refresh_succeeded, spotify_connection,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -488,6 +490,83 @@ async fn a_new_user_sets_up_a_blank_install_in_a_real_browser() {
             .unwrap()
             .contains("Create the first admin")
     );
+}
+
+/// An alert email's HTML part as a mail client shows it: the firing email of a Spotify
+/// connection whose refreshes fail, then its RESOLVED email; screenshots of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_emails_read_well_in_a_real_browser() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let smtp = SmtpSink::start().await;
+    let state = TestApp::on(&db)
+        .set("email.smtp_url", smtp.url())
+        .set("email.on_call", "oncall@example.com")
+        .set("alerts.public_url", "https://telltale.example.com")
+        .set("alerts.group_wait_secs", 0)
+        .state()
+        .await;
+    let id = spotify_connection(&state, "marketing", chrono::Duration::hours(1)).await;
+    fail_refresh(&state, id, 3).await;
+    let evaluate = || telltale::alerts::evaluate::evaluate(&state.db, &state.config, &state.channels, now());
+    assert_eq!(evaluate().await.unwrap().opened, 1);
+    state.mailer.deliver_due().await.unwrap();
+    smtp.wait_for(1, Duration::from_secs(10)).await;
+    refresh_succeeded(&state, id).await;
+    assert_eq!(evaluate().await.unwrap().resolved, 1);
+    state.mailer.deliver_due().await.unwrap();
+    smtp.wait_for(2, Duration::from_secs(10)).await;
+    let parts = smtp.html_parts();
+    assert_eq!(parts.len(), 2);
+
+    let browser = Browser::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (html, name, facts) in [
+        (
+            &parts[0],
+            "email-firing",
+            &[
+                "Spotify connection 'marketing' cannot refresh its token (3 failed refreshes in a row)",
+                "What the platform last said HTTP 503",
+                "Failed refreshes in a row 3",
+                "Next attempt ",
+            ][..],
+        ),
+        (
+            &parts[1],
+            "email-resolved",
+            &[
+                "Recovered at",
+                "The condition no longer holds.",
+                "Token valid until ",
+            ][..],
+        ),
+    ] {
+        let file = dir.path().join(format!("{name}.html"));
+        std::fs::write(&file, html).unwrap();
+        browser
+            .client
+            .goto(&format!("file://{}", file.display()))
+            .await
+            .unwrap();
+        // A label and its value sit in two cells of one row.
+        let shown = browser.text("body").await.replace('\t', " ");
+        for fact in facts {
+            assert!(shown.contains(fact), "{fact:?} not shown in {name}: {shown}");
+        }
+        assert!(!shown.contains("/api/") && !shown.contains("oauth2_"), "{shown}");
+        for link in browser.client.find_all(Locator::Css("a[href]")).await.unwrap() {
+            let href = link.attr("href").await.unwrap().unwrap_or_default();
+            assert!(href.starts_with("https://telltale.example.com/"), "{href}");
+        }
+        let page = browser
+            .client
+            .find(Locator::Css(&format!(
+                "a[href='https://telltale.example.com/connections/{id}']"
+            )))
+            .await;
+        assert!(page.is_ok(), "{name} links the connection's page");
+        browser.screenshot(name).await;
+    }
 }
 
 /// An admin makes a fresh install reach on-call from Settings → Notifications alone: an SMTP

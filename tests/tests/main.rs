@@ -2,6 +2,7 @@
 //! the product are linked once instead of once per suite. `cargo test -p telltale-e2e SUITE::`
 //! runs one suite (e.g. `alerts::`).
 
+mod alert_emails;
 mod alert_webhooks;
 mod alerts;
 mod api;

@@ -14,12 +14,12 @@ use crate::alerts::settings::AlertsConfig;
 use crate::config::Config;
 use crate::present;
 use crate::scheduler::{JobSpec, run_with};
-use crate::storage::AlertState;
 use crate::storage::alerts::{self as store, Alert, Firing, Notification};
 use crate::storage::connections::{self, Connection};
 use crate::storage::deliveries::{self, WebhookSource};
 use crate::storage::devices::{self, Device};
 use crate::storage::polling::{self as poll_store, PollState};
+use crate::storage::{AlertRule, AlertState};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 
 pub const EVALUATION_JOB: &str = "alert-evaluation";
@@ -33,6 +33,8 @@ pub struct Signals {
     pub sources: Vec<WebhookSource>,
     /// The offline devices by source (online devices never alert), never the whole fleet.
     pub offline: Vec<OfflineGroup>,
+    /// When the token sweep next runs (a failing connection's next attempt).
+    pub next_token_sweep: Option<UtcTime>,
 }
 
 /// The offline devices of one source: how many, and every one of them while they are few
@@ -86,11 +88,13 @@ pub enum Notice {
 }
 
 /// The email and webhook deliveries for an alert change; `None` when nobody is to be told.
+/// `facts_now`, for a resolution: what its subject looks like now (see [`facts_now`]).
 pub fn notification_for(
     config: &Config,
     channels: &Channels,
     alert: &Alert,
     notice: Notice,
+    facts_now: &str,
 ) -> Option<Notification> {
     let recipients = channels.recipients_of(&alert.rule);
     let webhooks: Vec<String> = channels
@@ -140,10 +144,13 @@ pub fn notification_for(
             ),
         ),
     };
-    // A recovery does not repeat the facts it fired with (the old error, the old expiry).
-    let recovered = "The condition no longer holds. What it looks like now is on the page below; what happened is in the alert's history.";
+    // A recovery does not repeat the facts it fired with (the old error, the old expiry): it
+    // says what holds now.
+    let recovered = format!(
+        "The condition no longer holds.\n{facts_now}\nWhat happened meanwhile is in the alert's history."
+    );
     let details = match notice {
-        Notice::Resolved => recovered,
+        Notice::Resolved => recovered.as_str(),
         Notice::Firing | Notice::Reminder => alert.details.as_str(),
     };
     let (text, html) = templates::alert(&AlertView {
@@ -153,13 +160,12 @@ pub fn notification_for(
         details,
         severity: &alert.severity,
         rule: &alert.rule,
-        subject: &alert.subject,
         link: &look,
     });
     let payload = if webhooks.is_empty() {
         String::new()
     } else {
-        super::webhook::alert_json(alert, name, &config.alerts.public_url).to_string()
+        super::webhook::alert_json(alert, name, &headline, details, &config.alerts.public_url).to_string()
     };
     Some(Notification {
         kind,
@@ -213,8 +219,9 @@ pub async fn evaluate(
             continue;
         }
         let hold = silences.hold(&open.alert_key, &open.rule, &open.subject);
+        let facts = facts_now(db, &open, &signals.offline, &config.alerts.public_url).await?;
         if store::resolve(db, open.id, at, hold.as_deref(), |alert| {
-            notification_for(config, &channels, alert, Notice::Resolved)
+            notification_for(config, &channels, alert, Notice::Resolved, &facts)
         })
         .await?
         .is_some()
@@ -224,6 +231,78 @@ pub async fn evaluate(
         }
     }
     Ok(evaluation)
+}
+
+/// What a resolved alert's subject looks like now, in the words of its page: the new expiry,
+/// the last event, when the device was last seen. Facts the alert fired with are not repeated.
+async fn facts_now(
+    db: &Db,
+    alert: &Alert,
+    offline: &[OfflineGroup],
+    public_url: &str,
+) -> StorageResult<String> {
+    let gone = "It no longer exists in Telltale (deleted).".to_owned();
+    let Ok(rule) = alert.rule.parse::<AlertRule>() else {
+        return Ok(String::new());
+    };
+    let subject = alert.subject.split_once(':').map_or("", |(_, rest)| rest);
+    Ok(match rule {
+        AlertRule::TokenRefreshFailing | AlertRule::TokenNeedsReauth | AlertRule::TokenRunway => {
+            let Ok(id) = subject.parse::<i64>() else {
+                return Ok(String::new());
+            };
+            match connections::get_connection(db, id).await {
+                Ok(c) => format!(
+                    "Status: {}\nLast successful refresh: {}\nToken valid until: {}\nLook here: {public_url}/connections/{id}",
+                    present::state_label(c.status.as_str()),
+                    when(c.last_refresh_success_at),
+                    when(c.expires_at)
+                ),
+                Err(crate::storage::StorageError::NotFound) => gone,
+                Err(e) => return Err(e),
+            }
+        }
+        AlertRule::PollFailing => {
+            let Some((id, endpoint)) = subject.split_once(':') else {
+                return Ok(String::new());
+            };
+            match poll_store::get_state(db, id.parse().unwrap_or_default(), endpoint).await {
+                Ok(p) => format!(
+                    "Last successful poll: {}\nNext poll: {}\nLook here: {public_url}/polling",
+                    when(p.last_success_at),
+                    when(p.next_due_at)
+                ),
+                Err(crate::storage::StorageError::NotFound) => gone,
+                Err(e) => return Err(e),
+            }
+        }
+        AlertRule::WebhookSourceStale | AlertRule::MilesightSystemNotice | AlertRule::DevicesOffline => {
+            match deliveries::source_by_name(db, subject).await {
+                Ok(source) => {
+                    let still_offline: usize = offline
+                        .iter()
+                        .filter(|g| g.source_id == Some(source.id))
+                        .map(|g| g.count)
+                        .sum();
+                    format!(
+                        "Last event: {}\nOffline devices of this source now: {still_offline}\nLook here: {public_url}/webhooks",
+                        when(source.last_event_at)
+                    )
+                }
+                Err(crate::storage::StorageError::NotFound) => gone,
+                Err(e) => return Err(e),
+            }
+        }
+        AlertRule::DeviceOffline => match devices::by_sn(db, subject).await? {
+            Some(d) => format!(
+                "Status: {}\nLast seen: {}\nLook here: {public_url}/devices/{}",
+                present::state_label(d.status.as_str()),
+                when(d.last_seen_at),
+                d.id
+            ),
+            None => gone,
+        },
+    })
 }
 
 /// What the rules read: connections failing or near expiry, failing polls, the webhook
@@ -241,6 +320,11 @@ async fn gather(db: &Db, alerts: &AlertsConfig, at: UtcTime) -> StorageResult<Si
         polls: poll_store::failing_states(db, alerts.poll_failures).await?,
         sources: deliveries::list_sources(db).await?,
         offline: offline_groups(db, alerts).await?,
+        next_token_sweep: crate::storage::jobs::list(db)
+            .await?
+            .into_iter()
+            .find(|j| j.name == crate::tokens::SWEEP_JOB)
+            .and_then(|j| j.next_run_at),
     })
 }
 
@@ -278,7 +362,7 @@ async fn keep_firing(
     at: UtcTime,
 ) -> StorageResult<(bool, bool)> {
     let (alert, opened) = store::fire(db, firing, at, hold, |alert| {
-        notification_for(config, channels, alert, Notice::Firing)
+        notification_for(config, channels, alert, Notice::Firing, "")
     })
     .await?;
     if opened {
@@ -288,7 +372,7 @@ async fn keep_firing(
         store::set_silenced(db, alert.id, hold, at, |_| None).await?;
     } else if hold.is_none() && alert.state == AlertState::Silenced {
         store::set_silenced(db, alert.id, None, at, |a| {
-            notification_for(config, channels, a, Notice::Firing)
+            notification_for(config, channels, a, Notice::Firing, "")
         })
         .await?;
     } else if !opened
@@ -301,7 +385,7 @@ async fn keep_firing(
         && last.0 + chrono::Duration::from_std(after).unwrap_or_default() <= at.0
     {
         let reminded = store::remind(db, alert.id, alert.notify_count, at, hold, |a| {
-            notification_for(config, channels, a, Notice::Reminder)
+            notification_for(config, channels, a, Notice::Reminder, "")
         })
         .await?
         .is_some();

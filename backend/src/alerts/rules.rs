@@ -48,7 +48,7 @@ pub fn conditions(signals: &Signals, config: &AlertsConfig, at: UtcTime) -> Vec<
         .filter(|c| c.status != ConnectionStatus::Disabled)
     {
         let held = held_back.get(&c.id).map(Vec::as_slice).unwrap_or_default();
-        firing.extend(token_condition(c, held, config, at));
+        firing.extend(token_condition(c, held, signals.next_token_sweep, config, at));
     }
     let mut stale_sources = HashSet::new();
     for s in &signals.sources {
@@ -133,9 +133,10 @@ fn poll_alert(poll: &PollState, name: &str, config: &AlertsConfig) -> Firing {
             poll.endpoint, poll.consecutive_failures
         ),
         details: format!(
-            "Last error: {}\nLast success: {}\nTelltale retried each poll with backoff and keeps the last good data.\nLook here: {}",
+            "What the platform last said: {}\nLast success: {}\nNext attempt: {}\nTelltale retried each poll with backoff and keeps the last good data.\nLook here: {}",
             poll.last_error.as_deref().unwrap_or("-"),
             when(poll.last_success_at),
+            when(poll.next_due_at),
             link(config, "/polling")
         ),
     }
@@ -144,7 +145,13 @@ fn poll_alert(poll: &PollState, name: &str, config: &AlertsConfig) -> Firing {
 /// The one token rule that holds for a connection, worst first: needs re-authorisation,
 /// refresh failing, or a runway shorter than `alerts.runway_secs`. `held` names the poll
 /// failures it holds back.
-fn token_condition(c: &Connection, held: &[String], config: &AlertsConfig, at: UtcTime) -> Option<Firing> {
+fn token_condition(
+    c: &Connection,
+    held: &[String],
+    next_sweep: Option<UtcTime>,
+    config: &AlertsConfig,
+    at: UtcTime,
+) -> Option<Firing> {
     let held = if held.is_empty() {
         String::new()
     } else {
@@ -162,7 +169,13 @@ fn token_condition(c: &Connection, held: &[String], config: &AlertsConfig, at: U
     if c.status == ConnectionStatus::NeedsReauth {
         Some(token_needs_reauth(c, severity, &held, config))
     } else if c.consecutive_failures >= config.refresh_failures {
-        Some(token_refresh_failing(c, severity, &held, config))
+        Some(token_refresh_failing(
+            c,
+            severity,
+            &held,
+            next_attempt(c, next_sweep, at),
+            config,
+        ))
     } else {
         token_runway(c, severity, config, at)
     }
@@ -187,7 +200,23 @@ fn token_needs_reauth(c: &Connection, severity: Severity, held: &str, config: &A
     }
 }
 
-fn token_refresh_failing(c: &Connection, severity: Severity, held: &str, config: &AlertsConfig) -> Firing {
+/// When the engine next tries a failing connection: its next sweep, or later when the platform
+/// asked to wait (`Retry-After`) and the sweep was told so.
+fn next_attempt(c: &Connection, next_sweep: Option<UtcTime>, at: UtcTime) -> Option<UtcTime> {
+    let asked = c.next_refresh_at.filter(|t| t.0 > at.0);
+    match (asked, next_sweep) {
+        (Some(asked), Some(sweep)) => Some(if asked.0 > sweep.0 { asked } else { sweep }),
+        (asked, sweep) => asked.or(sweep),
+    }
+}
+
+fn token_refresh_failing(
+    c: &Connection,
+    severity: Severity,
+    held: &str,
+    next_attempt: Option<UtcTime>,
+    config: &AlertsConfig,
+) -> Firing {
     let look = link(config, &format!("/connections/{}", c.id));
     Firing {
         rule: AlertRule::TokenRefreshFailing,
@@ -199,8 +228,11 @@ fn token_refresh_failing(c: &Connection, severity: Severity, held: &str, config:
             c.consecutive_failures
         ),
         details: format!(
-            "What the platform last said: {}\nLast success: {}\nToken expires: {}\nTelltale retries on every sweep with backoff; if the error names the credentials, check them or Reconnect.{held}\nLook here: {look}",
+            "What the platform last said: {}\nFailed refreshes in a row: {} (the last at {})\nNext attempt: {}\nLast success: {}\nToken expires: {}\nIf the platform names the credentials, check them or Reconnect.{held}\nLook here: {look}",
             c.last_error.as_deref().unwrap_or("-"),
+            c.consecutive_failures,
+            when(c.last_refresh_attempt_at),
+            next_attempt.map_or_else(|| "with the next token sweep".into(), |t| when(Some(t))),
             when(c.last_refresh_success_at),
             when(c.expires_at)
         ),

@@ -5,6 +5,8 @@
 
 use askama::Template;
 
+use crate::present::filters;
+
 /// What an alert email says.
 pub struct AlertView<'a> {
     /// `firing`, `reminder` or `resolved`.
@@ -14,7 +16,6 @@ pub struct AlertView<'a> {
     pub details: &'a str,
     pub severity: &'a str,
     pub rule: &'a str,
-    pub subject: &'a str,
     pub link: &'a str,
 }
 
@@ -132,7 +133,6 @@ mod tests {
             details,
             severity: "high",
             rule: "token_needs_reauth",
-            subject: "connection:1",
             link: "https://t.example/api/alerts/1",
         }
     }

@@ -114,7 +114,8 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
 }
 
 /// An alert as the webhook shows it, taken when the notification is queued.
-pub fn alert_json(alert: &Alert, notice: &str, public_url: &str) -> Value {
+/// `headline` and `details` are what the email says (for a resolution: the facts now).
+pub fn alert_json(alert: &Alert, notice: &str, headline: &str, details: &str, public_url: &str) -> Value {
     json!({
         "id": alert.id,
         "notice": notice,
@@ -123,7 +124,8 @@ pub fn alert_json(alert: &Alert, notice: &str, public_url: &str) -> Value {
         "severity": alert.severity,
         "subject": alert.subject,
         "summary": alert.summary,
-        "details": alert.details,
+        "headline": headline,
+        "details": details,
         "occurrences": alert.occurrences,
         "url": format!("{public_url}/alerts/{}", alert.id),
         "api_url": format!("{public_url}/api/alerts/{}", alert.id),
@@ -160,7 +162,10 @@ pub fn message(rows: &[OutboxEmail], title: &str, at: UtcTime) -> String {
     for alert in &alerts {
         let link = alert["url"].as_str().unwrap_or_default();
         if let [_] = rows {
-            text.push_str(&format!("\n{link}"));
+            // A chat shows the same facts as the email.
+            let headline = alert["headline"].as_str().unwrap_or_default();
+            let details = alert["details"].as_str().unwrap_or_default();
+            text.push_str(&format!("\n{headline}\n{details}\n{link}"));
         } else {
             let line = match alert["notice"].as_str() {
                 Some("resolved") => "RESOLVED",

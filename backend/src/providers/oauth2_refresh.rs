@@ -208,7 +208,24 @@ async fn token_request(
         };
     let parsed: Option<TokenResponse> = serde_json::from_slice(&body).ok();
     let code = status.as_u16();
-    if let Some(retry) = answer.retry(|| Failure::answered(code, format!("HTTP {code}"))) {
+    // What the platform said, in its own words when its body names an error (a busy or
+    // failing platform often does: on-call reads this line first).
+    let said = parsed.as_ref().and_then(|p| p.error.as_deref()).map(|error| {
+        redact(
+            &format!(
+                "HTTP {code} {error}{}",
+                parsed
+                    .as_ref()
+                    .and_then(|p| p.error_description.as_deref())
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ),
+            &hide,
+        )
+    });
+    if let Some(retry) =
+        answer.retry(|| Failure::answered(code, said.clone().unwrap_or_else(|| format!("HTTP {code}"))))
+    {
         return retry;
     }
     let Some(parsed) = parsed else {
@@ -217,21 +234,8 @@ async fn token_request(
             format!("HTTP {code} with an unreadable body"),
         ));
     };
-    if let Some(error) = parsed.error.as_deref() {
-        let described = Failure::answered(
-            code,
-            redact(
-                &format!(
-                    "HTTP {code} {error}{}",
-                    parsed
-                        .error_description
-                        .as_deref()
-                        .map(|d| format!(": {d}"))
-                        .unwrap_or_default()
-                ),
-                &hide,
-            ),
-        );
+    if let (Some(error), Some(said)) = (parsed.error.as_deref(), said) {
+        let described = Failure::answered(code, said);
         return if REAUTH_ERRORS.contains(&error) {
             Outcome::NeedsReauth(described)
         } else {

@@ -149,6 +149,18 @@ pub async fn get(db: &Db, id: i64) -> StorageResult<Device> {
     })
 }
 
+/// The device with serial number `sn`, if it exists.
+pub async fn by_sn(db: &Db, sn: &str) -> StorageResult<Option<Device>> {
+    db_run!(db, |conn| {
+        Ok(devices::table
+            .filter(devices::sn.eq(sn))
+            .select(Device::as_select())
+            .first(conn)
+            .await
+            .optional()?)
+    })
+}
+
 /// What the metrics need of a device, without its payload.
 #[derive(Debug, Clone, Queryable)]
 pub struct DeviceHealth {
