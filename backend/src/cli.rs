@@ -329,8 +329,11 @@ async fn rotate_key(config: Config) -> anyhow::Result<()> {
     let db = Db::open(&config.database_url, &config.database.pool())?;
     let sources = deliveries::reencrypt_secrets(&db, &crypto).await?;
     let connection_values = connections::reencrypt_secrets(&db, &crypto).await?;
+    let ui_webhooks = crate::milesight::ui_webhooks::reencrypt_secrets(&db, &crypto).await?;
+    let notifications = crate::alerts::channels::reencrypt_secrets(&db, &crypto).await?;
     println!(
-        "re-encrypted {sources} webhook secret(s) and {connection_values} connection secret(s) with key {}",
+        "re-encrypted {} webhook secret(s), {connection_values} connection secret(s) and {notifications} notification secret(s) with key {}",
+        sources + ui_webhooks,
         crypto.current_key_id()
     );
     println!("once this succeeded, remove the old key from TELLTALE_SECRET_KEY_PREVIOUS");

@@ -183,6 +183,18 @@ impl Crypto {
     pub fn needs_reencryption(&self, stored: &[u8]) -> bool {
         stored.len() < HEADER_LEN || stored[1..1 + KEY_ID_LEN] != self.current.id
     }
+
+    /// Re-seals a hex-encoded value (as kept inside `app_settings`) with the current key when
+    /// an older one sealed it; whether it changed.
+    pub fn reseal_hex(&self, column: &str, sealed: &mut String) -> Result<bool, CryptoError> {
+        let bytes = hex::decode(sealed.as_str()).map_err(|_| CryptoError::Malformed)?;
+        if !self.needs_reencryption(&bytes) {
+            return Ok(false);
+        }
+        let plain = self.decrypt(column, &bytes)?;
+        *sealed = hex::encode(self.encrypt(column, &plain));
+        Ok(true)
+    }
 }
 
 #[cfg(unix)]

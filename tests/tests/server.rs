@@ -292,6 +292,26 @@ async fn rotate_key_command_reseals_stored_secrets(backend: Backend) {
         ..Default::default()
     };
     let id = connections::create_connection(&db, &old, &new).await.unwrap().id;
+    // Secrets entered in the UI live sealed inside `app_settings`: an SMTP URL and a webhook secret.
+    let sealed = |column: &str, value: &str| hex::encode(old.encrypt_str(column, value));
+    let smtp_column = "app_settings.notification_channels";
+    let hooks_column = "app_settings.milesight_webhooks";
+    telltale::storage::app_settings::put(
+        &db,
+        "notification_channels",
+        &serde_json::json!({"smtp": {"form": "url", "url": sealed(smtp_column, "smtp://u:pw@mail.example.com:25")}})
+            .to_string(),
+    )
+    .await
+    .unwrap();
+    telltale::storage::app_settings::put(
+        &db,
+        "milesight_webhooks",
+        &serde_json::json!([{"source": "site-a", "uuid": null, "secret": sealed(hooks_column, "mdp-secret"), "previous_secret": null}])
+            .to_string(),
+    )
+    .await
+    .unwrap();
 
     let out = run_cli(
         &["rotate-key"],
@@ -303,7 +323,7 @@ async fn rotate_key_command_reseals_stored_secrets(backend: Backend) {
     );
     assert!(out.status.success(), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("1 connection secret(s)"),
+        String::from_utf8_lossy(&out.stdout).contains("1 connection secret(s) and 1 notification secret(s)"),
         "{out:?}"
     );
 
@@ -311,6 +331,27 @@ async fn rotate_key_command_reseals_stored_secrets(backend: Backend) {
     let stored = connections::get_connection(&db, id).await.unwrap();
     let secrets = connections::secrets(&only_new, &stored).unwrap();
     assert_eq!(secrets.access_token.as_deref(), Some("discord-token"));
+    let opened = |key: &'static str, column: &'static str, pointer: &'static str| {
+        let db = &db;
+        let only_new = &only_new;
+        async move {
+            let text = telltale::storage::app_settings::get(db, key)
+                .await
+                .unwrap()
+                .unwrap();
+            let value: Value = serde_json::from_str(&text).unwrap();
+            let sealed = hex::decode(value.pointer(pointer).unwrap().as_str().unwrap()).unwrap();
+            only_new.decrypt_string(column, &sealed).unwrap()
+        }
+    };
+    assert_eq!(
+        opened("notification_channels", smtp_column, "/smtp/url").await,
+        "smtp://u:pw@mail.example.com:25"
+    );
+    assert_eq!(
+        opened("milesight_webhooks", hooks_column, "/0/secret").await,
+        "mdp-secret"
+    );
 }
 
 /// PostgreSQL only: the database goes away under a running service and comes back.

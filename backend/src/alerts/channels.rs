@@ -772,6 +772,42 @@ impl NotificationChannels {
     }
 }
 
+/// Re-seals the stored secrets with the current key (`telltale rotate-key`); how many changed.
+pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> Result<usize, ChannelsError> {
+    let Some(text) = app_settings::get(db, KEY).await? else {
+        return Ok(0);
+    };
+    let mut stored: Stored =
+        serde_json::from_str(&text).map_err(|e| ChannelsError::Unreadable(e.to_string()))?;
+    let mut sealed: Vec<&mut String> = Vec::new();
+    match &mut stored.smtp {
+        Some(StoredSmtp::Url { url }) => sealed.push(url),
+        Some(StoredSmtp::Server {
+            password: Some(password),
+            ..
+        }) => sealed.push(password),
+        _ => {}
+    }
+    for hook in &mut stored.webhooks {
+        sealed.push(&mut hook.url);
+        sealed.extend(hook.secret.as_mut());
+    }
+    let mut changed = 0;
+    for value in sealed {
+        if crypto
+            .reseal_hex(SECRET_COLUMN, value)
+            .map_err(|e| ChannelsError::Unreadable(e.to_string()))?
+        {
+            changed += 1;
+        }
+    }
+    if changed > 0 {
+        let text = serde_json::to_string(&stored).map_err(|e| ChannelsError::Unreadable(e.to_string()))?;
+        app_settings::put(db, KEY, &text).await?;
+    }
+    Ok(changed)
+}
+
 fn checked_addresses(field: &str, addresses: &[String]) -> Result<(), ChannelsError> {
     for address in addresses {
         check_mailbox(address).map_err(|m| ChannelsError::Invalid(format!("{field}: {m}")))?;

@@ -52,6 +52,32 @@ pub enum WebhookSaveError {
     Unreadable(String),
 }
 
+/// Re-seals the webhook secrets entered in the UI with the current key (`telltale
+/// rotate-key`); how many changed.
+pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> Result<usize, WebhookSaveError> {
+    let Some(text) = app_settings::get(db, KEY).await? else {
+        return Ok(0);
+    };
+    let mut stored: Vec<Stored> =
+        serde_json::from_str(&text).map_err(|e| WebhookSaveError::Unreadable(e.to_string()))?;
+    let mut changed = 0;
+    for hook in &mut stored {
+        for value in std::iter::once(&mut hook.secret).chain(hook.previous_secret.as_mut()) {
+            if crypto
+                .reseal_hex(SECRET_COLUMN, value)
+                .map_err(|e| WebhookSaveError::Unreadable(e.to_string()))?
+            {
+                changed += 1;
+            }
+        }
+    }
+    if changed > 0 {
+        let text = serde_json::to_string(&stored).map_err(|e| WebhookSaveError::Unreadable(e.to_string()))?;
+        app_settings::put(db, KEY, &text).await?;
+    }
+    Ok(changed)
+}
+
 /// The configured webhooks followed by those entered in the UI, cached for `UI_WEBHOOKS_TTL`.
 pub struct WebhookSecrets {
     db: Db,
