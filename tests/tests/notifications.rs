@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use telltale_e2e::{
-    Backend, SmtpSink, TEST_SECRET_KEY, TestDb, TestServer, WebhookReceiver, api_client, assert_no_canary,
-    both_backends, free_port, metric_sample, run_cli,
+    Backend, SmtpSink, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TEST_SECRET_KEY, TestDb, TestServer,
+    WebhookReceiver, api_client, assert_no_canary, both_backends, browser, free_port, metric_sample, run_cli,
+    sign_in,
 };
 
 both_backends!(
