@@ -137,6 +137,17 @@ impl FakeAuthorizationServer {
         }
     }
 
+    /// How many times a code was sent to be exchanged (`grant_type=authorization_code`).
+    pub async fn code_exchanges(&self) -> usize {
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("grant_type=authorization_code"))
+            .count()
+    }
+
     pub fn authorize_url(&self) -> String {
         format!("{}/authorize", self.server.uri())
     }

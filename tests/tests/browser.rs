@@ -806,11 +806,16 @@ async fn an_admin_sets_up_milesight_and_connects_a_platform_in_a_real_browser() 
     // Connect: the consent screen (which consents at once) sends the browser back.
     browser.click("#connect").await;
     let result = browser
-        .wait_text("#connect-result", Duration::from_secs(15), |t| !t.is_empty())
+        .wait_text("#connected", Duration::from_secs(15), |t| !t.is_empty())
         .await;
     assert!(result.contains("Connected spotify"), "{result}");
+    let landed = browser.client.current_url().await.unwrap();
+    assert_eq!(landed.path(), connection_page, "sent on to the connection's page");
+    assert!(
+        !landed.as_str().contains("code="),
+        "the code left the address bar: {landed}"
+    );
     browser.screenshot("connection-connected").await;
-    browser.click("#connect-result a").await;
     browser
         .wait_text("#connection-facts", Duration::from_secs(10), |t| {
             t.contains("active")
@@ -868,10 +873,9 @@ async fn an_admin_sets_up_milesight_and_connects_a_platform_in_a_real_browser() 
     browser.screenshot("connection-needs-reauth").await;
     browser.click("#connect").await;
     let result = browser
-        .wait_text("#connect-result", Duration::from_secs(15), |t| !t.is_empty())
+        .wait_text("#connected", Duration::from_secs(15), |t| !t.is_empty())
         .await;
     assert!(result.contains("Connected spotify"), "{result}");
-    browser.click("#connect-result a").await;
     browser
         .wait_text("#connection-facts", Duration::from_secs(10), |t| {
             t.contains("active")

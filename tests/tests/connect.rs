@@ -59,6 +59,23 @@ impl Session {
         (status, text.replace("&#x2f;", "/"))
     }
 
+    /// `GET url` without following: the status and where it sends the browser.
+    async fn redirect(&self, url: &str) -> (u16, String) {
+        let resp = browser()
+            .get(url)
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (resp.status().as_u16(), location)
+    }
+
     /// `POST /api/connections` with `body`.
     async fn create(&self, server: &TestServer, body: Value) -> (u16, Value) {
         self.send(reqwest::Method::POST, server.url("/api/connections"), Some(body))
@@ -162,10 +179,17 @@ async fn a_platform_is_connected_through_its_consent_screen(backend: Backend) {
         "nothing stored"
     );
 
-    // The real callback: tokens stored, a refresh-log row with trigger connect.
-    let (status, html) = admin.page(&callback).await;
+    // The real callback: tokens stored, a refresh-log row with trigger connect, and the browser
+    // sent on (303) to the connection's page, so the code leaves the address bar.
+    let (status, location) = admin.redirect(&callback).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (303, format!("/connections/{id}?connected=1").as_str())
+    );
+    let (status, html) = admin.page(&server.url(&location)).await;
     assert_eq!(status, 200, "{html}");
-    assert!(html.contains("Connected spotify-acme"), "{html}");
+    assert!(html.contains("Connected spotify-acme: tokens stored"), "{html}");
+    assert_eq!(auth.code_exchanges().await, 1);
     let stored = connection(id, &server).await;
     assert_eq!(stored["status"], "active", "{stored}");
     assert_eq!(stored["has_refresh_token"], true);
@@ -185,10 +209,30 @@ async fn a_platform_is_connected_through_its_consent_screen(backend: Backend) {
     assert_eq!(row["trigger"], "connect", "{log}");
     assert_eq!(row["success"], true);
     assert_eq!(row["actor"], TEST_ADMIN_EMAIL);
-    // The code is single-use: the same callback again is refused by the platform.
-    let (status, html) = admin.page(&callback).await;
-    assert_eq!(status, 502, "{html}");
-    assert!(html.contains("invalid_grant"), "{html}");
+    // The state is single-use: a reload, the live refresh or a replay never sends the code to
+    // the platform again (RFC 6749 §4.1.2 lets it revoke the tokens when a code comes twice).
+    for _ in 0..3 {
+        let (status, html) = admin.page(&callback).await;
+        assert_eq!(status, 200, "{html}");
+        assert!(
+            html.contains("This consent was already used: the connection is connected"),
+            "{html}"
+        );
+    }
+    assert_eq!(auth.code_exchanges().await, 1, "one exchange for one consent");
+    let log: Value = api_client()
+        .get(server.url("/api/refresh-log"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        log["items"].as_array().unwrap().len(),
+        1,
+        "no failed connects logged: {log}"
+    );
 
     // The stored refresh token works.
     let (status, refreshed) = admin
@@ -221,8 +265,8 @@ async fn a_platform_is_connected_through_its_consent_screen(backend: Backend) {
     let (_, page) = admin.page(&server.url(&format!("/connections/{id}"))).await;
     assert!(page.contains(">Reconnect</button>"), "{page}");
     let callback = admin.consent(&server, id, "").await;
-    let (status, html) = admin.page(&callback).await;
-    assert_eq!(status, 200, "{html}");
+    let (status, location) = admin.redirect(&callback).await;
+    assert_eq!(status, 303, "{location}");
     assert_eq!(connection(id, &server).await["status"], "active");
 
     // A viewer can open neither the flow nor its callback.
@@ -308,8 +352,8 @@ async fn meta_connects_and_keeps_a_long_lived_token_with_its_pages(backend: Back
         .query_pairs_mut()
         .append_pair("code", "CANARY-meta-code")
         .append_pair("state", &state);
-    let (status, html) = admin.page(callback.as_str()).await;
-    assert_eq!(status, 200, "{html}");
+    let (status, location) = admin.redirect(callback.as_str()).await;
+    assert_eq!(status, 303, "{location}");
     let stored = connection(id, &server).await;
     assert_eq!(
         stored["token_fingerprint"], "…9999",

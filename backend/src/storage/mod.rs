@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod app_settings;
 mod checkpoint;
 pub mod connections;
+pub mod consents;
 pub mod deliveries;
 pub mod devices;
 mod error;

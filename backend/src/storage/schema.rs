@@ -360,6 +360,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::storage::fields::UtcTimestamp;
+
+    consent_callbacks (state_hash) {
+        state_hash -> Text,
+        connection_id -> BigInt,
+        used_at -> UtcTimestamp,
+        succeeded -> Nullable<Bool>,
+        message -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(devices -> webhook_sources (source_id));
 diesel::joinable!(webhook_events -> webhook_sources (source_id));
 diesel::joinable!(webhook_events -> devices (device_id));
@@ -393,4 +406,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_tokens,
     staff_sessions,
     api_usage,
+    app_settings,
+    consent_callbacks,
 );

@@ -11,7 +11,7 @@ use super::ApiError;
 use super::pages::{Base, ConnectResultPage, public_base, render_with_status};
 use crate::app::AppState;
 use crate::auth::{Staff, Via};
-use crate::storage::{RefreshOutcome, StorageError, connections, now};
+use crate::storage::{RefreshOutcome, StorageError, connections, consents, now};
 use crate::tokens::connect::{self, ConnectError};
 
 /// The redirect URI to register at the platform: one for every connection.
@@ -66,7 +66,9 @@ pub struct CallbackQuery {
 }
 
 /// `GET /oauth/callback`: the platform sends the browser back here with a code (or why not).
-/// Only an admin's session that started the flow gets anything stored.
+/// Only an admin's session that started the flow gets anything stored, and each state once:
+/// the code is exchanged by the first request that brings it, which is then sent (303) to the
+/// connection's page.
 pub async fn callback(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
@@ -97,6 +99,17 @@ pub async fn callback(
         Ok(code) => code,
         Err(e) => return show(StatusCode::BAD_REQUEST, false, e.to_string(), id),
     };
+    // The state is used once, on every replica: a reload, the page's live refresh or a replay
+    // is shown what the first request did, and the platform never sees the code twice.
+    let state_hash = crate::auth::token_hash(query.state.as_deref().unwrap_or_default());
+    let forget_before =
+        crate::storage::UtcTime::new(now().0 - chrono::Duration::seconds(2 * connect::STATE_LIFETIME_SECS));
+    if let Some(used) =
+        consents::claim(&state.db, &state_hash, flow.connection_id, now(), forget_before).await?
+    {
+        let (status, ok, message) = already_used(&used);
+        return show(status, ok, message, id);
+    }
     let engine = &state.token_engine;
     let result = connect::finish(
         &state.db,
@@ -112,7 +125,40 @@ pub async fn callback(
         return Err(e.into());
     }
     let (status, ok, message) = exchange_answer(result);
+    consents::record(&state.db, &state_hash, ok, &message).await?;
+    if ok {
+        // The address bar no longer holds the code: a reload shows the connection.
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((
+                "location",
+                format!("/connections/{}?connected=1", flow.connection_id),
+            ))
+            .finish());
+    }
     show(status, ok, message, id)
+}
+
+/// What a replayed callback is told: what the first request did with it.
+fn already_used(used: &consents::UsedConsent) -> (StatusCode, bool, String) {
+    let said = used.message.as_deref().unwrap_or_default();
+    match used.succeeded {
+        Some(true) => (
+            StatusCode::OK,
+            true,
+            format!("This consent was already used: the connection is connected. {said}"),
+        ),
+        Some(false) => (
+            StatusCode::CONFLICT,
+            false,
+            format!("This consent was already used, and it failed: {said} Press Connect to start again."),
+        ),
+        None => (
+            StatusCode::CONFLICT,
+            false,
+            "This consent is being exchanged right now by another request; open the connection in a moment."
+                .into(),
+        ),
+    }
 }
 
 /// The flow this callback's `state` belongs to, if it is this session's and unexpired.

@@ -38,6 +38,13 @@ struct ConnectionPage {
     redirect_uri: String,
     fields: Vec<EditField>,
     log: Vec<RefreshLogEntry>,
+    /// Arrived from a consent screen whose code was just exchanged.
+    just_connected: bool,
+}
+
+#[derive(serde::Deserialize)]
+pub struct ConnectionQuery {
+    connected: Option<u8>,
 }
 
 /// `GET /connections/{id}`
@@ -45,6 +52,7 @@ pub async fn connection(
     state: web::Data<AppState>,
     staff: web::ReqData<Staff>,
     id: web::Path<i64>,
+    query: web::Query<ConnectionQuery>,
     req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let c = connections::get_connection(&state.db, *id)
@@ -74,6 +82,7 @@ pub async fn connection(
         account: connections::account_name(&state.db, c.account_id).await?,
         redirect_uri: crate::web::connect::redirect_uri(&state, &req),
         log: refresh_log::query(&state.db, &filter, 20).await?,
+        just_connected: query.connected == Some(1) && c.access_token.is_some(),
         c: view,
     })
 }
