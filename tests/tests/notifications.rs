@@ -415,6 +415,43 @@ async fn the_config_wins_over_the_ui(backend: Backend) {
         received[0]
     );
     assert!(received[0].contains("To: config@example.com"), "{}", received[0]);
+
+    // Settings shows what the config sets read-only, with its variable, and never the URL.
+    let (cookie, _) = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
+    let page = browser()
+        .get(server.url("/settings"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"id="smtp-from-config""#) && page.contains("<code>SMTP_URL</code>"),
+        "{page}"
+    );
+    assert!(
+        !page.contains(r#"id="smtp-server""#),
+        "no SMTP form while the config sets it"
+    );
+    assert!(
+        page.contains(r#"<input id="on-call" disabled"#)
+            && page.contains("<code>TELLTALE_ONCALL_EMAILS</code>"),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<input id="rcpt-device_offline" disabled"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"name="recipients.token_runway""#),
+        "a rule the config leaves open"
+    );
+    assert!(
+        !page.contains(&smtp.url()) && !page.contains(&receiver.url()),
+        "URLs never shown"
+    );
 }
 
 /// Two replicas on one PostgreSQL database: an SMTP server saved on one is used by the other
