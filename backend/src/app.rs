@@ -158,7 +158,7 @@ impl AppState {
             metrics.mailer(),
         ));
         let job_runner = Arc::new(Runner::new(db.clone(), instance.clone(), metrics.jobs()));
-        let login_throttle = Arc::new(LoginThrottle::new(config.auth.login_attempts_per_minute));
+        let login_throttle = Arc::new(LoginThrottle::new(config.auth.login_failures_allowed));
         Ok(AppState {
             config: Arc::new(config),
             tasks,

@@ -14,7 +14,8 @@ use telltale_e2e::{
 both_backends!(
     pages_and_api_need_a_signed_in_user,
     sessions_carry_csrf_and_roles,
-    api_tokens_and_throttling,
+    api_tokens_and_the_metrics_token,
+    guessing_cannot_lock_the_admin_out,
     users_come_from_the_cli,
 );
 
@@ -250,7 +251,7 @@ async fn sessions_carry_csrf_and_roles(backend: Backend) {
     );
 }
 
-async fn api_tokens_and_throttling(backend: Backend) {
+async fn api_tokens_and_the_metrics_token(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = TestServer::start(db.url(), &[("TELLTALE_METRICS_TOKEN", "CANARY-metrics-token")]).await;
     server.wait_ready(Duration::from_secs(30)).await;
@@ -305,25 +306,119 @@ async fn api_tokens_and_throttling(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
 
-    // Guessing passwords is throttled (5 a minute by default), even with the right one after.
-    for _ in 0..5 {
-        let resp = client
-            .post(server.url("/login"))
-            .json(&json!({"email": TEST_ADMIN_EMAIL, "password": "guess-guess"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 401);
-    }
-    let resp = client
-        .post(server.url("/login"))
-        .json(&json!({"email": TEST_ADMIN_EMAIL, "password": TEST_ADMIN_PASSWORD}))
-        .send()
-        .await
+/// Sign-in from a given loopback address (the whole 127/8 is this machine), as a distinct client.
+async fn sign_in_from(
+    server: &TestServer,
+    from: [u8; 4],
+    password: &str,
+    forwarded_for: Option<&str>,
+) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
         .unwrap();
-    assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()["retry-after"], "60");
+    let mut request = client
+        .post(server.url("/login"))
+        .json(&json!({"email": TEST_ADMIN_EMAIL, "password": password}));
+    if let Some(hops) = forwarded_for {
+        request = request.header("x-forwarded-for", hops);
+    }
+    request.send().await.unwrap()
+}
+
+async fn guessing_cannot_lock_the_admin_out(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(
+        db.url(),
+        &[
+            ("TELLTALE_LOGIN_FAILURES_ALLOWED", "3"),
+            ("TELLTALE_TRUSTED_PROXIES", "127.0.0.5"),
+        ],
+    )
+    .await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let guesser = [127, 0, 0, 2];
+    for _ in 0..4 {
+        assert_eq!(
+            sign_in_from(&server, guesser, "guess-guess", None).await.status(),
+            401
+        );
+    }
+    // Past the allowed failures the guesser waits, even with the right password…
+    let held = sign_in_from(&server, guesser, TEST_ADMIN_PASSWORD, None).await;
+    assert_eq!(held.status(), 429);
+    assert_eq!(held.headers()["retry-after"], "1");
+    // …while the admin at another address signs in at once, however many guesses were made.
+    for _ in 0..20 {
+        sign_in_from(&server, guesser, "guess-guess", None).await;
+    }
+    assert_eq!(
+        sign_in_from(&server, [127, 0, 0, 3], TEST_ADMIN_PASSWORD, None)
+            .await
+            .status(),
+        200
+    );
+    // Held-back tries do not count; after the wait, one more failure doubles it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        sign_in_from(&server, guesser, "guess-guess", None).await.status(),
+        401
+    );
+    let held = sign_in_from(&server, guesser, "guess-guess", None).await;
+    assert_eq!(held.status(), 429);
+    let wait: u64 = held.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait >= 2, "the wait grew: {wait} s");
+
+    // A success clears the address's failures.
+    let mistaken = [127, 0, 0, 4];
+    for _ in 0..3 {
+        sign_in_from(&server, mistaken, "typo-typo", None).await;
+    }
+    assert_eq!(
+        sign_in_from(&server, mistaken, TEST_ADMIN_PASSWORD, None)
+            .await
+            .status(),
+        200
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            sign_in_from(&server, mistaken, "typo-typo", None).await.status(),
+            401
+        );
+    }
+
+    // X-Forwarded-For names the client only from a trusted proxy: a guesser cannot dodge the
+    // throttle by inventing addresses, and clients behind the proxy are told apart.
+    for n in 0..4 {
+        let forged = format!("198.51.100.{n}");
+        sign_in_from(&server, [127, 0, 0, 6], "guess-guess", Some(&forged)).await;
+    }
+    assert_eq!(
+        sign_in_from(&server, [127, 0, 0, 6], "guess-guess", Some("198.51.100.99"))
+            .await
+            .status(),
+        429,
+        "the header from an untrusted peer is ignored"
+    );
+    let proxy = [127, 0, 0, 5];
+    for _ in 0..4 {
+        sign_in_from(&server, proxy, "guess-guess", Some("203.0.113.7")).await;
+    }
+    assert_eq!(
+        sign_in_from(&server, proxy, "guess-guess", Some("203.0.113.7"))
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        sign_in_from(&server, proxy, TEST_ADMIN_PASSWORD, Some("203.0.113.8"))
+            .await
+            .status(),
+        200,
+        "another client behind the same proxy"
+    );
 }
 
 async fn users_come_from_the_cli(backend: Backend) {

@@ -8,10 +8,9 @@
 pub mod settings;
 pub mod setup;
 
-use std::num::NonZeroU32;
+use std::time::Duration;
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -209,27 +208,84 @@ pub async fn authenticate(
 pub enum LoginError {
     #[error("wrong email or password")]
     Refused,
-    #[error("too many sign-in attempts; try again in a minute")]
-    Throttled,
+    #[error("too many failed sign-ins from this address; try again in {} s", .0.as_secs() + 1)]
+    Throttled(Duration),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-/// Sign-in attempts per email address and per client address, per minute.
+/// The longest a client address waits between tries.
+const LONGEST_WAIT: Duration = Duration::from_secs(15 * 60);
+/// Failures are forgotten this long after the last one.
+const FORGET_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// Failed sign-ins, counted per (client address, email) and per client address. Only failures
+/// count and a success from the address clears them, so guesses from elsewhere never lock the
+/// admin out. Past the allowed failures each try waits twice as long as the last (1 s, 2 s,
+/// 4 s … up to 15 min); a client address gets four times the allowance for all emails together.
 pub struct LoginThrottle {
-    limiter: DefaultKeyedRateLimiter<String>,
+    allowed: u32,
+    failures: std::sync::Mutex<std::collections::HashMap<String, Failures>>,
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: std::time::Instant,
 }
 
 impl LoginThrottle {
-    pub fn new(per_minute: u32) -> LoginThrottle {
-        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    pub fn new(allowed: u32) -> LoginThrottle {
         LoginThrottle {
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            allowed: allowed.max(1),
+            failures: std::sync::Mutex::default(),
         }
     }
 
-    fn allow(&self, key: String) -> bool {
-        self.limiter.check_key(&key).is_ok()
+    fn keys(client: &str, email: &str) -> [(String, u32); 2] {
+        [(format!("{client} {email}"), 1), (client.to_owned(), 4)]
+    }
+
+    /// How long `client` must still wait before trying `email`, if at all.
+    pub fn wait(&self, client: &str, email: &str) -> Option<Duration> {
+        let failures = self.failures.lock().ok()?;
+        Self::keys(client, email)
+            .iter()
+            .filter_map(|(key, factor)| {
+                let f = failures.get(key)?;
+                // The allowed failures pass; each one beyond doubles the wait.
+                let over = f.count.checked_sub(self.allowed * factor)?.checked_sub(1)?;
+                let wait = Duration::from_secs(1u64 << over.min(10)).min(LONGEST_WAIT);
+                wait.checked_sub(f.last.elapsed())
+            })
+            .max()
+    }
+
+    pub fn failed(&self, client: &str, email: &str) {
+        let Ok(mut failures) = self.failures.lock() else {
+            return;
+        };
+        // Bounded: an address that stopped failing an hour ago is forgotten.
+        if failures.len() > 10_000 {
+            failures.retain(|_, f| f.last.elapsed() < FORGET_AFTER);
+        }
+        let at = std::time::Instant::now();
+        for (key, _) in Self::keys(client, email) {
+            let entry = failures.entry(key).or_insert(Failures { count: 0, last: at });
+            if entry.last.elapsed() >= FORGET_AFTER {
+                entry.count = 0;
+            }
+            entry.count += 1;
+            entry.last = at;
+        }
+    }
+
+    pub fn succeeded(&self, client: &str, email: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            for (key, _) in Self::keys(client, email) {
+                failures.remove(&key);
+            }
+        }
     }
 }
 
@@ -241,7 +297,7 @@ pub struct NewSession {
     pub expires_at: UtcTime,
 }
 
-/// Checks the password (throttled per email and per client) and opens a session.
+/// Checks the password (throttled after failures from the client address) and opens a session.
 pub async fn login(
     db: &Db,
     throttle: &LoginThrottle,
@@ -251,9 +307,9 @@ pub async fn login(
     client: &str,
 ) -> Result<NewSession, LoginError> {
     let email = email.trim().to_ascii_lowercase();
-    if !throttle.allow(format!("email:{email}")) || !throttle.allow(format!("client:{client}")) {
-        tracing::warn!(%email, %client, "sign-in throttled");
-        return Err(LoginError::Throttled);
+    if let Some(wait) = throttle.wait(client, &email) {
+        tracing::warn!(%email, %client, wait_secs = wait.as_secs(), "sign-in throttled");
+        return Err(LoginError::Throttled(wait));
     }
     let user = match staff::user_by_email(db, &email).await {
         Ok(user) if !user.disabled => Some(user),
@@ -270,9 +326,11 @@ pub async fn login(
         .await
         .unwrap_or(false);
     let Some(user) = user.filter(|_| matches) else {
+        throttle.failed(client, &email);
         tracing::warn!(%email, %client, "sign-in refused");
         return Err(LoginError::Refused);
     };
+    throttle.succeeded(client, &email);
     let session = open_session(db, settings, user).await?;
     tracing::info!(email = %session.user.email, "signed in");
     Ok(session)
@@ -321,11 +379,51 @@ mod tests {
     }
 
     #[test]
-    fn the_throttle_counts_per_key() {
+    fn only_failures_from_an_address_slow_that_address_down() {
         let throttle = LoginThrottle::new(2);
-        assert!(throttle.allow("email:a".into()));
-        assert!(throttle.allow("email:a".into()));
-        assert!(!throttle.allow("email:a".into()));
-        assert!(throttle.allow("email:b".into()));
+        let (guesser, admin) = ("10.0.0.9", "10.0.0.1");
+        for _ in 0..2 {
+            assert_eq!(throttle.wait(guesser, "admin@x"), None);
+            throttle.failed(guesser, "admin@x");
+        }
+        assert_eq!(throttle.wait(guesser, "admin@x"), None, "the allowed failures");
+        throttle.failed(guesser, "admin@x");
+        let first = throttle.wait(guesser, "admin@x").unwrap_or_default();
+        assert!(
+            first > Duration::ZERO && first <= Duration::from_secs(1),
+            "{first:?}"
+        );
+        throttle.failed(guesser, "admin@x");
+        let second = throttle.wait(guesser, "admin@x").unwrap_or_default();
+        assert!(second > Duration::from_secs(1), "the wait doubles: {second:?}");
+        assert_eq!(
+            throttle.wait(admin, "admin@x"),
+            None,
+            "another address is never held back"
+        );
+        assert_eq!(
+            throttle.wait(guesser, "other@x"),
+            None,
+            "another email from it: its own count"
+        );
+        throttle.succeeded(guesser, "admin@x");
+        assert_eq!(
+            throttle.wait(guesser, "admin@x"),
+            None,
+            "a success clears the address"
+        );
+    }
+
+    #[test]
+    fn an_address_guessing_many_emails_is_slowed_too() {
+        let throttle = LoginThrottle::new(1);
+        for n in 0..5 {
+            throttle.failed("10.0.0.9", &format!("user{n}@x"));
+        }
+        assert!(
+            throttle.wait("10.0.0.9", "fresh@x").is_some(),
+            "four times the allowance in all"
+        );
+        assert_eq!(throttle.wait("10.0.0.8", "fresh@x"), None);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::config::ConfigError;
-use crate::config::setting::{count, derived_flag, hours, optional_text, secret, settings};
+use crate::config::setting::{comma_list, count, derived_flag, hours, optional_text, secret, settings};
 
 settings! {
     /// Staff sign-in, sessions and API tokens.
@@ -25,12 +25,47 @@ settings! {
         secure_cookies: Option<bool> = derived_flag("`true` when `alerts.public_url` is https"), env "TELLTALE_SECURE_COOKIES";
         /// When set, `/metrics` needs `Authorization: Bearer <this>`.
         metrics_token: Option<SecretString> = secret(16), env "TELLTALE_METRICS_TOKEN";
-        /// Failed sign-ins allowed per minute for one email address and for one client address.
-        login_attempts_per_minute: u32 = count(5, 1..=1000), env "TELLTALE_LOGIN_ATTEMPTS_PER_MINUTE";
+        /// Failed sign-ins allowed from one client address for one email (four times as many for
+        /// all emails together) before each further try waits, doubling from 1 s up to 15 min.
+        /// Only failures count, and a success from the address clears them.
+        login_failures_allowed: u32 = count(5, 1..=1000), env "TELLTALE_LOGIN_FAILURES_ALLOWED";
+        /// Proxies (IP addresses) whose `X-Forwarded-For` names the client; from any other
+        /// peer the header is ignored, so it cannot be forged to dodge the sign-in throttle.
+        trusted_proxies: Vec<String> = comma_list("", "comma-separated IP addresses", check_ip), env "TELLTALE_TRUSTED_PROXIES";
     }
 }
 
+fn check_ip(text: &str) -> Result<(), String> {
+    text.parse::<std::net::IpAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("{text:?} is not an IP address"))
+}
+
 impl AuthConfig {
+    /// The client's address: the peer's, or behind a trusted proxy the last address in
+    /// `X-Forwarded-For` that is not itself a trusted proxy.
+    pub fn client_address(&self, peer: Option<std::net::IpAddr>, forwarded_for: Option<&str>) -> String {
+        let trusted = |ip: &std::net::IpAddr| {
+            self.trusted_proxies
+                .iter()
+                .any(|t| t.parse().ok().as_ref() == Some(ip))
+        };
+        let Some(peer) = peer else {
+            return String::new();
+        };
+        if !trusted(&peer) {
+            return peer.to_string();
+        }
+        forwarded_for
+            .unwrap_or_default()
+            .split(',')
+            .rev()
+            .filter_map(|hop| hop.trim().parse::<std::net::IpAddr>().ok())
+            .find(|hop| !trusted(hop))
+            .unwrap_or(peer)
+            .to_string()
+    }
+
     /// The first admin needs both halves; the API token acts as that admin. Cookies are
     /// `Secure` by default when the public URL is https.
     pub fn validate(&mut self, public_url: &str) -> Result<(), ConfigError> {

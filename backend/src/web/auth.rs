@@ -156,7 +156,11 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
             &next,
         );
     }
-    let client = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = state
+        .config
+        .auth
+        .client_address(req.peer_addr().map(|a| a.ip()), forwarded);
     match auth::login(
         &state.db,
         &state.login_throttle,
@@ -175,21 +179,27 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
             &credentials.email,
             &next,
         ),
-        Err(LoginError::Throttled) => {
+        Err(e @ LoginError::Throttled(wait)) => {
             let mut response = fail(
                 StatusCode::TOO_MANY_REQUESTS,
                 "throttled",
-                LoginError::Throttled.to_string(),
+                e.to_string(),
                 &credentials.email,
                 &next,
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(wait.as_secs().max(1)),
+            );
             response
         }
         Err(LoginError::Storage(e)) => actix_web::ResponseError::error_response(&ApiError::from(e)),
     }
+}
+
+/// A wait in whole seconds, rounded up (a client retrying sooner would be refused again).
+fn whole_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// `POST /logout`: ends this session everywhere (it is deleted from the database).
