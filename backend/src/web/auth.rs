@@ -189,7 +189,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
             );
             response.headers_mut().insert(
                 header::RETRY_AFTER,
-                header::HeaderValue::from(wait.as_secs().max(1)),
+                header::HeaderValue::from(whole_seconds(wait)),
             );
             response
         }
