@@ -13,6 +13,7 @@ both_backends!(
     secrets_never_reach_logs_or_metrics,
     migrate_command_is_idempotent,
     rotate_key_command_reseals_stored_secrets,
+    pages_answer_starting_until_the_admin_exists,
 );
 
 async fn get_json(url: &str) -> (u16, Value) {
@@ -242,6 +243,50 @@ async fn secrets_never_reach_logs_or_metrics(backend: Backend) {
     }
 }
 
+/// From the first moment the server listens, `/`, `/setup` and `/login` answer either 503
+/// `starting` or what a ready service answers: never a 500, and never the first-run page while
+/// the configured admin is being created.
+async fn pages_answer_starting_until_the_admin_exists(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(db.url(), &[]).await;
+    let client = telltale_e2e::browser();
+    let mut starting = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client.get(server.url("/readyz")).send().await.unwrap().status() == 200;
+        for path in ["/", "/setup", "/login"] {
+            let resp = client.get(server.url(path)).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            match status {
+                503 => {
+                    assert!(text.contains("\"starting\""), "{path}: {text}");
+                    starting += 1;
+                }
+                200 | 303 | 404 => assert!(
+                    !text.contains("no staff account"),
+                    "{path} while the admin is configured: {text}"
+                ),
+                other => panic!("{path} answered {other}: {text}"),
+            }
+        }
+        if ready {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+    }
+    // Once ready: the setup page is gone (an admin exists) and sign-in is served.
+    assert_eq!(
+        client.get(server.url("/setup")).send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        client.get(server.url("/login")).send().await.unwrap().status(),
+        200
+    );
+    eprintln!("{starting} answer(s) were 503 starting");
+}
+
 async fn migrate_command_is_idempotent(backend: Backend) {
     let db = TestDb::new(backend).await;
     let env = [("DATABASE_URL", db.url())];
@@ -417,6 +462,30 @@ async fn starts_while_the_database_is_down_postgres() {
     assert!(
         server.log_text().contains("database not ready; retrying"),
         "{}",
+        server.log_text()
+    );
+
+    // Until then every route but the probes answers 503 `starting`, never a half-made page.
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/setup"),
+        ("GET", "/login"),
+        ("GET", "/api/devices"),
+        ("POST", "/webhooks/milesight"),
+    ] {
+        let resp = reqwest::Client::new()
+            .request(method.parse().unwrap(), server.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{method} {path}");
+        assert_eq!(resp.headers()["retry-after"], "1", "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "starting", "{method} {path}: {body}");
+    }
+    assert!(
+        !server.log_text().contains("ERROR"),
+        "a normal start is not an error: {}",
         server.log_text()
     );
 

@@ -8,7 +8,7 @@ use actix_web::{Error, HttpMessage, HttpResponse, web};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
+use crate::app::{AppState, ReadyState};
 use crate::auth::{CSRF_HEADER, SESSION_COOKIE, Staff, authenticate};
 use crate::web::ApiError;
 
@@ -38,6 +38,17 @@ pub fn bearer(req: &ServiceRequest) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
+/// 503 `starting`, to be tried again in a second. A response, not an error, so request logging
+/// does not report every probe and retry during a normal start as a server error.
+pub fn starting(reason: &str) -> HttpResponse {
+    let mut response =
+        actix_web::ResponseError::error_response(&ApiError::unavailable("starting", reason.to_owned()));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
 fn refuse(req: ServiceRequest, error: ApiError) -> ServiceResponse {
     let response = actix_web::ResponseError::error_response(&error);
     req.into_response(response)
@@ -51,10 +62,21 @@ pub async fn guard(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse, Error> {
     let path = req.path().to_owned();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    // Until migrations and the configured admin are in place, nothing but the probes (and
+    // `/metrics`, which then says `telltale_ready 0`) may answer: a page could show a
+    // half-made install, a webhook could find no table.
+    if let Some(state) = &state
+        && !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics")
+        && let ReadyState::Starting { reason } = state.readiness.get()
+    {
+        tracing::debug!(%path, "answered 503 while starting");
+        return Ok(req.into_response(starting(&reason)));
+    }
     if is_public(&path) {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
-    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+    let Some(state) = state else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     if path == "/metrics" {

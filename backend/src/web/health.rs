@@ -18,7 +18,9 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if let ReadyState::Starting { reason } = state.readiness.get() {
         state.metrics.ready.set(0);
-        return Err(ApiError::unavailable("starting", reason));
+        // Expected while starting: a probe's 503 is not a server error worth an ERROR line.
+        tracing::debug!(%reason, "readiness: still starting");
+        return Ok(super::guard::starting(&reason));
     }
     match state.db.ping().await {
         Ok(()) => {
