@@ -83,6 +83,16 @@ async fn populate(state: &AppState) -> (i64, i64) {
         .unwrap();
     }
 
+    // A signed sender may write anything as the model: it must not become a label value.
+    let forged = DeviceProfile {
+        source_id: Some(source),
+        model: Some("<script>alert('x')</script>-forged-model-name-long".into()),
+        ..Default::default()
+    };
+    devices::upsert_by_sn(&state.db, "6136D000003", &forged)
+        .await
+        .unwrap();
+
     poll_store::ensure_pairs(&state.db, &[(healthy, "recently_played")])
         .await
         .unwrap();
@@ -184,6 +194,18 @@ async fn scrape_time_gauges_tell_the_database_truth(backend: Backend) {
         )
     };
     assert_eq!((devices("online"), devices("offline")), (Some(1.0), Some(1.0)));
+    assert!(
+        !text.contains("<script>"),
+        "a model from a webhook is no label value"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "telltale_devices",
+            &[("source", "site-a"), ("model", "other"), ("status", "unknown")]
+        ),
+        Some(1.0)
+    );
     // No series per device by default: the fleet is counts, a last-seen histogram and the
     // device heard from longest ago, per source.
     assert_eq!(sample(&text, "telltale_device_last_seen_age_seconds", &[]), None);

@@ -218,8 +218,9 @@ impl DbGauges {
         let summary = fleet.get(db).await?;
         let mut counts: BTreeMap<(&str, String, &str), i64> = BTreeMap::new();
         let mut seen: BTreeMap<(&str, usize), i64> = BTreeMap::new();
+        let labelled = labelled_models(summary.groups.iter().map(|g| (g.model.as_deref(), g.devices)));
         for g in &summary.groups {
-            let model = g.model.clone().unwrap_or_else(|| "unknown".into());
+            let model = model_label(g.model.as_deref(), &labelled);
             *counts
                 .entry((source_of(g.source_id), model, g.status.as_str()))
                 .or_default() += g.devices;
@@ -337,5 +338,67 @@ impl DbGauges {
         self.outbox_oldest_age
             .set(oldest.map_or(0.0, |t| seconds_between(at, t).max(0.0)));
         Ok(())
+    }
+}
+
+/// Models that get a `model` label of their own: at most this many, the most numerous first.
+const MODEL_LABELS: usize = 50;
+
+/// The models named in `telltale_devices`: what a signed sender writes there is data, not a
+/// fixed set, so only model-like names (`AM319`, `EM300-TH`) of the most numerous models get
+/// a series; the rest share `other`, and `/metrics` cannot be grown from outside.
+fn labelled_models<'a>(
+    groups: impl Iterator<Item = (Option<&'a str>, i64)>,
+) -> std::collections::HashSet<&'a str> {
+    let mut by_model: HashMap<&str, i64> = HashMap::new();
+    for (model, devices) in groups {
+        if let Some(model) = model.filter(|m| is_model_name(m)) {
+            *by_model.entry(model).or_default() += devices;
+        }
+    }
+    let mut ranked: Vec<(&str, i64)> = by_model.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    ranked.into_iter().take(MODEL_LABELS).map(|(m, _)| m).collect()
+}
+
+fn is_model_name(model: &str) -> bool {
+    (1..=32).contains(&model.len())
+        && model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn model_label(model: Option<&str>, labelled: &std::collections::HashSet<&str>) -> String {
+    match model {
+        None => "unknown".into(),
+        Some(m) if labelled.contains(m) => m.to_owned(),
+        Some(_) => "other".into(),
+    }
+}
+
+#[cfg(test)]
+mod model_label_tests {
+    use super::*;
+
+    #[test]
+    fn only_model_like_names_of_the_most_numerous_models_get_a_series() {
+        let xss = "<script>alert(1)</script>";
+        let mut groups = vec![(Some("AM319"), 10), (Some(xss), 99), (None, 3)];
+        let many: Vec<String> = (0..80).map(|n| format!("M{n:03}")).collect();
+        groups.extend(many.iter().map(|m| (Some(m.as_str()), 1)));
+        let labelled = labelled_models(groups.iter().copied());
+        assert_eq!(labelled.len(), MODEL_LABELS);
+        assert_eq!(model_label(Some("AM319"), &labelled), "AM319");
+        assert_eq!(model_label(Some(xss), &labelled), "other");
+        assert_eq!(model_label(None, &labelled), "unknown");
+        let others = many
+            .iter()
+            .filter(|m| model_label(Some(m), &labelled) == "other")
+            .count();
+        assert_eq!(
+            others,
+            80 + 1 - MODEL_LABELS,
+            "the least numerous share one series"
+        );
     }
 }
