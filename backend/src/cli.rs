@@ -355,7 +355,27 @@ async fn refresh_tokens(
         provider,
         connection_id: connection,
     };
-    let report = state.token_engine.sweep(&request, crate::storage::now()).await?;
+    let sweep = state.token_engine.sweep(&request, crate::storage::now());
+    tokio::pin!(sweep);
+    let mut stopped = false;
+    let report = tokio::select! {
+        report = &mut sweep => report?,
+        () = crate::app::shutdown_signal() => {
+            // Refreshes under way finish (a rotated refresh token must not be lost), none
+            // start, and every claim is given back, so the server refreshes them at once.
+            eprintln!("stopping: no more refreshes are started; waiting for those under way (signal again to quit now)");
+            state.token_engine.stop_claiming();
+            stopped = true;
+            tokio::select! {
+                report = &mut sweep => report?,
+                () = crate::app::shutdown_signal() => {
+                    let released = crate::storage::connections::release_all(&state.db, &state.instance).await?;
+                    state.db.close();
+                    anyhow::bail!("stopped at once; gave back {released} claim(s) on refreshes under way");
+                }
+            }
+        }
+    };
     println!(
         "{:<6} {:<16} {:<24} {:<14} {:<27} DETAIL",
         "ID", "PROVIDER", "NAME", "OUTCOME", "EXPIRES AT"
@@ -383,6 +403,9 @@ async fn refresh_tokens(
         }
     );
     state.db.close();
+    if stopped {
+        anyhow::bail!("stopped before every due connection was refreshed");
+    }
     if report.failed > 0 {
         anyhow::bail!("{} refresh(es) failed", report.failed);
     }

@@ -15,6 +15,7 @@ both_backends!(
     the_cli_sweeps_and_reports,
     connections_are_reauthorised_disabled_and_enabled,
     a_cleared_token_is_fetched_anew,
+    a_stopped_cli_sweep_leaves_no_connection_claimed,
 );
 
 fn json_headers() -> Vec<(String, String)> {
@@ -409,6 +410,89 @@ async fn the_cli_sweeps_and_reports(backend: Backend) {
     let none = run_cli(&["refresh-tokens", "--connection", "999"], &env);
     assert!(none.status.success());
     assert!(String::from_utf8_lossy(&none.stdout).contains("0 due"));
+}
+
+/// SIGTERM to `telltale refresh-tokens` in the middle of a slow sweep: the refresh under way
+/// finishes (its new token is stored), no other starts, and no connection stays claimed, so a
+/// server starting next refreshes them at once instead of skipping them for the lease's 120 s.
+async fn a_stopped_cli_sweep_leaves_no_connection_claimed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/slow"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "fresh", "token_type": "Bearer", "expires_in": 3600}))
+                .set_delay(Duration::from_secs(2)),
+        )
+        .mount(&provider)
+        .await;
+    let server = TestServer::start(db.url(), &[("TELLTALE_TOKEN_SWEEP_SCHEDULE", "0 0 0 1 1 *")]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    for n in 0..3 {
+        let (code, _) = create(
+            &server,
+            json!({"account": "acme", "provider": "oauth2_refresh", "name": format!("slow-{n}"),
+                   "base_url": format!("{}/slow", provider.uri()),
+                   "credentials": {"client_id": "c", "client_secret": "s"},
+                   "access_token": "a", "refresh_token": "r",
+                   "expires_at": (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339()}),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    drop(server);
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(telltale_e2e::telltale_bin())
+        .arg("refresh-tokens")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db.url())
+        .env("TELLTALE_SECRET_KEY", telltale_e2e::TEST_SECRET_KEY)
+        .env("TELLTALE_TOKEN_CONCURRENCY", "1")
+        .env("TELLTALE_DATA_DIR", dir.path())
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop it once the first request is at the platform.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while provider.received_requests().await.unwrap_or_default().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep never called the platform"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopped before every due connection was refreshed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        provider.received_requests().await.unwrap().len(),
+        1,
+        "none started after the signal"
+    );
+
+    let db = db.open().await;
+    let all = telltale::storage::connections::list_connections(&db)
+        .await
+        .unwrap();
+    assert!(
+        all.iter().all(|c| c.lease_owner.is_none()),
+        "no claim left behind"
+    );
+    let refreshed = all.iter().filter(|c| c.last_refresh_success_at.is_some()).count();
+    assert_eq!(refreshed, 1, "the refresh under way finished and was stored");
 }
 
 async fn patch(server: &TestServer, id: i64, body: Value) -> (u16, Value) {

@@ -637,6 +637,21 @@ pub async fn release(db: &Db, id: i64, owner: &str) -> StorageResult<()> {
     })
 }
 
+/// Gives back every lease `owner` holds (a process stopping in the middle of a sweep); how many.
+pub async fn release_all(db: &Db, owner: &str) -> StorageResult<usize> {
+    db_run!(db, |conn| {
+        Ok(
+            diesel::update(connections::table.filter(connections::lease_owner.eq(owner)))
+                .set((
+                    connections::lease_owner.eq(None::<String>),
+                    connections::lease_expires_at.eq(None::<UtcTime>),
+                ))
+                .execute(conn)
+                .await?,
+        )
+    })
+}
+
 pub async fn delete_connection(db: &Db, id: i64) -> StorageResult<()> {
     db_run!(db, |conn| {
         match diesel::delete(connections::table.find(id)).execute(conn).await? {

@@ -104,6 +104,9 @@ pub struct RefreshEngine {
     inflight: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// A circuit breaker per upstream (provider kind and host): the engine's own state.
     circuits: circuit::Circuits,
+    /// Once cancelled, sweeps claim nothing more (those under way finish and give their
+    /// claims back): how a stopped `telltale refresh-tokens` leaves no connection held.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// A token this close to expiry is not used while its renewal fails: a request sent with it
@@ -176,7 +179,13 @@ impl RefreshEngine {
             metrics,
             instance,
             inflight: Mutex::new(HashMap::new()),
+            stopping: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Sweeps start no more refreshes from now on; those under way finish.
+    pub fn stop_claiming(&self) {
+        self.stopping.cancel();
     }
 
     fn lock_for(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
@@ -280,6 +289,7 @@ impl RefreshEngine {
         } else {
             let ids: Vec<i64> = due.iter().map(|c| c.id).collect();
             futures_util::stream::iter(ids)
+                .take_until(self.stopping.cancelled())
                 .map(|id| self.refresh_one(id, request, Some(at)))
                 .buffer_unordered(self.settings.concurrency.max(1))
                 .collect()
