@@ -13,7 +13,8 @@ both_backends!(
     logins_of_every_shape_yield_tokens,
     refused_logins_and_pasted_tokens,
     the_login_path_is_found_and_kept,
-    discovery_stops_at_a_refusal_and_a_token_set_by_hand_stays_in_use
+    discovery_stops_at_a_refusal_and_a_token_set_by_hand_stays_in_use,
+    a_service_under_a_path_is_discovered_beneath_it
 );
 
 async fn app(db: &TestDb) -> AppState {
@@ -259,4 +260,51 @@ async fn discovery_stops_at_a_refusal_and_a_token_set_by_hand_stays_in_use(backe
     );
     let secrets = connections::secrets(&state.crypto, &c).unwrap();
     assert_eq!(secrets.access_token.as_deref(), Some("CANARY-set-by-hand"));
+}
+
+/// A service that lives under a path (`https://host/ext`): the address itself is no login
+/// endpoint (404), so the login paths are looked for beneath it, found and kept; the next
+/// refresh goes straight there instead of posting to `/ext` again.
+async fn a_service_under_a_path_is_discovered_beneath_it(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let service = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/ext/api/login"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"token": "CANARY-under-path-7777", "expires_in": 3600})),
+        )
+        .mount(&service)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&service)
+        .await;
+    let state = app(&db).await;
+    let id = login(
+        &state,
+        "under-path",
+        Some(format!("{}/ext", service.uri())),
+        json!({}),
+        true,
+    )
+    .await;
+    let report = sweep_all(&state).await;
+    assert_eq!(report.refreshed, 1, "{report:?}");
+    let c = connections::get_connection(&state.db, id).await.unwrap();
+    assert_eq!(c.token_fingerprint.as_deref(), Some("…7777"));
+    assert_eq!(
+        c.settings.to_value()["login_path"],
+        "/api/login",
+        "kept, relative to the address"
+    );
+    let tried = service.received_requests().await.unwrap().len();
+    state
+        .token_engine
+        .refresh_now(id, telltale::storage::RefreshTrigger::Manual, "test")
+        .await
+        .unwrap();
+    let requests = service.received_requests().await.unwrap();
+    assert_eq!(requests.len(), tried + 1, "straight to the kept path");
+    assert_eq!(requests[tried].url.path(), "/ext/api/login");
 }

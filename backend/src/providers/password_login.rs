@@ -285,8 +285,9 @@ impl Provider for PasswordLogin {
     }
 }
 
-/// Logs in: at the known path, or, for a bare address without one, at the first candidate
-/// path that answers with a token (remembered in the connection's settings).
+/// Logs in: at the known path; else at the address itself when it has a path; else (or when
+/// that is not a login endpoint) at the first candidate path beneath the address that answers
+/// with a token (remembered in the connection's settings).
 async fn login(
     http: &reqwest::Client,
     base: &str,
@@ -300,12 +301,15 @@ async fn login(
             form: settings.body.as_deref() == Some("form"),
             user_field: settings.username_field.as_deref().unwrap_or("username"),
         };
-        return match try_login(http, base, attempt, settings, credentials).await {
-            Tried::Token(issued) => Outcome::Refreshed(issued),
-            Tried::Refused(message) => Outcome::NeedsReauth(message),
-            Tried::NotHere(message) => Outcome::Failed(message),
-            Tried::Transient(outcome) => outcome,
-        };
+        match try_login(http, base, attempt, settings, credentials).await {
+            Tried::Token(issued) => return Outcome::Refreshed(issued),
+            Tried::Refused(message) => return Outcome::NeedsReauth(message),
+            // An address with a path may be the login URL itself, or the service living under
+            // that path (`https://host/ext`): then its login paths are looked for beneath it.
+            Tried::NotHere(message) if known.is_some() => return Outcome::Failed(message),
+            Tried::NotHere(_) => {}
+            Tried::Transient(outcome) => return outcome,
+        }
     }
     let mut last_transient = None;
     for path in CANDIDATE_PATHS {
