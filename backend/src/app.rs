@@ -81,7 +81,9 @@ impl Readiness {
             })
     }
 
-    fn set(&self, next: ReadyState) {
+    /// Start-up sets this; a process that migrated by itself (the benchmark serving its own
+    /// state) says so here.
+    pub fn set(&self, next: ReadyState) {
         if let Ok(mut state) = self.state.write() {
             *state = next;
         }

@@ -266,6 +266,9 @@ async fn http_latencies(state: &telltale::app::AppState, args: &Args, backend: &
         .map_err(|e| e.to_string())?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    // The database was migrated above, not by `app::serve`: without this every route answers
+    // 503 `starting`.
+    state.readiness.set(telltale::app::ReadyState::Ready);
     let server = telltale::web::http_server(state.clone(), listener).map_err(|e| e.to_string())?;
     let handle = server.handle();
     tokio::spawn(server);
