@@ -24,6 +24,17 @@ pub async fn sweep_at(
         .unwrap_or_else(|e| panic!("sweep: {e}"))
 }
 
+/// The account "acme" the suites' connections belong to, created when missing.
+pub async fn acme_account(state: &telltale::app::AppState) -> telltale::storage::connections::Account {
+    use telltale::storage::connections;
+    match connections::account_by_name(&state.db, "acme").await {
+        Ok(a) => a,
+        Err(_) => connections::create_account(&state.db, "acme", None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    }
+}
+
 /// A Spotify connection of account "acme" (created when missing) holding canary tokens that
 /// expire in `expires_in`; returns its id. Written straight to storage, for in-process tests.
 pub async fn spotify_connection(
@@ -32,12 +43,7 @@ pub async fn spotify_connection(
     expires_in: chrono::Duration,
 ) -> i64 {
     use telltale::storage::connections::{self, NewConnection};
-    let account = match connections::account_by_name(&state.db, "acme").await {
-        Ok(a) => a,
-        Err(_) => connections::create_account(&state.db, "acme", None)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    };
+    let account = acme_account(state).await;
     let new = NewConnection {
         account_id: account.id,
         provider: "oauth2_refresh".into(),

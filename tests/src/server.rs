@@ -43,6 +43,30 @@ pub async fn sign_in(server: &TestServer, email: &str, password: &str) -> (Strin
     (cookie, csrf)
 }
 
+/// Sends `method url` (with a JSON body when given) as the test admin; the status and the JSON
+/// answer, which is checked for secrets.
+pub async fn api_send(
+    method: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = api_client().request(method.clone(), &url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let resp = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_else(|e| panic!("{e}"));
+    crate::assert_no_canary(&format!("{method} {url}"), &text);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// An HTTP client that calls the API as the test admin (through `TEST_API_TOKEN`).
 pub fn api_client() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();

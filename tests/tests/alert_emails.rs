@@ -19,12 +19,7 @@ both_backends!(on_call_reads_what_the_platform_said_and_what_holds_after_recover
 
 /// A Spotify connection refreshed at `token_url`, due now (its token expires within the lead).
 async fn spotify(state: &AppState, name: &str, token_url: String) -> i64 {
-    let account = match connections::account_by_name(&state.db, "acme").await {
-        Ok(a) => a,
-        Err(_) => connections::create_account(&state.db, "acme", None)
-            .await
-            .unwrap(),
-    };
+    let account = telltale_e2e::acme_account(state).await;
     let new = NewConnection {
         account_id: account.id,
         provider: "oauth2_refresh".into(),

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use telltale_e2e::{
-    Backend, TestDb, TestServer, api_client, assert_no_canary, both_backends, get_json, milesight_headers,
-    nonce, post_with_headers,
+    Backend, TestDb, TestServer, api_send, both_backends, get_json, milesight_headers, nonce,
+    post_with_headers,
 };
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -43,22 +43,9 @@ async fn fake_mdp() -> MockServer {
     mdp
 }
 
-/// Sends `method url` with JSON as the test admin; the status and body (checked for secrets).
-async fn send(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-    let mut request = api_client().request(method.clone(), &url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let resp = request.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    assert_no_canary(&format!("{method} {url}"), &text);
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// Presses Test: `POST /api/milesight/settings/test`.
 async fn test_settings(server: &TestServer) -> (u16, Value) {
-    send(
+    api_send(
         reqwest::Method::POST,
         server.url("/api/milesight/settings/test"),
         None,
@@ -94,7 +81,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     assert_eq!(status, 409, "nothing to test yet: {body}");
 
     // Refused: no secret yet, a base URL that is not one.
-    let (status, body) = send(
+    let (status, body) = api_send(
         reqwest::Method::PUT,
         settings_url.clone(),
         Some(json!({"base_url": mdp.uri(), "client_id": "cid-ui"})),
@@ -107,7 +94,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
             .unwrap()
             .contains("client_secret")
     );
-    let (status, _) = send(
+    let (status, _) = api_send(
         reqwest::Method::PUT,
         settings_url.clone(),
         Some(json!({"base_url": "eu-openapi", "client_id": "cid-ui", "client_secret": "CANARY-ui-secret"})),
@@ -116,7 +103,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     assert_eq!(status, 400);
 
     // A wrong secret is saved, and the Test says MDP refused it.
-    let (status, body) = send(
+    let (status, body) = api_send(
         reqwest::Method::PUT,
         settings_url.clone(),
         Some(json!({"base_url": mdp.uri(), "client_id": "cid-ui", "client_secret": "CANARY-wrong"})),
@@ -131,7 +118,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     assert_eq!(body["error"]["code"], "invalid_credentials");
 
     // The right secret: the Test fetches a token and counts MDP's devices.
-    let (status, _) = send(
+    let (status, _) = api_send(
         reqwest::Method::PUT,
         settings_url.clone(),
         Some(json!({"base_url": format!("{}/", mdp.uri()), "client_id": "cid-ui", "client_secret": "CANARY-ui-secret"})),
@@ -152,7 +139,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     assert_eq!(token["base_url"], mdp.uri(), "kept without the trailing slash");
 
     // Saved again without the secret: the stored one is kept (the Test still works).
-    let (status, _) = send(
+    let (status, _) = api_send(
         reqwest::Method::PUT,
         settings_url.clone(),
         Some(json!({"base_url": mdp.uri(), "client_id": "cid-ui", "client_secret": ""})),
@@ -184,7 +171,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
         401,
         "no secret yet"
     );
-    let (status, body) = send(
+    let (status, body) = api_send(
         reqwest::Method::PUT,
         server.url("/api/milesight/webhooks"),
         Some(json!({"source": "site-a", "uuid": "uuid-a", "secret": "CANARY-wh-1"})),
@@ -211,7 +198,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
         }
         Backend::Sqlite => (server, None),
     };
-    let (status, body) = send(
+    let (status, body) = api_send(
         reqwest::Method::PUT,
         server.url("/api/milesight/webhooks"),
         Some(json!({"source": "site-a", "uuid": "uuid-a", "secret": "CANARY-wh-2"})),
@@ -237,7 +224,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     );
 
     // Removed: refused again (here at once).
-    let (status, _) = send(
+    let (status, _) = api_send(
         reqwest::Method::DELETE,
         server.url("/api/milesight/webhooks/site-a"),
         None,
@@ -251,7 +238,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
         sources["items"][0]["verified_at"].is_string(),
         "its history stays"
     );
-    let (status, _) = send(
+    let (status, _) = api_send(
         reqwest::Method::DELETE,
         server.url("/api/milesight/webhooks/site-a"),
         None,
@@ -260,7 +247,7 @@ async fn milesight_is_set_up_from_the_ui(backend: Backend) {
     assert_eq!(status, 404);
 
     // The OpenAPI settings forgotten: not configured any more.
-    let (status, _) = send(reqwest::Method::DELETE, settings_url.clone(), None).await;
+    let (status, _) = api_send(reqwest::Method::DELETE, settings_url.clone(), None).await;
     assert_eq!(status, 204);
     let (_, token) = get_json(&server.url("/api/milesight/token")).await;
     assert_eq!(token["status"], "missing");
@@ -295,7 +282,7 @@ async fn the_config_wins_over_the_ui(backend: Backend) {
     );
     assert_eq!(body["webhooks"][0]["origin"], "config");
 
-    let (status, body) = send(
+    let (status, body) = api_send(
         reqwest::Method::PUT,
         server.url("/api/milesight/settings"),
         Some(json!({"base_url": base, "client_id": "other", "client_secret": "CANARY-x"})),
@@ -309,7 +296,7 @@ async fn the_config_wins_over_the_ui(backend: Backend) {
             .unwrap()
             .contains("MILESIGHT_CLIENT_SECRET")
     );
-    let (status, _) = send(
+    let (status, _) = api_send(
         reqwest::Method::PUT,
         server.url("/api/milesight/webhooks"),
         Some(json!({"source": "site-x", "uuid": "uuid-c", "secret": "CANARY-x"})),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use telltale_e2e::{
     Backend, SmtpSink, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, TEST_SECRET_KEY, TestDb, TestServer,
-    WebhookReceiver, api_client, assert_no_canary, both_backends, browser, free_port, metric_sample, run_cli,
+    WebhookReceiver, api_send, assert_no_canary, both_backends, browser, free_port, metric_sample, run_cli,
     sign_in,
 };
 
@@ -21,25 +21,12 @@ both_backends!(
 const SMTP_PASSWORD: &str = "CANARY-smtp-password";
 const HOOK_SECRET: &str = "whsec_Q0FOQVJZLXNpZ25pbmcta2V5LTEyMzQ1Njc4OTA=";
 
-/// Sends `method url` with JSON as the test admin; the status and body (checked for secrets).
-async fn send(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-    let mut request = api_client().request(method.clone(), &url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let resp = request.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    assert_no_canary(&format!("{method} {url}"), &text);
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 async fn put(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
-    send(reqwest::Method::PUT, server.url(path), Some(body)).await
+    api_send(reqwest::Method::PUT, server.url(path), Some(body)).await
 }
 
 async fn test_email(server: &TestServer) -> (u16, Value) {
-    send(
+    api_send(
         reqwest::Method::POST,
         server.url("/api/alerts/test-email"),
         Some(json!({})),
@@ -65,7 +52,7 @@ async fn email_is_set_up_and_tested_from_the_ui(backend: Backend) {
     server.wait_ready(Duration::from_secs(30)).await;
 
     // A blank install: nothing reaches anyone, and a test says what to set instead of queueing.
-    let (code, view) = send(reqwest::Method::GET, server.url("/api/notifications"), None).await;
+    let (code, view) = api_send(reqwest::Method::GET, server.url("/api/notifications"), None).await;
     assert_eq!(code, 200);
     assert_eq!(view["smtp"]["origin"], Value::Null, "{view}");
     assert_eq!(view["email_reaches_on_call"], false);
@@ -208,7 +195,7 @@ async fn email_is_set_up_and_tested_from_the_ui(backend: Backend) {
     assert_eq!(code, 400, "{body}");
 
     // Removed: email reaches nobody again.
-    let (code, _) = send(
+    let (code, _) = api_send(
         reqwest::Method::DELETE,
         server.url("/api/notifications/smtp"),
         None,
@@ -229,7 +216,7 @@ async fn alert_webhooks_are_set_up_and_tested_from_the_ui(backend: Backend) {
     let test = |endpoint: &str| {
         let url = server.url("/api/alerts/test-notification");
         let body = json!({"endpoint": endpoint});
-        async move { send(reqwest::Method::POST, url, Some(body)).await }
+        async move { api_send(reqwest::Method::POST, url, Some(body)).await }
     };
 
     let (code, body) = test("ops").await;
@@ -329,7 +316,7 @@ async fn alert_webhooks_are_set_up_and_tested_from_the_ui(backend: Backend) {
     );
 
     for name in ["ops", "wrong-path"] {
-        let (code, _) = send(
+        let (code, _) = api_send(
             reqwest::Method::DELETE,
             server.url(&format!("/api/notifications/webhooks/{name}")),
             None,
@@ -356,7 +343,7 @@ async fn the_config_wins_over_the_ui(backend: Backend) {
     )
     .await;
     server.wait_ready(Duration::from_secs(30)).await;
-    let (_, view) = send(reqwest::Method::GET, server.url("/api/notifications"), None).await;
+    let (_, view) = api_send(reqwest::Method::GET, server.url("/api/notifications"), None).await;
     assert_eq!(view["smtp"]["origin"], "config");
     assert_eq!(view["smtp"]["env"], "SMTP_URL");
     assert_eq!(view["on_call"]["origin"], "config");

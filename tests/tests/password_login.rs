@@ -28,12 +28,7 @@ async fn login(
     settings: serde_json::Value,
     with_credentials: bool,
 ) -> i64 {
-    let account = match connections::account_by_name(&state.db, "acme").await {
-        Ok(a) => a,
-        Err(_) => connections::create_account(&state.db, "acme", None)
-            .await
-            .unwrap(),
-    };
+    let account = telltale_e2e::acme_account(state).await;
     let new = NewConnection {
         account_id: account.id,
         provider: "password_login".into(),

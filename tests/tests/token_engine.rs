@@ -49,12 +49,7 @@ async fn connection(
     preset: Option<&str>,
     expires_in_mins: i64,
 ) -> i64 {
-    let account = match connections::account_by_name(&state.db, "acme").await {
-        Ok(a) => a,
-        Err(_) => connections::create_account(&state.db, "acme", None)
-            .await
-            .unwrap(),
-    };
+    let account = telltale_e2e::acme_account(state).await;
     let new = NewConnection {
         account_id: account.id,
         provider: "oauth2_refresh".into(),

@@ -604,23 +604,17 @@ impl NotificationChannels {
         }
         let mut stored = self.load().await?;
         let timeout = self.configured.timeout;
-        let given = |v: &Option<String>| {
-            v.as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
-        stored.smtp = Some(if let Some(url) = given(&form.url) {
+        stored.smtp = Some(if let Some(url) = filled_in(&form.url) {
             smtp_from_url(&url, timeout)?;
             StoredSmtp::Url { url: self.seal(&url) }
         } else {
-            let host = given(&form.host).ok_or_else(|| {
+            let host = filled_in(&form.host).ok_or_else(|| {
                 ChannelsError::Invalid("host: give the SMTP server's host name (or a URL)".into())
             })?;
             let tls = form.tls.unwrap_or(TlsMode::Starttls);
             let port = form.port.unwrap_or_else(|| tls.default_port());
-            let user = given(&form.user);
-            let password = match (given(&form.password), &stored.smtp) {
+            let user = filled_in(&form.user);
+            let password = match (filled_in(&form.password), &stored.smtp) {
                 (Some(new), _) => Some(self.seal(&new)),
                 (None, Some(StoredSmtp::Server { password, .. })) if user.is_some() => password.clone(),
                 (None, _) => None,
@@ -712,12 +706,6 @@ impl NotificationChannels {
         if self.configured.webhooks.iter().any(|w| w.name == name) {
             return Err(ChannelsError::SetInConfig(format!("the endpoint {name:?}")));
         }
-        let given = |v: &Option<String>| {
-            v.as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
         let rules = form.rules.as_ref().map(AddressList::items).unwrap_or_default();
         if let Some(rule) = rules.iter().find(|r| r.parse::<AlertRule>().is_err()) {
             return Err(ChannelsError::Invalid(format!("rules: unknown rule {rule:?}")));
@@ -725,7 +713,7 @@ impl NotificationChannels {
         let mut stored = self.load().await?;
         let at = stored.webhooks.iter().position(|w| w.name == name);
         let old = at.map(|i| stored.webhooks.remove(i));
-        let url = match (given(&form.url), &old) {
+        let url = match (filled_in(&form.url), &old) {
             (Some(url), _) => {
                 super::settings::check_http_url(&SecretString::from(url.clone()))
                     .map_err(ChannelsError::Invalid)?;
@@ -734,7 +722,7 @@ impl NotificationChannels {
             (None, Some(old)) => old.url.clone(),
             (None, None) => return Err(ChannelsError::Invalid("url: give the endpoint's URL".into())),
         };
-        let secret = match (given(&form.secret), &old) {
+        let secret = match (filled_in(&form.secret), &old) {
             (Some(secret), _) => {
                 signing_key(&secret).map_err(|m| ChannelsError::Invalid(format!("secret: {m}")))?;
                 Some(self.seal(&secret))
@@ -806,6 +794,15 @@ pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> Result<usize, Channe
         app_settings::put(db, KEY, &text).await?;
     }
     Ok(changed)
+}
+
+/// A form field's value when one was typed in (an empty one keeps what is stored).
+fn filled_in(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 fn checked_addresses(field: &str, addresses: &[String]) -> Result<(), ChannelsError> {
