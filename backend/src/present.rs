@@ -142,6 +142,15 @@ pub fn product(provider: &str, preset: Option<&str>) -> String {
     }
 }
 
+/// A connection as people name it: `Spotify connection 'acme marketing'`.
+pub fn connection_name(c: &crate::storage::connections::Connection) -> String {
+    format!(
+        "{} connection '{}'",
+        product(&c.provider, c.settings.text("preset")),
+        c.name
+    )
+}
+
 /// An optional instant, so the filters take `UtcTime` and `Option<UtcTime>` alike.
 pub trait Moment {
     fn instant(&self) -> Option<UtcTime>;

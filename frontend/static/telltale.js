@@ -30,11 +30,12 @@
     box.hidden = false;
   }
 
-  // The answer also shows beside what was pressed (the form's or table row's `output`), so a
-  // Send test far down the page is answered where the person is looking.
+  // The answer also shows beside what was pressed (the form's `output`, else its table row's),
+  // so a Send test far down the page is answered where the person is looking.
   function answer(element, text, bad) {
-    const holder = element.closest("form, tr");
-    const out = holder && holder.querySelector("output[id]");
+    const inForm = element.closest("form");
+    const row = element.closest("tr");
+    const out = (inForm && inForm.querySelector("output[id]")) || (row && row.querySelector("output[id]"));
     if (!out) return;
     out.textContent = text;
     out.className = "answer " + (bad ? "bad" : "good");
@@ -53,7 +54,8 @@
   }
 
   function describe(result) {
-    if (result.ok) return "Done.";
+    // An answer may say what happened in words (where a reset link went).
+    if (result.ok) return (result.data && typeof result.data.message === "string" && result.data.message) || "Done.";
     const error = result.data && result.data.error;
     return error ? `${error.message} (${result.status})` : `Failed (${result.status})`;
   }

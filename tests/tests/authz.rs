@@ -52,6 +52,10 @@ enum Access {
     AdminPage,
     /// Signed-in staff, any role (JSON API).
     StaffRead,
+    /// Signed-in staff, any role, changing their own things (their password).
+    StaffWrite,
+    /// Admins and API tokens only (JSON API reads: the audit log).
+    AdminRead,
     /// Admins and API tokens only.
     AdminWrite,
     /// The cron secret only.
@@ -83,8 +87,11 @@ fn expect(access: Access, caller: Caller) -> Expect {
         Access::AdminPage if matches!(caller, Admin | ApiToken) => Expect::Through,
         Access::AdminPage if caller == Viewer => Expect::Forbidden,
         Access::StaffPage | Access::AdminPage => Expect::SignIn,
-        Access::StaffRead if staff => Expect::Through,
-        Access::StaffRead => Expect::Unauthorized,
+        Access::StaffRead | Access::StaffWrite if staff => Expect::Through,
+        Access::StaffRead | Access::StaffWrite => Expect::Unauthorized,
+        Access::AdminRead if matches!(caller, Admin | ApiToken) => Expect::Through,
+        Access::AdminRead if caller == Viewer => Expect::Forbidden,
+        Access::AdminRead => Expect::Unauthorized,
         Access::AdminWrite if matches!(caller, Admin | ApiToken) => Expect::Through,
         Access::AdminWrite if caller == Viewer => Expect::Forbidden,
         Access::AdminWrite => Expect::Unauthorized,
@@ -135,6 +142,15 @@ fn routes() -> Vec<(Method, &'static str, Access)> {
         (get.clone(), "/alerts/999999", StaffPage),
         (get.clone(), "/scheduler", StaffPage),
         (get.clone(), "/settings", AdminPage),
+        (get.clone(), "/settings/staff", AdminPage),
+        (get.clone(), "/settings/audit", AdminPage),
+        (get.clone(), "/account", StaffPage),
+        (get.clone(), "/reset-password", Public),
+        (get.clone(), "/reset-password?token=0123", Public),
+        (post.clone(), "/reset-password", Public),
+        (post.clone(), "/api/users/999999/reset-link", AdminWrite),
+        (post.clone(), "/api/me/password", StaffWrite),
+        (get.clone(), "/api/audit", AdminRead),
         (get.clone(), "/connections/new", StaffPage),
         (get.clone(), "/connections/999999", StaffPage),
         // A viewer's session is refused by the handler (a GET, but it stores tokens).
@@ -348,6 +364,15 @@ async fn every_route_answers_every_caller_as_expected(backend: Backend) {
                 failures.push(format!(
                     "{method} {path} as {caller:?}: {status} ({got:?}), expected {wanted:?}: {body}"
                 ));
+            }
+            // A viewer on an admin page is told in a page which role it needs.
+            if matches!(access, Access::AdminPage) && got == Expect::Forbidden {
+                if !body.contains("This page needs the admin role") || !body.contains("viewer@example.com") {
+                    failures.push(format!(
+                        "{method} {path} as {caller:?}: 403 page does not name the role: {body:.200}"
+                    ));
+                }
+                continue;
             }
             // Refusals are JSON in the one error shape (pages redirect instead).
             if matches!(got, Expect::Unauthorized | Expect::Forbidden)

@@ -233,6 +233,44 @@ async fn a_platform_is_connected_through_its_consent_screen(backend: Backend) {
         1,
         "no failed connects logged: {log}"
     );
+    // The audit log has the consent under the admin, after the Connect that began it.
+    let audit: Value = api_client()
+        .get(server.url("/api/audit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<(&str, &str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default(),
+                e["actor"].as_str().unwrap_or_default(),
+                e["target"].as_str().unwrap_or_default(),
+            )
+        })
+        .filter(|(action, _, _)| action.starts_with("Connect") || action.starts_with("Started"))
+        .collect();
+    assert_eq!(
+        actions[..2],
+        [
+            (
+                "Connected (consent given)",
+                TEST_ADMIN_EMAIL,
+                "Spotify connection 'spotify-acme'"
+            ),
+            (
+                "Started Connect",
+                TEST_ADMIN_EMAIL,
+                "Spotify connection 'spotify-acme'"
+            ),
+        ],
+        "{audit}"
+    );
 
     // The stored refresh token works.
     let (status, refreshed) = admin

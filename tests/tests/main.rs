@@ -30,6 +30,7 @@ mod scheduler_api;
 mod schema;
 mod server;
 mod setup;
+mod staff;
 mod storage;
 mod thingsboard;
 mod token_engine;

@@ -193,7 +193,13 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
             "/scheduler".to_owned(),
             vec!["token-refresh-sweep", "milesight-device-check"],
         ),
-        ("/settings".to_owned(), vec![TEST_ADMIN_EMAIL, "configured"]),
+        ("/settings".to_owned(), vec!["Milesight", "Notifications"]),
+        ("/settings/staff".to_owned(), vec![TEST_ADMIN_EMAIL, "configured"]),
+        ("/settings/audit".to_owned(), vec!["Audit log", "Signed in"]),
+        (
+            "/account".to_owned(),
+            vec![TEST_ADMIN_EMAIL, "Change your password"],
+        ),
     ];
     for (path, expected) in pages {
         let response = browser()

@@ -207,7 +207,7 @@ async fn migrations_run_twice_without_change(backend: Backend) {
     let target = DatabaseTarget::parse(db.url()).unwrap();
     assert_eq!(
         migrate::pending(&target).await.unwrap().len(),
-        14,
+        15,
         "a new database has every migration pending"
     );
     let first = migrate::run(&target).await.unwrap();
@@ -227,7 +227,8 @@ async fn migrations_run_twice_without_change(backend: Backend) {
             "20261203000011".to_owned(),
             "20261204000012".to_owned(),
             "20261207000013".to_owned(),
-            "20261208000014".to_owned()
+            "20261208000014".to_owned(),
+            "20261209000015".to_owned()
         ]
     );
     let second = migrate::run(&target).await.unwrap();

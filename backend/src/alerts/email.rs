@@ -429,6 +429,13 @@ impl Mailer {
         .await
     }
 
+    /// Sends one email now, outside the outbox: for a message carrying a one-time secret (a
+    /// password reset link), which must not be stored, and whose sender is waiting for the
+    /// answer. `Err`: what the SMTP server (or its absence) said.
+    pub async fn send_direct(&self, to: &str, subject: &str, text: &str, html: &str) -> Result<(), String> {
+        self.send(to, subject, text, html).await
+    }
+
     /// Where notifications go now.
     pub async fn channels(&self) -> Arc<Channels> {
         self.channels.current().await

@@ -32,11 +32,7 @@ fn link(config: &AlertsConfig, path: &str) -> String {
 
 /// A connection as people name it: `Spotify connection 'acme marketing'`.
 fn named(c: &Connection) -> String {
-    format!(
-        "{} connection '{}'",
-        present::product(&c.provider, c.settings.text("preset")),
-        c.name
-    )
+    present::connection_name(c)
 }
 
 /// The conditions that hold at `at`.

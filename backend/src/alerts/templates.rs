@@ -113,6 +113,51 @@ pub fn notice(text: &str) -> (String, String) {
     (text.to_owned(), render(&NoticeHtml { text }))
 }
 
+/// What a password reset email says.
+pub struct ResetView<'a> {
+    pub admin: &'a str,
+    pub email: &'a str,
+    pub link: &'a str,
+    pub hours: u64,
+}
+
+#[derive(Template)]
+#[template(path = "email/password_reset.txt")]
+struct ResetText<'a> {
+    admin: &'a str,
+    email: &'a str,
+    link: &'a str,
+    hours: u64,
+}
+
+#[derive(Template)]
+#[template(path = "email/password_reset.html")]
+struct ResetHtml<'a> {
+    admin: &'a str,
+    email: &'a str,
+    link: &'a str,
+    hours: u64,
+}
+
+/// (text, html) fragments of a password reset email.
+pub fn password_reset(v: &ResetView<'_>) -> (String, String) {
+    let (admin, email, link, hours) = (v.admin, v.email, v.link, v.hours);
+    (
+        render(&ResetText {
+            admin,
+            email,
+            link,
+            hours,
+        }),
+        render(&ResetHtml {
+            admin,
+            email,
+            link,
+            hours,
+        }),
+    )
+}
+
 /// The complete bodies sent for stored fragments.
 pub fn layout(text: &str, html: &str) -> (String, String) {
     (

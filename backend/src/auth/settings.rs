@@ -29,6 +29,10 @@ settings! {
         /// all emails together) before each further try waits, doubling from 1 s up to 15 min.
         /// Only failures count, and a success from the address clears them.
         login_failures_allowed: u32 = count(5, 1..=1000), env "TELLTALE_LOGIN_FAILURES_ALLOWED";
+        /// How long a password reset link made in Settings → Staff stays usable (once).
+        reset_link_hours: Duration = hours(24, 1..=24 * 7), env "TELLTALE_RESET_LINK_HOURS";
+        /// Audit log entries older than this are deleted as new ones are written.
+        audit_retention_days: u32 = count(365, 1..=3650), env "TELLTALE_AUDIT_RETENTION_DAYS";
         /// Proxies (IP addresses) whose `X-Forwarded-For` names the client; from any other
         /// peer the header is ignored, so it cannot be forged to dodge the sign-in throttle.
         trusted_proxies: Vec<String> = comma_list("", "comma-separated IP addresses", check_ip), env "TELLTALE_TRUSTED_PROXIES";

@@ -383,12 +383,12 @@ impl TokenKeeper {
     /// Fetches a new token now, whatever the stored one's expiry (a person asked, or MDP
     /// refused the stored token).
     pub async fn refresh_now(&self, trigger: Trigger) -> Result<String, TokenError> {
+        self.refresh_now_by(trigger, "telltale").await
+    }
+
+    /// `refresh_now`, recorded in the refresh log under `actor` (the person who asked).
+    pub async fn refresh_now_by(&self, trigger: Trigger, actor: &str) -> Result<String, TokenError> {
         let connection = self.connection().await?;
-        let actor = if trigger == Trigger::Manual {
-            "api"
-        } else {
-            "telltale"
-        };
         let result = self.engine.refresh_now(connection.id, trigger, actor).await?;
         judge(result)?;
         self.reload(connection.id)

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod app_settings;
+pub mod audit;
 mod checkpoint;
 pub mod connections;
 pub mod consents;

@@ -373,6 +373,35 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::storage::fields::UtcTimestamp;
+
+    audit_log (id) {
+        id -> BigInt,
+        at -> UtcTimestamp,
+        actor -> Text,
+        client -> Nullable<Text>,
+        action -> Text,
+        target -> Nullable<Text>,
+        route -> Text,
+        status -> Integer,
+        details -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::storage::fields::UtcTimestamp;
+
+    password_resets (token_hash) {
+        token_hash -> Text,
+        user_id -> BigInt,
+        created_at -> UtcTimestamp,
+        expires_at -> UtcTimestamp,
+    }
+}
+
 diesel::joinable!(devices -> webhook_sources (source_id));
 diesel::joinable!(webhook_events -> webhook_sources (source_id));
 diesel::joinable!(webhook_events -> devices (device_id));
@@ -385,6 +414,7 @@ diesel::joinable!(alert_events -> alerts (alert_id));
 diesel::joinable!(outbox -> alerts (alert_id));
 diesel::joinable!(api_tokens -> staff_users (user_id));
 diesel::joinable!(staff_sessions -> staff_users (user_id));
+diesel::joinable!(password_resets -> staff_users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     webhook_sources,
@@ -408,4 +438,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_usage,
     app_settings,
     consent_callbacks,
+    audit_log,
+    password_resets,
 );

@@ -7,7 +7,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::fields::{Role, UtcTime};
-use super::schema::{api_tokens, app_settings, staff_sessions, staff_users};
+use super::schema::{api_tokens, app_settings, password_resets, staff_sessions, staff_users};
 use super::{Db, StorageError, StorageResult};
 use crate::db_run;
 
@@ -149,6 +149,33 @@ pub async fn count_users(db: &Db) -> StorageResult<i64> {
     })
 }
 
+/// Why a change is refused that would leave nobody able to administer Telltale.
+pub const LAST_ADMIN: &str = "that would leave no enabled admin: make another user an admin first";
+
+/// Changes to admins are taken one at a time on PostgreSQL (a transaction-scoped advisory
+/// lock), so two admins demoting each other at once cannot both succeed. SQLite has one
+/// writer anyway. A macro: the statement is compiled for each backend's connection.
+macro_rules! lock_admins {
+    ($postgres:expr, $tx:expr) => {
+        if $postgres {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(7401020304)")
+                .execute($tx)
+                .await?;
+        }
+    };
+}
+
+macro_rules! enabled_admins {
+    ($tx:expr) => {
+        staff_users::table
+            .filter(staff_users::role.eq(super::Role::Admin))
+            .filter(staff_users::disabled.eq(false))
+            .count()
+            .get_result::<i64>($tx)
+            .await?
+    };
+}
+
 /// The columns `update_user` may change; `None` leaves one as it is.
 #[derive(AsChangeset)]
 #[diesel(table_name = staff_users)]
@@ -173,8 +200,10 @@ pub async fn update_user(
         disabled,
     };
     let nothing = password_hash.is_none() && role.is_none() && disabled.is_none();
+    let postgres = db.backend_name() == "postgres";
     db_run!(db, |conn| {
         conn.transaction::<_, StorageError, _>(async |tx| {
+            lock_admins!(postgres, &mut *tx);
             let user = if nothing {
                 // diesel refuses an UPDATE without columns; there is nothing to change anyway.
                 staff_users::table
@@ -192,6 +221,9 @@ pub async fn update_user(
                     .optional()?
             };
             let user = user.ok_or(StorageError::NotFound)?;
+            if enabled_admins!(&mut *tx) == 0 {
+                return Err(StorageError::Conflict(LAST_ADMIN.into()));
+            }
             if password_hash.is_some() || disabled == Some(true) {
                 diesel::delete(staff_sessions::table.filter(staff_sessions::user_id.eq(id)))
                     .execute(tx)
@@ -203,12 +235,139 @@ pub async fn update_user(
     })
 }
 
+/// Deletes a user, their sessions and API tokens, unless they are the last enabled admin.
 pub async fn delete_user(db: &Db, id: i64) -> StorageResult<()> {
+    let postgres = db.backend_name() == "postgres";
     db_run!(db, |conn| {
-        match diesel::delete(staff_users::table.find(id)).execute(conn).await? {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            lock_admins!(postgres, &mut *tx);
+            if diesel::delete(staff_users::table.find(id)).execute(tx).await? == 0 {
+                return Err(StorageError::NotFound);
+            }
+            if enabled_admins!(&mut *tx) == 0 {
+                return Err(StorageError::Conflict(LAST_ADMIN.into()));
+            }
+            Ok(())
+        })
+        .await
+    })
+}
+
+/// Keeps a one-time password reset for `user_id` (only the token's hash), replacing any
+/// earlier one of theirs.
+pub async fn create_password_reset(
+    db: &Db,
+    user_id: i64,
+    token_hash: &str,
+    at: UtcTime,
+    expires_at: UtcTime,
+) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            diesel::delete(
+                password_resets::table.filter(
+                    password_resets::user_id
+                        .eq(user_id)
+                        .or(password_resets::expires_at.le(at)),
+                ),
+            )
+            .execute(tx)
+            .await?;
+            diesel::insert_into(password_resets::table)
+                .values((
+                    password_resets::token_hash.eq(token_hash),
+                    password_resets::user_id.eq(user_id),
+                    password_resets::created_at.eq(at),
+                    password_resets::expires_at.eq(expires_at),
+                ))
+                .execute(tx)
+                .await?;
+            Ok(())
+        })
+        .await
+    })
+}
+
+/// The enabled user a live reset token is for, without using it (the page asks for the new
+/// password first).
+pub async fn password_reset_user(db: &Db, token_hash: &str, at: UtcTime) -> StorageResult<Option<StaffUser>> {
+    db_run!(db, |conn| {
+        Ok(password_resets::table
+            .inner_join(staff_users::table)
+            .filter(password_resets::token_hash.eq(token_hash))
+            .filter(password_resets::expires_at.gt(at))
+            .filter(staff_users::disabled.eq(false))
+            .select(StaffUser::as_select())
+            .first(conn)
+            .await
+            .optional()?)
+    })
+}
+
+/// Uses a reset token once: deletes it and, when it was live, sets the new password hash and
+/// ends the user's sessions, in one transaction (two tabs, or two replicas, cannot both use
+/// it). `NotFound`: unknown, used or expired.
+pub async fn use_password_reset(
+    db: &Db,
+    token_hash: &str,
+    password_hash: &str,
+    at: UtcTime,
+) -> StorageResult<StaffUser> {
+    db_run!(db, |conn| {
+        conn.transaction::<_, StorageError, _>(async |tx| {
+            let used: Option<(i64, UtcTime)> =
+                diesel::delete(password_resets::table.filter(password_resets::token_hash.eq(token_hash)))
+                    .returning((password_resets::user_id, password_resets::expires_at))
+                    .get_result(tx)
+                    .await
+                    .optional()?;
+            let Some((user_id, _)) = used.filter(|(_, expires)| expires.0 > at.0) else {
+                return Err(StorageError::NotFound);
+            };
+            let user = diesel::update(
+                staff_users::table
+                    .find(user_id)
+                    .filter(staff_users::disabled.eq(false)),
+            )
+            .set(staff_users::password_hash.eq(password_hash))
+            .returning(StaffUser::as_returning())
+            .get_result(tx)
+            .await
+            .optional()?
+            .ok_or(StorageError::NotFound)?;
+            diesel::delete(staff_sessions::table.filter(staff_sessions::user_id.eq(user_id)))
+                .execute(tx)
+                .await?;
+            Ok(user)
+        })
+        .await
+    })
+}
+
+/// Sets a user's password hash, leaving their sessions (the caller ends the ones it should).
+pub async fn set_password(db: &Db, user_id: i64, password_hash: &str) -> StorageResult<()> {
+    db_run!(db, |conn| {
+        match diesel::update(staff_users::table.find(user_id))
+            .set(staff_users::password_hash.eq(password_hash))
+            .execute(conn)
+            .await?
+        {
             0 => Err(StorageError::NotFound),
             _ => Ok(()),
         }
+    })
+}
+
+/// Ends every session of `user_id` except `keep` (the one asking), e.g. after a password change.
+pub async fn end_other_sessions(db: &Db, user_id: i64, keep: Option<&str>) -> StorageResult<usize> {
+    db_run!(db, |conn| {
+        let mut query = diesel::delete(staff_sessions::table)
+            .filter(staff_sessions::user_id.eq(user_id))
+            .into_boxed();
+        if let Some(keep) = keep {
+            query = query.filter(staff_sessions::token_hash.ne(keep));
+        }
+        Ok(query.execute(conn).await?)
     })
 }
 

@@ -16,6 +16,15 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
+/// The caller's address: the peer's, or the one a trusted proxy names (`[auth]`).
+pub(crate) fn client_address(state: &AppState, req: &HttpRequest) -> String {
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    state
+        .config
+        .auth
+        .client_address(req.peer_addr().map(|a| a.ip()), forwarded)
+}
+
 /// Only same-site paths are followed after sign-in (no open redirect).
 fn safe_next(next: Option<&str>) -> &str {
     match next {
@@ -156,11 +165,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
             &next,
         );
     }
-    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let client = state
-        .config
-        .auth
-        .client_address(req.peer_addr().map(|a| a.ip()), forwarded);
+    let client = client_address(&state, &req);
     match auth::login(
         &state.db,
         &state.login_throttle,
@@ -171,7 +176,11 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
     )
     .await
     {
-        Ok(session) => signed_in(&state, session, is_json.then_some(StatusCode::OK), &next),
+        Ok(session) => {
+            crate::audit::record_unguarded(&state, &session.user.email, &client, "Signed in", "POST /login")
+                .await;
+            signed_in(&state, session, is_json.then_some(StatusCode::OK), &next)
+        }
         Err(LoginError::Refused) => fail(
             StatusCode::UNAUTHORIZED,
             "login_refused",
@@ -261,7 +270,14 @@ pub async fn add_user(
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
     match auth::add_user(&state.db, &body.email, &body.password, &body.role).await {
-        Ok(user) => Ok(HttpResponse::Created().json(user)),
+        Ok(user) => {
+            let target = format!("staff user {} ({})", user.email, user.role);
+            let mut response = HttpResponse::Created().json(user);
+            response
+                .extensions_mut()
+                .insert(crate::audit::AuditNote::target(target));
+            Ok(response)
+        }
         Err(AddUserError::Invalid(m)) => Err(ApiError::bad_request("invalid_user", m)),
         Err(e @ AddUserError::Exists(_)) => {
             Err(ApiError::new(StatusCode::CONFLICT, "user_exists", e.to_string()))
@@ -310,12 +326,22 @@ pub async fn update_user(
     let user = staff::update_user(&state.db, *id, hash.as_deref(), role, body.disabled)
         .await
         .map_err(not_found("user", *id))?;
-    Ok(HttpResponse::Ok().json(user))
+    let mut response = HttpResponse::Ok().json(&user);
+    if hash.is_some() {
+        // The change itself is not in the before/after (a hash is never shown).
+        response.extensions_mut().insert(crate::audit::AuditNote::note(
+            "password set; their sessions ended",
+        ));
+    }
+    Ok(response)
 }
 
 fn not_found(what: &'static str, id: i64) -> impl Fn(StorageError) -> ApiError {
     move |e| match e {
         StorageError::NotFound => ApiError::not_found(format!("no {what} {id}")),
+        StorageError::Conflict(m) if m == staff::LAST_ADMIN => {
+            ApiError::new(StatusCode::CONFLICT, "last_admin", m)
+        }
         other => other.into(),
     }
 }
@@ -347,8 +373,27 @@ pub async fn api_tokens(state: web::Data<AppState>) -> Result<HttpResponse, ApiE
 #[serde(deny_unknown_fields)]
 pub struct NewApiToken {
     name: String,
-    /// The user the token acts as (default: the caller).
+    /// The user the token acts as (default: the caller). A number, or its text (a form's select).
+    #[serde(default, deserialize_with = "id_or_text")]
     user_id: Option<i64>,
+}
+
+fn id_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(i64),
+        Text(String),
+    }
+    match Option::<Id>::deserialize(d)? {
+        None => Ok(None),
+        Some(Id::Number(n)) => Ok(Some(n)),
+        Some(Id::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("user_id must be a number, got {t:?}"))),
+    }
 }
 
 /// `POST /api/api-tokens` (admin): the token is in this response only.
@@ -365,11 +410,18 @@ pub async fn add_api_token(
         ));
     }
     let user_id = body.user_id.unwrap_or(me.user.id);
-    staff::user(&state.db, user_id)
+    let owner = staff::user(&state.db, user_id)
         .await
         .map_err(not_found("user", user_id))?;
     let (token, row) = auth::add_api_token(&state.db, user_id, name).await?;
-    Ok(HttpResponse::Created().json(json!({ "token": token, "api_token": row })))
+    let mut response = HttpResponse::Created().json(json!({ "token": token, "api_token": row }));
+    response
+        .extensions_mut()
+        .insert(crate::audit::AuditNote::target(format!(
+            "API token '{name}' of {}",
+            owner.email
+        )));
+    Ok(response)
 }
 
 /// `DELETE /api/api-tokens/{id}` (admin)

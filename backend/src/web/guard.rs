@@ -16,7 +16,13 @@ use crate::web::ApiError;
 fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/login" | "/setup" | "/webhooks/milesight" | "/bench/discard"
+        "/healthz"
+            | "/readyz"
+            | "/login"
+            | "/setup"
+            | "/reset-password"
+            | "/webhooks/milesight"
+            | "/bench/discard"
     ) || path.starts_with("/webhooks/milesight/")
         || path.starts_with("/api/cron/")
         || path.starts_with("/static/")
@@ -107,8 +113,90 @@ pub async fn guard(
     {
         return Ok(refuse(req, refused));
     }
+    if admin_only(&path) && !staff.is_admin() {
+        let response = if path.starts_with("/api/") {
+            actix_web::ResponseError::error_response(&ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs the admin role",
+            ))
+        } else {
+            crate::web::pages::forbidden(&state.db, &staff, &path).await
+        };
+        return Ok(req.into_response(response));
+    }
+    if is_safe(req.method()) {
+        req.extensions_mut().insert::<Staff>(staff);
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    audited(req, next, staff, &state).await
+}
+
+/// Pages and reads for admins only; a viewer gets a page (or JSON) saying which role it needs.
+fn admin_only(path: &str) -> bool {
+    path == "/settings" || path.starts_with("/settings/") || matches!(path, "/api/audit" | "/oauth/callback")
+}
+
+/// Runs a change and writes it to the audit log under its caller: what the route does, what
+/// it acted on (read before, as a removal's target is gone after), settings before and after.
+/// Refusals that changed nothing (400, 404, 409 …) are not entries; a far end that said no
+/// (502: the platform, the SMTP server) is, as the attempt was made.
+async fn audited(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    staff: Staff,
+    state: &web::Data<AppState>,
+) -> Result<ServiceResponse, Error> {
+    let pattern = req.match_pattern().unwrap_or_default();
+    let path = req.path().to_owned();
+    let route = format!("{} {pattern}", req.method());
+    let action = crate::audit::action(req.method().as_str(), &pattern);
+    let (target, before) = match action {
+        Some(_) => (
+            crate::audit::target(state, &pattern, &path).await,
+            crate::audit::snapshot(state, &pattern, &path).await,
+        ),
+        None => (None, None),
+    };
+    let client = crate::web::auth::client_address(state, req.request());
+    let actor = staff.actor();
     req.extensions_mut().insert::<Staff>(staff);
-    Ok(next.call(req).await?.map_into_boxed_body())
+    let response = next.call(req).await?.map_into_boxed_body();
+    let status = response.status();
+    let Some(action) = action else {
+        return Ok(response);
+    };
+    if !(status.is_success() || status.is_redirection() || status == StatusCode::BAD_GATEWAY) {
+        return Ok(response);
+    }
+    let note = response
+        .response()
+        .extensions()
+        .get::<crate::audit::AuditNote>()
+        .cloned()
+        .unwrap_or_default();
+    let changes = match before {
+        Some(before) => match crate::audit::snapshot(state, &pattern, &path).await {
+            Some(after) => crate::audit::changes(&before, &after),
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
+    crate::audit::record(
+        state,
+        crate::storage::audit::NewAuditEntry {
+            at: crate::storage::now(),
+            actor,
+            client: (!client.is_empty()).then_some(client),
+            action: action.to_owned(),
+            target: note.target.or(target),
+            route,
+            status: i32::from(status.as_u16()),
+            details: crate::audit::details(&changes, note.note.as_deref()),
+        },
+    )
+    .await;
+    Ok(response)
 }
 
 fn metrics_allowed(state: &AppState, req: &ServiceRequest) -> bool {
@@ -177,7 +265,7 @@ fn change_refused(req: &ServiceRequest, staff: &Staff, path: &str) -> Option<Api
             ));
         }
     }
-    (!staff.is_admin() && path != "/logout")
+    (!staff.is_admin() && !matches!(path, "/logout" | "/api/me/password"))
         .then(|| ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs the admin role"))
 }
 

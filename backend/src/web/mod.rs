@@ -1,6 +1,6 @@
 //! HTTP: the route table and the server. Handlers stay thin; logic lives in plain functions.
 
-mod api;
+pub(crate) mod api;
 mod auth;
 mod connect;
 pub mod error;
@@ -8,6 +8,7 @@ mod guard;
 mod health;
 mod intake;
 mod pages;
+mod password;
 mod setup;
 mod ui;
 
@@ -76,6 +77,11 @@ route_table! {
         get "/alerts/{id}" => pages::alert,
         get "/scheduler" => pages::scheduler,
         get "/settings" => pages::settings,
+        get "/settings/staff" => pages::staff_page,
+        get "/settings/audit" => pages::audit_page,
+        get "/account" => pages::account,
+        get "/reset-password" => password::reset_page,
+        post "/reset-password" => password::reset_password,
         get "/connections/new" => pages::new_connection,
         get "/connections/{id}" => pages::connection,
         get "/oauth/callback" => connect::callback,
@@ -90,6 +96,8 @@ route_table! {
         post "/api/users" => auth::add_user,
         patch "/api/users/{id}" => auth::update_user,
         delete "/api/users/{id}" => auth::delete_user,
+        post "/api/users/{id}/reset-link" => password::reset_link,
+        post "/api/me/password" => password::change_own_password,
         get "/api/api-tokens" => auth::api_tokens,
         post "/api/api-tokens" => auth::add_api_token,
         delete "/api/api-tokens/{id}" => auth::delete_api_token,

@@ -122,7 +122,18 @@ pub async fn create_admin(state: web::Data<AppState>, req: HttpRequest, body: we
     )
     .await;
     match result {
-        Ok(session) => signed_in(&state, session, json.then_some(StatusCode::CREATED), "/"),
+        Ok(session) => {
+            let client = super::auth::client_address(&state, &req);
+            crate::audit::record_unguarded(
+                &state,
+                &session.user.email,
+                &client,
+                "Created the first admin (setup)",
+                "POST /setup",
+            )
+            .await;
+            signed_in(&state, session, json.then_some(StatusCode::CREATED), "/")
+        }
         Err(e @ SetupError::Refused) => {
             fail(StatusCode::FORBIDDEN, "setup_refused", e.to_string(), Some(&form))
         }

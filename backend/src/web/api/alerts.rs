@@ -152,11 +152,15 @@ pub async fn alert(state: web::Data<AppState>, id: web::Path<i64>) -> Result<Htt
 }
 
 /// `POST /api/alerts/{id}/ack`: someone is on it (reminders stop; recovery is still emailed).
-pub async fn acknowledge(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn acknowledge(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    staff: web::ReqData<crate::auth::Staff>,
+) -> Result<HttpResponse, ApiError> {
     crate::storage::alerts::get(&state.db, *id)
         .await
         .map_err(no_alert(*id))?;
-    match crate::storage::alerts::acknowledge(&state.db, *id, "api", crate::storage::now()).await? {
+    match crate::storage::alerts::acknowledge(&state.db, *id, &staff.actor(), crate::storage::now()).await? {
         Some(alert) => Ok(HttpResponse::Ok().json(json!({ "alert": alert }))),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -182,6 +186,7 @@ pub struct NewSilence {
 pub async fn add_silence(
     state: web::Data<AppState>,
     body: web::Json<NewSilence>,
+    staff: web::ReqData<crate::auth::Staff>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let at = crate::storage::now();
@@ -201,13 +206,18 @@ pub async fn add_silence(
         &state.db,
         body.matcher.trim(),
         body.reason.trim(),
-        Some("api"),
+        Some(staff.actor().as_str()),
         starts_at,
         ends_at,
         at,
     )
     .await?;
-    Ok(HttpResponse::Created().json(silence))
+    let target = format!("silence of {} ({})", silence.matcher, silence.reason);
+    let mut response = HttpResponse::Created().json(silence);
+    response
+        .extensions_mut()
+        .insert(crate::audit::AuditNote::target(target));
+    Ok(response)
 }
 
 /// `GET /api/silences`: current and scheduled silences.

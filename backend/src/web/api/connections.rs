@@ -34,7 +34,13 @@ pub async fn create(
     let created = manage::create(&state.db, &state.crypto, body.into_inner())
         .await
         .map_err(manage_error)?;
-    Ok(HttpResponse::Created().json(view(&created, now())))
+    let mut response = HttpResponse::Created().json(view(&created, now()));
+    response
+        .extensions_mut()
+        .insert(crate::audit::AuditNote::target(crate::present::connection_name(
+            &created,
+        )));
+    Ok(response)
 }
 
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -111,10 +117,15 @@ pub async fn status_data(state: &AppState) -> Result<TokensStatus, ApiError> {
     })
 }
 
-pub async fn refresh(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+/// `POST /api/tokens/{id}/refresh`: Refresh now, recorded in the refresh log under the person.
+pub async fn refresh(
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+    staff: web::ReqData<crate::auth::Staff>,
+) -> Result<HttpResponse, ApiError> {
     let result = state
         .token_engine
-        .refresh_now(*id, crate::storage::RefreshTrigger::Manual, "api")
+        .refresh_now(*id, crate::storage::RefreshTrigger::Manual, &staff.actor())
         .await
         .map_err(not_found(*id))?;
     let code = match result.outcome {

@@ -20,10 +20,13 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(status))
 }
 
-pub async fn refresh(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn refresh(
+    state: web::Data<AppState>,
+    staff: web::ReqData<crate::auth::Staff>,
+) -> Result<HttpResponse, ApiError> {
     state
         .milesight_token
-        .refresh_now(Trigger::Manual)
+        .refresh_now_by(Trigger::Manual, &staff.actor())
         .await
         .map_err(token_error)?;
     let status = state.milesight_token.status(now()).await.map_err(token_error)?;
@@ -114,10 +117,13 @@ pub async fn clear_settings(state: web::Data<AppState>) -> Result<HttpResponse, 
 
 /// `POST /api/milesight/settings/test` (admin): fetches a token now and counts the devices
 /// MDP lists, so staff see at once whether the settings work.
-pub async fn test_settings(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn test_settings(
+    state: web::Data<AppState>,
+    staff: web::ReqData<crate::auth::Staff>,
+) -> Result<HttpResponse, ApiError> {
     let token = state
         .milesight_token
-        .refresh_now(Trigger::Manual)
+        .refresh_now_by(Trigger::Manual, &staff.actor())
         .await
         .map_err(token_error)?;
     let Some((api, _)) = state.milesight_token.api().await.map_err(token_error)? else {

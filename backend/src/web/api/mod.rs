@@ -1,6 +1,7 @@
 //! The JSON API under `/api`. Handlers only translate HTTP to storage calls and back.
 
 pub mod alerts;
+pub mod audit;
 pub mod connections;
 pub mod cron;
 pub mod devices;
@@ -42,6 +43,7 @@ super::route_table! {
         get "/api/refresh-stats" => connections::stats,
         post "/api/scheduler" => scheduler::control,
         get "/api/alerts" => alerts::alerts,
+        get "/api/audit" => audit::entries,
         get "/api/notifications" => notifications::channels,
         put "/api/notifications/smtp" => notifications::save_smtp,
         delete "/api/notifications/smtp" => notifications::clear_smtp,

@@ -6,8 +6,10 @@
 //! live by re-fetching it and swapping `<main>`, and sends the buttons' requests with the
 //! CSRF token.
 
+mod account;
 mod alert;
 mod alerts;
+mod audit;
 mod connection;
 mod connection_new;
 mod device;
@@ -16,6 +18,7 @@ mod overview;
 mod polling;
 mod scheduler;
 mod settings;
+mod staff;
 mod tokens;
 mod webhooks;
 
@@ -23,8 +26,10 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use askama::Template;
 
+pub use account::account;
 pub use alert::alert;
 pub use alerts::alerts_page;
+pub use audit::audit_page;
 pub use connection::connection;
 pub use connection_new::new_connection;
 pub use device::device;
@@ -33,6 +38,7 @@ pub use overview::overview;
 pub use polling::polling;
 pub use scheduler::scheduler;
 pub use settings::settings;
+pub use staff::staff_page;
 pub use tokens::tokens;
 pub(crate) use webhooks::public_base;
 pub use webhooks::webhooks_page;
@@ -166,6 +172,40 @@ pub(super) struct ConnectResultPage {
     pub(super) ok: bool,
     pub(super) message: String,
     pub(super) connection_id: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "forbidden.html")]
+struct ForbiddenPage {
+    base: Base,
+    /// What the page is, in words.
+    what: &'static str,
+    /// Whom to ask.
+    admins: Vec<String>,
+}
+
+/// 403 for a viewer who opened an admin page: which role it needs and whom to ask.
+pub async fn forbidden(db: &crate::storage::Db, staff: &Staff, path: &str) -> HttpResponse {
+    let what = match path {
+        p if p.starts_with("/settings/staff") => "staff accounts and API tokens",
+        p if p.starts_with("/settings/audit") => "the audit log",
+        "/oauth/callback" => "connecting a platform",
+        _ => "the settings",
+    };
+    let admins = crate::storage::staff::list_users(db)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|u| u.role == crate::storage::Role::Admin && !u.disabled)
+        .map(|u| u.email)
+        .collect();
+    let page = ForbiddenPage {
+        base: Base::new("Settings", "/settings", staff),
+        what,
+        admins,
+    };
+    render_with_status(StatusCode::FORBIDDEN, &page)
+        .unwrap_or_else(|e| actix_web::ResponseError::error_response(&e))
 }
 
 /// A short, one-line view of a payload for the tables.
