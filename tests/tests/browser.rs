@@ -932,3 +932,173 @@ async fn an_admin_sets_up_milesight_and_connects_a_platform_in_a_real_browser() 
     );
     browser.client.clone().close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_runs_staff_accounts_and_reads_the_audit_log_in_a_real_browser() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::start(db.url(), &[]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let browser = Browser::start().await;
+    browser
+        .sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        .await;
+    browser.client.goto(&server.url("/settings/staff")).await.unwrap();
+    // The buttons ask before removing or disabling; this person says yes.
+    let say_yes = "window.confirm = () => true;";
+    browser.client.execute(say_yes, vec![]).await.unwrap();
+
+    browser.type_into("#new-email", "vera@example.com").await;
+    browser.type_into("#new-password", "vera-password-1").await;
+    browser.click("#add-user button[type=submit]").await;
+    browser
+        .wait_text("#add-user-answer", Duration::from_secs(10), |t| t == "Done.")
+        .await;
+    let vera_row = "#users tbody tr:nth-child(2)";
+    browser
+        .wait_text(vera_row, Duration::from_secs(15), |t| {
+            t.contains("vera@example.com") && t.contains("active") && t.contains("never")
+        })
+        .await;
+
+    // Promote her from her row, then make her a reset link: no SMTP server, so the log.
+    browser
+        .client
+        .find(Locator::Css(&format!("{vera_row} select[name=role]")))
+        .await
+        .unwrap()
+        .select_by_value("admin")
+        .await
+        .unwrap();
+    browser
+        .click(&format!("{vera_row} form button[type=submit]"))
+        .await;
+    browser
+        .wait_text(&format!("{vera_row} output"), Duration::from_secs(10), |t| {
+            t == "Done."
+        })
+        .await;
+    browser.click(&format!("{vera_row} button[data-post]")).await;
+    let answer = browser
+        .wait_text(&format!("{vera_row} output"), Duration::from_secs(10), |t| {
+            t.contains("server log")
+        })
+        .await;
+    assert!(answer.contains("vera@example.com"), "{answer}");
+    browser.click(&format!("{vera_row} button[data-patch]")).await;
+    browser
+        .wait_text(vera_row, Duration::from_secs(15), |t| t.contains("disabled"))
+        .await;
+    browser.click(&format!("{vera_row} button[data-patch]")).await;
+    browser
+        .wait_text(vera_row, Duration::from_secs(15), |t| t.contains("active"))
+        .await;
+
+    // A token that acts as her: shown once, works, then revoked.
+    browser.type_into("#token-name", "backup script").await;
+    browser
+        .client
+        .find(Locator::Css("#token-user"))
+        .await
+        .unwrap()
+        .select_by_label("vera@example.com (admin)")
+        .await
+        .unwrap();
+    browser.click("#add-token button[type=submit]").await;
+    let shown = browser
+        .wait_text("#token-answer", Duration::from_secs(10), |t| {
+            t.contains("token: ")
+        })
+        .await;
+    assert!(shown.contains("copy it now"), "{shown}");
+    let token = shown
+        .split("token: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let me: serde_json::Value = reqwest::Client::new()
+        .get(server.url("/api/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["email"], "vera@example.com");
+    browser
+        .wait_text("#api-tokens", Duration::from_secs(15), |t| {
+            t.contains("backup script") && t.contains("vera@example.com")
+        })
+        .await;
+    browser.screenshot("settings-staff").await;
+    browser.click("#api-tokens tbody tr:nth-child(2) button").await;
+    browser
+        .wait_text("#api-tokens", Duration::from_secs(15), |t| {
+            !t.contains("backup script")
+        })
+        .await;
+    let revoked = reqwest::Client::new()
+        .get(server.url("/api/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 401);
+
+    // The audit log has each of those, under the admin, in words.
+    browser.click("nav.subnav a[href='/settings/audit']").await;
+    let log = browser
+        .wait_text("#audit-log", Duration::from_secs(10), |t| t.contains("Revoked"))
+        .await;
+    for line in [
+        "Added a staff user: staff user vera@example.com (viewer)",
+        "Changed a staff user: staff user vera@example.com",
+        "role: viewer → admin",
+        "disabled: false → true",
+        "Made a password reset link: staff user vera@example.com",
+        "written to the server log",
+        "Created an API token: API token 'backup script' of vera@example.com",
+        "Revoked an API token: API token 'backup script' of vera@example.com",
+        "Signed in",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the audit log:\n{log}");
+    }
+    assert!(log.contains(TEST_ADMIN_EMAIL) && !log.contains("vera-password"));
+    browser.screenshot("settings-audit").await;
+
+    // Demoted again, she signs in: admin pages tell her which role they need; her own
+    // password is hers to change.
+    let (status, _) = telltale_e2e::api_send(
+        reqwest::Method::PATCH,
+        server.url("/api/users/2"),
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    browser.click("form.signout button").await;
+    browser
+        .wait_text("h2", Duration::from_secs(10), |t| t == "Sign in")
+        .await;
+    browser
+        .sign_in(&server, "vera@example.com", "vera-password-1")
+        .await;
+    browser.client.goto(&server.url("/settings/staff")).await.unwrap();
+    let refused = browser.text("#forbidden").await;
+    assert!(
+        refused.contains("This page needs the admin role")
+            && refused.contains("viewer role")
+            && refused.contains(TEST_ADMIN_EMAIL),
+        "{refused}"
+    );
+    browser.screenshot("forbidden").await;
+    browser.click("a.who").await;
+    browser.type_into("#current-password", "vera-password-1").await;
+    browser.type_into("#new-own-password", "vera-password-2").await;
+    browser.click("#own-password button[type=submit]").await;
+    browser
+        .wait_text("#own-password-answer", Duration::from_secs(10), |t| {
+            t.contains("Your password is changed")
+        })
+        .await;
+}
