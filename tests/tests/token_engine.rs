@@ -24,6 +24,7 @@ both_backends!(
     a_dry_run_changes_nothing,
     concurrent_manual_and_scheduled_refresh_make_one_call,
     two_engines_on_one_database_refresh_each_connection_once,
+    a_slow_refresh_keeps_its_short_lease,
     a_failing_upstream_opens_its_circuit_and_spares_the_others,
     the_sweep_reads_what_is_due_and_notices_changed_tokens,
     token_requests_time_out_after_their_own_section_s_timeout,
@@ -553,6 +554,46 @@ async fn two_engines_on_one_database_refresh_each_connection_once(backend: Backe
         .filter(|e| e.success)
         .count();
     assert_eq!(successes, 20);
+}
+
+/// A refresh slower than its lease keeps the connection: the holder renews the lease while
+/// it works, so another replica asking after the first lease period is told it is busy, and
+/// the platform sees one request (a killed holder's lease is taken over: replicas.rs).
+async fn a_slow_refresh_keeps_its_short_lease(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(issued("slow", None).set_delay(Duration::from_secs(5)))
+        .mount(&server)
+        .await;
+    let engine = async || {
+        Arc::new(
+            TestApp::on(&db)
+                .set("tokens.lease_secs", 3)
+                .set("tokens.max_attempts", 1)
+                .state()
+                .await,
+        )
+    };
+    let (first, second) = (engine().await, engine().await);
+    let id = connection(&first, "slow", &format!("{}/token", server.uri()), None, 1).await;
+    let holder = first.clone();
+    let slow = tokio::spawn(async move {
+        holder
+            .token_engine
+            .refresh_now(id, telltale::storage::RefreshTrigger::Manual, "a")
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let meanwhile = second
+        .token_engine
+        .refresh_now(id, telltale::storage::RefreshTrigger::Manual, "b")
+        .await
+        .unwrap();
+    assert_eq!(meanwhile.outcome.as_str(), "skipped", "{meanwhile:?}");
+    assert_eq!(slow.await.unwrap().outcome.as_str(), "refreshed");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
 
 /// A platform that keeps failing gets `circuit_failures` requests, not one per connection

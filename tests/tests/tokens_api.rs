@@ -414,7 +414,7 @@ async fn the_cli_sweeps_and_reports(backend: Backend) {
 
 /// SIGTERM to `telltale refresh-tokens` in the middle of a slow sweep: the refresh under way
 /// finishes (its new token is stored), no other starts, and no connection stays claimed, so a
-/// server starting next refreshes them at once instead of skipping them for the lease's 120 s.
+/// server starting next refreshes them at once instead of skipping them for the lease's 30 s.
 async fn a_stopped_cli_sweep_leaves_no_connection_claimed(backend: Backend) {
     let db = TestDb::new(backend).await;
     let provider = MockServer::start().await;

@@ -304,7 +304,13 @@ impl PollEngine {
         };
         let started_at = now();
         let clock = Instant::now();
-        let fetched = fetch::poll(self, connection, endpoint).await;
+        // Renewed while the fetch runs (pages of a slow platform), so the lease can be short.
+        let fetched = crate::scheduler::lease::renewed_while(
+            self.settings.lease_secs,
+            fetch::poll(self, connection, endpoint),
+            |until| store::renew(&self.db, state_id, &self.instance, until),
+        )
+        .await;
         let took = clock.elapsed();
         let finished_at = now();
         let schedule = schedule_for(&self.settings, endpoint, claimed.schedule.as_deref());
@@ -354,8 +360,7 @@ impl PollEngine {
         state_id: i64,
         due_at: Option<UtcTime>,
     ) -> Result<PollState, (PollOutcome, String)> {
-        let lease = chrono::Duration::from_std(self.settings.lease_secs).unwrap_or_default();
-        let until = UtcTime::new(now().0 + lease);
+        let until = crate::scheduler::lease::until(self.settings.lease_secs);
         match store::claim(&self.db, state_id, &self.instance, now(), until, due_at).await {
             Ok(Some(claimed)) => Ok(claimed),
             Ok(None) => Err((

@@ -22,8 +22,9 @@ settings! {
         max_pages: u32 = count(10, 1..=1000), env "TELLTALE_POLL_MAX_PAGES";
         /// Attempts per page for transient failures (5xx, timeouts, garbage).
         max_attempts: u32 = count(3, 1..=20), env "TELLTALE_POLL_MAX_ATTEMPTS";
-        /// How long a claimed pair stays reserved.
-        lease_secs: Duration = secs(300, 1..=3600), env "TELLTALE_POLL_LEASE_SECS";
+        /// How long a claimed pair stays reserved; renewed every third of it while the poll
+        /// runs, so a killed process's claim is free this soon.
+        lease_secs: Duration = secs(60, 3..=3600), env "TELLTALE_POLL_LEASE_SECS";
         /// Longest `Retry-After` a poll waits for; longer ones fail the poll and pause the platform.
         max_retry_wait_secs: Duration = secs(60, 1..=3600), env "TELLTALE_POLL_MAX_RETRY_WAIT_SECS";
         /// Timeout of each request for a platform's data.

@@ -7,6 +7,7 @@
 //! skipped rather than stacked. tokio-cron-scheduler fixes a job's UTC offset when the job is
 //! created, so a watcher re-creates jobs whose time zone changed offset (daylight saving).
 
+pub mod lease;
 pub mod settings;
 
 use std::future::Future;

@@ -619,6 +619,21 @@ pub async fn claim(
     })
 }
 
+/// Extends `owner`'s lease to `until`; whether it still held it.
+pub async fn renew(db: &Db, id: i64, owner: &str, until: UtcTime) -> StorageResult<bool> {
+    db_run!(db, |conn| {
+        Ok(diesel::update(
+            connections::table
+                .filter(connections::id.eq(id))
+                .filter(connections::lease_owner.eq(owner)),
+        )
+        .set(connections::lease_expires_at.eq(until))
+        .execute(conn)
+        .await?
+            == 1)
+    })
+}
+
 /// Gives the lease back (only if `owner` still holds it).
 pub async fn release(db: &Db, id: i64, owner: &str) -> StorageResult<()> {
     db_run!(db, |conn| {

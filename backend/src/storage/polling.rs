@@ -177,6 +177,21 @@ pub async fn claim(
     })
 }
 
+/// Extends `owner`'s lease on a pair to `until`; whether it still held it.
+pub async fn renew(db: &Db, id: i64, owner: &str, until: UtcTime) -> StorageResult<bool> {
+    db_run!(db, |conn| {
+        Ok(diesel::update(
+            poll_endpoint_state::table
+                .filter(poll_endpoint_state::id.eq(id))
+                .filter(poll_endpoint_state::lease_owner.eq(owner)),
+        )
+        .set(poll_endpoint_state::lease_expires_at.eq(until))
+        .execute(conn)
+        .await?
+            == 1)
+    })
+}
+
 /// Gives a lease back without recording a run (e.g. a dry run or a failure to start).
 pub async fn release(db: &Db, id: i64, owner: &str) -> StorageResult<()> {
     db_run!(db, |conn| {

@@ -401,8 +401,8 @@ impl RefreshEngine {
         due_at: Option<UtcTime>,
         asked_at: UtcTime,
     ) -> StorageResult<ConnectionResult> {
-        let until =
-            UtcTime::new(now().0 + chrono::Duration::from_std(self.settings.lease_secs).unwrap_or_default());
+        let lease = self.settings.lease_secs;
+        let until = crate::scheduler::lease::until(lease);
         let Some(connection) = connections::claim(&self.db, id, &self.instance, now(), until).await? else {
             let c = connections::get_connection(&self.db, id).await?;
             return Ok(result_of(
@@ -411,7 +411,14 @@ impl RefreshEngine {
                 Some("being refreshed by another process".into()),
             ));
         };
-        let outcome = self.refresh_if_due(&connection, request, due_at, asked_at).await;
+        // Renewed while the refresh runs: a short lease, so a killed process's claim is
+        // taken over soon, that a slow platform cannot make run out.
+        let outcome = crate::scheduler::lease::renewed_while(
+            lease,
+            self.refresh_if_due(&connection, request, due_at, asked_at),
+            |until| connections::renew(&self.db, id, &self.instance, until),
+        )
+        .await;
         // Always give the lease back, also after a failure. A refresh already stored is
         // reported as it happened even if the release fails: the lease then runs out by itself.
         if let Err(err) = connections::release(&self.db, id, &self.instance).await {

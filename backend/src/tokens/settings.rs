@@ -14,8 +14,9 @@ settings! {
         concurrency: usize = count(8, 1..=1000), env "TELLTALE_TOKEN_CONCURRENCY";
         /// Upstream attempts per refresh (transient failures retried with backoff).
         max_attempts: u32 = count(3, 1..=20), env "TELLTALE_TOKEN_MAX_ATTEMPTS";
-        /// How long a claimed connection stays reserved for the claiming process.
-        lease_secs: Duration = secs(120, 1..=3600), env "TELLTALE_TOKEN_LEASE_SECS";
+        /// How long a claimed connection stays reserved for the claiming process; renewed every
+        /// third of it while the refresh runs, so a killed process's claim is free this soon.
+        lease_secs: Duration = secs(30, 3..=3600), env "TELLTALE_TOKEN_LEASE_SECS";
         /// Refresh a token not refreshed for this long even if it is not near expiry, so idle
         /// grants are not revoked.
         idle_refresh_days: Duration = days(7, 1..=365), env "TELLTALE_TOKEN_IDLE_REFRESH_DAYS";
