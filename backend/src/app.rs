@@ -102,6 +102,7 @@ impl AppState {
         let metrics = Metrics::new(
             &db,
             config.milesight.per_device_metrics,
+            config.milesight.metric_sources,
             config.milesight.fleet_summary_max_age_secs,
         )?;
         // One client per section, each with that section's timeout.

@@ -11,6 +11,7 @@ use prometheus::{
 use crate::storage::Db;
 
 pub mod kept;
+pub mod labels;
 pub mod scrape;
 
 /// Declares each instrument once: its field, type, name, help, labels and buckets. The struct
@@ -225,6 +226,8 @@ pub struct Metrics {
     instruments: Instruments,
     /// Gauges read from the database at scrape time.
     db_gauges: scrape::DbGauges,
+    /// Which webhook sources get series of their own (shared by intake and scrape).
+    source_labels: std::sync::Arc<labels::SourceLabels>,
     /// One scrape at a time: each rebuilds the database gauges from scratch.
     scrape_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The fleet summary the device gauges and the overview read.
@@ -268,6 +271,7 @@ impl Metrics {
             commit_requests: self.webhook_commit_requests.clone(),
             previous_secret: self.webhook_previous_secret.clone(),
             system_notices: self.milesight_system_notices.clone(),
+            sources: self.source_labels.clone(),
         }
     }
 
@@ -290,10 +294,12 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// `per_device_series`: how many devices get their own last-seen series (0: none).
+    /// `per_device_series`: how many devices get their own last-seen series (0: none);
+    /// `source_series`: how many webhook sources get their own series (the rest: `other`).
     pub fn new(
         db: &crate::storage::Db,
         per_device_series: usize,
+        source_series: usize,
         fleet_summary_max_age: std::time::Duration,
     ) -> anyhow::Result<Metrics> {
         let registry = Registry::new();
@@ -316,13 +322,15 @@ impl Metrics {
             .set(1);
         registry.register(Box::new(build_info))?;
         let instruments = Instruments::register(&registry)?;
-        let db_gauges = scrape::DbGauges::new(&registry, per_device_series)?;
+        let source_labels = std::sync::Arc::new(labels::SourceLabels::new(source_series));
+        let db_gauges = scrape::DbGauges::new(&registry, per_device_series, source_labels.clone())?;
         registry.register(Box::new(db.pool_wait().clone()))?;
         Ok(Metrics {
             registry,
             http,
             instruments,
             db_gauges,
+            source_labels,
             scrape_lock: Default::default(),
             fleet: kept::FleetCache::new(fleet_summary_max_age),
             source_events: kept::Kept::new(fleet_summary_max_age),

@@ -18,6 +18,7 @@ both_backends!(
     two_replicas_report_the_same_gauges,
     the_fleet_summary_is_kept_for_its_max_age,
     the_webhook_event_counts_are_kept_for_their_max_age,
+    sources_past_the_limit_share_other,
 );
 
 async fn connection(state: &AppState, name: &str, expires_in: Span) -> i64 {
@@ -125,6 +126,75 @@ async fn populate(state: &AppState) -> (i64, i64) {
         .await
         .unwrap();
     (healthy, revoked)
+}
+
+/// A signed sender can name any source in the URL: past `milesight.metric_sources` they share
+/// `other` in every series (counts summed, the longest silence taken), in the scrape-time
+/// gauges and in the intake's counters alike.
+async fn sources_past_the_limit_share_other(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let state = TestApp::on(&db).set("milesight.metric_sources", 2).state().await;
+    for (n, silent_for) in [(1, 1), (2, 2), (3, 30), (4, 90), (5, 5)] {
+        let source = deliveries::ensure_source(&state.db, &format!("site-{n}"), SourceTiming::default())
+            .await
+            .unwrap();
+        let profile = DeviceProfile {
+            source_id: Some(source),
+            model: Some("EM300-TH".into()),
+            ..Default::default()
+        };
+        let device = devices::upsert_by_sn(&state.db, &format!("6136S00000{n}"), &profile)
+            .await
+            .unwrap();
+        let activity = DeviceActivity {
+            status: telltale::storage::DeviceStatus::Online,
+            last_seen_at: (now().0 - Span::minutes(silent_for)).into(),
+            last_event_type: None,
+            last_payload: None,
+            battery: None,
+            expected_interval_secs: None,
+        };
+        devices::record_activity(
+            &state.db,
+            state.config.milesight.offline_policy(),
+            device.id,
+            &activity,
+        )
+        .await
+        .unwrap();
+    }
+    let text = state.metrics.render(&state.db).await;
+    let online = |source| {
+        sample(
+            &text,
+            "telltale_devices",
+            &[("source", source), ("model", "EM300-TH"), ("status", "online")],
+        )
+    };
+    assert_eq!(
+        (online("site-1"), online("site-2"), online("other")),
+        (Some(1.0), Some(1.0), Some(3.0)),
+        "{text}"
+    );
+    for hidden in ["site-3", "site-4", "site-5"] {
+        assert!(
+            !text.contains(&format!("\"{hidden}\"")),
+            "{hidden} has a series:\n{text}"
+        );
+    }
+    let oldest: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("telltale_devices_oldest_last_seen_age_seconds{") && l.contains("\"other\"")
+        })
+        .collect();
+    assert_eq!(oldest.len(), 1, "one oldest device for all of other: {oldest:?}");
+    assert!(oldest[0].contains("6136S000004"), "{oldest:?}");
+    assert!(sample(&text, "telltale_webhook_source_stale", &[("source", "other")]).is_some());
+    // The intake's counters use the same names: a new source now is `other`.
+    let intake = state.metrics.intake();
+    assert_eq!(intake.sources.label("site-9"), "other");
+    assert_eq!(intake.sources.label("site-2"), "site-2");
 }
 
 async fn scrape_time_gauges_tell_the_database_truth(backend: Backend) {

@@ -30,6 +30,8 @@ pub struct DbGauges {
     device_age: GaugeVec,
     /// How many devices get their own `telltale_device_last_seen_age_seconds` (0: none).
     per_device_limit: usize,
+    /// Which sources get series of their own; the rest are summed (or their worst taken) as `other`.
+    sources: std::sync::Arc<super::labels::SourceLabels>,
     poll_success_age: GaugeVec,
     poll_failures: IntGaugeVec,
     alerts_open: IntGaugeVec,
@@ -69,7 +71,11 @@ fn seconds_between(later: UtcTime, earlier: UtcTime) -> f64 {
 impl DbGauges {
     /// Registers every gauge read at scrape time: one declaration each, in a row, so the
     /// list is read (and checked against docs/metrics.md) in one place; hence its length.
-    pub fn new(registry: &Registry, per_device_limit: usize) -> prometheus::Result<DbGauges> {
+    pub fn new(
+        registry: &Registry,
+        per_device_limit: usize,
+        sources: std::sync::Arc<super::labels::SourceLabels>,
+    ) -> prometheus::Result<DbGauges> {
         let outbox_oldest_age = prometheus::Gauge::new(
             "telltale_outbox_oldest_pending_age_seconds",
             "Age of the oldest email not yet delivered (0 when the outbox is empty)",
@@ -142,6 +148,7 @@ impl DbGauges {
                 &["device", "source"],
             )?,
             per_device_limit,
+            sources,
             poll_success_age: gauge_vec(
                 registry,
                 "telltale_poll_last_success_age_seconds",
@@ -243,10 +250,20 @@ impl DbGauges {
                 .with_label_values(&[source, &les[bucket]])
                 .set(n);
         }
+        // One oldest device per label: the sources sharing `other` give their oldest of all.
+        let mut oldest: BTreeMap<&str, (&str, UtcTime)> = BTreeMap::new();
         for (source_id, sn, last_seen) in &summary.oldest {
+            let entry = oldest
+                .entry(source_of(*source_id))
+                .or_insert((sn.as_str(), *last_seen));
+            if last_seen.0 < entry.1.0 {
+                *entry = (sn.as_str(), *last_seen);
+            }
+        }
+        for (source, (sn, last_seen)) in oldest {
             self.oldest_seen_age
-                .with_label_values(&[source_of(*source_id), sn])
-                .set(seconds_between(at, *last_seen));
+                .with_label_values(&[source, sn])
+                .set(seconds_between(at, last_seen));
         }
         if self.per_device_limit > 0 {
             let limit = i64::try_from(self.per_device_limit).unwrap_or(i64::MAX);
@@ -289,23 +306,37 @@ impl DbGauges {
         self.milesight_invalid_credentials
             .set(i64::from(milesight_refused));
 
-        let sources = deliveries::list_sources(db).await?;
+        let mut sources = deliveries::list_sources(db).await?;
+        sources.sort_by_key(|s| s.id);
+        self.sources.keep(sources.iter().map(|s| s.name.as_str()));
         let mut source_names = HashMap::new();
+        // Sources past the named ones share `other`: the longest silence, the longest
+        // allowance, stale when any is.
+        let mut by_label: BTreeMap<&str, (f64, f64, bool)> = BTreeMap::new();
         for s in &sources {
-            source_names.insert(s.id, s.name.as_str());
+            let label = if self.sources.is_named(&s.name) {
+                s.name.as_str()
+            } else {
+                super::labels::OTHER
+            };
+            source_names.insert(s.id, label);
             let period = std::time::Duration::from_secs(s.period_secs.max(0) as u64);
             let grace = std::time::Duration::from_secs(s.grace_secs.max(0) as u64);
             let baseline = s.last_event_at.unwrap_or(s.created_at);
-            self.webhook_age
-                .with_label_values(&[&s.name])
-                .set(seconds_between(at, baseline));
-            self.webhook_stale_after
-                .with_label_values(&[&s.name])
-                .set((period + grace).as_secs_f64());
             let stale = crate::milesight::source_status(s.last_event_at, s.created_at, period, grace, at)
                 == SourceStatus::Stale;
+            let entry = by_label.entry(label).or_insert((f64::MIN, f64::MIN, false));
+            entry.0 = entry.0.max(seconds_between(at, baseline));
+            entry.1 = entry.1.max((period + grace).as_secs_f64());
+            entry.2 |= stale;
+        }
+        for (label, (age, stale_after, stale)) in by_label {
+            self.webhook_age.with_label_values(&[label]).set(age);
+            self.webhook_stale_after
+                .with_label_values(&[label])
+                .set(stale_after);
             self.webhook_stale
-                .with_label_values(&[&s.name])
+                .with_label_values(&[label])
                 .set(i64::from(stale));
         }
 

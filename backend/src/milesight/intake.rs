@@ -74,6 +74,8 @@ pub struct IntakeMetrics {
     pub commit_requests: prometheus::Histogram,
     pub previous_secret: prometheus::IntCounterVec,
     pub system_notices: prometheus::IntCounterVec,
+    /// The `source` label's values, bounded (`metrics::labels`).
+    pub sources: std::sync::Arc<crate::metrics::labels::SourceLabels>,
 }
 
 /// Per-process intake state: the nonce memory, the source-name → id cache and the writers
@@ -129,17 +131,18 @@ impl Intake {
         let result = self.verify_and_store(request, body).await;
         match &result {
             Ok(accepted) => {
+                let source = self.metrics.sources.label(&accepted.source);
                 self.metrics
                     .requests
-                    .with_label_values(&[&accepted.source, "accepted"])
+                    .with_label_values(&[&source, "accepted"])
                     .inc();
                 self.metrics
                     .events
-                    .with_label_values(&[&accepted.source, "stored"])
+                    .with_label_values(&[&source, "stored"])
                     .inc_by(accepted.outcome.stored as u64);
                 self.metrics
                     .events
-                    .with_label_values(&[&accepted.source, "duplicate"])
+                    .with_label_values(&[&source, "duplicate"])
                     .inc_by(accepted.outcome.duplicates as u64);
                 self.metrics
                     .ingest_seconds
@@ -193,7 +196,10 @@ impl Intake {
         self.replay.remember(nonce, received.timestamp());
 
         for (event_id, data_type, notice) in &notices {
-            self.metrics.system_notices.with_label_values(&[&source]).inc();
+            self.metrics
+                .system_notices
+                .with_label_values(&[&self.metrics.sources.label(&source)])
+                .inc();
             tracing::error!(
                 %source,
                 %event_id,

@@ -40,6 +40,10 @@ settings! {
         /// longest ago); 0, the default, exports none. Each is one series per scrape (about 120
         /// bytes of `/metrics`): keep it to what Prometheus can hold (docs/metrics.md).
         per_device_metrics: usize = count(0, 0..=100_000), env "MILESIGHT_PER_DEVICE_METRICS";
+        /// Webhook sources that get metric series of their own (`source` label), the oldest
+        /// first; the rest share `other`, so a signed sender naming new sources in the URL
+        /// cannot grow `/metrics` without bound.
+        metric_sources: usize = count(100, 1..=10_000), env "MILESIGHT_METRIC_SOURCES";
         /// How old the fleet summary behind `/metrics` and the overview (device counts, last-seen
         /// windows, oldest device), and the webhooks page's events per source over the last hour
         /// and day, may get: each is one pass over every device or the day's events, read again
