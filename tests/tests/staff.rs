@@ -473,7 +473,7 @@ async fn people_change_their_own_password(backend: Backend) {
 }
 
 async fn every_change_is_in_the_audit_log_under_its_person(backend: Backend) {
-    let (_db, server, admin) = start(backend, &[]).await;
+    let (db, server, admin) = start(backend, &[]).await;
     let second = add_user(&server, &admin, "ops@example.com", "ops-password-1", "admin").await;
     let ops = sign_in(&server, "ops@example.com", "ops-password-1").await;
 
@@ -549,6 +549,43 @@ async fn every_change_is_in_the_audit_log_under_its_person(backend: Backend) {
         "the refresh log names the person: {log}"
     );
     assert!(!actors.contains(&"api"), "{log}");
+
+    // Acknowledged by ops from the UI: the alert and its history name her.
+    let store = db.open().await;
+    let firing = telltale::storage::alerts::Firing {
+        rule: telltale::storage::AlertRule::DeviceOffline,
+        subject: "device:freezer".into(),
+        severity: telltale::storage::Severity::Warning,
+        summary: "Freezer is offline".into(),
+        details: "last seen 2 hours ago".into(),
+    };
+    let (alert, _) =
+        telltale::storage::alerts::fire(&store, &firing, telltale::storage::now(), None, |_| None)
+            .await
+            .unwrap();
+    let (status, _) = send(
+        &server,
+        &ops,
+        Method::POST,
+        &format!("/api/alerts/{}/ack", alert.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, acked) = send(
+        &server,
+        &admin,
+        Method::GET,
+        &format!("/api/alerts/{}", alert.id),
+        None,
+    )
+    .await;
+    assert_eq!(acked["alert"]["acknowledged_by"], "ops@example.com", "{acked}");
+    let history = acked["history"].to_string();
+    assert!(
+        history.contains("ops@example.com") && !history.contains("\"api\""),
+        "{history}"
+    );
 
     // A change through an API token is recorded as the token of its person.
     let status = telltale_e2e::api_send(
@@ -656,6 +693,12 @@ async fn every_change_is_in_the_audit_log_under_its_person(backend: Backend) {
         json!([{"field": "role", "before": "admin", "after": "viewer"}])
     );
     assert_eq!(find("Signed in")["actor"], "ops@example.com");
+    let ack = find("Acknowledged an alert");
+    assert_eq!(
+        (ack["actor"].as_str(), ack["target"].as_str()),
+        (Some("ops@example.com"), Some("alert: Freezer is offline")),
+        "{ack}"
+    );
     assert_eq!(
         find("Added a staff user")["target"],
         "staff user ops@example.com (admin)"
