@@ -1016,15 +1016,13 @@ async fn an_admin_runs_staff_accounts_and_reads_the_audit_log_in_a_real_browser(
         .and_then(|t| t.split_whitespace().next())
         .unwrap()
         .to_owned();
-    let me: serde_json::Value = reqwest::Client::new()
-        .get(server.url("/api/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let as_token = || {
+        reqwest::Client::new()
+            .get(server.url("/api/me"))
+            .bearer_auth(&token)
+            .send()
+    };
+    let me: serde_json::Value = as_token().await.unwrap().json().await.unwrap();
     assert_eq!(me["user"]["email"], "vera@example.com");
     browser
         .wait_text("#api-tokens", Duration::from_secs(15), |t| {
@@ -1038,13 +1036,7 @@ async fn an_admin_runs_staff_accounts_and_reads_the_audit_log_in_a_real_browser(
             !t.contains("backup script")
         })
         .await;
-    let revoked = reqwest::Client::new()
-        .get(server.url("/api/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoked.status(), 401);
+    assert_eq!(as_token().await.unwrap().status(), 401, "revoked");
 
     // The audit log has each of those, under the admin, in words.
     browser.click("nav.subnav a[href='/settings/audit']").await;

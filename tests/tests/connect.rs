@@ -234,14 +234,7 @@ async fn a_platform_is_connected_through_its_consent_screen(backend: Backend) {
         "no failed connects logged: {log}"
     );
     // The audit log has the consent under the admin, after the Connect that began it.
-    let audit: Value = api_client()
-        .get(server.url("/api/audit"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, audit) = telltale_e2e::get_json(&server.url("/api/audit")).await;
     let actions: Vec<(&str, &str, &str)> = audit["items"]
         .as_array()
         .unwrap()

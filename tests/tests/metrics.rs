@@ -60,28 +60,7 @@ async fn populate(state: &AppState) -> (i64, i64) {
             Span::hours(2),
         ),
     ] {
-        let profile = DeviceProfile {
-            source_id: Some(source),
-            model: Some("EM300-TH".into()),
-            ..Default::default()
-        };
-        let device = devices::upsert_by_sn(&state.db, sn, &profile).await.unwrap();
-        let activity = DeviceActivity {
-            status,
-            last_seen_at: (now().0 - seen_ago).into(),
-            last_event_type: None,
-            last_payload: None,
-            battery: None,
-            expected_interval_secs: None,
-        };
-        devices::record_activity(
-            &state.db,
-            state.config.milesight.offline_policy(),
-            device.id,
-            &activity,
-        )
-        .await
-        .unwrap();
+        em300_heard_from(state, source, sn, status, seen_ago).await;
     }
 
     // A signed sender may write anything as the model: it must not become a label value.
@@ -138,30 +117,9 @@ async fn sources_past_the_limit_share_other(backend: Backend) {
         let source = deliveries::ensure_source(&state.db, &format!("site-{n}"), SourceTiming::default())
             .await
             .unwrap();
-        let profile = DeviceProfile {
-            source_id: Some(source),
-            model: Some("EM300-TH".into()),
-            ..Default::default()
-        };
-        let device = devices::upsert_by_sn(&state.db, &format!("6136S00000{n}"), &profile)
-            .await
-            .unwrap();
-        let activity = DeviceActivity {
-            status: telltale::storage::DeviceStatus::Online,
-            last_seen_at: (now().0 - Span::minutes(silent_for)).into(),
-            last_event_type: None,
-            last_payload: None,
-            battery: None,
-            expected_interval_secs: None,
-        };
-        devices::record_activity(
-            &state.db,
-            state.config.milesight.offline_policy(),
-            device.id,
-            &activity,
-        )
-        .await
-        .unwrap();
+        let sn = format!("6136S00000{n}");
+        let online = telltale::storage::DeviceStatus::Online;
+        em300_heard_from(&state, source, &sn, online, Span::minutes(silent_for)).await;
     }
     let text = state.metrics.render(&state.db).await;
     let online = |source| {
@@ -195,6 +153,34 @@ async fn sources_past_the_limit_share_other(backend: Backend) {
     let intake = state.metrics.intake();
     assert_eq!(intake.sources.label("site-9"), "other");
     assert_eq!(intake.sources.label("site-2"), "site-2");
+}
+
+/// An EM300-TH of `source` last heard from `seen_ago` ago, now `status`.
+async fn em300_heard_from(
+    state: &AppState,
+    source: i64,
+    sn: &str,
+    status: telltale::storage::DeviceStatus,
+    seen_ago: Span,
+) {
+    let profile = DeviceProfile {
+        source_id: Some(source),
+        model: Some("EM300-TH".into()),
+        ..Default::default()
+    };
+    let device = devices::upsert_by_sn(&state.db, sn, &profile).await.unwrap();
+    let activity = DeviceActivity {
+        status,
+        last_seen_at: (now().0 - seen_ago).into(),
+        last_event_type: None,
+        last_payload: None,
+        battery: None,
+        expected_interval_secs: None,
+    };
+    let policy = state.config.milesight.offline_policy();
+    devices::record_activity(&state.db, policy, device.id, &activity)
+        .await
+        .unwrap();
 }
 
 async fn scrape_time_gauges_tell_the_database_truth(backend: Backend) {

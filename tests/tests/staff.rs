@@ -48,6 +48,11 @@ async fn send(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// `PATCH path` as `who` (a user's role, status or password).
+async fn change(server: &TestServer, who: &Session, path: &str, body: Value) -> (u16, Value) {
+    send(server, who, Method::PATCH, path, Some(body)).await
+}
+
 async fn page(server: &TestServer, who: &Session, path: &str) -> (u16, String) {
     let resp = browser()
         .get(server.url(path))
@@ -129,62 +134,27 @@ async fn an_admin_runs_staff_accounts(backend: Backend) {
 
     // Promote, then back: her existing session follows the role at once.
     let path = format!("/api/users/{vera}");
-    let (status, body) = send(
-        &server,
-        &admin,
-        Method::PATCH,
-        &path,
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let (status, body) = change(&server, &admin, &path, json!({"role": "admin"})).await;
     assert_eq!((status, body["role"].as_str()), (200, Some("admin")), "{body}");
     assert_eq!(page(&server, &viewer, "/settings/staff").await.0, 200);
-    let (status, _) = send(
-        &server,
-        &admin,
-        Method::PATCH,
-        &path,
-        Some(json!({"role": "viewer"})),
-    )
-    .await;
+    let (status, _) = change(&server, &admin, &path, json!({"role": "viewer"})).await;
     assert_eq!(status, 200);
     assert_eq!(page(&server, &viewer, "/settings/staff").await.0, 403);
 
     // Disabling ends her session at once and refuses her sign-in; enabling lets her back.
-    let (status, body) = send(
-        &server,
-        &admin,
-        Method::PATCH,
-        &path,
-        Some(json!({"disabled": true})),
-    )
-    .await;
+    let (status, body) = change(&server, &admin, &path, json!({"disabled": true})).await;
     assert_eq!((status, body["disabled"].as_bool()), (200, Some(true)), "{body}");
     assert_eq!(me_status(&server, &viewer).await, 401, "her session ended");
     assert_eq!(
         sign_in_status(&server, "vera@example.com", "vera-password-1").await,
         401
     );
-    let (status, _) = send(
-        &server,
-        &admin,
-        Method::PATCH,
-        &path,
-        Some(json!({"disabled": false})),
-    )
-    .await;
+    let (status, _) = change(&server, &admin, &path, json!({"disabled": false})).await;
     assert_eq!(status, 200);
     let viewer = sign_in(&server, "vera@example.com", "vera-password-1").await;
 
     // An admin sets a new password for her: her sessions end, the new one works.
-    let (status, _) = send(
-        &server,
-        &admin,
-        Method::PATCH,
-        &path,
-        Some(json!({"password": "vera-new-password"})),
-    )
-    .await;
+    let (status, _) = change(&server, &admin, &path, json!({"password": "vera-new-password"})).await;
     assert_eq!(status, 200);
     assert_eq!(me_status(&server, &viewer).await, 401);
     assert_eq!(
