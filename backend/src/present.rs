@@ -98,6 +98,28 @@ pub fn state_label(code: &str) -> String {
     }
 }
 
+/// A UI page as people name it in a link: `/connections/5` → "the connection's page".
+pub fn page_name(path: &str) -> String {
+    let mut parts = path.trim_start_matches('/').split(['/', '?', '#']);
+    let (section, item) = (
+        parts.next().unwrap_or_default(),
+        parts.next().filter(|p| !p.is_empty()),
+    );
+    match (section, item) {
+        ("connections", Some(_)) => "the connection's page".into(),
+        ("devices", Some(_)) => "the device's page".into(),
+        ("alerts", Some(_)) => "the alert's page".into(),
+        ("", _) => "the overview".into(),
+        (section, _) => {
+            let mut name = section.to_owned();
+            if let Some(first) = name.get_mut(..1) {
+                first.make_ascii_uppercase();
+            }
+            format!("the {name} page")
+        }
+    }
+}
+
 /// An alert rule as people read it: `token_refresh_failing` → "a token cannot be refreshed".
 pub fn rule_label(rule: &str) -> String {
     match rule {
@@ -255,6 +277,12 @@ pub mod filters {
         Ok(value
             .as_ref()
             .map_or_else(|| NONE.to_owned(), ToString::to_string))
+    }
+
+    /// `{{ path|page_name }}`: `the connection's page`.
+    #[askama::filter_fn]
+    pub fn page_name(path: impl std::fmt::Display, _: &dyn Values) -> Result<String> {
+        Ok(super::page_name(&path.to_string()))
     }
 
     /// `{{ status|state_label }}`: `needs re-authorisation`.

@@ -121,6 +121,7 @@ fn routes() -> Vec<(Method, &'static str, Access)> {
         (get.clone(), "/setup", Disabled),
         (post.clone(), "/setup", Disabled),
         (get.clone(), "/static/app.css", Public),
+        (get.clone(), "/favicon.ico", Public),
         // Percent-encoded so the client sends it as is; only embedded assets are ever served.
         (get.clone(), "/static/..%2F..%2F..%2Fetc%2Fpasswd", Public),
         (get.clone(), "/static/%2e%2e/%2e%2e/Cargo.toml", Public),

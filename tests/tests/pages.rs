@@ -14,7 +14,8 @@ use telltale_e2e::{
 
 both_backends!(
     every_page_renders_a_row_of_everything,
-    the_overview_says_all_clear_only_when_watching_and_reachable
+    the_overview_says_all_clear_only_when_watching_and_reachable,
+    ordinary_page_views_log_no_warning,
 );
 
 const SECRET: &str = "CANARY-pages-secret";
@@ -395,5 +396,88 @@ async fn the_overview_says_all_clear_only_when_watching_and_reachable(backend: B
     assert!(
         html.contains("All clear") && !html.contains("Set up Telltale"),
         "{html}"
+    );
+}
+
+/// A signed-in person browsing every page, its assets and the favicon a browser asks for
+/// writes no WARN or ERROR line: the log keeps those for what needs a look. A system notice's
+/// alert links to the Webhooks page of this UI.
+async fn ordinary_page_views_log_no_warning(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let public_url = "https://telltale.example.com";
+    let server = TestServer::start(db.url(), &[("TELLTALE_PUBLIC_URL", public_url)]).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    let store = db.open().await;
+    let notice = Firing {
+        rule: AlertRule::MilesightSystemNotice,
+        subject: "source:site-a".into(),
+        severity: Severity::High,
+        summary: "Milesight sent a system notice for source site-a".into(),
+        details: format!("Notice at 10:00: push stopped\nLook here: {public_url}/webhooks"),
+    };
+    let (alert, _) = alerts::fire(&store, &notice, now(), None, |_| None)
+        .await
+        .unwrap();
+    let (cookie, _) = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
+    let before = server.logs().len();
+    let alert_page = format!("/alerts/{}", alert.id);
+    let paths = [
+        "/",
+        "/devices",
+        "/webhooks",
+        "/tokens",
+        "/polling",
+        "/alerts",
+        alert_page.as_str(),
+        "/scheduler",
+        "/settings",
+        "/settings/staff",
+        "/settings/audit",
+        "/account",
+        "/connections/new",
+        "/static/telltale.css",
+        "/static/telltale.js",
+        "/static/favicon.svg",
+        "/favicon.ico",
+    ];
+    for round in 0..3 {
+        for path in paths {
+            let resp = browser()
+                .get(server.url(path))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{path} (round {round})");
+            let body = resp.text().await.unwrap();
+            if path == alert_page {
+                assert!(
+                    body.contains(r#"<a href="/webhooks">the Webhooks page</a>"#),
+                    "{body}"
+                );
+                assert!(!body.contains(public_url), "the link stays on this UI's host");
+            }
+            if path == "/favicon.ico" {
+                assert!(body.starts_with("<svg"), "{body:.80}");
+            }
+        }
+    }
+    // Output is read from the server's pipe as it comes: give the last lines a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let noisy: Vec<String> = server.logs()[before..]
+        .iter()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .map_or(line.contains("WARN") || line.contains("ERROR"), |v| {
+                    matches!(v["level"].as_str(), Some("WARN" | "ERROR"))
+                })
+        })
+        .cloned()
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "{} WARN/ERROR lines from page views:\n{}",
+        noisy.len(),
+        noisy.join("\n")
     );
 }

@@ -21,6 +21,7 @@ fn is_public(path: &str) -> bool {
             | "/login"
             | "/setup"
             | "/reset-password"
+            | "/favicon.ico"
             | "/webhooks/milesight"
             | "/bench/discard"
     ) || path.starts_with("/webhooks/milesight/")

@@ -101,7 +101,10 @@ route_table! {
         get "/api/api-tokens" => auth::api_tokens,
         post "/api/api-tokens" => auth::add_api_token,
         delete "/api/api-tokens/{id}" => auth::delete_api_token,
-        get "/static/{path:.*}" => ui::asset,
+        // One segment: the assets are flat, and a `{path:.*}` pattern made the HTTP metrics
+        // middleware warn on every request for one.
+        get "/static/{file}" => ui::asset,
+        get "/favicon.ico" => ui::favicon,
     }
 }
 

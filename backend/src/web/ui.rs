@@ -14,6 +14,11 @@ pub async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     serve(&path)
 }
 
+/// `GET /favicon.ico`: browsers ask for it whatever the page says; the SVG icon answers.
+pub async fn favicon() -> Result<HttpResponse, ApiError> {
+    serve("favicon.svg")
+}
+
 fn serve(path: &str) -> Result<HttpResponse, ApiError> {
     // rust-embed looks names up in its compiled-in table, so `..` cannot reach the filesystem.
     let file = Assets::get(path).ok_or_else(|| ApiError::not_found("no such file"))?;
