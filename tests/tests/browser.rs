@@ -867,7 +867,7 @@ async fn an_admin_sets_up_milesight_and_connects_a_platform_in_a_real_browser() 
     browser.client.goto(&server.url(&connection_page)).await.unwrap();
     browser
         .wait_text("#connection-facts", Duration::from_secs(10), |t| {
-            t.contains("needs_reauth")
+            t.contains("needs re-authorisation")
         })
         .await;
     browser.screenshot("connection-needs-reauth").await;

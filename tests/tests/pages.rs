@@ -202,6 +202,7 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
             vec![TEST_ADMIN_EMAIL, "Change your password"],
         ),
     ];
+    let mut raw = Vec::new();
     for (path, expected) in pages {
         let response = browser()
             .get(server.url(&path))
@@ -215,7 +216,85 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
         for text in expected {
             assert!(html.contains(text), "{path} does not show {text:?}:\n{html}");
         }
+        raw.extend(machine_words(&html).into_iter().map(|w| format!("{path}: {w}")));
     }
+    assert!(raw.is_empty(), "visible machine text:\n{}", raw.join("\n"));
+}
+
+/// Codes people should never have to read: state, rule, trigger and provider identifiers.
+const IDENTIFIERS: &[&str] = &[
+    "needs_reauth",
+    "expiring_soon",
+    "invalid_credentials",
+    "oauth2_refresh",
+    "oauth2_client_credentials",
+    "meta_long_lived",
+    "meta_page",
+    "password_login",
+    "thingsboard_login",
+    "token_refresh_failing",
+    "token_needs_reauth",
+    "token_runway",
+    "poll_failing",
+    "webhook_source_stale",
+    "milesight_system_notice",
+    "device_offline",
+    "devices_offline",
+    "held_back",
+    "poll_unauthorized",
+];
+
+/// What a person reads on a page that is a machine's: an ISO timestamp (`2026-12-07T17:32:19Z`)
+/// or a code identifier, in the visible text (tags, attributes, scripts and `<code>` examples
+/// of configuration left out).
+fn machine_words(html: &str) -> Vec<String> {
+    // Drop what is not read as prose: scripts, styles, and `<code>` (configuration names).
+    let mut rest = html.to_owned();
+    for (open, close) in [
+        ("<script", "</script>"),
+        ("<style", "</style>"),
+        ("<code", "</code>"),
+    ] {
+        let mut kept = String::new();
+        let mut from = rest.as_str();
+        while let Some(start) = from.find(open) {
+            kept.push_str(&from[..start]);
+            from = from[start..]
+                .find(close)
+                .map_or("", |end| &from[start + end + close.len()..]);
+        }
+        kept.push_str(from);
+        rest = kept;
+    }
+    let mut visible = String::new();
+    let mut in_tag = false;
+    for c in rest.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                visible.push(' ');
+            }
+            c if !in_tag => visible.push(c),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for word in visible.split_whitespace() {
+        let bytes = word.as_bytes();
+        let iso = bytes.windows(13).any(|w| {
+            w[..4].iter().all(u8::is_ascii_digit)
+                && w[4] == b'-'
+                && w[7] == b'-'
+                && w[10] == b'T'
+                && w[11..13].iter().all(u8::is_ascii_digit)
+        });
+        let trimmed = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+        if iso || IDENTIFIERS.contains(&trimmed) {
+            found.push(word.to_owned());
+        }
+    }
+    found
 }
 
 both_backends!(the_webhooks_page_says_what_to_paste_into_mdp);
@@ -479,5 +558,16 @@ async fn ordinary_page_views_log_no_warning(backend: Backend) {
         "{} WARN/ERROR lines from page views:\n{}",
         noisy.len(),
         noisy.join("\n")
+    );
+}
+
+#[test]
+fn machine_words_are_found_in_visible_text_only() {
+    let html = r#"<p title="2026-12-07T17:32:19Z">Expires 2026-12-07T17:32:19.718700Z, status needs_reauth.</p>
+        <span class="status needs_reauth">needs re-authorisation</span><code>oauth2_refresh</code>
+        <script>const x = "device_offline";</script>"#;
+    assert_eq!(
+        machine_words(html),
+        ["2026-12-07T17:32:19.718700Z,", "needs_reauth."]
     );
 }

@@ -34,6 +34,8 @@ struct TokensPage {
     connections: Vec<ConnectionView>,
     windows: Vec<RateWindow>,
     log: Vec<RefreshLogEntry>,
+    /// The log names connections, not their ids.
+    connection_names: std::collections::HashMap<i64, String>,
     /// The log's filters as given (`success` is `""`, `"true"` or `"false"`).
     provider: String,
     success: String,
@@ -76,11 +78,13 @@ pub async fn tokens(
         connection_id: None,
         since: None,
     };
+    let connection_names = connections.iter().map(|c| (c.id, c.name.clone())).collect();
     render(&TokensPage {
         base: Base::new("Tokens", "/tokens", &staff),
         milesight,
         summary: summary_counts(&summary),
         connections,
+        connection_names,
         windows,
         log: refresh_log::query(&state.db, &filter, 50).await?,
         provider: provider.unwrap_or_default(),
