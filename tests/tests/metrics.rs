@@ -19,6 +19,7 @@ both_backends!(
     the_fleet_summary_is_kept_for_its_max_age,
     the_webhook_event_counts_are_kept_for_their_max_age,
     sources_past_the_limit_share_other,
+    counts_are_never_older_than_the_max_age,
 );
 
 async fn connection(state: &AppState, name: &str, expires_in: Span) -> i64 {
@@ -404,6 +405,52 @@ async fn the_fleet_summary_is_kept_for_its_max_age(backend: Backend) {
     );
     let cached = kept.metrics.fleet.get(&kept.db).await.unwrap();
     assert_eq!(cached.groups.iter().map(|g| g.devices).sum::<i64>(), 1);
+}
+
+/// A blank install's first look (an empty fleet) is not what the overview keeps showing: once
+/// the max age has passed, the devices that arrived meanwhile are counted at the next look,
+/// never a copy older than the max age.
+async fn counts_are_never_older_than_the_max_age(backend: Backend) {
+    use telltale::storage::{DeviceStatus, now};
+    let db = TestDb::new(backend).await;
+    let state = TestApp::on(&db)
+        .set("milesight.fleet_summary_max_age_secs", 2)
+        .state()
+        .await;
+    let online = |summary: &telltale::storage::devices::FleetSummary| {
+        summary
+            .groups
+            .iter()
+            .filter(|g| g.status == DeviceStatus::Online)
+            .map(|g| g.devices)
+            .sum::<i64>()
+    };
+    assert_eq!(online(&state.metrics.fleet.get(&state.db).await.unwrap()), 0);
+    for n in 0..3 {
+        telltale_e2e::device_in(
+            &state.db,
+            &format!("6136F000000{n}"),
+            None,
+            DeviceStatus::Online,
+            now(),
+        )
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        online(&state.metrics.fleet.get(&state.db).await.unwrap()),
+        3,
+        "the first look after the max age counts them"
+    );
+    // Looked at often (a page's live refresh), the copy is renewed ahead of the max age.
+    telltale_e2e::device_in(&state.db, "6136F0000009", None, DeviceStatus::Online, now()).await;
+    let started = std::time::Instant::now();
+    let mut seen = 3;
+    while started.elapsed() < std::time::Duration::from_millis(2500) && seen != 4 {
+        seen = online(&state.metrics.fleet.get(&state.db).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 4, "counted within the max age");
 }
 
 /// The webhooks page's events per source over the last hour and day are kept the same way:

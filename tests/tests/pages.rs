@@ -167,7 +167,8 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
         ),
         (
             "/webhooks".to_owned(),
-            vec!["site-a", "ev-pages-1", "bad_signature"],
+            // The event names its device as people know it, linked to its page.
+            vec!["site-a", "ev-pages-1", "bad signature", "\">Cold room</a>"],
         ),
         (
             "/tokens".to_owned(),
@@ -242,6 +243,9 @@ const IDENTIFIERS: &[&str] = &[
     "devices_offline",
     "held_back",
     "poll_unauthorized",
+    "bad_signature",
+    "missing_signature",
+    "unknown_webhook",
 ];
 
 /// What a person reads on a page that is a machine's: an ISO timestamp (`2026-12-07T17:32:19Z`)

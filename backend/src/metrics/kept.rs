@@ -13,9 +13,6 @@ use crate::storage::deliveries::{self, SourceEventCounts};
 use crate::storage::devices::{self, FleetSummary};
 use crate::storage::{Db, StorageResult, UtcTime, now};
 
-/// A copy older than this many max ages is not served while a new one is read: the reader waits.
-const STALE_LIMIT: u32 = 10;
-
 /// A summary read from the database as of a moment.
 pub trait Snapshot: Send + Sync + Sized + 'static {
     /// Names it in the log when a background read fails.
@@ -72,18 +69,18 @@ impl<T: Snapshot> Kept<T> {
         }
     }
 
-    /// The summary: the copy in memory while it is younger than the max age; an older one
-    /// (up to `STALE_LIMIT` max ages) is served while a new one is read in the background;
-    /// none, or one older than that, is read now.
+    /// The summary, never older than the max age, so the overview, Devices and `/metrics`
+    /// agree within it after any ingest. Past three quarters of the max age the copy is still
+    /// served while a new one is read in the background, so under steady use (scrapes, the pages' live
+    /// refresh) nobody waits; a copy past the max age (or none) is read now.
     pub async fn get(&self, db: &Db) -> StorageResult<Arc<T>> {
         let cached = self.current.lock().map(|c| c.clone()).unwrap_or(None);
         if let Some(summary) = cached.filter(|_| !self.max_age.is_zero()) {
             let age = (now().0 - summary.taken_at().0).to_std().unwrap_or_default();
             if age <= self.max_age {
-                return Ok(summary);
-            }
-            if age <= self.max_age * STALE_LIMIT {
-                self.refresh_in_background(db);
+                if age > self.max_age * 3 / 4 {
+                    self.refresh_in_background(db);
+                }
                 return Ok(summary);
             }
         }

@@ -149,6 +149,26 @@ pub async fn get(db: &Db, id: i64) -> StorageResult<Device> {
     })
 }
 
+/// How people name each of these devices: its name, else its serial number (one indexed
+/// read for a page's worth of ids).
+pub async fn names(db: &Db, ids: &[i64]) -> StorageResult<std::collections::HashMap<i64, String>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids = ids.to_vec();
+    db_run!(db, |conn| {
+        let rows: Vec<(i64, String, Option<String>)> = devices::table
+            .filter(devices::id.eq_any(ids.clone()))
+            .select((devices::id, devices::sn, devices::name))
+            .load(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, sn, name)| (id, name.filter(|n| !n.trim().is_empty()).unwrap_or(sn)))
+            .collect())
+    })
+}
+
 /// The device with serial number `sn`, if it exists.
 pub async fn by_sn(db: &Db, sn: &str) -> StorageResult<Option<Device>> {
     db_run!(db, |conn| {

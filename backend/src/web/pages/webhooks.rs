@@ -18,6 +18,8 @@ struct WebhooksPage {
     base: Base,
     sources: Vec<SourceView>,
     events: Vec<WebhookEvent>,
+    /// Each event's device as people name it.
+    device_names: std::collections::HashMap<i64, String>,
     rejections: Vec<WebhookRejection>,
     connect: ConnectHelp,
 }
@@ -102,10 +104,14 @@ pub async fn webhooks_page(
 ) -> Result<HttpResponse, ApiError> {
     let sources = api::webhook_sources::sources_data(&state).await?;
     let connect = connect_help(&public_base(&state, &req), &sources);
+    let events = deliveries::list_events(&state.db, None, None, 25).await?;
+    let ids: Vec<i64> = events.iter().filter_map(|e| e.device_id).collect();
+    let device_names = crate::storage::devices::names(&state.db, &ids).await?;
     render(&WebhooksPage {
         base: Base::new("Webhooks", "/webhooks", &staff),
         sources,
-        events: deliveries::list_events(&state.db, None, None, 25).await?,
+        events,
+        device_names,
         rejections: deliveries::recent_rejections(&state.db, 25).await?,
         connect,
     })
