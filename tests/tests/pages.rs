@@ -122,6 +122,17 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
         .await
         .unwrap()
         .unwrap();
+    // A grouped alert lists serial numbers: each known one links to its device's page.
+    let grouped = Firing {
+        rule: AlertRule::DevicesOffline,
+        subject: "source:site-a".into(),
+        severity: Severity::Warning,
+        summary: "12 devices of source site-a are offline".into(),
+        details: "Offline: 6136PAGES01, 6136GONE0001 and 10 more\nMore than 10 at once.".into(),
+    };
+    let (grouped, _) = alerts::fire(&store, &grouped, now(), None, |_| None)
+        .await
+        .unwrap();
     let silence = api
         .post(server.url("/api/silences"))
         .json(
@@ -145,6 +156,8 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
         .as_i64()
         .unwrap_or_else(|| panic!("{devices}"));
 
+    let grouped_line =
+        format!("Offline: <a href=\"/devices/{device_id}\">6136PAGES01</a>, 6136GONE0001 and 10 more");
     let (cookie, _) = sign_in(&server, TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).await;
     let pages = [
         (
@@ -191,6 +204,7 @@ async fn every_page_renders_a_row_of_everything(backend: Backend) {
             format!("/alerts/{}", acked.id),
             vec!["Freezer is offline", "acknowledged", "ops@example.com"],
         ),
+        (format!("/alerts/{}", grouped.id), vec![grouped_line.as_str()]),
         (
             "/scheduler".to_owned(),
             vec!["token-refresh-sweep", "milesight-device-check"],

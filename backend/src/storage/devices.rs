@@ -169,6 +169,22 @@ pub async fn names(db: &Db, ids: &[i64]) -> StorageResult<std::collections::Hash
     })
 }
 
+/// The ids of the devices with these serial numbers (those that exist), in one indexed read.
+pub async fn ids_by_sn(db: &Db, serials: &[String]) -> StorageResult<std::collections::HashMap<String, i64>> {
+    if serials.is_empty() {
+        return Ok(Default::default());
+    }
+    let serials = serials.to_vec();
+    db_run!(db, |conn| {
+        let rows: Vec<(String, i64)> = devices::table
+            .filter(devices::sn.eq_any(serials.clone()))
+            .select((devices::sn, devices::id))
+            .load(conn)
+            .await?;
+        Ok(rows.into_iter().collect())
+    })
+}
+
 /// The device with serial number `sn`, if it exists.
 pub async fn by_sn(db: &Db, sn: &str) -> StorageResult<Option<Device>> {
     db_run!(db, |conn| {

@@ -21,10 +21,46 @@ struct AlertPage {
     history: Vec<AlertEvent>,
 }
 
-/// One line of an alert's details: text, then a UI page it points at (its path).
+/// One line of an alert's details: text, then a UI page it points at (its path), or the
+/// devices it lists, each linked to its page when it is known.
 struct DetailLine {
     text: String,
     link: Option<String>,
+    devices: Vec<(String, Option<i64>)>,
+    /// What follows the listed devices ("and 12 more").
+    after: String,
+}
+
+/// The prefix of a grouped offline alert's list of serial numbers (`alerts::rules`).
+const LISTED: &str = "Offline: ";
+
+/// Links the serial numbers a grouped alert lists to their device pages.
+async fn link_devices(db: &crate::storage::Db, lines: &mut [DetailLine]) -> Result<(), ApiError> {
+    for line in lines.iter_mut() {
+        let Some(list) = line.text.strip_prefix(LISTED).map(str::to_owned) else {
+            continue;
+        };
+        let (serials, after) = match list.split_once(" and ") {
+            Some((serials, more)) => (serials.to_owned(), format!(" and {more}")),
+            None => (list, String::new()),
+        };
+        let serials: Vec<String> = serials
+            .split(", ")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let ids = crate::storage::devices::ids_by_sn(db, &serials).await?;
+        line.devices = serials
+            .into_iter()
+            .map(|sn| {
+                let id = ids.get(&sn).copied();
+                (sn, id)
+            })
+            .collect();
+        line.text = LISTED.trim_end().to_owned();
+        line.after = after;
+    }
+    Ok(())
 }
 
 /// Splits details into lines; a URL under `public_url` (the emails' "Look here: …") becomes
@@ -39,11 +75,15 @@ fn detail_lines(details: &str, public_url: &str) -> Vec<DetailLine> {
                 DetailLine {
                     text: line[..at].trim_end().to_owned(),
                     link: Some(path.to_owned()),
+                    devices: Vec::new(),
+                    after: String::new(),
                 }
             }
             _ => DetailLine {
                 text: line.to_owned(),
                 link: None,
+                devices: Vec::new(),
+                after: String::new(),
             },
         })
         .collect()
@@ -59,9 +99,11 @@ pub async fn alert(
         StorageError::NotFound => ApiError::not_found(format!("no alert {id}")),
         other => other.into(),
     })?;
+    let mut details = detail_lines(&alert.details, &state.config.alerts.public_url);
+    link_devices(&state.db, &mut details).await?;
     render(&AlertPage {
         base: Base::new(alert.summary.clone(), "/alerts", &staff),
-        details: detail_lines(&alert.details, &state.config.alerts.public_url),
+        details,
         alert,
         history,
     })
