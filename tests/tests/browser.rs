@@ -271,6 +271,11 @@ async fn staff_use_the_ui_in_a_real_browser() {
         browser.text("main table").await.contains("ui-1"),
         "the event is listed"
     );
+    // The uplink chart reads by its axes: 0 to the busiest hour (one uplink), hours to now.
+    let chart = browser.text("#uplink-chart").await;
+    for label in ["uplinks", "0", "1", "now", "hours in UTC"] {
+        assert!(chart.contains(label), "no {label:?} on the chart: {chart:?}");
+    }
     browser.screenshot("device").await;
 
     // "Refresh token" fetches a new Milesight token and shows its later expiry.

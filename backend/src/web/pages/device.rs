@@ -18,7 +18,7 @@ struct DevicePage {
     base: Base,
     device: Device,
     events: Vec<DeviceEventRow>,
-    timeline: Vec<TimelineBar>,
+    timeline: Timeline,
 }
 
 struct DeviceEventRow {
@@ -35,6 +35,20 @@ struct TimelineBar {
     n: i64,
     label: String,
 }
+
+/// The uplink chart: its bars, and axes a person can read it by.
+struct Timeline {
+    bars: Vec<TimelineBar>,
+    /// The most uplinks in one hour (the top of the value axis).
+    peak: i64,
+    /// Time-axis ticks: x and the local clock hour (the last is "now").
+    ticks: Vec<(usize, String)>,
+    /// The zone the hours are in, named.
+    zone: String,
+}
+
+/// Where the plot starts: room for the value axis' labels (`device.html` draws the axes).
+const PLOT_X: usize = 40;
 
 /// `GET /devices/{id}`
 pub async fn device(
@@ -56,8 +70,9 @@ pub async fn device(
     })
 }
 
-/// Uplinks per hour over the 24 hours before `at`, scaled to the chart's height.
-fn timeline(events: &[WebhookEvent], at: UtcTime) -> Vec<TimelineBar> {
+/// Uplinks per hour over the 24 hours before `at`, scaled to the chart's height, with a
+/// value axis (0 to the busiest hour) and a time axis in local clock hours.
+fn timeline(events: &[WebhookEvent], at: UtcTime) -> Timeline {
     let mut hours = [0i64; 24];
     for e in events {
         let when = e.event_time.unwrap_or(e.received_at);
@@ -67,16 +82,32 @@ fn timeline(events: &[WebhookEvent], at: UtcTime) -> Vec<TimelineBar> {
         }
     }
     let peak = hours.iter().copied().max().unwrap_or(0).max(1);
-    hours
+    let zone = crate::present::zone();
+    let hour_of = |i: usize| {
+        let start = at.0 - chrono::Duration::hours(23 - i as i64);
+        start.with_timezone(&zone).format("%H:00").to_string()
+    };
+    let bars = hours
         .iter()
         .enumerate()
         .map(|(i, &n)| TimelineBar {
-            x: i * 20,
+            x: PLOT_X + i * 20,
             h: n * 45 / peak,
             n,
-            label: format!("{} h ago", 23 - i),
+            label: format!("{} h ago, from {}", 23 - i, hour_of(i)),
         })
-        .collect()
+        .collect();
+    let mut ticks: Vec<(usize, String)> = (0..24)
+        .step_by(6)
+        .map(|i| (PLOT_X + i * 20, hour_of(i)))
+        .collect();
+    ticks.push((PLOT_X + 23 * 20 + 9, "now".to_owned()));
+    Timeline {
+        bars,
+        peak,
+        ticks,
+        zone: at.0.with_timezone(&zone).format("%Z").to_string(),
+    }
 }
 
 fn event_row(e: WebhookEvent) -> DeviceEventRow {
