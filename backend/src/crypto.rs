@@ -195,6 +195,20 @@ impl Crypto {
         *sealed = hex::encode(self.encrypt(column, &plain));
         Ok(true)
     }
+
+    /// `reseal_hex` over several values (the secrets inside one stored JSON setting); how many
+    /// changed.
+    pub fn reseal_all_hex<'a>(
+        &self,
+        column: &str,
+        sealed: impl IntoIterator<Item = &'a mut String>,
+    ) -> Result<usize, CryptoError> {
+        let mut changed = 0;
+        for value in sealed {
+            changed += usize::from(self.reseal_hex(column, value)?);
+        }
+        Ok(changed)
+    }
 }
 
 #[cfg(unix)]

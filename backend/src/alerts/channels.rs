@@ -131,6 +131,21 @@ pub enum Origin {
     Default,
 }
 
+/// A value the config or environment sets wins over the UI's: the value in force and where it
+/// comes from (`merge` uses the value, `view` shows both).
+fn in_force<'a, T: ?Sized>(configured: Option<&'a T>, stored: Option<&'a T>) -> (Option<&'a T>, Origin) {
+    match (configured, stored) {
+        (Some(value), _) => (Some(value), Origin::Config),
+        (None, Some(value)) => (Some(value), Origin::Ui),
+        (None, None) => (None, Origin::Default),
+    }
+}
+
+/// An address list that is set: an empty one counts as not set.
+fn listed(list: &[String]) -> Option<&[String]> {
+    (!list.is_empty()).then_some(list)
+}
+
 /// One value as Settings shows it, with the variable that sets it in the environment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Shown<T> {
@@ -416,10 +431,8 @@ impl NotificationChannels {
             (None, Some(ui)) => Some(self.open_smtp(ui)?),
             (None, None) => None,
         };
-        let from = configured
-            .from
-            .as_deref()
-            .or(stored.from.as_deref())
+        let from = in_force(configured.from.as_deref(), stored.from.as_deref())
+            .0
             .unwrap_or(DEFAULT_FROM);
         let mut recipients = stored.recipients.clone();
         recipients.extend(configured.recipients.clone());
@@ -444,11 +457,10 @@ impl NotificationChannels {
             from: from.parse().map_err(|_| {
                 ChannelsError::Invalid(format!("the sender {from:?} is not an email address"))
             })?,
-            on_call: if configured.on_call.is_empty() {
-                stored.on_call.clone()
-            } else {
-                configured.on_call.clone()
-            },
+            on_call: in_force(listed(&configured.on_call), listed(&stored.on_call))
+                .0
+                .unwrap_or_default()
+                .to_vec(),
             recipients,
             webhooks,
         })
@@ -481,46 +493,27 @@ impl NotificationChannels {
     pub async fn view(&self) -> Result<ChannelsView, ChannelsError> {
         let stored = self.load().await?;
         let configured = &self.configured;
-        let origin_of = |in_config: bool, in_ui: bool| {
-            if in_config {
-                Origin::Config
-            } else if in_ui {
-                Origin::Ui
-            } else {
-                Origin::Default
-            }
-        };
+        let (from, from_origin) = in_force(configured.from.as_deref(), stored.from.as_deref());
         let from = Shown {
-            value: configured
-                .from
-                .clone()
-                .or(stored.from.clone())
-                .unwrap_or_else(|| DEFAULT_FROM.into()),
-            origin: origin_of(configured.from.is_some(), stored.from.is_some()),
+            value: from.unwrap_or(DEFAULT_FROM).to_owned(),
+            origin: from_origin,
             env: "TELLTALE_EMAIL_FROM",
         };
+        let (on_call, on_call_origin) = in_force(listed(&configured.on_call), listed(&stored.on_call));
         let on_call = Shown {
-            value: if configured.on_call.is_empty() {
-                stored.on_call.clone()
-            } else {
-                configured.on_call.clone()
-            },
-            origin: origin_of(!configured.on_call.is_empty(), !stored.on_call.is_empty()),
+            value: on_call.unwrap_or_default().to_vec(),
+            origin: on_call_origin,
             env: "TELLTALE_ONCALL_EMAILS",
         };
         let recipients = AlertRule::ALL
             .iter()
             .map(|rule| {
                 let rule = rule.as_str();
-                let (addresses, origin) = match (configured.recipients.get(rule), stored.recipients.get(rule))
-                {
-                    (Some(list), _) => (list.clone(), Origin::Config),
-                    (None, Some(list)) => (list.clone(), Origin::Ui),
-                    (None, None) => (Vec::new(), Origin::Default),
-                };
+                let (addresses, origin) =
+                    in_force(configured.recipients.get(rule), stored.recipients.get(rule));
                 RuleRecipients {
                     rule,
-                    addresses,
+                    addresses: addresses.cloned().unwrap_or_default(),
                     origin,
                 }
             })
@@ -780,15 +773,9 @@ pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> Result<usize, Channe
         sealed.push(&mut hook.url);
         sealed.extend(hook.secret.as_mut());
     }
-    let mut changed = 0;
-    for value in sealed {
-        if crypto
-            .reseal_hex(SECRET_COLUMN, value)
-            .map_err(|e| ChannelsError::Unreadable(e.to_string()))?
-        {
-            changed += 1;
-        }
-    }
+    let changed = crypto
+        .reseal_all_hex(SECRET_COLUMN, sealed)
+        .map_err(|e| ChannelsError::Unreadable(e.to_string()))?;
     if changed > 0 {
         let text = serde_json::to_string(&stored).map_err(|e| ChannelsError::Unreadable(e.to_string()))?;
         app_settings::put(db, KEY, &text).await?;

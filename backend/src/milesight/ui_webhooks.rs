@@ -60,17 +60,12 @@ pub async fn reencrypt_secrets(db: &Db, crypto: &Crypto) -> Result<usize, Webhoo
     };
     let mut stored: Vec<Stored> =
         serde_json::from_str(&text).map_err(|e| WebhookSaveError::Unreadable(e.to_string()))?;
-    let mut changed = 0;
-    for hook in &mut stored {
-        for value in std::iter::once(&mut hook.secret).chain(hook.previous_secret.as_mut()) {
-            if crypto
-                .reseal_hex(SECRET_COLUMN, value)
-                .map_err(|e| WebhookSaveError::Unreadable(e.to_string()))?
-            {
-                changed += 1;
-            }
-        }
-    }
+    let sealed = stored
+        .iter_mut()
+        .flat_map(|hook| std::iter::once(&mut hook.secret).chain(hook.previous_secret.as_mut()));
+    let changed = crypto
+        .reseal_all_hex(SECRET_COLUMN, sealed)
+        .map_err(|e| WebhookSaveError::Unreadable(e.to_string()))?;
     if changed > 0 {
         let text = serde_json::to_string(&stored).map_err(|e| WebhookSaveError::Unreadable(e.to_string()))?;
         app_settings::put(db, KEY, &text).await?;
