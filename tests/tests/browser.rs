@@ -94,16 +94,24 @@ impl Browser {
         }
     }
 
+    /// Clicks the element; found again when the page's live refresh replaced it between
+    /// finding and clicking (a stale element), as `type_into` does.
     async fn click(&self, css: &str) {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+        let mut tries = 0;
+        loop {
+            let element = self
+                .client
+                .wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            match element.click().await {
+                Ok(_) => return,
+                Err(e) if tries < 3 && e.to_string().contains("stale element") => tries += 1,
+                Err(e) => panic!("cannot click {css}: {e}"),
+            }
+        }
     }
 
     async fn sign_in(&self, server: &TestServer, email: &str, password: &str) {
