@@ -339,8 +339,17 @@ async fn three_replicas_share_the_work_and_survive_a_killed_one() {
     for name in BROKEN {
         assert_eq!(mentions(&messages, name), 1, "{name}: {messages:#?}");
     }
+    // The survivors gave back what they held when stopped; the killed one could not, and an
+    // email it had just claimed waits for that lease to run out (another replica sends it then).
+    let dead = format!("{}-", replicas[killed].pid());
     for email in outbox::list(&db, true, 100).await.unwrap() {
-        assert!(email.lease_owner.is_none(), "outbox lease given back: {email:?}");
+        assert!(
+            email
+                .lease_owner
+                .as_deref()
+                .is_none_or(|owner| owner.starts_with(&dead)),
+            "outbox lease given back: {email:?}"
+        );
     }
 
     // Webhooks: every acknowledged event stored exactly once, wherever it was sent.
